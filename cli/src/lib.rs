@@ -1,0 +1,8 @@
+//! `rotor`, the operator's CLI: key generation and local store admin.
+
+mod args;
+mod commands;
+mod logging;
+mod table;
+
+pub use args::Args;

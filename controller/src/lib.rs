@@ -1,0 +1,1 @@
+//! The admission webhook, reconcilers and scheduled rotation.

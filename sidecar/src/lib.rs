@@ -1,0 +1,1 @@
+//! The pod-side agent that delivers secrets to tmpfs files.

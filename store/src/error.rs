@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+
+use crate::Stage;
+
+/// Errors of the stores. They name the store and the secret, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "store file {} does not exist; `rotor store put` creates it, or check --store / ROTOR_STORE",
+        path.display()
+    )]
+    Missing { path: PathBuf },
+
+    #[error("store file {}: cannot {operation}", path.display())]
+    Io {
+        path: PathBuf,
+        operation: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("store file {} failed its integrity check: {problem}", path.display())]
+    Corrupt { path: PathBuf, problem: String },
+
+    #[error("store file {}", path.display())]
+    Envelope {
+        path: PathBuf,
+        #[source]
+        source: rotor_envelope::Error,
+    },
+
+    #[error("secret {name:?} not found in store {store}")]
+    SecretNotFound { store: String, name: String },
+
+    #[error("secret {name:?} in store {store} has no version {version} (versions: {available})")]
+    VersionNotFound {
+        store: String,
+        name: String,
+        version: u64,
+        available: String,
+    },
+
+    #[error("secret {name:?} in store {store} has no version labelled {stage}")]
+    StageNotFound {
+        store: String,
+        name: String,
+        stage: Stage,
+    },
+
+    #[error("secret name {name:?} {problem}; expected {expected}")]
+    InvalidName {
+        name: String,
+        problem: String,
+        expected: &'static str,
+    },
+
+    #[error("secret {name:?} version {version} in store {store}: {problem}")]
+    Conflict {
+        store: String,
+        name: String,
+        version: u64,
+        problem: String,
+    },
+
+    #[error("value for secret {name:?} is {len} bytes; {problem}")]
+    BadValue {
+        name: String,
+        len: usize,
+        problem: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Missing { .. } => "store_missing",
+            Error::Io { .. } => "io",
+            Error::Corrupt { .. } => "corrupt",
+            Error::Envelope { source, .. } => source.metric_label(),
+            Error::SecretNotFound { .. }
+            | Error::VersionNotFound { .. }
+            | Error::StageNotFound { .. } => "not_found",
+            Error::InvalidName { .. } | Error::BadValue { .. } => "invalid_input",
+            Error::Conflict { .. } => "conflict",
+        }
+    }
+
+    /// True when the secret, version or stage asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.metric_label() == "not_found"
+    }
+}

@@ -1,0 +1,29 @@
+//! Rotor's secret stores.
+//!
+//! This crate holds the embedded local store ([`LocalStore`]): one
+//! envelope-encrypted file of named secrets, each with a history of versions
+//! and the stage labels CURRENT, PENDING and PREVIOUS, which mean what
+//! AWS Secrets Manager's AWSCURRENT, AWSPENDING and AWSPREVIOUS mean:
+//!
+//! - **CURRENT**: the version consumers should use. Exactly one version of a
+//!   secret that has any version is CURRENT.
+//! - **PENDING**: a version written by a rotation that has not been promoted
+//!   yet. At most one.
+//! - **PREVIOUS**: the version that was CURRENT before the last promotion,
+//!   kept so that consumers still holding it keep working until it is
+//!   retired. At most one.
+//!
+//! The file format is documented in [`local`].
+
+mod error;
+pub mod local;
+mod model;
+mod name;
+
+pub use error::{Error, Result};
+pub use local::LocalStore;
+pub use model::{SecretSummary, SecretValue, Selector, Stage, Stages, VersionMeta, WriteAs};
+pub use name::validate_secret_name;
+
+/// The largest value a store accepts, in bytes.
+pub const MAX_VALUE_LEN: usize = 1024 * 1024;

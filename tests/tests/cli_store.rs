@@ -1,0 +1,311 @@
+//! The `rotor` CLI and the local store, exercised as separate processes.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_e2e::{command, text};
+use rotor_envelope::{ExposeSecret, KeyFileKek};
+use rotor_store::{LocalStore, Selector};
+
+const CANARY: &str = "canary-b41f09-must-never-leak";
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let env = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = command("rotor")
+            .args(["keygen", "--out"])
+            .arg(env.key())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        env
+    }
+    fn key(&self) -> std::path::PathBuf {
+        self.dir.path().join("kek")
+    }
+    fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("store.rotor")
+    }
+    fn rotor(&self) -> Command {
+        let mut cmd = command("rotor");
+        cmd.env("ROTOR_STORE", self.store())
+            .env("ROTOR_KEY", self.key())
+            .env("ROTOR_LOG", "trace");
+        cmd
+    }
+    fn put(&self, name: &str, value: &[u8]) -> std::process::Output {
+        let mut child = self
+            .rotor()
+            .args(["store", "put", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(value).unwrap();
+        child.wait_with_output().unwrap()
+    }
+    fn open(&self) -> LocalStore {
+        LocalStore::new(
+            self.store(),
+            Arc::new(KeyFileKek::load(&self.key()).unwrap()),
+        )
+    }
+}
+
+#[test]
+fn keygen_put_get_reveal_round_trip() {
+    let env = Env::new();
+    let file = env.dir.path().join("pw.txt");
+    std::fs::write(&file, CANARY).unwrap();
+    let out = env
+        .rotor()
+        .args(["store", "put", "db", "--from-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = env
+        .rotor()
+        .args(["store", "get", "db", "--reveal"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, CANARY.as_bytes());
+    let stored = std::fs::read(env.store()).unwrap();
+    assert!(!stored.windows(CANARY.len()).any(|w| w == CANARY.as_bytes()));
+}
+
+#[test]
+fn canary_never_appears_in_output_logs_or_errors() {
+    let env = Env::new();
+    let out = env.put("db", CANARY.as_bytes());
+    assert!(out.status.success());
+    let mut seen = String::new();
+    let runs: &[&[&str]] = &[
+        &["store", "get", "db"],
+        &["store", "get", "db", "--version", "1"],
+        &["store", "get", "db", "--version", "7"],
+        &["store", "get", "db", "--stage", "PENDING"],
+        &["store", "list"],
+        &["store", "history", "db"],
+        &["store", "retire", "db", "--version", "1"],
+        &["store", "get", "missing"],
+    ];
+    for args in runs {
+        let out = env.rotor().args(*args).output().unwrap();
+        let (o, e) = text(&out);
+        seen.push_str(&o);
+        seen.push_str(&e);
+    }
+    let (o, e) = text(&env.put("db", b"x"));
+    seen.push_str(&o);
+    seen.push_str(&e);
+    // A wrong key and a corrupted store fail without echoing anything secret.
+    let other = env.dir.path().join("other");
+    command("rotor")
+        .args(["keygen", "--out"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let out = env
+        .rotor()
+        .env("ROTOR_KEY", &other)
+        .args(["store", "get", "db"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    seen.push_str(&text(&out).1);
+    assert!(!seen.contains(CANARY), "canary leaked:\n{seen}");
+    assert!(seen.contains("not available"), "{seen}");
+}
+
+#[test]
+fn every_failure_gets_a_message_and_a_nonzero_exit() {
+    let env = Env::new();
+    env.put("db", b"v");
+    let bad_key = env.dir.path().join("bad.key");
+    std::fs::write(&bad_key, b"short").unwrap();
+    let corrupt = env.dir.path().join("corrupt.rotor");
+    std::fs::write(&corrupt, b"this is not a store").unwrap();
+    let missing = env.dir.path().join("none.rotor");
+    // (arguments, an environment override, what the error must say)
+    type Case<'a> = (&'a str, Option<(&'a str, &'a Path)>, &'a str);
+    let cases: [Case; 6] = [
+        (
+            "store get db",
+            Some(("ROTOR_STORE", &missing)),
+            "does not exist",
+        ),
+        (
+            "store get db",
+            Some(("ROTOR_STORE", &corrupt)),
+            "failed its integrity check",
+        ),
+        (
+            "store get db",
+            Some(("ROTOR_KEY", &bad_key)),
+            "expected exactly 32 random bytes",
+        ),
+        ("store get nope", None, "secret \"nope\" not found"),
+        ("store get db --version 5", None, "has no version 5"),
+        ("store put bad/../name", None, "secret name \"bad/../name\""),
+    ];
+    for (args, var, expected) in cases {
+        let mut cmd = env.rotor();
+        cmd.args(args.split(' ')).stdin(Stdio::null());
+        if let Some((k, v)) = var {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{args:?} printed to stdout: {stdout}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn flipping_any_byte_of_the_store_fails_get_with_an_integrity_error() {
+    let env = Env::new();
+    env.put("db", CANARY.as_bytes());
+    let good = std::fs::read(env.store()).unwrap();
+    // Every byte is covered by the library's unit test; here, through the
+    // binary, a spread of offsets across every region of the file.
+    for i in (0..good.len()).step_by(7).chain([good.len() - 1]) {
+        let mut bad = good.clone();
+        bad[i] ^= 0x80;
+        std::fs::write(env.store(), &bad).unwrap();
+        let out = env.rotor().args(["store", "get", "db"]).output().unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "byte {i}");
+        assert!(stderr.contains("integrity check"), "byte {i}: {stderr}");
+    }
+}
+
+#[test]
+fn concurrent_puts_from_several_processes_lose_no_write() {
+    let env = Env::new();
+    const WRITERS: usize = 4;
+    const EACH: usize = 15;
+    let children: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let script = format!(
+                "for i in $(seq 1 {EACH}); do printf 'w{w}-%s' $i | \"$0\" store put shared || exit 1; printf x | \"$0\" store put own-{w} || exit 1; done"
+            );
+            let mut rotor = env.rotor();
+            rotor.env("ROTOR_LOG", "warn");
+            spawn_shell(&rotor, &script)
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let store = env.open();
+    let history = store.history("shared").unwrap();
+    assert_eq!(history.len(), WRITERS * EACH, "a write was lost");
+    let numbers: Vec<u64> = history.iter().map(|m| m.version).collect();
+    assert_eq!(numbers, (1..=(WRITERS * EACH) as u64).collect::<Vec<_>>());
+    let mut values: Vec<String> = (1..=(WRITERS * EACH) as u64)
+        .map(|v| {
+            String::from_utf8(
+                store
+                    .get("shared", Selector::Version(v))
+                    .unwrap()
+                    .value
+                    .expose_secret()
+                    .to_vec(),
+            )
+            .unwrap()
+        })
+        .collect();
+    values.sort();
+    let mut expected: Vec<String> = (0..WRITERS)
+        .flat_map(|w| (1..=EACH).map(move |i| format!("w{w}-{i}")))
+        .collect();
+    expected.sort();
+    assert_eq!(values, expected);
+    for w in 0..WRITERS {
+        assert_eq!(store.history(&format!("own-{w}")).unwrap().len(), EACH);
+    }
+}
+
+#[test]
+fn a_process_killed_mid_write_leaves_a_readable_store() {
+    let env = Env::new();
+    // A large store makes every write take long enough to be interrupted.
+    let big = vec![b'v'; 256 * 1024];
+    for i in 0..8 {
+        assert!(env.put(&format!("bulk-{i}"), &big).status.success());
+    }
+    let value_file = env.dir.path().join("value");
+    std::fs::write(&value_file, &big).unwrap();
+    let mut last = 0;
+    for round in 0..40u64 {
+        let mut child = env
+            .rotor()
+            .env("ROTOR_LOG", "warn")
+            .args(["store", "put", "victim", "--from-file"])
+            .arg(&value_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kills over the process's whole life.
+        std::thread::sleep(Duration::from_micros(500 + (round * 7919) % 15_000));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let store = env.open();
+        let versions = match store.history("victim") {
+            Ok(h) => h.len(),
+            Err(e) if e.is_not_found() => 0,
+            Err(e) => panic!("round {round}: store unreadable after kill -9: {e}"),
+        };
+        assert!(versions >= last, "round {round}: versions went back");
+        last = versions;
+        for i in 0..8 {
+            store.get(&format!("bulk-{i}"), Selector::Current).unwrap();
+        }
+    }
+    assert_tmp_is_harmless(&env.store());
+}
+
+/// A stale temporary file from a killed writer is overwritten by the next one.
+fn assert_tmp_is_harmless(store: &Path) {
+    let key = store.with_file_name("kek");
+    let out = command("rotor")
+        .env("ROTOR_STORE", store)
+        .env("ROTOR_KEY", key)
+        .args(["store", "put", "after", "--from-file"])
+        .arg(store.with_file_name("value"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+}
+
+/// Runs `script` under `sh -c`, with `cmd`'s program as `$0` and its
+/// environment.
+fn spawn_shell(cmd: &Command, script: &str) -> std::process::Child {
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(script).arg(cmd.get_program());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh.stdout(Stdio::null()).spawn().unwrap()
+}
