@@ -36,7 +36,7 @@ pub enum Error {
     VersionNotFound {
         store: String,
         name: String,
-        version: u64,
+        version: String,
         available: String,
     },
 
@@ -47,12 +47,8 @@ pub enum Error {
         stage: Stage,
     },
 
-    #[error("secret name {name:?} {problem}; expected {expected}")]
-    InvalidName {
-        name: String,
-        problem: String,
-        expected: &'static str,
-    },
+    #[error(transparent)]
+    InvalidName(#[from] rotor_crds::names::InvalidName),
 
     #[error("secret {name:?} version {version} in store {store}: {problem}")]
     Conflict {
@@ -83,7 +79,7 @@ impl Error {
             Error::SecretNotFound { .. }
             | Error::VersionNotFound { .. }
             | Error::StageNotFound { .. } => "not_found",
-            Error::InvalidName { .. } | Error::BadValue { .. } => "invalid_input",
+            Error::InvalidName(_) | Error::BadValue { .. } => "invalid_input",
             Error::Conflict { .. } => "conflict",
         }
     }

@@ -15,15 +15,18 @@
 //!
 //! The file format is documented in [`local`].
 
+mod backend;
 mod error;
 pub mod local;
 mod model;
-mod name;
 
+pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
 pub use local::LocalStore;
-pub use model::{SecretSummary, SecretValue, Selector, Stage, Stages, VersionMeta, WriteAs};
-pub use name::validate_secret_name;
+pub use model::{
+    SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,
+};
+pub use rotor_crds::names::validate_secret_name;
 
 /// The largest value a store accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 1024 * 1024;

@@ -56,17 +56,20 @@ use rotor_envelope::{DataKey, Kek, RecordId};
 use zeroize::Zeroizing;
 
 use crate::{
-    Error, MAX_VALUE_LEN, Result, SecretSummary, SecretValue, Selector, Stage, Stages, VersionMeta,
-    WriteAs, validate_secret_name,
+    Error, MAX_VALUE_LEN, Result, SecretSummary, SecretValue, Selector, Stage, Stages, VersionId,
+    VersionMeta, WriteAs, validate_secret_name,
 };
 
 const MAGIC: &[u8; 8] = b"RTRSTORE";
 const FORMAT: u8 = 1;
 const HASH_LEN: usize = 32;
 
-/// The embedded local store. Cheap to share behind an `Arc`; all methods
-/// take `&self`.
-pub struct LocalStore {
+/// The embedded local store. Cheap to clone: clones share one cache.
+#[derive(Clone)]
+pub struct LocalStore(Arc<Shared>);
+
+#[doc(hidden)]
+pub struct Shared {
     path: PathBuf,
     lock_path: PathBuf,
     tmp_path: PathBuf,
@@ -126,6 +129,13 @@ struct Version {
     sealed: Arc<[u8]>,
 }
 
+impl std::ops::Deref for LocalStore {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
 impl LocalStore {
     /// A handle on the store at `path`. Nothing is read until the first
     /// call; the first write creates the file.
@@ -136,13 +146,13 @@ impl LocalStore {
             name.push(suffix);
             path.with_file_name(name)
         };
-        Self {
+        Self(Arc::new(Shared {
             lock_path: with_suffix(".lock"),
             tmp_path: with_suffix(".tmp"),
             path,
             kek,
             cache: Mutex::new(None),
-        }
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -373,6 +383,16 @@ impl LocalStore {
         }
     }
 
+    /// Local version ids are decimal numbers.
+    fn number(&self, name: &str, secret: &Secret, id: &VersionId) -> Result<u64> {
+        id.0.parse().map_err(|_| Error::VersionNotFound {
+            store: self.label(),
+            name: name.to_owned(),
+            version: id.0.clone(),
+            available: available(secret),
+        })
+    }
+
     fn index_of(&self, name: &str, secret: &Secret, version: u64) -> Result<usize> {
         secret
             .versions
@@ -380,20 +400,18 @@ impl LocalStore {
             .map_err(|_| Error::VersionNotFound {
                 store: self.label(),
                 name: name.to_owned(),
-                version,
-                available: secret
-                    .versions
-                    .iter()
-                    .map(|v| v.number.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                version: version.to_string(),
+                available: available(secret),
             })
     }
 
     fn find<'s>(&self, state: &'s State, name: &str, selector: Selector) -> Result<&'s Version> {
         let secret = self.secret(state, name)?;
         let stage = match selector {
-            Selector::Version(n) => return Ok(&secret.versions[self.index_of(name, secret, n)?]),
+            Selector::Version(ref id) => {
+                let n = self.number(name, secret, id)?;
+                return Ok(&secret.versions[self.index_of(name, secret, n)?]);
+            }
             Selector::Current => Stage::Current,
             Selector::Stage(s) => s,
         };
@@ -671,6 +689,15 @@ fn clear(secret: &mut Secret, stage: Stage) {
     }
 }
 
+fn available(secret: &Secret) -> String {
+    let numbers: Vec<String> = secret
+        .versions
+        .iter()
+        .map(|v| v.number.to_string())
+        .collect();
+    numbers.join(", ")
+}
+
 fn meta(name: &str, v: &Version) -> VersionMeta {
     VersionMeta {
         name: name.to_owned(),
@@ -690,6 +717,71 @@ fn now_ms() -> u64 {
 
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// The local store behind the shared trait. Each call runs on tokio's
+/// blocking pool: reads are microseconds, but writes `fsync`.
+#[async_trait::async_trait]
+impl crate::Store for LocalStore {
+    fn describe(&self) -> String {
+        format!("local:{}", self.path.display())
+    }
+
+    async fn read(&self, name: &str, selector: &Selector) -> Result<crate::Fetched> {
+        let (store, name, selector) = (self.clone(), name.to_owned(), selector.clone());
+        blocking(move || store.get(&name, selector))
+            .await
+            .map(|v| crate::Fetched {
+                version: v.meta.version.into(),
+                created_at: Some(v.meta.created_at),
+                value: v.value,
+            })
+    }
+
+    async fn current_version(&self, name: &str) -> Result<VersionId> {
+        // Microseconds when the file is unchanged: no need for the pool.
+        LocalStore::current_version(self, name).map(VersionId::from)
+    }
+
+    async fn write(&self, name: &str, value: &[u8], write_as: WriteAs) -> Result<VersionId> {
+        let (store, name) = (self.clone(), name.to_owned());
+        let value = Zeroizing::new(value.to_vec());
+        blocking(move || store.put(&name, &value, write_as))
+            .await
+            .map(|m| m.version.into())
+    }
+
+    async fn promote(&self, name: &str, version: &VersionId) -> Result<()> {
+        let (store, name, version) = (self.clone(), name.to_owned(), version.clone());
+        blocking(move || {
+            let n = store.version_number(&name, &version)?;
+            store.promote(&name, n).map(|_| ())
+        })
+        .await
+    }
+
+    async fn retire(&self, name: &str, version: &VersionId) -> Result<()> {
+        let (store, name, version) = (self.clone(), name.to_owned(), version.clone());
+        blocking(move || {
+            let n = store.version_number(&name, &version)?;
+            store.retire(&name, n)
+        })
+        .await
+    }
+}
+
+impl LocalStore {
+    fn version_number(&self, name: &str, id: &VersionId) -> Result<u64> {
+        let loaded = self.snapshot()?;
+        let secret = self.secret(&loaded.state, name)?;
+        self.number(name, secret, id)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("local store task panicked")
 }
 
 #[cfg(test)]

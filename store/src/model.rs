@@ -92,11 +92,34 @@ impl fmt::Display for Stages {
     }
 }
 
+/// A version's id. Opaque: a decimal number on the local store and Vault
+/// KV, a UUID on AWS Secrets Manager, a resource version on Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VersionId(pub String);
+
+impl fmt::Display for VersionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<u64> for VersionId {
+    fn from(n: u64) -> Self {
+        Self(n.to_string())
+    }
+}
+
+impl From<&str> for VersionId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 /// Which version to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
     Current,
-    Version(u64),
+    Version(VersionId),
     Stage(Stage),
 }
 

@@ -223,7 +223,7 @@ fn concurrent_puts_from_several_processes_lose_no_write() {
         .map(|v| {
             String::from_utf8(
                 store
-                    .get("shared", Selector::Version(v))
+                    .get("shared", Selector::Version(v.into()))
                     .unwrap()
                     .value
                     .expose_secret()

@@ -120,7 +120,7 @@ impl StoreArgs {
                 reveal,
             } => {
                 let selector = match (version, stage) {
-                    (Some(v), _) => Selector::Version(v),
+                    (Some(v), _) => Selector::Version(v.into()),
                     (None, Some(s)) => Selector::Stage(s),
                     (None, None) => Selector::Current,
                 };

@@ -30,7 +30,7 @@ fn round_trip_and_history() {
     let m2 = s.put("db", CANARY, WriteAs::Current).unwrap();
     assert_eq!((m1.version, m2.version), (1, 2));
     assert_eq!(value(&s, "db", Selector::Current), CANARY);
-    assert_eq!(value(&s, "db", Selector::Version(1)), b"one");
+    assert_eq!(value(&s, "db", Selector::Version(1.into())), b"one");
     assert_eq!(value(&s, "db", Selector::Stage(Stage::Previous)), b"one");
     assert_eq!(s.current_version("db").unwrap(), 2);
     let h = s.history("db").unwrap();
@@ -79,7 +79,11 @@ fn stage_labels_follow_aws_semantics() {
     let err = s.retire("db", 4).unwrap_err().to_string();
     assert!(err.contains("is CURRENT and cannot be retired"), "{err}");
     s.retire("db", 5).unwrap();
-    let err = s.get("db", Selector::Version(5)).err().unwrap().to_string();
+    let err = s
+        .get("db", Selector::Version(5.into()))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("has no version 5 (versions: 1, 2, 3, 4)"),
         "{err}"
@@ -253,7 +257,7 @@ fn rewrap_moves_every_record_to_the_new_key() {
     assert!(read_fresh(s.path(), 1).is_err());
     assert_eq!(read_fresh(s.path(), 2).unwrap(), CANARY);
     let s2 = LocalStore::new(s.path(), kek(2));
-    assert_eq!(value(&s2, "db", Selector::Version(1)), b"one");
+    assert_eq!(value(&s2, "db", Selector::Version(1.into())), b"one");
 }
 
 #[test]

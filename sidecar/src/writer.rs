@@ -1,0 +1,487 @@
+//! The atomic writer: the kubelet's layout, which apps already know.
+//!
+//! ```text
+//! <target>/
+//!   ..2026_11_24_03_55_00.123456789/   the files of one change (0700, or 0750 for group-readable files)
+//!     db-password                      mode 0400 by default
+//!   ..data -> ..2026_11_24_03_55_00.123456789
+//!   db-password -> ..data/db-password  what the app opens
+//! ```
+//!
+//! A change is written into a fresh timestamped directory, then a
+//! `..data_tmp` symlink to it is renamed over `..data`: one `rename(2)`
+//! switches every file at once. A reader that opens `<target>/<file>` gets a
+//! complete old file or a complete new one; a reader that needs several files
+//! as one set opens them through `..data/` (or compares `readlink ..data`
+//! before and after). Superseded directories are kept for a grace period, so
+//! a reader in the middle of a path lookup never finds its file gone.
+//!
+//! Every operation works relative to the target directory's handle with
+//! no-follow semantics, and every name is a validated file name, so no write
+//! can leave the target directory. A symlinked target root is refused, and
+//! so is a target that is not tmpfs or ramfs unless disk is allowed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::{Gid, Uid};
+use zeroize::Zeroizing;
+
+use crate::{Error, Result};
+
+const DATA: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+const RAMFS_MAGIC: u64 = 0x8584_58f6;
+
+/// One file to write. No `Debug`: it holds a secret.
+pub struct FileSpec {
+    pub name: String,
+    pub data: Zeroizing<Vec<u8>>,
+    pub mode: u32,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every file already had this content and mode: nothing was touched.
+    Unchanged,
+    /// A new directory was swapped in.
+    Written,
+}
+
+/// Options for [`AtomicWriter::open`].
+#[derive(Debug, Clone, Default)]
+pub struct WriterOptions {
+    /// Accept a target that is not tmpfs or ramfs.
+    pub allow_disk: bool,
+    /// The owner of the files. `None`: the sidecar's own user and group.
+    pub owner: Option<(u32, u32)>,
+    /// How long a superseded directory stays for readers mid-lookup.
+    pub grace: Duration,
+}
+
+pub struct AtomicWriter {
+    path: PathBuf,
+    dir: OwnedFd,
+    options: WriterOptions,
+    /// Superseded directories and when they were superseded.
+    retired: Vec<(String, Instant)>,
+}
+
+impl AtomicWriter {
+    /// Opens the target directory, refusing a symlink, a non-directory, a
+    /// disk (unless allowed) and an owner the process cannot honour.
+    pub fn open(path: &Path, options: WriterOptions) -> Result<Self> {
+        let fail = |problem: String| Error::Target {
+            path: path.to_owned(),
+            problem,
+        };
+        let meta = std::fs::symlink_metadata(path).map_err(|e| {
+            fail(format!(
+                "cannot be inspected ({e}); expected an existing directory"
+            ))
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(fail(
+                "is a symlink; refusing to write through it (expected a real directory)".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(fail("is not a directory".into()));
+        }
+        let dir = rustix::fs::open(
+            path,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| fail(format!("cannot be opened ({e})")))?;
+        let fs = rustix::fs::fstatfs(&dir).map_err(|e| fail(format!("statfs failed ({e})")))?;
+        #[allow(clippy::unnecessary_cast)]
+        let fs_type = fs.f_type as u64;
+        if !options.allow_disk && fs_type != TMPFS_MAGIC && fs_type != RAMFS_MAGIC {
+            return Err(fail(format!(
+                "is not on tmpfs or ramfs (filesystem type {fs_type:#x}); secrets must stay in memory. \
+                 Mount an emptyDir with medium: Memory there, or pass --allow-disk to accept a disk"
+            )));
+        }
+        if let Some((uid, gid)) = options.owner {
+            check_owner(uid, gid).map_err(fail)?;
+        }
+        let writer = Self {
+            path: path.to_owned(),
+            dir,
+            options,
+            retired: Vec::new(),
+        };
+        // Best effort: keep other users out of the target itself.
+        let _ = rustix::fs::fchmod(
+            &writer.dir,
+            Mode::from_raw_mode(0o700 | group_bits(&writer.options)),
+        );
+        writer.remove_leftovers()?;
+        Ok(writer)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `files` as one change, unless every file already holds this
+    /// content and mode. Files not in `files` disappear.
+    pub fn write(&mut self, files: &[FileSpec]) -> Result<Outcome> {
+        for f in files {
+            rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
+        }
+        let old = self.current_dir_name()?;
+        if let Some(old) = &old
+            && self.matches(old, files)?
+        {
+            return Ok(Outcome::Unchanged);
+        }
+        let ts = self.make_dir(files)?;
+        // Swap: ..data_tmp -> ts, renamed over ..data.
+        self.unlink_if_present(DATA_TMP)?;
+        rustix::fs::symlinkat(ts.as_str(), &self.dir, DATA_TMP)
+            .map_err(self.io("create ..data_tmp"))?;
+        rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
+            self.fail(format!(
+                "cannot swap ..data ({e}); is ..data something other than a symlink?"
+            ))
+        })?;
+        // User-visible names.
+        for f in files {
+            self.link_visible(&f.name)?;
+        }
+        if let Some(old) = old {
+            let kept: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            for name in self.list_dir(&old)? {
+                if !kept.contains(&name.as_str()) {
+                    self.unlink_visible(&name)?;
+                }
+            }
+            self.retired.push((old, Instant::now()));
+        }
+        self.gc()?;
+        Ok(Outcome::Written)
+    }
+
+    /// Removes superseded directories older than the grace period.
+    pub fn gc(&mut self) -> Result<()> {
+        let grace = self.options.grace;
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(_, at)| at.elapsed() >= grace);
+        self.retired = kept;
+        for (name, _) in expired {
+            self.remove_dir(&name)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every file, link and directory the writer made.
+    pub fn wipe(&mut self) -> Result<()> {
+        if let Some(current) = self.current_dir_name()? {
+            for name in self.list_dir(&current)? {
+                self.unlink_visible(&name)?;
+            }
+        }
+        self.unlink_if_present(DATA)?;
+        self.unlink_if_present(DATA_TMP)?;
+        self.retired.clear();
+        self.remove_leftovers()
+    }
+
+    /// The files now served and their contents, read through `..data`.
+    pub fn read_current(&self) -> Result<BTreeMap<String, Zeroizing<Vec<u8>>>> {
+        let mut out = BTreeMap::new();
+        if let Some(dir) = self.current_dir_name()? {
+            let fd = self.open_subdir(&dir)?;
+            for name in self.list_dir(&dir)? {
+                let (data, _) = read_file(&fd, &name).map_err(self.io("read a served file"))?;
+                out.insert(name, data);
+            }
+        }
+        Ok(out)
+    }
+
+    fn fail(&self, problem: String) -> Error {
+        Error::Target {
+            path: self.path.clone(),
+            problem,
+        }
+    }
+
+    fn io(&self, what: &'static str) -> impl Fn(Errno) -> Error + '_ {
+        move |e| self.fail(format!("cannot {what} ({e})"))
+    }
+
+    /// The directory `..data` points to, if it is one of ours.
+    fn current_dir_name(&self) -> Result<Option<String>> {
+        match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
+            Ok(target) => {
+                let target = target.to_string_lossy().into_owned();
+                if !is_data_dir_name(&target) {
+                    return Err(self.fail(format!(
+                        "..data points to {target:?}, which is not a directory this writer makes; refusing"
+                    )));
+                }
+                Ok(Some(target))
+            }
+            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::INVAL) => Err(self.fail("..data is not a symlink; refusing".into())),
+            Err(e) => Err(self.io("read ..data")(e)),
+        }
+    }
+
+    fn open_subdir(&self, name: &str) -> Result<OwnedFd> {
+        rustix::fs::openat(
+            &self.dir,
+            name,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(self.io("open a data directory"))
+    }
+
+    fn list_dir(&self, name: &str) -> Result<Vec<String>> {
+        let fd = self.open_subdir(name)?;
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&fd).map_err(self.io("list a data directory"))? {
+            let entry = entry.map_err(self.io("list a data directory"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// True when `dir` holds exactly `files`, with the same contents and modes.
+    fn matches(&self, dir: &str, files: &[FileSpec]) -> Result<bool> {
+        let present = self.list_dir(dir)?;
+        let mut wanted: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        wanted.sort_unstable();
+        if present != wanted {
+            return Ok(false);
+        }
+        let fd = self.open_subdir(dir)?;
+        for f in files {
+            match read_file(&fd, &f.name) {
+                Ok((data, mode)) if *data == *f.data && mode == f.mode => {}
+                Ok(_) | Err(Errno::NOENT) => return Ok(false),
+                Err(e) => return Err(self.io("read a served file")(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn make_dir(&self, files: &[FileSpec]) -> Result<String> {
+        let group_read = files.iter().any(|f| f.mode & 0o040 != 0);
+        let dir_mode = if group_read { 0o750 } else { 0o700 };
+        let (name, fd) = loop {
+            let name = data_dir_name(SystemTime::now());
+            match rustix::fs::mkdirat(&self.dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+                Ok(()) => break (name.clone(), self.open_subdir(&name)?),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(self.io("create a data directory")(e)),
+            }
+        };
+        let result = (|| {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir_mode))
+                .map_err(self.io("chmod a data directory"))?;
+            self.chown(&fd)?;
+            for f in files {
+                let file = rustix::fs::openat(
+                    &fd,
+                    f.name.as_str(),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(f.mode),
+                )
+                .map_err(self.io("create a file"))?;
+                rustix::fs::fchmod(&file, Mode::from_raw_mode(f.mode))
+                    .map_err(self.io("chmod a file"))?;
+                self.chown(&file)?;
+                File::from(file)
+                    .write_all(&f.data)
+                    .map_err(|e| self.fail(format!("cannot write a file ({e})")))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = self.remove_dir(&name);
+            return Err(e);
+        }
+        Ok(name)
+    }
+
+    fn chown(&self, fd: &impl AsFd) -> Result<()> {
+        let Some((uid, gid)) = self.options.owner else {
+            return Ok(());
+        };
+        let euid = rustix::process::geteuid().as_raw();
+        let user = (euid != uid).then(|| Uid::from_raw(uid));
+        let group = (rustix::process::getegid().as_raw() != gid).then(|| Gid::from_raw(gid));
+        if user.is_none() && group.is_none() {
+            return Ok(());
+        }
+        rustix::fs::fchown(fd, user, group).map_err(self.io("set the file owner"))
+    }
+
+    /// Makes `<target>/<name>` a symlink to `..data/<name>`, replacing
+    /// anything else planted there.
+    fn link_visible(&self, name: &str) -> Result<()> {
+        let target = format!("{DATA}/{name}");
+        match rustix::fs::readlinkat(&self.dir, name, Vec::new()) {
+            Ok(existing) if existing.to_bytes() == target.as_bytes() => return Ok(()),
+            Err(Errno::NOENT) => {
+                return rustix::fs::symlinkat(target.as_str(), &self.dir, name)
+                    .map_err(self.io("create a file link"));
+            }
+            Ok(_) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(self.io("inspect a file link")(e)),
+        }
+        let stat = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.io("inspect a file link"))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+            return Err(self.fail(format!(
+                "{name:?} is a directory where the file link belongs; refusing to replace it"
+            )));
+        }
+        tracing::warn!(path = %self.path.display(), file = name, "replacing an unexpected entry with the file link");
+        let tmp = format!("..tmp.{name}");
+        self.unlink_if_present(&tmp)?;
+        rustix::fs::symlinkat(target.as_str(), &self.dir, tmp.as_str())
+            .map_err(self.io("create a file link"))?;
+        rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name)
+            .map_err(self.io("replace a file link"))
+    }
+
+    /// Removes `<target>/<name>` if it is our link.
+    fn unlink_visible(&self, name: &str) -> Result<()> {
+        match rustix::fs::readlinkat(&self.dir, name, Vec::new()) {
+            Ok(t) if t.to_bytes() == format!("{DATA}/{name}").as_bytes() => {
+                self.unlink_if_present(name)
+            }
+            Ok(_) | Err(Errno::NOENT) | Err(Errno::INVAL) => Ok(()),
+            Err(e) => Err(self.io("inspect a file link")(e)),
+        }
+    }
+
+    fn unlink_if_present(&self, name: &str) -> Result<()> {
+        match rustix::fs::unlinkat(&self.dir, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io("remove a stale link")(e)),
+        }
+    }
+
+    /// Removes one of our data directories and the files in it.
+    fn remove_dir(&self, name: &str) -> Result<()> {
+        if !is_data_dir_name(name) {
+            return Ok(());
+        }
+        let files = match self.list_dir(name) {
+            Ok(f) => f,
+            Err(_) => return Ok(()),
+        };
+        let fd = self.open_subdir(name)?;
+        for f in files {
+            let _ = rustix::fs::unlinkat(&fd, f.as_str(), AtFlags::empty());
+        }
+        match rustix::fs::unlinkat(&self.dir, name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.io("remove an old data directory")(e)),
+        }
+    }
+
+    /// Removes data directories left by an earlier run, except the current.
+    fn remove_leftovers(&self) -> Result<()> {
+        let current = self.current_dir_name().ok().flatten();
+        let entries = rustix::fs::Dir::read_from(&self.dir).map_err(self.io("list the target"))?;
+        for entry in entries {
+            let entry = entry.map_err(self.io("list the target"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_data_dir_name(&name) && Some(&name) != current.as_ref() {
+                self.remove_dir(&name)?;
+            } else if name.starts_with("..tmp.") {
+                self.unlink_if_present(&name)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn group_bits(options: &WriterOptions) -> u32 {
+    // Group members need to traverse the directory for 0440 files.
+    if options.owner.is_some() { 0o050 } else { 0 }
+}
+
+/// Reads a file inside a data directory without following a symlink.
+fn read_file(dir: &OwnedFd, name: &str) -> rustix::io::Result<(Zeroizing<Vec<u8>>, u32)> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mode = rustix::fs::fstat(&fd)?.st_mode & 0o7777;
+    let mut data = Zeroizing::new(Vec::new());
+    File::from(fd).read_to_end(&mut data).map_err(|e| {
+        if e.kind() == ErrorKind::NotFound {
+            Errno::NOENT
+        } else {
+            Errno::IO
+        }
+    })?;
+    Ok((data, mode))
+}
+
+/// `..2026_11_24_03_55_00.123456789`, as the kubelet names them.
+fn data_dir_name(now: SystemTime) -> String {
+    let stamp = humantime::format_rfc3339_nanos(now).to_string();
+    let stamp = stamp.trim_end_matches('Z').replace(['-', 'T', ':'], "_");
+    format!("..{stamp}")
+}
+
+fn is_data_dir_name(name: &str) -> bool {
+    name.len() > 2
+        && name.starts_with("..")
+        && name.as_bytes()[2].is_ascii_digit()
+        && !name.contains('/')
+}
+
+fn check_owner(uid: u32, gid: u32) -> std::result::Result<(), String> {
+    let euid = rustix::process::geteuid().as_raw();
+    if euid == 0 {
+        return Ok(());
+    }
+    if euid != uid {
+        return Err(format!(
+            "rotor.dev/file-owner asks for uid {uid}, but the sidecar runs as uid {euid} and holds no capability to chown; \
+             run the sidecar as uid {uid} (the webhook copies the app's runAsUser) or use mode 0440 with the pod's fsGroup"
+        ));
+    }
+    let egid = rustix::process::getegid().as_raw();
+    let groups = rustix::process::getgroups().unwrap_or_default();
+    if egid != gid && !groups.iter().any(|g| g.as_raw() == gid) {
+        return Err(format!(
+            "rotor.dev/file-owner asks for gid {gid}, but the sidecar is not a member of it (gid {egid}); \
+             set the pod's fsGroup or runAsGroup to {gid}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

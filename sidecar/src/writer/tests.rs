@@ -1,0 +1,343 @@
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+
+/// A scratch directory on tmpfs when the machine has one.
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+fn opts() -> WriterOptions {
+    WriterOptions {
+        allow_disk: !Path::new("/dev/shm").is_dir(),
+        owner: None,
+        grace: Duration::from_secs(1),
+    }
+}
+
+fn spec(name: &str, data: &str, mode: u32) -> FileSpec {
+    FileSpec {
+        name: name.into(),
+        data: Zeroizing::new(data.as_bytes().to_vec()),
+        mode,
+    }
+}
+
+#[test]
+fn writes_the_kubelet_layout_with_modes() {
+    let dir = scratch();
+    let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
+    let out = w
+        .write(&[spec("db", "pw1", 0o400), spec("api", "k1", 0o440)])
+        .unwrap();
+    assert_eq!(out, Outcome::Written);
+    let data = std::fs::read_link(dir.path().join("..data")).unwrap();
+    assert!(is_data_dir_name(data.to_str().unwrap()), "{data:?}");
+    assert_eq!(
+        std::fs::read_link(dir.path().join("db")).unwrap(),
+        Path::new("..data/db")
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("db")).unwrap(),
+        "pw1"
+    );
+    let mode = |p: &str| {
+        std::fs::metadata(dir.path().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("db"), 0o400);
+    assert_eq!(mode("api"), 0o440);
+    assert_eq!(
+        mode("..data"),
+        0o750,
+        "group-readable files get a 0750 directory"
+    );
+    w.write(&[spec("db", "pw1", 0o400)]).unwrap();
+    assert_eq!(mode("..data"), 0o700);
+}
+
+#[test]
+fn unchanged_content_is_not_rewritten() {
+    let dir = scratch();
+    let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
+    w.write(&[spec("db", "a", 0o400)]).unwrap();
+    let before = std::fs::read_link(dir.path().join("..data")).unwrap();
+    assert_eq!(
+        w.write(&[spec("db", "a", 0o400)]).unwrap(),
+        Outcome::Unchanged
+    );
+    assert_eq!(
+        std::fs::read_link(dir.path().join("..data")).unwrap(),
+        before
+    );
+    // A new writer over the same directory (a restarted sidecar) agrees.
+    let mut again = AtomicWriter::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        again.write(&[spec("db", "a", 0o400)]).unwrap(),
+        Outcome::Unchanged
+    );
+    // Mode changes count as changes.
+    assert_eq!(
+        again.write(&[spec("db", "a", 0o440)]).unwrap(),
+        Outcome::Written
+    );
+}
+
+#[test]
+fn removed_files_disappear_and_old_directories_are_collected() {
+    let dir = scratch();
+    let mut w = AtomicWriter::open(
+        dir.path(),
+        WriterOptions {
+            grace: Duration::ZERO,
+            ..opts()
+        },
+    )
+    .unwrap();
+    w.write(&[spec("a", "1", 0o400), spec("b", "1", 0o400)])
+        .unwrap();
+    w.write(&[spec("a", "2", 0o400)]).unwrap();
+    assert!(!dir.path().join("b").exists());
+    assert!(
+        std::fs::symlink_metadata(dir.path().join("b")).is_err(),
+        "dangling link left"
+    );
+    let data_dirs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| is_data_dir_name(n))
+        .collect();
+    assert_eq!(data_dirs.len(), 1, "{data_dirs:?}");
+    w.wipe().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn a_disk_target_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let on_disk = rustix::fs::statfs(dir.path()).unwrap().f_type as u64;
+    if on_disk == TMPFS_MAGIC || on_disk == RAMFS_MAGIC {
+        return; // this machine's target dir is itself in memory
+    }
+    let err = AtomicWriter::open(dir.path(), WriterOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("is not on tmpfs or ramfs") && err.contains("--allow-disk"),
+        "{err}"
+    );
+    AtomicWriter::open(
+        dir.path(),
+        WriterOptions {
+            allow_disk: true,
+            ..WriterOptions::default()
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_symlinked_target_root_is_refused() {
+    let dir = scratch();
+    let real = dir.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let err = AtomicWriter::open(&link, opts()).err().unwrap().to_string();
+    assert!(err.contains("is a symlink"), "{err}");
+}
+
+#[test]
+fn traversal_names_are_refused() {
+    let dir = scratch();
+    let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
+    for bad in [
+        "../escape",
+        "/etc/passwd",
+        "..",
+        ".",
+        ".hidden",
+        "a/b",
+        "..data",
+    ] {
+        let err = w.write(&[spec(bad, "x", 0o400)]).err().unwrap().to_string();
+        assert!(err.contains("file name"), "{bad}: {err}");
+    }
+    assert!(!dir.path().parent().unwrap().join("escape").exists());
+}
+
+#[test]
+fn planted_symlinks_never_lead_writes_outside() {
+    let dir = scratch();
+    let outside = scratch();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    let target = dir.path();
+    // A visible name planted as a symlink to a file outside.
+    std::os::unix::fs::symlink(&victim, target.join("db")).unwrap();
+    // ..data_tmp planted as a symlink to a directory outside.
+    std::os::unix::fs::symlink(outside.path(), target.join("..data_tmp")).unwrap();
+    let mut w = AtomicWriter::open(target, opts()).unwrap();
+    w.write(&[spec("db", "secret", 0o400)]).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert_eq!(
+        std::fs::read_link(target.join("db")).unwrap(),
+        Path::new("..data/db")
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("db")).unwrap(),
+        "secret"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+
+    // ..data planted as a link to a directory outside: refused, nothing written there.
+    std::fs::remove_file(target.join("..data")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), target.join("..data")).unwrap();
+    let err = w
+        .write(&[spec("db", "other", 0o400)])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a directory this writer makes"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+
+    // ..data planted as a real directory: refused.
+    std::fs::remove_file(target.join("..data")).unwrap();
+    std::fs::create_dir(target.join("..data")).unwrap();
+    let err = w
+        .write(&[spec("db", "other", 0o400)])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("..data is not a symlink"), "{err}");
+
+    // A directory planted where a file link belongs: refused.
+    std::fs::remove_dir(target.join("..data")).unwrap();
+    std::fs::create_dir(target.join("api")).unwrap();
+    let err = w
+        .write(&[spec("api", "x", 0o400)])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("is a directory where the file link belongs"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+}
+
+#[test]
+fn owner_and_modes_are_as_set() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        // As a non-root user only one's own uid can be asked for.
+        let me = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let dir = scratch();
+        let mut w = AtomicWriter::open(
+            dir.path(),
+            WriterOptions {
+                owner: Some(me),
+                ..opts()
+            },
+        )
+        .unwrap();
+        w.write(&[spec("db", "x", 0o400)]).unwrap();
+        let err = AtomicWriter::open(
+            dir.path(),
+            WriterOptions {
+                owner: Some((me.0 + 1, me.1)),
+                ..opts()
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("holds no capability to chown"), "{err}");
+        return;
+    }
+    let dir = scratch();
+    let mut w = AtomicWriter::open(
+        dir.path(),
+        WriterOptions {
+            owner: Some((4321, 8765)),
+            ..opts()
+        },
+    )
+    .unwrap();
+    w.write(&[spec("db", "x", 0o400), spec("ca", "y", 0o440)])
+        .unwrap();
+    for f in ["db", "ca", "..data"] {
+        let meta = std::fs::metadata(dir.path().join(f)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 8765), "{f}");
+    }
+    assert_eq!(
+        std::fs::metadata(dir.path().join("ca")).unwrap().mode() & 0o7777,
+        0o440
+    );
+}
+
+/// Reads every file through its visible name, and the whole set through
+/// `..data` opened once.
+#[test]
+fn concurrent_reader_never_sees_a_mix_or_a_missing_file_over_10000_swaps() {
+    const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+    let dir = scratch();
+    let path = dir.path().to_owned();
+    let mut w = AtomicWriter::open(&path, opts()).unwrap();
+    let files = |generation: u32| -> Vec<FileSpec> {
+        NAMES
+            .iter()
+            .map(|n| spec(n, &format!("{n}:{generation:08}"), 0o400))
+            .collect()
+    };
+    w.write(&files(0)).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (done, path) = (done.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                // Each file, by its visible name: present and complete.
+                for n in NAMES {
+                    let text = std::fs::read_to_string(path.join(n))
+                        .unwrap_or_else(|e| panic!("{n} missing after {reads} reads: {e}"));
+                    assert_eq!(text.len(), n.len() + 9, "partial file {n}: {text:?}");
+                }
+                // The set, through ..data opened once: one generation.
+                let set = std::fs::File::open(path.join("..data")).unwrap();
+                let gens: Vec<String> = NAMES
+                    .iter()
+                    .map(|n| {
+                        let fd = rustix::fs::openat(&set, *n, OFlags::RDONLY, Mode::empty())
+                            .unwrap_or_else(|e| panic!("{n} missing in a set: {e}"));
+                        let mut s = String::new();
+                        File::from(fd).read_to_string(&mut s).unwrap();
+                        s.split(':').nth(1).unwrap().to_owned()
+                    })
+                    .collect();
+                assert!(gens.windows(2).all(|w| w[0] == w[1]), "mixed set: {gens:?}");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for generation in 1..=10_000 {
+        w.write(&files(generation)).unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    let reads = reader.join().expect("reader saw a mix or a missing file");
+    assert!(reads > 0);
+}
