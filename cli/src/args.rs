@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands;
-use crate::logging::{self, LogFormat};
+use rotor_telemetry::LogFormat;
 
 /// Rotor's operator CLI: generate key-encryption keys and administer the
 /// embedded, envelope-encrypted local store.
@@ -54,7 +54,7 @@ impl Args {
             log_format,
             command,
         } = Self::parse();
-        logging::init(log_format, &log);
+        rotor_telemetry::init(log_format, &log);
         let result = match command {
             Command::Keygen { out, force } => commands::keygen::run(&out, force),
             Command::Store(args) => args.run(),

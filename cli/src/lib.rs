@@ -2,7 +2,6 @@
 
 mod args;
 mod commands;
-mod logging;
 mod table;
 
 pub use args::Args;

@@ -584,7 +584,7 @@ fn parse_reload(part: &str) -> Result<ReloadAction, (String, &'static str)> {
 
 /// The `secrets["…"]` / `secrets['…']` / `secrets.name` references of a
 /// template, found by scanning its source.
-fn template_references(source: &str) -> Vec<String> {
+pub fn template_references(source: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = source;
     while let Some(at) = rest.find("secrets") {

@@ -1,7 +1,25 @@
 //! `rotor-sidecar`: delivers a pod's secrets as files on tmpfs, keeps them
 //! fresh, and tells the app when they change.
+//!
+//! - [`writer`]: the atomic writer (kubelet layout, `..data` swap).
+//! - [`engine`]: the refresh loop: fetch, poll with a cheap version check,
+//!   back off on errors, write, reload; pushes and annotation changes.
+//! - [`render`]: secret values and templates into file contents.
+//! - [`reload`]: signal, HTTP and exec actions.
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `POST /v1/refresh`.
+//! - [`watch`]: the annotations file, watched with inotify.
+//! - [`downward`]: the downward-API file format.
 
+mod args;
+pub mod downward;
+pub mod engine;
 mod error;
+pub mod http;
+pub mod metrics;
+pub mod reload;
+pub mod render;
+pub mod watch;
 pub mod writer;
 
+pub use args::Args;
 pub use error::{Error, Result};

@@ -1,3 +1,6 @@
+//! Logging setup shared by Rotor's binaries: structured `tracing` logs on
+//! stderr, as text or JSON.
+
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,232 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use rotor_envelope::{Kek, KeyFileKek};
+use rotor_store::{LocalStore, Store};
+use rotor_telemetry::LogFormat;
+use tokio::sync::mpsc;
+
+use crate::engine::{Engine, EngineOptions, Shared};
+use crate::http::{self, RateLimit};
+use crate::reload::{ReloadPolicy, Reloader};
+use crate::writer::{AtomicWriter, WriterOptions};
+
+/// Rotor's sidecar: reads which secrets the pod wants from its annotations,
+/// writes them as files on tmpfs with an atomic `..data` swap, keeps them
+/// fresh, and tells the app after a change.
+#[derive(Debug, Parser)]
+#[command(name = "rotor-sidecar", version, about, long_about = None)]
+pub struct Args {
+    /// The downward-API file of the pod's metadata.annotations. Watched
+    /// with inotify: changes apply without a restart.
+    #[arg(
+        long,
+        env = "ROTOR_ANNOTATIONS",
+        default_value = "/etc/rotor/pod/annotations"
+    )]
+    annotations: PathBuf,
+
+    /// Where the files go. Must be tmpfs or ramfs unless --allow-disk.
+    #[arg(long, env = "ROTOR_OUT_DIR", default_value = "/run/secrets/rotor")]
+    out_dir: PathBuf,
+
+    /// Accept an output directory that is not in memory.
+    #[arg(long, env = "ROTOR_ALLOW_DISK")]
+    allow_disk: bool,
+
+    /// Which kind of store to read.
+    #[arg(long, env = "ROTOR_STORE_KIND", value_enum, default_value_t = StoreKind::Local)]
+    store_kind: StoreKind,
+
+    /// The local store file (--store-kind local).
+    #[arg(long = "local-store", env = "ROTOR_STORE", value_name = "PATH")]
+    local_store: Option<PathBuf>,
+
+    /// The key-encryption key file of the local store.
+    #[arg(long, env = "ROTOR_KEY", value_name = "KEYFILE")]
+    key: Option<PathBuf>,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    admin_addr: SocketAddr,
+
+    /// Address of POST /v1/refresh. Loopback unless the controller must
+    /// reach it from outside the pod.
+    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value = "127.0.0.1:9465")]
+    push_addr: SocketAddr,
+
+    /// Push requests allowed per second (bursts of twice as many).
+    #[arg(long, env = "ROTOR_PUSH_RATE", default_value_t = 10)]
+    push_rate: u32,
+
+    /// Remove the files on shutdown.
+    #[arg(long, env = "ROTOR_WIPE_ON_EXIT")]
+    wipe_on_exit: bool,
+
+    /// Fetch and write once, then exit (the init-container mode).
+    #[arg(long)]
+    once: bool,
+
+    /// How long a superseded data directory stays for readers mid-lookup.
+    #[arg(long, env = "ROTOR_KEEP_OLD", default_value = "2s", value_parser = humantime::parse_duration)]
+    keep_old: Duration,
+
+    /// Log filter, in `RUST_LOG` syntax.
+    #[arg(long, env = "ROTOR_LOG", default_value = "info")]
+    log: String,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "ROTOR_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreKind {
+    /// The embedded envelope-encrypted store file.
+    Local,
+}
+
+impl Args {
+    pub fn parse_and_run() -> ExitCode {
+        let args = Self::parse();
+        rotor_telemetry::init(args.log_format, &args.log);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match runtime.block_on(args.run()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "rotor-sidecar failed");
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn run(self) -> anyhow::Result<()> {
+        let Self {
+            annotations,
+            out_dir,
+            allow_disk,
+            store_kind,
+            local_store,
+            key,
+            admin_addr,
+            push_addr,
+            push_rate,
+            wipe_on_exit,
+            once,
+            keep_old,
+            log: _,
+            log_format: _,
+        } = self;
+        let contract = crate::watch::load(&annotations)?;
+        let store: Arc<dyn Store> = match store_kind {
+            StoreKind::Local => {
+                let path = local_store
+                    .context("--local-store (ROTOR_STORE) is required with --store-kind local")?;
+                let key = key.context("--key (ROTOR_KEY) is required with --store-kind local")?;
+                let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::load(&key)?);
+                Arc::new(LocalStore::new(path, kek))
+            }
+        };
+        let writer = AtomicWriter::open(
+            &out_dir,
+            WriterOptions {
+                allow_disk,
+                owner: contract.file_owner,
+                grace: keep_old,
+            },
+        )?;
+        let shared = Arc::new(Shared::default());
+        tracing::info!(
+            store = %store.describe(),
+            out_dir = %out_dir.display(),
+            files = contract.files.len(),
+            refresh = ?contract.refresh,
+            "starting"
+        );
+        let mut engine = Engine::new(
+            store,
+            writer,
+            contract.clone(),
+            Reloader::new(ReloadPolicy::default()),
+            shared.clone(),
+            EngineOptions::default(),
+        );
+        if once {
+            engine.run_once().await;
+            tracing::info!("files written; exiting (--once)");
+            return Ok(());
+        }
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let (push_tx, push_rx) = mpsc::channel(16);
+        let admin = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
+        let push_router =
+            http::push_router(push_tx, RateLimit::new(f64::from(push_rate), push_rate * 2));
+        let admin_router = http::admin_router(shared.clone());
+        let mut servers = Vec::new();
+        if admin_addr == push_addr {
+            servers.push(tokio::spawn(http::serve(
+                admin,
+                admin_router.merge(push_router),
+                stopped(),
+            )));
+        } else {
+            let push = tokio::net::TcpListener::bind(push_addr)
+                .await
+                .with_context(|| format!("--push-addr {push_addr}: cannot listen"))?;
+            servers.push(tokio::spawn(http::serve(admin, admin_router, stopped())));
+            servers.push(tokio::spawn(http::serve(push, push_router, stopped())));
+        }
+        let config = crate::watch::spawn(
+            annotations,
+            contract,
+            shared.clone(),
+            Duration::from_millis(50),
+        )?;
+        let mut writer = engine.run(Some(config), push_rx, shutdown_signal()).await;
+        let _ = stop_tx.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
+        if wipe_on_exit {
+            writer.wipe()?;
+            tracing::info!("files removed (--wipe-on-exit)");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}

@@ -1,0 +1,306 @@
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+
+use rotor_envelope::KeyFileKek;
+use rotor_store::{LocalStore, WriteAs};
+
+use super::*;
+use crate::reload::ReloadPolicy;
+use crate::writer::WriterOptions;
+
+const CANARY: &str = "canary-engine-71c2";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    out: tempfile::TempDir,
+    store: LocalStore,
+    shared: Arc<Shared>,
+}
+
+fn tmpfs_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    }
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(
+        dir.path().join("s.rotor"),
+        Arc::new(KeyFileKek::from_bytes(&[3; 32])),
+    );
+    Fixture {
+        _dir: dir,
+        out: tmpfs_dir(),
+        store,
+        shared: Arc::new(Shared::default()),
+    }
+}
+
+fn contract(pairs: &[(&str, &str)]) -> PodSecrets {
+    rotor_crds::annotations::parse(pairs.iter().copied()).unwrap()
+}
+
+impl Fixture {
+    fn engine(&self, c: PodSecrets) -> Engine {
+        let writer = AtomicWriter::open(
+            self.out.path(),
+            WriterOptions {
+                allow_disk: !Path::new("/dev/shm").is_dir(),
+                owner: None,
+                grace: Duration::ZERO,
+            },
+        )
+        .unwrap();
+        Engine::new(
+            Arc::new(self.store.clone()),
+            writer,
+            c,
+            Reloader::new(ReloadPolicy::default()),
+            self.shared.clone(),
+            EngineOptions {
+                backoff_base: Duration::from_millis(20),
+                ..EngineOptions::default()
+            },
+        )
+    }
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.out.path().join(file)).ok()
+    }
+}
+
+/// A loopback reload hook counting its POSTs.
+async fn hook() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/reload",
+        axum::routing::post(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}/reload"), hits)
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+type Running = (
+    tokio::task::JoinHandle<AtomicWriter>,
+    watch::Sender<PodSecrets>,
+    mpsc::Sender<PushRequest>,
+    oneshot::Sender<()>,
+);
+
+fn start(engine: Engine, c: PodSecrets) -> Running {
+    let (config_tx, config_rx) = watch::channel(c);
+    let (push_tx, push_rx) = mpsc::channel(4);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(engine.run(Some(config_rx), push_rx, async {
+        let _ = stop_rx.await;
+    }));
+    (handle, config_tx, push_tx, stop_tx)
+}
+
+async fn push(tx: &mpsc::Sender<PushRequest>, secrets: Vec<PushSecret>) -> PushReply {
+    let (reply, rx) = oneshot::channel();
+    tx.send(PushRequest {
+        body: PushBody { secrets },
+        received: Instant::now(),
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap()
+}
+
+#[tokio::test]
+async fn first_write_then_one_reload_per_change_and_none_when_unchanged() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let (url, hits) = hook().await;
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+        ("rotor.dev/reload", &url),
+    ]);
+    assert!(!f.shared.is_ready());
+    let (task, _cfg, _push, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").as_deref() == Some("v1")).await;
+    assert!(f.shared.is_ready());
+    // Several polls with nothing new: no reload.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "reloaded with no change");
+    f.store.put("db", b"v2", WriteAs::Current).unwrap();
+    until("second version", || f.read("db").as_deref() == Some("v2")).await;
+    until("reload", || hits.load(Ordering::SeqCst) == 1).await;
+    // Same content written again as a new version: the file is unchanged.
+    f.store.put("db", b"v2", WriteAs::Current).unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "reloaded for unchanged content"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_outage_keeps_the_files_and_readiness_and_staleness_grows() {
+    let f = fixture();
+    f.store
+        .put("db", CANARY.as_bytes(), WriteAs::Current)
+        .unwrap();
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    let (task, _cfg, _push, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    // The store goes away.
+    let moved = f.store.path().with_extension("away");
+    std::fs::rename(f.store.path(), &moved).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(f.read("db").as_deref(), Some(CANARY));
+    assert!(f.shared.is_ready());
+    let stale = f.shared.metrics.staleness_of("db").unwrap();
+    assert!(stale >= 0.4, "staleness {stale}");
+    let metrics = f.shared.metrics.encode();
+    assert!(
+        metrics.contains("rotor_secret_fetch_errors_total{secret=\"db\",reason=\"store_missing\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(CANARY));
+    // It comes back with a new version: picked up within an interval or so.
+    std::fs::rename(&moved, f.store.path()).unwrap();
+    f.store.put("db", b"back", WriteAs::Current).unwrap();
+    until("recovery", || f.read("db").as_deref() == Some("back")).await;
+    assert!(f.shared.metrics.staleness_of("db").unwrap() < 0.5);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn push_pins_a_pending_version_and_acknowledges_it() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    let pending = f.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    let reply = push(
+        &tx,
+        vec![PushSecret {
+            name: "db".into(),
+            version: Some(pending.version.to_string()),
+        }],
+    )
+    .await;
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(
+        reply.secrets,
+        vec![PushAck {
+            name: "db".into(),
+            version: Some("2".into()),
+            error: None
+        }]
+    );
+    assert_eq!(
+        f.read("db").as_deref(),
+        Some("v2"),
+        "answered before the file was written"
+    );
+    // A plain push (no version) after a rollback returns to CURRENT.
+    f.store.retire("db", 2).unwrap();
+    let reply = push(
+        &tx,
+        vec![PushSecret {
+            name: "db".into(),
+            version: None,
+        }],
+    )
+    .await;
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("1"));
+    assert_eq!(f.read("db").as_deref(), Some("v1"));
+    // Unknown secrets are refused, not fetched.
+    let reply = push(
+        &tx,
+        vec![PushSecret {
+            name: "other".into(),
+            version: None,
+        }],
+    )
+    .await;
+    assert!(
+        !reply.ok
+            && reply.secrets[0].error.as_deref() == Some("this pod does not read this secret")
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn annotation_changes_add_and_remove_files_live() {
+    let f = fixture();
+    f.store.put("a", b"A", WriteAs::Current).unwrap();
+    f.store
+        .put("b", br#"{"user":"u"}"#, WriteAs::Current)
+        .unwrap();
+    let c = contract(&[("rotor.dev/secret.a", "a"), ("rotor.dev/refresh", "1h")]);
+    let (task, cfg, _push, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("a").is_some()).await;
+    cfg.send(contract(&[
+        ("rotor.dev/secret.user", "b#user"),
+        ("rotor.dev/refresh", "1h"),
+    ]))
+    .unwrap();
+    until("new file", || f.read("user").as_deref() == Some("u")).await;
+    assert!(f.read("a").is_none(), "removed file still there");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_secret_deleted_from_the_store_is_kept_or_removed_as_configured() {
+    for (policy, kept) in [("keep", true), ("delete", false)] {
+        let f = fixture();
+        f.store.put("a", b"A", WriteAs::Current).unwrap();
+        f.store.put("gone", b"G", WriteAs::Current).unwrap();
+        let c = contract(&[
+            ("rotor.dev/secret.a", "a"),
+            ("rotor.dev/secret.gone", "gone"),
+            ("rotor.dev/refresh", "100ms"),
+            ("rotor.dev/on-missing", policy),
+        ]);
+        let (task, _cfg, _push, stop) = start(f.engine(c.clone()), c);
+        until("first write", || f.read("gone").is_some()).await;
+        // The local store never drops a CURRENT version, so replace the
+        // file with a store that lacks the secret.
+        let fresh = LocalStore::new(
+            f.store.path().with_extension("new"),
+            Arc::new(KeyFileKek::from_bytes(&[3; 32])),
+        );
+        fresh.put("a", b"A", WriteAs::Current).unwrap();
+        std::fs::rename(fresh.path(), f.store.path()).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(f.read("gone").is_some(), kept, "policy {policy}");
+        assert_eq!(f.read("a").as_deref(), Some("A"));
+        stop.send(()).unwrap();
+        task.await.unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! The sidecar's Prometheus metrics. Labels carry file names, secret names,
+//! version ids and action kinds: never a value.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn change_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    ready: Gauge,
+    served: Family<Labels, Gauge>,
+    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    staleness: Family<Labels, Gauge<f64, AtomicU64>>,
+    fetch_errors: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
+    writes: Counter,
+    config_errors: Counter,
+    change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Last successful fetch per secret, for staleness at scrape time.
+    successes: Mutex<BTreeMap<String, SystemTime>>,
+    /// The version label now exported per secret, to drop the old series.
+    served_versions: Mutex<BTreeMap<String, String>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rotor");
+        let ready = Gauge::default();
+        let served = Family::<Labels, Gauge>::default();
+        let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let staleness = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        let fetch_errors = Family::<Labels, Counter>::default();
+        let reloads = Family::<Labels, Counter>::default();
+        let writes = Counter::default();
+        let config_errors = Counter::default();
+        let change_to_file =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
+        registry.register(
+            "sidecar_ready",
+            "1 once the first complete set of files is written",
+            ready.clone(),
+        );
+        registry.register(
+            "secret_served",
+            "The version of each secret now served (1 per secret and version)",
+            served.clone(),
+        );
+        registry.register(
+            "secret_last_success_timestamp_seconds",
+            "When each secret was last fetched or confirmed unchanged",
+            last_success.clone(),
+        );
+        registry.register(
+            "secret_staleness_seconds",
+            "Seconds since each secret was last fetched or confirmed unchanged",
+            staleness.clone(),
+        );
+        registry.register(
+            "secret_fetch_errors",
+            "Failed fetches and checks per secret, by reason",
+            fetch_errors.clone(),
+        );
+        registry.register(
+            "reload",
+            "Reload actions run, by kind and result",
+            reloads.clone(),
+        );
+        registry.register(
+            "files_swaps",
+            "Atomic swaps of the output directory",
+            writes.clone(),
+        );
+        registry.register(
+            "config_errors",
+            "Annotation changes refused as invalid",
+            config_errors.clone(),
+        );
+        registry.register(
+            "change_to_file_seconds",
+            "From a version's creation in the store (poll) or a push request (push) to its file being written",
+            change_to_file.clone(),
+        );
+        Self {
+            registry,
+            ready,
+            served,
+            last_success,
+            staleness,
+            fetch_errors,
+            reloads,
+            writes,
+            config_errors,
+            change_to_file,
+            successes: Mutex::default(),
+            served_versions: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    pub fn success(&self, secret: &str, at: SystemTime) {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_success
+            .get_or_create(&labels(&[("secret", secret)]))
+            .set(secs);
+        self.successes
+            .lock()
+            .expect("metrics lock")
+            .insert(secret.to_owned(), at);
+    }
+
+    pub fn served(&self, secret: &str, version: &str) {
+        let mut versions = self.served_versions.lock().expect("metrics lock");
+        if let Some(old) = versions.insert(secret.to_owned(), version.to_owned())
+            && old != version
+        {
+            self.served
+                .remove(&labels(&[("secret", secret), ("version", &old)]));
+        }
+        self.served
+            .get_or_create(&labels(&[("secret", secret), ("version", version)]))
+            .set(1);
+    }
+
+    /// Drops every series of a secret the pod no longer reads.
+    pub fn forget(&self, secret: &str) {
+        if let Some(v) = self
+            .served_versions
+            .lock()
+            .expect("metrics lock")
+            .remove(secret)
+        {
+            self.served
+                .remove(&labels(&[("secret", secret), ("version", &v)]));
+        }
+        self.successes.lock().expect("metrics lock").remove(secret);
+        self.last_success.remove(&labels(&[("secret", secret)]));
+        self.staleness.remove(&labels(&[("secret", secret)]));
+    }
+
+    pub fn fetch_error(&self, secret: &str, reason: &str) {
+        self.fetch_errors
+            .get_or_create(&labels(&[("secret", secret), ("reason", reason)]))
+            .inc();
+    }
+
+    pub fn reload(&self, kind: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads
+            .get_or_create(&labels(&[("action", kind), ("result", result)]))
+            .inc();
+    }
+
+    pub fn swapped(&self) {
+        self.writes.inc();
+    }
+
+    pub fn config_error(&self) {
+        self.config_errors.inc();
+    }
+
+    pub fn change_to_file(&self, trigger: &str, seconds: f64) {
+        self.change_to_file
+            .get_or_create(&labels(&[("trigger", trigger)]))
+            .observe(seconds);
+    }
+
+    /// Seconds since the last success of one secret.
+    pub fn staleness_of(&self, secret: &str) -> Option<f64> {
+        let successes = self.successes.lock().expect("metrics lock");
+        successes
+            .get(secret)
+            .map(|at| at.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0))
+    }
+
+    /// The text exposition, with staleness computed now.
+    pub fn encode(&self) -> String {
+        let now = SystemTime::now();
+        for (secret, at) in self.successes.lock().expect("metrics lock").iter() {
+            let age = now
+                .duration_since(*at)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.staleness
+                .get_or_create(&labels(&[("secret", secret)]))
+                .set(age);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

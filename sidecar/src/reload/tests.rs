@@ -1,0 +1,176 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+/// A child that writes "got" to a file when SIGHUP arrives.
+fn hup_catcher(dir: &Path) -> (std::process::Child, std::path::PathBuf) {
+    let flag = dir.join("flag");
+    let ready = dir.join("ready");
+    let script = format!(
+        "trap 'echo got > {flag}' HUP; touch {ready}; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+        flag = flag.display(),
+        ready = ready.display()
+    );
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap();
+    for _ in 0..200 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, flag)
+}
+
+fn wait_for(path: &Path) -> bool {
+    (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        path.exists()
+    })
+}
+
+#[tokio::test]
+async fn a_signal_through_a_pid_file_reaches_a_child_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, flag) = hup_catcher(dir.path());
+    let pid_file = dir.path().join("app.pid");
+    std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
+    let action = ReloadAction::Signal {
+        signal: Signal::Hup,
+        target: ProcessTarget::PidFile(pid_file),
+    };
+    Reloader::new(ReloadPolicy::default())
+        .run(&action)
+        .await
+        .unwrap();
+    assert!(wait_for(&flag), "the child never saw SIGHUP");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_signal_by_name_finds_the_process_in_proc() {
+    let dir = tempfile::tempdir().unwrap();
+    // A uniquely named copy of sh, so that nothing else matches.
+    let name = format!("rtr-hup-{}", std::process::id() % 100000);
+    let sh = dir.path().join(&name);
+    std::fs::copy("/bin/sh", &sh).unwrap();
+    let flag = dir.path().join("flag");
+    let ready = dir.path().join("ready");
+    let mut child = std::process::Command::new(&sh)
+        .arg("-c")
+        .arg(format!(
+            "trap 'echo got > {}' HUP; touch {}; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
+            flag.display(),
+            ready.display()
+        ))
+        .spawn()
+        .unwrap();
+    assert!(wait_for(&ready));
+    let pids = find_by_name(Path::new("/proc"), &name).unwrap();
+    assert_eq!(pids, vec![child.id() as i32]);
+    let action = ReloadAction::Signal {
+        signal: Signal::Hup,
+        target: ProcessTarget::Name(name),
+    };
+    Reloader::new(ReloadPolicy::default())
+        .run(&action)
+        .await
+        .unwrap();
+    assert!(wait_for(&flag), "the child never saw SIGHUP");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_process_is_a_clear_error() {
+    let err = find_by_name(Path::new("/proc"), "no-such-process-xyz").unwrap_err();
+    assert!(err.contains("shareProcessNamespace"), "{err}");
+}
+
+/// A tiny HTTP server that answers each request with the next status.
+async fn hook(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let status = statuses.get(n).copied().unwrap_or(200);
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 1024];
+            let _ = sock.read(&mut buf).await;
+            let resp =
+                format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = sock.write_all(resp.as_bytes()).await;
+        }
+    });
+    (format!("http://127.0.0.1:{}/reload", addr.port()), hits)
+}
+
+#[tokio::test]
+async fn http_hooks_retry_server_errors_but_not_client_errors() {
+    let fast = ReloadPolicy {
+        http_timeout: Duration::from_secs(2),
+        http_attempts: 3,
+        exec_timeout: Duration::from_secs(5),
+    };
+    let (url, hits) = hook(vec![503, 200]).await;
+    Reloader::new(fast.clone())
+        .run(&ReloadAction::Http { url })
+        .await
+        .unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    let (url, hits) = hook(vec![404]).await;
+    let err = Reloader::new(fast.clone())
+        .run(&ReloadAction::Http { url })
+        .await
+        .unwrap_err();
+    assert!(err.contains("404") && err.contains("not retried"), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    let (url, hits) = hook(vec![500, 500, 500]).await;
+    let err = Reloader::new(fast)
+        .run(&ReloadAction::Http { url })
+        .await
+        .unwrap_err();
+    assert!(err.contains("after 3 attempts"), "{err}");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn exec_runs_with_a_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ran");
+    let argv = vec!["touch".to_owned(), out.display().to_string()];
+    Reloader::new(ReloadPolicy::default())
+        .run(&ReloadAction::Exec { argv })
+        .await
+        .unwrap();
+    assert!(out.exists());
+
+    let policy = ReloadPolicy {
+        exec_timeout: Duration::from_millis(200),
+        ..ReloadPolicy::default()
+    };
+    let argv = vec!["sleep".to_owned(), "5".to_owned()];
+    let err = Reloader::new(policy)
+        .run(&ReloadAction::Exec { argv })
+        .await
+        .unwrap_err();
+    assert!(err.contains("timed out"), "{err}");
+    let err = Reloader::new(ReloadPolicy::default())
+        .run(&ReloadAction::Exec {
+            argv: vec!["false".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.contains("exited with"), "{err}");
+}
