@@ -43,12 +43,30 @@ enum Command {
     },
     /// Administer a local store file.
     Store(commands::store::StoreArgs),
+    /// Run the whole loop on this machine: a local store, a sidecar writing
+    /// to tmpfs, and an app that reloads on SIGHUP while versions rotate.
+    Demo(commands::demo::DemoArgs),
+    /// The demo's app (used by `rotor demo`).
+    #[command(hide = true)]
+    DemoApp(commands::demo_app::DemoAppArgs),
+    /// Run the sidecar; the same as `rotor-sidecar` (see `rotor sidecar --help`).
+    #[command(disable_help_flag = true)]
+    Sidecar {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 impl Args {
     /// Parses the command line, runs the command and maps any error to a
     /// message on stderr and exit code 1.
     pub fn parse_and_run() -> ExitCode {
+        // `rotor sidecar …` hands its arguments to the sidecar untouched.
+        let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        if argv.get(1).is_some_and(|a| a == "sidecar") {
+            let rest = std::iter::once("rotor sidecar".into()).chain(argv[2..].iter().cloned());
+            return rotor_sidecar::Args::run_from(rest);
+        }
         let Self {
             log,
             log_format,
@@ -58,6 +76,12 @@ impl Args {
         let result = match command {
             Command::Keygen { out, force } => commands::keygen::run(&out, force),
             Command::Store(args) => args.run(),
+            Command::Demo(args) => args.run(),
+            Command::DemoApp(args) => args.run(),
+            Command::Sidecar { args } => {
+                let argv = std::iter::once("rotor sidecar".into()).chain(args);
+                return rotor_sidecar::Args::run_from(argv);
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

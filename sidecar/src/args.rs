@@ -93,7 +93,16 @@ enum StoreKind {
 
 impl Args {
     pub fn parse_and_run() -> ExitCode {
-        let args = Self::parse();
+        Self::run_from(std::env::args_os())
+    }
+
+    /// Parses `argv` (program name first) and runs; `rotor sidecar` uses it.
+    pub fn run_from<I, T>(argv: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let args = Self::parse_from(argv);
         rotor_telemetry::init(args.log_format, &args.log);
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,2 +1,4 @@
+pub mod demo;
+pub mod demo_app;
 pub mod keygen;
 pub mod store;

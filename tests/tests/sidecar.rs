@@ -1,0 +1,348 @@
+//! `rotor-sidecar` as a real process against the local store.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_e2e::{command, free_port, http, on_tmpfs, signal, tmpfs_dir, wait_until};
+use rotor_envelope::KeyFileKek;
+use rotor_store::{LocalStore, WriteAs};
+
+const CANARY: &str = "canary-sidecar-5f0d2a";
+
+struct Pod {
+    work: tempfile::TempDir,
+    out: tempfile::TempDir,
+    store: LocalStore,
+    admin: u16,
+    push: u16,
+    child: Option<Child>,
+}
+
+impl Pod {
+    fn new() -> Self {
+        let work = tempfile::tempdir().unwrap();
+        let key = work.path().join("kek");
+        KeyFileKek::generate(&key, false).unwrap();
+        let store = LocalStore::new(
+            work.path().join("store.rotor"),
+            Arc::new(KeyFileKek::load(&key).unwrap()),
+        );
+        Self {
+            work,
+            out: tmpfs_dir(),
+            store,
+            admin: free_port(),
+            push: free_port(),
+            child: None,
+        }
+    }
+
+    fn annotations_path(&self) -> PathBuf {
+        self.work.path().join("podinfo").join("annotations")
+    }
+
+    /// Writes the annotations file the way the kubelet does: a new file
+    /// renamed into place.
+    fn annotate(&self, pairs: &[(&str, &str)]) {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let path = self.annotations_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, rotor_sidecar::downward::format(&map)).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    fn command(&self) -> std::process::Command {
+        self.command_to(self.out.path())
+    }
+
+    fn command_to(&self, out_dir: &Path) -> std::process::Command {
+        let mut cmd = command("rotor-sidecar");
+        cmd.arg("--annotations")
+            .arg(self.annotations_path())
+            .arg("--out-dir")
+            .arg(out_dir)
+            .arg("--local-store")
+            .arg(self.store.path())
+            .arg("--key")
+            .arg(self.work.path().join("kek"))
+            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
+            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
+            .env("ROTOR_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log()).unwrap());
+        cmd
+    }
+
+    fn log(&self) -> PathBuf {
+        self.work.path().join("sidecar.log")
+    }
+
+    fn start(&mut self) {
+        self.child = Some(self.command().spawn().unwrap());
+        assert!(
+            wait_until(10, || http(self.admin, "GET", "/readyz", "")
+                .is_some_and(|(s, _)| s == 200)),
+            "not ready: {}",
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+    }
+
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.out.path().join(file)).ok()
+    }
+
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "TERM");
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn delivers_refreshes_and_reconfigures_live_through_inotify() {
+    let mut pod = Pod::new();
+    pod.store.put("a", b"A1", WriteAs::Current).unwrap();
+    pod.store
+        .put("b", br#"{"user":"app"}"#, WriteAs::Current)
+        .unwrap();
+    pod.annotate(&[("rotor.dev/secret.a", "a"), ("rotor.dev/refresh", "200ms")]);
+    pod.start();
+    assert_eq!(pod.read("a").as_deref(), Some("A1"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pod.out.path().join("a"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o400);
+
+    // A new version reaches the file within one interval.
+    pod.store.put("a", b"A2", WriteAs::Current).unwrap();
+    assert!(wait_until(2, || pod.read("a").as_deref() == Some("A2")));
+
+    // A new annotation adds a file, a removed one deletes its file.
+    pod.annotate(&[
+        ("rotor.dev/secret.user", "b#user"),
+        ("rotor.dev/refresh", "200ms"),
+    ]);
+    assert!(
+        wait_until(5, || pod.read("user").as_deref() == Some("app")),
+        "file not added"
+    );
+    assert!(
+        wait_until(5, || pod.read("a").is_none()),
+        "file not removed"
+    );
+
+    // An invalid change is refused and the running configuration stays.
+    pod.annotate(&[
+        ("rotor.dev/secret.user", "b#user"),
+        ("rotor.dev/refresh", "never"),
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pod.read("user").as_deref(), Some("app"));
+    let (_, metrics) = http(pod.admin, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("rotor_config_errors_total 1"), "{metrics}");
+    assert!(
+        std::fs::read_to_string(pod.log())
+            .unwrap()
+            .contains("annotation rotor.dev/refresh")
+    );
+
+    assert!(pod.stop().success());
+}
+
+#[test]
+fn push_answers_with_the_served_version_after_the_file_is_written() {
+    let mut pod = Pod::new();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    pod.start();
+    pod.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    let (status, body) = http(
+        pod.push,
+        "POST",
+        "/v1/refresh",
+        r#"{"secrets":[{"name":"db","version":"2"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"ok":true,"secrets":[{"name":"db","version":"2"}]}"#
+    );
+    assert_eq!(pod.read("db").as_deref(), Some("v2"));
+    // Malformed bodies get a 400 naming the problem.
+    let (status, body) = http(pod.push, "POST", "/v1/refresh", r#"{"secret":[]}"#).unwrap();
+    assert_eq!(status, 400);
+    assert!(body.contains("unknown field `secret`"), "{body}");
+    // The push endpoint is rate-limited.
+    let statuses: Vec<u16> = (0..40)
+        .map(|_| http(pod.push, "POST", "/v1/refresh", "").unwrap().0)
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[test]
+fn sigterm_with_wipe_on_exit_removes_the_files() {
+    let mut pod = Pod::new();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    pod.child = Some(pod.command().arg("--wipe-on-exit").spawn().unwrap());
+    assert!(wait_until(10, || pod.read("db").is_some()));
+    assert!(pod.stop().success());
+    assert_eq!(std::fs::read_dir(pod.out.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn startup_errors_name_the_problem() {
+    let pod = Pod::new();
+    pod.annotate(&[
+        ("rotor.dev/secret.../x", "db"),
+        ("rotor.dev/refresh", "fast"),
+    ]);
+    let out = pod.command().stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("annotation rotor.dev/secret.../x: names the file \"../x\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("annotation rotor.dev/refresh: value \"fast\" is not a duration"),
+        "{stderr}"
+    );
+
+    let disk = tempfile::tempdir().unwrap();
+    if !on_tmpfs(disk.path()) {
+        pod.annotate(&[("rotor.dev/secret.db", "db")]);
+        let out = pod
+            .command_to(disk.path())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("is not on tmpfs or ramfs"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_canary_never_appears_in_logs_metrics_or_errors() {
+    let mut pod = Pod::new();
+    pod.store
+        .put("db", CANARY.as_bytes(), WriteAs::Current)
+        .unwrap();
+    // A JSON field asked of a non-JSON value: a render error about the canary's secret.
+    pod.store
+        .put("blob", CANARY.as_bytes(), WriteAs::Current)
+        .unwrap();
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    pod.start();
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/secret.field", "blob#key"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    pod.store
+        .put("db", format!("{CANARY}-2").as_bytes(), WriteAs::Current)
+        .unwrap();
+    let (_, push) = http(pod.push, "POST", "/v1/refresh", "").unwrap();
+    let (_, metrics) = http(pod.admin, "GET", "/metrics", "").unwrap();
+    assert!(pod.stop().success());
+    let log = std::fs::read_to_string(pod.log()).unwrap();
+    assert!(
+        log.contains("is not a JSON object"),
+        "the render error was not logged:\n{log}"
+    );
+    for (what, text) in [("log", &log), ("metrics", &metrics), ("push reply", &push)] {
+        assert!(!text.contains(CANARY), "canary in {what}:\n{text}");
+    }
+}
+
+/// Kills the sidecar with SIGKILL at many points while it swaps a set of
+/// ten 64 KiB files cut from one JSON secret; after each kill every file is
+/// complete and all of them come from one version.
+#[test]
+fn kill_9_during_writes_leaves_the_old_set_or_the_new_one() {
+    let mut pod = Pod::new();
+    let bundle = |generation: u32| {
+        let fields: BTreeMap<String, String> = (0..10)
+            .map(|k| (format!("k{k}"), format!("{generation:08}").repeat(8192)))
+            .collect();
+        serde_json_like(&fields)
+    };
+    pod.store
+        .put("bundle", &bundle(0), WriteAs::Current)
+        .unwrap();
+    let pairs: Vec<(String, String)> = (0..10)
+        .map(|k| (format!("rotor.dev/secret.f{k}"), format!("bundle#k{k}")))
+        .chain([("rotor.dev/refresh".to_owned(), "100ms".to_owned())])
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    pod.annotate(&refs);
+    let mut generation = 0;
+    for round in 0..12u64 {
+        pod.child = Some(pod.command().spawn().unwrap());
+        for _ in 0..4 {
+            generation += 1;
+            pod.store
+                .put("bundle", &bundle(generation), WriteAs::Current)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(40 + (round * 37) % 90));
+        }
+        let mut child = pod.child.take().unwrap();
+        signal(&child, "KILL");
+        child.wait().unwrap();
+        check_one_generation(pod.out.path(), round);
+    }
+}
+
+fn check_one_generation(dir: &Path, round: u64) {
+    if std::fs::symlink_metadata(dir.join("..data")).is_err() {
+        return; // killed before the first write
+    }
+    let mut seen = None;
+    for k in 0..10 {
+        let text = std::fs::read_to_string(dir.join(format!("f{k}")))
+            .unwrap_or_else(|e| panic!("round {round}: f{k} missing: {e}"));
+        assert_eq!(text.len(), 65536, "round {round}: f{k} is partial");
+        let generation = &text[..8];
+        assert_eq!(text, generation.repeat(8192), "round {round}: f{k} is torn");
+        match &seen {
+            None => seen = Some(generation.to_owned()),
+            Some(g) => assert_eq!(g, generation, "round {round}: files from two versions"),
+        }
+    }
+}
+
+/// A JSON object of string fields (values need no escaping here).
+fn serde_json_like(fields: &BTreeMap<String, String>) -> Vec<u8> {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\":\"{v}\""))
+        .collect();
+    format!("{{{}}}", parts.join(",")).into_bytes()
+}
