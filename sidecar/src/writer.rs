@@ -73,6 +73,12 @@ pub struct AtomicWriter {
     options: WriterOptions,
     /// Superseded directories and when they were superseded.
     retired: Vec<(String, Instant)>,
+    /// The data directory this writer made last and a digest of its files,
+    /// so that an unchanged write reads nothing from disk.
+    last: Option<(String, [u8; 32])>,
+    /// The process umask, read once: files need an explicit chmod only
+    /// when it would strip bits of their mode.
+    umask: u32,
 }
 
 impl AtomicWriter {
@@ -119,6 +125,8 @@ impl AtomicWriter {
             dir,
             options,
             retired: Vec::new(),
+            last: None,
+            umask: read_umask(),
         };
         // Best effort: keep other users out of the target itself.
         let _ = rustix::fs::fchmod(
@@ -140,10 +148,16 @@ impl AtomicWriter {
             rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
         }
         let old = self.current_dir_name()?;
-        if let Some(old) = &old
-            && self.matches(old, files)?
-        {
-            return Ok(Outcome::Unchanged);
+        let digest = digest_of(files);
+        if let Some(old) = &old {
+            let unchanged = match &self.last {
+                Some((dir, d)) if dir == old => *d == digest,
+                _ => self.matches(old, files)?,
+            };
+            if unchanged {
+                self.last = Some((old.clone(), digest));
+                return Ok(Outcome::Unchanged);
+            }
         }
         let ts = self.make_dir(files)?;
         // Swap: ..data_tmp -> ts, renamed over ..data.
@@ -159,6 +173,7 @@ impl AtomicWriter {
         for f in files {
             self.link_visible(&f.name)?;
         }
+        self.last = Some((ts, digest));
         if let Some(old) = old {
             let kept: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
             for name in self.list_dir(&old)? {
@@ -195,6 +210,7 @@ impl AtomicWriter {
         self.unlink_if_present(DATA)?;
         self.unlink_if_present(DATA_TMP)?;
         self.retired.clear();
+        self.last = None;
         self.remove_leftovers()
     }
 
@@ -310,8 +326,10 @@ impl AtomicWriter {
                     Mode::from_raw_mode(f.mode),
                 )
                 .map_err(self.io("create a file"))?;
-                rustix::fs::fchmod(&file, Mode::from_raw_mode(f.mode))
-                    .map_err(self.io("chmod a file"))?;
+                if f.mode & self.umask != 0 {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(f.mode))
+                        .map_err(self.io("chmod a file"))?;
+                }
                 self.chown(&file)?;
                 File::from(file)
                     .write_all(&f.data)
@@ -445,6 +463,32 @@ fn read_file(dir: &OwnedFd, name: &str) -> rustix::io::Result<(Zeroizing<Vec<u8>
         }
     })?;
     Ok((data, mode))
+}
+
+/// A SHA-256 over every file's name, mode and content.
+fn digest_of(files: &[FileSpec]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for f in files {
+        ctx.update(&(f.name.len() as u64).to_be_bytes());
+        ctx.update(f.name.as_bytes());
+        ctx.update(&f.mode.to_be_bytes());
+        ctx.update(&(f.data.len() as u64).to_be_bytes());
+        ctx.update(&f.data);
+    }
+    ctx.finish().as_ref().try_into().expect("32-byte digest")
+}
+
+/// The process umask, from `/proc/self/status`; all bits when unknown, so
+/// that every file gets an explicit chmod.
+fn read_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
 }
 
 /// `..2026_11_24_03_55_00.123456789`, as the kubelet names them.
