@@ -58,6 +58,36 @@ pub enum Error {
         problem: String,
     },
 
+    #[error("{store}: secret {name:?}: permission denied: {detail}")]
+    PermissionDenied {
+        store: String,
+        name: String,
+        detail: String,
+    },
+
+    #[error("{store}: authentication failed: {detail}")]
+    Auth { store: String, detail: String },
+
+    #[error("{store}: unreachable: {detail}")]
+    Unreachable { store: String, detail: String },
+
+    #[error("{store}: secret {name:?}: throttled: {detail}")]
+    Throttled {
+        store: String,
+        name: String,
+        detail: String,
+    },
+
+    #[error("{store}: secret {name:?}: malformed: {detail}")]
+    Malformed {
+        store: String,
+        name: String,
+        detail: String,
+    },
+
+    #[error("{store}: configuration: {detail}")]
+    Config { store: String, detail: String },
+
     #[error("value for secret {name:?} is {len} bytes; {problem}")]
     BadValue {
         name: String,
@@ -81,7 +111,26 @@ impl Error {
             | Error::StageNotFound { .. } => "not_found",
             Error::InvalidName(_) | Error::BadValue { .. } => "invalid_input",
             Error::Conflict { .. } => "conflict",
+            Error::PermissionDenied { .. } => "permission_denied",
+            Error::Auth { .. } => "auth",
+            Error::Unreachable { .. } => "unreachable",
+            Error::Throttled { .. } => "throttled",
+            Error::Malformed { .. } => "malformed",
+            Error::Config { .. } => "config",
         }
+    }
+
+    /// True when trying again later can succeed: the store was unreachable,
+    /// throttled us, or had a transient I/O problem. Not found, permission
+    /// denied, malformed data and bad input are not retried.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unreachable { .. }
+                | Error::Throttled { .. }
+                | Error::Io { .. }
+                | Error::Missing { .. }
+        )
     }
 
     /// True when the secret, version or stage asked for does not exist.

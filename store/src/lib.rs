@@ -19,6 +19,8 @@ mod backend;
 mod error;
 pub mod local;
 mod model;
+pub mod transit;
+pub mod vault;
 
 pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
@@ -27,6 +29,8 @@ pub use model::{
     SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,
 };
 pub use rotor_crds::names::validate_secret_name;
+pub use transit::TransitKek;
+pub use vault::{RetireMode, VaultAuth, VaultConfig, VaultStore};
 
 /// The largest value a store accepts, in bytes.
 pub const MAX_VALUE_LEN: usize = 1024 * 1024;

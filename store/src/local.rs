@@ -739,8 +739,12 @@ impl crate::Store for LocalStore {
     }
 
     async fn current_version(&self, name: &str) -> Result<VersionId> {
-        // Microseconds when the file is unchanged: no need for the pool.
-        LocalStore::current_version(self, name).map(VersionId::from)
+        // On the pool too: a changed file is re-verified, which calls the
+        // KEK, and a network KEK must not run inside an async task.
+        let (store, name) = (self.clone(), name.to_owned());
+        blocking(move || LocalStore::current_version(&store, &name))
+            .await
+            .map(VersionId::from)
     }
 
     async fn write(&self, name: &str, value: &[u8], write_as: WriteAs) -> Result<VersionId> {

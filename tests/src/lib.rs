@@ -1,6 +1,8 @@
 //! Harness for Rotor's end-to-end tests: finds the workspace's binaries and
 //! runs them as real processes. `tests/run` builds the binaries first.
 
+pub mod servers;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,0 +1,506 @@
+//! The Vault/OpenBao KV v2 store and the Transit KEK against a real
+//! OpenBao dev server on a loopback port.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_e2e::servers::{Bao, request};
+use rotor_envelope::ExposeSecret;
+use rotor_store::{
+    Error, LocalStore, Selector, Stage, Store, TransitKek, VaultAuth, VaultConfig, VaultStore,
+    VersionId, WriteAs,
+};
+
+fn token_file(dir: &tempfile::TempDir, token: &str) -> std::path::PathBuf {
+    let path = dir.path().join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+fn store(bao: &Bao, dir: &tempfile::TempDir) -> VaultStore {
+    VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(token_file(dir, "root")),
+    ))
+    .unwrap()
+}
+
+async fn text(s: &VaultStore, name: &str, sel: Selector) -> String {
+    String::from_utf8(
+        s.read(name, &sel)
+            .await
+            .unwrap()
+            .value
+            .expose_secret()
+            .to_vec(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn stages_versions_and_retirement_on_kv_v2() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&bao, &dir);
+    assert_eq!(
+        s.write("app/db", b"one", WriteAs::Current).await.unwrap(),
+        VersionId::from(1)
+    );
+    assert_eq!(
+        s.write("app/db", b"two", WriteAs::Current).await.unwrap(),
+        VersionId::from(2)
+    );
+    assert_eq!(text(&s, "app/db", Selector::Current).await, "two");
+    assert_eq!(text(&s, "app/db", Selector::Version(1.into())).await, "one");
+    assert_eq!(
+        text(&s, "app/db", Selector::Stage(Stage::Previous)).await,
+        "one"
+    );
+
+    // A pending version is KV's newest, yet CURRENT stays where it was.
+    let pending = s.write("app/db", b"three", WriteAs::Pending).await.unwrap();
+    assert_eq!(pending, VersionId::from(3));
+    assert_eq!(
+        s.current_version("app/db").await.unwrap(),
+        VersionId::from(2)
+    );
+    assert_eq!(text(&s, "app/db", Selector::Current).await, "two");
+    assert_eq!(
+        text(&s, "app/db", Selector::Stage(Stage::Pending)).await,
+        "three"
+    );
+    let meta = bao.api("GET", "secret/metadata/app/db", "");
+    assert!(
+        meta.contains("\"rotor-pending\":\"3\"") && meta.contains("\"rotor-current\":\"2\""),
+        "{meta}"
+    );
+
+    // Promote: pending -> current, current -> previous; again is a no-op.
+    s.promote("app/db", &pending).await.unwrap();
+    s.promote("app/db", &pending).await.unwrap();
+    assert_eq!(
+        s.current_version("app/db").await.unwrap(),
+        VersionId::from(3)
+    );
+    assert_eq!(
+        text(&s, "app/db", Selector::Stage(Stage::Previous)).await,
+        "two"
+    );
+    let err = s
+        .read("app/db", &Selector::Stage(Stage::Pending))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::StageNotFound { .. }), "{err}");
+
+    // Retire destroys; the current version cannot be retired.
+    s.retire("app/db", &VersionId::from(2)).await.unwrap();
+    assert!(
+        s.read("app/db", &Selector::Version(2.into()))
+            .await
+            .is_err()
+    );
+    let err = s.retire("app/db", &VersionId::from(3)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("is CURRENT and cannot be retired"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn secrets_written_by_others_read_as_json_and_current_is_kv_current() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    bao.api(
+        "POST",
+        "secret/data/ext",
+        r#"{"data":{"user":"app","password":"pw"}}"#,
+    );
+    let s = store(&bao, &dir);
+    let v: serde_json::Value =
+        serde_json::from_str(&text(&s, "ext", Selector::Current).await).unwrap();
+    assert_eq!(v["password"], "pw");
+    assert_eq!(s.current_version("ext").await.unwrap(), VersionId::from(1));
+    bao.api("POST", "secret/data/ext", r#"{"data":{"value":"plain"}}"#);
+    assert_eq!(s.current_version("ext").await.unwrap(), VersionId::from(2));
+    assert_eq!(text(&s, "ext", Selector::Current).await, "plain");
+}
+
+#[tokio::test]
+async fn errors_are_classified_and_name_the_store_and_secret() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&bao, &dir);
+    let err = s.read("nope", &Selector::Current).await.err().unwrap();
+    assert!(
+        matches!(err, Error::SecretNotFound { .. }) && !err.is_retryable(),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&bao.addr()) && err.to_string().contains("nope"),
+        "{err}"
+    );
+
+    // A token without a policy for the path.
+    bao.api(
+        "POST",
+        "sys/policy/none",
+        r#"{"policy":"path \"sys/nothing\" { capabilities = [\"read\"] }"}"#,
+    );
+    let created = bao.api(
+        "POST",
+        "auth/token/create",
+        r#"{"policies":["none"],"ttl":"1h"}"#,
+    );
+    let token =
+        serde_json::from_str::<serde_json::Value>(&created).unwrap()["auth"]["client_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let weak = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(token_file(&dir, &token)),
+    ))
+    .unwrap();
+    let err = weak.read("app/x", &Selector::Current).await.err().unwrap();
+    assert!(
+        matches!(err, Error::PermissionDenied { .. }) && !err.is_retryable(),
+        "{err}"
+    );
+
+    // Nobody listening.
+    let port = rotor_e2e::free_port();
+    let gone = VaultStore::new(VaultConfig::new(
+        format!("http://127.0.0.1:{port}"),
+        VaultAuth::TokenFile(token_file(&dir, "root")),
+    ))
+    .unwrap();
+    let err = gone.current_version("x").await.err().unwrap();
+    assert!(
+        matches!(err, Error::Unreachable { .. }) && err.is_retryable(),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_token_file_is_read_again_and_an_empty_one_is_refused() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = token_file(&dir, "wrong-token");
+    let s = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(path.clone()),
+    ))
+    .unwrap();
+    assert!(matches!(
+        s.current_version("x").await.unwrap_err(),
+        Error::PermissionDenied { .. }
+    ));
+    std::fs::write(&path, "root").unwrap();
+    s.write("x", b"v", WriteAs::Current).await.unwrap();
+    // An empty file later: the last good token stays.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&path, "").unwrap();
+    assert_eq!(s.current_version("x").await.unwrap(), VersionId::from(1));
+    // An empty file at first: a clear error.
+    std::fs::write(&path, "  \n").unwrap();
+    let fresh = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(path))).unwrap();
+    let err = fresh.current_version("x").await.unwrap_err().to_string();
+    assert!(err.contains("is empty; expected a token"), "{err}");
+}
+
+fn kv_policy(bao: &Bao) {
+    bao.api(
+        "POST",
+        "sys/policy/app",
+        r#"{"policy":"path \"secret/*\" { capabilities = [\"create\",\"read\",\"update\",\"delete\",\"list\",\"patch\"] }"}"#,
+    );
+}
+
+#[tokio::test]
+async fn approle_login_with_short_ttl_tokens_renews_and_logs_in_again() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    kv_policy(&bao);
+    bao.api("POST", "sys/auth/approle", r#"{"type":"approle"}"#);
+    bao.api(
+        "POST",
+        "auth/approle/role/app",
+        r#"{"token_policies":["app"],"token_ttl":"2s","token_max_ttl":"4s"}"#,
+    );
+    let role_id = serde_json::from_str::<serde_json::Value>(&bao.api(
+        "GET",
+        "auth/approle/role/app/role-id",
+        "",
+    ))
+    .unwrap()["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = serde_json::from_str::<serde_json::Value>(&bao.api(
+        "POST",
+        "auth/approle/role/app/secret-id",
+        "",
+    ))
+    .unwrap()["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id_path = dir.path().join("secret-id");
+    std::fs::write(&secret_id_path, secret_id).unwrap();
+    let s = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::AppRole {
+            mount: "approle".into(),
+            role_id,
+            secret_id_path,
+        },
+    ))
+    .unwrap();
+    s.write("app/db", b"v1", WriteAs::Current).await.unwrap();
+    // Outlive the token's TTL and its max TTL: renewal, then a new login.
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        assert_eq!(
+            s.current_version("app/db").await.unwrap(),
+            VersionId::from(1)
+        );
+    }
+}
+
+/// Kubernetes auth. OpenBao checks the service-account token through the
+/// Kubernetes TokenReview API; no API server can run on these machines, so
+/// this test answers TokenReview from a minimal loopback responder that
+/// accepts one token for `default/app`.
+#[tokio::test]
+async fn kubernetes_auth_through_a_loopback_tokenreview_responder() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    kv_policy(&bao);
+    let review_port = tokenreview_responder("good-sa-token");
+    bao.api("POST", "sys/auth/kubernetes", r#"{"type":"kubernetes"}"#);
+    // OpenBao insists on a CA when it is not reading the in-cluster one;
+    // the responder speaks plain HTTP on loopback, so any certificate does.
+    let ca = self_signed_ca(&dir);
+    bao.api(
+        "POST",
+        "auth/kubernetes/config",
+        &serde_json::json!({
+            "kubernetes_host": format!("http://127.0.0.1:{review_port}"),
+            "disable_local_ca_jwt": true,
+            "kubernetes_ca_cert": ca,
+            "token_reviewer_jwt": "reviewer",
+        })
+        .to_string(),
+    );
+    bao.api(
+        "POST",
+        "auth/kubernetes/role/app",
+        r#"{"bound_service_account_names":["app"],"bound_service_account_namespaces":["default"],"token_policies":["app"],"token_ttl":"1h"}"#,
+    );
+    let jwt_path = dir.path().join("sa-token");
+    std::fs::write(&jwt_path, jwt("good-sa-token")).unwrap();
+    let s = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "app".into(),
+            jwt_path: jwt_path.clone(),
+        },
+    ))
+    .unwrap();
+    s.write("app/db", b"v1", WriteAs::Current).await.unwrap();
+    assert_eq!(
+        s.current_version("app/db").await.unwrap(),
+        VersionId::from(1)
+    );
+
+    std::fs::write(&jwt_path, jwt("stolen")).unwrap();
+    let bad = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "app".into(),
+            jwt_path,
+        },
+    ))
+    .unwrap();
+    let err = bad.current_version("app/db").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Auth { .. }) && err.to_string().contains("kubernetes login"),
+        "{err}"
+    );
+}
+
+fn self_signed_ca(dir: &tempfile::TempDir) -> String {
+    let (key, cert) = (dir.path().join("ca.key"), dir.path().join("ca.crt"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=rotor-test-ca",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "openssl could not make a test CA");
+    std::fs::read_to_string(cert).unwrap()
+}
+
+/// A service-account-shaped JWT (unsigned: the responder decides).
+fn jwt(marker: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let claims = format!(
+        r#"{{"iss":"kubernetes/serviceaccount","sub":"system:serviceaccount:default:app","kubernetes.io/serviceaccount/namespace":"default","kubernetes.io/serviceaccount/service-account.name":"app","kubernetes.io/serviceaccount/service-account.uid":"uid-1","marker":"{marker}"}}"#
+    );
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"RS256","typ":"JWT"}"#),
+        b64(&claims),
+        b64("signature")
+    )
+}
+
+/// Answers `POST /apis/authentication.k8s.io/v1/tokenreviews`: authenticated
+/// as `system:serviceaccount:default:app` when the token carries `accept`.
+fn tokenreview_responder(accept: &'static str) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { continue };
+            let mut buf = vec![0u8; 65536];
+            let mut got = 0;
+            // Read headers and body (content-length).
+            loop {
+                let n = sock.read(&mut buf[got..]).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                got += n;
+                let text = String::from_utf8_lossy(&buf[..got]).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            let text = String::from_utf8_lossy(&buf[..got]).to_string();
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+            let token = serde_json::from_str::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["spec"]["token"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            use base64::Engine as _;
+            let claims = token
+                .split('.')
+                .nth(1)
+                .and_then(|c| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(c)
+                        .ok()
+                })
+                .map(|c| String::from_utf8_lossy(&c).to_string())
+                .unwrap_or_default();
+            let ok = claims.contains(&format!("\"marker\":\"{accept}\""));
+            let status = if ok {
+                r#"{"authenticated":true,"user":{"username":"system:serviceaccount:default:app","uid":"uid-1","groups":["system:serviceaccounts"]}}"#
+            } else {
+                r#"{"authenticated":false,"error":"token not valid"}"#
+            };
+            let reply = format!(
+                r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","status":{status}}}"#
+            );
+            let _ = write!(
+                sock,
+                "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                reply.len()
+            );
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transit_wraps_data_keys_and_rewraps_after_a_key_rotation() {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    bao.api("POST", "sys/mounts/transit", r#"{"type":"transit"}"#);
+    bao.api("POST", "transit/keys/rotor", r#"{"type":"aes256-gcm96"}"#);
+    let token = token_file(&dir, "root");
+    let addr = bao.addr();
+    let store_path = dir.path().join("s.rotor");
+    let handle = tokio::task::spawn_blocking(move || {
+        let kek = Arc::new(
+            TransitKek::new(
+                VaultConfig::new(addr, VaultAuth::TokenFile(token)),
+                "transit",
+                "rotor",
+            )
+            .unwrap(),
+        );
+        let local = LocalStore::new(&store_path, kek.clone());
+        local
+            .put("db", b"sealed-by-transit", WriteAs::Current)
+            .unwrap();
+        let raw = std::fs::read(&store_path).unwrap();
+        assert!(
+            raw.windows(9).any(|w| w == b"vault:v1:"),
+            "wrapped by key version 1"
+        );
+        (kek, store_path)
+    });
+    let (kek, store_path) = handle.await.unwrap();
+    bao.api("POST", "transit/keys/rotor/rotate", "");
+    tokio::task::spawn_blocking(move || {
+        let local = LocalStore::new(&store_path, kek.clone());
+        assert_eq!(
+            local
+                .get("db", Selector::Current)
+                .unwrap()
+                .value
+                .expose_secret(),
+            b"sealed-by-transit"
+        );
+        assert_eq!(local.rewrap(&*kek).unwrap(), 1);
+        let raw = std::fs::read(&store_path).unwrap();
+        assert!(
+            raw.windows(9).any(|w| w == b"vault:v2:") && !raw.windows(9).any(|w| w == b"vault:v1:")
+        );
+        let again = LocalStore::new(&store_path, kek);
+        assert_eq!(
+            again
+                .get("db", Selector::Current)
+                .unwrap()
+                .value
+                .expose_secret(),
+            b"sealed-by-transit"
+        );
+    })
+    .await
+    .unwrap();
+    let _ = request(bao.port, "GET", "/v1/sys/health", &[], "");
+}
