@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
-use rotor_envelope::{Kek, KeyFileKek};
-use rotor_store::{LocalStore, Store};
+use clap::Parser;
 use rotor_telemetry::LogFormat;
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineOptions, Shared};
 use crate::http::{self, RateLimit};
 use crate::reload::{ReloadPolicy, Reloader};
+use crate::store_args::StoreArgs;
 use crate::writer::{AtomicWriter, WriterOptions};
 
 /// Rotor's sidecar: reads which secrets the pod wants from its annotations,
@@ -39,17 +38,8 @@ pub struct Args {
     #[arg(long, env = "ROTOR_ALLOW_DISK")]
     allow_disk: bool,
 
-    /// Which kind of store to read.
-    #[arg(long, env = "ROTOR_STORE_KIND", value_enum, default_value_t = StoreKind::Local)]
-    store_kind: StoreKind,
-
-    /// The local store file (--store-kind local).
-    #[arg(long = "local-store", env = "ROTOR_STORE", value_name = "PATH")]
-    local_store: Option<PathBuf>,
-
-    /// The key-encryption key file of the local store.
-    #[arg(long, env = "ROTOR_KEY", value_name = "KEYFILE")]
-    key: Option<PathBuf>,
+    #[command(flatten)]
+    store: StoreArgs,
 
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
@@ -83,12 +73,6 @@ pub struct Args {
     /// Log line format on stderr.
     #[arg(long, env = "ROTOR_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StoreKind {
-    /// The embedded envelope-encrypted store file.
-    Local,
 }
 
 impl Args {
@@ -129,9 +113,7 @@ impl Args {
             annotations,
             out_dir,
             allow_disk,
-            store_kind,
-            local_store,
-            key,
+            store,
             admin_addr,
             push_addr,
             push_rate,
@@ -142,15 +124,7 @@ impl Args {
             log_format: _,
         } = self;
         let contract = crate::watch::load(&annotations)?;
-        let store: Arc<dyn Store> = match store_kind {
-            StoreKind::Local => {
-                let path = local_store
-                    .context("--local-store (ROTOR_STORE) is required with --store-kind local")?;
-                let key = key.context("--key (ROTOR_KEY) is required with --store-kind local")?;
-                let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::load(&key)?);
-                Arc::new(LocalStore::new(path, kek))
-            }
-        };
+        let store = store.build().await?;
         let writer = AtomicWriter::open(
             &out_dir,
             WriterOptions {

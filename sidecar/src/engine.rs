@@ -126,7 +126,11 @@ impl Tracked {
 enum Check {
     Unchanged,
     Changed,
+    /// A transient failure: retry with backoff.
     Failed,
+    /// A failure a quick retry cannot fix (permission denied, malformed
+    /// data): try again at the next regular poll.
+    Refused,
 }
 
 pub struct Engine {
@@ -398,8 +402,12 @@ impl Engine {
             }
             return Check::Unchanged;
         }
-        tracing::warn!(secret = name, error = %e, failures = t.failures + 1, "fetch failed; keeping the last good files");
-        Check::Failed
+        tracing::warn!(secret = name, error = %e, failures = t.failures + 1, retryable = e.is_retryable(), "fetch failed; keeping the last good files");
+        if e.is_retryable() {
+            Check::Failed
+        } else {
+            Check::Refused
+        }
     }
 
     fn schedule(&mut self, name: &str, ok: bool) {
@@ -550,7 +558,7 @@ impl Engine {
                 .map(|v| (VersionId(v.clone()), Instant::now()));
             let outcome = self.check(&s.name).await;
             self.schedule(&s.name, outcome != Check::Failed);
-            failed |= outcome == Check::Failed;
+            failed |= matches!(outcome, Check::Failed | Check::Refused);
         }
         let written = self.publish("push", Some(received)).await;
         for s in names.iter().filter(|s| self.tracked.contains_key(&s.name)) {

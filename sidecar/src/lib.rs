@@ -18,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod reload;
 pub mod render;
+pub mod store_args;
 pub mod watch;
 pub mod writer;
 

@@ -54,7 +54,7 @@ pub enum Error {
     Conflict {
         store: String,
         name: String,
-        version: u64,
+        version: String,
         problem: String,
     },
 

@@ -15,6 +15,7 @@
 //!
 //! The file format is documented in [`local`].
 
+pub mod aws;
 mod backend;
 mod error;
 pub mod local;
@@ -22,6 +23,7 @@ mod model;
 pub mod transit;
 pub mod vault;
 
+pub use aws::{AwsConfig, AwsStore};
 pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
 pub use local::LocalStore;

@@ -328,7 +328,7 @@ impl LocalStore {
                 return Err(Error::Conflict {
                     store: self.label(),
                     name: name.to_owned(),
-                    version,
+                    version: version.to_string(),
                     problem: "is CURRENT and cannot be retired; promote another version first"
                         .to_owned(),
                 });

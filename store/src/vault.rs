@@ -534,7 +534,7 @@ impl Store for VaultStore {
             } if detail.contains("check-and-set") => Error::Conflict {
                 store,
                 name,
-                version: base + 1,
+                version: (base + 1).to_string(),
                 problem: format!("another writer got there first ({detail})"),
             },
             other => other,
@@ -596,7 +596,7 @@ impl Store for VaultStore {
             return Err(Error::Conflict {
                 store: self.label.clone(),
                 name: name.to_owned(),
-                version: n,
+                version: n.to_string(),
                 problem: "is CURRENT and cannot be retired; promote another version first"
                     .to_owned(),
             });

@@ -1,6 +1,7 @@
 //! Harness for Rotor's end-to-end tests: finds the workspace's binaries and
 //! runs them as real processes. `tests/run` builds the binaries first.
 
+pub mod pod;
 pub mod servers;
 
 use std::path::PathBuf;

@@ -1,122 +1,57 @@
 //! `rotor-sidecar` as a real process against the local store.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rotor_e2e::{command, free_port, http, on_tmpfs, signal, tmpfs_dir, wait_until};
+use rotor_e2e::pod::Pod;
+use rotor_e2e::{http, on_tmpfs, signal, wait_until};
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
 
 const CANARY: &str = "canary-sidecar-5f0d2a";
 
-struct Pod {
-    work: tempfile::TempDir,
-    out: tempfile::TempDir,
+/// A pod with a local store.
+struct Local {
+    pod: Pod,
     store: LocalStore,
-    admin: u16,
-    push: u16,
-    child: Option<Child>,
 }
 
-impl Pod {
+impl std::ops::Deref for Local {
+    type Target = Pod;
+    fn deref(&self) -> &Pod {
+        &self.pod
+    }
+}
+
+impl std::ops::DerefMut for Local {
+    fn deref_mut(&mut self) -> &mut Pod {
+        &mut self.pod
+    }
+}
+
+impl Local {
     fn new() -> Self {
-        let work = tempfile::tempdir().unwrap();
-        let key = work.path().join("kek");
+        let mut pod = Pod::new();
+        let key = pod.work.path().join("kek");
         KeyFileKek::generate(&key, false).unwrap();
-        let store = LocalStore::new(
-            work.path().join("store.rotor"),
-            Arc::new(KeyFileKek::load(&key).unwrap()),
-        );
-        Self {
-            work,
-            out: tmpfs_dir(),
-            store,
-            admin: free_port(),
-            push: free_port(),
-            child: None,
-        }
-    }
-
-    fn annotations_path(&self) -> PathBuf {
-        self.work.path().join("podinfo").join("annotations")
-    }
-
-    /// Writes the annotations file the way the kubelet does: a new file
-    /// renamed into place.
-    fn annotate(&self, pairs: &[(&str, &str)]) {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let path = self.annotations_path();
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, rotor_sidecar::downward::format(&map)).unwrap();
-        std::fs::rename(tmp, path).unwrap();
-    }
-
-    fn command(&self) -> std::process::Command {
-        self.command_to(self.out.path())
-    }
-
-    fn command_to(&self, out_dir: &Path) -> std::process::Command {
-        let mut cmd = command("rotor-sidecar");
-        cmd.arg("--annotations")
-            .arg(self.annotations_path())
-            .arg("--out-dir")
-            .arg(out_dir)
-            .arg("--local-store")
-            .arg(self.store.path())
-            .arg("--key")
-            .arg(self.work.path().join("kek"))
-            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
-            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
-            .env("ROTOR_LOG", "trace")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log()).unwrap());
-        cmd
-    }
-
-    fn log(&self) -> PathBuf {
-        self.work.path().join("sidecar.log")
-    }
-
-    fn start(&mut self) {
-        self.child = Some(self.command().spawn().unwrap());
-        assert!(
-            wait_until(10, || http(self.admin, "GET", "/readyz", "")
-                .is_some_and(|(s, _)| s == 200)),
-            "not ready: {}",
-            std::fs::read_to_string(self.log()).unwrap_or_default()
-        );
-    }
-
-    fn read(&self, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.out.path().join(file)).ok()
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        signal(&child, "TERM");
-        child.wait().unwrap()
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        let path = pod.work.path().join("store.rotor");
+        let store = LocalStore::new(&path, Arc::new(KeyFileKek::load(&key).unwrap()));
+        pod.store_args = vec![
+            "--local-store".into(),
+            path.clone().into(),
+            "--key".into(),
+            key.into(),
+        ];
+        Self { pod, store }
     }
 }
 
 #[test]
 fn delivers_refreshes_and_reconfigures_live_through_inotify() {
-    let mut pod = Pod::new();
+    let mut pod = Local::new();
     pod.store.put("a", b"A1", WriteAs::Current).unwrap();
     pod.store
         .put("b", br#"{"user":"app"}"#, WriteAs::Current)
@@ -169,7 +104,7 @@ fn delivers_refreshes_and_reconfigures_live_through_inotify() {
 
 #[test]
 fn push_answers_with_the_served_version_after_the_file_is_written() {
-    let mut pod = Pod::new();
+    let mut pod = Local::new();
     pod.store.put("db", b"v1", WriteAs::Current).unwrap();
     pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
     pod.start();
@@ -200,7 +135,7 @@ fn push_answers_with_the_served_version_after_the_file_is_written() {
 
 #[test]
 fn sigterm_with_wipe_on_exit_removes_the_files() {
-    let mut pod = Pod::new();
+    let mut pod = Local::new();
     pod.store.put("db", b"v1", WriteAs::Current).unwrap();
     pod.annotate(&[("rotor.dev/secret.db", "db")]);
     pod.child = Some(pod.command().arg("--wipe-on-exit").spawn().unwrap());
@@ -211,7 +146,7 @@ fn sigterm_with_wipe_on_exit_removes_the_files() {
 
 #[test]
 fn startup_errors_name_the_problem() {
-    let pod = Pod::new();
+    let pod = Local::new();
     pod.annotate(&[
         ("rotor.dev/secret.../x", "db"),
         ("rotor.dev/refresh", "fast"),
@@ -244,7 +179,7 @@ fn startup_errors_name_the_problem() {
 
 #[test]
 fn a_canary_never_appears_in_logs_metrics_or_errors() {
-    let mut pod = Pod::new();
+    let mut pod = Local::new();
     pod.store
         .put("db", CANARY.as_bytes(), WriteAs::Current)
         .unwrap();
@@ -284,7 +219,7 @@ fn a_canary_never_appears_in_logs_metrics_or_errors() {
 /// complete and all of them come from one version.
 #[test]
 fn kill_9_during_writes_leaves_the_old_set_or_the_new_one() {
-    let mut pod = Pod::new();
+    let mut pod = Local::new();
     let bundle = |generation: u32| {
         let fields: BTreeMap<String, String> = (0..10)
             .map(|k| (format!("k{k}"), format!("{generation:08}").repeat(8192)))

@@ -1,0 +1,170 @@
+//! Flags that say which store to read and how to reach it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use rotor_envelope::{Kek, KeyFileKek};
+use rotor_store::{
+    AwsConfig, AwsStore, LocalStore, RetireMode, Store, VaultAuth, VaultConfig, VaultStore,
+};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StoreKind {
+    /// The embedded envelope-encrypted store file.
+    Local,
+    /// HashiCorp Vault or OpenBao, KV v2.
+    Vault,
+    /// AWS Secrets Manager.
+    Aws,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum VaultAuthMethod {
+    /// A token read from --vault-token-file (re-read when it changes).
+    Token,
+    /// Kubernetes auth with the pod's service-account token.
+    Kubernetes,
+    /// AppRole with --vault-role-id and --vault-secret-id-file.
+    Approle,
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Which kind of store to read.
+    #[arg(long, env = "ROTOR_STORE_KIND", value_enum, default_value_t = StoreKind::Local)]
+    pub store_kind: StoreKind,
+
+    /// The local store file (--store-kind local).
+    #[arg(long = "local-store", env = "ROTOR_STORE", value_name = "PATH")]
+    pub local_store: Option<PathBuf>,
+
+    /// The key-encryption key file of the local store.
+    #[arg(long, env = "ROTOR_KEY", value_name = "KEYFILE")]
+    pub key: Option<PathBuf>,
+
+    /// Vault/OpenBao address, e.g. https://vault.vault:8200.
+    #[arg(long, env = "ROTOR_VAULT_ADDR", value_name = "URL")]
+    pub vault_addr: Option<String>,
+
+    /// The KV v2 mount.
+    #[arg(long, env = "ROTOR_VAULT_MOUNT", default_value = "secret")]
+    pub vault_mount: String,
+
+    /// How to log in to Vault.
+    #[arg(long, env = "ROTOR_VAULT_AUTH", value_enum, default_value_t = VaultAuthMethod::Token)]
+    pub vault_auth: VaultAuthMethod,
+
+    /// The token file (--vault-auth token).
+    #[arg(
+        long,
+        env = "ROTOR_VAULT_TOKEN_FILE",
+        default_value = "/var/run/secrets/rotor/vault-token"
+    )]
+    pub vault_token_file: PathBuf,
+
+    /// The auth mount (default: kubernetes or approle).
+    #[arg(long, env = "ROTOR_VAULT_AUTH_MOUNT")]
+    pub vault_auth_mount: Option<String>,
+
+    /// The Vault role (--vault-auth kubernetes).
+    #[arg(long, env = "ROTOR_VAULT_ROLE")]
+    pub vault_role: Option<String>,
+
+    /// The projected service-account token (--vault-auth kubernetes).
+    #[arg(
+        long,
+        env = "ROTOR_VAULT_JWT_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub vault_jwt_file: PathBuf,
+
+    /// The AppRole role id (--vault-auth approle).
+    #[arg(long, env = "ROTOR_VAULT_ROLE_ID")]
+    pub vault_role_id: Option<String>,
+
+    /// The file holding the AppRole secret id (--vault-auth approle).
+    #[arg(long, env = "ROTOR_VAULT_SECRET_ID_FILE")]
+    pub vault_secret_id_file: Option<PathBuf>,
+
+    /// A PEM CA bundle for Vault's certificate.
+    #[arg(long, env = "ROTOR_VAULT_CACERT")]
+    pub vault_ca_cert: Option<PathBuf>,
+
+    /// AWS region (otherwise the default chain's).
+    #[arg(long, env = "ROTOR_AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// AWS endpoint override (a VPC endpoint, or a test server).
+    #[arg(long, env = "ROTOR_AWS_ENDPOINT", value_name = "URL")]
+    pub aws_endpoint: Option<String>,
+}
+
+impl StoreArgs {
+    /// Builds the store the flags describe.
+    pub async fn build(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(match self.store_kind {
+            StoreKind::Local => {
+                let path = self
+                    .local_store
+                    .clone()
+                    .context("--local-store (ROTOR_STORE) is required with --store-kind local")?;
+                let key = self
+                    .key
+                    .as_ref()
+                    .context("--key (ROTOR_KEY) is required with --store-kind local")?;
+                let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::load(key)?);
+                Arc::new(LocalStore::new(path, kek))
+            }
+            StoreKind::Vault => Arc::new(VaultStore::new(self.vault_config()?)?),
+            StoreKind::Aws => Arc::new(
+                AwsStore::new(AwsConfig {
+                    region: self.aws_region.clone(),
+                    endpoint: self.aws_endpoint.clone(),
+                    static_credentials: None,
+                })
+                .await,
+            ),
+        })
+    }
+
+    pub fn vault_config(&self) -> anyhow::Result<VaultConfig> {
+        let addr = self
+            .vault_addr
+            .clone()
+            .context("--vault-addr (ROTOR_VAULT_ADDR) is required with --store-kind vault")?;
+        let auth = match self.vault_auth {
+            VaultAuthMethod::Token => VaultAuth::TokenFile(self.vault_token_file.clone()),
+            VaultAuthMethod::Kubernetes => VaultAuth::Kubernetes {
+                mount: self
+                    .vault_auth_mount
+                    .clone()
+                    .unwrap_or_else(|| "kubernetes".to_owned()),
+                role: self.vault_role.clone().context(
+                    "--vault-role (ROTOR_VAULT_ROLE) is required with --vault-auth kubernetes",
+                )?,
+                jwt_path: self.vault_jwt_file.clone(),
+            },
+            VaultAuthMethod::Approle => VaultAuth::AppRole {
+                mount: self
+                    .vault_auth_mount
+                    .clone()
+                    .unwrap_or_else(|| "approle".to_owned()),
+                role_id: self
+                    .vault_role_id
+                    .clone()
+                    .context("--vault-role-id is required with --vault-auth approle")?,
+                secret_id_path: self
+                    .vault_secret_id_file
+                    .clone()
+                    .context("--vault-secret-id-file is required with --vault-auth approle")?,
+            },
+        };
+        let mut config = VaultConfig::new(addr, auth);
+        config.mount = self.vault_mount.clone();
+        config.ca_cert = self.vault_ca_cert.clone();
+        config.retire = RetireMode::Destroy;
+        Ok(config)
+    }
+}

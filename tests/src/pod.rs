@@ -1,0 +1,113 @@
+//! A sidecar under test, as a real process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use crate::{command, free_port, http, signal, tmpfs_dir, wait_until};
+
+/// A sidecar process with its annotations file, output directory (tmpfs)
+/// and ports; killed on drop.
+pub struct Pod {
+    pub work: tempfile::TempDir,
+    pub out: tempfile::TempDir,
+    pub admin: u16,
+    pub push: u16,
+    pub child: Option<Child>,
+    /// The store flags: `--local-store …`, `--store-kind vault …`.
+    pub store_args: Vec<std::ffi::OsString>,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Pod {
+    pub fn new() -> Self {
+        Self {
+            work: tempfile::tempdir().unwrap(),
+            out: tmpfs_dir(),
+            admin: free_port(),
+            push: free_port(),
+            child: None,
+            store_args: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+
+    pub fn annotations_path(&self) -> PathBuf {
+        self.work.path().join("podinfo").join("annotations")
+    }
+
+    /// Writes the annotations file the way the kubelet does: a new file
+    /// renamed into place.
+    pub fn annotate(&self, pairs: &[(&str, &str)]) {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let path = self.annotations_path();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, rotor_sidecar::downward::format(&map)).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+
+    pub fn command(&self) -> std::process::Command {
+        self.command_to(self.out.path())
+    }
+
+    pub fn command_to(&self, out_dir: &Path) -> std::process::Command {
+        let mut cmd = command("rotor-sidecar");
+        cmd.arg("--annotations")
+            .arg(self.annotations_path())
+            .arg("--out-dir")
+            .arg(out_dir)
+            .args(&self.store_args)
+            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
+            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
+            .env("ROTOR_LOG", "trace")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.log()).unwrap());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.work.path().join("sidecar.log")
+    }
+
+    pub fn start(&mut self) {
+        self.child = Some(self.command().spawn().unwrap());
+        assert!(
+            wait_until(10, || http(self.admin, "GET", "/readyz", "")
+                .is_some_and(|(s, _)| s == 200)),
+            "not ready: {}",
+            std::fs::read_to_string(self.log()).unwrap_or_default()
+        );
+    }
+
+    pub fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.out.path().join(file)).ok()
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(&child, "TERM");
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Default for Pod {
+    fn default() -> Self {
+        Self::new()
+    }
+}
