@@ -142,6 +142,9 @@ pub struct Engine {
     shared: Arc<Shared>,
     options: EngineOptions,
     written_once: bool,
+    /// Secrets whose store said they may have changed (watching stores).
+    nudges: (mpsc::Sender<String>, mpsc::Receiver<String>),
+    watchers: BTreeMap<String, tokio::task::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -162,6 +165,8 @@ impl Engine {
             shared,
             options,
             written_once: false,
+            nudges: mpsc::channel(64),
+            watchers: BTreeMap::new(),
         };
         engine.sync_tracked();
         engine
@@ -188,6 +193,7 @@ impl Engine {
     ) -> AtomicWriter {
         tokio::pin!(shutdown);
         let mut gc = tokio::time::interval(Duration::from_secs(1));
+        self.sync_watchers();
         loop {
             let next = self.next_due();
             tokio::select! {
@@ -203,6 +209,15 @@ impl Engine {
                     Err(_) => config = None,
                 },
                 Some(request) = push.recv() => self.handle_push(request).await,
+                Some(name) = self.nudges.1.recv() => {
+                    if self.tracked.contains_key(&name) {
+                        let outcome = self.check(&name).await;
+                        self.schedule(&name, outcome != Check::Failed);
+                        if outcome == Check::Changed {
+                            self.publish("watch", None).await;
+                        }
+                    }
+                }
                 () = tokio::time::sleep_until(next.into()) => self.poll_due().await,
                 _ = gc.tick() => {
                     if let Err(e) = self.writer.gc() {
@@ -211,7 +226,39 @@ impl Engine {
                 }
             }
         }
+        for (_, w) in std::mem::take(&mut self.watchers) {
+            w.abort();
+        }
         self.writer
+    }
+
+    /// Starts a watch for each secret whose store can watch, and stops the
+    /// watches of secrets no longer read.
+    fn sync_watchers(&mut self) {
+        self.watchers.retain(|name, task| {
+            let keep = self.tracked.contains_key(name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for name in self.tracked.keys() {
+            if self.watchers.contains_key(name) {
+                continue;
+            }
+            if let Some(mut changes) = self.store.changes(name) {
+                let (tx, name_owned) = (self.nudges.0.clone(), name.clone());
+                let task = tokio::spawn(async move {
+                    use futures_util::StreamExt;
+                    while changes.next().await.is_some() {
+                        if tx.send(name_owned.clone()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                self.watchers.insert(name.clone(), task);
+            }
+        }
     }
 
     fn next_due(&self) -> Instant {
@@ -260,6 +307,7 @@ impl Engine {
         tracing::info!(files = contract.files.len(), refresh = ?contract.refresh, reload_actions = contract.reload.len(), "annotations changed; applying");
         self.contract = contract;
         self.sync_tracked();
+        self.sync_watchers();
         if refresh_changed {
             for t in self.tracked.values_mut() {
                 t.next_poll = t

@@ -18,6 +18,8 @@ pub enum StoreKind {
     Vault,
     /// AWS Secrets Manager.
     Aws,
+    /// Kubernetes Secrets in the pod's namespace (watched, not polled).
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -99,6 +101,11 @@ pub struct StoreArgs {
     /// AWS endpoint override (a VPC endpoint, or a test server).
     #[arg(long, env = "ROTOR_AWS_ENDPOINT", value_name = "URL")]
     pub aws_endpoint: Option<String>,
+
+    /// The namespace of the Secrets (--store-kind kubernetes); the webhook
+    /// sets the pod's own.
+    #[arg(long, env = "ROTOR_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 impl StoreArgs {
@@ -118,6 +125,20 @@ impl StoreArgs {
                 Arc::new(LocalStore::new(path, kek))
             }
             StoreKind::Vault => Arc::new(VaultStore::new(self.vault_config()?)?),
+            StoreKind::Kubernetes => {
+                let namespace = match &self.namespace {
+                    Some(ns) => ns.clone(),
+                    None => std::fs::read_to_string(
+                        "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+                    )
+                    .map(|s| s.trim().to_owned())
+                    .context("--namespace (ROTOR_NAMESPACE) is required outside a pod")?,
+                };
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API (in-cluster config or kubeconfig)")?;
+                Arc::new(rotor_store::KubeStore::new(client, &namespace))
+            }
             StoreKind::Aws => Arc::new(
                 AwsStore::new(AwsConfig {
                     region: self.aws_region.clone(),

@@ -42,4 +42,10 @@ pub trait Store: Send + Sync {
 
     /// Deletes a version that is not CURRENT.
     async fn retire(&self, name: &str, version: &VersionId) -> Result<()>;
+
+    /// A stream that yields when the secret may have changed, for stores
+    /// that can watch (Kubernetes). `None`: poll.
+    fn changes(&self, _name: &str) -> Option<futures_util::stream::BoxStream<'static, ()>> {
+        None
+    }
 }

@@ -18,6 +18,7 @@
 pub mod aws;
 mod backend;
 mod error;
+pub mod kubernetes;
 pub mod local;
 mod model;
 pub mod transit;
@@ -26,6 +27,7 @@ pub mod vault;
 pub use aws::{AwsConfig, AwsStore};
 pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
+pub use kubernetes::KubeStore;
 pub use local::LocalStore;
 pub use model::{
     SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,

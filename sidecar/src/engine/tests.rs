@@ -304,3 +304,78 @@ async fn a_secret_deleted_from_the_store_is_kept_or_removed_as_configured() {
         task.await.unwrap();
     }
 }
+
+/// A local store that also announces changes, like a watching store.
+struct Watched {
+    inner: LocalStore,
+    changes: std::sync::Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+#[async_trait::async_trait]
+impl Store for Watched {
+    fn describe(&self) -> String {
+        "watched".into()
+    }
+    async fn read(
+        &self,
+        name: &str,
+        selector: &rotor_store::Selector,
+    ) -> rotor_store::Result<rotor_store::Fetched> {
+        self.inner.read(name, selector).await
+    }
+    async fn current_version(&self, name: &str) -> rotor_store::Result<VersionId> {
+        Store::current_version(&self.inner, name).await
+    }
+    async fn write(&self, name: &str, value: &[u8], w: WriteAs) -> rotor_store::Result<VersionId> {
+        Store::write(&self.inner, name, value, w).await
+    }
+    async fn promote(&self, name: &str, v: &VersionId) -> rotor_store::Result<()> {
+        Store::promote(&self.inner, name, v).await
+    }
+    async fn retire(&self, name: &str, v: &VersionId) -> rotor_store::Result<()> {
+        Store::retire(&self.inner, name, v).await
+    }
+    fn changes(&self, _name: &str) -> Option<futures_util::stream::BoxStream<'static, ()>> {
+        let rx = self.changes.lock().unwrap().take()?;
+        Some(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|()| ((), rx)) },
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let (tx, rx) = mpsc::channel(4);
+    let store = Arc::new(Watched {
+        inner: f.store.clone(),
+        changes: std::sync::Mutex::new(Some(rx)),
+    });
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let writer = AtomicWriter::open(
+        f.out.path(),
+        WriterOptions {
+            allow_disk: !Path::new("/dev/shm").is_dir(),
+            owner: None,
+            grace: Duration::ZERO,
+        },
+    )
+    .unwrap();
+    let engine = Engine::new(
+        store,
+        writer,
+        c.clone(),
+        Reloader::new(ReloadPolicy::default()),
+        f.shared.clone(),
+        EngineOptions::default(),
+    );
+    let (task, _cfg, _push, stop) = start(engine, c);
+    until("first write", || f.read("db").as_deref() == Some("v1")).await;
+    f.store.put("db", b"v2", WriteAs::Current).unwrap();
+    tx.send(()).await.unwrap();
+    until("watched change", || f.read("db").as_deref() == Some("v2")).await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
