@@ -51,13 +51,14 @@ async fn fake_api(mut handle: Handle) {
             "POST" => {
                 let mut s: Secret = serde_json::from_slice(&body).unwrap();
                 let n = s.metadata.name.clone().unwrap();
-                if secrets.contains_key(&n) {
-                    status(409, "AlreadyExists")
-                } else {
-                    rv += 1;
-                    s.metadata.resource_version = Some(rv.to_string());
-                    secrets.insert(n, s.clone());
-                    ok(&s, StatusCode::CREATED)
+                match secrets.entry(n) {
+                    std::collections::btree_map::Entry::Occupied(_) => status(409, "AlreadyExists"),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        rv += 1;
+                        s.metadata.resource_version = Some(rv.to_string());
+                        slot.insert(s.clone());
+                        ok(&s, StatusCode::CREATED)
+                    }
                 }
             }
             "PUT" => {
