@@ -1,1 +1,16 @@
-//! The admission webhook, reconcilers and scheduled rotation.
+//! `rotor-controller`: the mutating admission webhook that injects the
+//! sidecar, the index of stores it resolves against, and the serving
+//! certificates.
+//!
+//! - [`webhook`]: AdmissionReview in, patch or denial out; served over HTTPS.
+//! - [`store_index`]: SecretStores, ClusterSecretStores and namespace labels.
+//! - [`certs`]: self-managed CA and serving certificate.
+
+mod args;
+pub mod certs;
+mod error;
+pub mod store_index;
+pub mod webhook;
+
+pub use args::Args;
+pub use error::{Error, Result};

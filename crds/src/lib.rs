@@ -5,6 +5,9 @@
 //!   parsed and validated by one parser that the sidecar and the webhook
 //!   both use.
 //! - [`names`]: the rules for secret names and file names.
+//! - [`api`]: the CRDs `SecretStore`, `ClusterSecretStore` and
+//!   `SecretRotationPolicy`.
 
 pub mod annotations;
+pub mod api;
 pub mod names;

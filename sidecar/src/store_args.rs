@@ -94,6 +94,11 @@ pub struct StoreArgs {
     #[arg(long, env = "ROTOR_VAULT_CACERT")]
     pub vault_ca_cert: Option<PathBuf>,
 
+    /// The same CA bundle as PEM text (the webhook passes a SecretStore's
+    /// caBundle this way); written to a file under $TMPDIR.
+    #[arg(long, env = "ROTOR_VAULT_CA_PEM", hide_env_values = true)]
+    pub vault_ca_pem: Option<String>,
+
     /// AWS region (otherwise the default chain's).
     #[arg(long, env = "ROTOR_AWS_REGION")]
     pub aws_region: Option<String>,
@@ -185,6 +190,13 @@ impl StoreArgs {
         let mut config = VaultConfig::new(addr, auth);
         config.mount = self.vault_mount.clone();
         config.ca_cert = self.vault_ca_cert.clone();
+        if let Some(pem) = &self.vault_ca_pem {
+            let path = std::env::temp_dir().join("rotor-vault-ca.pem");
+            std::fs::write(&path, pem).with_context(|| {
+                format!("cannot write the Vault CA bundle to {}", path.display())
+            })?;
+            config.ca_cert = Some(path);
+        }
         config.retire = RetireMode::Destroy;
         Ok(config)
     }

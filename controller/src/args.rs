@@ -1,0 +1,163 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
+
+use clap::{Parser, Subcommand};
+use rotor_telemetry::LogFormat;
+
+use crate::store_index::StoreIndex;
+use crate::webhook::InjectConfig;
+use crate::webhook::server::{WebhookState, router, serve_tls};
+
+/// Rotor's controller: the sidecar-injection webhook and its certificates.
+#[derive(Debug, Parser)]
+#[command(name = "rotor-controller", version, about, long_about = None)]
+pub struct Args {
+    /// Log filter, in `RUST_LOG` syntax.
+    #[arg(long, env = "ROTOR_LOG", default_value = "info", global = true)]
+    log: String,
+
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        env = "ROTOR_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the injection webhook with stores read from YAML files
+    /// instead of the API: try it without a cluster.
+    Webhook {
+        /// A directory of YAML files with SecretStore, ClusterSecretStore and
+        /// Namespace objects (namespace labels, for ClusterSecretStores).
+        #[arg(long, env = "ROTOR_STORES_DIR")]
+        stores: PathBuf,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// Write a self-signed CA and a serving certificate for the webhook's
+    /// Service into a directory (ca.crt, tls.crt, tls.key).
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        /// The webhook Service's name.
+        #[arg(long, default_value = "rotor-webhook")]
+        service: String,
+        /// The webhook Service's namespace.
+        #[arg(long, default_value = "rotor-system")]
+        namespace: String,
+        /// Extra DNS names (e.g. localhost for local tests).
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The HTTPS address of /mutate.
+    #[arg(long, env = "ROTOR_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// The serving certificate (PEM); reloaded when it changes.
+    #[arg(long, env = "ROTOR_TLS_CERT", default_value = "/etc/rotor/tls/tls.crt")]
+    tls_cert: PathBuf,
+    /// The serving key (PEM).
+    #[arg(long, env = "ROTOR_TLS_KEY", default_value = "/etc/rotor/tls/tls.key")]
+    tls_key: PathBuf,
+    /// The sidecar image to inject.
+    #[arg(
+        long,
+        env = "ROTOR_SIDECAR_IMAGE",
+        default_value = "ghcr.io/rotor-dev/rotor-sidecar:0.1.0"
+    )]
+    sidecar_image: String,
+    /// Where app containers see the files.
+    #[arg(long, env = "ROTOR_MOUNT_PATH", default_value = "/run/secrets/rotor")]
+    mount_path: String,
+    /// Inject an init container plus a sidecar container instead of a
+    /// native sidecar (clusters before Kubernetes 1.29).
+    #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
+    classic_sidecar: bool,
+    /// The tmpfs size limit of the secrets volume.
+    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi")]
+    size_limit: String,
+}
+
+impl ServeArgs {
+    fn inject_config(&self) -> InjectConfig {
+        InjectConfig {
+            image: self.sidecar_image.clone(),
+            mount_path: self.mount_path.clone(),
+            native_sidecar: !self.classic_sidecar,
+            size_limit: self.size_limit.clone(),
+            ..InjectConfig::default()
+        }
+    }
+}
+
+impl Args {
+    pub fn parse_and_run() -> ExitCode {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let Self {
+            log,
+            log_format,
+            command,
+        } = Self::parse();
+        rotor_telemetry::init(log_format, &log);
+        let result = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(run(command)),
+            Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Webhook { stores, serve } => {
+            let index = StoreIndex::from_dir(&stores)?;
+            tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
+            let state = Arc::new(WebhookState {
+                stores: RwLock::new(index),
+                config: serve.inject_config(),
+            });
+            serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
+        }
+        Command::Certs {
+            out,
+            service,
+            namespace,
+            dns_names,
+        } => {
+            let mut names = crate::certs::service_names(&service, &namespace);
+            names.extend(dns_names);
+            let generated = crate::certs::generate(&names)?;
+            std::fs::create_dir_all(&out)?;
+            crate::certs::write(&out, &generated)?;
+            println!(
+                "wrote ca.crt, tls.crt and tls.key to {} for {}",
+                out.display(),
+                names.join(", ")
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    rotor_controller::Args::parse_and_run()
+}

@@ -1,0 +1,242 @@
+//! The stores a pod may name: SecretStores by namespace, ClusterSecretStores,
+//! and namespace labels. A plain in-memory index with `apply` / `delete`,
+//! filled by reflectors in a cluster or from YAML files in standalone mode,
+//! and unit-tested without any API.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::ResourceExt;
+use rotor_crds::api::{ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, SecretStore};
+use serde::Deserialize as _;
+
+use crate::{Error, Result};
+
+/// A store a pod may use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// `SecretStore` or `ClusterSecretStore`.
+    pub kind: &'static str,
+    pub name: String,
+    pub provider: Provider,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct StoreIndex {
+    namespaced: BTreeMap<(String, String), Provider>,
+    cluster: BTreeMap<String, ClusterSecretStoreSpec>,
+    namespaces: BTreeMap<String, Labels>,
+}
+
+impl StoreIndex {
+    pub fn apply_store(&mut self, s: &SecretStore) {
+        let key = (s.namespace().unwrap_or_default(), s.name_any());
+        self.namespaced.insert(key, s.spec.provider.clone());
+    }
+
+    pub fn delete_store(&mut self, namespace: &str, name: &str) {
+        self.namespaced
+            .remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    pub fn apply_cluster_store(&mut self, s: &ClusterSecretStore) {
+        self.cluster.insert(s.name_any(), s.spec.clone());
+    }
+
+    pub fn delete_cluster_store(&mut self, name: &str) {
+        self.cluster.remove(name);
+    }
+
+    pub fn apply_namespace(&mut self, name: &str, labels: Labels) {
+        self.namespaces.insert(name.to_owned(), labels);
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// Forgets everything (a reflector's relist).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    pub fn len(&self) -> usize {
+        self.namespaced.len() + self.cluster.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The store `store` as the pod in `namespace` reading `secrets` may use
+    /// it, or why not.
+    pub fn resolve(
+        &self,
+        namespace: &str,
+        store: &str,
+        secrets: &[&str],
+    ) -> Result<Resolved, String> {
+        if let Some(provider) = self
+            .namespaced
+            .get(&(namespace.to_owned(), store.to_owned()))
+        {
+            return Ok(Resolved {
+                kind: "SecretStore",
+                name: store.to_owned(),
+                provider: provider.clone(),
+            });
+        }
+        let Some(spec) = self.cluster.get(store) else {
+            return Err(format!(
+                "store {store:?} not found: there is no SecretStore {store:?} in namespace {namespace:?} and no ClusterSecretStore {store:?}"
+            ));
+        };
+        let labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
+        if !selector_matches(&spec.allowed_namespaces, &labels) {
+            return Err(format!(
+                "ClusterSecretStore {store:?} does not allow namespace {namespace:?}: its allowedNamespaces selector does not match the namespace's labels"
+            ));
+        }
+        for secret in secrets {
+            let allowed: Vec<&String> = spec
+                .paths
+                .iter()
+                .filter(|r| r.namespace == "*" || r.namespace == namespace)
+                .flat_map(|r| &r.patterns)
+                .collect();
+            if !allowed.iter().any(|p| path_matches(p, secret, namespace)) {
+                return Err(format!(
+                    "ClusterSecretStore {store:?} does not allow secret {secret:?} in namespace {namespace:?} (allowed patterns: {})",
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed
+                            .iter()
+                            .map(|p| format!("{p:?}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ));
+            }
+        }
+        if let Some(problem) = cluster_auth_problem(&spec.provider) {
+            return Err(format!("ClusterSecretStore {store:?} {problem}"));
+        }
+        Ok(Resolved {
+            kind: "ClusterSecretStore",
+            name: store.to_owned(),
+            provider: spec.provider.clone(),
+        })
+    }
+
+    /// Loads SecretStore, ClusterSecretStore and Namespace objects from the
+    /// YAML files (`.yaml`, `.yml`, multi-document) in `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let mut index = Self::default();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| Error::Config(format!("--stores {}: cannot list ({e})", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        entries.sort();
+        for path in entries {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::Config(format!("{}: cannot read ({e})", path.display())))?;
+            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+                let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
+                    Error::Config(format!("{} document {}: {e}", path.display(), i + 1))
+                })?;
+                if value.is_null() {
+                    continue;
+                }
+                let kind = value
+                    .get("kind")
+                    .and_then(|k| k.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let fail = |e: serde_yaml::Error| {
+                    Error::Config(format!(
+                        "{} document {} ({kind}): {e}",
+                        path.display(),
+                        i + 1
+                    ))
+                };
+                match kind.as_str() {
+                    "SecretStore" => {
+                        index.apply_store(&serde_yaml::from_value(value).map_err(fail)?)
+                    }
+                    "ClusterSecretStore" => {
+                        index.apply_cluster_store(&serde_yaml::from_value(value).map_err(fail)?)
+                    }
+                    "Namespace" => {
+                        let ns: k8s_openapi::api::core::v1::Namespace =
+                            serde_yaml::from_value(value).map_err(fail)?;
+                        index.apply_namespace(&ns.name_any(), ns.labels().clone());
+                    }
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{} document {}: kind {kind:?} is not one of SecretStore, ClusterSecretStore, Namespace",
+                            path.display(),
+                            i + 1
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(index)
+    }
+}
+
+/// Secret-based auth cannot serve other namespaces: a pod cannot mount a
+/// Secret from another namespace.
+fn cluster_auth_problem(provider: &Provider) -> Option<String> {
+    let vault = provider.vault.as_ref()?;
+    (vault.auth.token_secret_ref.is_some() || vault.auth.app_role.is_some()).then(|| {
+        "uses Secret-based Vault auth, which pods in other namespaces cannot mount; use kubernetes auth for a ClusterSecretStore".to_owned()
+    })
+}
+
+/// Label selector semantics; an empty selector matches nothing here, so
+/// that a ClusterSecretStore is opt-in per namespace.
+pub fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
+    let match_labels = selector.match_labels.clone().unwrap_or_default();
+    let exprs = selector.match_expressions.clone().unwrap_or_default();
+    if match_labels.is_empty() && exprs.is_empty() {
+        return false;
+    }
+    if match_labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+        return false;
+    }
+    exprs.iter().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    })
+}
+
+/// `*` matches within a path segment, `**` across segments, and
+/// `{namespace}` is the pod's namespace.
+pub fn path_matches(pattern: &str, path: &str, namespace: &str) -> bool {
+    let pattern = pattern.replace("{namespace}", namespace);
+    glob(pattern.as_bytes(), path.as_bytes())
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p {
+        [] => s.is_empty(),
+        [b'*', b'*', rest @ ..] => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        [b'*', rest @ ..] => (0..=s.len())
+            .take_while(|i| *i == 0 || s[i - 1] != b'/')
+            .any(|i| glob(rest, &s[i..])),
+        [c, rest @ ..] => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests;

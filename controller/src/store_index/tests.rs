@@ -1,0 +1,135 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+use super::*;
+
+const STORES: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a, labels: {rotor.dev/clusterstore: "shared", team: a}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-b, labels: {team: b}}
+---
+apiVersion: rotor.dev/v1alpha1
+kind: SecretStore
+metadata: {name: local, namespace: team-b}
+spec:
+  provider:
+    local: {path: /var/lib/rotor/store.rotor, keyPath: /var/lib/rotor/kek}
+---
+apiVersion: rotor.dev/v1alpha1
+kind: ClusterSecretStore
+metadata: {name: shared-vault}
+spec:
+  allowedNamespaces:
+    matchLabels: {rotor.dev/clusterstore: shared}
+  paths:
+    - namespace: "*"
+      patterns: ["shared/*"]
+    - namespace: team-a
+      patterns: ["apps/{namespace}/**"]
+  provider:
+    vault:
+      server: https://vault.vault.svc:8200
+      auth: {kubernetes: {role: rotor}}
+"#;
+
+fn index() -> StoreIndex {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("stores.yaml"), STORES).unwrap();
+    StoreIndex::from_dir(dir.path()).unwrap()
+}
+
+#[test]
+fn namespaced_stores_resolve_only_in_their_namespace() {
+    let i = index();
+    let r = i.resolve("team-b", "local", &["anything"]).unwrap();
+    assert_eq!((r.kind, r.provider.kind()), ("SecretStore", "local"));
+    let err = i.resolve("team-a", "local", &["x"]).unwrap_err();
+    assert!(
+        err.contains("no SecretStore \"local\" in namespace \"team-a\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn cluster_stores_check_namespace_labels_and_paths() {
+    let i = index();
+    i.resolve("team-a", "shared-vault", &["shared/db", "apps/team-a/x/y"])
+        .unwrap();
+    let err = i
+        .resolve("team-b", "shared-vault", &["shared/db"])
+        .unwrap_err();
+    assert!(err.contains("does not allow namespace \"team-b\""), "{err}");
+    let err = i
+        .resolve("team-a", "shared-vault", &["apps/team-b/db"])
+        .unwrap_err();
+    assert!(
+        err.contains("does not allow secret \"apps/team-b/db\"") && err.contains("\"shared/*\""),
+        "{err}"
+    );
+    let err = i
+        .resolve("team-a", "shared-vault", &["shared/a/b"])
+        .unwrap_err();
+    assert!(err.contains("does not allow secret"), "{err}");
+}
+
+#[test]
+fn apply_delete_and_reset() {
+    let mut i = index();
+    assert_eq!(i.len(), 2);
+    i.delete_store("team-b", "local");
+    assert!(i.resolve("team-b", "local", &[]).is_err());
+    i.apply_namespace(
+        "team-b",
+        [("rotor.dev/clusterstore".to_owned(), "shared".to_owned())].into(),
+    );
+    i.resolve("team-b", "shared-vault", &["shared/x"]).unwrap();
+    i.delete_cluster_store("shared-vault");
+    assert!(i.is_empty());
+    i.reset();
+    assert!(i.is_empty());
+}
+
+#[test]
+fn selectors_and_globs() {
+    let labels: Labels = [("a".to_owned(), "1".to_owned())].into();
+    assert!(
+        !selector_matches(&LabelSelector::default(), &labels),
+        "empty selector matches nothing"
+    );
+    let expr = |op: &str, values: Option<Vec<&str>>| LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "a".into(),
+            operator: op.into(),
+            values: values.map(|v| v.into_iter().map(String::from).collect()),
+        }]),
+        ..LabelSelector::default()
+    };
+    assert!(selector_matches(&expr("In", Some(vec!["1", "2"])), &labels));
+    assert!(!selector_matches(&expr("NotIn", Some(vec!["1"])), &labels));
+    assert!(selector_matches(&expr("Exists", None), &labels));
+    assert!(!selector_matches(&expr("DoesNotExist", None), &labels));
+    assert!(path_matches("a/*", "a/b", "ns"));
+    assert!(!path_matches("a/*", "a/b/c", "ns"));
+    assert!(path_matches("a/**", "a/b/c", "ns"));
+    assert!(path_matches("{namespace}/*", "ns/db", "ns"));
+    assert!(!path_matches("{namespace}/*", "other/db", "ns"));
+    assert!(path_matches("db-*-prod", "db-x-prod", "ns"));
+}
+
+#[test]
+fn bad_files_name_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "kind: Pod\nmetadata: {name: p}\n",
+    )
+    .unwrap();
+    let err = StoreIndex::from_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("x.yaml document 1") && err.contains("\"Pod\" is not one of"),
+        "{err}"
+    );
+}

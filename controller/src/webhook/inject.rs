@@ -1,0 +1,512 @@
+//! Builds the injected pod: the sidecar (a native sidecar, or an init
+//! container plus a sidecar container on clusters before 1.29), its
+//! volumes, and the read-only mount in every app container. Every step adds
+//! only what is missing, so a second pass changes nothing.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapProjection, Container, ContainerPort, DownwardAPIProjection,
+    DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, Pod, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use rotor_crds::annotations::{self, PodSecrets};
+
+use crate::store_index::Resolved;
+
+pub const SIDECAR: &str = "rotor-sidecar";
+pub const INIT: &str = "rotor-init";
+pub const SECRETS_VOLUME: &str = "rotor-secrets";
+pub const PODINFO_VOLUME: &str = "rotor-podinfo";
+/// The sidecar's own scratch space (its root filesystem is read-only).
+pub const SCRATCH_VOLUME: &str = "rotor-sidecar-tmp";
+const PODINFO_PATH: &str = "/etc/rotor/pod";
+const CREDS_PATH: &str = "/var/run/secrets/rotor";
+
+/// How pods are injected; from the controller's flags.
+#[derive(Debug, Clone)]
+pub struct InjectConfig {
+    pub image: String,
+    /// Where app containers see the files.
+    pub mount_path: String,
+    /// `initContainers` with `restartPolicy: Always` (Kubernetes ≥ 1.29);
+    /// otherwise an init container plus a sidecar container.
+    pub native_sidecar: bool,
+    /// The tmpfs `sizeLimit`.
+    pub size_limit: String,
+    pub admin_port: u16,
+    pub push_port: u16,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/rotor-dev/rotor-sidecar:0.1.0".to_owned(),
+            mount_path: "/run/secrets/rotor".to_owned(),
+            native_sidecar: true,
+            size_limit: "1Mi".to_owned(),
+            admin_port: 9464,
+            push_port: 9465,
+        }
+    }
+}
+
+/// The injected pod, or why the pod cannot be injected.
+pub fn inject(
+    pod: &Pod,
+    contract: &PodSecrets,
+    store: &Resolved,
+    config: &InjectConfig,
+) -> Result<Pod, String> {
+    let mut pod = pod.clone();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
+    let (uid, gid) = identity(spec, contract)?;
+    let (store_args, store_env, store_volumes, store_mounts) = store_wiring(store, &namespace)?;
+
+    let mut args = vec![
+        format!("--annotations={PODINFO_PATH}/annotations"),
+        format!("--out-dir={}", config.mount_path),
+        format!("--admin-addr=0.0.0.0:{}", config.admin_port),
+        format!("--push-addr=0.0.0.0:{}", config.push_port),
+    ];
+    args.extend(store_args);
+    let mut mounts = vec![
+        mount(SECRETS_VOLUME, &config.mount_path, false),
+        mount(PODINFO_VOLUME, PODINFO_PATH, true),
+        mount(SCRATCH_VOLUME, "/tmp", false),
+    ];
+    mounts.extend(store_mounts);
+    let mut env = vec![
+        EnvVar {
+            name: "ROTOR_LOG_FORMAT".into(),
+            value: Some("json".into()),
+            ..EnvVar::default()
+        },
+        EnvVar {
+            name: "ROTOR_POD".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+    ];
+    env.extend(store_env);
+    let sidecar = Container {
+        name: SIDECAR.into(),
+        image: Some(config.image.clone()),
+        args: Some(args.clone()),
+        env: Some(env.clone()),
+        ports: Some(vec![
+            port("admin", config.admin_port),
+            port("push", config.push_port),
+        ]),
+        volume_mounts: Some(mounts.clone()),
+        security_context: Some(hardened(uid, gid)),
+        resources: Some(resources()),
+        startup_probe: Some(probe("/readyz", config.admin_port, 1, 120)),
+        readiness_probe: Some(probe("/readyz", config.admin_port, 5, 3)),
+        liveness_probe: Some(probe("/healthz", config.admin_port, 10, 3)),
+        restart_policy: config.native_sidecar.then(|| "Always".to_owned()),
+        ..Container::default()
+    };
+
+    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    if config.native_sidecar {
+        if !init.iter().any(|c| c.name == SIDECAR) {
+            init.insert(0, sidecar);
+        }
+    } else {
+        if !init.iter().any(|c| c.name == INIT) {
+            let mut once = sidecar.clone();
+            once.name = INIT.into();
+            once.args = Some(args.iter().cloned().chain(["--once".to_owned()]).collect());
+            once.ports = None;
+            once.startup_probe = None;
+            once.readiness_probe = None;
+            once.liveness_probe = None;
+            init.insert(0, once);
+        }
+        if !spec.containers.iter().any(|c| c.name == SIDECAR) {
+            spec.containers.insert(0, sidecar);
+        }
+    }
+
+    // The app containers (and other init containers) read the files.
+    let ours = |c: &Container| c.name == SIDECAR || c.name == INIT;
+    for c in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
+        if ours(c) {
+            continue;
+        }
+        let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
+        if !mounts.iter().any(|m| m.name == SECRETS_VOLUME) {
+            mounts.push(mount(SECRETS_VOLUME, &config.mount_path, true));
+        }
+    }
+
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    let mut wanted = vec![
+        Volume {
+            name: SECRETS_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity(config.size_limit.clone())),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: SCRATCH_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: PODINFO_VOLUME.into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "annotations".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.annotations".into(),
+                        ..ObjectFieldSelector::default()
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+                ..DownwardAPIVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
+    wanted.extend(store_volumes);
+    for v in wanted {
+        if !volumes.iter().any(|x| x.name == v.name) {
+            volumes.push(v);
+        }
+    }
+    if contract.needs_shared_pid_namespace() {
+        spec.share_process_namespace = Some(true);
+    }
+    pod.metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(annotations::STATUS.to_owned(), "injected".to_owned());
+    Ok(pod)
+}
+
+/// The user and group the sidecar runs as: the file owner if the pod asks
+/// for one, else the app's. The sidecar holds no capability to chown, so
+/// running as the owner is how the files come to belong to it.
+fn identity(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    contract: &PodSecrets,
+) -> Result<(i64, Option<i64>), String> {
+    if let Some((uid, gid)) = contract.file_owner {
+        if uid == 0 {
+            return Err(
+                "annotation rotor.dev/file-owner: uid 0 is root; expected a non-root uid"
+                    .to_owned(),
+            );
+        }
+        return Ok((i64::from(uid), Some(i64::from(gid))));
+    }
+    let pod_sc = spec.security_context.as_ref();
+    let app_sc = spec
+        .containers
+        .iter()
+        .find(|c| c.name != SIDECAR)
+        .and_then(|c| c.security_context.as_ref());
+    let uid = app_sc
+        .and_then(|s| s.run_as_user)
+        .or(pod_sc.and_then(|s| s.run_as_user));
+    let gid = app_sc
+        .and_then(|s| s.run_as_group)
+        .or(pod_sc.and_then(|s| s.run_as_group));
+    match uid {
+        None => Err("the sidecar runs as the app's user so that the files belong to it, but the pod sets no runAsUser; set securityContext.runAsUser on the pod or its first container, or set rotor.dev/file-owner".to_owned()),
+        Some(0) => Err("the app runs as root (runAsUser: 0) and Rotor's sidecar never does; run the app as a non-root user, or set rotor.dev/file-owner to a non-root uid:gid".to_owned()),
+        Some(uid) => Ok((uid, gid)),
+    }
+}
+
+type Wiring = (Vec<String>, Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>);
+
+/// Sidecar flags, env, volumes and mounts for the store's provider.
+fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
+    let p = &store.provider;
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let mut volumes = Vec::new();
+    let mut mounts = Vec::new();
+    if let Some(v) = &p.vault {
+        args.extend([
+            "--store-kind=vault".to_owned(),
+            format!("--vault-addr={}", v.server),
+            format!("--vault-mount={}", v.mount),
+        ]);
+        if let Some(ca) = &v.ca_bundle {
+            env.push(plain_env("ROTOR_VAULT_CA_PEM", ca));
+        }
+        if let Some(k) = &v.auth.kubernetes {
+            args.extend([
+                "--vault-auth=kubernetes".to_owned(),
+                format!("--vault-role={}", k.role),
+                format!("--vault-auth-mount={}", k.mount_path),
+                format!("--vault-jwt-file={CREDS_PATH}/sa/token"),
+            ]);
+            volumes.push(token_volume("rotor-sa-token", "vault"));
+            mounts.push(mount("rotor-sa-token", &format!("{CREDS_PATH}/sa"), true));
+        } else if let Some(a) = &v.auth.app_role {
+            args.extend([
+                "--vault-auth=approle".to_owned(),
+                format!("--vault-role-id={}", a.role_id),
+                format!("--vault-auth-mount={}", a.mount_path),
+                format!("--vault-secret-id-file={CREDS_PATH}/approle/secret-id"),
+            ]);
+            volumes.push(secret_volume(
+                "rotor-approle",
+                &a.secret_ref.name,
+                &a.secret_ref.key,
+                "secret-id",
+            ));
+            mounts.push(mount(
+                "rotor-approle",
+                &format!("{CREDS_PATH}/approle"),
+                true,
+            ));
+        } else if let Some(t) = &v.auth.token_secret_ref {
+            args.extend([
+                "--vault-auth=token".to_owned(),
+                format!("--vault-token-file={CREDS_PATH}/vault-token/token"),
+            ]);
+            volumes.push(secret_volume("rotor-vault-token", &t.name, &t.key, "token"));
+            mounts.push(mount(
+                "rotor-vault-token",
+                &format!("{CREDS_PATH}/vault-token"),
+                true,
+            ));
+        } else {
+            return Err(format!("{} {:?} has no Vault auth", store.kind, store.name));
+        }
+    } else if let Some(a) = &p.aws {
+        args.extend([
+            "--store-kind=aws".to_owned(),
+            format!("--aws-region={}", a.region),
+        ]);
+        if let Some(e) = &a.endpoint {
+            args.push(format!("--aws-endpoint={e}"));
+        }
+        if let Some(role) = &a.role_arn {
+            env.push(plain_env("AWS_ROLE_ARN", role));
+            env.push(plain_env(
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                &format!("{CREDS_PATH}/aws/token"),
+            ));
+            volumes.push(token_volume("rotor-aws-token", "sts.amazonaws.com"));
+            mounts.push(mount("rotor-aws-token", &format!("{CREDS_PATH}/aws"), true));
+        }
+    } else if p.kubernetes.is_some() {
+        args.extend([
+            "--store-kind=kubernetes".to_owned(),
+            format!("--namespace={namespace}"),
+        ]);
+        // Injected after the ServiceAccount admission plugin ran, so the
+        // sidecar gets its own API credentials, where kube looks for them.
+        volumes.push(Volume {
+            name: "rotor-kube-api".into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            path: "token".into(),
+                            expiration_seconds: Some(3600),
+                            ..ServiceAccountTokenProjection::default()
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        config_map: Some(ConfigMapProjection {
+                            name: "kube-root-ca.crt".into(),
+                            items: Some(vec![KeyToPath {
+                                key: "ca.crt".into(),
+                                path: "ca.crt".into(),
+                                mode: None,
+                            }]),
+                            optional: None,
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                    VolumeProjection {
+                        downward_api: Some(DownwardAPIProjection {
+                            items: Some(vec![DownwardAPIVolumeFile {
+                                path: "namespace".into(),
+                                field_ref: Some(ObjectFieldSelector {
+                                    field_path: "metadata.namespace".into(),
+                                    ..ObjectFieldSelector::default()
+                                }),
+                                ..DownwardAPIVolumeFile::default()
+                            }]),
+                        }),
+                        ..VolumeProjection::default()
+                    },
+                ]),
+                ..ProjectedVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        mounts.push(mount(
+            "rotor-kube-api",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            true,
+        ));
+    } else if let Some(l) = &p.local {
+        args.extend([
+            format!("--local-store={}", l.path),
+            format!("--key={}", l.key_path),
+        ]);
+        if let Some(v) = &l.volume {
+            let mut volume = Volume {
+                name: "rotor-local-store".into(),
+                ..Volume::default()
+            };
+            if let Some(claim) = &v.persistent_volume_claim {
+                volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: Some(true),
+                });
+            } else if let Some(secret) = &v.secret {
+                volume.secret = Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    default_mode: Some(0o400),
+                    ..SecretVolumeSource::default()
+                });
+            }
+            volumes.push(volume);
+            mounts.push(mount("rotor-local-store", &v.mount_path, true));
+        }
+    }
+    Ok((args, env, volumes, mounts))
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn token_volume(name: &str, audience: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(audience.into()),
+                    expiration_seconds: Some(3600),
+                    path: "token".into(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            default_mode: Some(0o400),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: path.into(),
+                mode: None,
+            }]),
+            default_mode: Some(0o400),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn probe(path: &str, port: u16, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(port)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn hardened(uid: i64, gid: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: gid,
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// Sized from the sidecar's measured use: about 6 MB RSS with 100 secrets.
+fn resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q("5m")),
+            ("memory".into(), q("16Mi")),
+        ])),
+        limits: Some(BTreeMap::from([
+            ("cpu".into(), q("100m")),
+            ("memory".into(), q("32Mi")),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}

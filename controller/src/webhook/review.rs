@@ -1,0 +1,145 @@
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use rotor_crds::annotations;
+
+use super::inject::{InjectConfig, inject};
+use crate::store_index::StoreIndex;
+
+/// Answers one AdmissionReview body. Returns the HTTP status and the body:
+/// 400 with a message when the body is not JSON at all, otherwise 200 with
+/// an AdmissionReview (which may say `allowed: false`).
+pub fn handle(body: &[u8], stores: &StoreIndex, config: &InjectConfig) -> (u16, serde_json::Value) {
+    let review: AdmissionReview<Pod> = match serde_json::from_slice::<serde_json::Value>(body) {
+        Err(e) => {
+            return (
+                400,
+                serde_json::json!({ "error": format!("the body is not JSON: {e}") }),
+            );
+        }
+        Ok(value) => match serde_json::from_value(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed AdmissionReview");
+                let response =
+                    AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}"));
+                return (200, to_json(response.into_review()));
+            }
+        },
+    };
+    let request: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => {
+            let response =
+                AdmissionResponse::invalid(format!("the AdmissionReview has no request: {e}"));
+            return (200, to_json(response.into_review()));
+        }
+    };
+    (200, to_json(mutate(&request, stores, config).into_review()))
+}
+
+/// The review as JSON, with the patch as the base64 string the API server
+/// documents (kube serializes the bytes as a number array, which the API
+/// server also accepts, but no other webhook sends).
+fn to_json(review: AdmissionReview<DynamicObject>) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut value = serde_json::to_value(review)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }));
+    if let Some(patch) = value.pointer_mut("/response/patch")
+        && let Some(bytes) = patch.as_array()
+    {
+        let raw: Vec<u8> = bytes
+            .iter()
+            .filter_map(|b| b.as_u64().map(|b| b as u8))
+            .collect();
+        *patch = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
+    }
+    value
+}
+
+/// The decision for one pod.
+pub fn mutate(
+    request: &AdmissionRequest<Pod>,
+    stores: &StoreIndex,
+    config: &InjectConfig,
+) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    let Some(pod) = &request.object else {
+        return response; // DELETE or CONNECT: nothing to do
+    };
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .or(pod.metadata.generate_name.clone())
+        .unwrap_or_default();
+    let namespace = request
+        .namespace
+        .clone()
+        .or(pod.metadata.namespace.clone())
+        .unwrap_or_default();
+    if !annotations
+        .keys()
+        .any(|k| k.starts_with(annotations::PREFIX))
+    {
+        return response;
+    }
+    // Validate every rotor.dev/ annotation, whether or not the pod asks for
+    // injection and whatever status it claims.
+    let contract =
+        match annotations::parse(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(%namespace, pod = %name, error = %e, "denied: invalid annotations");
+                return response.deny(e.to_string());
+            }
+        };
+    if !contract.inject {
+        return response;
+    }
+    let store_name = contract.store.as_deref().unwrap_or_default();
+    let store = match stores.resolve(&namespace, store_name, &contract.secret_names()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::info!(%namespace, pod = %name, error = %e, "denied: store not allowed");
+            return response.deny(format!("annotation rotor.dev/store: {e}"));
+        }
+    };
+    let mut pod = pod.clone();
+    if pod.metadata.namespace.is_none() {
+        pod.metadata.namespace = Some(namespace.clone());
+    }
+    let injected = match inject(&pod, &contract, &store, config) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::info!(%namespace, pod = %name, error = %e, "denied: cannot inject");
+            return response.deny(e);
+        }
+    };
+    let before = serde_json::to_value(&pod).unwrap_or_default();
+    let after = serde_json::to_value(&injected).unwrap_or_default();
+    let mut patch = json_patch::diff(&before, &after);
+    // The namespace was filled in only for building the patch.
+    patch.0.retain(|op| op_path(op) != "/metadata/namespace");
+    if patch.0.is_empty() {
+        return response;
+    }
+    tracing::info!(%namespace, pod = %name, store = %store.name, files = contract.files.len(), "injected");
+    match response.clone().with_patch(patch) {
+        Ok(r) => r,
+        Err(e) => response.deny(format!("internal error building the patch: {e}")),
+    }
+}
+
+fn op_path(op: &json_patch::PatchOperation) -> String {
+    use json_patch::PatchOperation::*;
+    match op {
+        Add(o) => o.path.to_string(),
+        Remove(o) => o.path.to_string(),
+        Replace(o) => o.path.to_string(),
+        Move(o) => o.path.to_string(),
+        Copy(o) => o.path.to_string(),
+        Test(o) => o.path.to_string(),
+    }
+}

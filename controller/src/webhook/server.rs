@@ -1,0 +1,100 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum_server::tls_rustls::RustlsConfig;
+use futures_util::StreamExt;
+
+use super::InjectConfig;
+use crate::store_index::StoreIndex;
+use crate::{Error, Result};
+
+/// What the webhook needs: the store index (kept fresh by reflectors or
+/// loaded from files) and the injection settings.
+pub struct WebhookState {
+    pub stores: RwLock<StoreIndex>,
+    pub config: InjectConfig,
+}
+
+/// `POST /mutate` and `GET /healthz`.
+pub fn router(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> impl IntoResponse {
+    let (status, reply) = {
+        let stores = state.stores.read().expect("store index lock");
+        super::review::handle(&body, &stores, &state.config)
+    };
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        reply.to_string(),
+    )
+}
+
+/// Serves `router` over HTTPS with the PEM certificate and key at the given
+/// paths, reloading them when their directory changes (a cert-manager or
+/// self-managed Secret update).
+pub async fn serve_tls(
+    addr: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    router: Router,
+) -> Result<()> {
+    let tls = RustlsConfig::from_pem_file(&cert, &key)
+        .await
+        .map_err(|e| {
+            Error::Config(format!(
+                "TLS certificate {} / key {}: {e}",
+                cert.display(),
+                key.display()
+            ))
+        })?;
+    spawn_reloader(tls.clone(), cert, key)?;
+    tracing::info!(%addr, "webhook listening (HTTPS)");
+    axum_server::bind_rustls(addr, tls)
+        .serve(router.into_make_service())
+        .await
+        .map_err(|e| Error::Config(format!("cannot serve on {addr}: {e}")))
+}
+
+fn spawn_reloader(tls: RustlsConfig, cert: PathBuf, key: PathBuf) -> Result<()> {
+    let dir = cert
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let inotify = inotify::Inotify::init().map_err(|e| Error::Config(format!("inotify: {e}")))?;
+    use inotify::WatchMask as M;
+    inotify
+        .watches()
+        .add(&dir, M::CREATE | M::MOVED_TO | M::CLOSE_WRITE | M::DELETE)
+        .map_err(|e| Error::Config(format!("cannot watch {}: {e}", dir.display())))?;
+    let mut events = inotify
+        .into_event_stream([0u8; 4096])
+        .map_err(|e| Error::Config(format!("inotify: {e}")))?;
+    tokio::spawn(async move {
+        while events.next().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+            match tls.reload_from_pem_file(&cert, &key).await {
+                Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS certificate reload failed; keeping the old one")
+                }
+            }
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,241 @@
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// A rotation policy: what to generate, where to stage it, when, and how
+/// long to wait for every consumer's acknowledgement before promoting.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rotor.dev",
+    version = "v1alpha1",
+    kind = "SecretRotationPolicy",
+    namespaced,
+    shortname = "rsrp",
+    status = "SecretRotationPolicyStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.currentVersion"}"#,
+    printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRotationPolicySpec {
+    pub store_ref: StoreRef,
+    /// The secret to rotate, by its name in the store.
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 255 && !self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.contains('..')").message("secretName must be 1-255 characters without empty or '..' segments"))]
+    pub secret_name: String,
+    pub schedule: Schedule,
+    pub generator: Generator,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Sidecars to notify, for standalone mode (`http://host:port`); in a
+    /// cluster the controller finds consumer pods by their annotations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<String>,
+    /// Stop scheduling rotations; an in-flight rotation still finishes.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreRef {
+    pub name: String,
+    /// `SecretStore` (default) or `ClusterSecretStore`.
+    #[serde(default = "default_store_kind")]
+    pub kind: String,
+}
+
+fn default_store_kind() -> String {
+    "SecretStore".to_owned()
+}
+
+/// When to rotate: every `interval`, or on a `cron` schedule (UTC), inside
+/// an optional daily `window`, delayed by up to `jitter`; and never later
+/// than `maxAge` after the last rotation.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.interval) != has(self.cron)").message("set exactly one of interval and cron"))]
+pub struct Schedule {
+    /// A duration such as `720h` or `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Five fields: minute hour day-of-month month day-of-week.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// A daily window, UTC, `HH:MM` to `HH:MM` (may wrap past midnight).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Window {
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("start must be HH:MM"))]
+    pub start: String,
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^([01][0-9]|2[0-3]):[0-5][0-9]$')").message("end must be HH:MM"))]
+    pub end: String,
+}
+
+/// Exactly one generator.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.password) ? 1 : 0) + (has(self.randomBytes) ? 1 : 0) + (has(self.keyPair) ? 1 : 0) == 1").message("set exactly one of password, randomBytes, keyPair"))]
+pub struct Generator {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<PasswordGenerator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub random_bytes: Option<RandomBytesGenerator>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pair: Option<KeyPairGenerator>,
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.minLower + self.minUpper + self.minDigits + self.minSymbols <= self.length").message("the per-class minimums add up to more than length"))]
+pub struct PasswordGenerator {
+    #[x_kube(validation = kube::core::Rule::new("self >= 8 && self <= 1024").message("length must be 8 to 1024"))]
+    pub length: u32,
+    /// The symbols to draw from; letters and digits are always available.
+    #[serde(default = "default_symbols")]
+    pub symbols: String,
+    #[serde(default)]
+    pub min_lower: u32,
+    #[serde(default)]
+    pub min_upper: u32,
+    #[serde(default)]
+    pub min_digits: u32,
+    #[serde(default)]
+    pub min_symbols: u32,
+}
+
+fn default_symbols() -> String {
+    "!#%+-.:=@^_~".to_owned()
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RandomBytesGenerator {
+    #[x_kube(validation = kube::core::Rule::new("self >= 16 && self <= 4096").message("length must be 16 to 4096 bytes"))]
+    pub length: u32,
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Base64,
+    Hex,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyPairGenerator {
+    pub algorithm: KeyAlgorithm,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum KeyAlgorithm {
+    Ed25519,
+    #[serde(rename = "ECDSA-P256")]
+    EcdsaP256,
+}
+
+/// How a new version goes live.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    #[serde(default)]
+    pub staged: Staged,
+}
+
+/// Stage the new version as pending, deliver it to every consumer, and
+/// promote it once all have acknowledged it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Staged {
+    /// How long to wait for every consumer's acknowledgement.
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: String,
+    /// How long the previous version stays before it is retired.
+    #[serde(default = "default_grace")]
+    pub grace_period: String,
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+impl Default for Staged {
+    fn default() -> Self {
+        Self {
+            ack_timeout: default_ack_timeout(),
+            grace_period: default_grace(),
+            on_timeout: OnTimeout::default(),
+        }
+    }
+}
+
+fn default_ack_timeout() -> String {
+    "5m".to_owned()
+}
+
+fn default_grace() -> String {
+    "1h".to_owned()
+}
+
+/// What to do when not every consumer acknowledged in time.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum OnTimeout {
+    /// Promote anyway, with a `Degraded` condition naming the laggards.
+    Promote,
+    /// Abort: retire the pending version and tell consumers to go back.
+    #[default]
+    Rollback,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRotationPolicyStatus {
+    /// Idle, Generating, Staged, Propagating, Promoting, Retiring, RollingBack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation: Option<String>,
+    /// When the phase began (RFC 3339), for timeouts that survive restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<String>,
+    #[serde(default)]
+    pub consumers: Vec<ConsumerStatus>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsumerStatus {
+    /// `namespace/pod`, or the sidecar's URL in standalone mode.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<String>,
+}

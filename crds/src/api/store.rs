@@ -1,0 +1,214 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::Condition;
+
+/// Where secrets live and how to reach them. Pods name a store; its address
+/// and credentials come only from here.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rotor.dev",
+    version = "v1alpha1",
+    kind = "SecretStore",
+    namespaced,
+    shortname = "rss",
+    status = "SecretStoreStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.kind"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretStoreSpec {
+    pub provider: Provider,
+}
+
+/// A store for many namespaces: those its `allowedNamespaces` selector
+/// matches, and only for the secret paths its `paths` allow there.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "rotor.dev",
+    version = "v1alpha1",
+    kind = "ClusterSecretStore",
+    shortname = "rcss",
+    status = "SecretStoreStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.kind"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterSecretStoreSpec {
+    pub provider: Provider,
+    /// Namespaces that may use this store. An empty selector matches none.
+    pub allowed_namespaces: LabelSelector,
+    /// Which secret paths each namespace may read. A path matches a pattern
+    /// where `*` stands for any characters but `/`, `**` for any
+    /// characters, and `{namespace}` for the pod's namespace. No pattern,
+    /// no access.
+    #[serde(default)]
+    #[x_kube(validation = kube::core::Rule::new("self.all(p, p.patterns.size() > 0)").message("every paths entry needs at least one pattern"))]
+    pub paths: Vec<PathRule>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PathRule {
+    /// A namespace name, or `*` for every allowed namespace.
+    pub namespace: String,
+    pub patterns: Vec<String>,
+}
+
+/// Exactly one provider.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1").message("set exactly one of vault, aws, kubernetes, local"))]
+pub struct Provider {
+    /// Set by the controller for printing: vault, aws, kubernetes or local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<LocalProvider>,
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider { vault: Some(_), .. } => "vault",
+            Provider { aws: Some(_), .. } => "aws",
+            Provider {
+                kubernetes: Some(_),
+                ..
+            } => "kubernetes",
+            _ => "local",
+        }
+    }
+}
+
+/// HashiCorp Vault or OpenBao, KV v2.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultProvider {
+    /// `https://vault.vault.svc:8200`
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("server must be an http(s) URL"))]
+    pub server: String,
+    /// The KV v2 mount.
+    #[serde(default = "default_mount")]
+    pub mount: String,
+    /// PEM CA bundle for the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    pub auth: VaultAuthSpec,
+}
+
+fn default_mount() -> String {
+    "secret".to_owned()
+}
+
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("(has(self.kubernetes) ? 1 : 0) + (has(self.appRole) ? 1 : 0) + (has(self.tokenSecretRef) ? 1 : 0) == 1").message("set exactly one of kubernetes, appRole, tokenSecretRef"))]
+pub struct VaultAuthSpec {
+    /// Kubernetes auth with the pod's projected service-account token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<VaultKubernetesAuth>,
+    /// AppRole; the secret id comes from a Secret in the store's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_role: Option<VaultAppRoleAuth>,
+    /// A token in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultKubernetesAuth {
+    pub role: String,
+    #[serde(default = "default_kubernetes_mount")]
+    pub mount_path: String,
+}
+
+fn default_kubernetes_mount() -> String {
+    "kubernetes".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultAppRoleAuth {
+    pub role_id: String,
+    pub secret_ref: SecretKeyRef,
+    #[serde(default = "default_approle_mount")]
+    pub mount_path: String,
+}
+
+fn default_approle_mount() -> String {
+    "approle".to_owned()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// AWS Secrets Manager. Credentials come from the default chain (IRSA web
+/// identity in EKS).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsProvider {
+    pub region: String,
+    /// An endpoint override, e.g. a VPC endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The IAM role to assume through the pod's web identity (IRSA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+}
+
+/// Kubernetes Secrets in the pod's own namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesProvider {}
+
+/// Rotor's embedded store file, on a volume the pod mounts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalProvider {
+    /// The store file, as mounted in the sidecar.
+    pub path: String,
+    /// The key file, as mounted in the sidecar.
+    pub key_path: String,
+    /// The volume holding both (a PVC or a Secret), mounted read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<LocalVolume>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalVolume {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    pub mount_path: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretStoreStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Namespace labels, for matching `allowedNamespaces`.
+pub type Labels = BTreeMap<String, String>;

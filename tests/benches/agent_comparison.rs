@@ -1,0 +1,280 @@
+//! Rotor's sidecar against OpenBao Agent, side by side in one run, on the
+//! same OpenBao dev server and the same KV v2 secrets.
+//!
+//! ```sh
+//! tests/install-tools && cargo build --release --bins
+//! cargo bench -p rotor-e2e --bench agent_comparison
+//! ```
+//!
+//! Prints one table: RSS with 1 and 100 secrets, launch to first render,
+//! new KV version → file (min/median/max over 20 changes at 1 s and 5 s
+//! intervals), idle CPU seconds per hour with 100 secrets at 1 s, and
+//! Rotor's push path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rotor_e2e::servers::{Bao, venv_bin};
+use rotor_e2e::{bin, free_port, http, wait_until};
+
+const CHANGES: usize = 20;
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return; // built by `cargo test --benches`; only run by `cargo bench`
+    }
+    let bao = Bao::start();
+    let mut rows: Vec<[String; 3]> = Vec::new();
+    for n in [1usize, 100] {
+        seed(&bao, n);
+        let (agent_start, agent_rss) = measure_start_and_rss(&bao, Tool::Agent, n);
+        let (rotor_start, rotor_rss) = measure_start_and_rss(&bao, Tool::Rotor, n);
+        rows.push([format!("RSS, {n} secrets"), mb(agent_rss), mb(rotor_rss)]);
+        if n == 1 {
+            rows.push([
+                "launch to first render".into(),
+                ms(agent_start),
+                ms(rotor_start),
+            ]);
+        }
+    }
+    seed(&bao, 1);
+    for interval in [Duration::from_secs(1), Duration::from_secs(5)] {
+        let a = propagation(&bao, Tool::Agent, interval, false);
+        let r = propagation(&bao, Tool::Rotor, interval, false);
+        rows.push([
+            format!(
+                "new KV version → file at {}s (min/median/max)",
+                interval.as_secs()
+            ),
+            stats(&a),
+            stats(&r),
+        ]);
+    }
+    let p = propagation(&bao, Tool::Rotor, Duration::from_secs(1), true);
+    rows.push([
+        "new KV version → file with push (min/median/max)".into(),
+        "no push".into(),
+        stats(&p),
+    ]);
+    seed(&bao, 100);
+    let a = idle_cpu(&bao, Tool::Agent);
+    let r = idle_cpu(&bao, Tool::Rotor);
+    rows.push([
+        "idle CPU, 100 secrets at 1 s, seconds per hour".into(),
+        format!("{a:.0} s"),
+        format!("{r:.1} s"),
+    ]);
+    println!("\n| figure | OpenBao Agent | rotor-sidecar |\n|---|---|---|");
+    for [f, a, r] in rows {
+        println!("| {f} | {a} | {r} |");
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Agent,
+    Rotor,
+}
+
+fn seed(bao: &Bao, n: usize) {
+    for i in 0..n {
+        bao.api(
+            "POST",
+            &format!("secret/data/bench/s{i:03}"),
+            &format!(r#"{{"data":{{"value":"initial-{i}"}}}}"#),
+        );
+    }
+}
+
+struct Running {
+    child: Child,
+    out: tempfile::TempDir,
+    _work: tempfile::TempDir,
+    push_port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn launch(bao: &Bao, tool: Tool, n: usize, interval: Duration) -> Running {
+    let work = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir_in("/dev/shm").unwrap();
+    let token = work.path().join("token");
+    std::fs::write(&token, "root").unwrap();
+    let push_port = free_port();
+    let child = match tool {
+        Tool::Agent => {
+            let mut hcl = format!(
+                "vault {{ address = \"{}\" }}\nauto_auth {{ method \"token_file\" {{ config = {{ token_file_path = \"{}\" }} }} }}\ntemplate_config {{ static_secret_render_interval = \"{}s\" }}\n",
+                bao.addr(),
+                token.display(),
+                interval.as_secs_f64()
+            );
+            for i in 0..n {
+                hcl.push_str(&format!(
+                    "template {{\n  destination = \"{}/s{i:03}\"\n  perms = \"0400\"\n  contents = \"{{{{ with secret \\\"secret/data/bench/s{i:03}\\\" }}}}{{{{ .Data.data.value }}}}{{{{ end }}}}\"\n}}\n",
+                    out.path().display()
+                ));
+            }
+            let config = work.path().join("agent.hcl");
+            std::fs::write(&config, hcl).unwrap();
+            Command::new(venv_bin("bao"))
+                .args(["agent", &format!("-config={}", config.display())])
+                .env("HOME", work.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        }
+        Tool::Rotor => {
+            let mut map = BTreeMap::new();
+            for i in 0..n {
+                map.insert(
+                    format!("rotor.dev/secret.s{i:03}"),
+                    format!("bench/s{i:03}"),
+                );
+            }
+            map.insert(
+                "rotor.dev/refresh".into(),
+                humantime::format_duration(interval).to_string(),
+            );
+            let annotations = work.path().join("annotations");
+            std::fs::write(&annotations, rotor_sidecar::downward::format(&map)).unwrap();
+            Command::new(bin("rotor-sidecar"))
+                .arg("--annotations")
+                .arg(&annotations)
+                .arg("--out-dir")
+                .arg(out.path())
+                .args(["--store-kind", "vault", "--vault-addr", &bao.addr()])
+                .arg("--vault-token-file")
+                .arg(&token)
+                .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+                .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                .env("ROTOR_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        }
+    };
+    Running {
+        child,
+        out,
+        _work: work,
+        push_port,
+    }
+}
+
+fn all_rendered(dir: &Path, n: usize) -> bool {
+    (0..n).all(|i| {
+        std::fs::read_to_string(dir.join(format!("s{i:03}")))
+            .is_ok_and(|s| s.starts_with("initial-") || s.starts_with("v"))
+    })
+}
+
+fn measure_start_and_rss(bao: &Bao, tool: Tool, n: usize) -> (Duration, u64) {
+    let t = Instant::now();
+    let run = launch(bao, tool, n, Duration::from_secs(1));
+    assert!(
+        wait_until(30, || all_rendered(run.out.path(), n)),
+        "first render never happened"
+    );
+    let start = t.elapsed();
+    std::thread::sleep(Duration::from_secs(5));
+    (start, rss_kib(run.child.id()))
+}
+
+fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Duration> {
+    let run = launch(bao, tool, 1, interval);
+    assert!(wait_until(30, || all_rendered(run.out.path(), 1)));
+    let file: PathBuf = run.out.path().join("s000");
+    let mut times = Vec::new();
+    for i in 0..CHANGES {
+        // Land the changes at varied points of the poll cycle.
+        std::thread::sleep(interval.mul_f64(0.3 + 0.23 * (i % 4) as f64));
+        let want = format!("v{i}-{}", std::process::id());
+        let t = Instant::now();
+        bao.api(
+            "POST",
+            "secret/data/bench/s000",
+            &format!(r#"{{"data":{{"value":"{want}"}}}}"#),
+        );
+        if push {
+            let (status, _) = http(run.push_port, "POST", "/v1/refresh", "").unwrap();
+            assert_eq!(status, 200);
+        }
+        while std::fs::read_to_string(&file).ok().as_deref() != Some(want.as_str()) {
+            std::thread::sleep(Duration::from_micros(500));
+            assert!(t.elapsed() < interval * 10, "change never arrived");
+        }
+        times.push(t.elapsed());
+        if push {
+            std::thread::sleep(Duration::from_millis(120)); // stay under the push rate limit
+        }
+    }
+    times.sort();
+    times
+}
+
+fn idle_cpu(bao: &Bao, tool: Tool) -> f64 {
+    let run = launch(bao, tool, 100, Duration::from_secs(1));
+    assert!(wait_until(30, || all_rendered(run.out.path(), 100)));
+    std::thread::sleep(Duration::from_secs(3));
+    let window = Duration::from_secs(20);
+    let before = cpu_ticks(run.child.id());
+    std::thread::sleep(window);
+    let used = (cpu_ticks(run.child.id()) - before) as f64 / ticks_per_second();
+    used * 3600.0 / window.as_secs_f64()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15; `after` starts at field 3.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn ticks_per_second() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+fn mb(kib: u64) -> String {
+    format!("{:.1} MB", kib as f64 / 1024.0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn stats(t: &[Duration]) -> String {
+    format!(
+        "{} / {} / {}",
+        ms(t[0]),
+        ms(t[t.len() / 2]),
+        ms(t[t.len() - 1])
+    )
+}
