@@ -43,6 +43,12 @@ enum Command {
     },
     /// Administer a local store file.
     Store(commands::store::StoreArgs),
+    /// Print the CRD YAML generated from Rotor's API types, or write it to
+    /// `<DIR>/crds.yaml` (the repository keeps it in deploy/crds/).
+    Crds {
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
     /// Run the whole loop on this machine: a local store, a sidecar writing
     /// to tmpfs, and an app that reloads on SIGHUP while versions rotate.
     Demo(commands::demo::DemoArgs),
@@ -77,6 +83,7 @@ impl Args {
             Command::Keygen { out, force } => commands::keygen::run(&out, force),
             Command::Store(args) => args.run(),
             Command::Demo(args) => args.run(),
+            Command::Crds { out } => write_crds(out.as_deref()),
             Command::DemoApp(args) => args.run(),
             Command::Sidecar { args } => {
                 let argv = std::iter::once("rotor sidecar".into()).chain(args);
@@ -91,4 +98,18 @@ impl Args {
             }
         }
     }
+}
+
+fn write_crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let yaml = rotor_crds::api::crds_yaml();
+    match out {
+        None => print!("{yaml}"),
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join("crds.yaml");
+            std::fs::write(&path, yaml)?;
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
 }

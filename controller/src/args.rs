@@ -44,6 +44,28 @@ enum Command {
         #[command(flatten)]
         serve: ServeArgs,
     },
+    /// Run in a cluster: stores from watches, the webhook over HTTPS.
+    Run {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Create (or reuse) the serving certificate in a Secret and set the
+        /// webhook configuration's caBundle; without it, mount one (e.g.
+        /// from cert-manager) at --tls-cert / --tls-key.
+        #[arg(long, env = "ROTOR_SELF_MANAGED_CERTS")]
+        self_managed_certs: bool,
+        /// The controller's namespace.
+        #[arg(long, env = "ROTOR_NAMESPACE", default_value = "rotor-system")]
+        namespace: String,
+        /// The webhook Service.
+        #[arg(long, default_value = "rotor-webhook")]
+        service: String,
+        /// The Secret holding the self-managed certificate.
+        #[arg(long, default_value = "rotor-webhook-tls")]
+        tls_secret: String,
+        /// The MutatingWebhookConfiguration to put the CA into.
+        #[arg(long, default_value = "rotor-webhook")]
+        webhook_configuration: String,
+    },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
     Certs {
@@ -139,6 +161,38 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stores: RwLock::new(index),
                 config: serve.inject_config(),
             });
+            serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
+        }
+        Command::Run {
+            serve,
+            self_managed_certs,
+            namespace,
+            service,
+            tls_secret,
+            webhook_configuration,
+        } => {
+            let client = kube::Client::try_default().await?;
+            if self_managed_certs {
+                let dir = serve
+                    .tls_cert
+                    .parent()
+                    .ok_or_else(|| anyhow::anyhow!("--tls-cert has no directory"))?
+                    .to_owned();
+                crate::cluster::self_managed_certs(
+                    client.clone(),
+                    &namespace,
+                    &tls_secret,
+                    &service,
+                    &webhook_configuration,
+                    &dir,
+                )
+                .await?;
+            }
+            let state = Arc::new(WebhookState {
+                stores: RwLock::new(StoreIndex::default()),
+                config: serve.inject_config(),
+            });
+            tokio::spawn(crate::cluster::keep_index_fresh(client, state.clone()));
             serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
         }
         Command::Certs {

@@ -8,6 +8,7 @@
 
 mod args;
 pub mod certs;
+pub mod cluster;
 mod error;
 pub mod store_index;
 pub mod webhook;

@@ -56,7 +56,15 @@ impl StoreIndex {
         self.namespaces.remove(name);
     }
 
-    /// Forgets everything (a reflector's relist).
+    pub fn store_keys(&self) -> Vec<(String, String)> {
+        self.namespaced.keys().cloned().collect()
+    }
+
+    pub fn cluster_store_names(&self) -> Vec<String> {
+        self.cluster.keys().cloned().collect()
+    }
+
+    /// Forgets everything.
     pub fn reset(&mut self) {
         *self = Self::default();
     }

@@ -103,6 +103,7 @@ pub fn inject(
     let sidecar = Container {
         name: SIDECAR.into(),
         image: Some(config.image.clone()),
+        image_pull_policy: Some("Always".into()),
         args: Some(args.clone()),
         env: Some(env.clone()),
         ports: Some(vec![

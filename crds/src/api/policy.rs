@@ -10,6 +10,7 @@ use super::Condition;
     group = "rotor.dev",
     version = "v1alpha1",
     kind = "SecretRotationPolicy",
+    doc = "Scheduled rotation of one secret, promoted only after every consumer acknowledged it.",
     namespaced,
     shortname = "rsrp",
     status = "SecretRotationPolicyStatus",

@@ -1,0 +1,182 @@
+//! In a cluster: keep the store index fresh from watches, and manage the
+//! serving certificate when no cert-manager provides one.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use rotor_crds::api::{ClusterSecretStore, SecretStore};
+
+use crate::store_index::StoreIndex;
+use crate::webhook::server::WebhookState;
+use crate::{Error, Result};
+
+/// Runs the three watches that feed the store index, forever. A relist
+/// replaces a kind's entries only once the new list is complete.
+pub async fn keep_index_fresh(client: Client, state: Arc<WebhookState>) {
+    let stores = watch_kind::<SecretStore>(
+        Api::all(client.clone()),
+        state.clone(),
+        |index, objs| {
+            for (ns, name) in index.store_keys() {
+                if !objs.iter().any(|s: &SecretStore| {
+                    s.namespace().as_deref() == Some(ns.as_str()) && s.name_any() == name
+                }) {
+                    index.delete_store(&ns, &name);
+                }
+            }
+            objs.iter().for_each(|s| index.apply_store(s));
+        },
+        |index, s| index.apply_store(s),
+        |index, s| index.delete_store(&s.namespace().unwrap_or_default(), &s.name_any()),
+    );
+    let cluster = watch_kind::<ClusterSecretStore>(
+        Api::all(client.clone()),
+        state.clone(),
+        |index, objs| {
+            for name in index.cluster_store_names() {
+                if !objs
+                    .iter()
+                    .any(|s: &ClusterSecretStore| s.name_any() == name)
+                {
+                    index.delete_cluster_store(&name);
+                }
+            }
+            objs.iter().for_each(|s| index.apply_cluster_store(s));
+        },
+        |index, s| index.apply_cluster_store(s),
+        |index, s| index.delete_cluster_store(&s.name_any()),
+    );
+    let namespaces = watch_kind::<Namespace>(
+        Api::all(client),
+        state,
+        |index, objs| {
+            objs.iter()
+                .for_each(|n: &Namespace| index.apply_namespace(&n.name_any(), n.labels().clone()));
+        },
+        |index, n| index.apply_namespace(&n.name_any(), n.labels().clone()),
+        |index, n| index.delete_namespace(&n.name_any()),
+    );
+    tokio::join!(stores, cluster, namespaces);
+}
+
+async fn watch_kind<K>(
+    api: Api<K>,
+    state: Arc<WebhookState>,
+    relisted: impl Fn(&mut StoreIndex, &[K]),
+    applied: impl Fn(&mut StoreIndex, &K),
+    deleted: impl Fn(&mut StoreIndex, &K),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut buffer: Vec<K> = Vec::new();
+    let mut events = watcher(api, watcher::Config::default()).boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => buffer.clear(),
+            Ok(watcher::Event::InitApply(o)) => buffer.push(o),
+            Ok(watcher::Event::InitDone) => {
+                relisted(&mut state.stores.write().expect("index lock"), &buffer);
+                buffer.clear();
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                applied(&mut state.stores.write().expect("index lock"), &o)
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                deleted(&mut state.stores.write().expect("index lock"), &o)
+            }
+            Err(e) => tracing::warn!(error = %e, "watch interrupted; it resumes by itself"),
+        }
+    }
+}
+
+/// Self-managed certificates: reuse the Secret `secret` in `namespace` or
+/// create it with a new CA and serving certificate, write the files the
+/// server reads, and put the CA into the webhook configuration's caBundle.
+pub async fn self_managed_certs(
+    client: Client,
+    namespace: &str,
+    secret: &str,
+    service: &str,
+    webhook: &str,
+    dir: &Path,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let existing = secrets.get_opt(secret).await?;
+    let generated = match existing.as_ref().and_then(read_tls) {
+        Some(g) => g,
+        None => {
+            let g = crate::certs::generate(&crate::certs::service_names(service, namespace))?;
+            let data = [
+                ("ca.crt", g.ca_pem.as_bytes()),
+                ("tls.crt", g.cert_pem.as_bytes()),
+                ("tls.key", g.key_pem.as_bytes()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.to_vec())))
+            .collect();
+            let object = Secret {
+                metadata: ObjectMeta {
+                    name: Some(secret.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                type_: Some("kubernetes.io/tls".to_owned()),
+                data: Some(data),
+                ..Secret::default()
+            };
+            match secrets.create(&PostParams::default(), &object).await {
+                Ok(_) => g,
+                // Another replica won the race: use its certificate.
+                Err(kube::Error::Api(r)) if r.code == 409 => secrets
+                    .get(secret)
+                    .await
+                    .ok()
+                    .as_ref()
+                    .and_then(read_tls)
+                    .ok_or_else(|| {
+                        Error::Certs(format!("Secret {namespace}/{secret} is incomplete"))
+                    })?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    crate::certs::write(dir, &generated)?;
+    use base64::Engine as _;
+    let ca = base64::engine::general_purpose::STANDARD.encode(&generated.ca_pem);
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let current = webhooks.get(webhook).await?;
+    let patch: Vec<serde_json::Value> = current
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
+        .collect();
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
+        .map_err(|e| Error::Certs(e.to_string()))?;
+    webhooks
+        .patch(webhook, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .await?;
+    tracing::info!(secret = %format!("{namespace}/{secret}"), webhook, "serving certificate ready; caBundle set");
+    Ok(())
+}
+
+fn read_tls(secret: &Secret) -> Option<crate::certs::Generated> {
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(crate::certs::Generated {
+        ca_pem: text("ca.crt")?,
+        cert_pem: text("tls.crt")?,
+        key_pem: text("tls.key")?,
+    })
+}

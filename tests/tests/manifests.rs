@@ -1,0 +1,249 @@
+//! deploy/: kustomize renders it, every object validates strictly against
+//! Kubernetes' schemas, checkov finds nothing (skips are justified inline),
+//! RBAC matches its golden file, the examples parse as Rotor's types, and
+//! the pod the webhook produces from the example passes checkov too.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rotor_e2e::servers::venv_bin;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn render() -> String {
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(root().join("deploy"))
+        .output()
+        .expect("kubectl (with kustomize) is needed for these tests");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn checkov(file: &Path) -> String {
+    let out = Command::new(venv_bin("checkov"))
+        .arg("-f")
+        .arg(file)
+        .args([
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ])
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("Failed checks: 0"),
+        "checkov on {}:\n{text}",
+        file.display()
+    );
+    text
+}
+
+#[test]
+fn kustomize_renders_and_every_object_validates_strictly() {
+    let rendered = render();
+    let kinds: Vec<String> = docs(&rendered)
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_owned())
+        .collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+        "CustomResourceDefinition",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, &rendered).unwrap();
+    let mut files = vec![file];
+    files.push(root().join("deploy/examples/app-deployment.yaml"));
+    for f in files {
+        let out = Command::new(venv_bin("kubernetes-validate"))
+            .arg("--strict")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "{}:\n{text}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn the_webhook_and_deployment_are_configured_safely() {
+    let rendered = docs(&render());
+    let hook = rendered
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    let w = &hook["webhooks"][0];
+    assert_eq!(w["failurePolicy"], "Fail");
+    assert!(w["timeoutSeconds"].as_u64().unwrap() <= 10);
+    let excluded = serde_yaml::to_string(&w["namespaceSelector"]).unwrap();
+    assert!(
+        excluded.contains("rotor-system") && excluded.contains("kube-system"),
+        "{excluded}"
+    );
+    let deploy = rendered.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+}
+
+#[test]
+fn checkov_passes_on_the_base_and_the_app_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, render()).unwrap();
+    checkov(&file);
+}
+
+#[test]
+fn rbac_matches_the_golden_file() {
+    let golden: serde_yaml::Mapping = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("tests/golden/rbac-rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut rendered = serde_yaml::Mapping::new();
+    for d in docs(&render()) {
+        let kind = d["kind"].as_str().unwrap();
+        if kind == "ClusterRole" || kind == "Role" {
+            let key = format!("{kind}/{}", d["metadata"]["name"].as_str().unwrap());
+            rendered.insert(key.into(), d["rules"].clone());
+        }
+    }
+    assert_eq!(
+        rendered, golden,
+        "deploy/ RBAC differs from tests/golden/rbac-rules.yaml; update the golden file only if the new permission is meant"
+    );
+    let all = serde_yaml::to_string(&rendered).unwrap();
+    // No cluster-wide read of Secrets.
+    for d in docs(&render())
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+    {
+        for rule in d["rules"].as_sequence().unwrap() {
+            let grants_secrets = rule["resources"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|r| r == "secrets" || r == "*");
+            assert!(!grants_secrets, "a ClusterRole grants Secrets: {all}");
+        }
+    }
+}
+
+#[test]
+fn examples_parse_as_rotor_types() {
+    let read = |f: &str| std::fs::read_to_string(root().join("deploy/examples").join(f)).unwrap();
+    let _: rotor_crds::api::SecretStore = serde_yaml::from_str(&read("secretstore.yaml")).unwrap();
+    let _: rotor_crds::api::ClusterSecretStore =
+        serde_yaml::from_str(&read("clustersecretstore.yaml")).unwrap();
+    let p: rotor_crds::api::SecretRotationPolicy =
+        serde_yaml::from_str(&read("rotationpolicy.yaml")).unwrap();
+    assert_eq!(p.spec.secret_name, "shop/db-password");
+}
+
+/// The example Deployment's pod, as the API server would send it to the
+/// webhook, injected, then checked by checkov with a NetworkPolicy beside it.
+#[test]
+fn the_injected_pod_passes_checkov_pod_checks() {
+    let stores = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root().join("deploy/examples/secretstore.yaml"),
+        stores.path().join("s.yaml"),
+    )
+    .unwrap();
+    let index = rotor_controller::store_index::StoreIndex::from_dir(stores.path()).unwrap();
+    let deployment: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/examples/app-deployment.yaml")).unwrap(),
+    )
+    .unwrap();
+    let template = &deployment["spec"]["template"];
+    let mut pod: serde_json::Value = serde_json::to_value(template).unwrap();
+    pod["apiVersion"] = "v1".into();
+    pod["kind"] = "Pod".into();
+    pod["metadata"]["name"] = "shop-1".into();
+    pod["metadata"]["namespace"] = "shop".into();
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop", "operation": "CREATE", "userInfo": {}, "object": pod.clone()
+        }
+    });
+    let config = rotor_controller::webhook::InjectConfig {
+        image: "ghcr.io/rotor-dev/rotor-sidecar@sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
+        ..Default::default()
+    };
+    let (status, reply) =
+        rotor_controller::webhook::review::handle(review.to_string().as_bytes(), &index, &config);
+    assert_eq!(status, 200);
+    assert_eq!(reply["response"]["allowed"], true, "{reply}");
+    use base64::Engine as _;
+    let patch: json_patch::Patch = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(reply["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    let policy = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "shop", "namespace": "shop"},
+        "spec": {"podSelector": {"matchLabels": {"app": "shop"}}, "policyTypes": ["Ingress"]}
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pod.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}---\n{}",
+            serde_yaml::to_string(&pod).unwrap(),
+            serde_yaml::to_string(&policy).unwrap()
+        ),
+    )
+    .unwrap();
+    checkov(&file);
+}
