@@ -192,7 +192,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stores: RwLock::new(StoreIndex::default()),
                 config: serve.inject_config(),
             });
-            tokio::spawn(crate::cluster::keep_index_fresh(client, state.clone()));
+            tokio::spawn(crate::cluster::keep_index_fresh(
+                client.clone(),
+                state.clone(),
+            ));
+            tokio::spawn(crate::cluster::run_store_reconciler(client));
             serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
         }
         Command::Certs {

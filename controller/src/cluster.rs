@@ -96,6 +96,27 @@ async fn watch_kind<K>(
     }
 }
 
+/// Runs the SecretStore reconciler until shutdown.
+pub async fn run_store_reconciler(client: Client) {
+    use kube::runtime::Controller;
+    let ctx = Arc::new(crate::reconcile::Context {
+        client: client.clone(),
+    });
+    Controller::new(Api::<SecretStore>::all(client), watcher::Config::default())
+        .shutdown_on_signal()
+        .run(
+            crate::reconcile::reconcile,
+            crate::reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "store reconcile");
+            }
+        })
+        .await;
+}
+
 /// Self-managed certificates: reuse the Secret `secret` in `namespace` or
 /// create it with a new CA and serving certificate, write the files the
 /// server reads, and put the CA into the webhook configuration's caBundle.

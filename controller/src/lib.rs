@@ -10,6 +10,7 @@ mod args;
 pub mod certs;
 pub mod cluster;
 mod error;
+pub mod reconcile;
 pub mod store_index;
 pub mod webhook;
 

@@ -17,7 +17,7 @@ use super::Condition;
     namespaced,
     shortname = "rss",
     status = "SecretStoreStatus",
-    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.kind"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".status.provider"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -36,7 +36,7 @@ pub struct SecretStoreSpec {
     doc = "A store for pods in the namespaces and secret paths it allows.",
     shortname = "rcss",
     status = "SecretStoreStatus",
-    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider.kind"}"#,
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".status.provider"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -67,9 +67,6 @@ pub struct PathRule {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("(has(self.vault) ? 1 : 0) + (has(self.aws) ? 1 : 0) + (has(self.kubernetes) ? 1 : 0) + (has(self.local) ? 1 : 0) == 1").message("set exactly one of vault, aws, kubernetes, local"))]
 pub struct Provider {
-    /// Set by the controller for printing: vault, aws, kubernetes or local.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<VaultProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,6 +203,9 @@ pub struct LocalVolume {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretStoreStatus {
+    /// vault, aws, kubernetes or local.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,120 @@
+//! The SecretStore reconciler: checks each store's spec and reports it in
+//! `status` (provider kind, a `Ready` condition, observedGeneration), as
+//! kube-rs/controller-rs does, with a `Context` shared by `reconcile` and
+//! `error_policy`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Client, ResourceExt};
+use rotor_crds::api::{Condition, Provider, SecretStore, SecretStoreStatus};
+
+use crate::{Error, Result};
+
+pub const FIELD_MANAGER: &str = "rotor-controller";
+
+pub struct Context {
+    pub client: Client,
+}
+
+/// What is wrong with a provider's settings, if anything.
+pub fn problems(p: &Provider) -> Vec<String> {
+    let mut out = Vec::new();
+    let set = [
+        p.vault.is_some(),
+        p.aws.is_some(),
+        p.kubernetes.is_some(),
+        p.local.is_some(),
+    ]
+    .iter()
+    .filter(|x| **x)
+    .count();
+    if set != 1 {
+        out.push(format!("spec.provider sets {set} providers; expected exactly one of vault, aws, kubernetes, local"));
+    }
+    if let Some(v) = &p.vault {
+        if !(v.server.starts_with("https://") || v.server.starts_with("http://")) {
+            out.push(format!(
+                "spec.provider.vault.server {:?} is not an http(s) URL",
+                v.server
+            ));
+        }
+        let auths = [
+            v.auth.kubernetes.is_some(),
+            v.auth.app_role.is_some(),
+            v.auth.token_secret_ref.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if auths != 1 {
+            out.push("spec.provider.vault.auth: expected exactly one of kubernetes, appRole, tokenSecretRef".to_owned());
+        }
+    }
+    if let Some(a) = &p.aws
+        && a.region.trim().is_empty()
+    {
+        out.push(
+            "spec.provider.aws.region is empty; expected a region such as eu-west-1".to_owned(),
+        );
+    }
+    if let Some(l) = &p.local {
+        for (field, path) in [("path", &l.path), ("keyPath", &l.key_path)] {
+            if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
+                out.push(format!(
+                    "spec.provider.local.{field} {path:?} is not an absolute path without '..'"
+                ));
+            }
+        }
+    }
+    out
+}
+
+pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let problems = problems(&store.spec.provider);
+    let ready = problems.is_empty();
+    let status = SecretStoreStatus {
+        provider: Some(store.spec.provider.kind().to_owned()),
+        conditions: vec![Condition {
+            type_: "Ready".to_owned(),
+            status: if ready { "True" } else { "False" }.to_owned(),
+            reason: if ready { "Valid" } else { "InvalidSpec" }.to_owned(),
+            message: if ready {
+                "the store's settings are complete".to_owned()
+            } else {
+                problems.join("; ")
+            },
+            last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
+            observed_generation: store.metadata.generation,
+        }],
+        observed_generation: store.metadata.generation,
+    };
+    let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "rotor.dev/v1alpha1",
+        "kind": "SecretStore",
+        "status": status,
+    });
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    tracing::info!(%namespace, %name, ready, "store checked");
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+pub fn error_policy(store: Arc<SecretStore>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests;
