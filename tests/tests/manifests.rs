@@ -16,9 +16,13 @@ fn root() -> PathBuf {
 }
 
 fn render() -> String {
+    render_dir("deploy")
+}
+
+fn render_dir(dir: &str) -> String {
     let out = Command::new("kubectl")
         .args(["kustomize"])
-        .arg(root().join("deploy"))
+        .arg(root().join(dir))
         .output()
         .expect("kubectl (with kustomize) is needed for these tests");
     assert!(
@@ -131,11 +135,38 @@ fn the_webhook_and_deployment_are_configured_safely() {
 }
 
 #[test]
-fn checkov_passes_on_the_base_and_the_app_example() {
+fn checkov_passes_on_the_base_and_the_cert_manager_overlay() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("rendered.yaml");
-    std::fs::write(&file, render()).unwrap();
-    checkov(&file);
+    for (name, yaml) in [
+        ("base.yaml", render()),
+        ("cert-manager.yaml", render_dir("deploy/cert-manager")),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, yaml).unwrap();
+        checkov(&file);
+    }
+}
+
+#[test]
+fn the_cert_manager_overlay_mounts_the_certificate_and_injects_the_ca() {
+    let rendered = docs(&render_dir("deploy/cert-manager"));
+    let deploy = rendered.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let spec = &deploy["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["volumes"][0]["secret"]["secretName"],
+        "rotor-webhook-tls"
+    );
+    let args = serde_yaml::to_string(&spec["containers"][0]["args"]).unwrap();
+    assert!(!args.contains("--self-managed-certs"), "{args}");
+    let hook = rendered
+        .iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .unwrap();
+    assert_eq!(
+        hook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "rotor-system/rotor-webhook"
+    );
+    assert!(rendered.iter().any(|d| d["kind"] == "Certificate"));
 }
 
 #[test]
