@@ -66,6 +66,21 @@ enum Command {
         #[arg(long, default_value = "rotor-webhook")]
         webhook_configuration: String,
     },
+    /// Rotate without Kubernetes: SecretRotationPolicy and SecretStore
+    /// objects from YAML files, status in JSON files, and the sidecars each
+    /// policy lists as its consumers.
+    Standalone {
+        /// A directory of YAML files with SecretRotationPolicy and
+        /// SecretStore objects.
+        #[arg(long, env = "ROTOR_POLICIES_DIR")]
+        policies: PathBuf,
+        /// Where each policy's status is kept (default: <policies>/.state).
+        #[arg(long, env = "ROTOR_STATE_DIR")]
+        state: Option<PathBuf>,
+        /// A Vault token file for Vault stores.
+        #[arg(long, env = "ROTOR_VAULT_TOKEN_FILE")]
+        vault_token_file: Option<PathBuf>,
+    },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
     Certs {
@@ -198,6 +213,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ));
             tokio::spawn(crate::cluster::run_store_reconciler(client));
             serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
+        }
+        Command::Standalone {
+            policies,
+            state,
+            vault_token_file,
+        } => {
+            let state = state.unwrap_or_else(|| policies.join(".state"));
+            let options = crate::standalone::Options {
+                policies,
+                state,
+                vault_token_file,
+            };
+            crate::standalone::run(options, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
         }
         Command::Certs {
             out,

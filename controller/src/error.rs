@@ -9,6 +9,9 @@ pub enum Error {
 
     #[error("certificate generation failed: {0}")]
     Certs(String),
+
+    #[error(transparent)]
+    Store(#[from] rotor_store::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -19,6 +22,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::Kube(_) => "kube",
             Error::Certs(_) => "certs",
+            Error::Store(e) => e.metric_label(),
         }
     }
 }

@@ -11,6 +11,8 @@ pub mod certs;
 pub mod cluster;
 mod error;
 pub mod reconcile;
+pub mod rotation;
+pub mod standalone;
 pub mod store_index;
 pub mod webhook;
 

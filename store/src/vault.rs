@@ -66,6 +66,13 @@ macro_rules! call {
                 let $c: &VaultClient = &guard;
                 $body.await.map_err(|e| $store.classify($name, e))
             }
+            // A pooled connection the server closed (a restart, an idle
+            // timeout) fails once; a fresh connection then works.
+            Err(ClientError::RestClientError { .. }) => {
+                let guard = $store.client.read().await;
+                let $c: &VaultClient = &guard;
+                $body.await.map_err(|e| $store.classify($name, e))
+            }
             other => other.map_err(|e| $store.classify($name, e)),
         }
     }};

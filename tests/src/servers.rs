@@ -84,25 +84,48 @@ pub struct Bao {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Bao {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A dev server with TLS (`-dev-tls`); its CA is [`Bao::ca`].
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut bao = Self {
             port: free_port(),
             child: None,
             log: dir.path().join("bao.log"),
+            tls,
             _dir: dir,
         };
         bao.spawn();
         bao
     }
 
+    /// The CA of a TLS dev server.
+    pub fn ca(&self) -> PathBuf {
+        self._dir.path().join("tls").join("vault-ca.pem")
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(venv_bin("bao"))
-            .args(["server", "-dev", "-dev-root-token-id=root"])
+        let mut cmd = Command::new(venv_bin("bao"));
+        cmd.args(["server", "-dev", "-dev-root-token-id=root"]);
+        if self.tls {
+            let certs = self._dir.path().join("tls");
+            std::fs::create_dir_all(&certs).unwrap();
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", certs.display()));
+        }
+        let child = cmd
             .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
             .env("HOME", self._dir.path())
             .stdin(Stdio::null())
@@ -112,22 +135,34 @@ impl Bao {
             .expect("start bao");
         self.child = Some(child);
         let port = self.port;
+        let ready = if self.tls {
+            // The setup client speaks plain HTTP: wait for the port and the CA.
+            let ca = self.ca();
+            wait_until(30, || {
+                ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })
+        } else {
+            wait_until(30, || {
+                request(
+                    port,
+                    "GET",
+                    "/v1/secret/config",
+                    &[("x-vault-token", "root")],
+                    "",
+                )
+                .is_some_and(|(s, _)| s == 200)
+            })
+        };
         assert!(
-            wait_until(30, || request(
-                port,
-                "GET",
-                "/v1/secret/config",
-                &[("x-vault-token", "root")],
-                ""
-            )
-            .is_some_and(|(s, _)| s == 200)),
+            ready,
             "bao did not become ready: {}",
             std::fs::read_to_string(&self.log).unwrap_or_default()
         );
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Calls the API as root; panics unless it answers 2xx.

@@ -504,3 +504,33 @@ async fn transit_wraps_data_keys_and_rewraps_after_a_key_rotation() {
     .unwrap();
     let _ = request(bao.port, "GET", "/v1/sys/health", &[], "");
 }
+
+#[tokio::test]
+async fn tls_with_a_ca_bundle() {
+    let bao = Bao::start_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token_file(&dir, "root")));
+    config.ca_cert = Some(bao.ca());
+    let s = VaultStore::new(config).unwrap();
+    // The KV mount may need a moment after the listener is up.
+    let mut written = None;
+    for _ in 0..50 {
+        match s.write("tls/db", b"over-tls", WriteAs::Current).await {
+            Ok(v) => {
+                written = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(written, Some(VersionId::from(1)));
+    assert_eq!(text(&s, "tls/db", Selector::Current).await, "over-tls");
+    // Without the CA the server's certificate is not trusted.
+    let untrusted = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(token_file(&dir, "root")),
+    ))
+    .unwrap();
+    let err = untrusted.current_version("tls/db").await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+}

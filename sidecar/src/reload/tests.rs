@@ -3,26 +3,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
 
-/// A child that writes "got" to a file when SIGHUP arrives.
-fn hup_catcher(dir: &Path) -> (std::process::Child, std::path::PathBuf) {
+/// A child that writes "got" to a file when SIGHUP arrives. Python, not a
+/// shell: a shell cannot trap a signal that was ignored when it started
+/// (as under `nohup`), while Python's handler always takes over.
+fn hup_catcher(dir: &Path, name: Option<&str>) -> (std::process::Child, std::path::PathBuf) {
     let flag = dir.join("flag");
     let ready = dir.join("ready");
-    let script = format!(
-        "trap 'echo got > {flag}' HUP; touch {ready}; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
-        flag = flag.display(),
-        ready = ready.display()
-    );
-    let child = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .spawn()
-        .unwrap();
-    for _ in 0..200 {
-        if ready.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // The optional third argument becomes the process name (comm), set
+    // with prctl(PR_SET_NAME).
+    let script = "import ctypes, signal, sys, time, pathlib\n\
+flag, ready = sys.argv[1], sys.argv[2]\n\
+if len(sys.argv) > 3: ctypes.CDLL(None).prctl(15, sys.argv[3].encode(), 0, 0, 0)\n\
+signal.signal(signal.SIGHUP, lambda *a: pathlib.Path(flag).write_text('got'))\n\
+pathlib.Path(ready).touch()\n\
+time.sleep(20)\n";
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(&flag).arg(&ready);
+    if let Some(name) = name {
+        cmd.arg(name);
     }
+    let child = cmd.spawn().unwrap();
+    assert!(
+        (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            ready.exists()
+        }),
+        "the test child did not start"
+    );
     (child, flag)
 }
 
@@ -36,7 +43,7 @@ fn wait_for(path: &Path) -> bool {
 #[tokio::test]
 async fn a_signal_through_a_pid_file_reaches_a_child_process() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, flag) = hup_catcher(dir.path());
+    let (mut child, flag) = hup_catcher(dir.path(), None);
     let pid_file = dir.path().join("app.pid");
     std::fs::write(&pid_file, format!("{}\n", child.id())).unwrap();
     let action = ReloadAction::Signal {
@@ -55,22 +62,9 @@ async fn a_signal_through_a_pid_file_reaches_a_child_process() {
 #[tokio::test]
 async fn a_signal_by_name_finds_the_process_in_proc() {
     let dir = tempfile::tempdir().unwrap();
-    // A uniquely named copy of sh, so that nothing else matches.
+    // A unique argv[0], so that nothing else matches.
     let name = format!("rtr-hup-{}", std::process::id() % 100000);
-    let sh = dir.path().join(&name);
-    std::fs::copy("/bin/sh", &sh).unwrap();
-    let flag = dir.path().join("flag");
-    let ready = dir.path().join("ready");
-    let mut child = std::process::Command::new(&sh)
-        .arg("-c")
-        .arg(format!(
-            "trap 'echo got > {}' HUP; touch {}; i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done",
-            flag.display(),
-            ready.display()
-        ))
-        .spawn()
-        .unwrap();
-    assert!(wait_for(&ready));
+    let (mut child, flag) = hup_catcher(dir.path(), Some(&name));
     let pids = find_by_name(Path::new("/proc"), &name).unwrap();
     assert_eq!(pids, vec![child.id() as i32]);
     let action = ReloadAction::Signal {

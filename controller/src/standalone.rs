@@ -1,0 +1,295 @@
+//! Standalone mode: rotation without Kubernetes. Policies and stores come
+//! from YAML files, each policy's status lives in a JSON file in the state
+//! directory (so a restart resumes), and consumers are the sidecars each
+//! policy lists, reached over HTTP.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use kube::ResourceExt;
+use rotor_crds::api::{Provider, SecretRotationPolicy, SecretRotationPolicyStatus, SecretStore};
+use rotor_envelope::{Kek, KeyFileKek};
+use rotor_store::{AwsConfig, AwsStore, LocalStore, Store, VaultAuth, VaultConfig, VaultStore};
+use serde::{Deserialize, Serialize};
+
+use crate::rotation::machine::{Ack, Consumers, step};
+use crate::{Error, Result};
+
+/// The rotate-now annotation: a new value triggers one rotation.
+pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    status: SecretRotationPolicyStatus,
+    #[serde(default)]
+    rotate_now_handled: Option<String>,
+}
+
+pub struct Options {
+    pub policies: PathBuf,
+    pub state: PathBuf,
+    /// Vault token for stores whose auth is a Secret reference.
+    pub vault_token_file: Option<PathBuf>,
+}
+
+/// Sidecars reached over HTTP.
+pub struct HttpSidecars {
+    urls: Vec<String>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpSidecars {
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn one(&self, url: &str, body: Bytes) -> Ack {
+        let fail = |e: String| Ack {
+            consumer: url.to_owned(),
+            version: None,
+            error: Some(e),
+        };
+        let request =
+            match hyper::Request::post(format!("{}/v1/refresh", url.trim_end_matches('/')))
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+            {
+                Ok(r) => r,
+                Err(e) => return fail(e.to_string()),
+            };
+        let response =
+            match tokio::time::timeout(Duration::from_secs(10), self.client.request(request)).await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return fail(format!("unreachable: {e}")),
+                Err(_) => return fail("timed out".to_owned()),
+            };
+        let bytes = match response.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return fail(e.to_string()),
+        };
+        let reply: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ack {
+            consumer: url.to_owned(),
+            version: reply["secrets"][0]["version"].as_str().map(str::to_owned),
+            error: reply["secrets"][0]["error"]
+                .as_str()
+                .or(reply["error"].as_str())
+                .map(str::to_owned),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumers for HttpSidecars {
+    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
+        let mut item = serde_json::json!({ "name": secret });
+        if let Some(v) = version {
+            item["version"] = v.into();
+        }
+        let body = Bytes::from(serde_json::json!({ "secrets": [item] }).to_string());
+        futures_util::future::join_all(self.urls.iter().map(|u| self.one(u, body.clone()))).await
+    }
+}
+
+/// Policies and stores read from the directory.
+struct Loaded {
+    policies: Vec<SecretRotationPolicy>,
+    stores: BTreeMap<String, Provider>,
+}
+
+fn load(dir: &Path) -> Result<Loaded> {
+    let mut out = Loaded {
+        policies: Vec::new(),
+        stores: BTreeMap::new(),
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::Config(format!("--policies {}: cannot list ({e})", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
+                Error::Config(format!("{} document {}: {e}", path.display(), i + 1))
+            })?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+            let fail = |e: serde_yaml::Error| {
+                Error::Config(format!(
+                    "{} document {} ({kind}): {e}",
+                    path.display(),
+                    i + 1
+                ))
+            };
+            match kind.as_str() {
+                "SecretRotationPolicy" => out
+                    .policies
+                    .push(serde_yaml::from_value(value).map_err(fail)?),
+                "SecretStore" | "ClusterSecretStore" => {
+                    let s: SecretStore = serde_yaml::from_value(value).map_err(fail)?;
+                    out.stores.insert(s.name_any(), s.spec.provider);
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "{} document {}: kind {other:?} is not SecretRotationPolicy or SecretStore",
+                        path.display(),
+                        i + 1
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn build_store(name: &str, p: &Provider, options: &Options) -> Result<Arc<dyn Store>> {
+    if let Some(l) = &p.local {
+        let kek: Arc<dyn Kek> = Arc::new(
+            KeyFileKek::load(Path::new(&l.key_path))
+                .map_err(|e| Error::Config(format!("store {name:?}: {e}")))?,
+        );
+        return Ok(Arc::new(LocalStore::new(&l.path, kek)));
+    }
+    if let Some(v) = &p.vault {
+        let auth = match (&v.auth.kubernetes, &options.vault_token_file) {
+            (_, Some(file)) => VaultAuth::TokenFile(file.clone()),
+            (Some(k), None) => VaultAuth::Kubernetes {
+                mount: k.mount_path.clone(),
+                role: k.role.clone(),
+                jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            },
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "store {name:?}: standalone mode cannot read Kubernetes Secrets; pass --vault-token-file"
+                )));
+            }
+        };
+        let mut config = VaultConfig::new(v.server.clone(), auth);
+        config.mount = v.mount.clone();
+        return Ok(Arc::new(VaultStore::new(config)?));
+    }
+    if let Some(a) = &p.aws {
+        return Ok(Arc::new(
+            AwsStore::new(AwsConfig {
+                region: Some(a.region.clone()),
+                endpoint: a.endpoint.clone(),
+                static_credentials: None,
+            })
+            .await,
+        ));
+    }
+    Err(Error::Config(format!(
+        "store {name:?}: standalone mode supports local, vault and aws stores"
+    )))
+}
+
+fn state_path(dir: &Path, p: &SecretRotationPolicy) -> PathBuf {
+    dir.join(format!(
+        "{}.{}.json",
+        p.namespace().unwrap_or_else(|| "default".into()),
+        p.name_any()
+    ))
+}
+
+fn read_state(path: &Path) -> State {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_state(path: &Path, state: &State) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let io = |e: std::io::Error| Error::Config(format!("state file {}: {e}", path.display()));
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(state).expect("state serializes"),
+    )
+    .map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&options.state)
+        .map_err(|e| Error::Config(format!("--state {}: {e}", options.state.display())))?;
+    let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
+    tokio::pin!(shutdown);
+    loop {
+        let loaded = load(&options.policies)?;
+        let mut wake = Duration::from_secs(1);
+        for policy in &loaded.policies {
+            let store_name = &policy.spec.store_ref.name;
+            let store = match stores.get(store_name) {
+                Some(s) => s.clone(),
+                None => {
+                    let provider = loaded.stores.get(store_name).ok_or_else(|| {
+                        Error::Config(format!(
+                            "policy {}: store {store_name:?} is not defined in {}",
+                            policy.name_any(),
+                            options.policies.display()
+                        ))
+                    })?;
+                    let s = build_store(store_name, provider, &options).await?;
+                    stores.insert(store_name.clone(), s.clone());
+                    s
+                }
+            };
+            let path = state_path(&options.state, policy);
+            let mut state = read_state(&path);
+            let token = policy.annotations().get(ROTATE_NOW).cloned();
+            let rotate_now = token.is_some() && token != state.rotate_now_handled;
+            let consumers = HttpSidecars::new(policy.spec.sidecars.clone());
+            let result = step(
+                &policy.spec,
+                &state.status,
+                SystemTime::now(),
+                rotate_now,
+                &*store,
+                &consumers,
+            )
+            .await;
+            match result {
+                Ok(s) => {
+                    for (reason, message) in &s.events {
+                        tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
+                    }
+                    if rotate_now
+                        && s.status.phase.as_deref() != Some(crate::rotation::machine::IDLE)
+                    {
+                        state.rotate_now_handled = token;
+                    }
+                    state.status = s.status;
+                    write_state(&path, &state)?;
+                    wake = wake.min(s.requeue);
+                }
+                Err(e) => {
+                    tracing::warn!(policy = %policy.name_any(), error = %e, "rotation step failed; retrying");
+                    wake = wake.min(Duration::from_secs(1));
+                }
+            }
+        }
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(wake.max(Duration::from_millis(20))) => {}
+        }
+    }
+}

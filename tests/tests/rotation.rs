@@ -1,0 +1,344 @@
+//! Scheduled rotation end to end, with real processes: `rotor-controller
+//! standalone` and three `rotor-sidecar`s, on the local store, on OpenBao
+//! and on moto. The rotation reaches every sidecar, the acknowledgements are
+//! recorded, the previous version is retired after the grace period, and a
+//! sidecar that never acknowledges triggers the rollback or a degraded
+//! promotion, as the policy says.
+
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+
+use rotor_e2e::pod::Pod;
+use rotor_e2e::servers::{Bao, Moto};
+use rotor_e2e::{command, free_port, wait_until};
+use rotor_envelope::{ExposeSecret, KeyFileKek};
+use rotor_store::{
+    AwsConfig, AwsStore, LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs,
+};
+
+/// One backend: the store for the test's own reads and writes, the
+/// SecretStore YAML for the controller, and the sidecar flags and env.
+struct Backend {
+    store: Arc<dyn Store>,
+    store_yaml: String,
+    sidecar_args: Vec<String>,
+    env: Vec<(String, String)>,
+    controller_args: Vec<String>,
+    _keep: Box<dyn std::any::Any>,
+}
+
+fn local() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("kek");
+    KeyFileKek::generate(&key, false).unwrap();
+    let path = dir.path().join("store.rotor");
+    let store = LocalStore::new(&path, Arc::new(KeyFileKek::load(&key).unwrap()));
+    Backend {
+        store: Arc::new(store),
+        store_yaml: format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            path.display(),
+            key.display()
+        ),
+        sidecar_args: vec![
+            format!("--local-store={}", path.display()),
+            format!("--key={}", key.display()),
+        ],
+        env: vec![],
+        controller_args: vec![],
+        _keep: Box::new(dir),
+    }
+}
+
+fn openbao() -> Backend {
+    let bao = Bao::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "root").unwrap();
+    let store = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(token.clone()),
+    ))
+    .unwrap();
+    Backend {
+        store: Arc::new(store),
+        store_yaml: format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    vault:\n      server: {}\n      auth: {{tokenSecretRef: {{name: unused, key: token}}}}\n",
+            bao.addr()
+        ),
+        sidecar_args: vec![
+            "--store-kind=vault".into(),
+            format!("--vault-addr={}", bao.addr()),
+            format!("--vault-token-file={}", token.display()),
+        ],
+        env: vec![],
+        controller_args: vec![format!("--vault-token-file={}", token.display())],
+        _keep: Box::new((bao, dir)),
+    }
+}
+
+async fn moto() -> Backend {
+    let moto = Moto::start();
+    let store = AwsStore::new(AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+        static_credentials: Some(("test".into(), "test".to_owned().into())),
+    })
+    .await;
+    Backend {
+        store: Arc::new(store),
+        store_yaml: format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    aws: {{region: us-east-1, endpoint: \"{}\"}}\n",
+            moto.endpoint()
+        ),
+        sidecar_args: vec![
+            "--store-kind=aws".into(),
+            "--aws-region=us-east-1".into(),
+            format!("--aws-endpoint={}", moto.endpoint()),
+        ],
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ],
+        controller_args: vec![],
+        _keep: Box::new(moto),
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Run {
+    pods: Vec<Pod>,
+    state: std::path::PathBuf,
+    _controller: Killed,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn status(&self) -> serde_json::Value {
+        std::fs::read(self.state.join("default.db.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["status"].clone())
+            .unwrap_or_default()
+    }
+}
+
+async fn start(backend: &Backend, extra_sidecars: &[String], on_timeout: &str) -> Run {
+    backend
+        .store
+        .write("app/db", b"initial-value", WriteAs::Current)
+        .await
+        .unwrap();
+    let mut pods = Vec::new();
+    for _ in 0..3 {
+        let mut pod = Pod::new();
+        pod.store_args = backend.sidecar_args.iter().map(Into::into).collect();
+        pod.envs = backend.env.clone();
+        pod.annotate(&[
+            ("rotor.dev/secret.db", "app/db"),
+            ("rotor.dev/refresh", "1h"),
+        ]);
+        pod.start();
+        pods.push(pod);
+    }
+    let mut urls: Vec<String> = pods
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{}", p.push))
+        .collect();
+    urls.extend(extra_sidecars.iter().cloned());
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("store.yaml"), &backend.store_yaml).unwrap();
+    std::fs::write(
+        policies.join("policy.yaml"),
+        format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 3s, gracePeriod: 2s, onTimeout: {on_timeout}}}}}\n  sidecars: [{}]\n",
+            urls.join(", ")
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let mut cmd = command("rotor-controller");
+    cmd.args(["standalone", "--policies"])
+        .arg(&policies)
+        .arg("--state")
+        .arg(&state)
+        .args(&backend.controller_args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap());
+    for (k, v) in &backend.env {
+        cmd.env(k, v);
+    }
+    let controller = Killed(cmd.spawn().unwrap());
+    Run {
+        pods,
+        state,
+        _controller: controller,
+        _dir: dir,
+    }
+}
+
+async fn value(store: &dyn Store, selector: Selector) -> Option<String> {
+    store
+        .read("app/db", &selector)
+        .await
+        .ok()
+        .map(|f| String::from_utf8(f.value.expose_secret().to_vec()).unwrap())
+}
+
+async fn rotation_reaches_every_sidecar(backend: Backend) {
+    let run = start(&backend, &[], "Rollback").await;
+    assert!(
+        wait_until(30, || run.status()["phase"] == "Retiring"
+            || run.status()["phase"] == "Idle"
+                && run.status()["previousVersion"].is_string()),
+        "no promotion: {}",
+        run.status()
+    );
+    let status = run.status();
+    let current = status["currentVersion"].as_str().unwrap().to_owned();
+    let previous = status["previousVersion"].as_str().unwrap().to_owned();
+    let consumers = status["consumers"].as_array().unwrap();
+    assert_eq!(consumers.len(), 3);
+    assert!(
+        consumers
+            .iter()
+            .all(|c| c["acknowledgedVersion"] == current.as_str()),
+        "{status}"
+    );
+    let new_value = value(&*backend.store, Selector::Current).await.unwrap();
+    assert_ne!(new_value, "initial-value");
+    for pod in &run.pods {
+        assert_eq!(
+            pod.read("db").as_deref(),
+            Some(new_value.as_str()),
+            "a sidecar does not serve the new version"
+        );
+    }
+    // After the grace period the previous version is retired.
+    assert!(
+        wait_until(15, || run.status()["phase"] == "Idle"),
+        "{}",
+        run.status()
+    );
+    let mut retired = false;
+    for _ in 0..50 {
+        if value(
+            &*backend.store,
+            Selector::Version(rotor_store::VersionId(previous.clone())),
+        )
+        .await
+        .is_none()
+            || value(
+                &*backend.store,
+                Selector::Stage(rotor_store::Stage::Previous),
+            )
+            .await
+            .is_none()
+        {
+            retired = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(retired, "version {previous} was not retired");
+    // The status never holds the value.
+    assert!(!run.status().to_string().contains(&new_value));
+}
+
+async fn a_silent_sidecar(backend: Backend, on_timeout: &str) {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let run = start(&backend, std::slice::from_ref(&dead), on_timeout).await;
+    assert!(
+        wait_until(30, || run.status()["conditions"].as_array().is_some_and(
+            |c| c
+                .iter()
+                .any(|c| c["type"] == "Degraded" && c["status"] == "True")
+        )),
+        "no Degraded condition: {}",
+        run.status()
+    );
+    let status = run.status();
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert!(
+        degraded["message"].as_str().unwrap().contains(&dead),
+        "{degraded}"
+    );
+    match on_timeout {
+        "Rollback" => {
+            assert!(wait_until(10, || run.status()["phase"] == "Idle"));
+            assert_eq!(
+                value(&*backend.store, Selector::Current).await.as_deref(),
+                Some("initial-value")
+            );
+            for pod in &run.pods {
+                assert!(
+                    wait_until(10, || pod.read("db").as_deref() == Some("initial-value")),
+                    "a sidecar kept the rolled-back version"
+                );
+            }
+        }
+        _ => {
+            assert!(
+                wait_until(10, || run.status()["previousVersion"].is_string()),
+                "{}",
+                run.status()
+            );
+            assert_ne!(
+                value(&*backend.store, Selector::Current).await.as_deref(),
+                Some("initial-value")
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_store_rotation_reaches_three_sidecars() {
+    rotation_reaches_every_sidecar(local()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_store_silent_sidecar_triggers_rollback() {
+    a_silent_sidecar(local(), "Rollback").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_store_silent_sidecar_with_promote_degrades() {
+    a_silent_sidecar(local(), "Promote").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openbao_rotation_reaches_three_sidecars() {
+    rotation_reaches_every_sidecar(openbao()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openbao_silent_sidecar_triggers_rollback() {
+    a_silent_sidecar(openbao(), "Rollback").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moto_rotation_reaches_three_sidecars() {
+    rotation_reaches_every_sidecar(moto().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moto_silent_sidecar_triggers_rollback() {
+    a_silent_sidecar(moto().await, "Rollback").await;
+}
