@@ -55,6 +55,12 @@ enum Command {
     /// The demo's app (used by `rotor demo`).
     #[command(hide = true)]
     DemoApp(commands::demo_app::DemoAppArgs),
+    /// Run the controller; the same as `rotor-controller` (see `rotor controller --help`).
+    #[command(disable_help_flag = true)]
+    Controller {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run the sidecar; the same as `rotor-sidecar` (see `rotor sidecar --help`).
     #[command(disable_help_flag = true)]
     Sidecar {
@@ -73,6 +79,10 @@ impl Args {
             let rest = std::iter::once("rotor sidecar".into()).chain(argv[2..].iter().cloned());
             return rotor_sidecar::Args::run_from(rest);
         }
+        if argv.get(1).is_some_and(|a| a == "controller") {
+            let rest = std::iter::once("rotor controller".into()).chain(argv[2..].iter().cloned());
+            return rotor_controller::Args::run_from(rest);
+        }
         let Self {
             log,
             log_format,
@@ -85,6 +95,10 @@ impl Args {
             Command::Demo(args) => args.run(),
             Command::Crds { out } => write_crds(out.as_deref()),
             Command::DemoApp(args) => args.run(),
+            Command::Controller { args } => {
+                let argv = std::iter::once("rotor controller".into()).chain(args);
+                return rotor_controller::Args::run_from(argv);
+            }
             Command::Sidecar { args } => {
                 let argv = std::iter::once("rotor sidecar".into()).chain(args);
                 return rotor_sidecar::Args::run_from(argv);

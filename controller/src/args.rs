@@ -142,12 +142,21 @@ impl ServeArgs {
 
 impl Args {
     pub fn parse_and_run() -> ExitCode {
+        Self::run_from(std::env::args_os())
+    }
+
+    /// Parses `argv` (program name first) and runs; `rotor controller` uses it.
+    pub fn run_from<I, T>(argv: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let Self {
             log,
             log_format,
             command,
-        } = Self::parse();
+        } = Self::parse_from(argv);
         rotor_telemetry::init(log_format, &log);
         let result = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -225,10 +234,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 state,
                 vault_token_file,
             };
-            crate::standalone::run(options, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            crate::standalone::run(options, shutdown_signal()).await?;
         }
         Command::Certs {
             out,
@@ -249,4 +255,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+    tracing::info!("shutting down");
 }

@@ -5,7 +5,7 @@ use rotor_e2e::{command, text};
 #[test]
 fn the_demo_rotates_and_the_app_reloads_without_a_restart() {
     let out = command("rotor")
-        .args(["demo", "--duration", "4", "--every", "1"])
+        .args(["demo", "--duration", "6", "--every", "2"])
         .output()
         .unwrap();
     let (stdout, stderr) = text(&out);

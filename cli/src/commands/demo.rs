@@ -1,10 +1,13 @@
 //! `rotor demo`: the whole loop on one machine, with no external service.
 //!
-//! A temporary key and local store, a sidecar writing to tmpfs, and a small
-//! app that reads its secret file and reloads on SIGHUP. Every few seconds
-//! the demo writes a new version and pushes it to the sidecar; the file
-//! swaps, the app reloads without a restart, and the sidecar acknowledges
-//! the version it now serves.
+//! A temporary key and local store, a sidecar writing to tmpfs, a small app
+//! that reads its secret file and reloads on SIGHUP, and the rotation
+//! controller in standalone mode with a policy that rotates every few
+//! seconds: it generates a new version, stages it as pending, pushes it to
+//! the sidecar (the file swaps, the app reloads without a restart), records
+//! the sidecar's acknowledgement, promotes the version, and retires the old
+//! one after a grace period. The demo prints each phase from the
+//! controller's status.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +34,8 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<u64>,
-    /// Seconds between new versions.
-    #[arg(long, default_value_t = 3)]
+    /// Seconds between rotations.
+    #[arg(long, default_value_t = 5)]
     every: u64,
 }
 
@@ -125,9 +128,56 @@ impl DemoArgs {
             .context("cannot start the demo app")?;
         say("the app reads the file and reloads on SIGHUP; press Ctrl-C to stop");
 
+        let policies = work.path().join("policies");
+        std::fs::create_dir_all(&policies)?;
+        let yaml = [
+            "apiVersion: rotor.dev/v1alpha1".to_owned(),
+            "kind: SecretStore".to_owned(),
+            "metadata: {name: demo}".to_owned(),
+            "spec:".to_owned(),
+            "  provider:".to_owned(),
+            format!(
+                "    local: {{path: {}, keyPath: {}}}",
+                store_path.display(),
+                key_path.display()
+            ),
+            "---".to_owned(),
+            "apiVersion: rotor.dev/v1alpha1".to_owned(),
+            "kind: SecretRotationPolicy".to_owned(),
+            "metadata: {name: db-password, namespace: demo}".to_owned(),
+            "spec:".to_owned(),
+            "  storeRef: {name: demo}".to_owned(),
+            format!("  secretName: {SECRET}"),
+            format!("  schedule: {{interval: {}s}}", every.max(2)),
+            "  generator: {password: {length: 24, minUpper: 2, minDigits: 2, minSymbols: 2}}"
+                .to_owned(),
+            "  strategy: {staged: {ackTimeout: 10s, gracePeriod: 2s, onTimeout: Rollback}}"
+                .to_owned(),
+            format!("  sidecars: [\"http://127.0.0.1:{push_port}\"]"),
+        ];
+        std::fs::write(policies.join("demo.yaml"), yaml.join("\n") + "\n")?;
+        let state = work.path().join("state");
+        let controller_log = work.path().join("controller.log");
+        let mut controller = Command::new(&exe)
+            .args(["controller", "standalone", "--policies"])
+            .arg(&policies)
+            .arg("--state")
+            .arg(&state)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&controller_log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start the controller")?;
+        say(&format!(
+            "rotation controller (standalone) rotates {SECRET:?} every {}s; status in {}",
+            every.max(2),
+            state.display()
+        ));
+
         let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
-        let mut tick = tokio::time::interval(Duration::from_secs(every.max(1)));
-        tick.tick().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut last = String::new();
         loop {
             let stop_at = async {
                 match deadline {
@@ -140,19 +190,16 @@ impl DemoArgs {
                 () = stop_at => break,
                 status = sidecar.wait() => bail!("the sidecar exited ({}); see {}", status?, sidecar_log.display()),
                 status = app.wait() => bail!("the demo app exited ({})", status?),
+                status = controller.wait() => bail!("the controller exited ({}); see {}", status?, controller_log.display()),
                 _ = tick.tick() => {
-                    let meta = store.put(SECRET, &random_value()?, WriteAs::Current)?;
-                    let started = Instant::now();
-                    let ack = push(push_port, SECRET).await?;
-                    say(&format!(
-                        "wrote version {} of {SECRET:?}; the sidecar acknowledged version {} in {:.1} ms",
-                        meta.version,
-                        ack,
-                        started.elapsed().as_secs_f64() * 1000.0
-                    ));
+                    if let Some(line) = describe(&state.join("demo.db-password.json")) && line != last {
+                        say(&line);
+                        last = line;
+                    }
                 }
             }
         }
+        terminate(&mut controller).await;
         say("stopping");
         terminate(&mut app).await;
         terminate(&mut sidecar).await;
@@ -196,19 +243,45 @@ async fn wait_ready(port: u16, sidecar: &mut Child) -> anyhow::Result<()> {
     bail!("the sidecar was not ready within 5 s")
 }
 
-/// Pushes a refresh and returns the acknowledged version.
-async fn push(port: u16, secret: &str) -> anyhow::Result<String> {
-    let body = serde_json::json!({ "secrets": [{ "name": secret }] }).to_string();
-    let (status, reply) = http(port, "POST", "/v1/refresh", &body).await?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&reply).context("the sidecar's reply is not JSON")?;
-    if status != 200 {
-        bail!("the sidecar refused the refresh (HTTP {status}): {reply}");
-    }
-    Ok(reply["secrets"][0]["version"]
-        .as_str()
-        .unwrap_or("?")
-        .to_owned())
+/// One line about the rotation's state, from the controller's status file.
+fn describe(path: &Path) -> Option<String> {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let s = &state["status"];
+    let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
+    let acks: Vec<String> = s["consumers"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    format!(
+                        "the sidecar acknowledged version {}",
+                        c["acknowledgedVersion"].as_str().unwrap_or("nothing yet")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(match s["phase"].as_str()? {
+        "Generating" => "rotation due: generating a new value".to_owned(),
+        "Propagating" => format!(
+            "version {} staged as PENDING; pushing it to the sidecar",
+            text("pendingVersion")
+        ),
+        "Promoting" => format!("{}; promoting", acks.join(", ")),
+        "Retiring" => format!(
+            "version {} promoted to CURRENT ({}); version {} stays PREVIOUS for the grace period",
+            text("currentVersion"),
+            acks.join(", "),
+            text("previousVersion")
+        ),
+        "RollingBack" => "the sidecar did not acknowledge in time: rolling back".to_owned(),
+        _ => format!(
+            "version {} is CURRENT; version {} retired; next rotation at {}",
+            text("currentVersion"),
+            text("previousVersion"),
+            text("nextRotation")
+        ),
+    })
 }
 
 /// A minimal HTTP/1.1 exchange with a loopback server.
