@@ -65,6 +65,12 @@ enum Command {
         /// The MutatingWebhookConfiguration to put the CA into.
         #[arg(long, default_value = "rotor-webhook")]
         webhook_configuration: String,
+        /// Plain-HTTP address of /metrics.
+        #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+        metrics_addr: SocketAddr,
+        /// This replica's name in the leader Lease (the pod name).
+        #[arg(long, env = "ROTOR_POD_NAME", default_value = "rotor-controller")]
+        identity: String,
     },
     /// Rotate without Kubernetes: SecretRotationPolicy and SecretStore
     /// objects from YAML files, status in JSON files, and the sidecars each
@@ -194,6 +200,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             service,
             tls_secret,
             webhook_configuration,
+            metrics_addr,
+            identity,
         } => {
             let client = kube::Client::try_default().await?;
             if self_managed_certs {
@@ -220,7 +228,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client.clone(),
                 state.clone(),
             ));
-            tokio::spawn(crate::cluster::run_store_reconciler(client));
+            tokio::spawn(crate::cluster::run_store_reconciler(client.clone()));
+            let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            tokio::spawn(crate::rotation::lease::run(
+                client.clone(),
+                namespace.clone(),
+                "rotor-controller-leader".to_owned(),
+                identity,
+                std::time::Duration::from_secs(15),
+                leader.clone(),
+            ));
+            let consumers = Arc::new(RwLock::new(
+                crate::rotation::consumers::ConsumerIndex::default(),
+            ));
+            tokio::spawn(crate::cluster::keep_consumers_fresh(
+                client.clone(),
+                consumers.clone(),
+                serve.inject_config().push_port,
+            ));
+            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            tokio::spawn(crate::cluster::serve_metrics(metrics_addr, metrics.clone()));
+            let ctx = Arc::new(crate::rotation::reconciler::RotationContext {
+                recorder: kube::runtime::events::Recorder::new(
+                    client.clone(),
+                    kube::runtime::events::Reporter {
+                        controller: "rotor-controller".into(),
+                        instance: None,
+                    },
+                ),
+                client,
+                stores: Arc::new(crate::cluster::ClusterStores::new(state.clone())),
+                consumers,
+                http: Arc::new(crate::standalone::HttpSidecars::new(vec![])),
+                leader,
+                metrics,
+            });
+            tokio::spawn(crate::cluster::run_rotation(ctx));
             serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
         }
         Command::Standalone {

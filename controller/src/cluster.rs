@@ -201,3 +201,149 @@ fn read_tls(secret: &Secret) -> Option<crate::certs::Generated> {
         key_pem: text("tls.key")?,
     })
 }
+
+/// Builds rotation stores from the store index: Vault with the
+/// controller's own Kubernetes auth, AWS with the default chain. Stores are
+/// cached by (namespace, store).
+pub struct ClusterStores {
+    pub index: Arc<WebhookState>,
+    cache: tokio::sync::Mutex<
+        std::collections::BTreeMap<(String, String), Arc<dyn rotor_store::Store>>,
+    >,
+}
+
+impl ClusterStores {
+    pub fn new(index: Arc<WebhookState>) -> Self {
+        Self {
+            index,
+            cache: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::rotation::reconciler::StoreFactory for ClusterStores {
+    async fn store(
+        &self,
+        policy: &rotor_crds::api::SecretRotationPolicy,
+    ) -> Result<Arc<dyn rotor_store::Store>> {
+        let namespace = policy.namespace().unwrap_or_default();
+        let name = policy.spec.store_ref.name.clone();
+        let key = (namespace.clone(), name.clone());
+        if let Some(s) = self.cache.lock().await.get(&key) {
+            return Ok(s.clone());
+        }
+        let resolved = self
+            .index
+            .stores
+            .read()
+            .expect("index lock")
+            .resolve(&namespace, &name, &[policy.spec.secret_name.as_str()])
+            .map_err(Error::Config)?;
+        let p = &resolved.provider;
+        let store: Arc<dyn rotor_store::Store> = if let Some(v) = &p.vault {
+            let k = v.auth.kubernetes.as_ref().ok_or_else(|| {
+                Error::Config(format!("store {name:?}: rotation in a cluster needs Vault kubernetes auth for the controller"))
+            })?;
+            let mut config = rotor_store::VaultConfig::new(
+                v.server.clone(),
+                rotor_store::VaultAuth::Kubernetes {
+                    mount: k.mount_path.clone(),
+                    role: k.role.clone(),
+                    jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                },
+            );
+            config.mount = v.mount.clone();
+            Arc::new(rotor_store::VaultStore::new(config)?)
+        } else if let Some(a) = &p.aws {
+            Arc::new(
+                rotor_store::AwsStore::new(rotor_store::AwsConfig {
+                    region: Some(a.region.clone()),
+                    endpoint: a.endpoint.clone(),
+                    static_credentials: None,
+                })
+                .await,
+            )
+        } else {
+            return Err(Error::Config(format!(
+                "store {name:?}: rotation in a cluster supports vault and aws stores (the controller holds no Secret or file access)"
+            )));
+        };
+        self.cache.lock().await.insert(key, store.clone());
+        Ok(store)
+    }
+}
+
+/// Keeps the consumer index fresh from a watch on pods.
+pub async fn keep_consumers_fresh(
+    client: Client,
+    index: Arc<std::sync::RwLock<crate::rotation::consumers::ConsumerIndex>>,
+    push_port: u16,
+) {
+    let mut events = watcher(
+        Api::<k8s_openapi::api::core::v1::Pod>::all(client),
+        watcher::Config::default(),
+    )
+    .boxed();
+    let mut fresh = crate::rotation::consumers::ConsumerIndex::default();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => fresh.reset(),
+            Ok(watcher::Event::InitApply(p)) => fresh.apply(&p, push_port),
+            Ok(watcher::Event::InitDone) => {
+                *index.write().expect("consumer index lock") = std::mem::take(&mut fresh)
+            }
+            Ok(watcher::Event::Apply(p)) => index
+                .write()
+                .expect("consumer index lock")
+                .apply(&p, push_port),
+            Ok(watcher::Event::Delete(p)) => index
+                .write()
+                .expect("consumer index lock")
+                .delete(&p.namespace().unwrap_or_default(), &p.name_any()),
+            Err(e) => tracing::warn!(error = %e, "pod watch interrupted; it resumes by itself"),
+        }
+    }
+}
+
+/// Runs the rotation controller until shutdown.
+pub async fn run_rotation(ctx: Arc<crate::rotation::reconciler::RotationContext>) {
+    use kube::runtime::Controller;
+    use rotor_crds::api::SecretRotationPolicy;
+    Controller::new(
+        Api::<SecretRotationPolicy>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        crate::rotation::reconciler::reconcile,
+        crate::rotation::reconciler::error_policy,
+        ctx,
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "rotation reconcile");
+        }
+    })
+    .await;
+}
+
+/// Serves `/metrics` on plain HTTP.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<crate::rotation::metrics::RotationMetrics>,
+) -> Result<()> {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.encode() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Config(format!("--metrics-addr {addr}: {e}")))?;
+    axum::serve(listener, router)
+        .await
+        .map_err(|e| Error::Config(format!("metrics server: {e}")))
+}

@@ -92,15 +92,27 @@ impl HttpSidecars {
     }
 }
 
-#[async_trait]
-impl Consumers for HttpSidecars {
-    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
+impl HttpSidecars {
+    /// Pushes to `urls` at once and returns their answers in order.
+    pub async fn refresh_urls(
+        &self,
+        urls: &[String],
+        secret: &str,
+        version: Option<&str>,
+    ) -> Vec<Ack> {
         let mut item = serde_json::json!({ "name": secret });
         if let Some(v) = version {
             item["version"] = v.into();
         }
         let body = Bytes::from(serde_json::json!({ "secrets": [item] }).to_string());
-        futures_util::future::join_all(self.urls.iter().map(|u| self.one(u, body.clone()))).await
+        futures_util::future::join_all(urls.iter().map(|u| self.one(u, body.clone()))).await
+    }
+}
+
+#[async_trait]
+impl Consumers for HttpSidecars {
+    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
+        self.refresh_urls(&self.urls, secret, version).await
     }
 }
 

@@ -1,5 +1,9 @@
 //! Scheduled rotation: generators, schedules and the state machine.
 
+pub mod consumers;
 pub mod generate;
+pub mod lease;
 pub mod machine;
+pub mod metrics;
+pub mod reconciler;
 pub mod schedule;

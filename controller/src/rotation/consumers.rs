@@ -1,0 +1,180 @@
+//! The consumer index: which pods read which secret from which store,
+//! from their `rotor.dev/` annotations. A plain struct with `apply` /
+//! `delete` / `reset`, unit-tested without an API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use rotor_crds::annotations;
+
+use super::machine::{Ack, Consumers};
+
+/// (namespace, store, secret).
+type SecretKey = (String, String, String);
+/// (namespace, pod).
+type PodKey = (String, String);
+
+/// (namespace, store, secret) → pod name → push URL.
+#[derive(Debug, Default, Clone)]
+pub struct ConsumerIndex {
+    by_secret: BTreeMap<SecretKey, BTreeMap<String, String>>,
+    /// The secret keys each pod is listed under, for deletes.
+    by_pod: BTreeMap<PodKey, BTreeSet<SecretKey>>,
+}
+
+impl ConsumerIndex {
+    /// Indexes a running, injected pod; anything else is removed.
+    pub fn apply(&mut self, pod: &Pod, push_port: u16) {
+        let ns = pod.namespace().unwrap_or_default();
+        let name = pod.name_any();
+        self.delete(&ns, &name);
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let Some(ip) = ip.filter(|_| running) else {
+            return;
+        };
+        let ann = pod.annotations();
+        let Ok(contract) = annotations::parse(ann.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        else {
+            return;
+        };
+        if !contract.inject {
+            return;
+        }
+        let Some(store) = contract.store.clone() else {
+            return;
+        };
+        let url = format!("http://{ip}:{push_port}");
+        let mut keys = BTreeSet::new();
+        for secret in contract.secret_names() {
+            let key = (ns.clone(), store.clone(), secret.to_owned());
+            self.by_secret
+                .entry(key.clone())
+                .or_default()
+                .insert(name.clone(), url.clone());
+            keys.insert(key);
+        }
+        self.by_pod.insert((ns, name), keys);
+    }
+
+    pub fn delete(&mut self, namespace: &str, name: &str) {
+        if let Some(keys) = self.by_pod.remove(&(namespace.to_owned(), name.to_owned())) {
+            for key in keys {
+                if let Some(pods) = self.by_secret.get_mut(&key) {
+                    pods.remove(name);
+                    if pods.is_empty() {
+                        self.by_secret.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    /// `namespace/pod` → push URL for the consumers of one secret.
+    pub fn consumers(&self, namespace: &str, store: &str, secret: &str) -> Vec<(String, String)> {
+        self.by_secret
+            .get(&(namespace.to_owned(), store.to_owned(), secret.to_owned()))
+            .map(|m| {
+                m.iter()
+                    .map(|(pod, url)| (format!("{namespace}/{pod}"), url.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn pods(&self) -> usize {
+        self.by_pod.len()
+    }
+}
+
+/// The consumer pods of one secret, reached over their push endpoints.
+pub struct PodConsumers {
+    pub pods: Vec<(String, String)>,
+    pub http: Arc<crate::standalone::HttpSidecars>,
+}
+
+#[async_trait]
+impl Consumers for PodConsumers {
+    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
+        let urls: Vec<String> = self.pods.iter().map(|(_, u)| u.clone()).collect();
+        let acks = self.http.refresh_urls(&urls, secret, version).await;
+        acks.into_iter()
+            .zip(&self.pods)
+            .map(|(mut ack, (name, _))| {
+                ack.consumer = name.clone();
+                ack
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, ip: &str, phase: &str, annotations: &[(&str, &str)]) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                phase: Some(phase.into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    const ANN: &[(&str, &str)] = &[
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", "vault"),
+        ("rotor.dev/secret.db", "shop/db#password"),
+        ("rotor.dev/secret.api", "shop/api"),
+    ];
+
+    #[test]
+    fn indexes_running_injected_pods_by_store_and_secret() {
+        let mut i = ConsumerIndex::default();
+        i.apply(&pod("a", "10.0.0.1", "Running", ANN), 9465);
+        i.apply(&pod("b", "10.0.0.2", "Running", ANN), 9465);
+        i.apply(&pod("pending", "10.0.0.3", "Pending", ANN), 9465);
+        i.apply(&pod("plain", "10.0.0.4", "Running", &[("app", "x")]), 9465);
+        assert_eq!(
+            i.consumers("shop", "vault", "shop/db"),
+            vec![
+                ("shop/a".to_owned(), "http://10.0.0.1:9465".to_owned()),
+                ("shop/b".to_owned(), "http://10.0.0.2:9465".to_owned())
+            ]
+        );
+        assert_eq!(i.consumers("shop", "vault", "shop/api").len(), 2);
+        assert!(i.consumers("shop", "other", "shop/db").is_empty());
+        assert!(i.consumers("elsewhere", "vault", "shop/db").is_empty());
+        // An update that drops a secret, a delete, and a reset.
+        i.apply(&pod("a", "10.0.0.1", "Running", &ANN[..3]), 9465);
+        assert_eq!(i.consumers("shop", "vault", "shop/api").len(), 1);
+        i.delete("shop", "b");
+        assert_eq!(i.consumers("shop", "vault", "shop/db").len(), 1);
+        assert_eq!(i.pods(), 1);
+        i.reset();
+        assert_eq!(i.pods(), 0);
+    }
+}

@@ -1,0 +1,83 @@
+//! Rotation metrics: rotations by result, rotation duration, time until
+//! every consumer acknowledged, and consumers still pending.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct RotationMetrics {
+    registry: Registry,
+    rotations: Family<Labels, Counter>,
+    duration: Histogram,
+    ack_time: Histogram,
+    pending: Family<Labels, Gauge>,
+}
+
+impl Default for RotationMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("rotor");
+        let rotations = Family::<Labels, Counter>::default();
+        let duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
+        let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        let pending = Family::<Labels, Gauge>::default();
+        registry.register(
+            "rotations",
+            "Finished rotations by result: success, degraded, rolled_back",
+            rotations.clone(),
+        );
+        registry.register(
+            "rotation_duration_seconds",
+            "From a rotation's due time to its promotion",
+            duration.clone(),
+        );
+        registry.register(
+            "rotation_ack_seconds",
+            "From staging a version to every consumer acknowledging it",
+            ack_time.clone(),
+        );
+        registry.register(
+            "rotation_consumers_pending",
+            "Consumers that have not acknowledged the pending version, per policy",
+            pending.clone(),
+        );
+        Self {
+            registry,
+            rotations,
+            duration,
+            ack_time,
+            pending,
+        }
+    }
+}
+
+impl RotationMetrics {
+    pub fn finished(&self, result: &str, seconds: f64) {
+        self.rotations
+            .get_or_create(&vec![("result".to_owned(), result.to_owned())])
+            .inc();
+        if result != "rolled_back" {
+            self.duration.observe(seconds);
+        }
+    }
+
+    pub fn acknowledged(&self, seconds: f64) {
+        self.ack_time.observe(seconds);
+    }
+
+    pub fn pending(&self, policy: &str, count: usize) {
+        self.pending
+            .get_or_create(&vec![("policy".to_owned(), policy.to_owned())])
+            .set(count as i64);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

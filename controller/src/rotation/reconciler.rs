@@ -1,0 +1,159 @@
+//! The `SecretRotationPolicy` reconciler for clusters: only the leader
+//! rotates; each reconcile runs one state-machine step, saves the status by
+//! server-side apply, publishes the step's Events, and requeues at the time
+//! the step asks for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use rotor_crds::api::SecretRotationPolicy;
+use rotor_store::Store;
+
+use super::consumers::{ConsumerIndex, PodConsumers};
+use super::machine::{PROPAGATING, step};
+use super::metrics::RotationMetrics;
+use crate::reconcile::FIELD_MANAGER;
+use crate::standalone::{HttpSidecars, ROTATE_NOW};
+use crate::{Error, Result};
+
+/// Builds the store a policy names (from its SecretStore or
+/// ClusterSecretStore).
+#[async_trait]
+pub trait StoreFactory: Send + Sync {
+    async fn store(&self, policy: &SecretRotationPolicy) -> Result<Arc<dyn Store>>;
+}
+
+pub struct RotationContext {
+    pub client: Client,
+    pub stores: Arc<dyn StoreFactory>,
+    pub consumers: Arc<RwLock<ConsumerIndex>>,
+    pub http: Arc<HttpSidecars>,
+    pub leader: Arc<AtomicBool>,
+    pub metrics: Arc<RotationMetrics>,
+    pub recorder: Recorder,
+}
+
+/// The annotation that records which rotate-now request was handled.
+const ROTATE_NOW_HANDLED: &str = "rotor.dev/rotate-now-handled";
+
+pub async fn reconcile(
+    policy: Arc<SecretRotationPolicy>,
+    ctx: Arc<RotationContext>,
+) -> Result<Action> {
+    if !ctx.leader.load(Ordering::Acquire) {
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let namespace = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let store = ctx.stores.store(&policy).await?;
+    let pods = ctx
+        .consumers
+        .read()
+        .expect("consumer index lock")
+        .consumers(
+            &namespace,
+            &policy.spec.store_ref.name,
+            &policy.spec.secret_name,
+        );
+    let consumers = PodConsumers {
+        pods,
+        http: ctx.http.clone(),
+    };
+    let token = policy.annotations().get(ROTATE_NOW).cloned();
+    let rotate_now =
+        token.is_some() && token.as_ref() != policy.annotations().get(ROTATE_NOW_HANDLED);
+    let status = policy.status.clone().unwrap_or_default();
+    let before = status.phase.clone();
+    let s = step(
+        &policy.spec,
+        &status,
+        SystemTime::now(),
+        rotate_now,
+        &*store,
+        &consumers,
+    )
+    .await?;
+    let api: Api<SecretRotationPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut status = s.status;
+    status.observed_generation = policy.metadata.generation;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(serde_json::json!({
+            "apiVersion": "rotor.dev/v1alpha1",
+            "kind": "SecretRotationPolicy",
+            "status": status,
+        })),
+    )
+    .await?;
+    if rotate_now {
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "rotor.dev/v1alpha1",
+                "kind": "SecretRotationPolicy",
+                "metadata": { "annotations": { ROTATE_NOW_HANDLED: token } },
+            })),
+        )
+        .await?;
+    }
+    if let Some((result, duration)) = s.finished {
+        ctx.metrics.finished(result, duration.as_secs_f64());
+    }
+    let pending = status
+        .consumers
+        .iter()
+        .filter(|c| {
+            status.pending_version.is_some() && c.acknowledged_version != status.pending_version
+        })
+        .count();
+    ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
+    if before.as_deref() == Some(PROPAGATING) && status.phase.as_deref() != Some(PROPAGATING) {
+        let since = status
+            .phase_since
+            .as_ref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.elapsed().ok());
+        if let Some(since) = since {
+            ctx.metrics.acknowledged(since.as_secs_f64());
+        }
+    }
+    let reference = policy.object_ref(&());
+    for (reason, note) in s.events {
+        let type_ = if matches!(reason.as_str(), "AckTimeout" | "RolledBack") {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Rotate".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%namespace, %name, error = %e, "cannot publish an event");
+        }
+    }
+    Ok(Action::requeue(s.requeue.max(Duration::from_millis(100))))
+}
+
+pub fn error_policy(
+    policy: Arc<SecretRotationPolicy>,
+    error: &Error,
+    _ctx: Arc<RotationContext>,
+) -> Action {
+    tracing::warn!(name = %policy.name_any(), error = %error, "rotation step failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! The rotation reconciler against kube's mocked client: an
+//! `ApiServerVerifier` over `tower_test::mock::pair` records and answers
+//! every request.
+
+use std::sync::Mutex;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::runtime::events::Reporter;
+use rotor_crds::api::{
+    Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec, StoreRef, Strategy,
+};
+use rotor_envelope::KeyFileKek;
+use rotor_store::{LocalStore, WriteAs};
+
+use super::*;
+
+struct LocalFactory(LocalStore);
+
+#[async_trait]
+impl StoreFactory for LocalFactory {
+    async fn store(&self, _policy: &SecretRotationPolicy) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(self.0.clone()))
+    }
+}
+
+type Seen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+/// Answers every request: a status patch with the policy, an event with
+/// itself, and records (method, path, body).
+fn api_server(policy: SecretRotationPolicy) -> (Client, Seen) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_owned();
+            let bytes = request.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let reply = if path.contains("/events") {
+                body.clone()
+            } else {
+                serde_json::to_value(&policy).unwrap()
+            };
+            record.lock().unwrap().push((method, path, body));
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Client::new(service, "default"), seen)
+}
+
+fn policy() -> SecretRotationPolicy {
+    let mut p = SecretRotationPolicy::new(
+        "db",
+        SecretRotationPolicySpec {
+            store_ref: StoreRef {
+                name: "vault".into(),
+                kind: "SecretStore".into(),
+            },
+            secret_name: "app/db".into(),
+            schedule: Schedule {
+                interval: Some("1h".into()),
+                ..Schedule::default()
+            },
+            generator: Generator {
+                password: None,
+                random_bytes: Some(RandomBytesGenerator {
+                    length: 32,
+                    encoding: Default::default(),
+                }),
+                key_pair: None,
+            },
+            strategy: Strategy::default(),
+            sidecars: vec![],
+            paused: false,
+        },
+    );
+    p.metadata.namespace = Some("shop".into());
+    p.metadata.generation = Some(2);
+    p
+}
+
+fn context(client: Client, leader: bool) -> (Arc<RotationContext>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(
+        dir.path().join("s.rotor"),
+        Arc::new(KeyFileKek::from_bytes(&[5; 32])),
+    );
+    store.put("app/db", b"v1", WriteAs::Current).unwrap();
+    let ctx = RotationContext {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "rotor-controller".into(),
+                instance: None,
+            },
+        ),
+        client,
+        stores: Arc::new(LocalFactory(store)),
+        consumers: Arc::default(),
+        http: Arc::new(HttpSidecars::new(vec![])),
+        leader: Arc::new(AtomicBool::new(leader)),
+        metrics: Arc::default(),
+    };
+    (Arc::new(ctx), dir)
+}
+
+async fn timeout_after_1s<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(1), f)
+        .await
+        .expect("timed out")
+}
+
+#[tokio::test]
+async fn the_leader_steps_saves_status_and_publishes_an_event() {
+    let p = policy();
+    let (client, seen) = api_server(p.clone());
+    let (ctx, _dir) = context(client, true);
+    let action = timeout_after_1s(reconcile(Arc::new(p), ctx.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_millis(100)),
+        "due now: step again at once"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let (method, path, body) = &seen[0];
+    assert_eq!(
+        (method.as_str(), path.as_str()),
+        (
+            "PATCH",
+            "/apis/rotor.dev/v1alpha1/namespaces/shop/secretrotationpolicies/db/status"
+        )
+    );
+    assert_eq!(body["status"]["phase"], "Generating");
+    assert_eq!(body["status"]["currentVersion"], "1");
+    assert_eq!(body["status"]["observedGeneration"], 2);
+    let event = seen
+        .iter()
+        .find(|(_, path, _)| path.contains("/events"))
+        .expect("an event");
+    assert_eq!(event.0, "POST");
+    assert_eq!(event.2["reason"], "RotationStarted");
+    assert_eq!(event.2["regarding"]["name"], "db");
+}
+
+#[tokio::test]
+async fn a_follower_does_nothing() {
+    let p = policy();
+    let (client, seen) = api_server(p.clone());
+    let (ctx, _dir) = context(client, false);
+    let action = timeout_after_1s(reconcile(Arc::new(p), ctx)).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert!(seen.lock().unwrap().is_empty());
+}
