@@ -100,3 +100,6 @@ pub async fn try_acquire(
 fn chrono_now() -> MicroTime {
     MicroTime(k8s_openapi::chrono::Utc::now())
 }
+
+#[cfg(test)]
+mod tests;
