@@ -10,6 +10,7 @@ mod args;
 pub mod certs;
 pub mod cluster;
 mod error;
+pub mod manifests;
 pub mod reconcile;
 pub mod rotation;
 pub mod standalone;

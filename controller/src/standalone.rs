@@ -127,46 +127,14 @@ fn load(dir: &Path) -> Result<Loaded> {
         policies: Vec::new(),
         stores: BTreeMap::new(),
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Config(format!("--policies {}: cannot list ({e})", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    for path in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
-                Error::Config(format!("{} document {}: {e}", path.display(), i + 1))
-            })?;
-            if value.is_null() {
-                continue;
+    for doc in crate::manifests::documents(dir, "--policies")? {
+        match doc.kind.as_str() {
+            "SecretRotationPolicy" => out.policies.push(doc.parse()?),
+            "SecretStore" | "ClusterSecretStore" => {
+                let s: SecretStore = doc.parse()?;
+                out.stores.insert(s.name_any(), s.spec.provider);
             }
-            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-            let fail = |e: serde_yaml::Error| {
-                Error::Config(format!(
-                    "{} document {} ({kind}): {e}",
-                    path.display(),
-                    i + 1
-                ))
-            };
-            match kind.as_str() {
-                "SecretRotationPolicy" => out
-                    .policies
-                    .push(serde_yaml::from_value(value).map_err(fail)?),
-                "SecretStore" | "ClusterSecretStore" => {
-                    let s: SecretStore = serde_yaml::from_value(value).map_err(fail)?;
-                    out.stores.insert(s.name_any(), s.spec.provider);
-                }
-                other => {
-                    return Err(Error::Config(format!(
-                        "{} document {}: kind {other:?} is not SecretRotationPolicy or SecretStore",
-                        path.display(),
-                        i + 1
-                    )));
-                }
-            }
+            _ => return Err(doc.unexpected("SecretRotationPolicy, SecretStore")),
         }
     }
     Ok(out)

@@ -9,9 +9,8 @@ use std::path::Path;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use rotor_crds::api::{ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, SecretStore};
-use serde::Deserialize as _;
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// A store a pod may use.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,54 +141,15 @@ impl StoreIndex {
     /// YAML files (`.yaml`, `.yml`, multi-document) in `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let mut index = Self::default();
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| Error::Config(format!("--stores {}: cannot list ({e})", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        entries.sort();
-        for path in entries {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::Config(format!("{}: cannot read ({e})", path.display())))?;
-            for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-                let value = serde_yaml::Value::deserialize(doc).map_err(|e| {
-                    Error::Config(format!("{} document {}: {e}", path.display(), i + 1))
-                })?;
-                if value.is_null() {
-                    continue;
+        for doc in crate::manifests::documents(dir, "--stores")? {
+            match doc.kind.as_str() {
+                "SecretStore" => index.apply_store(&doc.parse()?),
+                "ClusterSecretStore" => index.apply_cluster_store(&doc.parse()?),
+                "Namespace" => {
+                    let ns: k8s_openapi::api::core::v1::Namespace = doc.parse()?;
+                    index.apply_namespace(&ns.name_any(), ns.labels().clone());
                 }
-                let kind = value
-                    .get("kind")
-                    .and_then(|k| k.as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                let fail = |e: serde_yaml::Error| {
-                    Error::Config(format!(
-                        "{} document {} ({kind}): {e}",
-                        path.display(),
-                        i + 1
-                    ))
-                };
-                match kind.as_str() {
-                    "SecretStore" => {
-                        index.apply_store(&serde_yaml::from_value(value).map_err(fail)?)
-                    }
-                    "ClusterSecretStore" => {
-                        index.apply_cluster_store(&serde_yaml::from_value(value).map_err(fail)?)
-                    }
-                    "Namespace" => {
-                        let ns: k8s_openapi::api::core::v1::Namespace =
-                            serde_yaml::from_value(value).map_err(fail)?;
-                        index.apply_namespace(&ns.name_any(), ns.labels().clone());
-                    }
-                    _ => {
-                        return Err(Error::Config(format!(
-                            "{} document {}: kind {kind:?} is not one of SecretStore, ClusterSecretStore, Namespace",
-                            path.display(),
-                            i + 1
-                        )));
-                    }
-                }
+                _ => return Err(doc.unexpected("SecretStore, ClusterSecretStore, Namespace")),
             }
         }
         Ok(index)
