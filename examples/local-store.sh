@@ -3,8 +3,8 @@
 # key generation, put, get, stage labels, KEK rotation and tamper detection.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet --release -p rotor
-rotor="${CARGO_TARGET_DIR:-$PWD/target}/release/rotor"
+cargo build --quiet -p rotor
+rotor="${CARGO_TARGET_DIR:-$PWD/target}/debug/rotor"
 work=$(mktemp -d "${TMPDIR:-/tmp}/rotor-tour.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 cd "$work"

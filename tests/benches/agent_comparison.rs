@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use rotor_e2e::servers::{Bao, venv_bin};
 use rotor_e2e::{bin, free_port, http, wait_until};
 
-const CHANGES: usize = 20;
+const CHANGES: usize = 30;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -199,8 +199,10 @@ fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Dur
     let file: PathBuf = run.out.path().join("s000");
     let mut times = Vec::new();
     for i in 0..CHANGES {
-        // Land the changes at varied points of the poll cycle.
-        std::thread::sleep(interval.mul_f64(0.3 + 0.23 * (i % 4) as f64));
+        // Land each change at a uniformly random point of the poll cycle,
+        // independent of when the last one was seen: a fixed pattern would
+        // lock onto one tool's phase and favour it.
+        std::thread::sleep(interval.mul_f64(uniform()));
         let want = format!("v{i}-{}", std::process::id());
         let t = Instant::now();
         bao.api(
@@ -234,6 +236,20 @@ fn idle_cpu(bao: &Bao, tool: Tool) -> f64 {
     std::thread::sleep(window);
     let used = (cpu_ticks(run.child.id()) - before) as f64 / ticks_per_second();
     used * 3600.0 / window.as_secs_f64()
+}
+
+/// A uniform random number in [0, 1).
+fn uniform() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    // One round of splitmix64 over the clock: plenty for spreading samples.
+    let mut z = u64::from(nanos).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn rss_kib(pid: u32) -> u64 {
