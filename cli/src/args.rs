@@ -4,26 +4,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::commands;
-use rotor_telemetry::LogFormat;
+use rotor_telemetry::LogArgs;
 
 /// Rotor's operator CLI: generate key-encryption keys and administer the
 /// embedded, envelope-encrypted local store.
 #[derive(Debug, Parser)]
 #[command(name = "rotor", version, about, long_about = None)]
 pub struct Args {
-    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `rotor_store=debug`).
-    #[arg(long, env = "ROTOR_LOG", default_value = "warn", global = true)]
-    log: String,
-
-    /// Log line format on stderr.
-    #[arg(
-        long,
-        env = "ROTOR_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -83,12 +72,8 @@ impl Args {
             let rest = std::iter::once("rotor controller".into()).chain(argv[2..].iter().cloned());
             return rotor_controller::Args::run_from(rest);
         }
-        let Self {
-            log,
-            log_format,
-            command,
-        } = Self::parse();
-        rotor_telemetry::init(log_format, &log);
+        let Self { log, command } = Self::parse();
+        log.init("warn");
         let result = match command {
             Command::Keygen { out, force } => commands::keygen::run(&out, force),
             Command::Store(args) => args.run(),

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
 use clap::{Parser, Subcommand};
-use rotor_telemetry::LogFormat;
+use rotor_telemetry::LogArgs;
 
 use crate::store_index::StoreIndex;
 use crate::webhook::InjectConfig;
@@ -14,19 +14,8 @@ use crate::webhook::server::{WebhookState, router, serve_tls};
 #[derive(Debug, Parser)]
 #[command(name = "rotor-controller", version, about, long_about = None)]
 pub struct Args {
-    /// Log filter, in `RUST_LOG` syntax.
-    #[arg(long, env = "ROTOR_LOG", default_value = "info", global = true)]
-    log: String,
-
-    /// Log line format on stderr.
-    #[arg(
-        long,
-        env = "ROTOR_LOG_FORMAT",
-        value_enum,
-        default_value_t,
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -158,12 +147,8 @@ impl Args {
         T: Into<std::ffi::OsString> + Clone,
     {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let Self {
-            log,
-            log_format,
-            command,
-        } = Self::parse_from(argv);
-        rotor_telemetry::init(log_format, &log);
+        let Self { log, command } = Self::parse_from(argv);
+        log.init("info");
         let result = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use rotor_telemetry::LogFormat;
+use rotor_telemetry::LogArgs;
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineOptions, Shared};
@@ -66,13 +66,8 @@ pub struct Args {
     #[arg(long, env = "ROTOR_KEEP_OLD", default_value = "2s", value_parser = humantime::parse_duration)]
     keep_old: Duration,
 
-    /// Log filter, in `RUST_LOG` syntax.
-    #[arg(long, env = "ROTOR_LOG", default_value = "info")]
-    log: String,
-
-    /// Log line format on stderr.
-    #[arg(long, env = "ROTOR_LOG_FORMAT", value_enum, default_value_t)]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Args {
@@ -87,7 +82,7 @@ impl Args {
         T: Into<std::ffi::OsString> + Clone,
     {
         let args = Self::parse_from(argv);
-        rotor_telemetry::init(args.log_format, &args.log);
+        args.log.init("info");
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -121,7 +116,6 @@ impl Args {
             once,
             keep_old,
             log: _,
-            log_format: _,
         } = self;
         let contract = crate::watch::load(&annotations)?;
         let store = store.build().await?;

@@ -12,6 +12,35 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags every Rotor binary takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `rotor_store=debug`).
+    /// Default: `warn` for `rotor`, `info` for the sidecar and controller.
+    #[arg(long, env = "ROTOR_LOG", global = true)]
+    pub log: Option<String>,
+
+    /// Log line format on stderr.
+    #[arg(
+        long,
+        env = "ROTOR_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Installs the subscriber, with `default_filter` when `--log` is unset.
+    pub fn init(&self, default_filter: &str) {
+        init(
+            self.log_format,
+            self.log.as_deref().unwrap_or(default_filter),
+        );
+    }
+}
+
 /// Installs the global `tracing` subscriber. `filter` uses `RUST_LOG`
 /// syntax, e.g. `info` or `rotor_store=debug`.
 pub fn init(format: LogFormat, filter: &str) {
