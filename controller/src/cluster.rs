@@ -96,25 +96,43 @@ async fn watch_kind<K>(
     }
 }
 
-/// Runs the SecretStore reconciler until shutdown.
+/// Runs the SecretStore and ClusterSecretStore reconcilers until shutdown.
 pub async fn run_store_reconciler(client: Client) {
     use kube::runtime::Controller;
     let ctx = Arc::new(crate::reconcile::Context {
         client: client.clone(),
     });
-    Controller::new(Api::<SecretStore>::all(client), watcher::Config::default())
-        .shutdown_on_signal()
-        .run(
-            crate::reconcile::reconcile,
-            crate::reconcile::error_policy,
-            ctx,
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "store reconcile");
-            }
-        })
-        .await;
+    let stores = Controller::new(
+        Api::<SecretStore>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        crate::reconcile::reconcile,
+        crate::reconcile::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "store reconcile");
+        }
+    });
+    let cluster = Controller::new(
+        Api::<ClusterSecretStore>::all(client),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(
+        crate::reconcile::reconcile_cluster,
+        crate::reconcile::error_policy_cluster,
+        ctx,
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cluster store reconcile");
+        }
+    });
+    tokio::join!(stores, cluster);
 }
 
 /// Self-managed certificates: reuse the Secret `secret` in `namespace` or

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
-use rotor_crds::api::{Condition, Provider, SecretStore, SecretStoreStatus};
+use rotor_crds::api::{ClusterSecretStore, Condition, Provider, SecretStore, SecretStoreStatus};
 
 use crate::{Error, Result};
 
@@ -72,13 +72,15 @@ pub fn problems(p: &Provider) -> Vec<String> {
     out
 }
 
-pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Action> {
-    let namespace = store.namespace().unwrap_or_default();
-    let name = store.name_any();
-    let problems = problems(&store.spec.provider);
+/// The status for a store with these problems.
+fn status_for(
+    provider: &Provider,
+    problems: &[String],
+    generation: Option<i64>,
+) -> SecretStoreStatus {
     let ready = problems.is_empty();
-    let status = SecretStoreStatus {
-        provider: Some(store.spec.provider.kind().to_owned()),
+    SecretStoreStatus {
+        provider: Some(provider.kind().to_owned()),
         conditions: vec![Condition {
             type_: "Ready".to_owned(),
             status: if ready { "True" } else { "False" }.to_owned(),
@@ -90,25 +92,77 @@ pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Act
             },
             last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
-            observed_generation: store.metadata.generation,
+            observed_generation: generation,
         }],
-        observed_generation: store.metadata.generation,
-    };
-    let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let patch = serde_json::json!({
+        observed_generation: generation,
+    }
+}
+
+fn status_patch(kind: &str, status: &SecretStoreStatus) -> Patch<serde_json::Value> {
+    Patch::Apply(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretStore",
+        "kind": kind,
         "status": status,
-    });
+    }))
+}
+
+pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = store.namespace().unwrap_or_default();
+    let name = store.name_any();
+    let problems = problems(&store.spec.provider);
+    let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
+    let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
+        &status_patch("SecretStore", &status),
     )
     .await
     .map_err(Error::Kube)?;
-    tracing::info!(%namespace, %name, ready, "store checked");
+    tracing::info!(%namespace, %name, ready = problems.is_empty(), "store checked");
     Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// The same for a ClusterSecretStore, which is also useless without path
+/// patterns or with an empty namespace selector.
+pub async fn reconcile_cluster(
+    store: Arc<ClusterSecretStore>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let name = store.name_any();
+    let mut problems = problems(&store.spec.provider);
+    let selector = &store.spec.allowed_namespaces;
+    if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty())
+    {
+        problems.push("spec.allowedNamespaces is empty and matches no namespace; expected matchLabels or matchExpressions".to_owned());
+    }
+    if store.spec.paths.is_empty() {
+        problems.push("spec.paths is empty, so no secret may be read; expected at least one namespace and pattern".to_owned());
+    }
+    let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
+    let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &status_patch("ClusterSecretStore", &status),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    tracing::info!(%name, ready = problems.is_empty(), "cluster store checked");
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+pub fn error_policy_cluster(
+    store: Arc<ClusterSecretStore>,
+    error: &Error,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(30))
 }
 
 pub fn error_policy(store: Arc<SecretStore>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -163,3 +163,43 @@ async fn api_errors_requeue_through_the_error_policy() {
         Action::requeue(Duration::from_secs(30))
     );
 }
+
+#[tokio::test]
+async fn a_cluster_store_without_namespaces_or_paths_says_so() {
+    use rotor_crds::api::ClusterSecretStoreSpec;
+    let (ctx, mut server) = context();
+    let store = ClusterSecretStore::new(
+        "shared",
+        ClusterSecretStoreSpec {
+            provider: vault("https://vault:8200"),
+            allowed_namespaces: Default::default(),
+            paths: vec![],
+        },
+    );
+    let reply = serde_json::to_vec(&store).unwrap();
+    let verify = tokio::spawn(async move {
+        let (request, send) = server.0.next_request().await.expect("a request");
+        assert_eq!(request.method(), http::Method::PATCH);
+        assert_eq!(
+            request.uri().path(),
+            "/apis/rotor.dev/v1alpha1/clustersecretstores/shared/status"
+        );
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        send.send_response(Response::builder().body(Body::from(reply)).unwrap());
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    });
+    timeout_after_1s(reconcile_cluster(Arc::new(store), ctx))
+        .await
+        .unwrap();
+    let patch = timeout_after_1s(verify).await.unwrap();
+    let message = patch["status"]["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(patch["status"]["conditions"][0]["status"], "False");
+    assert!(
+        message.contains("spec.allowedNamespaces is empty")
+            && message.contains("spec.paths is empty"),
+        "{message}"
+    );
+}
