@@ -21,6 +21,8 @@ pub struct Args {
     command: Command,
 }
 
+// Parsed once at start: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the injection webhook with stores read from YAML files
@@ -60,6 +62,27 @@ enum Command {
         /// This replica's name in the leader Lease (the pod name).
         #[arg(long, env = "ROTOR_POD_NAME", default_value = "rotor-controller")]
         identity: String,
+        /// How long the leader Lease lasts without renewal; the holder
+        /// renews it every third of that.
+        #[arg(long, env = "ROTOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+        lease_duration: std::time::Duration,
+        /// Extra names or IP addresses for the self-managed serving
+        /// certificate (when the API server calls the webhook by URL).
+        #[arg(long = "cert-host")]
+        cert_hosts: Vec<String>,
+        /// A kubeconfig file; default: $KUBECONFIG, ~/.kube/config, or the
+        /// in-cluster service account.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The controller's own ServiceAccount token for Vault Kubernetes
+        /// auth, when it rotates secrets in Vault stores: a projected token
+        /// with audience `vault`, as the sidecars get.
+        #[arg(
+            long,
+            env = "ROTOR_VAULT_JWT_FILE",
+            default_value = "/var/run/secrets/rotor/vault/token"
+        )]
+        vault_jwt_file: PathBuf,
     },
     /// Rotate without Kubernetes: SecretRotationPolicy and SecretStore
     /// objects from YAML files, status in JSON files, and the sidecars each
@@ -176,7 +199,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 stores: RwLock::new(index),
                 config: serve.inject_config(),
             });
-            serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
+            tokio::select! {
+                served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
+                () = shutdown_signal() => {}
+            }
         }
         Command::Run {
             serve,
@@ -187,19 +213,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
             webhook_configuration,
             metrics_addr,
             identity,
+            lease_duration,
+            cert_hosts,
+            kubeconfig,
+            vault_jwt_file,
         } => {
-            let client = kube::Client::try_default().await?;
+            let client = match kubeconfig {
+                None => kube::Client::try_default().await?,
+                Some(path) => {
+                    let config = kube::config::Kubeconfig::read_from(&path)
+                        .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+                    let options = kube::config::KubeConfigOptions::default();
+                    kube::Client::try_from(
+                        kube::Config::from_custom_kubeconfig(config, &options).await?,
+                    )?
+                }
+            };
             if self_managed_certs {
                 let dir = serve
                     .tls_cert
                     .parent()
                     .ok_or_else(|| anyhow::anyhow!("--tls-cert has no directory"))?
                     .to_owned();
+                let mut names = crate::certs::service_names(&service, &namespace);
+                names.extend(cert_hosts);
                 crate::cluster::self_managed_certs(
                     client.clone(),
                     &namespace,
                     &tls_secret,
-                    &service,
+                    &names,
                     &webhook_configuration,
                     &dir,
                 )
@@ -220,7 +262,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 namespace.clone(),
                 "rotor-controller-leader".to_owned(),
                 identity,
-                std::time::Duration::from_secs(15),
+                lease_duration,
                 leader.clone(),
             ));
             let consumers = Arc::new(RwLock::new(
@@ -242,14 +284,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(crate::cluster::ClusterStores::new(state.clone())),
+                stores: Arc::new(crate::cluster::ClusterStores::new(
+                    state.clone(),
+                    vault_jwt_file,
+                )),
                 consumers,
                 http: Arc::new(crate::standalone::HttpSidecars::new(vec![])),
                 leader,
                 metrics,
             });
             tokio::spawn(crate::cluster::run_rotation(ctx));
-            serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)).await?;
+            // SIGTERM ends the process: the controllers' own signal
+            // handlers replace the default action, so it must be awaited.
+            tokio::select! {
+                served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
+                () = shutdown_signal() => {}
+            }
         }
         Command::Standalone {
             policies,

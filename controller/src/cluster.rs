@@ -142,7 +142,7 @@ pub async fn self_managed_certs(
     client: Client,
     namespace: &str,
     secret: &str,
-    service: &str,
+    names: &[String],
     webhook: &str,
     dir: &Path,
 ) -> Result<()> {
@@ -151,7 +151,7 @@ pub async fn self_managed_certs(
     let generated = match existing.as_ref().and_then(read_tls) {
         Some(g) => g,
         None => {
-            let g = crate::certs::generate(&crate::certs::service_names(service, namespace))?;
+            let g = crate::certs::generate(names)?;
             let data = [
                 ("ca.crt", g.ca_pem.as_bytes()),
                 ("tls.crt", g.cert_pem.as_bytes()),
@@ -225,15 +225,18 @@ fn read_tls(secret: &Secret) -> Option<crate::certs::Generated> {
 /// cached by (namespace, store).
 pub struct ClusterStores {
     pub index: Arc<WebhookState>,
+    /// The controller's ServiceAccount token, for Vault Kubernetes auth.
+    jwt_path: std::path::PathBuf,
     cache: tokio::sync::Mutex<
         std::collections::BTreeMap<(String, String), Arc<dyn rotor_store::Store>>,
     >,
 }
 
 impl ClusterStores {
-    pub fn new(index: Arc<WebhookState>) -> Self {
+    pub fn new(index: Arc<WebhookState>, jwt_path: std::path::PathBuf) -> Self {
         Self {
             index,
+            jwt_path,
             cache: Default::default(),
         }
     }
@@ -268,7 +271,7 @@ impl crate::rotation::reconciler::StoreFactory for ClusterStores {
                 rotor_store::VaultAuth::Kubernetes {
                     mount: k.mount_path.clone(),
                     role: k.role.clone(),
-                    jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                    jwt_path: self.jwt_path.clone(),
                 },
             );
             config.mount = v.mount.clone();

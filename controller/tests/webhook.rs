@@ -215,10 +215,6 @@ async fn every_deny_case_names_the_problem() {
             include_str!("fixtures/status-spoof.json"),
             "annotation rotor.dev/refresh: value \"never\" is not a duration",
         ),
-        (
-            include_str!("fixtures/no-run-as-user.json"),
-            "the pod sets no runAsUser",
-        ),
     ] {
         let (status, v) = call(fixture).await;
         assert_eq!(status, 200);
@@ -229,6 +225,76 @@ async fn every_deny_case_names_the_problem() {
         );
         assert!(v["response"]["patch"].is_null());
     }
+}
+
+fn sidecar_args(pod: &Value) -> Vec<String> {
+    pod["spec"]["initContainers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Most pods run as their image's USER and set no runAsUser: they are
+/// admitted, the sidecar runs as a fixed non-root user, the files are
+/// readable inside the pod, and kubectl shows a warning saying so.
+#[tokio::test]
+async fn pods_without_a_user_are_admitted_with_a_warning() {
+    let review = include_str!("fixtures/no-run-as-user.json");
+    let (status, v) = call(review).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    let warning = v["response"]["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("mode 0444"), "{warning}");
+    assert!(
+        warning.contains("set securityContext.runAsUser"),
+        "{warning}"
+    );
+    let pod = patched(review, &v);
+    let sc = &pod["spec"]["initContainers"][0]["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["runAsGroup"], 65532);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert!(sidecar_args(&pod).contains(&"--default-file-mode=0444".to_owned()));
+    // The pod's own securityContext and env are untouched.
+    assert!(pod["spec"]["securityContext"].is_null());
+    assert!(pod["spec"]["containers"][0]["env"].is_null());
+
+    // With an fsGroup: the sidecar joins it and the files are 0440.
+    let mut with_group: Value = serde_json::from_str(review).unwrap();
+    with_group["request"]["object"]["spec"]["securityContext"] =
+        serde_json::json!({ "fsGroup": 2000 });
+    let review = with_group.to_string();
+    let (_, v) = call(&review).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    let warning = v["response"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("fsGroup 2000") && warning.contains("0440"),
+        "{warning}"
+    );
+    let pod = patched(&review, &v);
+    let sc = &pod["spec"]["initContainers"][0]["securityContext"];
+    assert_eq!(sc["runAsUser"], 65532);
+    assert_eq!(sc["runAsGroup"], 2000);
+    assert!(sidecar_args(&pod).contains(&"--default-file-mode=0440".to_owned()));
+    assert_eq!(
+        pod["spec"]["securityContext"],
+        serde_json::json!({ "fsGroup": 2000 })
+    );
+}
+
+#[tokio::test]
+async fn pods_with_a_user_get_no_warning_and_mode_0400() {
+    let review = include_str!("fixtures/inject.json");
+    let (_, v) = call(review).await;
+    assert!(v["response"]["warnings"].is_null(), "{v}");
+    let pod = patched(review, &v);
+    assert!(
+        !sidecar_args(&pod)
+            .iter()
+            .any(|a| a.starts_with("--default-file-mode"))
+    );
 }
 
 #[tokio::test]

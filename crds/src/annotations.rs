@@ -178,7 +178,9 @@ pub struct PodSecrets {
     pub store: Option<String>,
     /// Output files by name.
     pub files: BTreeMap<String, FileSource>,
-    pub file_mode: u32,
+    /// `None`: the annotation is absent and the sidecar's default applies
+    /// (`0400`, or what the webhook chose when the app's user is unknown).
+    pub file_mode: Option<u32>,
     pub file_owner: Option<(u32, u32)>,
     pub refresh: Duration,
     pub reload: Vec<ReloadAction>,
@@ -191,7 +193,7 @@ impl Default for PodSecrets {
             inject: false,
             store: None,
             files: BTreeMap::new(),
-            file_mode: DEFAULT_FILE_MODE,
+            file_mode: None,
             file_owner: None,
             refresh: DEFAULT_REFRESH,
             reload: Vec::new(),
@@ -305,7 +307,7 @@ where
                     ),
                 },
                 FILE_MODE => match parse_mode(value) {
-                    Ok(mode) => out.file_mode = mode,
+                    Ok(mode) => out.file_mode = Some(mode),
                     Err(problem) => err(
                         key,
                         format!("value {shown} {problem}"),
@@ -484,7 +486,7 @@ fn validate_store_name(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_mode(value: &str) -> Result<u32, String> {
+pub fn parse_mode(value: &str) -> Result<u32, String> {
     if value.is_empty() || value.len() > 4 || !value.chars().all(|c| ('0'..='7').contains(&c)) {
         return Err("is not an octal number of up to 4 digits".to_owned());
     }

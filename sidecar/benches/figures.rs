@@ -76,6 +76,7 @@ fn swap_10_files() -> (String, String, String) {
         dir.path(),
         WriterOptions {
             grace: Duration::from_secs(2),
+            default_mode: 0o400,
             ..WriterOptions::default()
         },
     )

@@ -62,6 +62,12 @@ pub struct Args {
     #[arg(long)]
     once: bool,
 
+    /// The files' mode when the pod sets no rotor.dev/file-mode: octal,
+    /// no execute bits, no write for group or others. The webhook sets
+    /// 0440 (or 0444) when it cannot run the sidecar as the app's user.
+    #[arg(long, env = "ROTOR_DEFAULT_FILE_MODE", default_value = "0400", value_parser = parse_file_mode)]
+    default_file_mode: u32,
+
     /// How long a superseded data directory stays for readers mid-lookup.
     #[arg(long, env = "ROTOR_KEEP_OLD", default_value = "2s", value_parser = humantime::parse_duration)]
     keep_old: Duration,
@@ -115,6 +121,7 @@ impl Args {
             wipe_on_exit,
             once,
             keep_old,
+            default_file_mode,
             log: _,
         } = self;
         let contract = crate::watch::load(&annotations)?;
@@ -125,6 +132,7 @@ impl Args {
                 allow_disk,
                 owner: contract.file_owner,
                 grace: keep_old,
+                default_mode: default_file_mode,
             },
         )?;
         let shared = Arc::new(Shared::default());
@@ -141,7 +149,10 @@ impl Args {
             contract.clone(),
             Reloader::new(ReloadPolicy::default()),
             shared.clone(),
-            EngineOptions::default(),
+            EngineOptions {
+                default_file_mode,
+                ..EngineOptions::default()
+            },
         );
         if once {
             engine.run_once().await;
@@ -206,4 +217,10 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
     }
+}
+
+fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
+    rotor_crds::annotations::parse_mode(value).map_err(|problem| {
+        format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")
+    })
 }

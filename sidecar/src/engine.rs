@@ -85,6 +85,8 @@ pub struct EngineOptions {
     pub backoff_base: Duration,
     /// The longest retry delay (never more than the refresh interval).
     pub backoff_cap: Duration,
+    /// The files' mode when the pod sets no `rotor.dev/file-mode`.
+    pub default_file_mode: u32,
 }
 
 impl Default for EngineOptions {
@@ -93,6 +95,7 @@ impl Default for EngineOptions {
             pin_ttl: Duration::from_secs(3600),
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(300),
+            default_file_mode: rotor_crds::annotations::DEFAULT_FILE_MODE,
         }
     }
 }
@@ -484,7 +487,7 @@ impl Engine {
             return false; // not everything fetched yet
         }
         let (contract, values) = self.effective();
-        let files = match render(&contract, &values) {
+        let files = match render(&contract, &values, self.options.default_file_mode) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(error = %e, "rendering failed; keeping the last good files");

@@ -9,11 +9,13 @@ use zeroize::Zeroizing;
 use crate::writer::FileSpec;
 use crate::{Error, Result};
 
-/// Renders every file of `contract` from `values` (secret name → value).
+/// Renders every file of `contract` from `values` (secret name → value),
+/// with `default_mode` unless the pod sets `rotor.dev/file-mode`.
 /// Errors name the file and the problem, never a value.
 pub fn render(
     contract: &PodSecrets,
     values: &BTreeMap<String, rotor_envelope::Plaintext>,
+    default_mode: u32,
 ) -> Result<Vec<FileSpec>> {
     let mut plain: BTreeMap<&str, Zeroizing<Vec<u8>>> = BTreeMap::new();
     for (file, source) in &contract.files {
@@ -43,7 +45,7 @@ pub fn render(
         out.push(FileSpec {
             name: file.clone(),
             data,
-            mode: contract.file_mode,
+            mode: contract.file_mode.unwrap_or(default_mode),
         });
     }
     Ok(out)
@@ -110,7 +112,7 @@ fn zeroize_map(map: BTreeMap<&str, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rotor_crds::annotations::parse;
+    use rotor_crds::annotations::{DEFAULT_FILE_MODE, parse};
 
     const CANARY: &str = "canary-3e9b-render";
 
@@ -143,7 +145,7 @@ mod tests {
             ("rotor.dev/file-mode", "0440"),
         ]);
         let v = values(&[("db", "pw"), ("creds", r#"{"user":"app","port":5432}"#)]);
-        let files = render(&c, &v).unwrap();
+        let files = render(&c, &v, DEFAULT_FILE_MODE).unwrap();
         assert_eq!(text(&files, "raw"), "pw");
         assert_eq!(text(&files, "user"), "app");
         assert_eq!(text(&files, "port"), "5432");
@@ -162,7 +164,7 @@ mod tests {
                 "has no field \"missing\" (fields: other)",
             ),
         ] {
-            let err = render(&c, &values(&[("s", &value)]))
+            let err = render(&c, &values(&[("s", &value)]), DEFAULT_FILE_MODE)
                 .err()
                 .unwrap()
                 .to_string();
@@ -183,7 +185,7 @@ mod tests {
                 "{{ secrets.a | int + undefined_var }}",
             ),
         ]);
-        let err = render(&c, &values(&[("s", CANARY)]))
+        let err = render(&c, &values(&[("s", CANARY)]), DEFAULT_FILE_MODE)
             .err()
             .unwrap()
             .to_string();

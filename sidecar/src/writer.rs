@@ -57,7 +57,7 @@ pub enum Outcome {
 }
 
 /// Options for [`AtomicWriter::open`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Accept a target that is not tmpfs or ramfs.
     pub allow_disk: bool,
@@ -65,6 +65,20 @@ pub struct WriterOptions {
     pub owner: Option<(u32, u32)>,
     /// How long a superseded directory stays for readers mid-lookup.
     pub grace: Duration,
+    /// The files' mode when the pod sets none: group or other read bits
+    /// open the target directory to group members or to everyone.
+    pub default_mode: u32,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            allow_disk: false,
+            owner: None,
+            grace: Duration::ZERO,
+            default_mode: rotor_crds::annotations::DEFAULT_FILE_MODE,
+        }
+    }
 }
 
 pub struct AtomicWriter {
@@ -300,8 +314,8 @@ impl AtomicWriter {
     }
 
     fn make_dir(&self, files: &[FileSpec]) -> Result<String> {
-        let group_read = files.iter().any(|f| f.mode & 0o040 != 0);
-        let dir_mode = if group_read { 0o750 } else { 0o700 };
+        let read_bits = files.iter().fold(0, |bits, f| bits | (f.mode & 0o044));
+        let dir_mode = 0o700 | traverse_bits(read_bits);
         let (name, fd) = loop {
             let name = data_dir_name(SystemTime::now());
             match rustix::fs::mkdirat(&self.dir, name.as_str(), Mode::from_raw_mode(0o700)) {
@@ -441,8 +455,19 @@ impl AtomicWriter {
 }
 
 fn group_bits(options: &WriterOptions) -> u32 {
-    // Group members need to traverse the directory for 0440 files.
-    if options.owner.is_some() { 0o050 } else { 0 }
+    // Group members (or everyone) need to traverse the directory to read
+    // 0440 (or 0444) files.
+    let group = if options.owner.is_some() || options.default_mode & 0o040 != 0 {
+        0o050
+    } else {
+        0
+    };
+    group | traverse_bits(options.default_mode & 0o004)
+}
+
+/// `r-x` for the classes (group 0o040, other 0o004) that may read files.
+fn traverse_bits(read_bits: u32) -> u32 {
+    (read_bits & 0o044) | ((read_bits & 0o044) >> 2)
 }
 
 /// Reads a file inside a data directory without following a symlink.

@@ -1,6 +1,8 @@
 //! Harness for Rotor's end-to-end tests: finds the workspace's binaries and
 //! runs them as real processes. `tests/run` builds the binaries first.
 
+pub mod cluster;
+pub mod kubelet;
 pub mod pod;
 pub mod servers;
 
@@ -22,6 +24,14 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The workspace's root directory (the clone).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 /// A command for a workspace binary with a clean, predictable environment.
@@ -58,8 +68,19 @@ pub fn free_port() -> u16 {
 /// A minimal blocking HTTP/1.1 exchange with a loopback server:
 /// `(status, body)`, or `None` when nothing answers.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    http_to("127.0.0.1", port, method, path, body)
+}
+
+/// The same with a server on another loopback address (`127.0.0.N`).
+pub fn http_to(
+    host: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
-    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut sock = std::net::TcpStream::connect((host, port)).ok()?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .ok()?;
     let request = format!(

@@ -16,7 +16,7 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{PROPAGATING, step};
+use super::machine::{IDLE, PROPAGATING, step};
 use super::metrics::RotationMetrics;
 use crate::reconcile::FIELD_MANAGER;
 use crate::standalone::{HttpSidecars, ROTATE_NOW};
@@ -38,9 +38,6 @@ pub struct RotationContext {
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
 }
-
-/// The annotation that records which rotate-now request was handled.
-const ROTATE_NOW_HANDLED: &str = "rotor.dev/rotate-now-handled";
 
 pub async fn reconcile(
     policy: Arc<SecretRotationPolicy>,
@@ -65,10 +62,9 @@ pub async fn reconcile(
         pods,
         http: ctx.http.clone(),
     };
-    let token = policy.annotations().get(ROTATE_NOW).cloned();
-    let rotate_now =
-        token.is_some() && token.as_ref() != policy.annotations().get(ROTATE_NOW_HANDLED);
     let status = policy.status.clone().unwrap_or_default();
+    let token = policy.annotations().get(ROTATE_NOW).cloned();
+    let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
     let s = step(
         &policy.spec,
@@ -82,6 +78,15 @@ pub async fn reconcile(
     let api: Api<SecretRotationPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
+    // A rotate-now request is handled once a rotation has started.
+    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != Some(IDLE) {
+        token
+    } else {
+        policy
+            .status
+            .as_ref()
+            .and_then(|s| s.rotate_now_handled.clone())
+    };
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -92,18 +97,6 @@ pub async fn reconcile(
         })),
     )
     .await?;
-    if rotate_now {
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(serde_json::json!({
-                "apiVersion": "rotor.dev/v1alpha1",
-                "kind": "SecretRotationPolicy",
-                "metadata": { "annotations": { ROTATE_NOW_HANDLED: token } },
-            })),
-        )
-        .await?;
-    }
     if let Some((result, duration)) = s.finished {
         ctx.metrics.finished(result, duration.as_secs_f64());
     }

@@ -55,17 +55,27 @@ impl Default for InjectConfig {
     }
 }
 
+/// The sidecar's user when the app's is unknown: the image's user.
+pub const FALLBACK_UID: i64 = 65532;
+
+/// The injected pod and what the user should know about it.
+pub struct Injected {
+    pub pod: Pod,
+    /// AdmissionReview warnings, which `kubectl` prints.
+    pub warnings: Vec<String>,
+}
+
 /// The injected pod, or why the pod cannot be injected.
 pub fn inject(
     pod: &Pod,
     contract: &PodSecrets,
     store: &Resolved,
     config: &InjectConfig,
-) -> Result<Pod, String> {
+) -> Result<Injected, String> {
     let mut pod = pod.clone();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
-    let (uid, gid) = identity(spec, contract)?;
+    let user = SidecarUser::for_pod(spec, contract)?;
     let (store_args, store_env, store_volumes, store_mounts) = store_wiring(store, &namespace)?;
 
     let mut args = vec![
@@ -74,6 +84,9 @@ pub fn inject(
         format!("--admin-addr=0.0.0.0:{}", config.admin_port),
         format!("--push-addr=0.0.0.0:{}", config.push_port),
     ];
+    if let Some(mode) = user.default_file_mode() {
+        args.push(format!("--default-file-mode={mode:04o}"));
+    }
     args.extend(store_args);
     let mut mounts = vec![
         mount(SECRETS_VOLUME, &config.mount_path, false),
@@ -111,7 +124,7 @@ pub fn inject(
             port("push", config.push_port),
         ]),
         volume_mounts: Some(mounts.clone()),
-        security_context: Some(hardened(uid, gid)),
+        security_context: Some(hardened(user.uid(), user.gid())),
         resources: Some(resources()),
         startup_probe: Some(probe("/readyz", config.admin_port, 1, 120)),
         readiness_probe: Some(probe("/readyz", config.admin_port, 5, 3)),
@@ -204,41 +217,100 @@ pub fn inject(
         .annotations
         .get_or_insert_with(BTreeMap::new)
         .insert(annotations::STATUS.to_owned(), "injected".to_owned());
-    Ok(pod)
+    let warnings = user.warning().into_iter().collect();
+    Ok(Injected { pod, warnings })
 }
 
-/// The user and group the sidecar runs as: the file owner if the pod asks
-/// for one, else the app's. The sidecar holds no capability to chown, so
-/// running as the owner is how the files come to belong to it.
-fn identity(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-    contract: &PodSecrets,
-) -> Result<(i64, Option<i64>), String> {
-    if let Some((uid, gid)) = contract.file_owner {
-        if uid == 0 {
-            return Err(
-                "annotation rotor.dev/file-owner: uid 0 is root; expected a non-root uid"
-                    .to_owned(),
-            );
+/// Who the sidecar runs as, which decides who may read the files. The
+/// sidecar holds no capability to chown, so running as the files' owner is
+/// how they come to belong to it. The pod's own securityContext is never
+/// changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarUser {
+    /// The app's user (or `rotor.dev/file-owner`): files `0400`, owned by it.
+    App { uid: i64, gid: Option<i64> },
+    /// The app's user is unknown (it runs as its image's `USER`), but the
+    /// pod has an fsGroup: a fixed non-root user in that group, files
+    /// `0440`, readable by the group.
+    FsGroup { gid: i64 },
+    /// Neither is known: a fixed non-root user, files `0444`, readable by
+    /// every container of this pod that mounts the volume (no one else
+    /// can reach a pod's memory-backed emptyDir).
+    Unknown,
+}
+
+impl SidecarUser {
+    pub fn for_pod(
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        contract: &PodSecrets,
+    ) -> Result<Self, String> {
+        if let Some((uid, gid)) = contract.file_owner {
+            if uid == 0 {
+                return Err(
+                    "annotation rotor.dev/file-owner: uid 0 is root; expected a non-root uid"
+                        .to_owned(),
+                );
+            }
+            return Ok(Self::App {
+                uid: i64::from(uid),
+                gid: Some(i64::from(gid)),
+            });
         }
-        return Ok((i64::from(uid), Some(i64::from(gid))));
+        let pod_sc = spec.security_context.as_ref();
+        let app_sc = spec
+            .containers
+            .iter()
+            .find(|c| c.name != SIDECAR)
+            .and_then(|c| c.security_context.as_ref());
+        let uid = app_sc
+            .and_then(|s| s.run_as_user)
+            .or(pod_sc.and_then(|s| s.run_as_user));
+        let gid = app_sc
+            .and_then(|s| s.run_as_group)
+            .or(pod_sc.and_then(|s| s.run_as_group));
+        match (uid, pod_sc.and_then(|s| s.fs_group)) {
+            (Some(0), _) => Err("the app runs as root (runAsUser: 0) and Rotor's sidecar never does; run the app as a non-root user, or set rotor.dev/file-owner to a non-root uid:gid".to_owned()),
+            (Some(uid), _) => Ok(Self::App { uid, gid }),
+            (None, Some(fs_group)) => Ok(Self::FsGroup { gid: fs_group }),
+            (None, None) => Ok(Self::Unknown),
+        }
     }
-    let pod_sc = spec.security_context.as_ref();
-    let app_sc = spec
-        .containers
-        .iter()
-        .find(|c| c.name != SIDECAR)
-        .and_then(|c| c.security_context.as_ref());
-    let uid = app_sc
-        .and_then(|s| s.run_as_user)
-        .or(pod_sc.and_then(|s| s.run_as_user));
-    let gid = app_sc
-        .and_then(|s| s.run_as_group)
-        .or(pod_sc.and_then(|s| s.run_as_group));
-    match uid {
-        None => Err("the sidecar runs as the app's user so that the files belong to it, but the pod sets no runAsUser; set securityContext.runAsUser on the pod or its first container, or set rotor.dev/file-owner".to_owned()),
-        Some(0) => Err("the app runs as root (runAsUser: 0) and Rotor's sidecar never does; run the app as a non-root user, or set rotor.dev/file-owner to a non-root uid:gid".to_owned()),
-        Some(uid) => Ok((uid, gid)),
+
+    pub fn uid(self) -> i64 {
+        match self {
+            Self::App { uid, .. } => uid,
+            Self::FsGroup { .. } | Self::Unknown => FALLBACK_UID,
+        }
+    }
+
+    pub fn gid(self) -> Option<i64> {
+        match self {
+            Self::App { gid, .. } => gid,
+            Self::FsGroup { gid } => Some(gid),
+            Self::Unknown => Some(FALLBACK_UID),
+        }
+    }
+
+    /// The sidecar's `--default-file-mode`, when not its own `0400`.
+    pub fn default_file_mode(self) -> Option<u32> {
+        match self {
+            Self::App { .. } => None,
+            Self::FsGroup { .. } => Some(0o440),
+            Self::Unknown => Some(0o444),
+        }
+    }
+
+    /// What the user is told about the choice, when it is not `0400`.
+    pub fn warning(self) -> Option<String> {
+        match self {
+            Self::App { .. } => None,
+            Self::FsGroup { gid } => Some(format!(
+                "rotor: the pod sets no runAsUser, so Rotor's sidecar runs as uid {FALLBACK_UID} in the pod's fsGroup {gid} and writes the secret files with mode 0440 (readable by that group); for mode 0400 owned by the app, set securityContext.runAsUser on the pod or its first container, or set rotor.dev/file-owner"
+            )),
+            Self::Unknown => Some(format!(
+                "rotor: the pod sets no runAsUser and no fsGroup, so Rotor's sidecar runs as uid {FALLBACK_UID} and writes the secret files with mode 0444 (readable by every container of this pod that mounts them); for mode 0400 owned by the app, set securityContext.runAsUser on the pod or its first container, or set fsGroup for mode 0440"
+            )),
+        }
     }
 }
 

@@ -3,7 +3,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use rotor_crds::annotations;
 
-use super::inject::{InjectConfig, inject};
+use super::inject::{InjectConfig, Injected, inject};
 use crate::store_index::StoreIndex;
 
 /// Answers one AdmissionReview body. Returns the HTTP status and the body:
@@ -110,8 +110,11 @@ pub fn mutate(
     if pod.metadata.namespace.is_none() {
         pod.metadata.namespace = Some(namespace.clone());
     }
-    let injected = match inject(&pod, &contract, &store, config) {
-        Ok(p) => p,
+    let Injected {
+        pod: injected,
+        warnings,
+    } = match inject(&pod, &contract, &store, config) {
+        Ok(i) => i,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, error = %e, "denied: cannot inject");
             return response.deny(e);
@@ -122,6 +125,10 @@ pub fn mutate(
     let mut patch = json_patch::diff(&before, &after);
     // The namespace was filled in only for building the patch.
     patch.0.retain(|op| op_path(op) != "/metadata/namespace");
+    let mut response = response;
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
     if patch.0.is_empty() {
         return response;
     }

@@ -44,7 +44,7 @@ fn a_full_valid_pod() {
         }
     );
     assert!(matches!(got.files["db-url"], FileSource::Template { .. }));
-    assert_eq!(got.file_mode, 0o440);
+    assert_eq!(got.file_mode, Some(0o440));
     assert_eq!(got.file_owner, Some((1000, 2000)));
     assert_eq!(got.refresh, Duration::from_secs(300));
     assert_eq!(got.on_missing, OnMissing::Delete);
@@ -65,7 +65,7 @@ fn a_full_valid_pod() {
 #[test]
 fn defaults() {
     let got = p(&base()).unwrap();
-    assert_eq!(got.file_mode, 0o400);
+    assert_eq!(got.file_mode, None);
     assert_eq!(got.refresh, Duration::from_secs(30));
     assert_eq!(got.on_missing, OnMissing::Keep);
     assert!(got.reload.is_empty() && got.file_owner.is_none());

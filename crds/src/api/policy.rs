@@ -228,6 +228,10 @@ pub struct SecretRotationPolicyStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last `rotor.dev/rotate-now` annotation value acted on. Kept in
+    /// the status so the controller needs no write access to the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_now_handled: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]

@@ -52,6 +52,7 @@ impl Fixture {
                 allow_disk: !Path::new("/dev/shm").is_dir(),
                 owner: None,
                 grace: Duration::ZERO,
+                default_mode: 0o400,
             },
         )
         .unwrap();
@@ -360,6 +361,7 @@ async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
             allow_disk: !Path::new("/dev/shm").is_dir(),
             owner: None,
             grace: Duration::ZERO,
+            default_mode: 0o400,
         },
     )
     .unwrap();

@@ -19,6 +19,7 @@ fn opts() -> WriterOptions {
         allow_disk: !Path::new("/dev/shm").is_dir(),
         owner: None,
         grace: Duration::from_secs(1),
+        default_mode: 0o400,
     }
 }
 
@@ -340,4 +341,28 @@ fn concurrent_reader_never_sees_a_mix_or_a_missing_file_over_10000_swaps() {
     done.store(true, Ordering::Relaxed);
     let reads = reader.join().expect("reader saw a mix or a missing file");
     assert!(reads > 0);
+}
+
+/// When the webhook cannot run the sidecar as the app's user, files are
+/// 0440 (fsGroup) or 0444, and every directory on the way lets those
+/// readers through, and no one more.
+#[test]
+fn directories_open_only_to_the_classes_that_may_read() {
+    let mode_of = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for (default_mode, dir_mode) in [(0o400, 0o700), (0o440, 0o750), (0o444, 0o755)] {
+        let dir = scratch();
+        let mut w = AtomicWriter::open(
+            dir.path(),
+            WriterOptions {
+                default_mode,
+                ..opts()
+            },
+        )
+        .unwrap();
+        assert_eq!(mode_of(dir.path()), dir_mode, "target for {default_mode:o}");
+        w.write(&[spec("db", "x", default_mode)]).unwrap();
+        let data = std::fs::canonicalize(dir.path().join("..data")).unwrap();
+        assert_eq!(mode_of(&data), dir_mode, "data dir for {default_mode:o}");
+        assert_eq!(mode_of(&dir.path().join("db")), default_mode);
+    }
 }

@@ -160,3 +160,52 @@ async fn a_follower_does_nothing() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     assert!(seen.lock().unwrap().is_empty());
 }
+
+/// `rotor.dev/rotate-now` is acted on once, and the controller records
+/// that in the status: it needs no write access to the policy itself.
+#[tokio::test]
+async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
+    let mut p = policy();
+    let recent = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    p.status = Some(rotor_crds::api::SecretRotationPolicyStatus {
+        phase: Some("Idle".into()),
+        current_version: Some("1".into()),
+        last_rotation: Some(recent),
+        ..Default::default()
+    });
+    p.metadata.annotations = Some([(ROTATE_NOW.to_owned(), "t1".to_owned())].into());
+    let (client, seen) = api_server(p.clone());
+    let (ctx, _dir) = context(client, true);
+    timeout_after_1s(reconcile(Arc::new(p.clone()), ctx.clone()))
+        .await
+        .unwrap();
+    let requests = seen.lock().unwrap().clone();
+    let patches: Vec<_> = requests
+        .iter()
+        .filter(|(m, path, _)| m == "PATCH" && !path.contains("/events"))
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(patches[0].1.ends_with("/status"));
+    assert_eq!(patches[0].2["status"]["phase"], "Generating");
+    assert_eq!(patches[0].2["status"]["rotateNowHandled"], "t1");
+
+    // Handled: the same token does not start another rotation.
+    let mut handled = p;
+    handled.status = Some(serde_json::from_value(patches[0].2["status"].clone()).unwrap());
+    let mut idle = handled.status.clone().unwrap();
+    idle.phase = Some("Idle".into());
+    handled.status = Some(idle);
+    let (client, seen) = api_server(handled.clone());
+    let (ctx, _dir) = context(client, true);
+    timeout_after_1s(reconcile(Arc::new(handled), ctx))
+        .await
+        .unwrap();
+    let requests = seen.lock().unwrap().clone();
+    let status = &requests
+        .iter()
+        .find(|(_, path, _)| path.ends_with("/status"))
+        .unwrap()
+        .2["status"];
+    assert_eq!(status["phase"], "Idle");
+    assert_eq!(status["rotateNowHandled"], "t1");
+}

@@ -1,0 +1,755 @@
+//! A real Kubernetes control plane for the cluster tests, started the way
+//! controller-runtime's envtest does: `etcd` and `kube-apiserver` as
+//! processes on free loopback ports, built from their Go modules by
+//! `tests/control-plane/build` (cached outside the clone).
+//!
+//! - One control plane per test binary ([`ControlPlane::shared`]); each test
+//!   uses namespaces of its own ([`ControlPlane::namespace`]).
+//! - RBAC is on, with an admin client certificate (CN `admin`, O
+//!   `system:masters`) for the harness, and ServiceAccount tokens from the
+//!   TokenRequest API for Rotor's processes, so RBAC is what the API server
+//!   enforces.
+//! - No kubelet, scheduler or controller-manager: the harness plays the
+//!   kubelet where a test needs one (pod IPs, running sidecars).
+//! - Both processes are stopped by pid when the test binary exits, also on
+//!   a panic or a kill: a watchdog shell waits for the test process to go.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use kube::api::{Api, ObjectMeta, PostParams};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::servers::request;
+use crate::{free_port, wait_until};
+
+/// A running etcd plus kube-apiserver.
+pub struct ControlPlane {
+    /// Certificates, keys, kubeconfigs, logs and etcd's data.
+    pub dir: PathBuf,
+    /// kube-apiserver's secure port on 127.0.0.1.
+    pub port: u16,
+    /// The CA of the API server's serving certificate (PEM).
+    pub ca_pem: String,
+    /// An admin kubeconfig (system:masters).
+    pub kubeconfig: PathBuf,
+    /// The directory with the `etcd` and `kube-apiserver` binaries.
+    pub bin_dir: PathBuf,
+}
+
+static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+static NAMES: AtomicU32 = AtomicU32::new(0);
+
+impl ControlPlane {
+    /// This test binary's control plane, started on first use.
+    pub fn shared() -> &'static ControlPlane {
+        SHARED.get_or_init(Self::start)
+    }
+
+    fn start() -> Self {
+        let bin_dir = build_binaries();
+        let dir = tempfile::Builder::new()
+            .prefix("rotor-control-plane-")
+            .tempdir()
+            .expect("control plane dir")
+            .keep();
+        let pki = Pki::generate(&dir);
+        let etcd_port = free_port();
+        let etcd_peer = free_port();
+        let port = free_port();
+
+        let etcd = Command::new(bin_dir.join("etcd"))
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg("--name=rotor-test")
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=rotor-test=http://127.0.0.1:{etcd_peer}"
+            ))
+            .arg("--unsafe-no-fsync")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir, "etcd.log"))
+            .spawn()
+            .expect("start etcd");
+        let etcd_pid = reap(etcd);
+        watchdog(etcd_pid, None);
+        assert!(
+            wait_until(60, || request(etcd_port, "GET", "/health", &[], "")
+                .is_some_and(|(s, b)| s == 200 && b.contains("true"))),
+            "etcd did not become healthy: {}",
+            read_log(&dir, "etcd.log")
+        );
+
+        let apiserver = Command::new(bin_dir.join("kube-apiserver"))
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            .arg(format!("--secure-port={port}"))
+            .arg(format!(
+                "--cert-dir={}",
+                dir.join("apiserver-certs").display()
+            ))
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                pki.serving_key.display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.client_ca.display()))
+            .arg(format!("--service-account-issuer=https://127.0.0.1:{port}"))
+            .arg(format!(
+                "--service-account-key-file={}",
+                pki.sa_public.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_private.display()
+            ))
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--authorization-mode=RBAC")
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .arg("--endpoint-reconciler-type=none")
+            .arg("--allow-privileged=true")
+            .arg("--v=1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir, "kube-apiserver.log"))
+            .spawn()
+            .expect("start kube-apiserver");
+        watchdog(reap(apiserver), Some((etcd_pid, &dir)));
+
+        let kubeconfig = dir.join("admin.kubeconfig");
+        let ca_pem = std::fs::read_to_string(&pki.serving_ca).expect("ca");
+        let admin = format!(
+            "client-certificate-data: {}\n    client-key-data: {}",
+            b64(&std::fs::read(&pki.admin_cert).unwrap()),
+            b64(&std::fs::read(&pki.admin_key).unwrap())
+        );
+        write_kubeconfig(&kubeconfig, port, &ca_pem, "admin", &admin);
+        let plane = Self {
+            dir,
+            port,
+            ca_pem,
+            kubeconfig,
+            bin_dir,
+        };
+        let ready = wait_until(180, || {
+            plane
+                .kubectl()
+                .args(["get", "--raw", "/readyz"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        assert!(
+            ready,
+            "kube-apiserver did not become ready: {}",
+            read_log(&plane.dir, "kube-apiserver.log")
+        );
+        plane
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// `kubectl` with the admin kubeconfig.
+    pub fn kubectl(&self) -> Command {
+        let mut cmd = Command::new("kubectl");
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()));
+        cmd
+    }
+
+    /// Runs kubectl with the admin kubeconfig; panics with its output
+    /// unless it succeeds. Returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl().args(args).output().expect("run kubectl");
+        let (stdout, stderr) = crate::text(&out);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {stderr}{stdout}",
+            args.join(" ")
+        );
+        stdout
+    }
+
+    /// An admin client, bound to the calling test's runtime.
+    pub async fn client(&self) -> kube::Client {
+        client_from(&self.kubeconfig).await
+    }
+
+    /// A fresh namespace named `<prefix>-<n>`, created now.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", NAMES.fetch_add(1, Ordering::Relaxed));
+        self.create_namespace(&name, &[]).await;
+        name
+    }
+
+    /// Creates a namespace with labels (ignores "already exists").
+    pub async fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        match Api::<Namespace>::all(self.client().await)
+            .create(&PostParams::default(), &ns)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(r)) if r.code == 409 => {}
+            Err(e) => panic!("create namespace {name}: {e}"),
+        }
+    }
+
+    /// Creates a ServiceAccount (there is no controller-manager to make
+    /// the `default` one); ignores "already exists".
+    pub async fn service_account(&self, namespace: &str, name: &str) {
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        match Api::<ServiceAccount>::namespaced(self.client().await, namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(r)) if r.code == 409 => {}
+            Err(e) => panic!("create serviceaccount {namespace}/{name}: {e}"),
+        }
+    }
+
+    /// A token for a ServiceAccount from the TokenRequest API, for the
+    /// given audiences (the API server's own when empty), bound to a pod
+    /// when `pod` names one (its name and uid).
+    pub async fn token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        audiences: &[&str],
+        pod: Option<(&str, &str)>,
+    ) -> String {
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                expiration_seconds: Some(3600),
+                bound_object_ref: pod.map(|(name, uid)| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(name.into()),
+                    uid: Some(uid.into()),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let reply = Api::<ServiceAccount>::namespaced(self.client().await, namespace)
+            .create_token_request(service_account, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("token for {namespace}/{service_account}: {e}"));
+        reply.status.expect("token status").token
+    }
+
+    /// Writes a kubeconfig that authenticates with `token` to `path`.
+    pub fn token_kubeconfig(&self, token: &str, path: &Path) {
+        write_kubeconfig(
+            path,
+            self.port,
+            &self.ca_pem,
+            "token",
+            &format!("token: {token}"),
+        );
+    }
+
+    /// A client that authenticates with `token`, as a ServiceAccount would.
+    pub async fn token_client(&self, token: &str) -> kube::Client {
+        let path = self.dir.join(format!(
+            "token-{}.kubeconfig",
+            NAMES.fetch_add(1, Ordering::Relaxed)
+        ));
+        self.token_kubeconfig(token, &path);
+        client_from(&path).await
+    }
+
+    /// The API server's log, for failure messages.
+    pub fn log(&self) -> String {
+        read_log(&self.dir, "kube-apiserver.log")
+    }
+}
+
+/// Installs Rotor with `kubectl apply --server-side -k deploy/` once per
+/// control plane and waits for the CRDs to be Established.
+pub fn installed() -> &'static ControlPlane {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    let plane = ControlPlane::shared();
+    INSTALLED.get_or_init(|| {
+        let deploy = crate::workspace_root().join("deploy");
+        plane.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=rotor-tests",
+            "-k",
+            deploy.to_str().unwrap(),
+        ]);
+        plane.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/secretstores.rotor.dev",
+            "crd/clustersecretstores.rotor.dev",
+            "crd/secretrotationpolicies.rotor.dev",
+        ]);
+    });
+    plane
+}
+
+async fn client_from(path: &Path) -> kube::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kubeconfig");
+    kube::Client::try_from(config).expect("client")
+}
+
+fn write_kubeconfig(path: &Path, port: u16, ca_pem: &str, user: &str, auth: &str) {
+    let text = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: rotor-test
+  cluster:
+    server: https://127.0.0.1:{port}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+    {auth}
+contexts:
+- name: rotor-test
+  context:
+    cluster: rotor-test
+    user: {user}
+current-context: rotor-test
+",
+        ca = b64(ca_pem.as_bytes()),
+    );
+    write_private(path, &text);
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(name)).expect("log file")
+}
+
+/// The last 4 KiB of a log, for failure messages.
+fn read_log(dir: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let start = text.len().saturating_sub(4096);
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
+    text[start..].to_owned()
+}
+
+/// Stops `pid` (and `also`, and removes its directory) once this test
+/// process is gone, however it went.
+fn watchdog(pid: u32, also: Option<(u32, &Path)>) {
+    let (other, dir) = also
+        .map(|(p, d)| (p.to_string(), d.display().to_string()))
+        .unwrap_or_default();
+    let script = r#"
+        while kill -0 "$0" 2>/dev/null; do sleep 0.5; done
+        kill $1 $2 2>/dev/null; sleep 3; kill -9 $1 $2 2>/dev/null
+        [ -n "$3" ] && rm -rf "$3"
+        exit 0"#;
+    let child = Command::new("sh")
+        .args(["-c", script])
+        .arg(std::process::id().to_string())
+        .arg(pid.to_string())
+        .arg(other)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start watchdog");
+    reap(child);
+}
+
+/// Waits for a child on a thread of its own, so that it never lingers as
+/// a zombie; returns its pid.
+fn reap(mut child: std::process::Child) -> u32 {
+    let pid = child.id();
+    std::thread::spawn(move || child.wait());
+    pid
+}
+
+/// Builds (or finds in the cache) kube-apiserver and etcd; returns their
+/// directory. `ROTOR_CONTROL_PLANE_DIR` skips the build script.
+fn build_binaries() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ROTOR_CONTROL_PLANE_DIR").map(PathBuf::from)
+        && dir.join("kube-apiserver").exists()
+        && dir.join("etcd").exists()
+    {
+        return dir;
+    }
+    let script = crate::workspace_root().join("tests/control-plane/build");
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/control-plane/build");
+    assert!(
+        out.status.success(),
+        "{} failed; see its output above",
+        script.display()
+    );
+    let dir = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .map(PathBuf::from)
+        .expect("the build script prints the binaries' directory");
+    assert!(
+        dir.join("kube-apiserver").exists(),
+        "no kube-apiserver in {}",
+        dir.display()
+    );
+    dir
+}
+
+/// The control plane's certificates and keys.
+struct Pki {
+    serving_ca: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    client_ca: PathBuf,
+    admin_cert: PathBuf,
+    admin_key: PathBuf,
+    sa_private: PathBuf,
+    sa_public: PathBuf,
+}
+
+impl Pki {
+    fn generate(dir: &Path) -> Self {
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            write_private(&path, text);
+            path
+        };
+        let (ca, ca_key) = new_ca("rotor-test-ca");
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving = params.signed_by(&key, &ca, &ca_key).unwrap();
+
+        let (client_ca, client_ca_key) = new_ca("rotor-test-client-ca");
+        let admin_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin = params
+            .signed_by(&admin_key, &client_ca, &client_ca_key)
+            .unwrap();
+
+        let sa = KeyPair::generate().unwrap();
+        Self {
+            serving_ca: write("ca.crt", &ca.pem()),
+            serving_cert: write("apiserver.crt", &serving.pem()),
+            serving_key: write("apiserver.key", &key.serialize_pem()),
+            client_ca: write("client-ca.crt", &client_ca.pem()),
+            admin_cert: write("admin.crt", &admin.pem()),
+            admin_key: write("admin.key", &admin_key.serialize_pem()),
+            sa_private: write("sa.key", &sa.serialize_pem()),
+            sa_public: write("sa.pub", &sa.public_key_pem()),
+        }
+    }
+}
+
+fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).unwrap();
+    (cert, key)
+}
+
+/// Waits up to `secs` for an async condition, polling every 100 ms.
+pub async fn eventually<F, Fut>(secs: u64, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Points Rotor's MutatingWebhookConfiguration at a webhook on loopback
+/// (`url: https://127.0.0.1:<port>/mutate`), as envtest does: no Service
+/// or kube-proxy here.
+pub fn point_webhook_at(plane: &ControlPlane, port: u16) {
+    let url = format!("https://127.0.0.1:{port}/mutate");
+    let current = plane.kubectl_ok(&[
+        "get",
+        "mutatingwebhookconfiguration/rotor-webhook",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig}",
+    ]);
+    let mut ops = Vec::new();
+    if current.contains("\"service\"") {
+        ops.push(serde_json::json!({"op": "remove", "path": "/webhooks/0/clientConfig/service"}));
+    }
+    ops.push(
+        serde_json::json!({"op": "add", "path": "/webhooks/0/clientConfig/url", "value": url}),
+    );
+    plane.kubectl_ok(&[
+        "patch",
+        "mutatingwebhookconfiguration/rotor-webhook",
+        "--type=json",
+        "-p",
+        &serde_json::Value::Array(ops).to_string(),
+    ]);
+}
+
+/// `rotor-controller run` out of cluster, authenticated as its own
+/// ServiceAccount (a TokenRequest token), so `deploy/`'s RBAC is what the
+/// API server enforces. Its webhook serves on 127.0.0.1 with a
+/// self-managed certificate valid for that address. Killed on drop.
+pub struct Controller {
+    pub identity: String,
+    pub webhook_port: u16,
+    pub metrics_port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Controller {
+    /// Starts a replica; `extra` are more flags for `run`.
+    pub async fn start(plane: &ControlPlane, identity: &str, extra: &[&str]) -> Self {
+        Self::start_at(plane, identity, free_port(), extra).await
+    }
+
+    /// Starts a replica whose webhook listens on `webhook_port`.
+    pub async fn start_at(
+        plane: &ControlPlane,
+        identity: &str,
+        webhook_port: u16,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token = plane
+            .token("rotor-system", "rotor-controller", &[], None)
+            .await;
+        let kubeconfig = dir.path().join("kubeconfig");
+        plane.token_kubeconfig(&token, &kubeconfig);
+        // What the Deployment projects for Vault: a token for audience `vault`.
+        let jwt = dir.path().join("vault-token");
+        let vault_token = plane
+            .token("rotor-system", "rotor-controller", &["vault"], None)
+            .await;
+        std::fs::write(&jwt, vault_token).unwrap();
+        let tls = dir.path().join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let metrics_port = free_port();
+        let child = crate::command("rotor-controller")
+            .arg("run")
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(["--self-managed-certs", "--cert-host=127.0.0.1"])
+            .arg(format!("--tls-cert={}", tls.join("tls.crt").display()))
+            .arg(format!("--tls-key={}", tls.join("tls.key").display()))
+            .arg(format!("--listen=127.0.0.1:{webhook_port}"))
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg(format!("--identity={identity}"))
+            .arg(format!("--vault-jwt-file={}", jwt.display()))
+            .args(extra)
+            .env("ROTOR_LOG", "info,rotor_controller=debug")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+            .spawn()
+            .expect("start rotor-controller");
+        Self {
+            identity: identity.to_owned(),
+            webhook_port,
+            metrics_port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    /// Waits until the webhook answers over HTTPS with the certificate
+    /// it wrote.
+    pub fn wait_serving(&self) {
+        let port = self.webhook_port;
+        let ok = wait_until(60, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(ok, "the webhook never listened: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        read_log(self.dir.path(), "controller.log")
+    }
+
+    /// The whole log, for scans.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// The certificate this replica serves.
+    pub fn serving_cert(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tls/tls.crt")).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            crate::signal(&c, "TERM");
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Configures OpenBao's Kubernetes auth method with this API server as its
+/// TokenReview endpoint (a reviewer ServiceAccount bound to
+/// `system:auth-delegator`), and a role `role` for the given accounts and
+/// namespaces, for tokens of audience `vault`, with read and write on the
+/// `secret/` KV v2 mount.
+pub async fn vault_kubernetes_auth(
+    plane: &ControlPlane,
+    bao: &crate::servers::Bao,
+    role: &str,
+    service_accounts: &[&str],
+    namespaces: &[&str],
+) {
+    plane.create_namespace("vault", &[]).await;
+    plane.service_account("vault", "token-reviewer").await;
+    let _ = plane
+        .kubectl()
+        .args([
+            "create",
+            "clusterrolebinding",
+            "vault-token-reviewer",
+            "--clusterrole=system:auth-delegator",
+            "--serviceaccount=vault:token-reviewer",
+        ])
+        .output();
+    let reviewer = plane.token("vault", "token-reviewer", &[], None).await;
+    bao.api(
+        "PUT",
+        "sys/policies/acl/rotor",
+        &serde_json::json!({
+            "policy": "path \"secret/*\" { capabilities = [\"create\", \"read\", \"update\", \"delete\", \"list\", \"patch\"] }"
+        })
+        .to_string(),
+    );
+    let auths = bao.api("GET", "sys/auth", "");
+    if !auths.contains("\"kubernetes/\"") {
+        bao.api("POST", "sys/auth/kubernetes", r#"{"type":"kubernetes"}"#);
+    }
+    bao.api(
+        "POST",
+        "auth/kubernetes/config",
+        &serde_json::json!({
+            "kubernetes_host": plane.server(),
+            "kubernetes_ca_cert": plane.ca_pem,
+            "token_reviewer_jwt": reviewer,
+            "disable_local_ca_jwt": true,
+        })
+        .to_string(),
+    );
+    bao.api(
+        "POST",
+        &format!("auth/kubernetes/role/{role}"),
+        &serde_json::json!({
+            "bound_service_account_names": service_accounts,
+            "bound_service_account_namespaces": namespaces,
+            "audience": "vault",
+            "token_policies": ["rotor"],
+            "token_ttl": "1h",
+        })
+        .to_string(),
+    );
+}

@@ -1,0 +1,254 @@
+//! Rotation in a real cluster: two `rotor-controller run` replicas share the
+//! Lease, consumer pods are real Pod objects admitted through the webhook,
+//! the harness plays the kubelet for them (pod IPs on 127.0.0.N, real
+//! `rotor-sidecar`s logging in to OpenBao with pod-bound tokens through its
+//! Kubernetes auth method, whose TokenReviews this API server answers).
+//! The leader is killed mid-rotation; the other replica finishes it, once.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
+use rotor_crds::api::{SecretRotationPolicy, SecretStore};
+use rotor_e2e::cluster::{
+    ControlPlane, Controller, eventually, installed, point_webhook_at, vault_kubernetes_auth,
+};
+use rotor_e2e::kubelet::RunningPod;
+use rotor_e2e::servers::Bao;
+
+const LEASE: &str = "rotor-controller-leader";
+
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), "rotor-system")
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec?.holder_identity)
+}
+
+fn consumer_pod(name: &str, secret: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "rotor.dev/inject": "true",
+                "rotor.dev/store": "vault",
+                "rotor.dev/secret.db-password": secret,
+            },
+        },
+        "spec": {
+            "serviceAccountName": "app",
+            "securityContext": { "runAsUser": 1000, "runAsGroup": 1000 },
+            "containers": [{ "name": "app", "image": "example/app:1" }],
+        },
+    }))
+    .unwrap()
+}
+
+/// The reasons of the Events about `policy`, as `kubectl get events` lists
+/// them, with their counts.
+fn event_reasons(plane: &ControlPlane, ns: &str, policy: &str) -> BTreeMap<String, usize> {
+    let out = plane.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={policy}"),
+        "-o",
+        "json",
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut reasons = BTreeMap::new();
+    for e in list["items"].as_array().unwrap() {
+        *reasons
+            .entry(e["reason"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    reasons
+}
+
+/// KV v2 metadata of a secret: (number of versions, custom_metadata).
+fn kv_metadata(bao: &Bao, secret: &str) -> (usize, serde_json::Value) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&bao.api("GET", &format!("secret/metadata/{secret}"), "")).unwrap();
+    (
+        meta["data"]["versions"].as_object().unwrap().len(),
+        meta["data"]["custom_metadata"].clone(),
+    )
+}
+
+#[tokio::test]
+async fn a_rotation_survives_the_leaders_death_and_completes_once() {
+    let plane = installed();
+    let client = plane.client().await;
+    let bao = Bao::start();
+    let ns = plane.namespace("rotation").await;
+    plane.service_account(&ns, "app").await;
+    vault_kubernetes_auth(
+        plane,
+        &bao,
+        "app",
+        &["app", "rotor-controller"],
+        &[&ns, "rotor-system"],
+    )
+    .await;
+    let secret = format!("{ns}/db");
+    bao.api(
+        "POST",
+        &format!("secret/data/{secret}"),
+        r#"{"data":{"value":"initial-password"}}"#,
+    );
+    let store: SecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rotor.dev/v1alpha1",
+        "kind": "SecretStore",
+        "metadata": { "name": "vault" },
+        "spec": { "provider": { "vault": {
+            "server": bao.addr(),
+            "mount": "secret",
+            "auth": { "kubernetes": { "role": "app" } },
+        } } },
+    }))
+    .unwrap();
+    Api::<SecretStore>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &store)
+        .await
+        .unwrap();
+
+    // Replica A leads; B waits.
+    let webhook_port = rotor_e2e::free_port();
+    point_webhook_at(plane, webhook_port);
+    let lease = ["--lease-duration=4s"];
+    let mut a = Controller::start_at(plane, "replica-a", webhook_port, &lease).await;
+    let led = eventually(30, || async {
+        lease_holder(&client).await.as_deref() == Some("replica-a")
+    })
+    .await;
+    assert!(led, "replica-a never took the Lease: {}", a.log());
+    let mut b = Controller::start(plane, "replica-b", &lease).await;
+
+    // Two consumer pods through the webhook; the first one's sidecar runs.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for name in ["c1", "c2"] {
+        let admitted = eventually(30, || async {
+            pods.create(&PostParams::default(), &consumer_pod(name, &secret))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(admitted, "{name} was not admitted: {}", a.log());
+    }
+    let c1 = RunningPod::start(plane, &ns, "c1", "127.0.0.2").await;
+    c1.wait_ready();
+    assert_eq!(c1.read("db-password").as_deref(), Some("initial-password"));
+    // The second pod is Running with its IP, but its sidecar is not up yet.
+    let mut c2 = RunningPod::prepare(plane, &ns, "c2", "127.0.0.3").await;
+
+    let policy: SecretRotationPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rotor.dev/v1alpha1",
+        "kind": "SecretRotationPolicy",
+        "metadata": { "name": "db" },
+        "spec": {
+            "storeRef": { "name": "vault" },
+            "secretName": secret,
+            "schedule": { "interval": "720h" },
+            "generator": { "password": { "length": 24 } },
+            "strategy": { "staged": {
+                "ackTimeout": "3m", "gracePeriod": "1s", "onTimeout": "Rollback",
+            } },
+        },
+    }))
+    .unwrap();
+    let policies: Api<SecretRotationPolicy> = Api::namespaced(client.clone(), &ns);
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+
+    // Mid-rotation: staged, c1 acknowledged, c2 not.
+    let status = || async { policies.get("db").await.unwrap().status.unwrap_or_default() };
+    let midway = eventually(60, || async {
+        let s = status().await;
+        s.phase.as_deref() == Some("Propagating")
+            && s.consumers.iter().any(|c| {
+                c.name == format!("{ns}/c1") && c.acknowledged_version == s.pending_version
+            })
+            && s.consumers
+                .iter()
+                .any(|c| c.name == format!("{ns}/c2") && c.acknowledged_version.is_none())
+    })
+    .await;
+    let s = status().await;
+    assert!(midway, "{s:?}\n{}\n{}", a.log(), c1.log());
+    let pending = s.pending_version.clone().unwrap();
+    let staged = c1.read("db-password").unwrap();
+    assert_ne!(staged, "initial-password", "c1 serves the staged value");
+
+    // The leader dies; c2's sidecar comes up.
+    a.kill();
+    c2.spawn();
+    c2.wait_ready();
+
+    let done = eventually(90, || async {
+        let s = status().await;
+        s.phase.as_deref() == Some("Idle") && s.current_version.as_deref() == Some(&pending)
+    })
+    .await;
+    let s = status().await;
+    assert!(done, "{s:?}\n{}", b.log());
+    assert_eq!(lease_holder(&client).await.as_deref(), Some("replica-b"));
+    assert!(b.full_log().contains("leadership changed"), "{}", b.log());
+    for c in &s.consumers {
+        assert_eq!(
+            c.acknowledged_version.as_deref(),
+            Some(pending.as_str()),
+            "{s:?}"
+        );
+    }
+    let rotating = s.conditions.iter().find(|c| c.type_ == "Rotating").unwrap();
+    assert_eq!(rotating.status, "False", "{s:?}");
+
+    // Both pods serve the promoted value, which is the store's CURRENT.
+    let current: serde_json::Value =
+        serde_json::from_str(&bao.api("GET", &format!("secret/data/{secret}"), "")).unwrap();
+    let value = current["data"]["data"]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(value, staged);
+    let served = eventually(30, || async {
+        c2.read("db-password").as_deref() == Some(&value)
+            && c1.read("db-password").as_deref() == Some(&value)
+    })
+    .await;
+    assert!(served, "{}", c2.log());
+
+    // Once: one generated version, each phase's Event once.
+    let (versions, labels) = kv_metadata(&bao, &secret);
+    assert_eq!(
+        versions, 2,
+        "one initial and one generated version: {labels}"
+    );
+    assert_eq!(labels["rotor-current"], pending.as_str(), "{labels}");
+    let retired = eventually(30, || async {
+        event_reasons(plane, &ns, "db").contains_key("Retired")
+    })
+    .await;
+    let reasons = event_reasons(plane, &ns, "db");
+    assert!(retired, "{reasons:?}\n{}", b.log());
+    for reason in [
+        "RotationStarted",
+        "Staged",
+        "Acknowledged",
+        "Promoted",
+        "Retired",
+    ] {
+        assert_eq!(reasons.get(reason), Some(&1), "{reason}: {reasons:?}");
+    }
+    assert!(!reasons.contains_key("RolledBack"), "{reasons:?}");
+    b.stop();
+}
