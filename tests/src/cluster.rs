@@ -753,3 +753,20 @@ pub async fn vault_kubernetes_auth(
         .to_string(),
     );
 }
+
+/// A pod of ServiceAccount `app`, running as uid 1000, with these
+/// annotations: what an app team's Deployment would create.
+pub fn app_pod(name: &str, annotations: &[(&str, &str)]) -> k8s_openapi::api::core::v1::Pod {
+    let annotations: std::collections::BTreeMap<&str, &str> = annotations.iter().copied().collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "serviceAccountName": "app",
+            "securityContext": { "runAsUser": 1000, "runAsGroup": 1000 },
+            "containers": [{ "name": "app", "image": "example/app:1" }],
+        },
+    }))
+    .expect("a pod")
+}

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rotor_crds::api::{SecretRotationPolicy, SecretStore};
 use rotor_e2e::cluster::{
-    ControlPlane, Controller, eventually, installed, point_webhook_at, vault_kubernetes_auth,
+    ControlPlane, Controller, app_pod, eventually, installed, point_webhook_at,
+    vault_kubernetes_auth,
 };
 use rotor_e2e::kubelet::RunningPod;
 use rotor_e2e::servers::Bao;
@@ -29,24 +30,14 @@ async fn lease_holder(client: &kube::Client) -> Option<String> {
 }
 
 fn consumer_pod(name: &str, secret: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "annotations": {
-                "rotor.dev/inject": "true",
-                "rotor.dev/store": "vault",
-                "rotor.dev/secret.db-password": secret,
-            },
-        },
-        "spec": {
-            "serviceAccountName": "app",
-            "securityContext": { "runAsUser": 1000, "runAsGroup": 1000 },
-            "containers": [{ "name": "app", "image": "example/app:1" }],
-        },
-    }))
-    .unwrap()
+    app_pod(
+        name,
+        &[
+            ("rotor.dev/inject", "true"),
+            ("rotor.dev/store", "vault"),
+            ("rotor.dev/secret.db-password", secret),
+        ],
+    )
 }
 
 /// The reasons of the Events about `policy`, as `kubectl get events` lists
@@ -250,5 +241,29 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
         assert_eq!(reasons.get(reason), Some(&1), "{reason}: {reasons:?}");
     }
     assert!(!reasons.contains_key("RolledBack"), "{reasons:?}");
+
+    // rotate-now, with the controller's RBAC (it cannot write policies):
+    // handled once, recorded in the status.
+    policies
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": { "annotations": { "rotor.dev/rotate-now": "again" } }
+            })),
+        )
+        .await
+        .unwrap();
+    let again = eventually(30, || async {
+        status().await.rotate_now_handled.as_deref() == Some("again")
+    })
+    .await;
+    assert!(again, "{:?}\n{}", status().await, b.log());
+    let started = eventually(30, || async {
+        event_reasons(plane, &ns, "db").get("RotationStarted") == Some(&2)
+    })
+    .await;
+    assert!(started, "{:?}", event_reasons(plane, &ns, "db"));
     b.stop();
+    assert!(!b.full_log().contains("forbidden"), "{}", b.log());
 }
