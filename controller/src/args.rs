@@ -195,10 +195,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Webhook { stores, serve } => {
             let index = StoreIndex::from_dir(&stores)?;
             tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
-            let state = Arc::new(WebhookState {
-                stores: RwLock::new(index),
-                config: serve.inject_config(),
-            });
+            let state = Arc::new(WebhookState::new(index, serve.inject_config()));
             tokio::select! {
                 served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
                 () = shutdown_signal() => {}
@@ -247,10 +244,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 )
                 .await?;
             }
-            let state = Arc::new(WebhookState {
-                stores: RwLock::new(StoreIndex::default()),
-                config: serve.inject_config(),
-            });
+            let state = Arc::new(WebhookState::new(
+                StoreIndex::default(),
+                serve.inject_config(),
+            ));
             tokio::spawn(crate::cluster::keep_index_fresh(
                 client.clone(),
                 state.clone(),

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use rotor_crds::api::{ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, SecretStore};
+use rotor_crds::api::{
+    ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, SecretStore, SecretStoreSpec,
+};
 
 use crate::Result;
 
@@ -19,11 +21,13 @@ pub struct Resolved {
     pub kind: &'static str,
     pub name: String,
     pub provider: Provider,
+    /// The store's owner lets pods run `exec:` reload actions.
+    pub allow_exec_reload: bool,
 }
 
 #[derive(Debug, Default, Clone)]
 pub struct StoreIndex {
-    namespaced: BTreeMap<(String, String), Provider>,
+    namespaced: BTreeMap<(String, String), SecretStoreSpec>,
     cluster: BTreeMap<String, ClusterSecretStoreSpec>,
     namespaces: BTreeMap<String, Labels>,
 }
@@ -31,7 +35,7 @@ pub struct StoreIndex {
 impl StoreIndex {
     pub fn apply_store(&mut self, s: &SecretStore) {
         let key = (s.namespace().unwrap_or_default(), s.name_any());
-        self.namespaced.insert(key, s.spec.provider.clone());
+        self.namespaced.insert(key, s.spec.clone());
     }
 
     pub fn delete_store(&mut self, namespace: &str, name: &str) {
@@ -84,14 +88,15 @@ impl StoreIndex {
         store: &str,
         secrets: &[&str],
     ) -> Result<Resolved, String> {
-        if let Some(provider) = self
+        if let Some(spec) = self
             .namespaced
             .get(&(namespace.to_owned(), store.to_owned()))
         {
             return Ok(Resolved {
                 kind: "SecretStore",
                 name: store.to_owned(),
-                provider: provider.clone(),
+                provider: spec.provider.clone(),
+                allow_exec_reload: spec.allow_exec_reload,
             });
         }
         let Some(spec) = self.cluster.get(store) else {
@@ -112,18 +117,11 @@ impl StoreIndex {
                 .filter(|r| r.namespace == "*" || r.namespace == namespace)
                 .flat_map(|r| &r.patterns)
                 .collect();
+            // The message never lists the patterns: whoever can reach the
+            // webhook could read another namespace's rules from it.
             if !allowed.iter().any(|p| path_matches(p, secret, namespace)) {
                 return Err(format!(
-                    "ClusterSecretStore {store:?} does not allow secret {secret:?} in namespace {namespace:?} (allowed patterns: {})",
-                    if allowed.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        allowed
-                            .iter()
-                            .map(|p| format!("{p:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    }
+                    "ClusterSecretStore {store:?} does not allow secret {secret:?} in namespace {namespace:?}; its spec.paths lists what each namespace may read"
                 ));
             }
         }
@@ -134,6 +132,7 @@ impl StoreIndex {
             kind: "ClusterSecretStore",
             name: store.to_owned(),
             provider: spec.provider.clone(),
+            allow_exec_reload: spec.allow_exec_reload,
         })
     }
 

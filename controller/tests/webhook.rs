@@ -1,6 +1,6 @@
 //! The webhook through its axum Router, with AdmissionReview fixtures.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -23,10 +23,7 @@ fn stores() -> StoreIndex {
 }
 
 async fn call_with(config: InjectConfig, body: &str) -> (u16, Value) {
-    let state = Arc::new(WebhookState {
-        stores: RwLock::new(stores()),
-        config,
-    });
+    let state = Arc::new(WebhookState::new(stores(), config));
     let response = router(state)
         .oneshot(
             Request::post("/mutate")
@@ -322,4 +319,178 @@ async fn malformed_input_gets_400_or_an_invalid_review_never_a_panic() {
 
     let (status, _) = call("[]").await;
     assert_eq!(status, 200);
+}
+
+/// The inject fixture, changed by `edit` (on the whole review).
+fn review_with(edit: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value = serde_json::from_str(include_str!("fixtures/inject.json")).unwrap();
+    edit(&mut v);
+    v.to_string()
+}
+
+/// One 2 MB review with 180,000 bad reload actions once produced a
+/// 27.7 MB response: now the problems are capped, counted, and the
+/// message is bounded.
+#[tokio::test]
+async fn a_flood_of_annotation_problems_gets_a_bounded_answer() {
+    let body = review_with(|v| {
+        let a = &mut v["request"]["object"]["metadata"]["annotations"];
+        a["rotor.dev/reload"] = Value::String("signal:X:y,".repeat(190_000));
+        for i in 0..200 {
+            a[format!("rotor.dev/bogus-{i}")] = Value::String("x".into());
+        }
+    });
+    assert!(body.len() > 2_000_000);
+    let (status, v) = call(&body).await;
+    assert_eq!(status, 200);
+    let message = denial(&v);
+    assert!(message.len() <= rotor_controller::webhook::review::MAX_DENY_MESSAGE + 64);
+    assert!(message.contains("more problems"), "{message}");
+    assert!(v.to_string().len() < 8 * 1024, "{}", v.to_string().len());
+}
+
+#[tokio::test]
+async fn exec_reload_needs_the_stores_consent() {
+    let exec = |store: &'static str| {
+        review_with(move |v| {
+            let a = &mut v["request"]["object"]["metadata"]["annotations"];
+            a["rotor.dev/store"] = Value::String(store.into());
+            a["rotor.dev/reload"] = Value::String("exec:/usr/bin/reload-app".into());
+        })
+    };
+    let (_, v) = call(&exec("local")).await;
+    let message = denial(&v);
+    assert!(
+        message.contains("exec: actions are off for SecretStore \"local\"")
+            && message.contains("spec.allowExecReload: true"),
+        "{message}"
+    );
+    let (_, v) = call(&exec("local-exec")).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+}
+
+/// An UPDATE of a running pod's annotations, old → new.
+fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String {
+    let pod = |pairs: &[(&str, &str)]| {
+        let mut annotations: serde_json::Map<String, Value> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect();
+        annotations.insert("rotor.dev/status".into(), "injected".into());
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "app", "namespace": namespace, "annotations": annotations },
+            "spec": { "containers": [{ "name": "app", "image": "example/app:1" }] },
+        })
+    };
+    review_with(|v| {
+        let r = &mut v["request"];
+        r["operation"] = "UPDATE".into();
+        r["namespace"] = namespace.into();
+        r["object"] = pod(new);
+        r["oldObject"] = pod(old);
+    })
+}
+
+/// Annotations changed on a running pod are applied live by the sidecar,
+/// so they pass the rules CREATE applies; what cannot change is refused.
+#[tokio::test]
+async fn annotation_updates_pass_the_same_rules_as_create() {
+    let base: &[(&str, &str)] = &[
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", "shared-vault"),
+        ("rotor.dev/secret.db", "apps/team-a/db"),
+    ];
+    // Another team's secret, past the ClusterSecretStore's path rules.
+    let stolen = [base, &[("rotor.dev/secret.stolen", "apps/team-b/prod-db")]].concat();
+    let (_, v) = call(&update(base, &stolen, "team-a")).await;
+    let message = denial(&v);
+    assert!(
+        message.contains("does not allow secret \"apps/team-b/prod-db\""),
+        "{message}"
+    );
+    // An allowed change: admitted, and nothing patched.
+    let faster = [base, &[("rotor.dev/refresh", "10s")]].concat();
+    let (_, v) = call(&update(base, &faster, "team-a")).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    assert!(v["response"]["patch"].is_null());
+    // A bad value, as CREATE would say.
+    let bad = [base, &[("rotor.dev/refresh", "never")]].concat();
+    let (_, v) = call(&update(base, &bad, "team-a")).await;
+    assert!(denial(&v).contains("annotation rotor.dev/refresh"));
+    // The store cannot change under a running sidecar.
+    let moved = [
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", "local"),
+        ("rotor.dev/secret.db", "apps/team-a/db"),
+    ];
+    let (_, v) = call(&update(base, &moved, "team-a")).await;
+    assert!(
+        denial(&v).contains("annotation rotor.dev/store cannot change on a running pod"),
+        "{v}"
+    );
+    // Other updates (a label, the same annotations) pass untouched.
+    let (_, v) = call(&update(base, base, "team-a")).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+}
+
+/// A pod that brings its own container or volume under Rotor's names is
+/// refused, naming the conflict; Rotor's own earlier injection is not.
+#[tokio::test]
+async fn rotor_names_are_reserved() {
+    let (_, v) = call(&review_with(|v| {
+        v["request"]["object"]["spec"]["initContainers"] = serde_json::json!([{
+            "name": "rotor-sidecar",
+            "image": "attacker/image:1",
+            "args": ["--vault-addr=https://attacker.example"],
+            "securityContext": { "privileged": true, "runAsUser": 0 },
+        }]);
+    }))
+    .await;
+    let message = denial(&v);
+    assert!(
+        message.contains("init container named \"rotor-sidecar\" that differs"),
+        "{message}"
+    );
+    let (_, v) = call(&review_with(|v| {
+        v["request"]["object"]["spec"]["volumes"] = serde_json::json!([{
+            "name": "rotor-secrets",
+            "hostPath": { "path": "/etc" },
+        }]);
+    }))
+    .await;
+    let message = denial(&v);
+    assert!(
+        message.contains("volume named \"rotor-secrets\" that is not the one Rotor injects"),
+        "{message}"
+    );
+    // The pod as Rotor injected it passes a second time, unchanged.
+    let review = include_str!("fixtures/inject.json");
+    let (_, first) = call(review).await;
+    let injected = patched(review, &first);
+    let again = review_with(|v| v["request"]["object"] = injected.clone());
+    let (_, v) = call(&again).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    assert!(v["response"]["patch"].is_null(), "{v}");
+}
+
+#[tokio::test]
+async fn the_push_port_listens_on_the_pod_ip_only() {
+    let review = include_str!("fixtures/inject.json");
+    let (_, v) = call(review).await;
+    let pod = patched(review, &v);
+    let args = sidecar_args(&pod);
+    assert!(
+        args.contains(&"--push-addr=$(ROTOR_POD_IP):9465".to_owned()),
+        "{args:?}"
+    );
+    let env = &pod["spec"]["initContainers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "ROTOR_POD_IP"
+                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
+        "{env}"
+    );
 }

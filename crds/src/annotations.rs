@@ -47,6 +47,17 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(30);
 pub const MIN_REFRESH: Duration = Duration::from_millis(100);
 pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
+/// Bounds on what one pod may ask, so that no request, however large,
+/// costs the webhook or the sidecar more than a bounded amount of work,
+/// memory and message text.
+pub const MAX_ANNOTATIONS: usize = 64;
+/// The longest `rotor.dev/` annotation value (a template, mostly).
+pub const MAX_VALUE_LEN: usize = 8 * 1024;
+/// Reload actions across `rotor.dev/reload` and `rotor.dev/reload.<n>`.
+pub const MAX_RELOAD_ACTIONS: usize = 16;
+/// Problems reported one by one; the rest are counted.
+pub const MAX_REPORTED_ERRORS: usize = 8;
+
 /// One annotation's problem: which annotation, what is wrong with its
 /// value, and what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,14 +68,27 @@ pub struct AnnotationError {
     pub expected: String,
 }
 
-/// Every problem found in a pod's annotations.
+/// The problems found in a pod's annotations: the first
+/// [`MAX_REPORTED_ERRORS`], and how many more there were.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct AnnotationErrors(pub Vec<AnnotationError>);
+pub struct AnnotationErrors(pub Vec<AnnotationError>, pub usize);
+
+impl AnnotationErrors {
+    /// Every problem, shown and not.
+    pub fn total(&self) -> usize {
+        self.0.len() + self.1
+    }
+}
 
 impl fmt::Display for AnnotationErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&lines.join("; "))
+        f.write_str(&lines.join("; "))?;
+        match self.1 {
+            0 => Ok(()),
+            1 => f.write_str("; and 1 more problem"),
+            n => write!(f, "; and {n} more problems"),
+        }
     }
 }
 
@@ -241,18 +265,43 @@ where
 {
     let mut out = PodSecrets::default();
     let mut errors = Vec::new();
+    let mut omitted = 0usize;
     let mut err = |annotation: &str, problem: String, expected: &str| {
-        errors.push(AnnotationError {
-            annotation: annotation.to_owned(),
-            problem,
-            expected: expected.to_owned(),
-        })
+        if errors.len() < MAX_REPORTED_ERRORS {
+            errors.push(AnnotationError {
+                annotation: quote_name(annotation),
+                problem,
+                expected: expected.to_owned(),
+            })
+        } else {
+            omitted += 1;
+        }
     };
     let mut reloads: Vec<(u32, &str, &str)> = Vec::new();
+    let mut seen = 0usize;
     for (key, value) in annotations {
         let Some(rest) = key.strip_prefix(PREFIX) else {
             continue;
         };
+        seen += 1;
+        if seen > MAX_ANNOTATIONS {
+            if seen == MAX_ANNOTATIONS + 1 {
+                err(
+                    PREFIX,
+                    format!("more than {MAX_ANNOTATIONS} rotor.dev/ annotations are set"),
+                    &format!("at most {MAX_ANNOTATIONS}"),
+                );
+            }
+            continue;
+        }
+        if value.len() > MAX_VALUE_LEN {
+            err(
+                key,
+                format!("value is {} bytes long", value.len()),
+                &format!("at most {MAX_VALUE_LEN} bytes"),
+            );
+            continue;
+        }
         let shown = quote(value);
         if let Some(file) = rest.strip_prefix("secret.") {
             match parse_secret_ref(value) {
@@ -364,8 +413,20 @@ where
         }
     }
     reloads.sort_by_key(|(n, _, _)| *n);
-    for (_, key, value) in reloads {
+    let mut actions = 0usize;
+    'reloads: for (_, key, value) in reloads {
         for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            actions += 1;
+            if actions > MAX_RELOAD_ACTIONS {
+                err(
+                    key,
+                    format!("more than {MAX_RELOAD_ACTIONS} reload actions are set"),
+                    &format!(
+                        "at most {MAX_RELOAD_ACTIONS} across rotor.dev/reload and rotor.dev/reload.<n>"
+                    ),
+                );
+                break 'reloads;
+            }
             match parse_reload(part) {
                 Ok(action) => out.reload.push(action),
                 Err((problem, expected)) => {
@@ -410,7 +471,7 @@ where
     if errors.is_empty() {
         Ok(out)
     } else {
-        Err(AnnotationErrors(errors))
+        Err(AnnotationErrors(errors, omitted))
     }
 }
 
@@ -614,6 +675,16 @@ pub fn template_references(source: &str) -> Vec<String> {
 
 /// Quotes a value for an error message, cut to a readable length.
 /// Annotation values are not secret: they name secrets, never hold them.
+/// An annotation name as shown in a message: names are at most 253
+/// characters in Kubernetes, but a review sent directly may carry any.
+fn quote_name(name: &str) -> String {
+    if name.len() <= 253 {
+        name.to_owned()
+    } else {
+        format!("{}…", name.chars().take(100).collect::<String>())
+    }
+}
+
 fn quote(value: &str) -> String {
     let cut: String = value.chars().take(100).collect();
     if cut.len() < value.len() {

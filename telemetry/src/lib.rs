@@ -41,15 +41,102 @@ impl LogArgs {
     }
 }
 
+/// The longest log line written; longer lines are cut and say by how much.
+pub const MAX_LOG_LINE: usize = 8 * 1024;
+
+/// One log line on its way to stderr, cut at [`MAX_LOG_LINE`]: the fmt
+/// layer formats an event into one buffer and writes it whole, so each
+/// writer holds exactly one line.
+#[derive(Default)]
+pub struct BoundedLine {
+    buf: Vec<u8>,
+    cut: usize,
+}
+
+impl std::io::Write for BoundedLine {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_LOG_LINE.saturating_sub(self.buf.len());
+        let take = room.min(data.len());
+        self.buf.extend_from_slice(&data[..take]);
+        self.cut += data.len() - take;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BoundedLine {
+    /// The line as written: whole, or cut with a note.
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.cut > 0 {
+            while self.buf.last() == Some(&b'\n') {
+                self.buf.pop();
+            }
+            self.buf.extend_from_slice(
+                format!(" …[log line cut: {} more bytes]\n", self.cut).as_bytes(),
+            );
+        }
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Writes each bounded line to stderr when the layer is done with it.
+struct StderrLine(Option<BoundedLine>);
+
+impl std::io::Write for StderrLine {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.get_or_insert_with(BoundedLine::default).write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StderrLine {
+    fn drop(&mut self) {
+        if let Some(line) = self.0.take() {
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line.finish());
+        }
+    }
+}
+
 /// Installs the global `tracing` subscriber. `filter` uses `RUST_LOG`
-/// syntax, e.g. `info` or `rotor_store=debug`.
+/// syntax, e.g. `info` or `rotor_store=debug`. Every line is bounded by
+/// [`MAX_LOG_LINE`].
 pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| StderrLine(None));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_and_say_so_short_ones_pass_whole() {
+        let mut short = BoundedLine::default();
+        short.write_all(b"level=info msg=ok\n").unwrap();
+        assert_eq!(short.finish(), b"level=info msg=ok\n");
+
+        let mut long = BoundedLine::default();
+        long.write_all(&vec![b'x'; 3 * MAX_LOG_LINE]).unwrap();
+        long.write_all(b"\n").unwrap();
+        let line = String::from_utf8(long.finish()).unwrap();
+        assert!(line.len() < MAX_LOG_LINE + 64, "{}", line.len());
+        assert!(line.ends_with(&format!(
+            "[log line cut: {} more bytes]\n",
+            2 * MAX_LOG_LINE + 1
+        )));
     }
 }

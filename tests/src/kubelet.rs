@@ -134,18 +134,19 @@ impl RunningPod {
         // Longest mount path first, so /a/b maps before /a.
         mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
 
+        let container_env = container_env(&sidecar, &pod, ip);
         let args: Vec<String> = sidecar
             .args
             .iter()
             .flatten()
-            .map(|a| map_arg(a, &mounts, ip))
+            .map(|a| map_arg(&expand(a, &container_env), &mounts, ip))
             .collect();
         running.admin_port = args
             .iter()
             .find_map(|a| a.strip_prefix(&format!("--admin-addr={ip}:")))
             .and_then(|p| p.parse().ok())
             .expect("an --admin-addr");
-        env.extend(container_env(&sidecar, &pod));
+        env.extend(container_env);
         running.args = args;
         running.env = env;
 
@@ -316,9 +317,16 @@ fn map_arg(arg: &str, mounts: &[(String, PathBuf)], ip: &str) -> String {
     arg.to_owned()
 }
 
-/// The container's env: plain values, and `metadata.name` /
-/// `metadata.namespace` field refs.
-fn container_env(c: &Container, pod: &Pod) -> Vec<(String, String)> {
+/// `$(NAME)` in an arg replaced by the container's env, as the kubelet
+/// does.
+fn expand(arg: &str, env: &[(String, String)]) -> String {
+    env.iter()
+        .fold(arg.to_owned(), |a, (k, v)| a.replace(&format!("$({k})"), v))
+}
+
+/// The container's env: plain values, and `metadata.name`,
+/// `metadata.namespace` and `status.podIP` field refs.
+fn container_env(c: &Container, pod: &Pod, ip: &str) -> Vec<(String, String)> {
     c.env
         .iter()
         .flatten()
@@ -328,6 +336,7 @@ fn container_env(c: &Container, pod: &Pod) -> Vec<(String, String)> {
                 (None, Some(from)) => match from.field_ref.as_ref()?.field_path.as_str() {
                     "metadata.name" => pod.name_any(),
                     "metadata.namespace" => pod.namespace().unwrap_or_default(),
+                    "status.podIP" => ip.to_owned(),
                     _ => return None,
                 },
                 _ => return None,

@@ -84,6 +84,8 @@ async fn the_controller_in_a_real_cluster() {
     store_status(plane, &client).await;
     eprintln!("step: injection");
     injection(plane, &client).await;
+    eprintln!("step: attacks");
+    let running = attacks(plane, &client).await;
     eprintln!("step: least_privilege");
     least_privilege(plane, &a).await;
 
@@ -114,7 +116,7 @@ async fn the_controller_in_a_real_cluster() {
     a.stop();
     b.stop();
     eprintln!("step: webhook_down");
-    webhook_down(plane, &client).await;
+    webhook_down(plane, &client, &running).await;
 }
 
 /// The controller creates `rotor-webhook-tls`, serves it, and puts its CA
@@ -496,9 +498,157 @@ async fn least_privilege(plane: &ControlPlane, a: &Controller) {
     let _ = a;
 }
 
+/// `kubectl annotate` (or label) a pod; `Err(stderr)` when refused.
+fn annotate(plane: &ControlPlane, ns: &str, what: &str, pod: &str, kv: &str) -> Result<(), String> {
+    let out = plane
+        .kubectl()
+        .args([what, "-n", ns, "pod", pod, kv, "--overwrite"])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(rotor_e2e::text(&out).1)
+    }
+}
+
+/// What a workload could do to Rotor through the API server: edit a
+/// running pod's annotations past the store's path rules, or bring its
+/// own container or volume under Rotor's names. Returns the running
+/// (namespace, pod) it leaves.
+async fn attacks(plane: &ControlPlane, client: &kube::Client) -> (String, String) {
+    let ns = plane.namespace("attacks").await;
+    plane.kubectl_ok(&[
+        "label",
+        "namespace",
+        &ns,
+        &format!("rotor-test/shared={ns}"),
+    ]);
+    let shared: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rotor.dev/v1alpha1",
+        "kind": "ClusterSecretStore",
+        "metadata": { "name": format!("{ns}-shared") },
+        "spec": {
+            "allowedNamespaces": { "matchLabels": { "rotor-test/shared": ns } },
+            "paths": [{ "namespace": "*", "patterns": ["{namespace}/**"] }],
+            "provider": { "vault": {
+                "server": "https://vault.example:8200",
+                "auth": { "kubernetes": { "role": "apps" } },
+            } },
+        },
+    }))
+    .unwrap();
+    Api::<ClusterSecretStore>::all(client.clone())
+        .create(&PostParams::default(), &shared)
+        .await
+        .unwrap();
+    let store = format!("{ns}-shared");
+    let secret = format!("{ns}/db");
+    let annotations = [
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", store.as_str()),
+        ("rotor.dev/secret.db", secret.as_str()),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    // The ServiceAccount admission plugin, which would fill this in, is
+    // off in the harness: Vault auth projects a token of this account.
+    plane.service_account(&ns, "app").await;
+    let with_account = |name: &str, annotations: &[(&str, &str)]| {
+        let mut p = pod(name, annotations, Some(1000));
+        p.spec.as_mut().unwrap().service_account_name = Some("app".into());
+        p
+    };
+    let last = std::sync::Mutex::new(String::new());
+    let ok = eventually(30, || async {
+        let created = pods
+            .create(&PostParams::default(), &with_account("app", &annotations))
+            .await;
+        if let Err(e) = &created {
+            *last.lock().unwrap() = e.to_string();
+        }
+        created.is_ok()
+    })
+    .await;
+    assert!(
+        ok,
+        "the pod on the cluster store was never admitted: {}",
+        last.lock().unwrap()
+    );
+
+    // 3. Another team's secret added to the running pod: refused.
+    let err = annotate(
+        plane,
+        &ns,
+        "annotate",
+        "app",
+        "rotor.dev/secret.stolen=team-x/prod-db",
+    )
+    .expect_err("the stolen path was accepted");
+    assert!(
+        err.contains("does not allow secret \"team-x/prod-db\""),
+        "{err}"
+    );
+    let stored = pods.get("app").await.unwrap();
+    assert!(!stored.annotations().contains_key("rotor.dev/secret.stolen"));
+    // Allowed live changes still work.
+    annotate(plane, &ns, "annotate", "app", "rotor.dev/refresh=10s").expect("refresh change");
+    annotate(
+        plane,
+        &ns,
+        "annotate",
+        "app",
+        &format!("rotor.dev/secret.api={ns}/api"),
+    )
+    .expect("a second secret of its own");
+
+    // 5. Rotor's names, taken by the pod itself: refused, naming the conflict.
+    let mut squatter = with_account("squatter", &annotations);
+    squatter.spec.as_mut().unwrap().init_containers = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "rotor-sidecar",
+            "image": "attacker/image:1",
+            "args": ["--vault-addr=https://attacker.example"],
+            "securityContext": { "privileged": true, "runAsUser": 0 },
+        }))
+        .unwrap(),
+    ]);
+    let message = refusal(pods.create(&PostParams::default(), &squatter).await);
+    assert!(
+        message.contains("init container named \"rotor-sidecar\" that differs"),
+        "{message}"
+    );
+    let mut host = with_account("host", &annotations);
+    host.spec.as_mut().unwrap().volumes = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "rotor-secrets",
+            "hostPath": { "path": "/etc" },
+        }))
+        .unwrap(),
+    ]);
+    let message = refusal(pods.create(&PostParams::default(), &host).await);
+    assert!(
+        message.contains("volume named \"rotor-secrets\" that is not the one Rotor injects"),
+        "{message}"
+    );
+    (ns, "app".to_owned())
+}
+
 /// With the webhook down, pods without Rotor annotations are still
-/// created, in any namespace; annotated pods are refused (fail closed).
-async fn webhook_down(plane: &ControlPlane, client: &kube::Client) {
+/// created, in any namespace; annotated pods are refused (fail closed);
+/// running annotated pods can still be labelled, but not re-annotated.
+async fn webhook_down(plane: &ControlPlane, client: &kube::Client, running: &(String, String)) {
+    let (running_ns, running_pod) = running;
+    annotate(plane, running_ns, "label", running_pod, "tier=gold")
+        .expect("a label on an annotated pod needs no webhook");
+    let err = annotate(
+        plane,
+        running_ns,
+        "annotate",
+        running_pod,
+        "rotor.dev/refresh=20s",
+    )
+    .expect_err("an annotation change without the webhook");
+    assert!(err.contains("failed calling webhook"), "{err}");
     let ns = plane.namespace("down").await;
     for namespace in [ns.as_str(), "default"] {
         let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);

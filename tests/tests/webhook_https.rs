@@ -73,6 +73,32 @@ fn curl(port: u16, ca: &Path, body: &str) -> Option<(u16, serde_json::Value)> {
 
 struct Server(Child);
 
+/// `rotor-controller webhook` on a free port with the fixture stores and
+/// new certificates in `dir/tls`, logging to `log`; returns it and its port.
+fn start_webhook(dir: &Path, log: Stdio) -> (Server, u16) {
+    let (tls, stores) = (dir.join("tls"), dir.join("stores"));
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::create_dir_all(&stores).unwrap();
+    std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
+    certs(&tls);
+    let port = free_port();
+    let server = Server(
+        command("rotor-controller")
+            .args(["webhook", "--stores"])
+            .arg(&stores)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(tls.join("tls.crt"))
+            .arg("--tls-key")
+            .arg(tls.join("tls.key"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    (server, port)
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -83,28 +109,10 @@ impl Drop for Server {
 #[test]
 fn mutate_over_https_and_reload_the_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (tls, stores) = (dir.path().join("tls"), dir.path().join("stores"));
-    std::fs::create_dir_all(&tls).unwrap();
-    std::fs::create_dir_all(&stores).unwrap();
-    std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
-    certs(&tls);
+    let (_server, port) = start_webhook(dir.path(), Stdio::null());
+    let tls = dir.path().join("tls");
     let first_ca = dir.path().join("first-ca.crt");
     std::fs::copy(tls.join("ca.crt"), &first_ca).unwrap();
-    let port = free_port();
-    let _server = Server(
-        command("rotor-controller")
-            .args(["webhook", "--stores"])
-            .arg(&stores)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(tls.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(tls.join("tls.key"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     assert!(
         wait_until(10, || curl(port, &first_ca, "{}").is_some()),
         "webhook never served HTTPS"
@@ -141,5 +149,86 @@ fn mutate_over_https_and_reload_the_certificate() {
     assert!(
         curl(port, &first_ca, "{}").is_none(),
         "the old certificate is still served"
+    );
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM, KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The worst-case review: 2 MB of bad reload actions plus hundreds of
+/// unknown annotations. Once it cost a 27.7 MB response, a 27 MB log line
+/// and 179 MiB of RSS, and the deployment's 128 MiB limit OOM-killed the
+/// webhook. A flood of them (a bounded count, 8 at a time) now gets small
+/// answers, short log lines, and stays under the limit.
+#[test]
+fn a_flood_of_worst_case_reviews_stays_under_the_memory_limit() {
+    const LIMIT_MIB: u64 = 128; // deploy/base/deployment.yaml
+    const REVIEWS: usize = 48;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("webhook.log");
+    let (server, port) = start_webhook(dir.path(), std::fs::File::create(&log).unwrap().into());
+    let tls = dir.path().join("tls");
+    let ca = tls.join("ca.crt");
+    assert!(
+        wait_until(10, || curl(port, &ca, "{}").is_some()),
+        "webhook never served HTTPS"
+    );
+    let mut review: serde_json::Value = serde_json::from_str(&fixture("inject.json")).unwrap();
+    let a = &mut review["request"]["object"]["metadata"]["annotations"];
+    a["rotor.dev/reload"] = "signal:X:y,".repeat(190_000).into();
+    for i in 0..500 {
+        a[format!("rotor.dev/unknown-{i}")] = "x".into();
+    }
+    let body = review.to_string();
+    assert!(body.len() > 2_000_000);
+    let before = peak_rss_kib(server.0.id());
+
+    let answers: Vec<(u16, serde_json::Value)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..REVIEWS / 8)
+                        .map(|_| curl(port, &ca, &body).expect("an answer"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    assert_eq!(answers.len(), REVIEWS);
+    let mut largest = 0;
+    for (status, v) in &answers {
+        assert_eq!(*status, 200);
+        assert_eq!(v["response"]["allowed"], false);
+        largest = largest.max(v.to_string().len());
+    }
+    let peak = peak_rss_kib(server.0.id());
+    let longest_line = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "flood of {REVIEWS} × {} KiB reviews: peak RSS {} MiB (idle {} MiB, limit {LIMIT_MIB} MiB), largest answer {largest} B, longest log line {longest_line} B",
+        body.len() / 1024,
+        peak / 1024,
+        before / 1024
+    );
+    assert!(peak / 1024 < LIMIT_MIB, "peak RSS {} MiB", peak / 1024);
+    assert!(largest < 8 * 1024, "answer of {largest} bytes");
+    assert!(
+        longest_line <= rotor_telemetry::MAX_LOG_LINE + 64,
+        "{longest_line}"
     );
 }

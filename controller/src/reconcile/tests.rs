@@ -46,7 +46,13 @@ impl ApiServerVerifier {
 }
 
 fn store(provider: Provider) -> SecretStore {
-    let mut s = SecretStore::new("vault", SecretStoreSpec { provider });
+    let mut s = SecretStore::new(
+        "vault",
+        SecretStoreSpec {
+            provider,
+            allow_exec_reload: false,
+        },
+    );
     s.metadata.namespace = Some("shop".into());
     s.metadata.generation = Some(3);
     s
@@ -174,6 +180,7 @@ async fn a_cluster_store_without_namespaces_or_paths_says_so() {
             provider: vault("https://vault:8200"),
             allowed_namespaces: Default::default(),
             paths: vec![],
+            allow_exec_reload: false,
         },
     );
     let reply = serde_json::to_vec(&store).unwrap();

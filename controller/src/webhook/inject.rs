@@ -26,6 +26,8 @@ pub const PODINFO_VOLUME: &str = "rotor-podinfo";
 pub const SCRATCH_VOLUME: &str = "rotor-sidecar-tmp";
 const PODINFO_PATH: &str = "/etc/rotor/pod";
 const CREDS_PATH: &str = "/var/run/secrets/rotor";
+/// The sidecar's env var with the pod's IP, for `--push-addr`.
+pub const POD_IP_ENV: &str = "ROTOR_POD_IP";
 
 /// How pods are injected; from the controller's flags.
 #[derive(Debug, Clone)]
@@ -82,7 +84,9 @@ pub fn inject(
         format!("--annotations={PODINFO_PATH}/annotations"),
         format!("--out-dir={}", config.mount_path),
         format!("--admin-addr=0.0.0.0:{}", config.admin_port),
-        format!("--push-addr=0.0.0.0:{}", config.push_port),
+        // Only the pod IP, where the rotation controller reaches it; the
+        // kubelet expands $(ROTOR_POD_IP) from the env below.
+        format!("--push-addr=$({POD_IP_ENV}):{}", config.push_port),
     ];
     if let Some(mode) = user.default_file_mode() {
         args.push(format!("--default-file-mode={mode:04o}"));
@@ -100,17 +104,8 @@ pub fn inject(
             value: Some("json".into()),
             ..EnvVar::default()
         },
-        EnvVar {
-            name: "ROTOR_POD".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        },
+        field_env("ROTOR_POD", "metadata.name"),
+        field_env(POD_IP_ENV, "status.podIP"),
     ];
     env.extend(store_env);
     let sidecar = Container {
@@ -133,29 +128,34 @@ pub fn inject(
         ..Container::default()
     };
 
-    let init = spec.init_containers.get_or_insert_with(Vec::new);
+    // Rotor's containers: (the list they go in, the container). A pod
+    // that already has one must have exactly what Rotor injects now (a
+    // second pass); anything else under Rotor's names is refused.
+    let mut wanted_init = Vec::new();
+    let mut wanted_app = Vec::new();
     if config.native_sidecar {
-        if !init.iter().any(|c| c.name == SIDECAR) {
-            init.insert(0, sidecar);
-        }
+        wanted_init.push(sidecar);
     } else {
-        if !init.iter().any(|c| c.name == INIT) {
-            let mut once = sidecar.clone();
-            once.name = INIT.into();
-            once.args = Some(args.iter().cloned().chain(["--once".to_owned()]).collect());
-            once.ports = None;
-            once.startup_probe = None;
-            once.readiness_probe = None;
-            once.liveness_probe = None;
-            init.insert(0, once);
-        }
-        if !spec.containers.iter().any(|c| c.name == SIDECAR) {
-            spec.containers.insert(0, sidecar);
-        }
+        let mut once = sidecar.clone();
+        once.name = INIT.into();
+        once.args = Some(args.iter().cloned().chain(["--once".to_owned()]).collect());
+        once.ports = None;
+        once.startup_probe = None;
+        once.readiness_probe = None;
+        once.liveness_probe = None;
+        wanted_init.push(once);
+        wanted_app.push(sidecar);
     }
+    place_containers(
+        spec.init_containers.get_or_insert_with(Vec::new),
+        wanted_init,
+        "init container",
+    )?;
+    place_containers(&mut spec.containers, wanted_app, "container")?;
 
     // The app containers (and other init containers) read the files.
     let ours = |c: &Container| c.name == SIDECAR || c.name == INIT;
+    let app_mount = mount(SECRETS_VOLUME, &config.mount_path, true);
     for c in spec
         .containers
         .iter_mut()
@@ -165,8 +165,15 @@ pub fn inject(
             continue;
         }
         let mounts = c.volume_mounts.get_or_insert_with(Vec::new);
-        if !mounts.iter().any(|m| m.name == SECRETS_VOLUME) {
-            mounts.push(mount(SECRETS_VOLUME, &config.mount_path, true));
+        match mounts.iter().find(|m| m.name == SECRETS_VOLUME) {
+            None => mounts.push(app_mount.clone()),
+            Some(m) if same_as_injected(&app_mount, m) => {}
+            Some(_) => {
+                return Err(format!(
+                    "container {:?} already mounts a volume named {SECRETS_VOLUME:?} differently from what Rotor injects (read-only at {}); Rotor's volume names are reserved: rename that mount",
+                    c.name, config.mount_path
+                ));
+            }
         }
     }
 
@@ -206,8 +213,15 @@ pub fn inject(
     ];
     wanted.extend(store_volumes);
     for v in wanted {
-        if !volumes.iter().any(|x| x.name == v.name) {
-            volumes.push(v);
+        match volumes.iter().find(|x| x.name == v.name) {
+            None => volumes.push(v),
+            Some(existing) if same_as_injected(&v, existing) => {}
+            Some(_) => {
+                return Err(format!(
+                    "the pod already has a volume named {:?} that is not the one Rotor injects; Rotor's volume names are reserved: rename that volume",
+                    v.name
+                ));
+            }
         }
     }
     if contract.needs_shared_pid_namespace() {
@@ -219,6 +233,89 @@ pub fn inject(
         .insert(annotations::STATUS.to_owned(), "injected".to_owned());
     let warnings = user.warning().into_iter().collect();
     Ok(Injected { pod, warnings })
+}
+
+/// Puts each wanted container first in `list` unless an identical one is
+/// there; a different container under a Rotor name, in this list or the
+/// other, is refused.
+fn place_containers(
+    list: &mut Vec<Container>,
+    wanted: Vec<Container>,
+    what: &str,
+) -> Result<(), String> {
+    for c in list.iter() {
+        if (c.name == SIDECAR || c.name == INIT) && !wanted.iter().any(|w| w.name == c.name) {
+            return Err(format!(
+                "the pod already has an {what} named {:?}, a name Rotor reserves for its own; rename it",
+                c.name
+            ));
+        }
+    }
+    for w in wanted.into_iter().rev() {
+        match list.iter().find(|c| c.name == w.name) {
+            None => list.insert(0, w),
+            Some(existing) if same_as_injected(&w, existing) => {}
+            Some(_) => {
+                return Err(format!(
+                    "the pod already has an {what} named {:?} that differs from the one Rotor injects (image, args, env, securityContext, mounts); Rotor's container names are reserved: rename it",
+                    w.name
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when `existing` is `ours` as the API server stores it: every field
+/// Rotor sets has the same value, and the only other fields are those the
+/// API server fills in by default.
+pub fn same_as_injected<T: serde::Serialize>(ours: &T, existing: &T) -> bool {
+    match (serde_json::to_value(ours), serde_json::to_value(existing)) {
+        (Ok(a), Ok(b)) => json_same_as_injected(&a, &b),
+        _ => false,
+    }
+}
+
+/// Fields the API server defaults on containers, probes, env and volumes.
+const DEFAULTED: &[&str] = &[
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "successThreshold",
+    "scheme",
+    "apiVersion",
+    "defaultMode",
+    "protocol",
+];
+
+fn is_empty(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+fn json_same_as_injected(ours: &serde_json::Value, existing: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (ours, existing) {
+        (Value::Object(a), Value::Object(b)) => {
+            // The API server omits empty values (`readOnly: false`).
+            a.iter().all(|(k, v)| match b.get(k) {
+                Some(w) => json_same_as_injected(v, w),
+                None => is_empty(v),
+            }) && b
+                .keys()
+                .all(|k| a.contains_key(k) || DEFAULTED.contains(&k.as_str()))
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(v, w)| json_same_as_injected(v, w))
+        }
+        _ => ours == existing,
+    }
 }
 
 /// Who the sidecar runs as, which decides who may read the files. The
@@ -471,6 +568,20 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
         }
     }
     Ok((args, env, volumes, mounts))
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
 }
 
 fn plain_env(name: &str, value: &str) -> EnvVar {

@@ -1,6 +1,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use std::collections::BTreeMap;
+
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rotor_crds::annotations;
 
 use super::inject::{InjectConfig, Injected, inject};
@@ -57,7 +59,40 @@ fn to_json(review: AdmissionReview<DynamicObject>) -> serde_json::Value {
     value
 }
 
-/// The decision for one pod.
+/// The longest deny message returned (kubectl shows it to the user).
+pub const MAX_DENY_MESSAGE: usize = 2048;
+
+/// `text` cut at `max` bytes on a character boundary, marked when cut.
+pub fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end)
+}
+
+fn deny(response: AdmissionResponse, message: impl AsRef<str>) -> AdmissionResponse {
+    response.deny(clip(message.as_ref(), MAX_DENY_MESSAGE))
+}
+
+/// A pod's `rotor.dev/` annotations, except the webhook's own status.
+fn rotor_annotations(pod: Option<&Pod>) -> BTreeMap<String, String> {
+    pod.and_then(|p| p.metadata.annotations.as_ref())
+        .map(|a| {
+            a.iter()
+                .filter(|(k, _)| k.starts_with(annotations::PREFIX) && *k != annotations::STATUS)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The decision for one pod: CREATE is validated and injected; UPDATE
+/// that adds or changes `rotor.dev/` annotations is validated with the
+/// same rules (the sidecar applies annotation changes live).
 pub fn mutate(
     request: &AdmissionRequest<Pod>,
     stores: &StoreIndex,
@@ -68,33 +103,63 @@ pub fn mutate(
         return response; // DELETE or CONNECT: nothing to do
     };
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    let name = pod
-        .metadata
-        .name
-        .clone()
-        .or(pod.metadata.generate_name.clone())
-        .unwrap_or_default();
+    let name = clip(
+        pod.metadata
+            .name
+            .as_deref()
+            .or(pod.metadata.generate_name.as_deref())
+            .unwrap_or_default(),
+        253,
+    );
     let namespace = request
         .namespace
         .clone()
         .or(pod.metadata.namespace.clone())
         .unwrap_or_default();
+    let namespace = clip(&namespace, 63);
     if !annotations
         .keys()
         .any(|k| k.starts_with(annotations::PREFIX))
     {
         return response;
     }
+    let update = matches!(request.operation, Operation::Update);
+    if update {
+        let before = rotor_annotations(request.old_object.as_ref());
+        let after = rotor_annotations(Some(pod));
+        if after.iter().all(|(k, v)| before.get(k) == Some(v)) {
+            return response; // nothing added or changed
+        }
+        let injected = request.old_object.as_ref().is_some_and(|old| {
+            old.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(annotations::STATUS))
+                .is_some()
+        });
+        for key in [annotations::INJECT, annotations::STORE] {
+            if injected && before.get(key) != after.get(key) {
+                tracing::info!(%namespace, pod = %name, annotation = key, "denied: changed after injection");
+                return deny(
+                    response,
+                    format!(
+                        "annotation {key} cannot change on a running pod: the sidecar's store and credentials are set when the pod is created; create a new pod (for a Deployment, change its template) instead"
+                    ),
+                );
+            }
+        }
+    }
     // Validate every rotor.dev/ annotation, whether or not the pod asks for
     // injection and whatever status it claims.
-    let contract =
-        match annotations::parse(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(%namespace, pod = %name, error = %e, "denied: invalid annotations");
-                return response.deny(e.to_string());
-            }
-        };
+    let contract = match annotations::parse(
+        annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%namespace, pod = %name, problems = e.total(), error = %e, "denied: invalid annotations");
+            return deny(response, e.to_string());
+        }
+    };
     if !contract.inject {
         return response;
     }
@@ -103,9 +168,29 @@ pub fn mutate(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, error = %e, "denied: store not allowed");
-            return response.deny(format!("annotation rotor.dev/store: {e}"));
+            return deny(response, format!("annotation rotor.dev/store: {e}"));
         }
     };
+    if !store.allow_exec_reload
+        && contract
+            .reload
+            .iter()
+            .any(|a| matches!(a, annotations::ReloadAction::Exec { .. }))
+    {
+        tracing::info!(%namespace, pod = %name, store = %store.name, "denied: exec reload not allowed");
+        return deny(
+            response,
+            format!(
+                "annotation rotor.dev/reload: exec: actions are off for {} {:?}: an exec action runs with the sidecar's access to the store credentials and every secret file; its owner can allow them with spec.allowExecReload: true",
+                store.kind, store.name
+            ),
+        );
+    }
+    if update {
+        // A running pod's spec cannot change: validation is all there is.
+        tracing::info!(%namespace, pod = %name, store = %store.name, "annotation change allowed");
+        return response;
+    }
     let mut pod = pod.clone();
     if pod.metadata.namespace.is_none() {
         pod.metadata.namespace = Some(namespace.clone());
@@ -117,7 +202,7 @@ pub fn mutate(
         Ok(i) => i,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, error = %e, "denied: cannot inject");
-            return response.deny(e);
+            return deny(response, e);
         }
     };
     let before = serde_json::to_value(&pod).unwrap_or_default();
@@ -135,7 +220,7 @@ pub fn mutate(
     tracing::info!(%namespace, pod = %name, store = %store.name, files = contract.files.len(), "injected");
     match response.clone().with_patch(patch) {
         Ok(r) => r,
-        Err(e) => response.deny(format!("internal error building the patch: {e}")),
+        Err(e) => deny(response, format!("internal error building the patch: {e}")),
     }
 }
 

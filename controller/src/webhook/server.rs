@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -16,11 +16,30 @@ use super::InjectConfig;
 use crate::store_index::StoreIndex;
 use crate::{Error, Result};
 
+/// The largest AdmissionReview read: the API server's own request limit
+/// is 3 MiB, and a review carries the object once (twice for UPDATE).
+pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
+/// Reviews decoded at once; others wait before their body is read, so
+/// memory stays bounded under any flood.
+pub const MAX_CONCURRENT_REVIEWS: usize = 4;
+
 /// What the webhook needs: the store index (kept fresh by reflectors or
 /// loaded from files) and the injection settings.
 pub struct WebhookState {
     pub stores: RwLock<StoreIndex>,
     pub config: InjectConfig,
+    /// Bounds the reviews in memory at once.
+    pub reviews: tokio::sync::Semaphore,
+}
+
+impl WebhookState {
+    pub fn new(stores: StoreIndex, config: InjectConfig) -> Self {
+        Self {
+            stores: RwLock::new(stores),
+            config,
+            reviews: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
+        }
+    }
 }
 
 /// `POST /mutate` and `GET /healthz`.
@@ -31,7 +50,21 @@ pub fn router(state: Arc<WebhookState>) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<Arc<WebhookState>>, body: Bytes) -> impl IntoResponse {
+async fn mutate(State(state): State<Arc<WebhookState>>, body: Body) -> impl IntoResponse {
+    let _permit = state.reviews.acquire().await;
+    let body = match axum::body::to_bytes(body, MAX_REVIEW_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(header::CONTENT_TYPE, "application/json")],
+                serde_json::json!({
+                    "error": format!("the AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes or could not be read")
+                })
+                .to_string(),
+            );
+        }
+    };
     let (status, reply) = {
         let stores = state.stores.read().expect("store index lock");
         super::review::handle(&body, &stores, &state.config)

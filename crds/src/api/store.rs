@@ -24,6 +24,12 @@ use super::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct SecretStoreSpec {
     pub provider: Provider,
+    /// Let pods of this store run `exec:` reload actions. An exec action
+    /// runs as the sidecar's user in the sidecar's container, so it can
+    /// read what the sidecar can: the store credentials and every secret
+    /// file. Off unless the store's owner turns it on.
+    #[serde(default)]
+    pub allow_exec_reload: bool,
 }
 
 /// A store for many namespaces: those its `allowedNamespaces` selector
@@ -52,6 +58,9 @@ pub struct ClusterSecretStoreSpec {
     #[serde(default)]
     #[x_kube(validation = kube::core::Rule::new("self.all(p, p.patterns.size() > 0)").message("every paths entry needs at least one pattern"))]
     pub paths: Vec<PathRule>,
+    /// Let pods of this store run `exec:` reload actions (see SecretStore).
+    #[serde(default)]
+    pub allow_exec_reload: bool,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
