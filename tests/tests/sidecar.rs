@@ -214,6 +214,81 @@ fn a_canary_never_appears_in_logs_metrics_or_errors() {
     }
 }
 
+/// An `exec:` action runs with none of the sidecar's environment, which can
+/// hold store credentials: canaries in the sidecar's environment never reach
+/// the command, which writes its whole environment to a file.
+#[test]
+fn an_exec_action_sees_none_of_the_sidecars_environment() {
+    let mut pod = Local::new();
+    let canaries = [
+        ("VAULT_TOKEN", format!("{CANARY}-vault-token")),
+        ("ROTOR_VAULT_TOKEN", format!("{CANARY}-rotor-vault-token")),
+        ("ROTOR_VAULT_ROLE_ID", format!("{CANARY}-role-id")),
+        ("AWS_SECRET_ACCESS_KEY", format!("{CANARY}-aws-secret")),
+    ];
+    pod.envs = canaries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let out = pod.work.path().join("exec-env");
+    let script = pod.work.path().join("reload.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > {out}.tmp && mv {out}.tmp {out}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let reload = format!("exec:{}", script.display());
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+        ("rotor.dev/reload", &reload),
+    ]);
+    pod.start();
+    // Reload actions run after a change, not after the first write.
+    pod.store.put("db", b"v2", WriteAs::Current).unwrap();
+    assert!(
+        wait_until(10, || out.exists()),
+        "the exec action did not run: {}",
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
+    );
+    let env = std::fs::read_to_string(&out).unwrap();
+    for (name, value) in &canaries {
+        assert!(
+            !env.contains(value.as_str()),
+            "{name} reached the command:\n{env}"
+        );
+        assert!(
+            !env.contains(&format!("{name}=")),
+            "{name} reached the command:\n{env}"
+        );
+    }
+    // Only PATH, plus the PWD that `sh` sets itself.
+    let mut names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| *k != "PWD")
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["PATH"], "{env}");
+    assert!(
+        env.lines()
+            .any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"),
+        "{env}"
+    );
+    assert!(
+        wait_until(5, || http(pod.admin, "GET", "/metrics", "").is_some_and(
+            |(_, m)| m.contains("rotor_reload_total{action=\"exec\",result=\"success\"} 1")
+        )),
+        "the exec action was not counted as a success"
+    );
+    assert!(pod.stop().success());
+}
+
 /// Kills the sidecar with SIGKILL at many points while it swaps a set of
 /// ten 64 KiB files cut from one JSON secret; after each kill every file is
 /// complete and all of them come from one version.
