@@ -12,6 +12,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rotor_crds::annotations::{ProcessTarget, ReloadAction, Signal};
 
+/// The whole environment of an `exec:` action. The sidecar's own
+/// environment can hold store credentials (AWS keys, Vault settings), so a
+/// command gets none of it: only this `PATH`, which also finds its program.
+pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Timeouts and retries of the actions.
 #[derive(Debug, Clone)]
 pub struct ReloadPolicy {
@@ -83,6 +88,8 @@ impl Reloader {
     async fn exec(&self, argv: &[String]) -> Result<(), String> {
         let mut child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
+            .env_clear()
+            .env("PATH", EXEC_PATH)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -58,18 +58,14 @@ fn select_field(value: &[u8], key: &str) -> std::result::Result<Zeroizing<Vec<u8
     let object = parsed
         .as_object()
         .ok_or_else(|| format!("is JSON but not an object, so #{key} cannot select a field"))?;
+    // Field names can be secret too: say only which one is missing.
     let field = object
         .get(key)
-        .ok_or_else(|| format!("has no field {key:?} (fields: {})", keys(object)))?;
+        .ok_or_else(|| format!("has no field {key:?}"))?;
     Ok(Zeroizing::new(match field {
         serde_json::Value::String(s) => s.as_bytes().to_vec(),
         other => other.to_string().into_bytes(),
     }))
-}
-
-fn keys(object: &serde_json::Map<String, serde_json::Value>) -> String {
-    let names: Vec<&str> = object.keys().map(String::as_str).take(20).collect();
-    names.join(", ")
 }
 
 fn render_template(
@@ -153,6 +149,10 @@ mod tests {
         assert!(files.iter().all(|f| f.mode == 0o440));
     }
 
+    /// Field names can be sensitive (a user name as a key, a host per
+    /// field): only the missing key, the file and the secret are named.
+    const CANARY_FIELD: &str = "canary-field-71c4";
+
     #[test]
     fn field_errors_name_the_file_and_never_the_value() {
         let c = contract(&[("rotor.dev/secret.f", "s#missing")]);
@@ -160,8 +160,8 @@ mod tests {
             (CANARY.to_owned(), "is not a JSON object"),
             (format!("[\"{CANARY}\"]"), "is JSON but not an object"),
             (
-                format!("{{\"other\":\"{CANARY}\"}}"),
-                "has no field \"missing\" (fields: other)",
+                format!("{{\"{CANARY_FIELD}\":\"{CANARY}\",\"{CANARY_FIELD}-2\":1}}"),
+                "has no field \"missing\"",
             ),
         ] {
             let err = render(&c, &values(&[("s", &value)]), DEFAULT_FILE_MODE)
@@ -173,7 +173,24 @@ mod tests {
                 "{err}"
             );
             assert!(!err.contains(CANARY), "{err}");
+            assert!(!err.contains(CANARY_FIELD), "{err}");
         }
+    }
+
+    #[test]
+    fn a_missing_field_names_only_the_key_the_file_and_the_secret() {
+        let c = contract(&[("rotor.dev/secret.db-user", "app/creds#user")]);
+        let value = format!(
+            "{{\"{CANARY_FIELD}\":\"{CANARY}\",\"password\":\"{CANARY}\",\"{CANARY_FIELD}-nested\":{{\"a\":1}}}}"
+        );
+        let err = render(&c, &values(&[("app/creds", &value)]), DEFAULT_FILE_MODE)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "file \"db-user\": secret \"app/creds\": has no field \"user\""
+        );
     }
 
     #[test]

@@ -22,6 +22,18 @@ pub enum Error {
     #[error("store file {} failed its integrity check: {problem}", path.display())]
     Corrupt { path: PathBuf, problem: String },
 
+    #[error(
+        "store file {} went back from generation {seen} to {found}: an older copy was put in place; \
+         refusing it and keeping the last good data (put the newest copy back; a restarted process \
+         would accept this one)",
+        path.display()
+    )]
+    Replayed {
+        path: PathBuf,
+        seen: u64,
+        found: u64,
+    },
+
     #[error("store file {}", path.display())]
     Envelope {
         path: PathBuf,
@@ -105,6 +117,7 @@ impl Error {
             Error::Missing { .. } => "store_missing",
             Error::Io { .. } => "io",
             Error::Corrupt { .. } => "corrupt",
+            Error::Replayed { .. } => "replayed",
             Error::Envelope { source, .. } => source.metric_label(),
             Error::SecretNotFound { .. }
             | Error::VersionNotFound { .. }

@@ -14,6 +14,16 @@
 //! identity (device, inode, size, mtime) changes, which makes a warm `get` an
 //! `open` + `fstat` + one record decryption.
 //!
+//! # Replayed copies
+//!
+//! Every write adds one to the file's generation. A handle (with its clones)
+//! remembers the highest generation it has read or written, and refuses a
+//! file whose generation is lower with [`Error::Replayed`]: an older copy of
+//! the store was put in place. It serves nothing from that file, and a
+//! writer does not write over it, until a file at least as new is back. A
+//! process that starts fresh against an older copy cannot tell; the
+//! generation is shown by `rotor store info` for audits.
+//!
 //! # File format, version 1
 //!
 //! All integers are big-endian; `short`, `medium` and `long` fields carry a
@@ -38,8 +48,9 @@
 //! unwrap, catches deliberate edits: reordering, truncation at a record
 //! boundary, or a record pasted from another store. Each sealed record is
 //! also bound to the store id, its secret's name and its version by its AAD.
-//! The format cannot detect a rollback of the whole file to an older copy
-//! made under the same key; the generation counter lets an operator see one.
+//! The format alone cannot detect a rollback of the whole file to an older
+//! copy made under the same key: a running handle refuses one (see above),
+//! and the generation counter lets an operator see one.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -74,7 +85,15 @@ pub struct Shared {
     lock_path: PathBuf,
     tmp_path: PathBuf,
     kek: Arc<dyn Kek>,
-    cache: Mutex<Option<Arc<Loaded>>>,
+    cache: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    loaded: Option<Arc<Loaded>>,
+    /// The highest generation read or written through this handle: a file
+    /// with a lower one is an older copy put in place.
+    seen: u64,
 }
 
 struct Loaded {
@@ -151,7 +170,7 @@ impl LocalStore {
             tmp_path: with_suffix(".tmp"),
             path,
             kek,
-            cache: Mutex::new(None),
+            cache: Mutex::default(),
         }))
     }
 
@@ -244,6 +263,20 @@ impl LocalStore {
                 }
             })
             .collect())
+    }
+
+    /// What the file is: its id, key id, generation and size. For audits:
+    /// a generation lower than one recorded earlier means an older copy.
+    pub fn info(&self) -> Result<StoreInfo> {
+        let loaded = self.snapshot()?;
+        let state = &loaded.state;
+        Ok(StoreInfo {
+            store_id: state.store_id.iter().map(|b| format!("{b:02x}")).collect(),
+            kek_id: state.kek_id.clone(),
+            generation: state.generation,
+            secrets: state.secrets.len(),
+            versions: state.secrets.values().map(|s| s.versions.len()).sum(),
+        })
     }
 
     /// Writes a new version. With [`WriteAs::Current`] it becomes CURRENT
@@ -426,31 +459,53 @@ impl LocalStore {
             })
     }
 
-    /// The decoded file, re-read only when it changed on disk.
+    /// The decoded file, re-read only when it changed on disk. A file whose
+    /// generation is lower than one seen before is refused.
     fn snapshot(&self) -> Result<Arc<Loaded>> {
-        let mut file = File::open(&self.path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Missing {
-                    path: self.path.clone(),
+        // A thread that opened the file just before a writer replaced it
+        // decodes an older generation than a thread that opened it just
+        // after: no replay, as the path names another file by then. Such a
+        // read starts again, a few times at most.
+        const ATTEMPTS: u32 = 8;
+        let mut attempt = 1;
+        loop {
+            let mut file = File::open(&self.path).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::Missing {
+                        path: self.path.clone(),
+                    }
+                } else {
+                    self.io("open")(e)
                 }
-            } else {
-                self.io("open")(e)
+            })?;
+            let stamp = Stamp::of(&file.metadata().map_err(self.io("stat"))?);
+            if let Some(loaded) = &self.cache.lock().expect("cache lock").loaded
+                && loaded.stamp == stamp
+            {
+                return Ok(loaded.clone());
             }
-        })?;
-        let stamp = Stamp::of(&file.metadata().map_err(self.io("stat"))?);
-        if let Some(loaded) = &*self.cache.lock().expect("cache lock")
-            && loaded.stamp == stamp
-        {
-            return Ok(loaded.clone());
+            let mut bytes = Vec::with_capacity(stamp.len as usize);
+            file.read_to_end(&mut bytes).map_err(self.io("read"))?;
+            let state = self.decode(&bytes)?;
+            let mut cache = self.cache.lock().expect("cache lock");
+            if state.generation < cache.seen {
+                let replaced =
+                    std::fs::metadata(&self.path).map(|m| Stamp::of(&m)).ok() != Some(stamp);
+                if replaced && attempt < ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(Error::Replayed {
+                    path: self.path.clone(),
+                    seen: cache.seen,
+                    found: state.generation,
+                });
+            }
+            cache.seen = state.generation;
+            let loaded = Arc::new(Loaded { stamp, state });
+            cache.loaded = Some(loaded.clone());
+            return Ok(loaded);
         }
-        let mut bytes = Vec::with_capacity(stamp.len as usize);
-        file.read_to_end(&mut bytes).map_err(self.io("read"))?;
-        let loaded = Arc::new(Loaded {
-            stamp,
-            state: self.decode(&bytes)?,
-        });
-        *self.cache.lock().expect("cache lock") = Some(loaded.clone());
-        Ok(loaded)
     }
 
     /// Applies `change` under the writer lock and replaces the file.
@@ -491,7 +546,10 @@ impl LocalStore {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(self.io("sync its directory"))?;
-        *self.cache.lock().expect("cache lock") = Some(Arc::new(Loaded { stamp, state }));
+        let mut cache = self.cache.lock().expect("cache lock");
+        cache.seen = state.generation;
+        cache.loaded = Some(Arc::new(Loaded { stamp, state }));
+        drop(cache);
         drop(lock);
         Ok(out)
     }
@@ -509,12 +567,15 @@ impl LocalStore {
             .wrap(&DataKey::from_bytes(*mac_key))
             .map_err(|e| self.envelope(e))?;
         tracing::info!(path = %self.path.display(), "creating local store");
+        // A store made again by a handle that saw an older one goes on
+        // from that one's generation, so that it is not refused as a replay.
+        let generation = self.cache.lock().expect("cache lock").seen;
         Ok(State {
             store_id,
             kek_id: self.kek.key_id().to_owned(),
             wrapped_mac_key,
             mac_key: Arc::new(mac_key),
-            generation: 0,
+            generation,
             secrets: BTreeMap::new(),
         })
     }
@@ -717,6 +778,18 @@ fn now_ms() -> u64 {
 
 fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// What `rotor store info` shows of a store file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreInfo {
+    /// The random id fixed at creation, in hex.
+    pub store_id: String,
+    pub kek_id: String,
+    /// One more on every write.
+    pub generation: u64,
+    pub secrets: usize,
+    pub versions: usize,
 }
 
 /// The local store behind the shared trait. Each call runs on tokio's

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rotor_e2e::{command, text};
-use rotor_envelope::{ExposeSecret, KeyFileKek};
+use rotor_envelope::{ExposeSecret, Kek, KeyFileKek};
 use rotor_store::{LocalStore, Selector};
 
 const CANARY: &str = "canary-b41f09-must-never-leak";
@@ -97,6 +97,7 @@ fn canary_never_appears_in_output_logs_or_errors() {
         &["store", "get", "db", "--version", "7"],
         &["store", "get", "db", "--stage", "PENDING"],
         &["store", "list"],
+        &["store", "info"],
         &["store", "history", "db"],
         &["store", "retire", "db", "--version", "1"],
         &["store", "get", "missing"],
@@ -127,6 +128,44 @@ fn canary_never_appears_in_output_logs_or_errors() {
     seen.push_str(&text(&out).1);
     assert!(!seen.contains(CANARY), "canary leaked:\n{seen}");
     assert!(seen.contains("not available"), "{seen}");
+}
+
+/// The `generation` line of `rotor store info`.
+fn generation(env: &Env) -> u64 {
+    let out = env.rotor().args(["store", "info"]).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("generation"))
+        .unwrap_or_else(|| panic!("no generation line:\n{stdout}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn info_shows_the_generation_which_goes_back_when_an_older_copy_is_put_back() {
+    let env = Env::new();
+    assert!(env.put("db", CANARY.as_bytes()).status.success());
+    assert!(env.put("api", b"x").status.success());
+    let out = env.rotor().args(["store", "info"]).output().unwrap();
+    let (stdout, _) = text(&out);
+    let store_id = env.open().info().unwrap().store_id;
+    let expected = format!(
+        "path        {}\nstore id    {store_id}\nkey id      {}\ngeneration  2\nsecrets     2\nversions    2\n",
+        env.store().display(),
+        KeyFileKek::load(&env.key()).unwrap().key_id(),
+    );
+    assert_eq!(stdout, expected);
+    assert!(!stdout.contains(CANARY));
+    let old = std::fs::read(env.store()).unwrap();
+    env.put("db", b"y");
+    assert_eq!(generation(&env), 3);
+    // Each `rotor` is a new process: it cannot know the file went back,
+    // but the generation it shows does.
+    std::fs::write(env.store(), &old).unwrap();
+    assert_eq!(generation(&env), 2);
 }
 
 #[test]

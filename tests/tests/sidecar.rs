@@ -214,6 +214,195 @@ fn a_canary_never_appears_in_logs_metrics_or_errors() {
     }
 }
 
+/// One sample of the Prometheus text, by its series (`name{labels}`).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn scrape(pod: &Pod) -> String {
+    http(pod.admin, "GET", "/metrics", "").unwrap().1
+}
+
+/// Puts a saved copy in place of the store file, as `cp` to the same
+/// directory and `mv` over it would.
+fn put_back(saved: &Path, store: &Path) {
+    let tmp = store.with_extension("incoming");
+    std::fs::copy(saved, &tmp).unwrap();
+    std::fs::rename(tmp, store).unwrap();
+}
+
+/// An older copy of the local store put back over a newer one: the running
+/// sidecar refuses it, keeps the newer file, logs why, and its staleness
+/// grows until the newest copy is back.
+#[test]
+fn an_older_copy_of_the_store_put_back_is_refused_and_the_newer_file_stays() {
+    let mut pod = Local::new();
+    let (v1, v2, v3) = (
+        format!("{CANARY}-one"),
+        format!("{CANARY}-two"),
+        format!("{CANARY}-three"),
+    );
+    pod.store
+        .put("db", v1.as_bytes(), WriteAs::Current)
+        .unwrap();
+    let generation_1 = pod.work.path().join("store.rotor.gen1");
+    std::fs::copy(pod.store.path(), &generation_1).unwrap();
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    pod.start();
+    assert_eq!(pod.read("db"), Some(v1.clone()));
+    pod.store
+        .put("db", v2.as_bytes(), WriteAs::Current)
+        .unwrap();
+    assert!(wait_until(5, || pod.read("db") == Some(v2.clone())));
+    let generation_2 = pod.work.path().join("store.rotor.gen2");
+    std::fs::copy(pod.store.path(), &generation_2).unwrap();
+
+    put_back(&generation_1, pod.store.path());
+    const REFUSED: &str = "rotor_secret_fetch_errors_total{secret=\"db\",reason=\"replayed\"}";
+    const LAST_SUCCESS: &str = "rotor_secret_last_success_timestamp_seconds{secret=\"db\"}";
+    const STALENESS: &str = "rotor_secret_staleness_seconds{secret=\"db\"}";
+    assert!(
+        wait_until(10, || sample(&scrape(&pod), REFUSED).is_some()),
+        "the older copy was not refused: {}",
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
+    );
+    let first = scrape(&pod);
+    let refused = sample(&first, REFUSED).unwrap();
+    // Three more refused polls: no success in between, staleness grew, and
+    // the file still holds the newer version.
+    let mut later = String::new();
+    assert!(wait_until(10, || {
+        later = scrape(&pod);
+        sample(&later, REFUSED).is_some_and(|n| n >= refused + 3.0)
+    }));
+    assert_eq!(sample(&later, LAST_SUCCESS), sample(&first, LAST_SUCCESS));
+    let (stale_before, stale_after) = (
+        sample(&first, STALENESS).unwrap(),
+        sample(&later, STALENESS).unwrap(),
+    );
+    assert!(
+        stale_after >= stale_before + 0.15,
+        "staleness {stale_before} -> {stale_after}"
+    );
+    assert_eq!(pod.read("db"), Some(v2.clone()));
+    assert_eq!(
+        sample(&later, "rotor_secret_served{secret=\"db\",version=\"2\"}"),
+        Some(1.0)
+    );
+    let log = std::fs::read_to_string(pod.log()).unwrap();
+    assert!(
+        log.contains(&format!(
+            "store file {} went back from generation 2 to 1: an older copy was put in place",
+            pod.store.path().display()
+        )),
+        "{log}"
+    );
+    // The test's handle, a running writer, does not write over it either.
+    assert!(matches!(
+        pod.store.put("db", v3.as_bytes(), WriteAs::Current),
+        Err(rotor_store::Error::Replayed {
+            seen: 2,
+            found: 1,
+            ..
+        })
+    ));
+
+    // The newest copy back: the sidecar follows the store again.
+    put_back(&generation_2, pod.store.path());
+    pod.store
+        .put("db", v3.as_bytes(), WriteAs::Current)
+        .unwrap();
+    assert!(wait_until(5, || pod.read("db") == Some(v3.clone())));
+    let metrics = scrape(&pod);
+    assert!(sample(&metrics, LAST_SUCCESS) > sample(&first, LAST_SUCCESS));
+    assert!(pod.stop().success());
+    let log = std::fs::read_to_string(pod.log()).unwrap();
+    for (what, text) in [("log", &log), ("metrics", &metrics)] {
+        assert!(!text.contains(CANARY), "canary in {what}:\n{text}");
+    }
+}
+
+/// An `exec:` action runs with none of the sidecar's environment, which can
+/// hold store credentials: canaries in the sidecar's environment never reach
+/// the command, which writes its whole environment to a file.
+#[test]
+fn an_exec_action_sees_none_of_the_sidecars_environment() {
+    let mut pod = Local::new();
+    let canaries = [
+        ("VAULT_TOKEN", format!("{CANARY}-vault-token")),
+        ("ROTOR_VAULT_TOKEN", format!("{CANARY}-rotor-vault-token")),
+        ("ROTOR_VAULT_ROLE_ID", format!("{CANARY}-role-id")),
+        ("AWS_SECRET_ACCESS_KEY", format!("{CANARY}-aws-secret")),
+    ];
+    pod.envs = canaries
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let out = pod.work.path().join("exec-env");
+    let script = pod.work.path().join("reload.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > {out}.tmp && mv {out}.tmp {out}\n",
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let reload = format!("exec:{}", script.display());
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+        ("rotor.dev/reload", &reload),
+    ]);
+    pod.start();
+    // Reload actions run after a change, not after the first write.
+    pod.store.put("db", b"v2", WriteAs::Current).unwrap();
+    assert!(
+        wait_until(10, || out.exists()),
+        "the exec action did not run: {}",
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
+    );
+    let env = std::fs::read_to_string(&out).unwrap();
+    for (name, value) in &canaries {
+        assert!(
+            !env.contains(value.as_str()),
+            "{name} reached the command:\n{env}"
+        );
+        assert!(
+            !env.contains(&format!("{name}=")),
+            "{name} reached the command:\n{env}"
+        );
+    }
+    // Only PATH, plus the PWD that `sh` sets itself.
+    let mut names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .filter(|k| *k != "PWD")
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["PATH"], "{env}");
+    assert!(
+        env.lines()
+            .any(|l| l == "PATH=/usr/local/bin:/usr/bin:/bin"),
+        "{env}"
+    );
+    assert!(
+        wait_until(5, || http(pod.admin, "GET", "/metrics", "").is_some_and(
+            |(_, m)| m.contains("rotor_reload_total{action=\"exec\",result=\"success\"} 1")
+        )),
+        "the exec action was not counted as a success"
+    );
+    assert!(pod.stop().success());
+}
+
 /// Kills the sidecar with SIGKILL at many points while it swaps a set of
 /// ten 64 KiB files cut from one JSON secret; after each kill every file is
 /// complete and all of them come from one version.

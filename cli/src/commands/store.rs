@@ -54,6 +54,10 @@ enum StoreCommand {
     },
     /// List every secret with its stage labels (metadata only).
     List,
+    /// Show the store file's id, key id and generation (one more on every
+    /// write). Record the generation to audit later: a lower one means an
+    /// older copy of the file was put in place.
+    Info,
     /// Show every version of a secret (metadata only).
     History { name: String },
     /// Make a version CURRENT; the old CURRENT becomes PREVIOUS.
@@ -166,6 +170,20 @@ impl StoreArgs {
                     ],
                     &rows,
                 );
+            }
+            StoreCommand::Info => {
+                let info = store.info()?;
+                let rows = [
+                    ("path", store.path().display().to_string()),
+                    ("store id", info.store_id),
+                    ("key id", info.kek_id),
+                    ("generation", info.generation.to_string()),
+                    ("secrets", info.secrets.to_string()),
+                    ("versions", info.versions.to_string()),
+                ];
+                for (field, value) in rows {
+                    println!("{field:<10}  {value}");
+                }
             }
             StoreCommand::History { name } => {
                 let rows: Vec<Vec<String>> = store

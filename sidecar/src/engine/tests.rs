@@ -291,12 +291,15 @@ async fn a_secret_deleted_from_the_store_is_kept_or_removed_as_configured() {
         let (task, _cfg, _push, stop) = start(f.engine(c.clone()), c);
         until("first write", || f.read("gone").is_some()).await;
         // The local store never drops a CURRENT version, so replace the
-        // file with a store that lacks the secret.
+        // file with a store that lacks the secret, at a later generation
+        // than the engine read (2): a lower one is refused as a replay.
         let fresh = LocalStore::new(
             f.store.path().with_extension("new"),
             Arc::new(KeyFileKek::from_bytes(&[3; 32])),
         );
-        fresh.put("a", b"A", WriteAs::Current).unwrap();
+        for _ in 0..3 {
+            fresh.put("a", b"A", WriteAs::Current).unwrap();
+        }
         std::fs::rename(fresh.path(), f.store.path()).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(f.read("gone").is_some(), kept, "policy {policy}");

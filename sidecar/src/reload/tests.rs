@@ -168,3 +168,33 @@ async fn exec_runs_with_a_timeout() {
         .unwrap_err();
     assert!(err.contains("exited with"), "{err}");
 }
+
+/// The command writes its whole environment to a file, through `sh`, which
+/// adds `PWD` itself.
+#[tokio::test]
+async fn exec_gets_only_a_fixed_path_and_none_of_the_sidecars_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let argv = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        "env > \"$0\"".to_owned(),
+        out.display().to_string(),
+    ];
+    // The test process has an environment of its own (cargo sets CARGO_*,
+    // and PATH differs): none of it may reach the command.
+    assert!(std::env::vars().any(|(k, _)| k != "PATH" && k != "PWD"));
+    Reloader::new(ReloadPolicy::default())
+        .run(&ReloadAction::Exec { argv })
+        .await
+        .unwrap();
+    let env = std::fs::read_to_string(&out).unwrap();
+    let mut names: Vec<&str> = env
+        .lines()
+        .map(|l| l.split_once('=').map_or(l, |(k, _)| k))
+        .filter(|k| *k != "PWD")
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["PATH"], "{env}");
+    assert!(env.contains(&format!("PATH={EXEC_PATH}\n")), "{env}");
+}
