@@ -24,13 +24,35 @@ use crate::writer::{AtomicWriter, Outcome};
 /// State the HTTP endpoints read.
 #[derive(Default)]
 pub struct Shared {
+    /// The first complete set of files is written.
     pub ready: AtomicBool,
+    /// The last write failed: the files are not what the engine would
+    /// serve, and it retries every second.
+    pub writes_failing: AtomicBool,
     pub metrics: Metrics,
 }
 
 impl Shared {
+    /// Ready: the first complete set is written and writing works.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the sidecar is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            Some("waiting for the first complete write")
+        } else if self.writes_failing.load(Ordering::Acquire) {
+            Some("the files cannot be written (see the log); retrying")
+        } else {
+            None
+        }
+    }
+
+    fn set_writes_failing(&self, failing: bool) {
+        self.writes_failing.store(failing, Ordering::Release);
+        self.metrics
+            .set_ready(!failing && self.ready.load(Ordering::Acquire));
     }
 }
 
@@ -154,6 +176,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     options: EngineOptions,
     written_once: bool,
+    /// The last write failed: write again (every second) until it works.
+    unwritten: bool,
     /// Secrets whose store said they may have changed (watching stores).
     nudges: (mpsc::Sender<String>, mpsc::Receiver<String>),
     watchers: BTreeMap<String, tokio::task::JoinHandle<()>>,
@@ -177,6 +201,7 @@ impl Engine {
             shared,
             options,
             written_once: false,
+            unwritten: false,
             nudges: mpsc::channel(64),
             watchers: BTreeMap::new(),
         };
@@ -232,6 +257,9 @@ impl Engine {
                 }
                 () = tokio::time::sleep_until(next.into()) => self.poll_due().await,
                 _ = gc.tick() => {
+                    if self.unwritten {
+                        self.publish("retry", None).await;
+                    }
                     if let Err(e) = self.writer.gc() {
                         tracing::warn!(error = %e, "removing old data directories failed");
                     }
@@ -355,7 +383,7 @@ impl Engine {
             self.schedule(name, outcome != Check::Failed);
             changed |= outcome == Check::Changed;
         }
-        if changed || !self.written_once {
+        if changed || !self.written_once || self.unwritten {
             self.publish("poll", None).await;
         }
     }
@@ -544,14 +572,17 @@ impl Engine {
         let outcome = match self.writer.write(&files) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, "writing failed; keeping the last good files");
+                tracing::error!(error = %e, "writing failed; not ready until a write works again");
+                self.unwritten = true;
+                self.shared.set_writes_failing(true);
                 return false;
             }
         };
         let first = !self.written_once;
         self.written_once = true;
+        self.unwritten = false;
         self.shared.ready.store(true, Ordering::Release);
-        self.shared.metrics.set_ready(true);
+        self.shared.set_writes_failing(false);
         if outcome == Outcome::Unchanged {
             return true;
         }

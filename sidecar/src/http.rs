@@ -22,13 +22,12 @@ pub fn admin_router(shared: Arc<Shared>) -> Router {
         .route(
             "/readyz",
             get(|State(shared): State<Arc<Shared>>| async move {
-                if shared.is_ready() {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (
+                match shared.not_ready_reason() {
+                    None => (StatusCode::OK, "ready\n".to_owned()),
+                    Some(why) => (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: waiting for the first complete write\n",
-                    )
+                        format!("not ready: {why}\n"),
+                    ),
                 }
             }),
         )

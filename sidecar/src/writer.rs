@@ -37,6 +37,9 @@ use crate::{Error, Result};
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
+/// How many times a swap is tried when `..data` does not end up pointing
+/// where it was just swapped to.
+const SWAP_ATTEMPTS: u32 = 3;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
@@ -81,6 +84,10 @@ impl Default for WriterOptions {
     }
 }
 
+/// What a test runs between the writer's `symlinkat` and `renameat`.
+#[cfg(test)]
+pub(crate) type SwapRace = Box<dyn Fn(&Path) + Send + Sync>;
+
 pub struct AtomicWriter {
     path: PathBuf,
     dir: OwnedFd,
@@ -90,6 +97,14 @@ pub struct AtomicWriter {
     /// The data directory this writer made last and a digest of its files,
     /// so that an unchanged write reads nothing from disk.
     last: Option<(String, [u8; 32])>,
+    /// The data directory `..data` should point to: the one this writer
+    /// swapped in last, or found served. A `..data` changed behind the
+    /// writer's back is pointed back to it.
+    served: Option<String>,
+    /// Runs between creating `..data_tmp` and renaming it over `..data`:
+    /// where a test swaps `..data_tmp` as a racing process would.
+    #[cfg(test)]
+    pub(crate) before_swap: Option<SwapRace>,
     /// The process umask, read once: files need an explicit chmod only
     /// when it would strip bits of their mode.
     umask: u32,
@@ -134,14 +149,18 @@ impl AtomicWriter {
         if let Some((uid, gid)) = options.owner {
             check_owner(uid, gid).map_err(fail)?;
         }
-        let writer = Self {
+        let mut writer = Self {
             path: path.to_owned(),
             dir,
             options,
             retired: Vec::new(),
             last: None,
+            served: None,
+            #[cfg(test)]
+            before_swap: None,
             umask: read_umask(),
         };
+        writer.served = writer.current_dir_name().ok().flatten();
         // Best effort: keep other users out of the target itself.
         let _ = rustix::fs::fchmod(
             &writer.dir,
@@ -161,7 +180,7 @@ impl AtomicWriter {
         for f in files {
             rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
         }
-        let old = self.current_dir_name()?;
+        let old = self.served_dir()?;
         let digest = digest_of(files);
         if let Some(old) = &old {
             let unchanged = match &self.last {
@@ -174,15 +193,11 @@ impl AtomicWriter {
             }
         }
         let ts = self.make_dir(files)?;
-        // Swap: ..data_tmp -> ts, renamed over ..data.
-        self.unlink_if_present(DATA_TMP)?;
-        rustix::fs::symlinkat(ts.as_str(), &self.dir, DATA_TMP)
-            .map_err(self.io("create ..data_tmp"))?;
-        rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
-            self.fail(format!(
-                "cannot swap ..data ({e}); is ..data something other than a symlink?"
-            ))
-        })?;
+        if let Err(e) = self.point_data_at(&ts) {
+            let _ = self.remove_dir(&ts);
+            return Err(e);
+        }
+        self.served = Some(ts.clone());
         // User-visible names.
         for f in files {
             self.link_visible(&f.name)?;
@@ -197,8 +212,86 @@ impl AtomicWriter {
             }
             self.retired.push((old, Instant::now()));
         }
-        self.gc()?;
+        if let Err(e) = self.gc() {
+            // The new files are served; only cleaning up failed.
+            tracing::warn!(error = %e, "removing old data directories failed");
+        }
         Ok(Outcome::Written)
+    }
+
+    /// The data directory now served: where `..data` points, or, when
+    /// something else changed `..data` to point elsewhere, the directory it
+    /// should point to, which it then points to again.
+    fn served_dir(&mut self) -> Result<Option<String>> {
+        let target = match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
+            Ok(target) => target.to_string_lossy().into_owned(),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::INVAL) => return Err(self.fail("..data is not a symlink; refusing".into())),
+            Err(e) => return Err(self.io("read ..data")(e)),
+        };
+        if is_data_dir_name(&target) {
+            self.served = Some(target.clone());
+            return Ok(Some(target));
+        }
+        let Some(served) = self
+            .served
+            .clone()
+            .filter(|dir| self.open_subdir(dir).is_ok())
+        else {
+            return Err(self.fail(format!(
+                "..data points to {target:?}, which is not a directory this writer makes; refusing"
+            )));
+        };
+        tracing::warn!(
+            path = %self.path.display(),
+            found = target,
+            expected = served,
+            "..data was changed behind the writer's back; pointing it back"
+        );
+        self.point_data_at(&served)?;
+        Ok(Some(served))
+    }
+
+    /// Points `..data` at the data directory `dir`: a `..data_tmp` symlink
+    /// renamed over it. Then checks that `..data` points there: a process
+    /// swapping `..data_tmp` between the two calls would have it point
+    /// elsewhere, outside the target even, and every later write would
+    /// fail. Swaps again when it does not, a few times.
+    fn point_data_at(&self, dir: &str) -> Result<()> {
+        for attempt in 1..=SWAP_ATTEMPTS {
+            self.unlink_if_present(DATA_TMP)?;
+            rustix::fs::symlinkat(dir, &self.dir, DATA_TMP)
+                .map_err(self.io("create ..data_tmp"))?;
+            #[cfg(test)]
+            if let Some(race) = &self.before_swap {
+                race(&self.path);
+            }
+            rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
+                self.fail(format!(
+                    "cannot swap ..data ({e}); is ..data something other than a symlink?"
+                ))
+            })?;
+            match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
+                Ok(target) if target.to_bytes() == dir.as_bytes() => return Ok(()),
+                Ok(target) => tracing::warn!(
+                    path = %self.path.display(),
+                    attempt,
+                    found = %target.to_string_lossy(),
+                    expected = dir,
+                    "..data does not point where it was just swapped to; swapping again"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %self.path.display(),
+                    attempt,
+                    error = %e,
+                    "..data cannot be read after the swap; swapping again"
+                ),
+            }
+        }
+        Err(self.fail(format!(
+            "..data does not point to {dir:?} after {SWAP_ATTEMPTS} swaps: another process \
+             changes ..data_tmp or ..data; the writer must be the only one writing here"
+        )))
     }
 
     /// Removes superseded directories older than the grace period.
@@ -225,6 +318,7 @@ impl AtomicWriter {
         self.unlink_if_present(DATA_TMP)?;
         self.retired.clear();
         self.last = None;
+        self.served = None;
         self.remove_leftovers()
     }
 

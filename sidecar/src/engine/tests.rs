@@ -1,5 +1,5 @@
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
@@ -386,6 +386,55 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
     let reply = push(&tx, vec![follow("db")]).await;
     assert_eq!(reply.secrets[0].version.as_deref(), Some("6"));
     assert_eq!(f.read("db").as_deref(), Some("v6"));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// A process racing the writer's swap makes every write fail: readiness
+/// turns false, and true again once a retried write works.
+#[tokio::test]
+async fn readiness_turns_false_while_the_files_cannot_be_written() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    let mut engine = f.engine(c.clone());
+    let outside = tmpfs_dir();
+    let racing = Arc::new(AtomicBool::new(false));
+    let (flag, away) = (racing.clone(), outside.path().to_owned());
+    engine.writer.before_swap = Some(Box::new(move |target: &Path| {
+        if flag.load(Ordering::SeqCst) {
+            let tmp = target.join("..data_tmp");
+            std::fs::remove_file(&tmp).unwrap();
+            std::os::unix::fs::symlink(&away, &tmp).unwrap();
+        }
+    }));
+    let (task, _cfg, _push, stop) = start(engine, c);
+    until("first write", || f.shared.is_ready()).await;
+    assert_eq!(f.read("db").as_deref(), Some("v1"));
+
+    racing.store(true, Ordering::SeqCst);
+    f.store.put("db", b"v2", WriteAs::Current).unwrap();
+    until("not ready", || !f.shared.is_ready()).await;
+    assert_eq!(
+        f.shared.not_ready_reason(),
+        Some("the files cannot be written (see the log); retrying")
+    );
+    assert!(
+        f.shared.metrics.encode().contains("rotor_sidecar_ready 0"),
+        "{}",
+        f.shared.metrics.encode()
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+    racing.store(false, Ordering::SeqCst);
+    until("ready again", || {
+        f.shared.is_ready() && f.read("db").as_deref() == Some("v2")
+    })
+    .await;
+    assert!(f.shared.metrics.encode().contains("rotor_sidecar_ready 1"));
     stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -1,6 +1,6 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
 
@@ -202,11 +202,31 @@ fn planted_symlinks_never_lead_writes_outside() {
     );
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
 
-    // ..data planted as a link to a directory outside: refused, nothing written there.
-    std::fs::remove_file(target.join("..data")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), target.join("..data")).unwrap();
-    let err = w
-        .write(&[spec("db", "other", 0o400)])
+    // ..data planted as a link to a directory outside: the writer points it
+    // back, then writes; nothing is written there.
+    let served = std::fs::read_link(target.join("..data")).unwrap();
+    let plant_data = || {
+        std::fs::remove_file(target.join("..data")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), target.join("..data")).unwrap();
+    };
+    plant_data();
+    assert_eq!(
+        w.write(&[spec("db", "secret", 0o400)]).unwrap(),
+        Outcome::Unchanged
+    );
+    assert_eq!(std::fs::read_link(target.join("..data")).unwrap(), served);
+    plant_data();
+    assert_eq!(
+        w.write(&[spec("db", "other", 0o400)]).unwrap(),
+        Outcome::Written
+    );
+    assert_eq!(std::fs::read_to_string(target.join("db")).unwrap(), "other");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    // A restarted writer cannot know what ..data pointed to: it refuses.
+    plant_data();
+    let mut restarted = AtomicWriter::open(target, opts()).unwrap();
+    let err = restarted
+        .write(&[spec("db", "again", 0o400)])
         .err()
         .unwrap()
         .to_string();
@@ -365,4 +385,91 @@ fn directories_open_only_to_the_classes_that_may_read() {
         assert_eq!(mode_of(&data), dir_mode, "data dir for {default_mode:o}");
         assert_eq!(mode_of(&dir.path().join("db")), default_mode);
     }
+}
+
+/// A process that swaps `..data_tmp` for a link to `outside` between the
+/// writer's `symlinkat` and `renameat`, the first `times` swaps.
+fn racer(outside: &Path, times: usize) -> (SwapRace, Arc<AtomicUsize>) {
+    let outside = outside.to_owned();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let race = move |target: &Path| {
+        if counter.fetch_add(1, Ordering::SeqCst) < times {
+            let tmp = target.join("..data_tmp");
+            std::fs::remove_file(&tmp).unwrap();
+            std::os::unix::fs::symlink(&outside, &tmp).unwrap();
+        }
+    };
+    (Box::new(race), calls)
+}
+
+#[test]
+fn a_data_tmp_swapped_during_the_swap_is_repaired_before_the_files_are_served() {
+    let dir = scratch();
+    let outside = scratch();
+    std::fs::write(outside.path().join("db"), "planted").unwrap();
+    let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
+    w.write(&[spec("db", "v1", 0o400)]).unwrap();
+    let (race, calls) = racer(outside.path(), 1);
+    w.before_swap = Some(race);
+    assert_eq!(
+        w.write(&[spec("db", "v2", 0o400)]).unwrap(),
+        Outcome::Written
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "swapped once more");
+    let data = std::fs::read_link(dir.path().join("..data")).unwrap();
+    assert!(is_data_dir_name(data.to_str().unwrap()), "{data:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("db")).unwrap(),
+        "v2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("db")).unwrap(),
+        "planted"
+    );
+    // Later writes work.
+    w.before_swap = None;
+    w.write(&[spec("db", "v3", 0o400)]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("db")).unwrap(),
+        "v3"
+    );
+}
+
+#[test]
+fn a_swap_that_keeps_losing_the_race_fails_then_recovers() {
+    let dir = scratch();
+    let outside = scratch();
+    let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
+    w.write(&[spec("db", "v1", 0o400)]).unwrap();
+    let (race, calls) = racer(outside.path(), usize::MAX);
+    w.before_swap = Some(race);
+    let err = w
+        .write(&[spec("db", "v2", 0o400)])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("after 3 swaps") && err.contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // The directory made for the failed write is gone; ..data is foreign.
+    let data_dirs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| is_data_dir_name(e.as_ref().unwrap().file_name().to_str().unwrap()))
+        .count();
+    assert_eq!(data_dirs, 1);
+    assert_eq!(
+        std::fs::read_link(dir.path().join("..data")).unwrap(),
+        outside.path()
+    );
+    // The race stops: the next write points ..data back and goes through.
+    w.before_swap = None;
+    w.write(&[spec("db", "v2", 0o400)]).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("db")).unwrap(),
+        "v2"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
