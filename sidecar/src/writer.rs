@@ -28,7 +28,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use zeroize::Zeroizing;
@@ -480,7 +480,7 @@ impl AtomicWriter {
         }
         let stat = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.io("inspect a file link"))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             return Err(self.fail(format!(
                 "{name:?} is a directory where the file link belongs; refusing to replace it"
             )));
@@ -531,20 +531,120 @@ impl AtomicWriter {
         }
     }
 
-    /// Removes data directories left by an earlier run, except the current.
+    /// Removes what an earlier run could have left: the `..data_tmp` and
+    /// `..tmp.<file>` symlinks of an interrupted swap, and data directories
+    /// other than the served one (superseded, or from an interrupted
+    /// write), which hold only regular files. Anything else under those
+    /// names was not made by the writer: it is refused, by name, before
+    /// anything is removed. When `..data` is not one of the writer's links,
+    /// which data directory is served is unknown, so all are kept.
     fn remove_leftovers(&self) -> Result<()> {
-        let current = self.current_dir_name().ok().flatten();
-        let entries = rustix::fs::Dir::read_from(&self.dir).map_err(self.io("list the target"))?;
-        for entry in entries {
-            let entry = entry.map_err(self.io("list the target"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_data_dir_name(&name) && Some(&name) != current.as_ref() {
-                self.remove_dir(&name)?;
-            } else if name.starts_with("..tmp.") {
-                self.unlink_if_present(&name)?;
+        let served = match self.current_dir_name() {
+            Ok(Some(dir)) => Some(dir),
+            Ok(None) => None,
+            Err(_) => return self.remove_tmp_links(),
+        };
+        let mut links = Vec::new();
+        let mut dirs = Vec::new();
+        for name in self.list_target()? {
+            if is_tmp_name(&name) {
+                self.expect_kind(&self.dir, &name, &name, FileType::Symlink)?;
+                links.push(name);
+            } else if is_data_dir_name(&name) && Some(&name) != served.as_ref() {
+                self.expect_kind(&self.dir, &name, &name, FileType::Directory)?;
+                let fd = self.open_subdir(&name)?;
+                let files = self.list_dir(&name)?;
+                for file in &files {
+                    self.expect_kind(&fd, file, &format!("{name}/{file}"), FileType::RegularFile)?;
+                }
+                dirs.push((fd, name, files));
+            }
+        }
+        for name in links {
+            self.unlink_if_present(&name)?;
+        }
+        for (fd, name, files) in dirs {
+            for file in files {
+                match rustix::fs::unlinkat(&fd, file.as_str(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(self.io("remove an old data file")(e)),
+                }
+            }
+            match rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.io("remove an old data directory")(e)),
             }
         }
         Ok(())
+    }
+
+    /// The symlinks of an interrupted swap only (see [`Self::remove_leftovers`]).
+    fn remove_tmp_links(&self) -> Result<()> {
+        let names: Vec<String> = self
+            .list_target()?
+            .into_iter()
+            .filter(|n| is_tmp_name(n))
+            .collect();
+        for name in &names {
+            self.expect_kind(&self.dir, name, name, FileType::Symlink)?;
+        }
+        for name in &names {
+            self.unlink_if_present(name)?;
+        }
+        Ok(())
+    }
+
+    fn list_target(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.dir).map_err(self.io("list the target"))? {
+            let entry = entry.map_err(self.io("list the target"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Refuses `name` (in `dir`; `shown` relative to the target) unless it
+    /// is of the kind the writer leaves under that name.
+    fn expect_kind(
+        &self,
+        dir: &impl AsFd,
+        name: &str,
+        shown: &str,
+        expected: FileType,
+    ) -> Result<()> {
+        let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.io("inspect a leftover entry"))?;
+        let found = FileType::from_raw_mode(stat.st_mode);
+        if found == expected {
+            return Ok(());
+        }
+        let expected = match expected {
+            FileType::Symlink => "only a symlink (from an interrupted swap)",
+            FileType::Directory => "only a data directory",
+            _ => "only regular files (a data directory holds nothing else)",
+        };
+        Err(self.fail(format!(
+            "{} is {}, where rotor-sidecar leaves {expected}; it was not made by rotor-sidecar, \
+             so nothing was removed: remove it, or give --out-dir an empty directory",
+            self.path.join(shown).display(),
+            kind_name(found),
+        )))
+    }
+}
+
+fn is_tmp_name(name: &str) -> bool {
+    name == DATA_TMP || name.starts_with("..tmp.")
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Directory => "a directory",
+        FileType::RegularFile => "a regular file",
+        FileType::Symlink => "a symlink",
+        _ => "a special file",
     }
 }
 

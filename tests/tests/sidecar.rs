@@ -386,6 +386,22 @@ fn startup_errors_name_the_problem() {
         "{stderr}"
     );
 
+    // Something under the writer's own names that the writer did not make.
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    let stray = pod.out.path().join("..tmp.db");
+    std::fs::create_dir(&stray).unwrap();
+    let out = pod.command().stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "{} is a directory, where rotor-sidecar leaves only a symlink",
+            stray.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir(&stray).unwrap();
+
     let disk = tempfile::tempdir().unwrap();
     if !on_tmpfs(disk.path()) {
         pod.annotate(&[("rotor.dev/secret.db", "db")]);

@@ -473,3 +473,133 @@ fn a_swap_that_keeps_losing_the_race_fails_then_recovers() {
     );
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
 }
+
+/// What an interrupted run leaves: the swap's and a file link's temporary
+/// symlinks, a superseded data directory, an empty one from a write cut
+/// short. All of it goes at open; what is served stays.
+#[test]
+fn leftovers_of_an_interrupted_run_are_removed_at_open() {
+    let dir = scratch();
+    let outside = scratch();
+    let target = dir.path();
+    let mut w = AtomicWriter::open(
+        target,
+        WriterOptions {
+            grace: Duration::from_secs(3600),
+            ..opts()
+        },
+    )
+    .unwrap();
+    w.write(&[spec("db", "v1", 0o400)]).unwrap();
+    w.write(&[spec("db", "v2", 0o400)]).unwrap();
+    drop(w);
+    std::os::unix::fs::symlink(outside.path(), target.join("..data_tmp")).unwrap();
+    std::os::unix::fs::symlink("..data/db", target.join("..tmp.db")).unwrap();
+    std::fs::create_dir(target.join("..2020_01_01_00_00_00.000000001")).unwrap();
+    std::fs::write(target.join("unrelated"), "kept").unwrap();
+    let entries = || {
+        let mut names: Vec<String> = std::fs::read_dir(target)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(entries().len(), 8, "{:?}", entries());
+
+    let w = AtomicWriter::open(target, opts()).unwrap();
+    let served = std::fs::read_link(target.join("..data")).unwrap();
+    let served = served.to_str().unwrap();
+    assert_eq!(entries(), [served, "..data", "db", "unrelated"]);
+    assert_eq!(std::fs::read_to_string(target.join("db")).unwrap(), "v2");
+    assert_eq!(w.read_current().unwrap().len(), 1);
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+/// Under the writer's names, anything it would not have left is refused
+/// at open, by path, and nothing is removed.
+#[test]
+fn foreign_entries_under_the_writers_names_are_refused_at_open() {
+    const OLD: &str = "..2020_01_01_00_00_00.000000001";
+    type Plant = fn(&Path);
+    let cases: [(&str, Plant, &str, &str); 5] = [
+        (
+            "a ..tmp.* directory",
+            |t| std::fs::create_dir(t.join("..tmp.db")).unwrap(),
+            "..tmp.db is a directory",
+            "only a symlink",
+        ),
+        (
+            "a ..data_tmp regular file",
+            |t| std::fs::write(t.join("..data_tmp"), "x").unwrap(),
+            "..data_tmp is a regular file",
+            "only a symlink",
+        ),
+        (
+            "a subdirectory in an old data directory",
+            |t| std::fs::create_dir_all(t.join(OLD).join("sub")).unwrap(),
+            "/sub is a directory",
+            "only regular files",
+        ),
+        (
+            "a symlink in an old data directory",
+            |t| {
+                std::fs::create_dir(t.join(OLD)).unwrap();
+                std::os::unix::fs::symlink("/etc/hostname", t.join(OLD).join("db")).unwrap();
+            },
+            "/db is a symlink",
+            "only regular files",
+        ),
+        (
+            "a symlink named like a data directory",
+            |t| std::os::unix::fs::symlink("/tmp", t.join(OLD)).unwrap(),
+            " is a symlink",
+            "only a data directory",
+        ),
+    ];
+    for (case, plant, found, expected) in cases {
+        let dir = scratch();
+        let target = dir.path();
+        // A leftover the writer would remove, and an old data directory.
+        std::os::unix::fs::symlink("nowhere", target.join("..tmp.api")).unwrap();
+        std::fs::create_dir(target.join("..2020_01_01_00_00_00.000000000")).unwrap();
+        std::fs::write(target.join("..2020_01_01_00_00_00.000000000/db"), "x").unwrap();
+        plant(target);
+        let before = std::fs::read_dir(target).unwrap().count();
+        let err = AtomicWriter::open(target, opts())
+            .err()
+            .unwrap_or_else(|| panic!("{case}: accepted"))
+            .to_string();
+        assert!(
+            err.contains(&target.display().to_string())
+                && err.contains(found)
+                && err.contains(expected)
+                && err.contains("not made by rotor-sidecar"),
+            "{case}: {err}"
+        );
+        assert_eq!(
+            std::fs::read_dir(target).unwrap().count(),
+            before,
+            "{case}: something was removed"
+        );
+    }
+}
+
+/// When `..data` is not one of the writer's links, which data directory is
+/// served is unknown: none is removed.
+#[test]
+fn data_directories_are_kept_when_data_is_not_the_writers() {
+    let dir = scratch();
+    let outside = scratch();
+    let target = dir.path();
+    let mut w = AtomicWriter::open(target, opts()).unwrap();
+    w.write(&[spec("db", "v1", 0o400)]).unwrap();
+    drop(w);
+    let served = std::fs::read_link(target.join("..data")).unwrap();
+    std::fs::remove_file(target.join("..data")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), target.join("..data")).unwrap();
+    std::os::unix::fs::symlink("nowhere", target.join("..data_tmp")).unwrap();
+    AtomicWriter::open(target, opts()).unwrap();
+    assert!(target.join(&served).join("db").exists());
+    assert!(std::fs::symlink_metadata(target.join("..data_tmp")).is_err());
+}
