@@ -12,9 +12,12 @@
 //! `..data_tmp` symlink to it is renamed over `..data`: one `rename(2)`
 //! switches every file at once. A reader that opens `<target>/<file>` gets a
 //! complete old file or a complete new one; a reader that needs several files
-//! as one set opens them through `..data/` (or compares `readlink ..data`
-//! before and after). Superseded directories are kept for a grace period, so
-//! a reader in the middle of a path lookup never finds its file gone.
+//! as one set opens `..data` once as a directory and opens every file
+//! relative to that handle (`openat`): opening `..data/a` and `..data/b` by
+//! path follows the link twice, and a swap in between tears the set.
+//! Superseded directories are kept for a grace period, so a reader in the
+//! middle of a path lookup, or holding a `..data` handle, never finds its
+//! file gone.
 //!
 //! Every operation works relative to the target directory's handle with
 //! no-follow semantics, and every name is a validated file name, so no write

@@ -603,3 +603,134 @@ fn data_directories_are_kept_when_data_is_not_the_writers() {
     assert!(target.join(&served).join("db").exists());
     assert!(std::fs::symlink_metadata(target.join("..data_tmp")).is_err());
 }
+
+/// The generation in a file written by [`generation_set`].
+fn generation_of(data: &[u8]) -> String {
+    let text = std::str::from_utf8(data).unwrap();
+    text.split_once(':').unwrap().1.to_owned()
+}
+
+/// Four files, each naming its generation.
+fn generation_set(generation: u32) -> Vec<FileSpec> {
+    ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| spec(n, &format!("{n}:{generation:08}"), 0o400))
+        .collect()
+}
+
+/// `..data` opened once, as a directory (following the link).
+fn open_data(target: &Path) -> OwnedFd {
+    rustix::fs::open(
+        target.join("..data"),
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// The way the README says to read several files as one set: open `..data`
+/// once and read each file relative to that handle. Swaps land between the
+/// reads, 2,000 of them in lockstep with the reader and 2,000 more running
+/// freely; every set read through one handle is one generation. The same
+/// files opened by path through `..data/` are torn by every lockstep swap.
+#[test]
+fn a_set_read_through_one_data_handle_is_never_torn() {
+    const SWAPS: u32 = 2_000;
+    let dir = scratch();
+    let target = dir.path().to_owned();
+    let mut w = AtomicWriter::open(
+        &target,
+        WriterOptions {
+            // No directory goes while a reader may hold it.
+            grace: Duration::from_secs(3600),
+            ..opts()
+        },
+    )
+    .unwrap();
+    w.write(&generation_set(0)).unwrap();
+    let read_set = |set: &OwnedFd| -> Vec<String> {
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| generation_of(&read_file(set, n).unwrap().0))
+            .collect()
+    };
+
+    // In lockstep: the writer swaps between every two files read.
+    let (swap, swapping) = std::sync::mpsc::sync_channel::<()>(0);
+    let (swapped, done) = std::sync::mpsc::sync_channel::<()>(0);
+    let writer = std::thread::spawn(move || {
+        for generation in 1..=SWAPS {
+            swapping.recv().unwrap();
+            w.write(&generation_set(generation)).unwrap();
+            swapped.send(()).unwrap();
+        }
+        w
+    });
+    let (mut swaps, mut sets, mut torn_by_path) = (0, 0, 0);
+    while swaps < SWAPS {
+        let set = open_data(&target);
+        let mut by_handle = Vec::new();
+        let mut by_path = Vec::new();
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            if i > 0 && swaps < SWAPS {
+                swap.send(()).unwrap();
+                done.recv().unwrap();
+                swaps += 1;
+            }
+            by_handle.push(generation_of(&read_file(&set, name).unwrap().0));
+            by_path.push(generation_of(
+                &std::fs::read(target.join("..data").join(name)).unwrap(),
+            ));
+        }
+        assert!(
+            by_handle.windows(2).all(|g| g[0] == g[1]),
+            "a torn set through one handle: {by_handle:?}"
+        );
+        assert_eq!(by_handle, read_set(&set), "the handle moved");
+        sets += 1;
+        torn_by_path += usize::from(by_path.windows(2).any(|g| g[0] != g[1]));
+    }
+    let mut w = writer.join().unwrap();
+    assert_eq!(
+        torn_by_path, sets,
+        "opening ..data/<file> by path follows each swap"
+    );
+
+    // Running freely: the reader reads sets until the writer is done, and
+    // once more after.
+    let finished = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let finished = finished.clone();
+        std::thread::spawn(move || {
+            for generation in SWAPS + 1..=2 * SWAPS {
+                w.write(&generation_set(generation)).unwrap();
+            }
+            finished.store(true, Ordering::SeqCst);
+        })
+    };
+    let (mut sets, mut torn_by_path) = (0usize, 0usize);
+    loop {
+        let last = finished.load(Ordering::SeqCst);
+        let gens = read_set(&open_data(&target));
+        assert!(
+            gens.windows(2).all(|g| g[0] == g[1]),
+            "a torn set: {gens:?}"
+        );
+        // For comparison only: the same set by path.
+        let by_path: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| generation_of(&std::fs::read(target.join("..data").join(n)).unwrap()))
+            .collect();
+        sets += 1;
+        torn_by_path += usize::from(by_path.windows(2).any(|g| g[0] != g[1]));
+        if last {
+            assert_eq!(gens[0], format!("{:08}", 2 * SWAPS));
+            break;
+        }
+    }
+    writer.join().unwrap();
+    eprintln!(
+        "{SWAPS} free-running swaps: {sets} sets read through one ..data handle, none torn; \
+         by path through ..data/, {torn_by_path} torn"
+    );
+}
