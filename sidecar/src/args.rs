@@ -50,7 +50,8 @@ pub struct Args {
     #[arg(long, env = "ROTOR_PUSH_ADDR", default_value = "127.0.0.1:9465")]
     push_addr: SocketAddr,
 
-    /// Push requests allowed per second (bursts of twice as many).
+    /// Push requests allowed per second from each caller (peer IP address),
+    /// in bursts of twice as many.
     #[arg(long, env = "ROTOR_PUSH_RATE", default_value_t = 10)]
     push_rate: u32,
 

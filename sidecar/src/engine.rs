@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ring::rand::SecureRandom;
 use rotor_crds::annotations::{FileSource, OnMissing, PodSecrets, template_references};
 use rotor_envelope::{ExposeSecret, Plaintext};
-use rotor_store::{Selector, Store, VersionId};
+use rotor_store::{Fetched, Selector, Stage, Store, VersionId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -24,19 +24,41 @@ use crate::writer::{AtomicWriter, Outcome};
 /// State the HTTP endpoints read.
 #[derive(Default)]
 pub struct Shared {
+    /// The first complete set of files is written.
     pub ready: AtomicBool,
+    /// The last write failed: the files are not what the engine would
+    /// serve, and it retries every second.
+    pub writes_failing: AtomicBool,
     pub metrics: Metrics,
 }
 
 impl Shared {
+    /// Ready: the first complete set is written and writing works.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why the sidecar is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if !self.ready.load(Ordering::Acquire) {
+            Some("waiting for the first complete write")
+        } else if self.writes_failing.load(Ordering::Acquire) {
+            Some("the files cannot be written (see the log); retrying")
+        } else {
+            None
+        }
+    }
+
+    fn set_writes_failing(&self, failing: bool) {
+        self.writes_failing.store(failing, Ordering::Release);
+        self.metrics
+            .set_ready(!failing && self.ready.load(Ordering::Acquire));
     }
 }
 
 /// `POST /v1/refresh` body: the secrets to refetch now, each optionally
-/// pinned to a version (a rotation's pending version, or the version to roll
-/// back to). An empty list refetches every secret.
+/// pinned to the store's PENDING version (a rotation's target). An empty list
+/// refetches every secret.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PushBody {
@@ -48,8 +70,11 @@ pub struct PushBody {
 #[serde(deny_unknown_fields)]
 pub struct PushSecret {
     pub name: String,
-    /// Serve exactly this version until the store's CURRENT reaches it, a
-    /// later push changes it, or the pin expires.
+    /// Serve this version, which must be the store's PENDING version of the
+    /// secret, until it stops being PENDING (promoted to CURRENT or retired),
+    /// a later push changes it, or the pin expires. Naming the CURRENT
+    /// version is the same as naming none; any other version is refused.
+    /// Without a version, CURRENT is served (and a pin released).
     #[serde(default)]
     pub version: Option<String>,
 }
@@ -58,6 +83,11 @@ pub struct PushSecret {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PushReply {
     pub ok: bool,
+    /// Set when the request was refused as a whole and changed nothing (a
+    /// pin to a version that is not PENDING): HTTP 409. `secrets` then
+    /// lists the refused secrets, each with the version it still serves.
+    #[serde(rename = "error", skip_serializing_if = "Option::is_none", default)]
+    pub refused: Option<String>,
     pub secrets: Vec<PushAck>,
 }
 
@@ -79,7 +109,8 @@ pub struct PushRequest {
 /// Tuning of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// How long a pushed version pin lasts without the store catching up.
+    /// How long a pushed version pin lasts at most, even while the version
+    /// stays PENDING.
     pub pin_ttl: Duration,
     /// The first retry delay after an error.
     pub backoff_base: Duration,
@@ -145,6 +176,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     options: EngineOptions,
     written_once: bool,
+    /// The last write failed: write again (every second) until it works.
+    unwritten: bool,
     /// Secrets whose store said they may have changed (watching stores).
     nudges: (mpsc::Sender<String>, mpsc::Receiver<String>),
     watchers: BTreeMap<String, tokio::task::JoinHandle<()>>,
@@ -168,6 +201,7 @@ impl Engine {
             shared,
             options,
             written_once: false,
+            unwritten: false,
             nudges: mpsc::channel(64),
             watchers: BTreeMap::new(),
         };
@@ -223,6 +257,9 @@ impl Engine {
                 }
                 () = tokio::time::sleep_until(next.into()) => self.poll_due().await,
                 _ = gc.tick() => {
+                    if self.unwritten {
+                        self.publish("retry", None).await;
+                    }
                     if let Err(e) = self.writer.gc() {
                         tracing::warn!(error = %e, "removing old data directories failed");
                     }
@@ -346,7 +383,7 @@ impl Engine {
             self.schedule(name, outcome != Check::Failed);
             changed |= outcome == Check::Changed;
         }
-        if changed || !self.written_once {
+        if changed || !self.written_once || self.unwritten {
             self.publish("poll", None).await;
         }
     }
@@ -373,57 +410,95 @@ impl Engine {
                     self.shared.metrics.success(name, SystemTime::now());
                     let t = self.tracked.get_mut(name).expect("tracked");
                     t.missing = false;
-                    match &pinned {
-                        Some(pin) if *pin == current => {
-                            t.pin = None; // the store caught up with the pin
-                            if t.version.as_ref() == Some(&current) {
-                                return Check::Unchanged;
-                            }
-                        }
-                        Some(pin) if t.version.as_ref() == Some(pin) => return Check::Unchanged,
-                        Some(_) => {}
-                        None if t.version.as_ref() == Some(&current) => return Check::Unchanged,
-                        None => {}
+                    if pinned.as_ref() == Some(&current) {
+                        t.pin = None; // promoted: the store caught up with the pin
                     }
+                    if t.pin.is_none() && t.version.as_ref() == Some(&current) {
+                        return Check::Unchanged;
+                    }
+                    // Pinned: whether the pin is still PENDING takes a read.
                 }
                 Err(e) => return self.failed(name, e),
             }
         }
         let t = self.tracked.get(name).expect("tracked");
-        let selector = match t.pin.as_ref() {
-            Some((v, _)) => Selector::Version(v.clone()),
+        let selector = match t.pin {
+            Some(_) => Selector::Stage(Stage::Pending),
             None => Selector::Current,
         };
         match self.store.read(name, &selector).await {
-            Ok(fetched) => {
-                let at = SystemTime::now();
-                self.shared.metrics.success(name, at);
-                self.shared.metrics.served(name, &fetched.version.0);
-                let t = self.tracked.get_mut(name).expect("tracked");
-                let changed = t.version.as_ref() != Some(&fetched.version)
-                    || t.value
-                        .as_ref()
-                        .is_none_or(|v| v.expose_secret() != fetched.value.expose_secret());
-                if changed {
-                    tracing::info!(secret = name, version = %fetched.version, "fetched a new version");
-                }
-                t.version = Some(fetched.version);
-                t.created_at = fetched.created_at;
-                t.value = Some(fetched.value);
-                t.missing = false;
-                if changed {
-                    Check::Changed
-                } else {
-                    Check::Unchanged
-                }
+            Ok(fetched) if pinned.as_ref().is_some_and(|pin| *pin != fetched.version) => {
+                tracing::warn!(
+                    secret = name,
+                    pinned = %pinned.as_ref().expect("pinned"),
+                    pending = %fetched.version,
+                    "pinned version is no longer PENDING; following CURRENT again"
+                );
+                self.tracked.get_mut(name).expect("tracked").pin = None;
+                Box::pin(self.check(name)).await
             }
-            Err(e) if e.is_not_found() && matches!(selector, Selector::Version(_)) => {
-                tracing::warn!(secret = name, error = %e, "pinned version is gone; following CURRENT again");
-                let t = self.tracked.get_mut(name).expect("tracked");
-                t.pin = None;
+            Ok(fetched) => self.install(name, fetched),
+            Err(e) if e.is_not_found() && pinned.is_some() => {
+                tracing::warn!(secret = name, error = %e, "pinned version is no longer PENDING; following CURRENT again");
+                self.tracked.get_mut(name).expect("tracked").pin = None;
                 Box::pin(self.check(name)).await
             }
             Err(e) => self.failed(name, e),
+        }
+    }
+
+    /// Takes a fetched version as the one served.
+    fn install(&mut self, name: &str, fetched: Fetched) -> Check {
+        let at = SystemTime::now();
+        self.shared.metrics.success(name, at);
+        self.shared.metrics.served(name, &fetched.version.0);
+        let t = self.tracked.get_mut(name).expect("tracked");
+        let changed = t.version.as_ref() != Some(&fetched.version)
+            || t.value
+                .as_ref()
+                .is_none_or(|v| v.expose_secret() != fetched.value.expose_secret());
+        if changed {
+            tracing::info!(secret = name, version = %fetched.version, "fetched a new version");
+        }
+        t.version = Some(fetched.version);
+        t.created_at = fetched.created_at;
+        t.value = Some(fetched.value);
+        t.missing = false;
+        if changed {
+            Check::Changed
+        } else {
+            Check::Unchanged
+        }
+    }
+
+    /// Whether a push may pin `name` to `version`: only the store's PENDING
+    /// version (the rotation target) may be pinned. Naming CURRENT is the
+    /// same as naming no version. Anything else, such as an older and
+    /// possibly revoked version, is refused.
+    async fn admit_pin(&self, name: &str, version: &str) -> PinAdmission {
+        let asked = VersionId(version.to_owned());
+        let refused = |why: &str| {
+            PinAdmission::Refused(format!(
+                "version {version:?} of secret {name:?} cannot be pinned: {why}; \
+                 only the store's PENDING version (the rotation target) may be pinned. \
+                 To serve CURRENT again, push without a version"
+            ))
+        };
+        match self
+            .store
+            .read(name, &Selector::Stage(Stage::Pending))
+            .await
+        {
+            Ok(pending) if pending.version == asked => return PinAdmission::Pending(pending),
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return PinAdmission::Unavailable(e),
+        }
+        match self.store.current_version(name).await {
+            Ok(current) if current == asked => PinAdmission::Current,
+            Ok(_) => refused("it is not the PENDING version"),
+            Err(e) if e.is_not_found() => refused("the secret has no such version"),
+            Err(e) => PinAdmission::Unavailable(e),
         }
     }
 
@@ -497,14 +572,17 @@ impl Engine {
         let outcome = match self.writer.write(&files) {
             Ok(o) => o,
             Err(e) => {
-                tracing::error!(error = %e, "writing failed; keeping the last good files");
+                tracing::error!(error = %e, "writing failed; not ready until a write works again");
+                self.unwritten = true;
+                self.shared.set_writes_failing(true);
                 return false;
             }
         };
         let first = !self.written_once;
         self.written_once = true;
+        self.unwritten = false;
         self.shared.ready.store(true, Ordering::Release);
-        self.shared.metrics.set_ready(true);
+        self.shared.set_writes_failing(false);
         if outcome == Outcome::Unchanged {
             return true;
         }
@@ -591,6 +669,41 @@ impl Engine {
         } else {
             body.secrets
         };
+        // Every pin is checked against the store before anything changes.
+        let mut admitted = BTreeMap::new();
+        let mut refused = Vec::new();
+        for s in &names {
+            if let (Some(version), true) = (&s.version, self.tracked.contains_key(&s.name)) {
+                match self.admit_pin(&s.name, version).await {
+                    PinAdmission::Refused(why) => {
+                        tracing::warn!(
+                            secret = s.name,
+                            version,
+                            "push refused: only the PENDING version may be pinned"
+                        );
+                        refused.push(PushAck {
+                            name: s.name.clone(),
+                            version: self.tracked[&s.name].version.as_ref().map(|v| v.0.clone()),
+                            error: Some(why),
+                        });
+                    }
+                    admission => {
+                        admitted.insert(s.name.clone(), admission);
+                    }
+                }
+            }
+        }
+        if !refused.is_empty() {
+            let _ = reply.send(PushReply {
+                ok: false,
+                refused: Some(
+                    "refused: a pin may name only the store's PENDING version of a secret; nothing was changed"
+                        .to_owned(),
+                ),
+                secrets: refused,
+            });
+            return;
+        }
         let mut acks = Vec::new();
         let mut failed = false;
         for s in &names {
@@ -603,16 +716,35 @@ impl Engine {
                 failed = true;
                 continue;
             };
-            t.pin = s
-                .version
-                .as_ref()
-                .map(|v| (VersionId(v.clone()), Instant::now()));
-            let outcome = self.check(&s.name).await;
+            let outcome = match admitted.remove(&s.name) {
+                Some(PinAdmission::Pending(fetched)) => {
+                    t.pin = Some((fetched.version.clone(), Instant::now()));
+                    self.install(&s.name, fetched)
+                }
+                Some(PinAdmission::Unavailable(e)) => {
+                    tracing::warn!(secret = s.name, error = %e, "cannot check a pushed pin against the store; keeping what is served");
+                    acks.push(PushAck {
+                        name: s.name.clone(),
+                        version: t.version.as_ref().map(|v| v.0.clone()),
+                        error: Some(format!("cannot check the version against the store: {e}")),
+                    });
+                    failed = true;
+                    continue;
+                }
+                // No version, or CURRENT named (refusals returned above).
+                _ => {
+                    t.pin = None;
+                    self.check(&s.name).await
+                }
+            };
             self.schedule(&s.name, outcome != Check::Failed);
             failed |= matches!(outcome, Check::Failed | Check::Refused);
         }
         let written = self.publish("push", Some(received)).await;
         for s in names.iter().filter(|s| self.tracked.contains_key(&s.name)) {
+            if acks.iter().any(|a| a.name == s.name) {
+                continue;
+            }
             let t = &self.tracked[&s.name];
             let mismatch = s
                 .version
@@ -627,9 +759,21 @@ impl Engine {
         }
         let _ = reply.send(PushReply {
             ok: written && !failed,
+            refused: None,
             secrets: acks,
         });
     }
+}
+
+/// What [`Engine::admit_pin`] found.
+enum PinAdmission {
+    /// The PENDING version, read.
+    Pending(Fetched),
+    /// The CURRENT version: serve CURRENT, no pin.
+    Current,
+    Refused(String),
+    /// The store could not say.
+    Unavailable(rotor_store::Error),
 }
 
 /// `d` minus up to 10%, so that polls spread out but never come late.

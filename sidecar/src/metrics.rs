@@ -58,7 +58,7 @@ impl Default for Metrics {
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
         registry.register(
             "sidecar_ready",
-            "1 once the first complete set of files is written",
+            "1 once the first complete set of files is written, 0 while writing fails",
             ready.clone(),
         );
         registry.register(

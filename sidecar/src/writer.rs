@@ -12,9 +12,12 @@
 //! `..data_tmp` symlink to it is renamed over `..data`: one `rename(2)`
 //! switches every file at once. A reader that opens `<target>/<file>` gets a
 //! complete old file or a complete new one; a reader that needs several files
-//! as one set opens them through `..data/` (or compares `readlink ..data`
-//! before and after). Superseded directories are kept for a grace period, so
-//! a reader in the middle of a path lookup never finds its file gone.
+//! as one set opens `..data` once as a directory and opens every file
+//! relative to that handle (`openat`): opening `..data/a` and `..data/b` by
+//! path follows the link twice, and a swap in between tears the set.
+//! Superseded directories are kept for a grace period, so a reader in the
+//! middle of a path lookup, or holding a `..data` handle, never finds its
+//! file gone.
 //!
 //! Every operation works relative to the target directory's handle with
 //! no-follow semantics, and every name is a validated file name, so no write
@@ -28,7 +31,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use zeroize::Zeroizing;
@@ -37,6 +40,9 @@ use crate::{Error, Result};
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
+/// How many times a swap is tried when `..data` does not end up pointing
+/// where it was just swapped to.
+const SWAP_ATTEMPTS: u32 = 3;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 
@@ -81,6 +87,10 @@ impl Default for WriterOptions {
     }
 }
 
+/// What a test runs between the writer's `symlinkat` and `renameat`.
+#[cfg(test)]
+pub(crate) type SwapRace = Box<dyn Fn(&Path) + Send + Sync>;
+
 pub struct AtomicWriter {
     path: PathBuf,
     dir: OwnedFd,
@@ -90,6 +100,14 @@ pub struct AtomicWriter {
     /// The data directory this writer made last and a digest of its files,
     /// so that an unchanged write reads nothing from disk.
     last: Option<(String, [u8; 32])>,
+    /// The data directory `..data` should point to: the one this writer
+    /// swapped in last, or found served. A `..data` changed behind the
+    /// writer's back is pointed back to it.
+    served: Option<String>,
+    /// Runs between creating `..data_tmp` and renaming it over `..data`:
+    /// where a test swaps `..data_tmp` as a racing process would.
+    #[cfg(test)]
+    pub(crate) before_swap: Option<SwapRace>,
     /// The process umask, read once: files need an explicit chmod only
     /// when it would strip bits of their mode.
     umask: u32,
@@ -134,14 +152,18 @@ impl AtomicWriter {
         if let Some((uid, gid)) = options.owner {
             check_owner(uid, gid).map_err(fail)?;
         }
-        let writer = Self {
+        let mut writer = Self {
             path: path.to_owned(),
             dir,
             options,
             retired: Vec::new(),
             last: None,
+            served: None,
+            #[cfg(test)]
+            before_swap: None,
             umask: read_umask(),
         };
+        writer.served = writer.current_dir_name().ok().flatten();
         // Best effort: keep other users out of the target itself.
         let _ = rustix::fs::fchmod(
             &writer.dir,
@@ -161,7 +183,7 @@ impl AtomicWriter {
         for f in files {
             rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
         }
-        let old = self.current_dir_name()?;
+        let old = self.served_dir()?;
         let digest = digest_of(files);
         if let Some(old) = &old {
             let unchanged = match &self.last {
@@ -174,15 +196,11 @@ impl AtomicWriter {
             }
         }
         let ts = self.make_dir(files)?;
-        // Swap: ..data_tmp -> ts, renamed over ..data.
-        self.unlink_if_present(DATA_TMP)?;
-        rustix::fs::symlinkat(ts.as_str(), &self.dir, DATA_TMP)
-            .map_err(self.io("create ..data_tmp"))?;
-        rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
-            self.fail(format!(
-                "cannot swap ..data ({e}); is ..data something other than a symlink?"
-            ))
-        })?;
+        if let Err(e) = self.point_data_at(&ts) {
+            let _ = self.remove_dir(&ts);
+            return Err(e);
+        }
+        self.served = Some(ts.clone());
         // User-visible names.
         for f in files {
             self.link_visible(&f.name)?;
@@ -197,8 +215,86 @@ impl AtomicWriter {
             }
             self.retired.push((old, Instant::now()));
         }
-        self.gc()?;
+        if let Err(e) = self.gc() {
+            // The new files are served; only cleaning up failed.
+            tracing::warn!(error = %e, "removing old data directories failed");
+        }
         Ok(Outcome::Written)
+    }
+
+    /// The data directory now served: where `..data` points, or, when
+    /// something else changed `..data` to point elsewhere, the directory it
+    /// should point to, which it then points to again.
+    fn served_dir(&mut self) -> Result<Option<String>> {
+        let target = match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
+            Ok(target) => target.to_string_lossy().into_owned(),
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::INVAL) => return Err(self.fail("..data is not a symlink; refusing".into())),
+            Err(e) => return Err(self.io("read ..data")(e)),
+        };
+        if is_data_dir_name(&target) {
+            self.served = Some(target.clone());
+            return Ok(Some(target));
+        }
+        let Some(served) = self
+            .served
+            .clone()
+            .filter(|dir| self.open_subdir(dir).is_ok())
+        else {
+            return Err(self.fail(format!(
+                "..data points to {target:?}, which is not a directory this writer makes; refusing"
+            )));
+        };
+        tracing::warn!(
+            path = %self.path.display(),
+            found = target,
+            expected = served,
+            "..data was changed behind the writer's back; pointing it back"
+        );
+        self.point_data_at(&served)?;
+        Ok(Some(served))
+    }
+
+    /// Points `..data` at the data directory `dir`: a `..data_tmp` symlink
+    /// renamed over it. Then checks that `..data` points there: a process
+    /// swapping `..data_tmp` between the two calls would have it point
+    /// elsewhere, outside the target even, and every later write would
+    /// fail. Swaps again when it does not, a few times.
+    fn point_data_at(&self, dir: &str) -> Result<()> {
+        for attempt in 1..=SWAP_ATTEMPTS {
+            self.unlink_if_present(DATA_TMP)?;
+            rustix::fs::symlinkat(dir, &self.dir, DATA_TMP)
+                .map_err(self.io("create ..data_tmp"))?;
+            #[cfg(test)]
+            if let Some(race) = &self.before_swap {
+                race(&self.path);
+            }
+            rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
+                self.fail(format!(
+                    "cannot swap ..data ({e}); is ..data something other than a symlink?"
+                ))
+            })?;
+            match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
+                Ok(target) if target.to_bytes() == dir.as_bytes() => return Ok(()),
+                Ok(target) => tracing::warn!(
+                    path = %self.path.display(),
+                    attempt,
+                    found = %target.to_string_lossy(),
+                    expected = dir,
+                    "..data does not point where it was just swapped to; swapping again"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %self.path.display(),
+                    attempt,
+                    error = %e,
+                    "..data cannot be read after the swap; swapping again"
+                ),
+            }
+        }
+        Err(self.fail(format!(
+            "..data does not point to {dir:?} after {SWAP_ATTEMPTS} swaps: another process \
+             changes ..data_tmp or ..data; the writer must be the only one writing here"
+        )))
     }
 
     /// Removes superseded directories older than the grace period.
@@ -225,6 +321,7 @@ impl AtomicWriter {
         self.unlink_if_present(DATA_TMP)?;
         self.retired.clear();
         self.last = None;
+        self.served = None;
         self.remove_leftovers()
     }
 
@@ -386,7 +483,7 @@ impl AtomicWriter {
         }
         let stat = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(self.io("inspect a file link"))?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory {
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
             return Err(self.fail(format!(
                 "{name:?} is a directory where the file link belongs; refusing to replace it"
             )));
@@ -437,20 +534,120 @@ impl AtomicWriter {
         }
     }
 
-    /// Removes data directories left by an earlier run, except the current.
+    /// Removes what an earlier run could have left: the `..data_tmp` and
+    /// `..tmp.<file>` symlinks of an interrupted swap, and data directories
+    /// other than the served one (superseded, or from an interrupted
+    /// write), which hold only regular files. Anything else under those
+    /// names was not made by the writer: it is refused, by name, before
+    /// anything is removed. When `..data` is not one of the writer's links,
+    /// which data directory is served is unknown, so all are kept.
     fn remove_leftovers(&self) -> Result<()> {
-        let current = self.current_dir_name().ok().flatten();
-        let entries = rustix::fs::Dir::read_from(&self.dir).map_err(self.io("list the target"))?;
-        for entry in entries {
-            let entry = entry.map_err(self.io("list the target"))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if is_data_dir_name(&name) && Some(&name) != current.as_ref() {
-                self.remove_dir(&name)?;
-            } else if name.starts_with("..tmp.") {
-                self.unlink_if_present(&name)?;
+        let served = match self.current_dir_name() {
+            Ok(Some(dir)) => Some(dir),
+            Ok(None) => None,
+            Err(_) => return self.remove_tmp_links(),
+        };
+        let mut links = Vec::new();
+        let mut dirs = Vec::new();
+        for name in self.list_target()? {
+            if is_tmp_name(&name) {
+                self.expect_kind(&self.dir, &name, &name, FileType::Symlink)?;
+                links.push(name);
+            } else if is_data_dir_name(&name) && Some(&name) != served.as_ref() {
+                self.expect_kind(&self.dir, &name, &name, FileType::Directory)?;
+                let fd = self.open_subdir(&name)?;
+                let files = self.list_dir(&name)?;
+                for file in &files {
+                    self.expect_kind(&fd, file, &format!("{name}/{file}"), FileType::RegularFile)?;
+                }
+                dirs.push((fd, name, files));
+            }
+        }
+        for name in links {
+            self.unlink_if_present(&name)?;
+        }
+        for (fd, name, files) in dirs {
+            for file in files {
+                match rustix::fs::unlinkat(&fd, file.as_str(), AtFlags::empty()) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(self.io("remove an old data file")(e)),
+                }
+            }
+            match rustix::fs::unlinkat(&self.dir, name.as_str(), AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(self.io("remove an old data directory")(e)),
             }
         }
         Ok(())
+    }
+
+    /// The symlinks of an interrupted swap only (see [`Self::remove_leftovers`]).
+    fn remove_tmp_links(&self) -> Result<()> {
+        let names: Vec<String> = self
+            .list_target()?
+            .into_iter()
+            .filter(|n| is_tmp_name(n))
+            .collect();
+        for name in &names {
+            self.expect_kind(&self.dir, name, name, FileType::Symlink)?;
+        }
+        for name in &names {
+            self.unlink_if_present(name)?;
+        }
+        Ok(())
+    }
+
+    fn list_target(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.dir).map_err(self.io("list the target"))? {
+            let entry = entry.map_err(self.io("list the target"))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != "." && name != ".." {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Refuses `name` (in `dir`; `shown` relative to the target) unless it
+    /// is of the kind the writer leaves under that name.
+    fn expect_kind(
+        &self,
+        dir: &impl AsFd,
+        name: &str,
+        shown: &str,
+        expected: FileType,
+    ) -> Result<()> {
+        let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(self.io("inspect a leftover entry"))?;
+        let found = FileType::from_raw_mode(stat.st_mode);
+        if found == expected {
+            return Ok(());
+        }
+        let expected = match expected {
+            FileType::Symlink => "only a symlink (from an interrupted swap)",
+            FileType::Directory => "only a data directory",
+            _ => "only regular files (a data directory holds nothing else)",
+        };
+        Err(self.fail(format!(
+            "{} is {}, where rotor-sidecar leaves {expected}; it was not made by rotor-sidecar, \
+             so nothing was removed: remove it, or give --out-dir an empty directory",
+            self.path.join(shown).display(),
+            kind_name(found),
+        )))
+    }
+}
+
+fn is_tmp_name(name: &str) -> bool {
+    name == DATA_TMP || name.starts_with("..tmp.")
+}
+
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::Directory => "a directory",
+        FileType::RegularFile => "a regular file",
+        FileType::Symlink => "a symlink",
+        _ => "a special file",
     }
 }
 

@@ -83,13 +83,51 @@ pub fn http_to(
     let mut sock = std::net::TcpStream::connect((host, port)).ok()?;
     sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .ok()?;
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(request.as_bytes()).ok()?;
+    sock.write_all(request_text(method, path, body).as_bytes())
+        .ok()?;
     let mut response = String::new();
     sock.read_to_string(&mut response).ok()?;
+    parse_response(&response)
+}
+
+/// The same exchange with a loopback server, sent from the source address
+/// `source` (any of 127/8): std cannot bind a client socket before
+/// connecting, tokio's `TcpSocket` can. Tells callers apart by address.
+pub async fn http_from(
+    source: std::net::Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().ok()?;
+    socket.bind((source, 0).into()).ok()?;
+    let exchange = async {
+        let mut sock = socket
+            .connect((std::net::Ipv4Addr::LOCALHOST, port).into())
+            .await
+            .ok()?;
+        sock.write_all(request_text(method, path, body).as_bytes())
+            .await
+            .ok()?;
+        let mut response = String::new();
+        sock.read_to_string(&mut response).await.ok()?;
+        parse_response(&response)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+        .await
+        .ok()?
+}
+
+fn request_text(method: &str, path: &str, body: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn parse_response(response: &str) -> Option<(u16, String)> {
     let status = response.split(' ').nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
     Some((status, body))

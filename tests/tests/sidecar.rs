@@ -1,13 +1,16 @@
 //! `rotor-sidecar` as a real process against the local store.
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use rotor_e2e::pod::Pod;
-use rotor_e2e::{http, on_tmpfs, signal, wait_until};
+use rotor_e2e::{http, http_from, on_tmpfs, signal, wait_until};
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
 
@@ -133,6 +136,226 @@ fn push_answers_with_the_served_version_after_the_file_is_written() {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+/// An app's reload hook on loopback: counts the POSTs the sidecar sends.
+/// The count goes up before the hook answers, and the sidecar answers a
+/// push only after its reload actions ran, so a push's answer already
+/// covers the reload it caused.
+struct Hook {
+    url: String,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Hook {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/reload", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (mut head, mut buf) = (Vec::new(), [0u8; 1024]);
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"POST /reload ") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Self { url, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+fn pin(name: &str, version: &str) -> String {
+    format!(r#"{{"secrets":[{{"name":"{name}","version":"{version}"}}]}}"#)
+}
+
+/// A local store whose secret `db` has an older version 1 (PREVIOUS) and
+/// version 2 (CURRENT), and a sidecar serving it with a reload hook.
+fn pod_with_history(hook: &Hook) -> Local {
+    let mut pod = Local::new();
+    pod.store.put("db", b"old-v1", WriteAs::Current).unwrap();
+    pod.store.put("db", b"now-v2", WriteAs::Current).unwrap();
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "1h"),
+        ("rotor.dev/reload", &hook.url),
+    ]);
+    pod.start();
+    assert_eq!(pod.read("db").as_deref(), Some("now-v2"));
+    pod
+}
+
+/// Pushing an older (possibly revoked) version, or one that never existed,
+/// is refused with 409 and changes nothing; the PENDING version still pins,
+/// and releasing the pin is the way back to CURRENT.
+#[test]
+fn a_pin_to_a_version_other_than_pending_is_refused_and_changes_nothing() {
+    let hook = Hook::start();
+    let pod = pod_with_history(&hook);
+    let data = || std::fs::read_link(pod.out.path().join("..data")).unwrap();
+    let served = data();
+    for asked in ["1", "99"] {
+        let (status, body) = http(pod.push, "POST", "/v1/refresh", &pin("db", asked)).unwrap();
+        assert_eq!(status, 409, "pin to {asked}: {body}");
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply["ok"], false, "{body}");
+        let error = reply["secrets"][0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("version \"{asked}\""))
+                && error.contains("secret \"db\"")
+                && error.contains("only the store's PENDING version"),
+            "{body}"
+        );
+        assert_eq!(reply["secrets"][0]["version"], "2", "{body}");
+        assert_eq!(pod.read("db").as_deref(), Some("now-v2"));
+        assert_eq!(data(), served, "..data swapped for a refused pin");
+        assert_eq!(hook.hits(), 0, "the app reloaded for a refused pin");
+    }
+    let (_, metrics) = http(pod.admin, "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains(r#"rotor_secret_served{secret="db",version="2"} 1"#),
+        "{metrics}"
+    );
+
+    // The rotation target still pins and is acknowledged; the hook is live.
+    pod.store.put("db", b"next-v3", WriteAs::Pending).unwrap();
+    let (status, body) = http(pod.push, "POST", "/v1/refresh", &pin("db", "3")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"ok":true,"secrets":[{"name":"db","version":"3"}]}"#
+    );
+    assert_eq!(pod.read("db").as_deref(), Some("next-v3"));
+    assert_eq!(hook.hits(), 1);
+
+    // Rolling back: a push without a version serves CURRENT again.
+    let (status, body) = http(
+        pod.push,
+        "POST",
+        "/v1/refresh",
+        r#"{"secrets":[{"name":"db"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"ok":true,"secrets":[{"name":"db","version":"2"}]}"#
+    );
+    assert_eq!(pod.read("db").as_deref(), Some("now-v2"));
+    assert_eq!(hook.hits(), 2);
+}
+
+/// A caller flipping the pin between the older and the current version for
+/// 5 s, as fast as the rate limit lets it: no file change, no app reload
+/// (before pins were checked against the store: 69 reloads, ~14/s).
+#[test]
+fn a_pin_flip_flop_forces_no_reloads() {
+    let hook = Hook::start();
+    let pod = pod_with_history(&hook);
+    let started = Instant::now();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut flips = 0usize;
+    while started.elapsed() < Duration::from_secs(5) {
+        // The other version each time the last push got through.
+        let version = ["1", "2"][flips % 2];
+        let (status, _) = http(pod.push, "POST", "/v1/refresh", &pin("db", version)).unwrap();
+        *statuses.entry(status).or_default() += 1;
+        if status != 429 {
+            flips += 1;
+        }
+        // Paced, so that the attack is many requests and few sockets.
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let reloads = hook.hits();
+    eprintln!(
+        "pin flip-flop for {elapsed:.1} s: answers {statuses:?}; {reloads} app reloads ({:.1}/s)",
+        reloads as f64 / elapsed
+    );
+    assert_eq!(reloads, 0, "answers {statuses:?}");
+    assert!(statuses.get(&409).is_some_and(|n| *n > 0), "{statuses:?}");
+    assert_eq!(pod.read("db").as_deref(), Some("now-v2"));
+}
+
+/// Four callers on 127.0.0.2–5 hammer the push endpoint until each has been
+/// rate limited; a caller on 127.0.0.1 still gets every one of its pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_other_callers_leaves_a_legitimate_caller_its_pushes() {
+    let mut pod = Local::new();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    pod.start();
+    let port = pod.push;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attackers: Vec<_> = (2..=5u8)
+        .map(|n| {
+            let (stop, limited) = (stop.clone(), Arc::new(AtomicUsize::new(0)));
+            let counter = limited.clone();
+            let task = tokio::spawn(async move {
+                let source = Ipv4Addr::new(127, 0, 0, n);
+                let mut sent = 0usize;
+                while !stop.load(Ordering::SeqCst) {
+                    let answer = http_from(source, port, "POST", "/v1/refresh", "").await;
+                    assert!(answer.is_some(), "no answer to 127.0.0.{n}");
+                    if answer.is_some_and(|(status, _)| status == 429) {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }
+                    sent += 1;
+                }
+                sent
+            });
+            (task, limited)
+        })
+        .collect();
+    // Every attacker has drained its share before the legitimate caller starts.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while attackers
+        .iter()
+        .any(|(_, limited)| limited.load(Ordering::SeqCst) == 0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "an attacker was never rate limited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut legitimate = Vec::new();
+    for _ in 0..10 {
+        let answer = http_from(
+            Ipv4Addr::LOCALHOST,
+            port,
+            "POST",
+            "/v1/refresh",
+            r#"{"secrets":[{"name":"db"}]}"#,
+        )
+        .await;
+        legitimate.push(answer.map(|(status, _)| status));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (mut sent, mut limited) = (0, 0);
+    for (task, counter) in attackers {
+        sent += task.await.unwrap();
+        limited += counter.load(Ordering::SeqCst);
+    }
+    let ok = legitimate.iter().filter(|s| **s == Some(200)).count();
+    eprintln!(
+        "flood: 4 callers sent {sent} pushes, {limited} answered 429; the legitimate caller got {ok}/10 answered 200 ({legitimate:?})"
+    );
+    assert_eq!(ok, 10, "{legitimate:?}");
+}
+
 #[test]
 fn sigterm_with_wipe_on_exit_removes_the_files() {
     let mut pod = Local::new();
@@ -162,6 +385,22 @@ fn startup_errors_name_the_problem() {
         stderr.contains("annotation rotor.dev/refresh: value \"fast\" is not a duration"),
         "{stderr}"
     );
+
+    // Something under the writer's own names that the writer did not make.
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    let stray = pod.out.path().join("..tmp.db");
+    std::fs::create_dir(&stray).unwrap();
+    let out = pod.command().stderr(Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "{} is a directory, where rotor-sidecar leaves only a symlink",
+            stray.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::remove_dir(&stray).unwrap();
 
     let disk = tempfile::tempdir().unwrap();
     if !on_tmpfs(disk.path()) {

@@ -1,5 +1,5 @@
 use std::path::Path;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
@@ -251,6 +251,190 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         !reply.ok
             && reply.secrets[0].error.as_deref() == Some("this pod does not read this secret")
     );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+fn pin(name: &str, version: &str) -> PushSecret {
+    PushSecret {
+        name: name.into(),
+        version: Some(version.into()),
+    }
+}
+
+fn follow(name: &str) -> PushSecret {
+    PushSecret {
+        name: name.into(),
+        version: None,
+    }
+}
+
+#[tokio::test]
+async fn a_pin_to_anything_but_the_pending_version_is_refused_and_changes_nothing() {
+    let f = fixture();
+    for secret in ["db", "api"] {
+        f.store.put(secret, b"old", WriteAs::Current).unwrap(); // 1
+        f.store.put(secret, b"now", WriteAs::Current).unwrap(); // 2
+    }
+    let pending = f.store.put("db", b"next", WriteAs::Pending).unwrap(); // 3
+    let (url, hits) = hook().await;
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/secret.api", "api"),
+        ("rotor.dev/refresh", "1h"),
+        ("rotor.dev/reload", &url),
+    ]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    let data = || std::fs::read_link(f.out.path().join("..data")).unwrap();
+    let served = data();
+    for (secrets, refused) in [
+        (vec![pin("db", "1")], vec!["db"]),   // older: PREVIOUS
+        (vec![pin("db", "9")], vec!["db"]),   // never existed
+        (vec![pin("api", "3")], vec!["api"]), // another secret's PENDING
+        // One refused pin refuses the whole request, valid pins included.
+        (vec![pin("db", "3"), pin("api", "1")], vec!["api"]),
+    ] {
+        let asked: Vec<_> = secrets.iter().map(|s| s.version.clone()).collect();
+        let reply = push(&tx, secrets).await;
+        assert!(!reply.ok, "{reply:?}");
+        assert!(
+            reply
+                .refused
+                .as_deref()
+                .is_some_and(|r| r.contains("nothing was changed")),
+            "{reply:?}"
+        );
+        let names: Vec<&str> = reply.secrets.iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, refused, "{asked:?}");
+        for ack in &reply.secrets {
+            assert_eq!(ack.version.as_deref(), Some("2"), "{reply:?}");
+            let error = ack.error.as_deref().unwrap();
+            assert!(
+                error.contains(&format!("of secret {:?}", ack.name))
+                    && error.contains(
+                        "only the store's PENDING version (the rotation target) may be pinned"
+                    )
+                    && error.contains("push without a version"),
+                "{error}"
+            );
+        }
+        assert_eq!(f.read("db").as_deref(), Some("now"));
+        assert_eq!(f.read("api").as_deref(), Some("now"));
+        assert_eq!(data(), served, "..data swapped for a refused push");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "reloaded for a refused push"
+        );
+    }
+    // Naming CURRENT is naming no version: acknowledged, nothing changes.
+    let reply = push(&tx, vec![pin("db", "2")]).await;
+    assert!(reply.ok && reply.refused.is_none(), "{reply:?}");
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("2"));
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // The PENDING version pins.
+    let reply = push(&tx, vec![pin("db", &pending.version.to_string())]).await;
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(f.read("db").as_deref(), Some("next"));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pin_ends_when_its_version_stops_being_pending() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+
+    // Retired (a rollback): CURRENT again at the next poll.
+    f.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    assert!(push(&tx, vec![pin("db", "2")]).await.ok);
+    assert_eq!(f.read("db").as_deref(), Some("v2"));
+    f.store.retire("db", 2).unwrap();
+    until("retired pin ends", || f.read("db").as_deref() == Some("v1")).await;
+
+    // Replaced by a newer PENDING version: the pin does not follow it.
+    f.store.put("db", b"v3", WriteAs::Pending).unwrap();
+    assert!(push(&tx, vec![pin("db", "3")]).await.ok);
+    assert_eq!(f.read("db").as_deref(), Some("v3"));
+    f.store.put("db", b"v4", WriteAs::Pending).unwrap();
+    until("replaced pin ends", || {
+        f.read("db").as_deref() == Some("v1")
+    })
+    .await;
+
+    // Promoted: the pin ends, and later versions are followed.
+    f.store.put("db", b"v5", WriteAs::Pending).unwrap();
+    assert!(push(&tx, vec![pin("db", "5")]).await.ok);
+    f.store.promote("db", 5).unwrap();
+    f.store.put("db", b"v6", WriteAs::Current).unwrap();
+    until("promoted pin ends", || {
+        f.read("db").as_deref() == Some("v6")
+    })
+    .await;
+
+    // A pushed rollback releases the pin at once.
+    f.store.put("db", b"v7", WriteAs::Pending).unwrap();
+    assert!(push(&tx, vec![pin("db", "7")]).await.ok);
+    let reply = push(&tx, vec![follow("db")]).await;
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("6"));
+    assert_eq!(f.read("db").as_deref(), Some("v6"));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// A process racing the writer's swap makes every write fail: readiness
+/// turns false, and true again once a retried write works.
+#[tokio::test]
+async fn readiness_turns_false_while_the_files_cannot_be_written() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    let mut engine = f.engine(c.clone());
+    let outside = tmpfs_dir();
+    let racing = Arc::new(AtomicBool::new(false));
+    let (flag, away) = (racing.clone(), outside.path().to_owned());
+    engine.writer.before_swap = Some(Box::new(move |target: &Path| {
+        if flag.load(Ordering::SeqCst) {
+            let tmp = target.join("..data_tmp");
+            std::fs::remove_file(&tmp).unwrap();
+            std::os::unix::fs::symlink(&away, &tmp).unwrap();
+        }
+    }));
+    let (task, _cfg, _push, stop) = start(engine, c);
+    until("first write", || f.shared.is_ready()).await;
+    assert_eq!(f.read("db").as_deref(), Some("v1"));
+
+    racing.store(true, Ordering::SeqCst);
+    f.store.put("db", b"v2", WriteAs::Current).unwrap();
+    until("not ready", || !f.shared.is_ready()).await;
+    assert_eq!(
+        f.shared.not_ready_reason(),
+        Some("the files cannot be written (see the log); retrying")
+    );
+    assert!(
+        f.shared.metrics.encode().contains("rotor_sidecar_ready 0"),
+        "{}",
+        f.shared.metrics.encode()
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+    racing.store(false, Ordering::SeqCst);
+    until("ready again", || {
+        f.shared.is_ready() && f.read("db").as_deref() == Some("v2")
+    })
+    .await;
+    assert!(f.shared.metrics.encode().contains("rotor_sidecar_ready 1"));
     stop.send(()).unwrap();
     task.await.unwrap();
 }
