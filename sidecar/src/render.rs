@@ -52,9 +52,27 @@ pub fn render(
 }
 
 /// One field of a JSON object: a string as its text, anything else as JSON.
+/// The field `value` of a secret whose only field is `value`: stores
+/// return such a secret unwrapped (as Vault/OpenBao KV v2 `{"value": …}`
+/// and one-key Kubernetes Secrets do), and Vault Agent users write
+/// `#value` for it.
+const UNWRAPPED_FIELD: &str = "value";
+
 fn select_field(value: &[u8], key: &str) -> std::result::Result<Zeroizing<Vec<u8>>, String> {
-    let parsed: serde_json::Value = serde_json::from_slice(value)
-        .map_err(|_| format!("is not a JSON object, so #{key} cannot select a field"))?;
+    let parsed: serde_json::Value = match serde_json::from_slice(value) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ if key == UNWRAPPED_FIELD => return Ok(Zeroizing::new(value.to_vec())),
+        Ok(_) => {
+            return Err(format!(
+                "is JSON but not an object, so #{key} cannot select a field"
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "is not a JSON object, so #{key} cannot select a field"
+            ));
+        }
+    };
     let object = parsed
         .as_object()
         .ok_or_else(|| format!("is JSON but not an object, so #{key} cannot select a field"))?;
@@ -80,11 +98,20 @@ fn render_template(
     let fail = |e: minijinja::Error| Error::Render {
         file: file.to_owned(),
         problem: format!(
-            "template failed{}: {}",
+            "template failed{}: {}{}",
             e.line()
                 .map(|l| format!(" at line {l}"))
                 .unwrap_or_default(),
-            e.kind()
+            e.kind(),
+            // These details name what the template's own text asked for
+            // (a filter, a test, a function), never a value.
+            match e.kind() {
+                minijinja::ErrorKind::UnknownFilter
+                | minijinja::ErrorKind::UnknownTest
+                | minijinja::ErrorKind::UnknownFunction =>
+                    e.detail().map(|d| format!(" ({d})")).unwrap_or_default(),
+                _ => String::new(),
+            }
         ),
     };
     let secrets: BTreeMap<&str, String> = plain
@@ -147,6 +174,83 @@ mod tests {
         assert_eq!(text(&files, "port"), "5432");
         assert_eq!(text(&files, "url"), "pg://app:pw@h:5432");
         assert!(files.iter().all(|f| f.mode == 0o440));
+    }
+
+    /// A KV v2 secret whose only field is `value` reads unwrapped; Vault
+    /// Agent users select it with `#value`, which must keep working.
+    #[test]
+    fn hash_value_selects_an_unwrapped_value() {
+        let c = contract(&[
+            ("rotor.dev/secret.a", "plain#value"),
+            ("rotor.dev/secret.b", "object#value"),
+        ]);
+        let v = values(&[
+            ("plain", "s3cret"),
+            ("object", r#"{"value":"x","other":"y"}"#),
+        ]);
+        let files = render(&c, &v, DEFAULT_FILE_MODE).unwrap();
+        assert_eq!(text(&files, "a"), "s3cret");
+        assert_eq!(text(&files, "b"), "x");
+        // Any other field of a non-object still fails.
+        let c = contract(&[("rotor.dev/secret.a", "plain#user")]);
+        assert!(render(&c, &v, DEFAULT_FILE_MODE).is_err());
+    }
+
+    /// A connection string from a generated password: every symbol the
+    /// password generator can produce survives `urlencode`.
+    #[test]
+    fn urlencode_builds_connection_strings_from_any_generated_password() {
+        // The generator's default symbol set (SecretRotationPolicy
+        // generator.password.symbols), with letters and digits.
+        let password = "aZ9!#%+-.:=@^_~";
+        let c = contract(&[
+            ("rotor.dev/secret.db", "db"),
+            (
+                "rotor.dev/template.url",
+                "postgres://app:{{ secrets['db'] | urlencode }}@db:5432/app",
+            ),
+        ]);
+        let files = render(&c, &values(&[("db", password)]), DEFAULT_FILE_MODE).unwrap();
+        let url = text(&files, "url");
+        let encoded = url
+            .strip_prefix("postgres://app:")
+            .and_then(|r| r.strip_suffix("@db:5432/app"))
+            .unwrap();
+        assert!(
+            !encoded.contains(['@', ':', '/', '?', '#'].as_ref()),
+            "{encoded}"
+        );
+        // Percent-decoding gives the password back.
+        let mut decoded = Vec::new();
+        let bytes = encoded.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' {
+                decoded.push(u8::from_str_radix(&encoded[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+        assert_eq!(String::from_utf8(decoded).unwrap(), password);
+    }
+
+    #[test]
+    fn an_unknown_filter_is_named() {
+        let c = contract(&[
+            ("rotor.dev/secret.db", "db"),
+            (
+                "rotor.dev/template.url",
+                "x={{ secrets['db'] | nosuchfilter }}",
+            ),
+        ]);
+        let Err(err) = render(&c, &values(&[("db", CANARY)]), DEFAULT_FILE_MODE) else {
+            panic!("an unknown filter rendered");
+        };
+        let err = err.to_string();
+        assert!(err.contains("nosuchfilter"), "{err}");
+        assert!(!err.contains(CANARY), "{err}");
     }
 
     /// Field names can be sensitive (a user name as a key, a host per

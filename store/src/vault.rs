@@ -150,6 +150,18 @@ pub struct VaultStore {
     label: String,
     client: RwLock<VaultClient>,
     token: Mutex<TokenState>,
+    /// The token may not read `<mount>/metadata/...` (a policy written for
+    /// Vault Agent or External Secrets allows only `<mount>/data/...`):
+    /// versions and labels then come with the data read.
+    metadata_forbidden: std::sync::atomic::AtomicBool,
+}
+
+/// One data read: the version, its custom metadata (Rotor's stage labels)
+/// and the data. KV v2 returns the version's metadata with the data.
+struct DataRead {
+    version: u64,
+    labels: HashMap<String, String>,
+    data: serde_json::Map<String, serde_json::Value>,
 }
 
 impl VaultStore {
@@ -186,6 +198,7 @@ impl VaultStore {
                 renewable: false,
                 logged_in: false,
             }),
+            metadata_forbidden: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -371,6 +384,61 @@ impl VaultStore {
         ))
     }
 
+    /// Reads `version` (the newest when `None`) with its metadata.
+    async fn read_data(&self, name: &str, version: Option<u64>) -> Result<DataRead> {
+        let mount = self.config.mount.as_str();
+        let response = call!(self, name, |c| {
+            let endpoint = vaultrs::api::kv2::requests::ReadSecretRequest::builder()
+                .mount(mount)
+                .path(name)
+                .version(version)
+                .build()
+                .expect("mount and path are set");
+            vaultrs::api::exec_with_result(c, endpoint)
+        })?;
+        let data = match response.data {
+            serde_json::Value::Object(map) => map,
+            _ => {
+                return Err(Error::Malformed {
+                    store: self.label.clone(),
+                    name: name.to_owned(),
+                    detail: "the KV v2 data is not a JSON object".to_owned(),
+                });
+            }
+        };
+        Ok(DataRead {
+            version: response.metadata.version,
+            labels: response.metadata.custom_metadata.unwrap_or_default(),
+            data,
+        })
+    }
+
+    /// KV's newest version and Rotor's labels: from the metadata endpoint,
+    /// or, when the token may read only data, from a data read (returned
+    /// too, so that a read of the newest version costs one request).
+    async fn labels(&self, name: &str) -> Result<(u64, HashMap<String, String>, Option<DataRead>)> {
+        use std::sync::atomic::Ordering;
+        if !self.metadata_forbidden.load(Ordering::Relaxed) {
+            match self.metadata(name).await {
+                Ok((current, labels, _)) => return Ok((current, labels, None)),
+                Err(Error::PermissionDenied { .. }) => {
+                    if !self.metadata_forbidden.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            store = %self.label,
+                            secret = %name,
+                            "the token may not read {mount}/metadata/{name}; reading versions from {mount}/data instead (one request per check). \
+                             For the cheaper check, also allow: path \"{mount}/metadata/<path>/*\" {{ capabilities = [\"read\"] }}",
+                            mount = self.config.mount,
+                        );
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let latest = self.read_data(name, None).await?;
+        Ok((latest.version, latest.labels.clone(), Some(latest)))
+    }
+
     fn stage_of(
         &self,
         current_version: u64,
@@ -465,13 +533,22 @@ impl Store for VaultStore {
                     Selector::Stage(s) => *s,
                     _ => Stage::Current,
                 };
-                let (current, labels, _) = self.metadata(name).await?;
-                self.stage_of(current, &labels, stage)
-                    .ok_or_else(|| Error::StageNotFound {
-                        store: self.label.clone(),
-                        name: name.to_owned(),
-                        stage,
-                    })?
+                let (current, labels, latest) = self.labels(name).await?;
+                let version =
+                    self.stage_of(current, &labels, stage)
+                        .ok_or_else(|| Error::StageNotFound {
+                            store: self.label.clone(),
+                            name: name.to_owned(),
+                            stage,
+                        })?;
+                if let Some(latest) = latest.filter(|l| l.version == version) {
+                    return Ok(Fetched {
+                        version: version.into(),
+                        created_at: None,
+                        value: value_of(latest.data).into(),
+                    });
+                }
+                version
             }
         };
         let mount = self.config.mount.as_str();
@@ -500,7 +577,7 @@ impl Store for VaultStore {
     }
 
     async fn current_version(&self, name: &str) -> Result<VersionId> {
-        let (current, labels, _) = self.metadata(name).await?;
+        let (current, labels, _) = self.labels(name).await?;
         self.stage_of(current, &labels, Stage::Current)
             .map(VersionId::from)
             .ok_or_else(|| Error::SecretNotFound {

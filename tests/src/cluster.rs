@@ -89,7 +89,7 @@ impl ControlPlane {
             .spawn()
             .expect("start etcd");
         let etcd_pid = reap(etcd);
-        watchdog(etcd_pid, None);
+        watchdog(&[etcd_pid], None);
         assert!(
             wait_until(60, || request(etcd_port, "GET", "/health", &[], "")
                 .is_some_and(|(s, b)| s == 200 && b.contains("true"))),
@@ -131,7 +131,7 @@ impl ControlPlane {
             .stderr(log_file(&dir, "kube-apiserver.log"))
             .spawn()
             .expect("start kube-apiserver");
-        watchdog(reap(apiserver), Some((etcd_pid, &dir)));
+        watchdog(&[reap(apiserver), etcd_pid], Some(&dir));
 
         let kubeconfig = dir.join("admin.kubeconfig");
         let ca_pem = std::fs::read_to_string(&pki.serving_ca).expect("ca");
@@ -398,22 +398,29 @@ fn read_log(dir: &Path, name: &str) -> String {
     text[start..].to_owned()
 }
 
-/// Stops `pid` (and `also`, and removes its directory) once this test
-/// process is gone, however it went.
-fn watchdog(pid: u32, also: Option<(u32, &Path)>) {
-    let (other, dir) = also
-        .map(|(p, d)| (p.to_string(), d.display().to_string()))
-        .unwrap_or_default();
+/// Stops `pids` (and removes `dir`) once this test process is gone,
+/// however it went: a panic, a kill, a timeout. The watchdog runs in a
+/// session of its own and ignores the signals that end a test run, so it
+/// outlives whatever ends the test.
+pub fn watchdog(pids: &[u32], dir: Option<&Path>) {
+    let pids = pids
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let dir = dir.map(|d| d.display().to_string()).unwrap_or_default();
     let script = r#"
+        trap '' TERM INT HUP
         while kill -0 "$0" 2>/dev/null; do sleep 0.5; done
-        kill $1 $2 2>/dev/null; sleep 3; kill -9 $1 $2 2>/dev/null
-        [ -n "$3" ] && rm -rf "$3"
+        ours() { for p in $1; do
+            grep -qaE 'rotor-|kube-apiserver|etcd' /proc/$p/cmdline 2>/dev/null && echo $p; done; }
+        kill $(ours "$1") 2>/dev/null; sleep 3; kill -9 $(ours "$1") 2>/dev/null
+        [ -n "$2" ] && rm -rf "$2"
         exit 0"#;
-    let child = Command::new("sh")
-        .args(["-c", script])
+    let child = Command::new("setsid")
+        .args(["sh", "-c", script])
         .arg(std::process::id().to_string())
-        .arg(pid.to_string())
-        .arg(other)
+        .arg(pids)
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -630,6 +637,7 @@ impl Controller {
             .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
             .spawn()
             .expect("start rotor-controller");
+        watchdog(&[child.id()], None);
         Self {
             identity: identity.to_owned(),
             webhook_port,

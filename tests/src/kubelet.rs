@@ -179,6 +179,7 @@ impl RunningPod {
             .stderr(std::fs::File::create(self.log_path()).unwrap())
             .spawn()
             .expect("start rotor-sidecar");
+        crate::cluster::watchdog(&[child.id()], None);
         self.child = Some(child);
     }
 

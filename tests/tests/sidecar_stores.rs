@@ -139,3 +139,102 @@ async fn the_sidecar_delivers_from_moto_and_survives_an_outage() {
     )
     .await;
 }
+
+/// A token whose policy reads only `secret/data/app/*`, as Vault Agent and
+/// External Secrets users write them: the sidecar renders, follows a new
+/// version by polling and a pushed PENDING version, and says once how to
+/// allow the cheaper metadata check.
+#[tokio::test]
+async fn a_data_only_policy_written_for_vault_agent_just_works() {
+    let bao = Bao::start();
+    bao.api(
+        "PUT",
+        "sys/policies/acl/agent-style",
+        r#"{"policy":"path \"secret/data/app/*\" { capabilities = [\"read\"] }"}"#,
+    );
+    let created: serde_json::Value = serde_json::from_str(&bao.api(
+        "POST",
+        "auth/token/create",
+        r#"{"policies":["agent-style"],"ttl":"1h","no_default_policy":true}"#,
+    ))
+    .unwrap();
+    let mut pod = Pod::new();
+    let data_only = pod.work.path().join("data-only-token");
+    std::fs::write(
+        &data_only,
+        created["auth"]["client_token"].as_str().unwrap(),
+    )
+    .unwrap();
+    let root = pod.work.path().join("root-token");
+    std::fs::write(&root, "root").unwrap();
+    let admin = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(root))).unwrap();
+    // The data-only token really cannot read metadata.
+    let (status, _) = rotor_e2e::servers::request(
+        bao.port,
+        "GET",
+        "/v1/secret/metadata/app/db",
+        &[(
+            "x-vault-token",
+            created["auth"]["client_token"].as_str().unwrap(),
+        )],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 403);
+
+    admin
+        .write("app/db", b"v1", WriteAs::Current)
+        .await
+        .unwrap();
+    pod.store_args = vec![
+        "--store-kind".into(),
+        "vault".into(),
+        "--vault-addr".into(),
+        bao.addr().into(),
+        "--vault-token-file".into(),
+        data_only.into(),
+    ];
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "app/db"),
+        ("rotor.dev/refresh", "500ms"),
+    ]);
+    pod.start();
+    assert_eq!(pod.read("db").as_deref(), Some("v1"));
+
+    // Polling follows CURRENT.
+    admin
+        .write("app/db", b"v2", WriteAs::Current)
+        .await
+        .unwrap();
+    arrives(&pod, "db", "v2");
+
+    // A pushed PENDING version (a rotation's), read with the data policy.
+    let pending = admin
+        .write("app/db", b"v3", WriteAs::Pending)
+        .await
+        .unwrap();
+    let (status, body) = http(
+        pod.push,
+        "POST",
+        "/v1/refresh",
+        &format!(
+            r#"{{"secrets":[{{"name":"app/db","version":"{}"}}]}}"#,
+            pending.0
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pod.read("db").as_deref(), Some("v3"));
+    // CURRENT stays v2 for readers that were not pushed.
+    assert_eq!(
+        admin.current_version("app/db").await.unwrap().0,
+        "2",
+        "the pending version was promoted by a read"
+    );
+
+    assert!(pod.stop().success());
+    let log = std::fs::read_to_string(pod.log()).unwrap();
+    let hints = log.matches("may not read secret/metadata").count();
+    assert_eq!(hints, 1, "the hint should be logged once:\n{log}");
+    assert!(log.contains("secret/metadata/<path>/*"), "{log}");
+}
