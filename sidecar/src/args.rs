@@ -59,9 +59,16 @@ pub struct Args {
     #[arg(long, env = "ROTOR_WIPE_ON_EXIT")]
     wipe_on_exit: bool,
 
-    /// Fetch and write once, then exit (the init-container mode).
-    #[arg(long)]
+    /// Fetch and write once, then exit (the init-container mode). Exits
+    /// non-zero with the cause at once on a failure no retry can fix, and
+    /// after --once-attempts tries with backoff on retryable ones.
+    #[arg(long, env = "ROTOR_ONCE")]
     once: bool,
+
+    /// How many times --once tries when the store is unreachable or
+    /// throttles (backoff from 100 ms, doubling).
+    #[arg(long, env = "ROTOR_ONCE_ATTEMPTS", default_value_t = 8)]
+    once_attempts: u32,
 
     /// The files' mode when the pod sets no rotor.dev/file-mode: octal,
     /// no execute bits, no write for group or others. The webhook sets
@@ -121,6 +128,7 @@ impl Args {
             push_rate,
             wipe_on_exit,
             once,
+            once_attempts,
             keep_old,
             default_file_mode,
             log: _,
@@ -156,7 +164,7 @@ impl Args {
             },
         );
         if once {
-            engine.run_once().await;
+            engine.run_once(once_attempts).await?;
             tracing::info!("files written; exiting (--once)");
             return Ok(());
         }

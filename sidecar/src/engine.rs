@@ -140,6 +140,9 @@ struct Tracked {
     next_poll: Instant,
     failures: u32,
     missing: bool,
+    /// The last fetch failure, for `--once`: its text (with causes) and
+    /// whether a retry can fix it.
+    last_error: Option<(String, bool)>,
 }
 
 impl Tracked {
@@ -152,6 +155,7 @@ impl Tracked {
             next_poll: Instant::now(),
             failures: 0,
             missing: false,
+            last_error: None,
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     options: EngineOptions,
     written_once: bool,
+    /// The last render failure, cleared by a successful render.
+    render_error: Option<String>,
     /// The last write failed: write again (every second) until it works.
     unwritten: bool,
     /// Secrets whose store said they may have changed (watching stores).
@@ -201,6 +207,7 @@ impl Engine {
             shared,
             options,
             written_once: false,
+            render_error: None,
             unwritten: false,
             nudges: mpsc::channel(64),
             watchers: BTreeMap::new(),
@@ -211,14 +218,52 @@ impl Engine {
 
     /// Fetches and writes everything once, retrying with backoff until it
     /// succeeds (the init-container mode).
-    pub async fn run_once(&mut self) {
-        while !self.written_once {
+    ///
+    /// A failure no retry can fix (permission denied, a missing secret, a
+    /// template or field error) ends it at once; retryable ones (the store
+    /// unreachable or throttled) are retried with backoff up to `attempts`
+    /// times. The error says why, so an init container does not hang.
+    pub async fn run_once(&mut self, attempts: u32) -> crate::Result<()> {
+        let mut tried = 0u32;
+        loop {
             self.poll_due().await;
-            if !self.written_once {
-                let next = self.next_due();
-                tokio::time::sleep_until(next.into()).await;
+            if self.written_once {
+                return Ok(());
+            }
+            tried += 1;
+            let (permanent, retryable) = self.once_problems();
+            if let Some(problem) = permanent {
+                return Err(crate::Error::Once(problem));
+            }
+            if tried >= attempts {
+                return Err(crate::Error::Once(format!(
+                    "gave up after {tried} attempts: {}",
+                    retryable.unwrap_or_else(|| "the files could not be written".to_owned())
+                )));
+            }
+            let next = self.next_due();
+            tokio::time::sleep_until(next.into()).await;
+        }
+    }
+
+    /// (the first permanent problem, the first retryable one).
+    fn once_problems(&self) -> (Option<String>, Option<String>) {
+        if let Some(e) = &self.render_error {
+            return (Some(e.clone()), None);
+        }
+        let mut retryable = None;
+        for (name, t) in &self.tracked {
+            match &t.last_error {
+                Some((e, false)) if t.value.is_none() => {
+                    return (Some(format!("secret {name:?}: {e}")), None);
+                }
+                Some((e, true)) if retryable.is_none() => {
+                    retryable = Some(format!("secret {name:?}: {e}"))
+                }
+                _ => {}
             }
         }
+        (None, retryable)
     }
 
     /// Runs until `shutdown` resolves.
@@ -460,6 +505,7 @@ impl Engine {
         if changed {
             tracing::info!(secret = name, version = %fetched.version, "fetched a new version");
         }
+        t.last_error = None;
         t.version = Some(fetched.version);
         t.created_at = fetched.created_at;
         t.value = Some(fetched.value);
@@ -528,7 +574,9 @@ impl Engine {
             }
             return Check::Unchanged;
         }
-        tracing::warn!(secret = name, error = %e, failures = t.failures + 1, retryable = e.is_retryable(), "fetch failed; keeping the last good files");
+        let cause = rotor_telemetry::Chain(&e).to_string();
+        tracing::warn!(secret = name, error = %cause, failures = t.failures + 1, retryable = e.is_retryable(), "fetch failed; keeping the last good files");
+        t.last_error = Some((cause, e.is_retryable()));
         if e.is_retryable() {
             Check::Failed
         } else {
@@ -563,9 +611,13 @@ impl Engine {
         }
         let (contract, values) = self.effective();
         let files = match render(&contract, &values, self.options.default_file_mode) {
-            Ok(f) => f,
+            Ok(f) => {
+                self.render_error = None;
+                f
+            }
             Err(e) => {
                 tracing::error!(error = %e, "rendering failed; keeping the last good files");
+                self.render_error = Some(e.to_string());
                 return false;
             }
         };

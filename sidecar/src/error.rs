@@ -20,6 +20,11 @@ pub enum Error {
 
     #[error("{0}")]
     Config(String),
+
+    /// `--once` could not write the files: the cause, after a bounded
+    /// retry of retryable failures, or at once for a permanent one.
+    #[error("--once: {0}")]
+    Once(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,6 +37,7 @@ impl Error {
             Error::Store(e) => e.metric_label(),
             Error::Render { .. } => "render",
             Error::Config(_) => "config",
+            Error::Once(_) => "once",
         }
     }
 }

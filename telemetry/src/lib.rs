@@ -41,6 +41,27 @@ impl LogArgs {
     }
 }
 
+/// An error with its whole source chain, `outer: cause: root cause`, for
+/// log fields (`error = %Chain(&e)`): a top-level message alone often hides
+/// what went wrong. Causes that repeat their parent's text are skipped.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.0.to_string();
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            let next = cause.to_string();
+            if !text.contains(&next) {
+                text.push_str(": ");
+                text.push_str(&next);
+            }
+            source = cause.source();
+        }
+        f.write_str(&text)
+    }
+}
+
 /// The longest log line written; longer lines are cut and say by how much.
 pub const MAX_LOG_LINE: usize = 8 * 1024;
 
@@ -122,6 +143,19 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("store file s.rotor")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn chains_show_every_cause_once() {
+        let e = Outer(std::io::Error::other("permission denied (os error 13)"));
+        assert_eq!(
+            Chain(&e).to_string(),
+            "store file s.rotor: permission denied (os error 13)"
+        );
+    }
 
     #[test]
     fn long_lines_are_cut_and_say_so_short_ones_pass_whole() {

@@ -709,3 +709,73 @@ fn serde_json_like(fields: &BTreeMap<String, String>) -> Vec<u8> {
         .collect();
     format!("{{{}}}", parts.join(",")).into_bytes()
 }
+
+/// `--once` (the classic init container) never hangs: a failure no retry
+/// can fix exits non-zero at once with its cause; an unreachable store is
+/// retried a bounded number of times, then exits non-zero with its cause.
+#[test]
+fn once_exits_with_the_cause_instead_of_hanging() {
+    let run = |pod: &Pod, extra: &[&str]| {
+        let out = pod
+            .command()
+            .arg("--once")
+            .args(extra)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // A missing secret: permanent.
+    let pod = Local::new();
+    pod.store.put("present", b"x", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "missing")]);
+    let (status, stderr) = run(&pod, &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--once: secret \"missing\"") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    // A template error: permanent.
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "present"),
+        (
+            "rotor.dev/template.url",
+            "x={{ secrets['db'] | nosuchfilter }}",
+        ),
+    ]);
+    let (status, stderr) = run(&pod, &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--once: file \"url\"") && stderr.contains("nosuchfilter"),
+        "{stderr}"
+    );
+    // An unreachable store: retried, then the cause.
+    let mut pod = Pod::new();
+    let token = pod.work.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    pod.store_args = vec![
+        "--store-kind".into(),
+        "vault".into(),
+        "--vault-addr".into(),
+        format!("http://127.0.0.1:{}", rotor_e2e::free_port()).into(),
+        "--vault-token-file".into(),
+        token.into(),
+    ];
+    pod.annotate(&[("rotor.dev/secret.db", "app/db")]);
+    let (status, stderr) = run(&pod, &["--once-attempts", "3"]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("--once: gave up after 3 attempts: secret \"app/db\""),
+        "{stderr}"
+    );
+    // And the files come when all is well.
+    let pod = Local::new();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    let (status, stderr) = run(&pod, &[]);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(pod.read("db").as_deref(), Some("v1"));
+}
