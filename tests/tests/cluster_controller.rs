@@ -630,6 +630,19 @@ async fn attacks(plane: &ControlPlane, client: &kube::Client) -> (String, String
         message.contains("volume named \"rotor-secrets\" that is not the one Rotor injects"),
         "{message}"
     );
+    // 2. One huge pod through the API server: a bounded denial.
+    let mut huge = with_account("huge", &annotations);
+    let a = huge.metadata.annotations.as_mut().unwrap();
+    for n in 0..150 {
+        a.insert(format!("rotor.dev/reload.{n}"), "signal:X:y,".repeat(700));
+    }
+    let message = refusal(pods.create(&PostParams::default(), &huge).await);
+    assert!(
+        message.contains("more problems"),
+        "{}",
+        &message[..message.len().min(500)]
+    );
+    assert!(message.len() < 4096, "a {}-byte denial", message.len());
     (ns, "app".to_owned())
 }
 
