@@ -26,12 +26,69 @@ impl Document {
         serde_yaml::from_value(value).map_err(|e| Error::Config(format!("{source} ({kind}): {e}")))
     }
 
+    /// Like [`Document::parse`], but a field the type does not know (a typo
+    /// such as `intervall:`) is an error naming its path, not ignored.
+    pub fn parse_strict<T: serde::de::DeserializeOwned + serde::Serialize>(self) -> Result<T> {
+        let input = serde_json::to_value(&self.value)
+            .map_err(|e| Error::Config(format!("{} ({}): {e}", self.source, self.kind)))?;
+        let (source, kind) = (self.source.clone(), self.kind.clone());
+        let parsed: T = self.parse()?;
+        let output = serde_json::to_value(&parsed)
+            .map_err(|e| Error::Config(format!("{source} ({kind}): {e}")))?;
+        let mut unknown = Vec::new();
+        unknown_fields(&input, &output, "", &mut unknown);
+        // Kubernetes fills these in; a file may carry them from `kubectl get`.
+        unknown.retain(|p| !p.starts_with("status") && !p.starts_with("metadata."));
+        if unknown.is_empty() {
+            Ok(parsed)
+        } else {
+            Err(Error::Config(format!(
+                "{source} ({kind}): unknown field{} {}; check the spelling against the {kind} reference",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown.join(", ")
+            )))
+        }
+    }
+
     /// The error for a kind the caller does not take.
     pub fn unexpected(&self, expected: &str) -> Error {
         Error::Config(format!(
             "{}: kind {:?} is not one of {expected}",
             self.source, self.kind
         ))
+    }
+}
+
+/// The paths of keys in `input` that `output` (the input parsed and
+/// written back) lost: fields the type does not have.
+fn unknown_fields(
+    input: &serde_json::Value,
+    output: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    match (input, output) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i {
+                let here = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                match o.get(k) {
+                    Some(w) => unknown_fields(v, w, &here, out),
+                    None if v.is_null() => {}
+                    None => out.push(here),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (v, w)) in i.iter().zip(o).enumerate() {
+                unknown_fields(v, w, &format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 

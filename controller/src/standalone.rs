@@ -127,15 +127,53 @@ fn load(dir: &Path) -> Result<Loaded> {
         policies: Vec::new(),
         stores: BTreeMap::new(),
     };
+    // Every document is checked in full before anything acts on any.
+    let mut problems = Vec::new();
     for doc in crate::manifests::documents(dir, "--policies")? {
+        let source = doc.source.clone();
         match doc.kind.as_str() {
-            "SecretRotationPolicy" => out.policies.push(doc.parse()?),
+            "SecretRotationPolicy" => match doc.parse_strict::<SecretRotationPolicy>() {
+                Ok(p) => {
+                    let found = crate::rotation::validate::problems(&p.spec);
+                    if found.is_empty() {
+                        out.policies.push(p);
+                    } else {
+                        problems.extend(found.into_iter().map(|e| format!("{source}: {e}")));
+                    }
+                }
+                Err(e) => problems.push(e.to_string()),
+            },
             "SecretStore" | "ClusterSecretStore" => {
-                let s: SecretStore = doc.parse()?;
-                out.stores.insert(s.name_any(), s.spec.provider);
+                let parsed = if doc.kind == "SecretStore" {
+                    doc.parse_strict::<SecretStore>()
+                        .map(|s| (s.name_any(), s.spec.provider))
+                } else {
+                    doc.parse_strict::<rotor_crds::api::ClusterSecretStore>()
+                        .map(|s| (s.name_any(), s.spec.provider))
+                };
+                match parsed {
+                    Ok((name, provider)) => {
+                        let found = crate::reconcile::problems(&provider);
+                        if found.is_empty() {
+                            out.stores.insert(name, provider);
+                        } else {
+                            problems.extend(found.into_iter().map(|e| format!("{source}: {e}")));
+                        }
+                    }
+                    Err(e) => problems.push(e.to_string()),
+                }
             }
             _ => return Err(doc.unexpected("SecretRotationPolicy, SecretStore")),
         }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Config(format!(
+            "{} has {} problem{}, nothing was done: {}",
+            dir.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            problems.join("; ")
+        )));
     }
     Ok(out)
 }
@@ -209,6 +247,15 @@ fn write_state(path: &Path, state: &State) -> Result<()> {
 
 /// Runs until `shutdown` resolves.
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // A typo in --policies must not become a new, empty directory.
+    if !options.policies.is_dir() {
+        return Err(Error::Config(format!(
+            "--policies {}: no such directory; expected a directory of SecretRotationPolicy and SecretStore YAML files",
+            options.policies.display()
+        )));
+    }
+    // Checked in full before the state directory or any store is touched.
+    load(&options.policies)?;
     std::fs::create_dir_all(&options.state)
         .map_err(|e| Error::Config(format!("--state {}: {e}", options.state.display())))?;
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();

@@ -342,3 +342,86 @@ async fn moto_rotation_reaches_three_sidecars() {
 async fn moto_silent_sidecar_triggers_rollback() {
     a_silent_sidecar(moto().await, "Rollback").await;
 }
+
+/// Standalone mode checks every file in full before it acts: a typo in a
+/// field, a bad value, a missing directory each stop it with the file,
+/// the field path and what is expected, before any value is generated.
+#[test]
+fn standalone_refuses_bad_specs_before_acting() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("kek");
+    KeyFileKek::generate(&key, false).unwrap();
+    let store_path = dir.path().join("store.rotor");
+    let store = LocalStore::new(&store_path, Arc::new(KeyFileKek::load(&key).unwrap()));
+    store.put("app/db", b"v1", WriteAs::Current).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("store.yaml"),
+        format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            store_path.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let run = |policies: &std::path::Path| {
+        let out = command("rotor-controller")
+            .args(["standalone", "--policies"])
+            .arg(policies)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let policy = |schedule: &str, length: u32| {
+        format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{{schedule}}}\n  generator: {{password: {{length: {length}}}}}\n"
+        )
+    };
+    for (yaml, expected) in [
+        (
+            policy("intervall: 1s", 32),
+            "policy.yaml document 1 (SecretRotationPolicy): unknown field spec.schedule.intervall",
+        ),
+        (
+            policy("interval: 1s, cron: '0 3 * * *'", 32),
+            "policy.yaml document 1: spec.schedule: set exactly one of interval and cron",
+        ),
+        (
+            policy("interval: 1s", 4),
+            "policy.yaml document 1: spec.generator.password.length 4: expected 8 to 1024",
+        ),
+        (
+            policy("interval: every-second", 32),
+            "spec.schedule.interval: \"every-second\" is not a duration",
+        ),
+    ] {
+        std::fs::write(policies.join("policy.yaml"), &yaml).unwrap();
+        let (ok, stderr) = run(&policies);
+        assert!(!ok, "accepted:\n{yaml}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?}:\n{stderr}"
+        );
+        assert!(stderr.contains("nothing was done"), "{stderr}");
+        // Nothing was generated or staged, and no state was written.
+        assert_eq!(
+            store.history("app/db").unwrap().len(),
+            1,
+            "a value was generated"
+        );
+        assert!(!policies.join(".state").exists());
+    }
+    // A typo in the directory is an error, not a new directory.
+    let typo = dir.path().join("polices");
+    let (ok, stderr) = run(&typo);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--policies") && stderr.contains("no such directory"),
+        "{stderr}"
+    );
+    assert!(!typo.exists());
+}

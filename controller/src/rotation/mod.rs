@@ -7,3 +7,4 @@ pub mod machine;
 pub mod metrics;
 pub mod reconciler;
 pub mod schedule;
+pub mod validate;
