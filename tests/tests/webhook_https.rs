@@ -232,3 +232,34 @@ fn a_flood_of_worst_case_reviews_stays_under_the_memory_limit() {
         "{longest_line}"
     );
 }
+
+/// A port in use is the error, and "listening" is never logged before it.
+#[test]
+fn a_port_in_use_is_the_error_not_a_listening_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    certs(&tls);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let stores = dir.path().join("stores");
+    std::fs::create_dir_all(&stores).unwrap();
+    std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
+    let out = command("rotor-controller")
+        .args(["webhook", "--stores"])
+        .arg(&stores)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(tls.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(tls.join("tls.key"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port} (--listen)")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("webhook listening"), "{stderr}");
+}

@@ -94,9 +94,14 @@ pub async fn serve_tls(
                 key.display()
             ))
         })?;
+    // Bind first, so that a port in use is the error, never a
+    // "listening" line followed by one.
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::Config(format!("cannot listen on {addr} (--listen): {e}")))?;
     spawn_reloader(tls.clone(), cert, key)?;
     tracing::info!(%addr, "webhook listening (HTTPS)");
-    axum_server::bind_rustls(addr, tls)
+    axum_server::from_tcp_rustls(listener, tls)
         .serve(router.into_make_service())
         .await
         .map_err(|e| Error::Config(format!("cannot serve on {addr}: {e}")))
