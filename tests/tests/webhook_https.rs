@@ -73,37 +73,31 @@ fn curl(port: u16, ca: &Path, body: &str) -> Option<(u16, serde_json::Value)> {
 
 struct Server(Child);
 
-/// `rotor-controller webhook` on a free port with the fixture stores and
-/// new certificates in `dir/tls`, logging to `log`; returns it and its port.
-fn start_webhook(dir: &Path, log: Stdio) -> (Server, u16) {
+/// `rotor-controller webhook` on `port` with the fixture stores and new
+/// certificates in `dir/tls`.
+fn webhook_command(dir: &Path, port: u16) -> Command {
     let (tls, stores) = (dir.join("tls"), dir.join("stores"));
     std::fs::create_dir_all(&tls).unwrap();
     std::fs::create_dir_all(&stores).unwrap();
     std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
     certs(&tls);
-    let port = free_port();
-    let server = Server(
-        command("rotor-controller")
-            .args(["webhook", "--stores"])
-            .arg(&stores)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(tls.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(tls.join("tls.key"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    (server, port)
+    let mut cmd = command("rotor-controller");
+    cmd.args(["webhook", "--stores"])
+        .arg(&stores)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--tls-cert")
+        .arg(tls.join("tls.crt"))
+        .arg("--tls-key")
+        .arg(tls.join("tls.key"))
+        .stdout(Stdio::null());
+    cmd
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// The webhook on a free port, logging to `log`; returns it and its port.
+fn start_webhook(dir: &Path, log: Stdio) -> (Server, u16) {
+    let port = free_port();
+    let server = Server(webhook_command(dir, port).stderr(log).spawn().unwrap());
+    (server, port)
 }
 
 #[test]
@@ -237,24 +231,9 @@ fn a_flood_of_worst_case_reviews_stays_under_the_memory_limit() {
 #[test]
 fn a_port_in_use_is_the_error_not_a_listening_line() {
     let dir = tempfile::tempdir().unwrap();
-    let tls = dir.path().join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    certs(&tls);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let stores = dir.path().join("stores");
-    std::fs::create_dir_all(&stores).unwrap();
-    std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
-    let out = command("rotor-controller")
-        .args(["webhook", "--stores"])
-        .arg(&stores)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(tls.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(tls.join("tls.key"))
-        .output()
-        .unwrap();
+    let out = webhook_command(dir.path(), port).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
