@@ -153,9 +153,10 @@ fn info_shows_the_generation_which_goes_back_when_an_older_copy_is_put_back() {
     let (stdout, _) = text(&out);
     let store_id = env.open().info().unwrap().store_id;
     let expected = format!(
-        "path        {}\nstore id    {store_id}\nkey id      {}\ngeneration  2\nsecrets     2\nversions    2\n",
+        "path          {}\nstore id      {store_id}\nkey id        {}\ngeneration    2\nsecrets       2\nversions      2\nmax versions  10\nsize          {} bytes\n",
         env.store().display(),
         KeyFileKek::load(&env.key()).unwrap().key_id(),
+        std::fs::metadata(env.store()).unwrap().len(),
     );
     assert_eq!(stdout, expected);
     assert!(!stdout.contains(CANARY));
