@@ -73,9 +73,9 @@ fn main() {
         summaries.extend(standalone_soak(duration));
     }
     println!(
-        "\n| run | process | length | RSS at 1 min | RSS after 1 min (min–max) | RSS at the end | RssAnon at the end | threads (max) | flat and < {TARGET_MIB} MiB |"
+        "\n| run | process | length | RSS at 1 min | RSS after 1 min (min–max) | RSS at the end | RssAnon at the end | threads (max) | CPU after 1 min (mean, of one core) | flat and < {TARGET_MIB} MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in summaries {
         println!("{s}");
     }
@@ -106,6 +106,8 @@ struct Proc {
     rss_kib: u64,
     anon_kib: u64,
     threads: u64,
+    /// User and system CPU time so far, in clock ticks.
+    cpu_ticks: u64,
 }
 
 fn proc_status(pid: u32) -> Proc {
@@ -118,11 +120,32 @@ fn proc_status(pid: u32) -> Proc {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime are fields 14 and 15, counted from after the `(comm)`.
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Proc {
         rss_kib: field("VmRSS:"),
         anon_kib: field("RssAnon:"),
         threads: field("Threads:"),
+        cpu_ticks: tick(11) + tick(12),
     }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`), 100 when unknown.
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -143,9 +166,9 @@ fn sample(
     let mut rule = String::from("|---|");
     for (label, _) in watched {
         head.push_str(&format!(
-            " {label} RSS | {label} RssAnon | {label} threads |"
+            " {label} RSS | {label} RssAnon | {label} threads | {label} CPU |"
         ));
-        rule.push_str("---|---|---|");
+        rule.push_str("---|---|---|---|");
     }
     for h in extra_heads {
         head.push_str(&format!(" {h} |"));
@@ -157,6 +180,7 @@ fn sample(
         SAMPLE_EVERY.as_secs()
     );
     let start = Instant::now();
+    let hz = ticks_per_second();
     let mut series: Vec<Vec<(Duration, Proc)>> = vec![Vec::new(); watched.len()];
     let mut next = start;
     loop {
@@ -165,9 +189,13 @@ fn sample(
         for (i, (_, pid)) in watched.iter().enumerate() {
             let p = proc_status(*pid);
             assert!(p.rss_kib > 0, "{run}: process {pid} is gone");
+            // CPU over the last interval, as a share of one core.
+            let cpu = series[i].last().map_or(0.0, |(t0, p0)| {
+                (p.cpu_ticks - p0.cpu_ticks) as f64 / hz / (t - *t0).as_secs_f64() * 100.0
+            });
             series[i].push((t, p));
             row.push_str(&format!(
-                " {:.1} MiB | {:.1} MiB | {} |",
+                " {:.1} MiB | {:.1} MiB | {} | {cpu:.1} % |",
                 mib(p.rss_kib),
                 mib(p.anon_kib),
                 p.threads
@@ -187,13 +215,19 @@ fn sample(
     watched
         .iter()
         .zip(series)
-        .map(|((label, _), s)| summarize(run, label, duration, &s))
+        .map(|((label, _), s)| summarize(run, label, duration, hz, &s))
         .collect()
 }
 
-fn summarize(run: &str, label: &str, duration: Duration, s: &[(Duration, Proc)]) -> String {
+fn summarize(
+    run: &str,
+    label: &str,
+    duration: Duration,
+    hz: f64,
+    s: &[(Duration, Proc)],
+) -> String {
     let minute = Duration::from_secs(60);
-    let at_minute = s.iter().find(|(t, _)| *t >= minute).unwrap_or(&s[0]).1;
+    let (t_minute, at_minute) = *s.iter().find(|(t, _)| *t >= minute).unwrap_or(&s[0]);
     let after: Vec<u64> = s
         .iter()
         .filter(|(t, _)| *t >= minute)
@@ -204,13 +238,17 @@ fn summarize(run: &str, label: &str, duration: Duration, s: &[(Duration, Proc)])
         after.iter().copied().max().unwrap_or(0),
     );
     let peak = s.iter().map(|(_, p)| p.rss_kib).max().unwrap_or(0);
-    let end = s.last().unwrap().1;
+    let (t_end, end) = *s.last().unwrap();
+    let cpu = (end.cpu_ticks - at_minute.cpu_ticks) as f64
+        / hz
+        / (t_end - t_minute).as_secs_f64().max(1.0)
+        * 100.0;
     let threads = s.iter().map(|(_, p)| p.threads).max().unwrap_or(0);
     // Flat: after the first minute RSS moves by at most 1 MiB.
     let flat = hi.saturating_sub(lo) <= 1024;
     let under = mib(peak) < TARGET_MIB;
     format!(
-        "| {run} | {label} | {:.1} min | {:.1} MiB | {:.1}–{:.1} MiB | {:.1} MiB | {:.1} MiB | {threads} | {} |",
+        "| {run} | {label} | {:.1} min | {:.1} MiB | {:.1}–{:.1} MiB | {:.1} MiB | {:.1} MiB | {threads} | {cpu:.1} % | {} |",
         duration.as_secs_f64() / 60.0,
         mib(at_minute.rss_kib),
         mib(lo),
