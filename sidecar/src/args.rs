@@ -15,6 +15,9 @@ use crate::reload::{ReloadPolicy, Reloader};
 use crate::store_args::StoreArgs;
 use crate::writer::{AtomicWriter, WriterOptions};
 
+/// The most threads the sidecar's blocking pool runs at once.
+pub const MAX_BLOCKING_THREADS: usize = 2;
+
 /// Rotor's sidecar: reads which secrets the pod wants from its annotations,
 /// writes them as files on tmpfs with an atomic `..data` swap, keeps them
 /// fresh, and tells the app after a change.
@@ -97,8 +100,14 @@ impl Args {
     {
         let args = Self::parse_from(argv);
         args.log.init("info");
+        // One thread runs everything async. The blocking pool serves the
+        // local store's file verification and reads, and DNS lookups; the
+        // engine waits for each call, so a few threads are plenty, and a
+        // bound keeps a burst from growing the process (tokio's default
+        // is 512 threads).
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .max_blocking_threads(MAX_BLOCKING_THREADS)
             .build()
         {
             Ok(rt) => rt,

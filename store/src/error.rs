@@ -52,6 +52,19 @@ pub enum Error {
         available: String,
     },
 
+    #[error(
+        "secret {name:?} in store {store} no longer has version {version}: retention removed it \
+         (the secret keeps its newest {max_versions} versions and every version labelled CURRENT, \
+         PENDING or PREVIOUS; unlabelled versions up to {removed_through} are gone)"
+    )]
+    VersionRemoved {
+        store: String,
+        name: String,
+        version: u64,
+        max_versions: u32,
+        removed_through: u64,
+    },
+
     #[error("secret {name:?} in store {store} has no version labelled {stage}")]
     StageNotFound {
         store: String,
@@ -121,6 +134,7 @@ impl Error {
             Error::Envelope { source, .. } => source.metric_label(),
             Error::SecretNotFound { .. }
             | Error::VersionNotFound { .. }
+            | Error::VersionRemoved { .. }
             | Error::StageNotFound { .. } => "not_found",
             Error::InvalidName(_) | Error::BadValue { .. } => "invalid_input",
             Error::Conflict { .. } => "conflict",

@@ -28,7 +28,7 @@ pub use aws::{AwsConfig, AwsStore};
 pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
 pub use kubernetes::KubeStore;
-pub use local::{LocalStore, StoreInfo};
+pub use local::{DEFAULT_MAX_VERSIONS, LocalStore, StoreInfo};
 pub use model::{
     SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,
 };

@@ -10,9 +10,35 @@
 //! directory. A writer killed at any point leaves the old file or the new
 //! one, never a mix; a stale `.tmp` is overwritten by the next writer.
 //!
-//! A reader caches the decoded file and re-reads it only when the file's
-//! identity (device, inode, size, mtime) changes, which makes a warm `get` an
-//! `open` + `fstat` + one record decryption.
+//! # Reading: one generation, decoded once, shared
+//!
+//! A handle (with its clones) keeps the file it last verified open and
+//! shares one decoded index of it (an `Arc`): per version its number,
+//! created-at, stage labels, size and where its sealed record lies in the
+//! file. Verifying streams the file once through SHA-256 and HMAC-SHA256
+//! with a fixed 64 KiB buffer; no record is kept in memory. A `get` reads
+//! its one sealed record with `pread` from the verified file and opens it.
+//! So a reader's memory depends on the number of versions it indexes, not on
+//! their sizes, and not on how often the file changes.
+//!
+//! While the path still names the file the handle holds (same device, inode,
+//! size and mtime, from one `stat`), nothing is re-read: a warm version check
+//! is a `stat`, a warm `get` a `stat`, a `pread` and one record decryption.
+//! Holding the file open also means its inode cannot be reused for another
+//! file. A record changed in place after verification fails its AEAD tag.
+//!
+//! # Retention
+//!
+//! Each secret keeps at most `max-versions` versions (default
+//! [`DEFAULT_MAX_VERSIONS`]), like Vault KV v2's `max_versions`: a store-wide
+//! setting in the file, and an optional per-secret override (0 means "the
+//! store's setting", and for the store "the default"). Every write removes
+//! the oldest versions beyond the limit, except versions labelled CURRENT,
+//! PENDING or PREVIOUS, which are never removed by retention (AWS Secrets
+//! Manager likewise deletes only unlabelled versions). Version numbers are
+//! never reused; each secret records the highest number retention removed, so
+//! a read of such a version fails with [`Error::VersionRemoved`], a not-found
+//! error that names the version and says that retention removed it.
 //!
 //! # Replayed copies
 //!
@@ -24,21 +50,23 @@
 //! process that starts fresh against an older copy cannot tell; the
 //! generation is shown by `rotor store info` for audits.
 //!
-//! # File format, version 1
+//! # File format, version 2
 //!
 //! All integers are big-endian; `short`, `medium` and `long` fields carry a
-//! u8, u16 or u32 length prefix.
+//! u8, u16 or u32 length prefix. Version 1 files (without the fields marked
+//! "v2") are read as if every v2 field were 0; writes produce version 2.
 //!
 //! | field                    | encoding                                   |
 //! |--------------------------|--------------------------------------------|
 //! | magic                    | 8 bytes, `RTRSTORE`                        |
-//! | format version           | u8, `1`                                    |
+//! | format version           | u8, `2`                                    |
 //! | store id                 | 16 random bytes, fixed at creation         |
 //! | KEK id                   | short, UTF-8                               |
 //! | wrapped MAC key          | medium: the file's HMAC key, KEK-wrapped   |
 //! | generation               | u64, +1 on every write                     |
+//! | max versions (v2)        | u32, the store's retention; 0: the default (10) |
 //! | secret count             | u32                                        |
-//! | per secret, by name      | name (medium, UTF-8), next version (u64), version count (u32) |
+//! | per secret, by name      | name (medium, UTF-8), next version (u64), max versions (u32, 0: the store's; v2), removed through (u64, the highest version number retention removed, 0: none; v2), version count (u32) |
 //! | per version, ascending   | number (u64), created-at (u64, Unix ms), stage bits (u8: 1 CURRENT, 2 PENDING, 4 PREVIOUS), sealed record (long, see `rotor_envelope`) |
 //! | MAC                      | 32 bytes, HMAC-SHA256 over all of the above |
 //! | checksum                 | 32 bytes, SHA-256 over all of the above, MAC included |
@@ -52,17 +80,18 @@
 //! copy made under the same key: a running handle refuses one (see above),
 //! and the generation counter lets an operator see one.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::{digest, hmac};
-use rotor_envelope::wire::{Reader, Writer};
+use rotor_envelope::wire::Writer;
 use rotor_envelope::{DataKey, Kek, RecordId};
 use zeroize::Zeroizing;
 
@@ -72,8 +101,14 @@ use crate::{
 };
 
 const MAGIC: &[u8; 8] = b"RTRSTORE";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
 const HASH_LEN: usize = 32;
+/// The buffer that reading and writing stream the file through.
+const IO_BUFFER: usize = 64 * 1024;
+
+/// How many versions of a secret the store keeps when neither the store nor
+/// the secret sets `max-versions` (as Vault KV v2).
+pub const DEFAULT_MAX_VERSIONS: u32 = 10;
 
 /// The embedded local store. Cheap to clone: clones share one cache.
 #[derive(Clone)]
@@ -86,6 +121,9 @@ pub struct Shared {
     tmp_path: PathBuf,
     kek: Arc<dyn Kek>,
     cache: Mutex<Cache>,
+    /// Held while a changed file is verified and decoded, so that threads
+    /// sharing this handle decode one generation once, one at a time.
+    decoding: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -130,12 +168,20 @@ struct State {
     wrapped_mac_key: Vec<u8>,
     mac_key: Arc<Zeroizing<[u8; 32]>>,
     generation: u64,
+    /// The store's retention; 0: [`DEFAULT_MAX_VERSIONS`].
+    max_versions: u32,
     secrets: BTreeMap<String, Secret>,
+    /// The verified file that [`Sealed::InFile`] records are read from.
+    source: Option<Arc<File>>,
 }
 
 #[derive(Clone)]
 struct Secret {
     next_version: u64,
+    /// This secret's retention; 0: the store's.
+    max_versions: u32,
+    /// The highest version number retention removed; 0: none.
+    removed_through: u64,
     /// Ascending by number.
     versions: Vec<Version>,
 }
@@ -145,7 +191,18 @@ struct Version {
     number: u64,
     created_at_ms: u64,
     stages: Stages,
-    sealed: Arc<[u8]>,
+    /// The plaintext's length.
+    size: usize,
+    sealed: Sealed,
+}
+
+/// Where a version's sealed record is.
+#[derive(Clone)]
+enum Sealed {
+    /// In the state's source file.
+    InFile { offset: u64, len: u32 },
+    /// Sealed or re-wrapped by the write in progress.
+    Bytes(Arc<[u8]>),
 }
 
 impl std::ops::Deref for LocalStore {
@@ -171,6 +228,7 @@ impl LocalStore {
             path,
             kek,
             cache: Mutex::default(),
+            decoding: Mutex::default(),
         }))
     }
 
@@ -202,6 +260,7 @@ impl LocalStore {
         let loaded = self.snapshot()?;
         let state = &loaded.state;
         let version = self.find(state, name, selector)?;
+        let sealed = self.record(state.source.as_deref(), &version.sealed)?;
         let value = rotor_envelope::open(
             &*self.kek,
             &RecordId {
@@ -209,7 +268,7 @@ impl LocalStore {
                 name,
                 version: version.number,
             },
-            &version.sealed,
+            &sealed,
         )
         .map_err(|source| Error::Envelope {
             path: self.path.clone(),
@@ -232,7 +291,7 @@ impl LocalStore {
         self.describe(name, Selector::Current).map(|m| m.version)
     }
 
-    /// Every version of a secret, oldest first.
+    /// Every version of a secret the store keeps, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<VersionMeta>> {
         let loaded = self.snapshot()?;
         let secret = self.secret(&loaded.state, name)?;
@@ -265,8 +324,9 @@ impl LocalStore {
             .collect())
     }
 
-    /// What the file is: its id, key id, generation and size. For audits:
-    /// a generation lower than one recorded earlier means an older copy.
+    /// What the file is: its id, key id, generation, retention and size.
+    /// For audits: a generation lower than one recorded earlier means an
+    /// older copy.
     pub fn info(&self) -> Result<StoreInfo> {
         let loaded = self.snapshot()?;
         let state = &loaded.state;
@@ -276,13 +336,54 @@ impl LocalStore {
             generation: state.generation,
             secrets: state.secrets.len(),
             versions: state.secrets.values().map(|s| s.versions.len()).sum(),
+            max_versions: effective_max(0, state.max_versions),
+            bytes: loaded.stamp.len,
         })
+    }
+
+    /// How many versions of `name` the store keeps, and whether that is the
+    /// secret's own setting (`true`) or the store's (`false`).
+    pub fn max_versions(&self, name: &str) -> Result<(u32, bool)> {
+        let loaded = self.snapshot()?;
+        let secret = self.secret(&loaded.state, name)?;
+        Ok((
+            effective_max(secret.max_versions, loaded.state.max_versions),
+            secret.max_versions != 0,
+        ))
+    }
+
+    /// Sets the store's retention (`secret: None`) or one secret's override;
+    /// 0 means the default for the store and the store's setting for a
+    /// secret. Versions beyond the new limit that carry no label are removed
+    /// at once. Returns the number of versions removed.
+    pub fn set_max_versions(&self, secret: Option<&str>, max_versions: u32) -> Result<usize> {
+        self.mutate(|state| {
+            match secret {
+                None => state.max_versions = max_versions,
+                Some(name) => self.secret_mut(state, name)?.max_versions = max_versions,
+            }
+            Ok(())
+        })
+        .map(|((), removed)| removed)
     }
 
     /// Writes a new version. With [`WriteAs::Current`] it becomes CURRENT
     /// and the old CURRENT becomes PREVIOUS; with [`WriteAs::Pending`] it
     /// becomes PENDING (taking the label from any older pending version).
+    /// The oldest unlabelled versions beyond the secret's retention go.
     pub fn put(&self, name: &str, value: &[u8], write_as: WriteAs) -> Result<VersionMeta> {
+        self.put_with(name, value, write_as, None)
+    }
+
+    /// [`put`](Self::put), also setting the secret's `max-versions` (0: the
+    /// store's setting again) when given.
+    pub fn put_with(
+        &self,
+        name: &str,
+        value: &[u8],
+        write_as: WriteAs,
+        max_versions: Option<u32>,
+    ) -> Result<VersionMeta> {
         validate_secret_name(name)?;
         if value.is_empty() || value.len() > MAX_VALUE_LEN {
             return Err(Error::BadValue {
@@ -296,8 +397,13 @@ impl LocalStore {
             let store_id = state.store_id;
             let secret = state.secrets.entry(name.to_owned()).or_insert(Secret {
                 next_version: 1,
+                max_versions: 0,
+                removed_through: 0,
                 versions: Vec::new(),
             });
+            if let Some(max) = max_versions {
+                secret.max_versions = max;
+            }
             let number = secret.next_version;
             let sealed = rotor_envelope::seal(
                 &*kek,
@@ -328,18 +434,21 @@ impl LocalStore {
                 number,
                 created_at_ms: now_ms(),
                 stages,
-                sealed: sealed.into(),
+                size: value.len(),
+                sealed: Sealed::Bytes(sealed.into()),
             });
             Ok(meta(name, secret.versions.last().expect("just pushed")))
         })
+        .map(|(meta, _)| meta)
     }
 
     /// Makes `version` CURRENT; the old CURRENT becomes PREVIOUS and loses
     /// no data. Promoting the CURRENT version again changes nothing.
     pub fn promote(&self, name: &str, version: u64) -> Result<VersionMeta> {
         self.mutate(|state| {
+            let store_max = state.max_versions;
             let secret = self.secret_mut(state, name)?;
-            let index = self.index_of(name, secret, version)?;
+            let index = self.index_of(name, secret, store_max, version)?;
             if !secret.versions[index].stages.contains(Stage::Current) {
                 move_current(secret);
                 let v = &mut secret.versions[index];
@@ -349,14 +458,16 @@ impl LocalStore {
             }
             Ok(meta(name, &secret.versions[index]))
         })
+        .map(|(meta, _)| meta)
     }
 
     /// Removes `version` and its data for good. The CURRENT version cannot
     /// be retired.
     pub fn retire(&self, name: &str, version: u64) -> Result<()> {
         self.mutate(|state| {
+            let store_max = state.max_versions;
             let secret = self.secret_mut(state, name)?;
-            let index = self.index_of(name, secret, version)?;
+            let index = self.index_of(name, secret, store_max, version)?;
             if secret.versions[index].stages.contains(Stage::Current) {
                 return Err(Error::Conflict {
                     store: self.label(),
@@ -369,6 +480,7 @@ impl LocalStore {
             secret.versions.remove(index);
             Ok(())
         })
+        .map(|((), _)| ())
     }
 
     /// Re-wraps every data key (and the file's MAC key) under `new`, without
@@ -381,12 +493,14 @@ impl LocalStore {
                 path: self.path.clone(),
                 source,
             };
+            let source = state.source.clone();
             let mut count = 0;
             for secret in state.secrets.values_mut() {
                 for v in &mut secret.versions {
-                    v.sealed = rotor_envelope::rewrap(&*old, new, &v.sealed)
-                        .map_err(envelope)?
-                        .into();
+                    let sealed = self.record(source.as_deref(), &v.sealed)?;
+                    let rewrapped =
+                        rotor_envelope::rewrap(&*old, new, &sealed).map_err(envelope)?;
+                    v.sealed = Sealed::Bytes(rewrapped.into());
                     count += 1;
                 }
             }
@@ -396,6 +510,22 @@ impl LocalStore {
             state.kek_id = new.key_id().to_owned();
             Ok(count)
         })
+        .map(|(count, _)| count)
+    }
+
+    /// A version's sealed record: read from the verified file, or the bytes
+    /// of the write in progress.
+    fn record<'s>(&self, source: Option<&File>, sealed: &'s Sealed) -> Result<Cow<'s, [u8]>> {
+        match sealed {
+            Sealed::Bytes(bytes) => Ok(Cow::Borrowed(bytes)),
+            Sealed::InFile { offset, len } => {
+                let file = source.ok_or_else(|| self.corrupt("a record has no file"))?;
+                let mut buf = vec![0u8; *len as usize];
+                file.read_exact_at(&mut buf, *offset)
+                    .map_err(self.io("read a record"))?;
+                Ok(Cow::Owned(buf))
+            }
+        }
     }
 
     fn secret<'s>(&self, state: &'s State, name: &str) -> Result<&'s Secret> {
@@ -426,15 +556,27 @@ impl LocalStore {
         })
     }
 
-    fn index_of(&self, name: &str, secret: &Secret, version: u64) -> Result<usize> {
+    fn index_of(&self, name: &str, secret: &Secret, store_max: u32, version: u64) -> Result<usize> {
         secret
             .versions
             .binary_search_by_key(&version, |v| v.number)
-            .map_err(|_| Error::VersionNotFound {
-                store: self.label(),
-                name: name.to_owned(),
-                version: version.to_string(),
-                available: available(secret),
+            .map_err(|_| {
+                if version <= secret.removed_through {
+                    Error::VersionRemoved {
+                        store: self.label(),
+                        name: name.to_owned(),
+                        version,
+                        max_versions: effective_max(secret.max_versions, store_max),
+                        removed_through: secret.removed_through,
+                    }
+                } else {
+                    Error::VersionNotFound {
+                        store: self.label(),
+                        name: name.to_owned(),
+                        version: version.to_string(),
+                        available: available(secret),
+                    }
+                }
             })
     }
 
@@ -443,7 +585,7 @@ impl LocalStore {
         let stage = match selector {
             Selector::Version(ref id) => {
                 let n = self.number(name, secret, id)?;
-                return Ok(&secret.versions[self.index_of(name, secret, n)?]);
+                return Ok(&secret.versions[self.index_of(name, secret, state.max_versions, n)?]);
             }
             Selector::Current => Stage::Current,
             Selector::Stage(s) => s,
@@ -459,9 +601,26 @@ impl LocalStore {
             })
     }
 
+    /// The cached generation while the path still names its file: one
+    /// `stat`, no thread hop, no key. `None` when the file changed (or the
+    /// `stat` failed): [`snapshot`](Self::snapshot) reads it then.
+    fn fresh(&self) -> Option<Arc<Loaded>> {
+        let stamp = Stamp::of(&std::fs::metadata(&self.path).ok()?);
+        let cache = self.cache.lock().expect("cache lock");
+        cache
+            .loaded
+            .as_ref()
+            .filter(|loaded| loaded.stamp == stamp)
+            .cloned()
+    }
+
     /// The decoded file, re-read only when it changed on disk. A file whose
     /// generation is lower than one seen before is refused.
     fn snapshot(&self) -> Result<Arc<Loaded>> {
+        if let Some(loaded) = self.fresh() {
+            return Ok(loaded);
+        }
+        let _decoding = self.decoding.lock().expect("decoding lock");
         // A thread that opened the file just before a writer replaced it
         // decodes an older generation than a thread that opened it just
         // after: no replay, as the path names another file by then. Such a
@@ -469,7 +628,7 @@ impl LocalStore {
         const ATTEMPTS: u32 = 8;
         let mut attempt = 1;
         loop {
-            let mut file = File::open(&self.path).map_err(|e| {
+            let file = File::open(&self.path).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     Error::Missing {
                         path: self.path.clone(),
@@ -484,9 +643,7 @@ impl LocalStore {
             {
                 return Ok(loaded.clone());
             }
-            let mut bytes = Vec::with_capacity(stamp.len as usize);
-            file.read_to_end(&mut bytes).map_err(self.io("read"))?;
-            let state = self.decode(&bytes)?;
+            let state = self.decode(file, stamp.len)?;
             let mut cache = self.cache.lock().expect("cache lock");
             if state.generation < cache.seen {
                 let replaced =
@@ -508,8 +665,10 @@ impl LocalStore {
         }
     }
 
-    /// Applies `change` under the writer lock and replaces the file.
-    fn mutate<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+    /// Applies `change` under the writer lock, applies retention, and
+    /// replaces the file. Returns what `change` returned and the number of
+    /// versions retention removed.
+    fn mutate<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<(T, usize)> {
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -524,19 +683,27 @@ impl LocalStore {
             Err(e) => return Err(e),
         };
         let out = change(&mut state)?;
+        let removed = apply_retention(&mut state);
+        if removed > 0 {
+            tracing::debug!(path = %self.path.display(), removed, "retention removed old versions");
+        }
         state.generation += 1;
-        let bytes = encode(&state).map_err(|e| self.corrupt(e.to_string()))?;
-        let mut tmp = OpenOptions::new()
+        let tmp = OpenOptions::new()
             .create(true)
             .truncate(true)
+            .read(true)
             .write(true)
             .mode(0o600)
             .open(&self.tmp_path)
             .map_err(self.io("create its temporary file"))?;
-        tmp.write_all(&bytes).map_err(self.io("write"))?;
+        let places = {
+            let mut out = BufWriter::with_capacity(IO_BUFFER, &tmp);
+            let places = self.encode(&state, &mut out)?;
+            out.flush().map_err(self.io("write"))?;
+            places
+        };
         tmp.sync_all().map_err(self.io("sync"))?;
         let stamp = Stamp::of(&tmp.metadata().map_err(self.io("stat"))?);
-        drop(tmp);
         std::fs::rename(&self.tmp_path, &self.path).map_err(self.io("rename into place"))?;
         let dir = self
             .path
@@ -546,12 +713,20 @@ impl LocalStore {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(self.io("sync its directory"))?;
+        // The handle now reads from the file it wrote: its records are where
+        // `encode` put them, and nothing written stays in memory.
+        let mut places = places.into_iter();
+        for v in state.secrets.values_mut().flat_map(|s| &mut s.versions) {
+            let (offset, len) = places.next().expect("one place per version");
+            v.sealed = Sealed::InFile { offset, len };
+        }
+        state.source = Some(Arc::new(tmp));
         let mut cache = self.cache.lock().expect("cache lock");
         cache.seen = state.generation;
         cache.loaded = Some(Arc::new(Loaded { stamp, state }));
         drop(cache);
         drop(lock);
-        Ok(out)
+        Ok((out, removed))
     }
 
     fn new_state(&self) -> Result<State> {
@@ -576,7 +751,9 @@ impl LocalStore {
             wrapped_mac_key,
             mac_key: Arc::new(mac_key),
             generation,
+            max_versions: 0,
             secrets: BTreeMap::new(),
+            source: None,
         })
     }
 
@@ -587,65 +764,183 @@ impl LocalStore {
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<State> {
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            return Err(self.corrupt("not a Rotor store file (bad magic bytes)"));
+    /// Writes `state` to `out` in the current format and returns where each
+    /// version's record landed (offset, length), in file order. Records
+    /// still in the source file are copied one at a time.
+    fn encode(&self, state: &State, out: &mut impl Write) -> Result<Vec<(u64, u32)>> {
+        let malformed = |e: rotor_envelope::Error| self.corrupt(e.to_string());
+        let write = |e| self.io("write")(e);
+        let mut sink = Sink::new(out, &state.mac_key[..]);
+        let mut w = Writer::with_capacity(512);
+        w.bytes(MAGIC)
+            .u8(FORMAT)
+            .bytes(&state.store_id)
+            .short("kek id", state.kek_id.as_bytes())
+            .map_err(malformed)?
+            .medium("wrapped MAC key", &state.wrapped_mac_key)
+            .map_err(malformed)?
+            .u64(state.generation)
+            .u32(state.max_versions)
+            .u32(u32::try_from(state.secrets.len()).map_err(|_| {
+                malformed(rotor_envelope::Error::TooLarge {
+                    field: "secret count",
+                    len: state.secrets.len(),
+                    max: u32::MAX as usize,
+                })
+            })?);
+        sink.put(w.as_slice()).map_err(write)?;
+        let mut places = Vec::new();
+        for (name, secret) in &state.secrets {
+            let mut w = Writer::with_capacity(64 + name.len());
+            w.medium("secret name", name.as_bytes())
+                .map_err(malformed)?
+                .u64(secret.next_version)
+                .u32(secret.max_versions)
+                .u64(secret.removed_through)
+                .u32(secret.versions.len() as u32);
+            sink.put(w.as_slice()).map_err(write)?;
+            for v in &secret.versions {
+                let sealed = self.record(state.source.as_deref(), &v.sealed)?;
+                let len = u32::try_from(sealed.len()).map_err(|_| {
+                    malformed(rotor_envelope::Error::TooLarge {
+                        field: "sealed record",
+                        len: sealed.len(),
+                        max: u32::MAX as usize,
+                    })
+                })?;
+                let mut w = Writer::with_capacity(32);
+                w.u64(v.number)
+                    .u64(v.created_at_ms)
+                    .u8(v.stages.bits())
+                    .u32(len);
+                sink.put(w.as_slice()).map_err(write)?;
+                places.push((sink.written, len));
+                sink.put(&sealed).map_err(write)?;
+            }
         }
-        if bytes.len() < MAGIC.len() + 1 + 2 * HASH_LEN {
-            return Err(self.corrupt(format!("file is truncated ({} bytes)", bytes.len())));
+        sink.finish().map_err(write)?;
+        Ok(places)
+    }
+
+    /// Verifies and decodes one file, streaming it once: the checksum and
+    /// the MAC are computed over the very bytes the index is parsed from, so
+    /// nothing can change between checking and parsing. Records are not
+    /// kept; the index says where they are in `file`, which the state keeps.
+    fn decode(&self, file: File, len: u64) -> Result<State> {
+        let bad_magic = || self.corrupt("not a Rotor store file (bad magic bytes)");
+        if len < MAGIC.len() as u64 {
+            return Err(bad_magic());
         }
-        let (authenticated, trailer) = bytes.split_at(bytes.len() - 2 * HASH_LEN);
-        let (mac, checksum) = trailer.split_at(HASH_LEN);
-        let expected = digest::digest(&digest::SHA256, &bytes[..bytes.len() - HASH_LEN]);
-        if expected.as_ref() != checksum {
+        let mut src = Source::new(&file, len.saturating_sub(2 * HASH_LEN as u64));
+        let mut magic = [0u8; 8];
+        src.inner.read_exact(&mut magic).map_err(self.io("read"))?;
+        if magic != *MAGIC {
+            return Err(bad_magic());
+        }
+        if len < (MAGIC.len() + 1 + 2 * HASH_LEN) as u64 {
+            return Err(self.corrupt(format!("file is truncated ({len} bytes)")));
+        }
+        src.hash(&magic);
+        // Structural problems found while parsing are reported after the
+        // checksum and the MAC, which say more: "damaged" or "edited".
+        let parsed = self.parse(&mut src);
+        if let Err(e @ Error::Io { .. }) = parsed {
+            return Err(e);
+        }
+        let (checksum_ok, mac_ok) = src.finish().map_err(|e| match e {
+            Short::Io(e) => self.io("read")(e),
+            Short::Truncated(_) => self.corrupt(format!("file is truncated ({len} bytes)")),
+        })?;
+        if !checksum_ok {
             return Err(
                 self.corrupt("checksum mismatch: the file was truncated, damaged or edited")
             );
         }
-        let format = bytes[MAGIC.len()];
-        if format != FORMAT {
-            return Err(self.corrupt(format!(
-                "unsupported store format version {format} (this build reads version {FORMAT})"
-            )));
-        }
-        let malformed = |e: rotor_envelope::Error| self.corrupt(e.to_string());
-        let mut r = Reader::new(&authenticated[MAGIC.len() + 1..]);
-        let store_id: [u8; 16] = r.array("store id").map_err(malformed)?;
-        let kek_id = r.short_str("kek id").map_err(malformed)?.to_owned();
-        let wrapped_mac_key = r.medium("wrapped MAC key").map_err(malformed)?.to_vec();
-        let mac_key = self
-            .kek
-            .unwrap(&kek_id, &wrapped_mac_key)
-            .map_err(|e| self.envelope(e))?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, mac_key.expose());
-        if hmac::verify(&key, authenticated, mac).is_err() {
+        if mac_ok == Some(false) {
             return Err(self.corrupt(
                 "authentication failed: the contents were changed without the store's key \
                  (edited, reordered, or records pasted from another store)",
             ));
         }
-        let generation = r.u64("generation").map_err(malformed)?;
-        let count = r.u32("secret count").map_err(malformed)?;
+        let mut state = parsed?;
+        if mac_ok.is_none() {
+            return Err(self.corrupt("the file's MAC key was never read"));
+        }
+        state.source = Some(Arc::new(file));
+        Ok(state)
+    }
+
+    fn short(&self, e: Short) -> Error {
+        match e {
+            Short::Io(e) => self.io("read")(e),
+            Short::Truncated(field) => self.corrupt(format!("field `{field}` is truncated")),
+        }
+    }
+
+    /// Parses the body after the magic bytes, keying the MAC as soon as
+    /// its key is read.
+    fn parse(&self, src: &mut Source<'_>) -> Result<State> {
+        let short = |e| self.short(e);
+        let utf8 = |field: &str, b: Vec<u8>| {
+            String::from_utf8(b).map_err(|_| self.corrupt(format!("{field} is not valid UTF-8")))
+        };
+        let format = src.u8("format version").map_err(short)?;
+        if format != 1 && format != FORMAT {
+            return Err(self.corrupt(format!(
+                "unsupported store format version {format} (this build reads versions 1 and {FORMAT})"
+            )));
+        }
+        let v2 = format >= 2;
+        let store_id: [u8; 16] = src.array("store id").map_err(short)?;
+        let n = src.u8("kek id").map_err(short)? as usize;
+        let kek_id = utf8("kek id", src.vec(n, "kek id").map_err(short)?)?;
+        let n = src.u16("wrapped MAC key").map_err(short)? as usize;
+        let wrapped_mac_key = src.vec(n, "wrapped MAC key").map_err(short)?;
+        let mac_key = self
+            .kek
+            .unwrap(&kek_id, &wrapped_mac_key)
+            .map_err(|e| self.envelope(e))?;
+        src.key(mac_key.expose());
+        let generation = src.u64("generation").map_err(short)?;
+        let max_versions = if v2 {
+            src.u32("max versions").map_err(short)?
+        } else {
+            0
+        };
+        let count = src.u32("secret count").map_err(short)?;
         let mut secrets = BTreeMap::new();
         let mut last_name: Option<String> = None;
+        let mut scratch = Vec::new();
         for _ in 0..count {
-            let name = r.medium_str("secret name").map_err(malformed)?.to_owned();
+            let n = src.u16("secret name").map_err(short)? as usize;
+            let name = utf8("secret name", src.vec(n, "secret name").map_err(short)?)?;
             validate_secret_name(&name).map_err(|e| self.corrupt(e.to_string()))?;
             if last_name.as_ref().is_some_and(|last| *last >= name) {
                 return Err(self.corrupt(format!("secret {name:?} is out of order")));
             }
-            let next_version = r.u64("next version").map_err(malformed)?;
-            let n = r.u32("version count").map_err(malformed)?;
+            let next_version = src.u64("next version").map_err(short)?;
+            let (secret_max, removed_through) = if v2 {
+                (
+                    src.u32("max versions").map_err(short)?,
+                    src.u64("removed through").map_err(short)?,
+                )
+            } else {
+                (0, 0)
+            };
+            let n = src.u32("version count").map_err(short)?;
             let mut versions: Vec<Version> = Vec::with_capacity(n.min(1024) as usize);
             let mut seen = Stages::NONE;
             for _ in 0..n {
-                let number = r.u64("version number").map_err(malformed)?;
-                let created_at_ms = r.u64("created-at").map_err(malformed)?;
-                let bits = r.u8("stages").map_err(malformed)?;
+                let number = src.u64("version number").map_err(short)?;
+                let created_at_ms = src.u64("created-at").map_err(short)?;
+                let bits = src.u8("stages").map_err(short)?;
                 let stages = Stages::from_bits(bits).ok_or_else(|| {
                     self.corrupt(format!("secret {name:?}: bad stage bits {bits}"))
                 })?;
-                let sealed = r.long("sealed record").map_err(malformed)?;
+                let len = src.u32("sealed record").map_err(short)?;
+                let offset = src.pos;
+                src.fill_vec(&mut scratch, len as usize, "sealed record")
+                    .map_err(short)?;
                 if versions.last().is_some_and(|v| v.number >= number) || number >= next_version {
                     return Err(
                         self.corrupt(format!("secret {name:?}: version {number} is out of order"))
@@ -661,7 +956,8 @@ impl LocalStore {
                     number,
                     created_at_ms,
                     stages,
-                    sealed: sealed.into(),
+                    size: rotor_envelope::plaintext_len(&scratch).unwrap_or(0),
+                    sealed: Sealed::InFile { offset, len },
                 });
             }
             last_name = Some(name.clone());
@@ -669,17 +965,22 @@ impl LocalStore {
                 name,
                 Secret {
                     next_version,
+                    max_versions: secret_max,
+                    removed_through,
                     versions,
                 },
             );
         }
-        if r.remaining() != 0 {
+        if src.pos != src.body_end {
             return Err(self.corrupt(format!(
                 "{} unexpected bytes after the last secret",
-                r.remaining()
+                src.body_end - src.pos
             )));
         }
         let mut raw = Zeroizing::new([0u8; 32]);
+        if mac_key.expose().len() != raw.len() {
+            return Err(self.corrupt("the file's MAC key has the wrong length"));
+        }
         raw.copy_from_slice(mac_key.expose());
         Ok(State {
             store_id,
@@ -687,50 +988,213 @@ impl LocalStore {
             wrapped_mac_key,
             mac_key: Arc::new(raw),
             generation,
+            max_versions,
             secrets,
+            source: None,
         })
     }
 }
 
-fn encode(state: &State) -> rotor_envelope::Result<Vec<u8>> {
-    let mut w = Writer::with_capacity(
-        256 + state
-            .secrets
-            .values()
-            .flat_map(|s| &s.versions)
-            .map(|v| v.sealed.len() + 64)
-            .sum::<usize>(),
-    );
-    w.bytes(MAGIC)
-        .u8(FORMAT)
-        .bytes(&state.store_id)
-        .short("kek id", state.kek_id.as_bytes())?
-        .medium("wrapped MAC key", &state.wrapped_mac_key)?
-        .u64(state.generation)
-        .u32(
-            u32::try_from(state.secrets.len()).map_err(|_| rotor_envelope::Error::TooLarge {
-                field: "secret count",
-                len: state.secrets.len(),
-                max: u32::MAX as usize,
-            })?,
-        );
-    for (name, secret) in &state.secrets {
-        w.medium("secret name", name.as_bytes())?
-            .u64(secret.next_version)
-            .u32(secret.versions.len() as u32);
-        for v in &secret.versions {
-            w.u64(v.number)
-                .u64(v.created_at_ms)
-                .u8(v.stages.bits())
-                .long("sealed record", &v.sealed)?;
+/// Why a read of the body stopped.
+enum Short {
+    /// The field would run into the trailer or past the end.
+    Truncated(&'static str),
+    Io(std::io::Error),
+}
+
+/// The store file read front to back through one buffer, every byte of the
+/// body fed to the checksum and (once its key is known) the MAC.
+struct Source<'f> {
+    inner: BufReader<&'f File>,
+    /// Bytes consumed so far.
+    pos: u64,
+    /// Where the body ends and the MAC and checksum begin.
+    body_end: u64,
+    sum: digest::Context,
+    mac: Option<hmac::Context>,
+    /// Body bytes read before the MAC key was known.
+    unkeyed: Vec<u8>,
+}
+
+impl<'f> Source<'f> {
+    fn new(file: &'f File, body_end: u64) -> Self {
+        Self {
+            inner: BufReader::with_capacity(IO_BUFFER, file),
+            pos: 0,
+            body_end,
+            sum: digest::Context::new(&digest::SHA256),
+            mac: None,
+            unkeyed: Vec::new(),
         }
     }
-    let key = hmac::Key::new(hmac::HMAC_SHA256, &state.mac_key[..]);
-    let mac = hmac::sign(&key, w.as_slice());
-    w.bytes(mac.as_ref());
-    let checksum = digest::digest(&digest::SHA256, w.as_slice());
-    w.bytes(checksum.as_ref());
-    Ok(w.into_vec())
+
+    fn hash(&mut self, bytes: &[u8]) {
+        self.pos += bytes.len() as u64;
+        self.sum.update(bytes);
+        match &mut self.mac {
+            Some(mac) => mac.update(bytes),
+            None => self.unkeyed.extend_from_slice(bytes),
+        }
+    }
+
+    fn key(&mut self, key: &[u8]) {
+        let mut mac = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, key));
+        mac.update(&std::mem::take(&mut self.unkeyed));
+        self.mac = Some(mac);
+    }
+
+    fn fill(&mut self, buf: &mut [u8], field: &'static str) -> Result<(), Short> {
+        if self.pos + buf.len() as u64 > self.body_end {
+            return Err(Short::Truncated(field));
+        }
+        self.inner.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Short::Truncated(field)
+            } else {
+                Short::Io(e)
+            }
+        })?;
+        self.hash(buf);
+        Ok(())
+    }
+
+    fn fill_vec(&mut self, buf: &mut Vec<u8>, n: usize, field: &'static str) -> Result<(), Short> {
+        if self.pos + n as u64 > self.body_end {
+            return Err(Short::Truncated(field));
+        }
+        buf.clear();
+        buf.resize(n, 0);
+        self.fill(buf, field)
+    }
+
+    fn vec(&mut self, n: usize, field: &'static str) -> Result<Vec<u8>, Short> {
+        let mut buf = Vec::new();
+        self.fill_vec(&mut buf, n, field)?;
+        Ok(buf)
+    }
+
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], Short> {
+        let mut buf = [0u8; N];
+        self.fill(&mut buf, field)?;
+        Ok(buf)
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, Short> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, Short> {
+        Ok(u16::from_be_bytes(self.array(field)?))
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, Short> {
+        Ok(u32::from_be_bytes(self.array(field)?))
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, Short> {
+        Ok(u64::from_be_bytes(self.array(field)?))
+    }
+
+    /// Reads what is left of the body and the trailer; says whether the
+    /// checksum and (when keyed) the MAC match.
+    fn finish(mut self) -> Result<(bool, Option<bool>), Short> {
+        let mut buf = vec![0u8; IO_BUFFER];
+        while self.pos < self.body_end {
+            let n = (self.body_end - self.pos).min(IO_BUFFER as u64) as usize;
+            self.fill(&mut buf[..n], "body")?;
+        }
+        let mut mac = [0u8; HASH_LEN];
+        let mut checksum = [0u8; HASH_LEN];
+        for (buf, field) in [(&mut mac, "MAC"), (&mut checksum, "checksum")] {
+            self.inner.read_exact(buf).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    Short::Truncated(field)
+                } else {
+                    Short::Io(e)
+                }
+            })?;
+        }
+        self.sum.update(&mac);
+        let checksum_ok = equal(self.sum.finish().as_ref(), &checksum);
+        let mac_ok = self.mac.map(|m| equal(m.sign().as_ref(), &mac));
+        Ok((checksum_ok, mac_ok))
+    }
+}
+
+/// Compares in time that depends only on the length.
+fn equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Where the file is written: every byte also goes to the MAC and the
+/// checksum, which `finish` appends.
+struct Sink<'w, W: Write> {
+    out: &'w mut W,
+    written: u64,
+    sum: digest::Context,
+    mac: hmac::Context,
+}
+
+impl<'w, W: Write> Sink<'w, W> {
+    fn new(out: &'w mut W, mac_key: &[u8]) -> Self {
+        Self {
+            out,
+            written: 0,
+            sum: digest::Context::new(&digest::SHA256),
+            mac: hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, mac_key)),
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.sum.update(bytes);
+        self.mac.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        let mac = self.mac.sign();
+        self.out.write_all(mac.as_ref())?;
+        self.sum.update(mac.as_ref());
+        self.out.write_all(self.sum.finish().as_ref())
+    }
+}
+
+/// The number of versions a secret keeps.
+fn effective_max(secret: u32, store: u32) -> u32 {
+    match (secret, store) {
+        (0, 0) => DEFAULT_MAX_VERSIONS,
+        (0, store) => store,
+        (secret, _) => secret,
+    }
+}
+
+/// Removes, per secret, the oldest versions beyond its limit that carry no
+/// stage label. Returns how many went.
+fn apply_retention(state: &mut State) -> usize {
+    let store_max = state.max_versions;
+    let mut removed = 0;
+    for secret in state.secrets.values_mut() {
+        let max = effective_max(secret.max_versions, store_max) as usize;
+        let mut excess = secret.versions.len().saturating_sub(max);
+        if excess == 0 {
+            continue;
+        }
+        let mut through = secret.removed_through;
+        secret.versions.retain(|v| {
+            if excess > 0 && v.stages.is_empty() {
+                excess -= 1;
+                removed += 1;
+                through = through.max(v.number);
+                false
+            } else {
+                true
+            }
+        });
+        secret.removed_through = through;
+    }
+    removed
 }
 
 /// Moves CURRENT to PREVIOUS, dropping the old PREVIOUS label.
@@ -765,7 +1229,7 @@ fn meta(name: &str, v: &Version) -> VersionMeta {
         version: v.number,
         created_at: from_ms(v.created_at_ms),
         stages: v.stages,
-        size: rotor_envelope::plaintext_len(&v.sealed).unwrap_or(0),
+        size: v.size,
     }
 }
 
@@ -790,10 +1254,17 @@ pub struct StoreInfo {
     pub generation: u64,
     pub secrets: usize,
     pub versions: usize,
+    /// How many versions a secret keeps unless it sets its own limit.
+    pub max_versions: u32,
+    /// The file's size.
+    pub bytes: u64,
 }
 
-/// The local store behind the shared trait. Each call runs on tokio's
-/// blocking pool: reads are microseconds, but writes `fsync`.
+/// The local store behind the shared trait. The version check runs inline
+/// while the file is unchanged (one `stat`); everything else, and a check
+/// that finds a changed file, runs on tokio's blocking pool: verifying a
+/// file reads all of it and calls the KEK (maybe over the network), and
+/// writes `fsync`.
 #[async_trait::async_trait]
 impl crate::Store for LocalStore {
     fn describe(&self) -> String {
@@ -812,8 +1283,11 @@ impl crate::Store for LocalStore {
     }
 
     async fn current_version(&self, name: &str) -> Result<VersionId> {
-        // On the pool too: a changed file is re-verified, which calls the
-        // KEK, and a network KEK must not run inside an async task.
+        if let Some(loaded) = self.fresh() {
+            return self
+                .find(&loaded.state, name, Selector::Current)
+                .map(|v| v.number.into());
+        }
         let (store, name) = (self.clone(), name.to_owned());
         blocking(move || LocalStore::current_version(&store, &name))
             .await

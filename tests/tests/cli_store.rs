@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rotor_e2e::{command, text};
 use rotor_envelope::{ExposeSecret, Kek, KeyFileKek};
-use rotor_store::{LocalStore, Selector};
+use rotor_store::{LocalStore, Selector, Stage, WriteAs};
 
 const CANARY: &str = "canary-b41f09-must-never-leak";
 
@@ -153,9 +153,10 @@ fn info_shows_the_generation_which_goes_back_when_an_older_copy_is_put_back() {
     let (stdout, _) = text(&out);
     let store_id = env.open().info().unwrap().store_id;
     let expected = format!(
-        "path        {}\nstore id    {store_id}\nkey id      {}\ngeneration  2\nsecrets     2\nversions    2\n",
+        "path          {}\nstore id      {store_id}\nkey id        {}\ngeneration    2\nsecrets       2\nversions      2\nmax versions  10\nsize          {} bytes\n",
         env.store().display(),
         KeyFileKek::load(&env.key()).unwrap().key_id(),
+        std::fs::metadata(env.store()).unwrap().len(),
     );
     assert_eq!(stdout, expected);
     assert!(!stdout.contains(CANARY));
@@ -240,6 +241,13 @@ fn concurrent_puts_from_several_processes_lose_no_write() {
     let env = Env::new();
     const WRITERS: usize = 4;
     const EACH: usize = 15;
+    // Keep every version, so that every write can be read back.
+    let out = env
+        .rotor()
+        .args(["store", "config", "--max-versions", "100"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
     let children: Vec<_> = (0..WRITERS)
         .map(|w| {
             let script = format!(
@@ -308,8 +316,8 @@ fn a_process_killed_mid_write_leaves_a_readable_store() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         let store = env.open();
-        let versions = match store.history("victim") {
-            Ok(h) => h.len(),
+        let versions = match store.current_version("victim") {
+            Ok(n) => n,
             Err(e) if e.is_not_found() => 0,
             Err(e) => panic!("round {round}: store unreadable after kill -9: {e}"),
         };
@@ -347,4 +355,103 @@ fn spawn_shell(cmd: &Command, script: &str) -> std::process::Child {
         };
     }
     sh.stdout(Stdio::null()).spawn().unwrap()
+}
+
+/// A thousand versions: the file stays the size of what retention keeps,
+/// every labelled version still reads (through `rotor` processes), and a
+/// removed one fails naming the version and retention.
+#[test]
+fn a_thousand_versions_keep_the_file_small_and_every_labelled_version_readable() {
+    let env = Env::new();
+    let rotor = |args: &[&str]| {
+        let out = env
+            .rotor()
+            .env("ROTOR_LOG", "warn")
+            .args(args)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), stdout, stderr, out.stdout)
+    };
+    // The store-wide limit, set before the store exists.
+    let (ok, stdout, stderr, _) = rotor(&["store", "config", "--max-versions", "5"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "max versions  5\n");
+    let value = |n: u64| format!("{n:08}-").repeat(456).into_bytes(); // 4,104 bytes
+    let store = env.open();
+    store.put("db", &value(1), WriteAs::Current).unwrap();
+    // An old PENDING version that stays labelled through all the rest.
+    store.put("db", &value(2), WriteAs::Pending).unwrap();
+    for n in 3..=1000 {
+        store.put("db", &value(n), WriteAs::Current).unwrap();
+        if n == 10 {
+            // Another process writes too, with its own limit for its secret.
+            for _ in 0..6 {
+                assert!(env.put("api", b"k").status.success());
+            }
+            let (ok, _, stderr, _) =
+                rotor(&["store", "config", "--secret", "api", "--max-versions", "3"]);
+            assert!(ok, "{stderr}");
+        }
+    }
+    let size = std::fs::metadata(env.store()).unwrap().len();
+    // Five sealed 4 KiB records of db, three small ones of api, headers.
+    assert!(size < 5 * 4200 + 4096, "the store file is {size} bytes");
+    let info = store.info().unwrap();
+    assert_eq!((info.versions, info.bytes), (5 + 3, size));
+    let kept: Vec<(u64, String)> = store
+        .history("db")
+        .unwrap()
+        .iter()
+        .map(|m| (m.version, m.stages.to_string()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (2, "PENDING".to_owned()),
+            (997, "-".to_owned()),
+            (998, "-".to_owned()),
+            (999, "PREVIOUS".to_owned()),
+            (1000, "CURRENT".to_owned()),
+        ]
+    );
+    for (stage, n) in [("CURRENT", 1000), ("PENDING", 2), ("PREVIOUS", 999)] {
+        let (ok, _, stderr, bytes) = rotor(&["store", "get", "db", "--stage", stage, "--reveal"]);
+        assert!(ok, "{stage}: {stderr}");
+        assert_eq!(bytes, value(n), "{stage}");
+        let (ok, _, stderr, bytes) = rotor(&[
+            "store",
+            "get",
+            "db",
+            "--version",
+            &n.to_string(),
+            "--reveal",
+        ]);
+        assert!(ok, "{n}: {stderr}");
+        assert_eq!(bytes, value(n));
+    }
+    assert_eq!(
+        store
+            .get("db", Selector::Stage(Stage::Pending))
+            .unwrap()
+            .meta
+            .version,
+        2
+    );
+    let (ok, _, stderr, _) = rotor(&["store", "get", "db", "--version", "500"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no longer has version 500: retention removed it")
+            && stderr.contains("keeps its newest 5 versions"),
+        "{stderr}"
+    );
+    assert_eq!(store.history("api").unwrap().len(), 3);
+    let (ok, stdout, _, _) = rotor(&["store", "config", "--secret", "api"]);
+    assert!(ok);
+    assert_eq!(stdout, "\"api\" keeps 3 versions (its own setting)\n");
+    // Numbers go on from the highest ever written.
+    assert_eq!(
+        store.put("db", b"next", WriteAs::Current).unwrap().version,
+        1001
+    );
 }

@@ -38,6 +38,11 @@ enum StoreCommand {
         /// Label the new version PENDING instead of CURRENT.
         #[arg(long)]
         pending: bool,
+        /// Keep at most N versions of this secret from now on (0: follow
+        /// the store's setting again). Versions labelled CURRENT, PENDING
+        /// or PREVIOUS are always kept.
+        #[arg(long, value_name = "N")]
+        max_versions: Option<u32>,
     },
     /// Show a version's metadata; with --reveal, write its value to stdout.
     Get {
@@ -58,8 +63,21 @@ enum StoreCommand {
     /// write). Record the generation to audit later: a lower one means an
     /// older copy of the file was put in place.
     Info,
-    /// Show every version of a secret (metadata only).
+    /// Show every version of a secret the store keeps (metadata only).
     History { name: String },
+    /// Show or set retention: how many versions of each secret the store
+    /// keeps (default 10). The oldest versions beyond it go on the next
+    /// write, except those labelled CURRENT, PENDING or PREVIOUS; reading a
+    /// removed version fails naming it.
+    Config {
+        /// Set the store's limit (0: the default, 10), or with --secret
+        /// that secret's own (0: follow the store's).
+        #[arg(long, value_name = "N")]
+        max_versions: Option<u32>,
+        /// Show or set one secret's limit instead of the store's.
+        #[arg(long, value_name = "NAME")]
+        secret: Option<String>,
+    },
     /// Make a version CURRENT; the old CURRENT becomes PREVIOUS.
     Promote {
         name: String,
@@ -103,6 +121,7 @@ impl StoreArgs {
                 name,
                 from_file,
                 pending,
+                max_versions,
             } => {
                 rotor_store::validate_secret_name(&name)?;
                 let value = read_value(from_file.as_deref())?;
@@ -111,7 +130,7 @@ impl StoreArgs {
                 } else {
                     WriteAs::Current
                 };
-                let meta = store.put(&name, &value, write_as)?;
+                let meta = store.put_with(&name, &value, write_as, max_versions)?;
                 println!(
                     "stored {:?} version {} ({}, {} bytes)",
                     meta.name, meta.version, meta.stages, meta.size
@@ -180,9 +199,30 @@ impl StoreArgs {
                     ("generation", info.generation.to_string()),
                     ("secrets", info.secrets.to_string()),
                     ("versions", info.versions.to_string()),
+                    ("max versions", info.max_versions.to_string()),
+                    ("size", format!("{} bytes", info.bytes)),
                 ];
                 for (field, value) in rows {
-                    println!("{field:<10}  {value}");
+                    println!("{field:<12}  {value}");
+                }
+            }
+            StoreCommand::Config {
+                max_versions,
+                secret,
+            } => {
+                if let Some(n) = max_versions {
+                    let removed = store.set_max_versions(secret.as_deref(), n)?;
+                    if removed > 0 {
+                        println!("removed {removed} old versions");
+                    }
+                }
+                match &secret {
+                    Some(name) => {
+                        let (n, own) = store.max_versions(name)?;
+                        let from = if own { "its own" } else { "the store's" };
+                        println!("{name:?} keeps {n} versions ({from} setting)");
+                    }
+                    None => println!("max versions  {}", store.info()?.max_versions),
                 }
             }
             StoreCommand::History { name } => {

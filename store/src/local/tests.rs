@@ -181,7 +181,25 @@ fn any_flipped_byte_or_truncation_fails_the_integrity_check() {
 fn resign(s: &LocalStore, edit: impl FnOnce(&mut State)) {
     let mut state = s.snapshot().unwrap().state.clone();
     edit(&mut state);
-    std::fs::write(s.path(), encode(&state).unwrap()).unwrap();
+    std::fs::write(s.path(), encoded(s, &state)).unwrap();
+}
+
+fn encoded(s: &LocalStore, state: &State) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.encode(state, &mut out).unwrap();
+    out
+}
+
+/// The sealed record of a secret's `index`th version, as stored.
+fn record_of(s: &LocalStore, name: &str, index: usize) -> Vec<u8> {
+    let loaded = s.snapshot().unwrap();
+    let state = &loaded.state;
+    s.record(
+        state.source.as_deref(),
+        &state.secrets[name].versions[index].sealed,
+    )
+    .unwrap()
+    .into_owned()
 }
 
 #[test]
@@ -192,15 +210,11 @@ fn a_record_swapped_in_from_another_store_is_refused() {
     a.put("db", &vec![b'a'; CANARY.len()], WriteAs::Current)
         .unwrap();
     b.put("db", CANARY, WriteAs::Current).unwrap();
-    let foreign = b.snapshot().unwrap().state.secrets["db"].versions[0]
-        .sealed
-        .clone();
+    let foreign = record_of(&b, "db", 0);
 
     // Pasted raw: the file's MAC and checksum no longer match.
     let mut raw = std::fs::read(a.path()).unwrap();
-    let own = a.snapshot().unwrap().state.secrets["db"].versions[0]
-        .sealed
-        .clone();
+    let own = record_of(&a, "db", 0);
     let at = raw.windows(own.len()).position(|w| *w == *own).unwrap();
     raw[at..at + own.len()].copy_from_slice(&foreign);
     std::fs::write(dir_a.path().join("pasted.rotor"), &raw).unwrap();
@@ -209,7 +223,7 @@ fn a_record_swapped_in_from_another_store_is_refused() {
 
     // Pasted and re-signed: the record's AAD names the other store.
     resign(&a, |state| {
-        state.secrets.get_mut("db").unwrap().versions[0].sealed = foreign;
+        state.secrets.get_mut("db").unwrap().versions[0].sealed = Sealed::Bytes(foreign.into());
     });
     let err = read_fresh(a.path(), 1).unwrap_err();
     let text = format!("{:#}", anyhow_chain(&err));
@@ -294,7 +308,9 @@ fn threads_writing_at_once_lose_nothing() {
     });
     let s = LocalStore::new(path, kek(1));
     for t in 0..4 {
-        assert_eq!(s.history(&format!("t{t}")).unwrap().len(), 25);
+        // Every write got its own number; retention keeps the newest 10.
+        assert_eq!(s.current_version(&format!("t{t}")).unwrap(), 25);
+        assert_eq!(s.history(&format!("t{t}")).unwrap().len(), 10);
     }
 }
 
@@ -467,4 +483,348 @@ fn concurrent_readers_never_take_a_racing_write_for_a_replay() {
     });
     assert!(reads.load(std::sync::atomic::Ordering::Relaxed) > 200);
     assert_eq!(reader.current_version("db").unwrap(), 201);
+}
+
+fn labelled(s: &LocalStore, name: &str) -> Vec<(u64, Stages)> {
+    s.history(name)
+        .unwrap()
+        .into_iter()
+        .filter(|m| !m.stages.is_empty())
+        .map(|m| (m.version, m.stages))
+        .collect()
+}
+
+/// A small deterministic generator for the operation mix below.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[test]
+fn retention_never_drops_a_labelled_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    // The tightest limit: one version. CURRENT, PENDING and PREVIOUS on
+    // three different versions all stay.
+    s.put_with("db", b"v1", WriteAs::Current, Some(1)).unwrap();
+    s.put("db", b"v2", WriteAs::Current).unwrap();
+    s.put("db", b"v3", WriteAs::Pending).unwrap();
+    assert_eq!(
+        labelled(&s, "db")
+            .iter()
+            .map(|(n, st)| format!("{n}:{st}"))
+            .collect::<Vec<_>>(),
+        ["1:PREVIOUS", "2:CURRENT", "3:PENDING"]
+    );
+    assert_eq!(s.history("db").unwrap().len(), 3);
+    for stage in Stage::ALL {
+        s.get("db", Selector::Stage(stage)).unwrap();
+    }
+    // A fourth, unlabelled version is what goes.
+    s.put("db", b"v4", WriteAs::Pending).unwrap();
+    let kept: Vec<u64> = s.history("db").unwrap().iter().map(|m| m.version).collect();
+    assert_eq!(kept, [1, 2, 4]);
+
+    // Random writes, promotions and retirements under a limit of 3: after
+    // every step each labelled version reads by number and by stage, the
+    // labels the step set are where it set them, numbers only grow, and the
+    // secret holds more than 3 versions only when all of them are labelled.
+    let mut rng = Lcg(7);
+    s.set_max_versions(Some("db"), 3).unwrap();
+    let mut last_number = 4;
+    for step in 0..400 {
+        let before = labelled(&s, "db");
+        let history = s.history("db").unwrap();
+        match rng.below(4) {
+            0 => {
+                let m = s.put("db", b"c", WriteAs::Current).unwrap();
+                assert!(m.version > last_number);
+                last_number = m.version;
+                assert_eq!(s.current_version("db").unwrap(), m.version);
+                let old = before.iter().find(|(_, st)| st.contains(Stage::Current));
+                if let Some((old, _)) = old {
+                    let previous = s.describe("db", Selector::Stage(Stage::Previous)).unwrap();
+                    assert_eq!(previous.version, *old, "step {step}");
+                }
+            }
+            1 => {
+                let m = s.put("db", b"p", WriteAs::Pending).unwrap();
+                assert!(m.version > last_number);
+                last_number = m.version;
+                let pending = s.describe("db", Selector::Stage(Stage::Pending)).unwrap();
+                assert_eq!(pending.version, m.version);
+            }
+            2 => {
+                let pick = &history[rng.below(history.len() as u64) as usize];
+                let old = s.current_version("db").unwrap();
+                s.promote("db", pick.version).unwrap();
+                assert_eq!(s.current_version("db").unwrap(), pick.version);
+                if old != pick.version {
+                    let previous = s.describe("db", Selector::Stage(Stage::Previous)).unwrap();
+                    assert_eq!(previous.version, old, "step {step}");
+                }
+            }
+            _ => {
+                if let Some(pick) = history.iter().find(|m| !m.stages.contains(Stage::Current)) {
+                    s.retire("db", pick.version).unwrap();
+                }
+            }
+        }
+        let history = s.history("db").unwrap();
+        let after = labelled(&s, "db");
+        for (n, stages) in &after {
+            s.get("db", Selector::Version((*n).into())).unwrap();
+            for stage in stages.iter() {
+                assert_eq!(
+                    s.describe("db", Selector::Stage(stage)).unwrap().version,
+                    *n
+                );
+            }
+        }
+        assert!(
+            history.len() <= 3 || history.iter().all(|m| !m.stages.is_empty()),
+            "step {step}: {} versions, not all labelled",
+            history.len()
+        );
+        assert!(history.windows(2).all(|w| w[0].version < w[1].version));
+    }
+}
+
+#[test]
+fn a_version_removed_by_retention_is_not_found_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    for i in 1..=12 {
+        s.put("db", format!("v{i}").as_bytes(), WriteAs::Current)
+            .unwrap();
+    }
+    let kept: Vec<u64> = s.history("db").unwrap().iter().map(|m| m.version).collect();
+    assert_eq!(kept, (3..=12).collect::<Vec<_>>());
+    let err = s.get("db", Selector::Version(2.into())).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            Error::VersionRemoved {
+                version: 2,
+                max_versions: 10,
+                removed_through: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_not_found());
+    assert_eq!(err.metric_label(), "not_found");
+    let text = err.to_string();
+    assert!(
+        text.contains("no longer has version 2: retention removed it")
+            && text.contains("keeps its newest 10 versions"),
+        "{text}"
+    );
+    // Promote and retire say the same.
+    assert!(matches!(
+        s.promote("db", 1),
+        Err(Error::VersionRemoved { version: 1, .. })
+    ));
+    // A version never written is another error.
+    let err = s.get("db", Selector::Version(13.into())).err().unwrap();
+    assert!(matches!(err, Error::VersionNotFound { .. }), "{err}");
+    // Numbers are never reused.
+    assert_eq!(s.put("db", b"v13", WriteAs::Current).unwrap().version, 13);
+    assert!(matches!(
+        s.get("db", Selector::Version(3.into())),
+        Err(Error::VersionRemoved {
+            version: 3,
+            removed_through: 3,
+            ..
+        })
+    ));
+    assert_eq!(value(&s, "db", Selector::Version(4.into())), b"v4");
+}
+
+#[test]
+fn max_versions_is_kept_per_store_and_per_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    for i in 0..6 {
+        s.put("a", format!("{i}").as_bytes(), WriteAs::Current)
+            .unwrap();
+        s.put_with("b", format!("{i}").as_bytes(), WriteAs::Current, Some(5))
+            .unwrap();
+    }
+    assert_eq!(s.info().unwrap().max_versions, DEFAULT_MAX_VERSIONS);
+    assert_eq!(s.max_versions("a").unwrap(), (10, false));
+    assert_eq!(s.max_versions("b").unwrap(), (5, true));
+    assert_eq!(s.history("b").unwrap().len(), 5);
+    // Lowering the store's limit trims at once, except where a secret has
+    // its own; another handle (process) reads both settings from the file.
+    assert_eq!(s.set_max_versions(None, 2).unwrap(), 4);
+    let other = store(&dir, 1);
+    assert_eq!(other.info().unwrap().max_versions, 2);
+    assert_eq!(other.history("a").unwrap().len(), 2);
+    assert_eq!(other.history("b").unwrap().len(), 5);
+    // 0: the secret follows the store again.
+    assert_eq!(other.set_max_versions(Some("b"), 0).unwrap(), 3);
+    assert_eq!(s.max_versions("b").unwrap(), (2, false));
+    // 0 for the store: the default.
+    s.set_max_versions(None, 0).unwrap();
+    assert_eq!(s.info().unwrap().max_versions, DEFAULT_MAX_VERSIONS);
+    assert!(matches!(
+        s.set_max_versions(Some("nope"), 3),
+        Err(Error::SecretNotFound { .. })
+    ));
+}
+
+#[test]
+fn the_file_stays_proportional_to_the_live_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    let value = vec![0x42u8; 4096];
+    for _ in 0..300 {
+        s.put("db", &value, WriteAs::Current).unwrap();
+    }
+    let size = std::fs::metadata(s.path()).unwrap().len();
+    // Ten sealed 4 KiB records and their headers.
+    assert!(size < 10 * 4096 + 4096, "{size} bytes");
+    assert_eq!(s.info().unwrap().bytes, size);
+    assert_eq!(s.info().unwrap().versions, 10);
+}
+
+/// Neither a write nor a fresh read keeps any sealed record in memory: the
+/// index says where each is in the verified file.
+#[test]
+fn the_index_holds_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    s.put("db", b"one", WriteAs::Current).unwrap();
+    s.put("db", CANARY, WriteAs::Pending).unwrap();
+    let in_file = |s: &LocalStore| {
+        let loaded = s.snapshot().unwrap();
+        loaded
+            .state
+            .secrets
+            .values()
+            .flat_map(|s| &s.versions)
+            .all(|v| matches!(v.sealed, Sealed::InFile { .. }))
+    };
+    assert!(in_file(&s));
+    let fresh = store(&dir, 1);
+    assert!(in_file(&fresh));
+    assert_eq!(value(&fresh, "db", Selector::Stage(Stage::Pending)), CANARY);
+    assert_eq!(fresh.history("db").unwrap()[1].size, CANARY.len());
+}
+
+/// The warm check is one `stat`: it sees another process's write at once,
+/// and the handle shares one decoded generation until then.
+#[test]
+fn a_generation_is_decoded_once_and_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (store(&dir, 1), store(&dir, 1));
+    a.put("db", b"1", WriteAs::Current).unwrap();
+    assert!(b.fresh().is_none());
+    let first = b.snapshot().unwrap();
+    let again = b.clone().snapshot().unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert!(Arc::ptr_eq(&first, &b.fresh().unwrap()));
+    a.put("db", b"2", WriteAs::Current).unwrap();
+    assert!(b.fresh().is_none());
+    assert_eq!(b.current_version("db").unwrap(), 2);
+}
+
+/// A record changed in place after the file was verified, with its times
+/// put back so that the handle does not notice the change: opening it
+/// fails its AEAD tag; no other value is served.
+#[test]
+fn a_record_changed_in_place_after_verification_fails_its_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    s.put("db", CANARY, WriteAs::Current).unwrap();
+    let reader = store(&dir, 1);
+    assert_eq!(value(&reader, "db", Selector::Current), CANARY);
+    let (offset, len) = match reader.snapshot().unwrap().state.secrets["db"].versions[0].sealed {
+        Sealed::InFile { offset, len } => (offset, len),
+        Sealed::Bytes(_) => unreachable!(),
+    };
+    let modified = std::fs::metadata(s.path()).unwrap().modified().unwrap();
+    let file = OpenOptions::new().write(true).open(s.path()).unwrap();
+    let last = offset + u64::from(len) - 1;
+    let mut byte = [0u8; 1];
+    File::open(s.path())
+        .unwrap()
+        .read_exact_at(&mut byte, last)
+        .unwrap();
+    file.write_all_at(&[byte[0] ^ 1], last).unwrap();
+    file.set_modified(modified).unwrap();
+    drop(file);
+    assert!(reader.fresh().is_some(), "the change was noticed");
+    let err = reader.get("db", Selector::Current).err().unwrap();
+    assert!(
+        anyhow_chain(&err).contains("integrity check failed"),
+        "{err}"
+    );
+}
+
+/// Stores written before retention (format 1) are read, and the first
+/// write turns them into format 2.
+#[test]
+fn a_format_1_file_is_read_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    for i in 1..=3 {
+        s.put("db", format!("v{i}").as_bytes(), WriteAs::Current)
+            .unwrap();
+    }
+    let loaded = s.snapshot().unwrap();
+    let state = &loaded.state;
+    let mut w = Writer::default();
+    w.bytes(MAGIC)
+        .u8(1)
+        .bytes(&state.store_id)
+        .short("kek id", state.kek_id.as_bytes())
+        .unwrap()
+        .medium("wrapped MAC key", &state.wrapped_mac_key)
+        .unwrap()
+        .u64(state.generation)
+        .u32(1);
+    let secret = &state.secrets["db"];
+    w.medium("secret name", b"db")
+        .unwrap()
+        .u64(secret.next_version)
+        .u32(secret.versions.len() as u32);
+    for (i, v) in secret.versions.iter().enumerate() {
+        w.u64(v.number)
+            .u64(v.created_at_ms)
+            .u8(v.stages.bits())
+            .long("sealed record", &record_of(&s, "db", i))
+            .unwrap();
+    }
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &state.mac_key[..]);
+    let mac = hmac::sign(&key, w.as_slice());
+    w.bytes(mac.as_ref());
+    let checksum = digest::digest(&digest::SHA256, w.as_slice());
+    w.bytes(checksum.as_ref());
+    let old = dir.path().join("old.rotor");
+    std::fs::write(&old, w.into_vec()).unwrap();
+
+    let o = LocalStore::new(&old, kek(1));
+    assert_eq!(value(&o, "db", Selector::Current), b"v3");
+    assert_eq!(value(&o, "db", Selector::Version(1.into())), b"v1");
+    assert_eq!(o.info().unwrap().max_versions, DEFAULT_MAX_VERSIONS);
+    o.put("db", b"v4", WriteAs::Current).unwrap();
+    assert_eq!(std::fs::read(&old).unwrap()[MAGIC.len()], FORMAT);
+    assert_eq!(
+        value(&store_at(&old), "db", Selector::Version(1.into())),
+        b"v1"
+    );
+}
+
+fn store_at(path: &Path) -> LocalStore {
+    LocalStore::new(path, kek(1))
 }
