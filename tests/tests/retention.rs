@@ -1,6 +1,7 @@
 //! The local store's retention seen from a `rotor-sidecar` process: a push
-//! pinned to a version that retention removed is refused with a clear
-//! answer, the sidecar keeps serving CURRENT, and its log names why.
+//! to a version that retention removed is refused and changes nothing; a
+//! pin to a PENDING version that retention later removes ends, and the
+//! sidecar follows CURRENT again.
 
 use std::sync::Arc;
 
@@ -30,39 +31,53 @@ fn a_pin_to_a_version_retention_removed_falls_back_to_current() {
     pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
     pod.start();
     assert_eq!(pod.read("db").as_deref(), Some("v3"));
-    // Version 2 is PREVIOUS: kept, and a pin to it is served.
+    // Version 1 went when version 3 was written: a pin to it is refused
+    // (only PENDING may be pinned), and nothing changes.
     let (status, body) = http(
-        pod.push,
-        "POST",
-        "/v1/refresh",
-        r#"{"secrets":[{"name":"db","version":"2"}]}"#,
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body,
-        r#"{"ok":true,"secrets":[{"name":"db","version":"2"}]}"#
-    );
-    assert_eq!(pod.read("db").as_deref(), Some("v2"));
-    // Version 1 went when version 3 was written.
-    let (_, body) = http(
         pod.push,
         "POST",
         "/v1/refresh",
         r#"{"secrets":[{"name":"db","version":"1"}]}"#,
     )
     .unwrap();
-    assert_eq!(
-        body,
-        r#"{"ok":false,"secrets":[{"name":"db","version":"3","error":"the requested version could not be fetched"}]}"#
-    );
+    assert_eq!(status, 409, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("v3"));
-    let log = pod.log();
+    // A rotation's PENDING version pins; once a newer PENDING replaces it
+    // and retention removes it, the sidecar follows CURRENT again.
+    let pending = store
+        .put_with("db", b"v4", WriteAs::Pending, Some(2))
+        .unwrap();
+    let (status, body) = http(
+        pod.push,
+        "POST",
+        "/v1/refresh",
+        &format!(
+            r#"{{"secrets":[{{"name":"db","version":"{}"}}]}}"#,
+            pending.version
+        ),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pod.read("db").as_deref(), Some("v4"));
+    for v in ["v5", "v6"] {
+        store
+            .put_with("db", v.as_bytes(), WriteAs::Pending, Some(2))
+            .unwrap();
+    }
     assert!(
-        wait_until(10, || std::fs::read_to_string(&log).is_ok_and(|l| l
-            .contains("pinned version is gone; following CURRENT again")
-            && l.contains("no longer has version 1: retention removed it"))),
-        "{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        store
+            .history("db")
+            .unwrap()
+            .iter()
+            .all(|m| m.version != pending.version),
+        "retention kept the old pending version"
+    );
+    let (status, body) = http(pod.push, "POST", "/v1/refresh", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        wait_until(10, || pod.read("db").as_deref() == Some("v3")),
+        "still serving {:?}:\n{}",
+        pod.read("db"),
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
     );
 }
