@@ -142,8 +142,50 @@ struct ServeArgs {
     #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
     /// The tmpfs size limit of the secrets volume.
-    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi")]
+    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi", value_parser = quantity)]
     size_limit: String,
+    /// The injected sidecar's imagePullPolicy.
+    #[arg(
+        long,
+        env = "ROTOR_SIDECAR_PULL_POLICY",
+        default_value = "Always",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    sidecar_pull_policy: String,
+    /// The injected sidecar's CPU request.
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = "5m", value_parser = quantity)]
+    sidecar_cpu_request: String,
+    /// The injected sidecar's memory request.
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = "16Mi", value_parser = quantity)]
+    sidecar_memory_request: String,
+    /// The injected sidecar's CPU limit.
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = "100m", value_parser = quantity)]
+    sidecar_cpu_limit: String,
+    /// The injected sidecar's memory limit.
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = "32Mi", value_parser = quantity)]
+    sidecar_memory_limit: String,
+}
+
+/// A Kubernetes quantity (`100m`, `16Mi`, `1.5`, `2G`), checked here so a
+/// typo is a startup error rather than every injected pod's rejection.
+fn quantity(text: &str) -> Result<String, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number_ok = !number.is_empty()
+        && number.chars().filter(|c| *c == '.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    const SUFFIXES: [&str; 14] = [
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if number_ok && SUFFIXES.contains(&suffix) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes quantity; expected a number with an optional suffix, such as \"100m\" or \"16Mi\""
+        ))
+    }
 }
 
 impl ServeArgs {
@@ -153,6 +195,13 @@ impl ServeArgs {
             mount_path: self.mount_path.clone(),
             native_sidecar: !self.classic_sidecar,
             size_limit: self.size_limit.clone(),
+            pull_policy: self.sidecar_pull_policy.clone(),
+            resources: crate::webhook::inject::SidecarResources {
+                cpu_request: self.sidecar_cpu_request.clone(),
+                memory_request: self.sidecar_memory_request.clone(),
+                cpu_limit: self.sidecar_cpu_limit.clone(),
+                memory_limit: self.sidecar_memory_limit.clone(),
+            },
             ..InjectConfig::default()
         }
     }
@@ -348,4 +397,70 @@ async fn shutdown_signal() {
         _ => std::future::pending().await,
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        #[derive(Debug, Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrap::try_parse_from(std::iter::once("rotor-controller").chain(args.iter().copied()))
+            .map(|w| w.serve)
+    }
+
+    #[test]
+    fn the_defaults_inject_what_inject_config_defaults_to() {
+        let config = serve(&[]).unwrap().inject_config();
+        let default = InjectConfig::default();
+        assert_eq!(config.pull_policy, default.pull_policy);
+        assert_eq!(config.resources, default.resources);
+        assert_eq!(config.size_limit, default.size_limit);
+        assert_eq!(config.mount_path, default.mount_path);
+        assert_eq!(config.image, default.image);
+    }
+
+    #[test]
+    fn sidecar_flags_reach_the_inject_config() {
+        let config = serve(&[
+            "--sidecar-pull-policy=IfNotPresent",
+            "--sidecar-cpu-request=10m",
+            "--sidecar-memory-request=20Mi",
+            "--sidecar-cpu-limit=0.5",
+            "--sidecar-memory-limit=64Mi",
+            "--size-limit=2Mi",
+            "--classic-sidecar",
+        ])
+        .unwrap()
+        .inject_config();
+        assert_eq!(config.pull_policy, "IfNotPresent");
+        assert_eq!(config.resources.cpu_request, "10m");
+        assert_eq!(config.resources.memory_request, "20Mi");
+        assert_eq!(config.resources.cpu_limit, "0.5");
+        assert_eq!(config.resources.memory_limit, "64Mi");
+        assert_eq!(config.size_limit, "2Mi");
+        assert!(!config.native_sidecar);
+    }
+
+    #[test]
+    fn typos_in_quantities_and_pull_policies_are_startup_errors() {
+        for bad in [
+            "--sidecar-memory-limit=32MB",
+            "--sidecar-cpu-request=m",
+            "--sidecar-cpu-limit=1..5",
+            "--size-limit=",
+            "--sidecar-pull-policy=always",
+        ] {
+            let err = serve(&[bad]).expect_err(bad).to_string();
+            assert!(err.contains("invalid value"), "{bad}: {err}");
+        }
+        let err = serve(&["--sidecar-memory-limit=32MB"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a Kubernetes quantity"), "{err}");
+    }
 }
