@@ -529,9 +529,10 @@ fn dns_server(ip: &str, name: &str) -> Seen {
     seen
 }
 
-/// Runs the sidecar from `root` once against a Vault at `addr`; returns
-/// its output (it fails: the test server has no secrets).
-fn sidecar_against_vault(root: &Path, addr: &str) -> Output {
+/// Runs the sidecar from `root` in `--once` mode against a Vault at `addr`
+/// until `done` holds (it never finishes by itself: the test server has no
+/// secrets, and `--once` retries until it has them); returns its stderr.
+fn sidecar_against_vault(root: &Path, addr: &str, done: impl Fn(&str) -> bool) -> String {
     let work = work_dir(root);
     std::fs::write(work.join("annotations"), "rotor.dev/secret.db=\"app/db\"\n").unwrap();
     std::fs::write(work.join("token"), "test-token").unwrap();
@@ -540,42 +541,45 @@ fn sidecar_against_vault(root: &Path, addr: &str) -> Output {
     let admin = format!("--admin-addr=127.0.0.1:{}", free_port());
     let push = format!("--push-addr=127.0.0.1:{}", free_port());
     let vault = format!("--vault-addr={addr}");
-    bounded(in_image(
-        root,
-        &[
-            "/usr/local/bin/rotor-sidecar",
-            "--once",
-            "--annotations=/work/annotations",
-            "--out-dir=/work/out",
-            "--store-kind=vault",
-            &vault,
-            "--vault-auth=token",
-            "--vault-token-file=/work/token",
-            &admin,
-            &push,
-        ],
-        &[],
-    ))
+    run_until(
+        in_image(
+            root,
+            &[
+                "/usr/local/bin/rotor-sidecar",
+                "--once",
+                "--annotations=/work/annotations",
+                "--out-dir=/work/out",
+                "--store-kind=vault",
+                &vault,
+                "--vault-auth=token",
+                "--vault-token-file=/work/token",
+                &admin,
+                &push,
+            ],
+            &[],
+        ),
+        done,
+    )
 }
 
-/// Runs a command for at most 60 s.
-fn bounded(mut cmd: Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+/// Runs a command until `done(stderr so far)` holds, for at most 60 s,
+/// then kills it; returns its stderr.
+fn run_until(mut cmd: Command, done: impl Fn(&str) -> bool) -> String {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = done.clone();
-    std::thread::spawn(move || {
-        if !wait_until(60, || flag.load(std::sync::atomic::Ordering::Relaxed)) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+    let read = || std::fs::read_to_string(log.path()).unwrap_or_default();
+    let met = wait_until(60, || {
+        done(&read()) || child.try_wait().ok().flatten().is_some()
     });
-    let out = child.wait_with_output().unwrap();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    out
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = read();
+    assert!(met, "timed out: {stderr}");
+    stderr
 }
 
 #[test]
@@ -589,15 +593,17 @@ fn the_static_sidecar_resolves_names_from_etc_hosts_and_from_dns() {
     )
     .unwrap();
     let (port, seen) = vault_404();
-    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"));
+    // The store's answer (no such secret) is logged once a request got there.
+    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"), |e| {
+        e.contains("not found")
+    });
     let heads = seen.lock().unwrap().clone();
     assert!(
         heads
             .iter()
             .any(|h| h.contains(&format!("host: vault.rotor.test:{port}"))),
-        "no request reached the server by its /etc/hosts name: {heads:?}\n{out:?}"
+        "no request reached the server by its /etc/hosts name: {heads:?}\n{out}"
     );
-    assert!(!out.status.success(), "the test server has no secrets");
 
     // DNS, as the kubelet's resolv.conf points at the cluster's: a server
     // on a loopback address of its own, so parallel runs do not meet.
@@ -615,13 +621,15 @@ fn the_static_sidecar_resolves_names_from_etc_hosts_and_from_dns() {
     )
     .unwrap();
     let (port, seen) = vault_404();
-    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"));
+    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"), |e| {
+        e.contains("not found")
+    });
     let heads = seen.lock().unwrap().clone();
     assert!(
         heads
             .iter()
             .any(|h| h.contains(&format!("host: vault.rotor.test:{port}"))),
-        "no request reached the server by its DNS name: {heads:?}\nDNS queries: {:?}\n{out:?}",
+        "no request reached the server by its DNS name: {heads:?}\nDNS queries: {:?}\n{out}",
         queries.lock().unwrap()
     );
     assert!(
@@ -701,35 +709,38 @@ fn tls_roots_come_from_the_images_ca_bundle() {
     let admin = format!("--admin-addr=127.0.0.1:{}", free_port());
     let push = format!("--push-addr=127.0.0.1:{}", free_port());
     let endpoint = format!("--aws-endpoint=https://aws.rotor.test:{port}");
-    let out = bounded(in_image(
-        &root,
-        &[
-            "/usr/local/bin/rotor-sidecar",
-            "--once",
-            "--annotations=/work/annotations",
-            "--out-dir=/work/out",
-            "--store-kind=aws",
-            "--aws-region=eu-west-1",
-            &endpoint,
-            &admin,
-            &push,
-        ],
-        &[
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    ));
+    // --once retries until it has the secret: stop it once the store's
+    // answer (no such secret) is logged.
+    let stderr = run_until(
+        in_image(
+            &root,
+            &[
+                "/usr/local/bin/rotor-sidecar",
+                "--once",
+                "--annotations=/work/annotations",
+                "--out-dir=/work/out",
+                "--store-kind=aws",
+                "--aws-region=eu-west-1",
+                &endpoint,
+                &admin,
+                &push,
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+        ),
+        |e| e.contains("not found"),
+    );
     let heads = seen.lock().unwrap().clone();
     assert!(
         heads
             .iter()
             .any(|h| h.contains("x-amz-target: secretsmanager.")
                 && h.contains("host: aws.rotor.test")),
-        "no AWS request arrived over TLS verified with the image's bundle: {heads:?}\n{out:?}"
+        "no AWS request arrived over TLS verified with the image's bundle: {heads:?}\n{stderr}"
     );
-    let (_, stderr) = text(&out);
-    assert!(stderr.contains("not found"), "{stderr}");
 }
 
 #[test]
