@@ -164,6 +164,22 @@ struct ServeArgs {
     /// The injected sidecar's memory limit.
     #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = "32Mi", value_parser = quantity)]
     sidecar_memory_limit: String,
+    /// The refresh interval of pods that set no rotor.dev/refresh: the
+    /// webhook adds that annotation (100ms to 24h). Default: the
+    /// sidecar's own, 30s.
+    #[arg(long, env = "ROTOR_SIDECAR_REFRESH", value_parser = refresh)]
+    sidecar_refresh: Option<String>,
+}
+
+/// A refresh interval the annotation contract accepts.
+fn refresh(text: &str) -> Result<String, String> {
+    use rotor_crds::annotations::{MAX_REFRESH, MIN_REFRESH};
+    match humantime::parse_duration(text) {
+        Ok(d) if (MIN_REFRESH..=MAX_REFRESH).contains(&d) => Ok(text.to_owned()),
+        _ => Err(format!(
+            "{text:?} is not a refresh interval; expected a duration from 100ms to 24h, such as \"30s\" or \"5m\""
+        )),
+    }
 }
 
 /// A Kubernetes quantity (`100m`, `16Mi`, `1.5`, `2G`), checked here so a
@@ -202,6 +218,7 @@ impl ServeArgs {
                 cpu_limit: self.sidecar_cpu_limit.clone(),
                 memory_limit: self.sidecar_memory_limit.clone(),
             },
+            default_refresh: self.sidecar_refresh.clone(),
             ..InjectConfig::default()
         }
     }
@@ -422,6 +439,7 @@ mod tests {
         assert_eq!(config.size_limit, default.size_limit);
         assert_eq!(config.mount_path, default.mount_path);
         assert_eq!(config.image, default.image);
+        assert_eq!(config.default_refresh, None);
     }
 
     #[test]
@@ -434,6 +452,7 @@ mod tests {
             "--sidecar-memory-limit=64Mi",
             "--size-limit=2Mi",
             "--classic-sidecar",
+            "--sidecar-refresh=5m",
         ])
         .unwrap()
         .inject_config();
@@ -444,6 +463,7 @@ mod tests {
         assert_eq!(config.resources.memory_limit, "64Mi");
         assert_eq!(config.size_limit, "2Mi");
         assert!(!config.native_sidecar);
+        assert_eq!(config.default_refresh.as_deref(), Some("5m"));
     }
 
     #[test]
@@ -454,6 +474,9 @@ mod tests {
             "--sidecar-cpu-limit=1..5",
             "--size-limit=",
             "--sidecar-pull-policy=always",
+            "--sidecar-refresh=10ms",
+            "--sidecar-refresh=2d",
+            "--sidecar-refresh=often",
         ] {
             let err = serve(&[bad]).expect_err(bad).to_string();
             assert!(err.contains("invalid value"), "{bad}: {err}");

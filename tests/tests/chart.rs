@@ -319,6 +319,7 @@ fn every_changed_value_reaches_the_objects() {
         "--mount-path=/var/run/app-secrets",
         "--size-limit=4Mi",
         "--classic-sidecar",
+        "--sidecar-refresh=1m",
         "--sidecar-cpu-request=10m",
         "--sidecar-memory-request=24Mi",
         "--sidecar-cpu-limit=200m",
@@ -522,6 +523,7 @@ fn typos_and_wrong_types_in_values_fail() {
             "sidecar/resources/limits/memory",
         ),
         ("logFormat=yaml", "logFormat"),
+        ("sidecar.refresh=often", "sidecar/refresh"),
     ] {
         match template(&[], &[set]) {
             Ok(_) => panic!("--set {set} rendered"),

@@ -46,6 +46,9 @@ pub struct InjectConfig {
     pub pull_policy: String,
     /// The sidecar's resource requests and limits.
     pub resources: SidecarResources,
+    /// A `rotor.dev/refresh` for pods that set none, added to the pod's
+    /// annotations (which the sidecar reads); `None`: the sidecar's default.
+    pub default_refresh: Option<String>,
 }
 
 /// The sidecar's resource requests and limits, as Kubernetes quantities.
@@ -80,6 +83,7 @@ impl Default for InjectConfig {
             push_port: 9465,
             pull_policy: "Always".to_owned(),
             resources: SidecarResources::default(),
+            default_refresh: None,
         }
     }
 }
@@ -254,10 +258,13 @@ pub fn inject(
     if contract.needs_shared_pid_namespace() {
         spec.share_process_namespace = Some(true);
     }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(annotations::STATUS.to_owned(), "injected".to_owned());
+    let pod_annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if let Some(refresh) = &config.default_refresh {
+        pod_annotations
+            .entry(annotations::REFRESH.to_owned())
+            .or_insert_with(|| refresh.clone());
+    }
+    pod_annotations.insert(annotations::STATUS.to_owned(), "injected".to_owned());
     let warnings = user.warning().into_iter().collect();
     Ok(Injected { pod, warnings })
 }
