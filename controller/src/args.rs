@@ -56,6 +56,14 @@ enum Command {
         /// The MutatingWebhookConfiguration to put the CA into.
         #[arg(long, default_value = "rotor-webhook")]
         webhook_configuration: String,
+        /// The controller's ServiceAccount, the owner of the Secret and
+        /// Lease it creates, so that they go when it is deleted.
+        #[arg(
+            long,
+            env = "ROTOR_SERVICE_ACCOUNT",
+            default_value = "rotor-controller"
+        )]
+        service_account: String,
         /// Plain-HTTP address of /metrics.
         #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
         metrics_addr: SocketAddr,
@@ -274,6 +282,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             service,
             tls_secret,
             webhook_configuration,
+            service_account,
             metrics_addr,
             identity,
             lease_duration,
@@ -292,6 +301,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     )?
                 }
             };
+            let owner =
+                crate::cluster::owner_reference(client.clone(), &namespace, &service_account).await;
             if self_managed_certs {
                 let dir = serve
                     .tls_cert
@@ -307,6 +318,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     &names,
                     &webhook_configuration,
                     &dir,
+                    owner.as_ref(),
                 )
                 .await?;
             }
@@ -327,6 +339,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 identity,
                 lease_duration,
                 leader.clone(),
+                owner,
             ));
             let consumers = Arc::new(RwLock::new(
                 crate::rotation::consumers::ConsumerIndex::default(),

@@ -2,8 +2,10 @@
 //! made as the README says), `rotor-controller run` authenticated as the
 //! chart's ServiceAccount starts and serves with the chart's RBAC, `helm
 //! upgrade` to changed values keeps the controller's caBundle, and `helm
-//! uninstall` leaves nothing of the chart behind: only the CRDs (Helm never
-//! deletes crds/) and the controller's own runtime state in its namespace.
+//! uninstall` leaves nothing behind but the CRDs (Helm never deletes
+//! crds/): the Secret and Lease the controller made are owned by its
+//! ServiceAccount, and the garbage collector (kube-controller-manager with
+//! only that controller) deletes them with it.
 //!
 //! One scenario, in order: each step needs the cluster the previous one
 //! left. This binary has its own API server (`ControlPlane::shared`), and
@@ -99,6 +101,7 @@ fn everything_in(plane: &ControlPlane, ns: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn helm_install_serve_upgrade_and_uninstall() {
     let plane = ControlPlane::shared();
+    plane.garbage_collector();
     let client = plane.client().await;
     let home = tempfile::tempdir().unwrap();
     let home = home.path();
@@ -210,6 +213,30 @@ async fn helm_install_serve_upgrade_and_uninstall() {
         !log.contains("forbidden") && !log.contains("Forbidden"),
         "the chart's RBAC refused the controller something: {log}"
     );
+    // What the controller made is owned by the chart's ServiceAccount.
+    let account = plane.kubectl_ok(&[
+        "get",
+        "serviceaccount/rotor-controller",
+        "-n",
+        "rotor-system",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    for object in ["secret/rotor-webhook-tls", "lease/rotor-controller-leader"] {
+        let owner = plane.kubectl_ok(&[
+            "get",
+            object,
+            "-n",
+            "rotor-system",
+            "-o",
+            "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].uid}",
+        ]);
+        assert_eq!(
+            owner,
+            format!("ServiceAccount/rotor-controller/{account}"),
+            "{object}"
+        );
+    }
 
     // Upgrade to changed values: applied, and the controller's caBundle
     // survives Helm's three-way merge.
@@ -303,15 +330,16 @@ async fn helm_install_serve_upgrade_and_uninstall() {
         let left = plane.kubectl_ok(&["get", kind, "-o", "name"]);
         assert!(!left.contains("rotor"), "{kind} left: {left}");
     }
-    // In the namespace: the controller's runtime state only (the README
-    // says so), no Helm release record, nothing the chart made.
-    let left = everything_in(plane, "rotor-system");
-    let expected: BTreeSet<String> = [
-        "secret/rotor-webhook-tls",
-        "lease.coordination.k8s.io/rotor-controller-leader",
-    ]
-    .into_iter()
-    .map(str::to_owned)
-    .collect();
-    assert_eq!(left, expected, "left in rotor-system after helm uninstall");
+    // In the namespace: nothing. The garbage collector removes what the
+    // controller made once its ServiceAccount is gone.
+    let empty = eventually(120, || async {
+        everything_in(plane, "rotor-system").is_empty()
+    })
+    .await;
+    assert!(
+        empty,
+        "left in rotor-system after helm uninstall: {:?}\n{}",
+        everything_in(plane, "rotor-system"),
+        plane.controller_manager_log()
+    );
 }
