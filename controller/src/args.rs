@@ -56,6 +56,14 @@ enum Command {
         /// The MutatingWebhookConfiguration to put the CA into.
         #[arg(long, default_value = "rotor-webhook")]
         webhook_configuration: String,
+        /// The controller's ServiceAccount, the owner of the Secret and
+        /// Lease it creates, so that they go when it is deleted.
+        #[arg(
+            long,
+            env = "ROTOR_SERVICE_ACCOUNT",
+            default_value = "rotor-controller"
+        )]
+        service_account: String,
         /// Plain-HTTP address of /metrics.
         #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
         metrics_addr: SocketAddr,
@@ -142,8 +150,66 @@ struct ServeArgs {
     #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
     /// The tmpfs size limit of the secrets volume.
-    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi")]
+    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi", value_parser = quantity)]
     size_limit: String,
+    /// The injected sidecar's imagePullPolicy.
+    #[arg(
+        long,
+        env = "ROTOR_SIDECAR_PULL_POLICY",
+        default_value = "Always",
+        value_parser = ["Always", "IfNotPresent", "Never"]
+    )]
+    sidecar_pull_policy: String,
+    /// The injected sidecar's CPU request.
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = "5m", value_parser = quantity)]
+    sidecar_cpu_request: String,
+    /// The injected sidecar's memory request.
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = "16Mi", value_parser = quantity)]
+    sidecar_memory_request: String,
+    /// The injected sidecar's CPU limit.
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = "100m", value_parser = quantity)]
+    sidecar_cpu_limit: String,
+    /// The injected sidecar's memory limit.
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = "32Mi", value_parser = quantity)]
+    sidecar_memory_limit: String,
+    /// The refresh interval of pods that set no rotor.dev/refresh: the
+    /// webhook adds that annotation (100ms to 24h). Default: the
+    /// sidecar's own, 30s.
+    #[arg(long, env = "ROTOR_SIDECAR_REFRESH", value_parser = refresh)]
+    sidecar_refresh: Option<String>,
+}
+
+/// A refresh interval the annotation contract accepts.
+fn refresh(text: &str) -> Result<String, String> {
+    use rotor_crds::annotations::{MAX_REFRESH, MIN_REFRESH};
+    match humantime::parse_duration(text) {
+        Ok(d) if (MIN_REFRESH..=MAX_REFRESH).contains(&d) => Ok(text.to_owned()),
+        _ => Err(format!(
+            "{text:?} is not a refresh interval; expected a duration from 100ms to 24h, such as \"30s\" or \"5m\""
+        )),
+    }
+}
+
+/// A Kubernetes quantity (`100m`, `16Mi`, `1.5`, `2G`), checked here so a
+/// typo is a startup error rather than every injected pod's rejection.
+fn quantity(text: &str) -> Result<String, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number_ok = !number.is_empty()
+        && number.chars().filter(|c| *c == '.').count() <= 1
+        && number.chars().any(|c| c.is_ascii_digit());
+    const SUFFIXES: [&str; 14] = [
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
+    if number_ok && SUFFIXES.contains(&suffix) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes quantity; expected a number with an optional suffix, such as \"100m\" or \"16Mi\""
+        ))
+    }
 }
 
 impl ServeArgs {
@@ -153,6 +219,14 @@ impl ServeArgs {
             mount_path: self.mount_path.clone(),
             native_sidecar: !self.classic_sidecar,
             size_limit: self.size_limit.clone(),
+            pull_policy: self.sidecar_pull_policy.clone(),
+            resources: crate::webhook::inject::SidecarResources {
+                cpu_request: self.sidecar_cpu_request.clone(),
+                memory_request: self.sidecar_memory_request.clone(),
+                cpu_limit: self.sidecar_cpu_limit.clone(),
+                memory_limit: self.sidecar_memory_limit.clone(),
+            },
+            default_refresh: self.sidecar_refresh.clone(),
             ..InjectConfig::default()
         }
     }
@@ -208,6 +282,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             service,
             tls_secret,
             webhook_configuration,
+            service_account,
             metrics_addr,
             identity,
             lease_duration,
@@ -226,6 +301,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     )?
                 }
             };
+            let owner =
+                crate::cluster::owner_reference(client.clone(), &namespace, &service_account).await;
             if self_managed_certs {
                 let dir = serve
                     .tls_cert
@@ -241,6 +318,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     &names,
                     &webhook_configuration,
                     &dir,
+                    owner.as_ref(),
                 )
                 .await?;
             }
@@ -261,6 +339,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 identity,
                 lease_duration,
                 leader.clone(),
+                owner,
             ));
             let consumers = Arc::new(RwLock::new(
                 crate::rotation::consumers::ConsumerIndex::default(),
@@ -348,4 +427,76 @@ async fn shutdown_signal() {
         _ => std::future::pending().await,
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        #[derive(Debug, Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Wrap::try_parse_from(std::iter::once("rotor-controller").chain(args.iter().copied()))
+            .map(|w| w.serve)
+    }
+
+    #[test]
+    fn the_defaults_inject_what_inject_config_defaults_to() {
+        let config = serve(&[]).unwrap().inject_config();
+        let default = InjectConfig::default();
+        assert_eq!(config.pull_policy, default.pull_policy);
+        assert_eq!(config.resources, default.resources);
+        assert_eq!(config.size_limit, default.size_limit);
+        assert_eq!(config.mount_path, default.mount_path);
+        assert_eq!(config.image, default.image);
+        assert_eq!(config.default_refresh, None);
+    }
+
+    #[test]
+    fn sidecar_flags_reach_the_inject_config() {
+        let config = serve(&[
+            "--sidecar-pull-policy=IfNotPresent",
+            "--sidecar-cpu-request=10m",
+            "--sidecar-memory-request=20Mi",
+            "--sidecar-cpu-limit=0.5",
+            "--sidecar-memory-limit=64Mi",
+            "--size-limit=2Mi",
+            "--classic-sidecar",
+            "--sidecar-refresh=5m",
+        ])
+        .unwrap()
+        .inject_config();
+        assert_eq!(config.pull_policy, "IfNotPresent");
+        assert_eq!(config.resources.cpu_request, "10m");
+        assert_eq!(config.resources.memory_request, "20Mi");
+        assert_eq!(config.resources.cpu_limit, "0.5");
+        assert_eq!(config.resources.memory_limit, "64Mi");
+        assert_eq!(config.size_limit, "2Mi");
+        assert!(!config.native_sidecar);
+        assert_eq!(config.default_refresh.as_deref(), Some("5m"));
+    }
+
+    #[test]
+    fn typos_in_quantities_and_pull_policies_are_startup_errors() {
+        for bad in [
+            "--sidecar-memory-limit=32MB",
+            "--sidecar-cpu-request=m",
+            "--sidecar-cpu-limit=1..5",
+            "--size-limit=",
+            "--sidecar-pull-policy=always",
+            "--sidecar-refresh=10ms",
+            "--sidecar-refresh=2d",
+            "--sidecar-refresh=often",
+        ] {
+            let err = serve(&[bad]).expect_err(bad).to_string();
+            assert!(err.contains("invalid value"), "{bad}: {err}");
+        }
+        let err = serve(&["--sidecar-memory-limit=32MB"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a Kubernetes quantity"), "{err}");
+    }
 }

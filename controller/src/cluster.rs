@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
@@ -145,6 +146,7 @@ pub async fn self_managed_certs(
     names: &[String],
     webhook: &str,
     dir: &Path,
+    owner: Option<&OwnerReference>,
 ) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let existing = secrets.get_opt(secret).await?;
@@ -164,6 +166,7 @@ pub async fn self_managed_certs(
                 metadata: ObjectMeta {
                     name: Some(secret.to_owned()),
                     namespace: Some(namespace.to_owned()),
+                    owner_references: owner.map(|o| vec![o.clone()]),
                     ..ObjectMeta::default()
                 },
                 type_: Some("kubernetes.io/tls".to_owned()),
@@ -205,6 +208,33 @@ pub async fn self_managed_certs(
         .await?;
     tracing::info!(secret = %format!("{namespace}/{secret}"), webhook, "serving certificate ready; caBundle set");
     Ok(())
+}
+
+/// The controller's ServiceAccount as the owner of the objects it creates
+/// in its namespace (the self-managed certificate's Secret, the leader
+/// Lease): when an uninstall deletes the account, the garbage collector
+/// deletes them. `None`, with a warning, when the account cannot be read.
+pub async fn owner_reference(
+    client: Client,
+    namespace: &str,
+    service_account: &str,
+) -> Option<OwnerReference> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
+    match accounts.get(service_account).await {
+        Ok(sa) => Some(OwnerReference {
+            api_version: "v1".to_owned(),
+            kind: "ServiceAccount".to_owned(),
+            name: service_account.to_owned(),
+            uid: sa.metadata.uid?,
+            controller: None,
+            block_owner_deletion: None,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, service_account = %format!("{namespace}/{service_account}"),
+                "cannot read the controller's ServiceAccount: the Secret and Lease it creates will outlive an uninstall");
+            None
+        }
+    }
 }
 
 fn read_tls(secret: &Secret) -> Option<crate::certs::Generated> {

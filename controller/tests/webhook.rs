@@ -145,6 +145,48 @@ async fn a_second_pass_adds_nothing() {
 }
 
 #[tokio::test]
+async fn sidecar_settings_reach_the_injected_pod() {
+    let review = include_str!("fixtures/inject.json");
+    let config = || InjectConfig {
+        pull_policy: "IfNotPresent".into(),
+        resources: rotor_controller::webhook::inject::SidecarResources {
+            cpu_request: "10m".into(),
+            memory_request: "20Mi".into(),
+            cpu_limit: "200m".into(),
+            memory_limit: "40Mi".into(),
+        },
+        default_refresh: Some("2m".into()),
+        ..InjectConfig::default()
+    };
+    let (_, v) = call_with(config(), review).await;
+    let pod = patched(review, &v);
+    let sidecar = &pod["spec"]["initContainers"][0];
+    assert_eq!(sidecar["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(sidecar["resources"]["requests"]["cpu"], "10m");
+    assert_eq!(sidecar["resources"]["requests"]["memory"], "20Mi");
+    assert_eq!(sidecar["resources"]["limits"]["cpu"], "200m");
+    assert_eq!(sidecar["resources"]["limits"]["memory"], "40Mi");
+    // A pod without rotor.dev/refresh gets the default as an annotation,
+    // which the sidecar reads...
+    assert_eq!(pod["metadata"]["annotations"]["rotor.dev/refresh"], "2m");
+    // ...and a second pass adds nothing.
+    let mut again: Value = serde_json::from_str(review).unwrap();
+    again["request"]["object"] = pod;
+    let (_, v) = call_with(config(), &again.to_string()).await;
+    assert!(v["response"]["patch"].is_null(), "patched again: {v}");
+    // A pod's own refresh stays.
+    let mut own: Value = serde_json::from_str(review).unwrap();
+    own["request"]["object"]["metadata"]["annotations"]["rotor.dev/refresh"] = "45s".into();
+    let (_, v) = call_with(config(), &own.to_string()).await;
+    let pod = patched(&own.to_string(), &v);
+    assert_eq!(pod["metadata"]["annotations"]["rotor.dev/refresh"], "45s");
+    // Without the setting, no annotation is added.
+    let (_, v) = call(review).await;
+    let pod = patched(review, &v);
+    assert!(pod["metadata"]["annotations"]["rotor.dev/refresh"].is_null());
+}
+
+#[tokio::test]
 async fn classic_layout_for_older_clusters() {
     let review = include_str!("fixtures/inject.json");
     let config = InjectConfig {

@@ -302,6 +302,42 @@ impl ControlPlane {
     pub fn log(&self) -> String {
         read_log(&self.dir, "kube-apiserver.log")
     }
+
+    /// Starts kube-controller-manager with only its garbage collector
+    /// (once per control plane), so that objects whose owners are deleted
+    /// go, as in a real cluster. Nothing else of the controller-manager
+    /// runs: no Deployments' pods, no default ServiceAccounts.
+    pub fn garbage_collector(&self) {
+        static STARTED: OnceLock<()> = OnceLock::new();
+        STARTED.get_or_init(|| {
+            let bin = self.bin_dir.join("kube-controller-manager");
+            assert!(
+                bin.exists(),
+                "{} is missing; tests/control-plane/build builds it",
+                bin.display()
+            );
+            let child = Command::new(bin)
+                .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+                .args([
+                    "--controllers=garbagecollector",
+                    "--leader-elect=false",
+                    "--use-service-account-credentials=false",
+                    "--secure-port=0",
+                    "--v=1",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log_file(&self.dir, "kube-controller-manager.log"))
+                .spawn()
+                .expect("start kube-controller-manager");
+            watchdog(reap(child), None);
+        });
+    }
+
+    /// The controller-manager's log, for failure messages.
+    pub fn controller_manager_log(&self) -> String {
+        read_log(&self.dir, "kube-controller-manager.log")
+    }
 }
 
 /// Installs Rotor with `kubectl apply --server-side -k deploy/` once per

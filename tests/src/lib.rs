@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod kubelet;
 pub mod pod;
 pub mod servers;
+pub mod tools;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 /// Keeps trying to hold the Lease `name` in `namespace` as `identity`, and
-/// sets `leader` while it does.
+/// sets `leader` while it does. A Lease it creates is owned by `owner`
+/// (the controller's ServiceAccount), so it goes when Rotor is uninstalled.
 pub async fn run(
     client: Client,
     namespace: String,
@@ -20,10 +21,11 @@ pub async fn run(
     identity: String,
     ttl: Duration,
     leader: Arc<AtomicBool>,
+    owner: Option<OwnerReference>,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     loop {
-        let held = match try_acquire(&api, &name, &identity, ttl).await {
+        let held = match try_acquire_owned(&api, &name, &identity, ttl, owner.as_ref()).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "lease update failed");
@@ -44,6 +46,17 @@ pub async fn try_acquire(
     identity: &str,
     ttl: Duration,
 ) -> Result<bool, kube::Error> {
+    try_acquire_owned(api, name, identity, ttl, None).await
+}
+
+/// [`try_acquire`], creating the Lease with `owner` as its owner.
+pub async fn try_acquire_owned(
+    api: &Api<Lease>,
+    name: &str,
+    identity: &str,
+    ttl: Duration,
+    owner: Option<&OwnerReference>,
+) -> Result<bool, kube::Error> {
     let now = chrono_now();
     let spec = |transitions: i32| LeaseSpec {
         holder_identity: Some(identity.to_owned()),
@@ -58,6 +71,7 @@ pub async fn try_acquire(
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(name.to_owned()),
+                    owner_references: owner.map(|o| vec![o.clone()]),
                     ..ObjectMeta::default()
                 },
                 spec: Some(spec(0)),

@@ -42,6 +42,34 @@ pub struct InjectConfig {
     pub size_limit: String,
     pub admin_port: u16,
     pub push_port: u16,
+    /// The sidecar's `imagePullPolicy`.
+    pub pull_policy: String,
+    /// The sidecar's resource requests and limits.
+    pub resources: SidecarResources,
+    /// A `rotor.dev/refresh` for pods that set none, added to the pod's
+    /// annotations (which the sidecar reads); `None`: the sidecar's default.
+    pub default_refresh: Option<String>,
+}
+
+/// The sidecar's resource requests and limits, as Kubernetes quantities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarResources {
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: String,
+    pub memory_limit: String,
+}
+
+/// Sized from the sidecar's measured use: about 6 MB RSS with 100 secrets.
+impl Default for SidecarResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: "5m".to_owned(),
+            memory_request: "16Mi".to_owned(),
+            cpu_limit: "100m".to_owned(),
+            memory_limit: "32Mi".to_owned(),
+        }
+    }
 }
 
 impl Default for InjectConfig {
@@ -53,6 +81,9 @@ impl Default for InjectConfig {
             size_limit: "1Mi".to_owned(),
             admin_port: 9464,
             push_port: 9465,
+            pull_policy: "Always".to_owned(),
+            resources: SidecarResources::default(),
+            default_refresh: None,
         }
     }
 }
@@ -111,7 +142,7 @@ pub fn inject(
     let sidecar = Container {
         name: SIDECAR.into(),
         image: Some(config.image.clone()),
-        image_pull_policy: Some("Always".into()),
+        image_pull_policy: Some(config.pull_policy.clone()),
         args: Some(args.clone()),
         env: Some(env.clone()),
         ports: Some(vec![
@@ -120,7 +151,7 @@ pub fn inject(
         ]),
         volume_mounts: Some(mounts.clone()),
         security_context: Some(hardened(user.uid(), user.gid())),
-        resources: Some(resources()),
+        resources: Some(resources(&config.resources)),
         startup_probe: Some(probe("/readyz", config.admin_port, 1, 120)),
         readiness_probe: Some(probe("/readyz", config.admin_port, 5, 3)),
         liveness_probe: Some(probe("/healthz", config.admin_port, 10, 3)),
@@ -227,10 +258,13 @@ pub fn inject(
     if contract.needs_shared_pid_namespace() {
         spec.share_process_namespace = Some(true);
     }
-    pod.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(annotations::STATUS.to_owned(), "injected".to_owned());
+    let pod_annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if let Some(refresh) = &config.default_refresh {
+        pod_annotations
+            .entry(annotations::REFRESH.to_owned())
+            .or_insert_with(|| refresh.clone());
+    }
+    pod_annotations.insert(annotations::STATUS.to_owned(), "injected".to_owned());
     let warnings = user.warning().into_iter().collect();
     Ok(Injected { pod, warnings })
 }
@@ -679,17 +713,16 @@ fn hardened(uid: i64, gid: Option<i64>) -> SecurityContext {
     }
 }
 
-/// Sized from the sidecar's measured use: about 6 MB RSS with 100 secrets.
-fn resources() -> ResourceRequirements {
+fn resources(r: &SidecarResources) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.into());
     ResourceRequirements {
         requests: Some(BTreeMap::from([
-            ("cpu".into(), q("5m")),
-            ("memory".into(), q("16Mi")),
+            ("cpu".into(), q(&r.cpu_request)),
+            ("memory".into(), q(&r.memory_request)),
         ])),
         limits: Some(BTreeMap::from([
-            ("cpu".into(), q("100m")),
-            ("memory".into(), q("32Mi")),
+            ("cpu".into(), q(&r.cpu_limit)),
+            ("memory".into(), q(&r.memory_limit)),
         ])),
         ..ResourceRequirements::default()
     }
