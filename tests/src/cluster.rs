@@ -330,7 +330,7 @@ impl ControlPlane {
                 .stderr(log_file(&self.dir, "kube-controller-manager.log"))
                 .spawn()
                 .expect("start kube-controller-manager");
-            watchdog(reap(child), None);
+            watchdog(&[reap(child)], None);
         });
     }
 
@@ -449,7 +449,7 @@ pub fn watchdog(pids: &[u32], dir: Option<&Path>) {
         trap '' TERM INT HUP
         while kill -0 "$0" 2>/dev/null; do sleep 0.5; done
         ours() { for p in $1; do
-            grep -qaE 'rotor-|kube-apiserver|etcd' /proc/$p/cmdline 2>/dev/null && echo $p; done; }
+            grep -qaE 'rotor-|kube-apiserver|kube-controller-manager|etcd' /proc/$p/cmdline 2>/dev/null && echo $p; done; }
         kill $(ours "$1") 2>/dev/null; sleep 3; kill -9 $(ours "$1") 2>/dev/null
         [ -n "$2" ] && rm -rf "$2"
         exit 0"#;
