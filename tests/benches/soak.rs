@@ -516,10 +516,18 @@ fn webhook_soak(duration: Duration) -> Vec<String> {
         port
     ))
     .is_ok()));
+    // Copied once, so that the run does not depend on the checkout.
+    let bodies = dir.path().join("bodies");
+    std::fs::create_dir_all(&bodies).unwrap();
     let mut fixtures: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let copy = bodies.join(p.file_name().unwrap());
+            std::fs::copy(&p, &copy).unwrap();
+            copy
+        })
         .collect();
     fixtures.sort();
     let ca = tls.join("ca.crt");
