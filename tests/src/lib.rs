@@ -50,6 +50,21 @@ pub fn command(name: &str) -> Command {
     cmd
 }
 
+/// Runs `cmd` with `input` on its stdin and both outputs captured.
+pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the command");
+    // A command that exits without reading its input is not our failure.
+    let _ = child.stdin.take().expect("stdin").write_all(input);
+    child.wait_with_output().expect("wait for the command")
+}
+
 /// Both output streams, lossily decoded, for assertions.
 pub fn text(out: &Output) -> (String, String) {
     (

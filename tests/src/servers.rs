@@ -28,6 +28,36 @@ pub fn venv_bin(tool: &str) -> PathBuf {
     path
 }
 
+/// Runs checkov's Kubernetes checks on a manifest file, skipping `skip`;
+/// panics with its report unless every check passes. Returns the report.
+pub fn checkov(file: &std::path::Path, skip: &[&str]) -> String {
+    let mut cmd = Command::new(venv_bin("checkov"));
+    if !skip.is_empty() {
+        cmd.arg("--skip-check").arg(skip.join(","));
+    }
+    let out = cmd
+        .arg("-f")
+        .arg(file)
+        .args([
+            "--framework",
+            "kubernetes",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+        ])
+        .env("BC_SKIP_MAPPING", "TRUE")
+        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
+        .output()
+        .expect("run checkov");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("Failed checks: 0"),
+        "checkov on {}:\n{text}",
+        file.display()
+    );
+    text
+}
+
 /// A minimal HTTP/1.1 client for setting servers up: `(status, body)`.
 pub fn request(
     port: u16,

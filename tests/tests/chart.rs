@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rotor_e2e::servers::venv_bin;
+use rotor_e2e::servers::{checkov, venv_bin};
 use rotor_e2e::tools;
 use serde_yaml::Value;
 
@@ -433,33 +433,6 @@ fn validate_strict(file: &Path) {
     assert!(
         out.status.success() && !stdout.contains("ERROR") && !stderr.contains("ERROR"),
         "{}:\n{stdout}{stderr}",
-        file.display()
-    );
-}
-
-fn checkov(file: &Path, skip: &[&str]) {
-    let mut cmd = Command::new(venv_bin("checkov"));
-    if !skip.is_empty() {
-        cmd.arg("--skip-check").arg(skip.join(","));
-    }
-    let out = cmd
-        .arg("-f")
-        .arg(file)
-        .args([
-            "--framework",
-            "kubernetes",
-            "--compact",
-            "--quiet",
-            "--skip-download",
-        ])
-        .env("BC_SKIP_MAPPING", "TRUE")
-        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("Failed checks: 0"),
-        "checkov on {}:\n{text}",
         file.display()
     );
 }

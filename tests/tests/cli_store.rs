@@ -1,6 +1,5 @@
 //! The `rotor` CLI and the local store, exercised as separate processes.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -43,16 +42,7 @@ impl Env {
         cmd
     }
     fn put(&self, name: &str, value: &[u8]) -> std::process::Output {
-        let mut child = self
-            .rotor()
-            .args(["store", "put", name])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(value).unwrap();
-        child.wait_with_output().unwrap()
+        rotor_e2e::output_with_stdin(self.rotor().args(["store", "put", name]), value)
     }
     fn open(&self) -> LocalStore {
         LocalStore::new(

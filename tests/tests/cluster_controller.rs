@@ -7,8 +7,6 @@
 //! left (the webhook is cluster-wide; the last step stops it).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -315,21 +313,10 @@ async fn injection(plane: &ControlPlane, client: &kube::Client) {
     // A stock nginx pod with no securityContext: admitted, with a warning
     // kubectl prints, and its own securityContext untouched.
     let manifest = serde_json::to_string(&pod("nginx", INJECT, None)).unwrap();
-    let mut child = plane
-        .kubectl()
-        .args(["create", "-n", &ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(manifest.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = rotor_e2e::output_with_stdin(
+        plane.kubectl().args(["create", "-n", &ns, "-f", "-"]),
+        manifest.as_bytes(),
+    );
     let (stdout, stderr) = rotor_e2e::text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("pod/nginx created"), "{stdout}");

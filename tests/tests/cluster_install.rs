@@ -2,17 +2,14 @@
 //! CRDs are Established, every example is accepted, and each CEL rule
 //! rejects what it should, with its own message.
 
-use std::io::Write;
-use std::process::Stdio;
 
 use rotor_e2e::cluster::installed;
 
 /// Applies a manifest from stdin; `Ok(stdout)` or `Err(stderr)`.
 fn apply(namespace: &str, yaml: &str) -> Result<String, String> {
     let plane = installed();
-    let mut child = plane
-        .kubectl()
-        .args([
+    let out = rotor_e2e::output_with_stdin(
+        plane.kubectl().args([
             "apply",
             "--server-side",
             "--field-manager=rotor-tests",
@@ -20,19 +17,9 @@ fn apply(namespace: &str, yaml: &str) -> Result<String, String> {
             namespace,
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ]),
+        yaml.as_bytes(),
+    );
     let (stdout, stderr) = rotor_e2e::text(&out);
     if out.status.success() {
         Ok(stdout)

@@ -395,19 +395,7 @@ fn the_sidecar_image_serves_a_local_store_made_by_the_controller_images_cli() {
         ],
         &[],
     );
-    let mut child = put
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"s3cret-from-the-image")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = rotor_e2e::output_with_stdin(&mut put, b"s3cret-from-the-image");
     assert!(out.status.success(), "rotor store put: {out:?}");
     let kek_meta = std::fs::metadata(cwork.join("kek")).unwrap();
     use std::os::unix::fs::MetadataExt;

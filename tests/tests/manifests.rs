@@ -3,10 +3,10 @@
 //! RBAC matches its golden file, the examples parse as Rotor's types, and
 //! the pod the webhook produces from the example passes checkov too.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-use rotor_e2e::servers::venv_bin;
+use rotor_e2e::servers::{checkov, venv_bin};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,30 +39,6 @@ fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
         .map(|d| serde_yaml::Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
-}
-
-fn checkov(file: &Path) -> String {
-    let out = Command::new(venv_bin("checkov"))
-        .arg("-f")
-        .arg(file)
-        .args([
-            "--framework",
-            "kubernetes",
-            "--compact",
-            "--quiet",
-            "--skip-download",
-        ])
-        .env("BC_SKIP_MAPPING", "TRUE")
-        .env("CHECKOV_RUN_SCA_PACKAGE_SCAN_V2", "false")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success() && text.contains("Failed checks: 0"),
-        "checkov on {}:\n{text}",
-        file.display()
-    );
-    text
 }
 
 #[test]
@@ -143,7 +119,7 @@ fn checkov_passes_on_the_base_and_the_cert_manager_overlay() {
     ] {
         let file = dir.path().join(name);
         std::fs::write(&file, yaml).unwrap();
-        checkov(&file);
+        checkov(&file, &[]);
     }
 }
 
@@ -276,5 +252,5 @@ fn the_injected_pod_passes_checkov_pod_checks() {
         ),
     )
     .unwrap();
-    checkov(&file);
+    checkov(&file, &[]);
 }
