@@ -2,7 +2,6 @@
 //! CRDs are Established, every example is accepted, and each CEL rule
 //! rejects what it should, with its own message.
 
-
 use rotor_e2e::cluster::installed;
 
 /// Applies a manifest from stdin; `Ok(stdout)` or `Err(stderr)`.
