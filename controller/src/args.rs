@@ -121,6 +121,11 @@ enum Command {
         /// Extra DNS names (e.g. localhost for local tests).
         #[arg(long = "dns-name")]
         dns_names: Vec<String>,
+        /// Replace certificates already in --out. Clients that trust the old
+        /// CA (the webhook configuration's caBundle) then refuse the webhook
+        /// until they get the new ca.crt.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -395,7 +400,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             service,
             namespace,
             dns_names,
+            force,
         } => {
+            if !force && let Some(existing) = crate::certs::existing(&out) {
+                anyhow::bail!(
+                    "{} already exists: replacing it breaks every client that trusts the \
+                     CA in use; pass --force to replace it, or choose another --out",
+                    existing.display()
+                );
+            }
             let mut names = crate::certs::service_names(&service, &namespace);
             names.extend(dns_names);
             let generated = crate::certs::generate(&names)?;

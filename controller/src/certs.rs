@@ -51,16 +51,32 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
+/// The first of the files [`write`] would replace that already exists in
+/// `dir`, if any.
+pub fn existing(dir: &Path) -> Option<std::path::PathBuf> {
+    FILES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| path.symlink_metadata().is_ok())
+}
+
+/// The files [`write`] puts in its directory.
+const FILES: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
+
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, each
 /// through a rename so a watching server never reads half a file.
 pub fn write(dir: &Path, g: &Generated) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    for (name, data, mode) in [
-        ("ca.crt", &g.ca_pem, 0o644),
-        ("tls.crt", &g.cert_pem, 0o644),
-        ("tls.key", &g.key_pem, 0o600),
-    ] {
+    for (name, data, mode) in FILES
+        .into_iter()
+        .zip([
+            (&g.ca_pem, 0o644),
+            (&g.cert_pem, 0o644),
+            (&g.key_pem, 0o600),
+        ])
+        .map(|(name, (data, mode))| (name, data, mode))
+    {
         let tmp = dir.join(format!(".{name}.tmp"));
         let io = |e: std::io::Error| Error::Certs(format!("{}: {e}", dir.join(name).display()));
         let mut f = std::fs::OpenOptions::new()

@@ -197,6 +197,13 @@ struct Version {
 }
 
 /// Where a version's sealed record is.
+/// Whether a write may create the store file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Create {
+    IfMissing,
+    Never,
+}
+
 #[derive(Clone)]
 enum Sealed {
     /// In the state's source file.
@@ -357,7 +364,7 @@ impl LocalStore {
     /// secret. Versions beyond the new limit that carry no label are removed
     /// at once. Returns the number of versions removed.
     pub fn set_max_versions(&self, secret: Option<&str>, max_versions: u32) -> Result<usize> {
-        self.mutate(|state| {
+        self.mutate(Create::IfMissing, |state| {
             match secret {
                 None => state.max_versions = max_versions,
                 Some(name) => self.secret_mut(state, name)?.max_versions = max_versions,
@@ -393,7 +400,7 @@ impl LocalStore {
             });
         }
         let kek = self.kek.clone();
-        self.mutate(|state| {
+        self.mutate(Create::IfMissing, |state| {
             let store_id = state.store_id;
             let secret = state.secrets.entry(name.to_owned()).or_insert(Secret {
                 next_version: 1,
@@ -445,7 +452,7 @@ impl LocalStore {
     /// Makes `version` CURRENT; the old CURRENT becomes PREVIOUS and loses
     /// no data. Promoting the CURRENT version again changes nothing.
     pub fn promote(&self, name: &str, version: u64) -> Result<VersionMeta> {
-        self.mutate(|state| {
+        self.mutate(Create::Never, |state| {
             let store_max = state.max_versions;
             let secret = self.secret_mut(state, name)?;
             let index = self.index_of(name, secret, store_max, version)?;
@@ -464,7 +471,7 @@ impl LocalStore {
     /// Removes `version` and its data for good. The CURRENT version cannot
     /// be retired.
     pub fn retire(&self, name: &str, version: u64) -> Result<()> {
-        self.mutate(|state| {
+        self.mutate(Create::Never, |state| {
             let store_max = state.max_versions;
             let secret = self.secret_mut(state, name)?;
             let index = self.index_of(name, secret, store_max, version)?;
@@ -488,7 +495,7 @@ impl LocalStore {
     /// This handle keeps using its old KEK; open a new one with `new`.
     pub fn rewrap(&self, new: &dyn Kek) -> Result<usize> {
         let old = self.kek.clone();
-        self.mutate(|state| {
+        self.mutate(Create::Never, |state| {
             let envelope = |source| Error::Envelope {
                 path: self.path.clone(),
                 source,
@@ -667,8 +674,21 @@ impl LocalStore {
 
     /// Applies `change` under the writer lock, applies retention, and
     /// replaces the file. Returns what `change` returned and the number of
-    /// versions retention removed.
-    fn mutate<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<(T, usize)> {
+    /// versions retention removed. Only a put or a store-wide retention
+    /// setting creates a missing store: a promote, retire or rewrap on a
+    /// path that holds no store is refused before anything (not even the
+    /// lock file) is written.
+    fn mutate<T>(
+        &self,
+        create: Create,
+        change: impl FnOnce(&mut State) -> Result<T>,
+    ) -> Result<(T, usize)> {
+        let missing = || Error::Missing {
+            path: self.path.clone(),
+        };
+        if create == Create::Never && !self.path.exists() {
+            return Err(missing());
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -679,7 +699,7 @@ impl LocalStore {
         lock.lock().map_err(self.io("lock"))?;
         let mut state = match self.snapshot() {
             Ok(loaded) => loaded.state.clone(),
-            Err(Error::Missing { .. }) => self.new_state()?,
+            Err(Error::Missing { .. }) if create == Create::IfMissing => self.new_state()?,
             Err(e) => return Err(e),
         };
         let out = change(&mut state)?;

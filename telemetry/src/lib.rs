@@ -17,7 +17,9 @@ pub enum LogFormat {
 pub struct LogArgs {
     /// Log filter, in `RUST_LOG` syntax (e.g. `info`, `rotor_store=debug`).
     /// Default: `warn` for `rotor`, `info` for the sidecar and controller.
-    #[arg(long, env = "ROTOR_LOG", global = true)]
+    /// A filter that does not parse is refused with the reason, rather than
+    /// silently logging nothing.
+    #[arg(long, env = "ROTOR_LOG", global = true, value_parser = parse_filter)]
     pub log: Option<String>,
 
     /// Log line format on stderr.
@@ -124,13 +126,45 @@ impl Drop for StderrLine {
     }
 }
 
+/// Checks a `--log` value: `Ok` as given, or why it is not a filter and
+/// what one looks like.
+fn parse_filter(value: &str) -> Result<String, String> {
+    EnvFilter::builder()
+        .with_regex(false)
+        .parse(value)
+        .map(|_| value.to_owned())
+        .map_err(|e| {
+            format!(
+                "{e}; expected comma-separated directives in RUST_LOG syntax, \
+                 each a level (error, warn, info, debug, trace, off) or \
+                 target=level, e.g. `info` or `info,rotor_store=debug`"
+            )
+        })
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never with
+/// `NO_COLOR` set (<https://no-color.org>); files and pipes get plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global `tracing` subscriber. `filter` uses `RUST_LOG`
-/// syntax, e.g. `info` or `rotor_store=debug`. Every line is bounded by
-/// [`MAX_LOG_LINE`].
+/// syntax, e.g. `info` or `rotor_store=debug` (checked by `--log`'s parser;
+/// a filter given here that does not parse falls back to `warn`). Every
+/// line is bounded by [`MAX_LOG_LINE`].
 pub fn init(format: LogFormat, filter: &str) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    use std::io::IsTerminal;
+    let filter = EnvFilter::builder()
+        .with_regex(false)
+        .parse(filter)
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(|| StderrLine(None));
     match format {
         LogFormat::Text => builder.init(),
@@ -147,6 +181,24 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("store file s.rotor")]
     struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn filters_that_do_not_parse_are_refused_with_the_expected_form() {
+        assert_eq!(
+            parse_filter("info,rotor_store=debug").unwrap(),
+            "info,rotor_store=debug"
+        );
+        let e = parse_filter("rotor=verbose!!").unwrap_err();
+        assert!(e.contains("expected comma-separated directives"), "{e}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+    }
 
     #[test]
     fn chains_show_every_cause_once() {

@@ -445,3 +445,37 @@ fn a_thousand_versions_keep_the_file_small_and_every_labelled_version_readable()
         1001
     );
 }
+
+/// `put` (and `config`, to set retention before the first put) create a
+/// store; every other command on a path that holds none says so and writes
+/// nothing (not an empty store, not a lock file).
+#[test]
+fn commands_other_than_put_refuse_a_store_that_does_not_exist() {
+    let env = Env::new();
+    let new_key = env.dir.path().join("kek2");
+    let out = command("rotor")
+        .args(["keygen", "--out"])
+        .arg(&new_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let new_key = new_key.to_str().unwrap();
+    let before: Vec<_> = std::fs::read_dir(env.dir.path()).unwrap().collect();
+    for args in [
+        &["store", "promote", "db", "--version", "1"][..],
+        &["store", "retire", "db", "--version", "1"],
+        &["store", "rewrap", "--new-key", new_key],
+        &["store", "list"],
+    ] {
+        let out = env.rotor().args(args).output().unwrap();
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains("does not exist; `rotor store put` creates it"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let after: Vec<_> = std::fs::read_dir(env.dir.path()).unwrap().collect();
+    assert_eq!(before.len(), after.len(), "a command wrote a file");
+    assert!(!env.store().exists());
+}

@@ -33,3 +33,163 @@ fn the_demo_rotates_and_the_app_reloads_without_a_restart() {
         .unwrap();
     assert!(!std::path::Path::new(dir).exists(), "{dir} left behind");
 }
+
+/// A running `rotor demo` and what it printed so far.
+struct Running {
+    child: std::process::Child,
+    /// `None` once the test closed the demo's stdout.
+    lines: Option<std::io::Lines<std::io::BufReader<std::process::ChildStdout>>>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start() -> Self {
+        let mut child = command("rotor")
+            .args(["demo", "--every", "2"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        use std::io::BufRead;
+        let mut running = Self {
+            child,
+            lines: Some(std::io::BufReader::new(stdout).lines()),
+            seen: Vec::new(),
+        };
+        // Up when the app has read its file.
+        while !running.seen.iter().any(|l| l.starts_with("app[")) {
+            let lines = running.lines.as_mut().unwrap();
+            let line = lines.next().expect("the demo stopped early").unwrap();
+            running.seen.push(line);
+        }
+        running
+    }
+
+    /// The text after `prefix` up to the next space, in the first line
+    /// that holds it.
+    fn field(&self, prefix: &str) -> String {
+        self.seen
+            .iter()
+            .find_map(|l| l.split(prefix).nth(1))
+            .and_then(|rest| rest.split([' ', ']']).next())
+            .unwrap_or_else(|| panic!("no {prefix:?} in {:?}", self.seen))
+            .to_owned()
+    }
+
+    /// What the demo made: its processes and its directories.
+    fn made(&self) -> (Vec<String>, Vec<std::path::PathBuf>) {
+        let store = std::path::PathBuf::from(self.field("local store "));
+        let pids = vec![self.field("sidecar pid "), self.field("app[")];
+        let dirs = vec![
+            store.parent().unwrap().to_owned(),
+            self.field(" writes ").into(),
+        ];
+        (pids, dirs)
+    }
+
+    /// Waits (bounded) for the demo to exit; its status and stderr.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the demo did not stop"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        use std::io::Read;
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status, stderr)
+    }
+}
+
+/// Nothing the demo made is left: no process, no directory.
+fn nothing_left(pids: &[String], dirs: &[std::path::PathBuf]) {
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} left running"
+        );
+    }
+    for dir in dirs {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// `rotor demo | head`: stdout closes, the demo stops quietly (no panic)
+/// and takes everything with it.
+#[test]
+fn a_closed_stdout_stops_the_demo_and_it_cleans_up() {
+    let mut demo = Running::start();
+    let (pids, dirs) = demo.made();
+    demo.lines = None;
+    let (status, stderr) = demo.wait();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    nothing_left(&pids, &dirs);
+}
+
+/// Ctrl-C (SIGINT to the demo alone, as a terminal's process group gets
+/// it too) stops the demo cleanly.
+#[test]
+fn ctrl_c_stops_the_demo_and_it_cleans_up() {
+    let demo = Running::start();
+    let (pids, dirs) = demo.made();
+    rotor_e2e::signal(&demo.child, "INT");
+    let (status, stderr) = demo.wait();
+    assert!(status.success(), "{status}: {stderr}");
+    nothing_left(&pids, &dirs);
+}
+
+/// A child that dies takes the demo down with a reason, and the rest is
+/// stopped and removed.
+#[test]
+fn a_child_that_dies_stops_the_demo_with_the_reason() {
+    let demo = Running::start();
+    let (pids, dirs) = demo.made();
+    let kill = std::process::Command::new("kill")
+        .args(["-KILL", &pids[0]])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let (status, stderr) = demo.wait();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("the sidecar exited (signal: 9 (SIGKILL))"),
+        "{stderr}"
+    );
+    nothing_left(&pids, &dirs);
+}
+
+/// `--dir` on a disk: the sidecar refuses it, and the demo says why
+/// instead of claiming tmpfs.
+#[test]
+fn a_dir_on_disk_is_refused_with_the_sidecars_reason() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    if rotor_e2e::on_tmpfs(dir.path()) {
+        panic!("the target directory is on tmpfs; this test needs a disk");
+    }
+    let out = command("rotor")
+        .args(["demo", "--duration", "20", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(!stdout.contains("(tmpfs)"), "{stdout}");
+    assert!(
+        stderr.contains("the sidecar exited (exit status: 1)")
+            && stderr.contains("is not on tmpfs or ramfs"),
+        "{stderr}"
+    );
+}

@@ -778,4 +778,19 @@ fn once_exits_with_the_cause_instead_of_hanging() {
     let (status, stderr) = run(&pod, &[]);
     assert!(status.success(), "{stderr}");
     assert_eq!(pod.read("db").as_deref(), Some("v1"));
+    // Logs into a pipe are plain text: colour is for terminals only.
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "ANSI codes in piped logs: {stderr:?}"
+    );
+    // A log filter that does not parse is refused before anything runs,
+    // instead of silently logging nothing.
+    let (status, stderr) = run(&pod, &["--log", "rotor=verbose!!"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--log <LOG>'")
+            && stderr.contains("expected comma-separated directives in RUST_LOG syntax"),
+        "{stderr}"
+    );
 }

@@ -16,10 +16,11 @@ fn fixture(name: &str) -> String {
     .unwrap()
 }
 
-fn certs(dir: &Path) {
+fn certs(dir: &Path, extra: &[&str]) {
     let out = command("rotor-controller")
         .args(["certs", "--dns-name", "localhost", "--out"])
         .arg(dir)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -80,7 +81,7 @@ fn webhook_command(dir: &Path, port: u16) -> Command {
     std::fs::create_dir_all(&tls).unwrap();
     std::fs::create_dir_all(&stores).unwrap();
     std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
-    certs(&tls);
+    certs(&tls, &[]);
     let mut cmd = command("rotor-controller");
     cmd.args(["webhook", "--stores"])
         .arg(&stores)
@@ -127,8 +128,25 @@ fn mutate_over_https_and_reload_the_certificate() {
     let (status, _) = curl(port, &first_ca, "{broken").unwrap();
     assert_eq!(status, 400);
 
-    // New certificate from a new CA: the server switches without a restart.
-    certs(&tls);
+    // Running `certs` again does not replace the CA in use by accident...
+    let again = command("rotor-controller")
+        .args(["certs", "--out"])
+        .arg(&tls)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success());
+    assert!(
+        stderr.contains("ca.crt already exists") && stderr.contains("pass --force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(tls.join("ca.crt")).unwrap(),
+        std::fs::read(&first_ca).unwrap()
+    );
+    // ...only with --force. New certificate from a new CA: the server
+    // switches without a restart.
+    certs(&tls, &["--force"]);
     let second_ca = tls.join("ca.crt");
     assert!(
         wait_until(10, || curl(

@@ -19,8 +19,9 @@ use anyhow::{Context, bail};
 use ring::rand::SecureRandom;
 use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{LocalStore, WriteAs};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
 
 const SECRET: &str = "demo/db-password";
 const FILE: &str = "db-password";
@@ -47,30 +48,169 @@ impl DemoArgs {
             .block_on(self.run_async())
     }
 
+    /// Runs the demo, then stops every child process and removes every
+    /// file it made, on every way out: the duration ends, Ctrl-C or
+    /// SIGTERM, stdout closed (`rotor demo | head`), a child that exits,
+    /// or a setup step that fails.
     async fn run_async(self) -> anyhow::Result<()> {
-        let Self {
+        let mut demo = Demo::default();
+        let result = demo.run(self).await;
+        // Why a child exited is in its log, which goes with the work
+        // directory: read it first.
+        let why = match &result {
+            Ok(End::Exited(role, _)) => demo
+                .log(*role)
+                .and_then(|log| last_problem(&log))
+                .map(|line| format!(": {line}"))
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        demo.shutdown().await;
+        match result {
+            Ok(End::Finished | End::Interrupted) => {
+                let _ = say("stopped; the key, the store and the files are removed");
+                Ok(())
+            }
+            Ok(End::Exited(role, status)) => bail!("the {} exited ({status}){why}", role.name()),
+            // Nobody reads any more: stop quietly, as `head` expects.
+            Err(e) if e.is::<OutputClosed>() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The demo's child processes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Sidecar,
+    App,
+    Controller,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Sidecar => "sidecar",
+            Role::App => "demo app",
+            Role::Controller => "controller",
+        }
+    }
+}
+
+/// How the demo's loop ended.
+enum End {
+    /// `--duration` elapsed.
+    Finished,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A child process exited on its own.
+    Exited(Role, std::process::ExitStatus),
+}
+
+/// Stdout was closed (a broken pipe): the demo stops and cleans up.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout is closed")]
+struct OutputClosed;
+
+/// What the demo started and made, so that [`Demo::shutdown`] and the
+/// drops undo all of it.
+#[derive(Default)]
+struct Demo {
+    /// Stopped in reverse order of start: the controller, the app, then the
+    /// sidecar (which wipes its files on SIGTERM).
+    children: Vec<(Role, Child)>,
+    logs: Vec<(Role, PathBuf)>,
+    /// The key, the store, the logs and the controller's state.
+    work: Option<tempfile::TempDir>,
+    /// The directory under /dev/shm the files go to, unless --dir.
+    out: Option<tempfile::TempDir>,
+}
+
+impl Demo {
+    fn log(&self, role: Role) -> Option<PathBuf> {
+        self.logs
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Starts a child in its own process group (Ctrl-C reaches only the
+    /// demo, which then stops the children in order), logging to `log`.
+    fn spawn(&mut self, role: Role, cmd: &mut Command, log: Option<PathBuf>) -> anyhow::Result<()> {
+        if let Some(log) = &log {
+            cmd.stderr(std::fs::File::create(log)?);
+            self.logs.push((role, log.clone()));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the {}", role.name()))?;
+        self.children.push((role, child));
+        Ok(())
+    }
+
+    /// The first child that has exited, if any.
+    fn exited(&mut self) -> std::io::Result<Option<(Role, std::process::ExitStatus)>> {
+        for (role, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some((*role, status)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn child(&mut self, role: Role) -> &mut Child {
+        &mut self
+            .children
+            .iter_mut()
+            .find(|(r, _)| *r == role)
+            .expect("started")
+            .1
+    }
+
+    /// Stops every child (SIGTERM, then SIGKILL after 5 s) and removes the
+    /// directories.
+    async fn shutdown(&mut self) {
+        while let Some((_, mut child)) = self.children.pop() {
+            terminate(&mut child).await;
+        }
+        drop(self.out.take());
+        drop(self.work.take());
+    }
+
+    async fn run(&mut self, args: DemoArgs) -> anyhow::Result<End> {
+        let DemoArgs {
             dir,
             duration,
             every,
-        } = self;
-        let work = tempfile::Builder::new().prefix("rotor-demo-").tempdir()?;
-        let (out_holder, out) = match dir {
-            Some(d) => (None, d),
+        } = args;
+        let work = self
+            .work
+            .insert(tempfile::Builder::new().prefix("rotor-demo-").tempdir()?)
+            .path()
+            .to_owned();
+        let out = match dir {
+            Some(d) => d,
             None => {
                 let shm = Path::new("/dev/shm");
                 if !shm.is_dir() {
                     bail!("/dev/shm is not available; pass --dir with a tmpfs directory");
                 }
-                let t = tempfile::Builder::new()
-                    .prefix("rotor-demo-")
-                    .tempdir_in(shm)?;
-                let p = t.path().to_owned();
-                (Some(t), p)
+                self.out
+                    .insert(
+                        tempfile::Builder::new()
+                            .prefix("rotor-demo-")
+                            .tempdir_in(shm)?,
+                    )
+                    .path()
+                    .to_owned()
             }
         };
-        let key_path = work.path().join("kek.key");
+        let key_path = work.join("kek.key");
         let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::generate(&key_path, false)?);
-        let store_path = work.path().join("store.rotor");
+        let store_path = work.join("store.rotor");
         let store = LocalStore::new(&store_path, kek.clone());
         let first = store.put(SECRET, &random_value()?, WriteAs::Current)?;
         say(&format!(
@@ -78,10 +218,10 @@ impl DemoArgs {
             store_path.display(),
             kek.key_id(),
             first.version
-        ));
+        ))?;
 
-        let pid_file = work.path().join("app.pid");
-        let annotations = work.path().join("annotations");
+        let pid_file = work.join("app.pid");
+        let annotations = work.join("annotations");
         let mut pod = BTreeMap::new();
         pod.insert(format!("rotor.dev/secret.{FILE}"), SECRET.to_owned());
         pod.insert("rotor.dev/refresh".to_owned(), "2s".to_owned());
@@ -94,89 +234,71 @@ impl DemoArgs {
         let exe = std::env::current_exe().context("cannot find the rotor executable")?;
         let admin_port = free_port()?;
         let push_port = free_port()?;
-        let sidecar_log = work.path().join("sidecar.log");
-        let mut sidecar = Command::new(&exe)
-            .arg("sidecar")
-            .args(["--annotations".as_ref(), annotations.as_os_str()])
-            .args(["--out-dir".as_ref(), out.as_os_str()])
-            .args(["--local-store".as_ref(), store_path.as_os_str()])
-            .args(["--key".as_ref(), key_path.as_os_str()])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-            .arg("--wipe-on-exit")
-            .env_remove("ROTOR_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&sidecar_log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the sidecar")?;
+        let sidecar_log = work.join("sidecar.log");
+        self.spawn(
+            Role::Sidecar,
+            Command::new(&exe)
+                .arg("sidecar")
+                .args(["--annotations".as_ref(), annotations.as_os_str()])
+                .args(["--out-dir".as_ref(), out.as_os_str()])
+                .args(["--local-store".as_ref(), store_path.as_os_str()])
+                .args(["--key".as_ref(), key_path.as_os_str()])
+                .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+                .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                .arg("--wipe-on-exit")
+                .env_remove("ROTOR_LOG_FORMAT")
+                .stdout(Stdio::null()),
+            Some(sidecar_log.clone()),
+        )?;
         say(&format!(
-            "sidecar pid {} writes {} (tmpfs); logs in {}; metrics on http://127.0.0.1:{admin_port}/metrics",
-            sidecar.id().unwrap_or(0),
+            "sidecar pid {} writes {} (logs in {}; metrics on http://127.0.0.1:{admin_port}/metrics)",
+            self.child(Role::Sidecar).id().unwrap_or(0),
             out.display(),
             sidecar_log.display()
-        ));
-        wait_ready(admin_port, &mut sidecar).await?;
-        let mut app = Command::new(&exe)
-            .arg("demo-app")
-            .args(["--file".as_ref(), out.join(FILE).as_os_str()])
-            .args(["--pid-file".as_ref(), pid_file.as_os_str()])
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the demo app")?;
-        say("the app reads the file and reloads on SIGHUP; press Ctrl-C to stop");
+        ))?;
+        if let Some(status) = wait_ready(admin_port, self.child(Role::Sidecar)).await? {
+            return Ok(End::Exited(Role::Sidecar, status));
+        }
+        // The app's lines go through the demo, the one writer of stdout.
+        self.spawn(
+            Role::App,
+            Command::new(&exe)
+                .arg("demo-app")
+                .args(["--file".as_ref(), out.join(FILE).as_os_str()])
+                .args(["--pid-file".as_ref(), pid_file.as_os_str()])
+                .stdout(Stdio::piped()),
+            None,
+        )?;
+        let mut app_lines =
+            BufReader::new(self.child(Role::App).stdout.take().expect("piped")).lines();
+        say("the app reads the file and reloads on SIGHUP; press Ctrl-C to stop")?;
 
-        let policies = work.path().join("policies");
+        let policies = work.join("policies");
         std::fs::create_dir_all(&policies)?;
-        let yaml = [
-            "apiVersion: rotor.dev/v1alpha1".to_owned(),
-            "kind: SecretStore".to_owned(),
-            "metadata: {name: demo}".to_owned(),
-            "spec:".to_owned(),
-            "  provider:".to_owned(),
-            format!(
-                "    local: {{path: {}, keyPath: {}}}",
-                store_path.display(),
-                key_path.display()
-            ),
-            "---".to_owned(),
-            "apiVersion: rotor.dev/v1alpha1".to_owned(),
-            "kind: SecretRotationPolicy".to_owned(),
-            "metadata: {name: db-password, namespace: demo}".to_owned(),
-            "spec:".to_owned(),
-            "  storeRef: {name: demo}".to_owned(),
-            format!("  secretName: {SECRET}"),
-            format!("  schedule: {{interval: {}s}}", every.max(2)),
-            "  generator: {password: {length: 24, minUpper: 2, minDigits: 2, minSymbols: 2}}"
-                .to_owned(),
-            "  strategy: {staged: {ackTimeout: 10s, gracePeriod: 2s, onTimeout: Rollback}}"
-                .to_owned(),
-            format!("  sidecars: [\"http://127.0.0.1:{push_port}\"]"),
-        ];
-        std::fs::write(policies.join("demo.yaml"), yaml.join("\n") + "\n")?;
-        let state = work.path().join("state");
-        let controller_log = work.path().join("controller.log");
-        let mut controller = Command::new(&exe)
-            .args(["controller", "standalone", "--policies"])
-            .arg(&policies)
-            .arg("--state")
-            .arg(&state)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&controller_log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the controller")?;
+        std::fs::write(
+            policies.join("demo.yaml"),
+            policy_yaml(&store_path, &key_path, every.max(2), push_port),
+        )?;
+        let state = work.join("state");
+        self.spawn(
+            Role::Controller,
+            Command::new(&exe)
+                .args(["controller", "standalone", "--policies"])
+                .arg(&policies)
+                .arg("--state")
+                .arg(&state)
+                .stdout(Stdio::null()),
+            Some(work.join("controller.log")),
+        )?;
         say(&format!(
             "rotation controller (standalone) rotates {SECRET:?} every {}s; status in {}",
             every.max(2),
             state.display()
-        ));
+        ))?;
 
         let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
         let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut term = signal(SignalKind::terminate())?;
         let mut last = String::new();
         loop {
             let stop_at = async {
@@ -186,30 +308,96 @@ impl DemoArgs {
                 }
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                () = stop_at => break,
-                status = sidecar.wait() => bail!("the sidecar exited ({}); see {}", status?, sidecar_log.display()),
-                status = app.wait() => bail!("the demo app exited ({})", status?),
-                status = controller.wait() => bail!("the controller exited ({}); see {}", status?, controller_log.display()),
+                _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+                _ = term.recv() => return Ok(End::Interrupted),
+                () = stop_at => return Ok(End::Finished),
+                line = app_lines.next_line() => match line? {
+                    Some(line) => say(&line)?,
+                    None => {
+                        let status = self.child(Role::App).wait().await?;
+                        return Ok(End::Exited(Role::App, status));
+                    }
+                },
                 _ = tick.tick() => {
+                    if let Some((role, status)) = self.exited()? {
+                        return Ok(End::Exited(role, status));
+                    }
                     if let Some(line) = describe(&state.join("demo.db-password.json")) && line != last {
-                        say(&line);
+                        say(&line)?;
                         last = line;
                     }
                 }
             }
         }
-        terminate(&mut controller).await;
-        say("stopping");
-        terminate(&mut app).await;
-        terminate(&mut sidecar).await;
-        drop(out_holder);
-        Ok(())
+    }
+}
+/// Writes one line for the user. A closed stdout (`rotor demo | head`) is
+/// [`OutputClosed`], which stops the demo cleanly instead of a panic.
+fn say(line: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = if line.starts_with("app[") {
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "rotor demo: {line}")
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(OutputClosed.into()),
+        other => Ok(other?),
     }
 }
 
-fn say(line: &str) {
-    println!("rotor demo: {line}");
+/// The last error or warning a child logged (else its last line), cut
+/// to 1 KiB: why it exited, since its log goes with the work directory.
+fn last_problem(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let line = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("ERROR") || l.contains("WARN"))
+        .or(lines.last())?;
+    let mut line = line.trim().to_owned();
+    if line.len() > 1024 {
+        let mut cut = 1024;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    Some(line)
+}
+
+/// The demo's store and rotation policy, as `rotor-controller standalone`
+/// reads them.
+fn policy_yaml(store: &Path, key: &Path, every: u64, push_port: u16) -> String {
+    [
+        "apiVersion: rotor.dev/v1alpha1".to_owned(),
+        "kind: SecretStore".to_owned(),
+        "metadata: {name: demo}".to_owned(),
+        "spec:".to_owned(),
+        "  provider:".to_owned(),
+        format!(
+            "    local: {{path: {}, keyPath: {}}}",
+            store.display(),
+            key.display()
+        ),
+        "---".to_owned(),
+        "apiVersion: rotor.dev/v1alpha1".to_owned(),
+        "kind: SecretRotationPolicy".to_owned(),
+        "metadata: {name: db-password, namespace: demo}".to_owned(),
+        "spec:".to_owned(),
+        "  storeRef: {name: demo}".to_owned(),
+        format!("  secretName: {SECRET}"),
+        format!("  schedule: {{interval: {every}s}}"),
+        "  generator: {password: {length: 24, minUpper: 2, minDigits: 2, minSymbols: 2}}"
+            .to_owned(),
+        "  strategy: {staged: {ackTimeout: 10s, gracePeriod: 2s, onTimeout: Rollback}}".to_owned(),
+        format!("  sidecars: [\"http://127.0.0.1:{push_port}\"]"),
+    ]
+    .join("\n")
+        + "\n"
 }
 
 fn random_value() -> anyhow::Result<Vec<u8>> {
@@ -230,13 +418,18 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn wait_ready(port: u16, sidecar: &mut Child) -> anyhow::Result<()> {
+/// Waits for the sidecar's /readyz: `None` when ready, the exit status if
+/// it exited first.
+async fn wait_ready(
+    port: u16,
+    sidecar: &mut Child,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
     for _ in 0..200 {
         if let Ok((200, _)) = http(port, "GET", "/readyz", "").await {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(status) = sidecar.try_wait()? {
-            bail!("the sidecar exited before it was ready ({status})");
+            return Ok(Some(status));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -30,22 +30,30 @@ impl DemoAppArgs {
                 let mut hup = signal(SignalKind::hangup())?;
                 let mut term = signal(SignalKind::terminate())?;
                 std::fs::write(&pid_file, format!("{pid}\n")).context("cannot write the pid file")?;
-                println!("app[{pid}]: started; secret fingerprint {}", fingerprint(&file)?);
+                say(&format!("app[{pid}]: started; secret fingerprint {}", fingerprint(&file)?))?;
                 loop {
                     tokio::select! {
                         _ = hup.recv() => {
                             // Let a burst of signals settle.
                             tokio::time::sleep(Duration::from_millis(5)).await;
-                            println!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?);
+                            say(&format!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?))?;
                         }
                         _ = term.recv() => {
-                            println!("app[{pid}]: stopping");
+                            // The demo may have stopped reading already.
+                            let _ = say(&format!("app[{pid}]: stopping"));
                             return Ok(());
                         }
                     }
                 }
             })
     }
+}
+
+/// Writes one line to stdout, an error (not a panic) when it is closed.
+fn say(line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush())
 }
 
 /// The first 12 hex digits of the SHA-256 of the file: enough to see a

@@ -828,3 +828,17 @@ fn a_format_1_file_is_read_and_upgraded() {
 fn store_at(path: &Path) -> LocalStore {
     LocalStore::new(path, kek(1))
 }
+
+#[test]
+fn promote_retire_and_rewrap_do_not_create_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir, 1);
+    let missing = |r: Result<()>| assert!(matches!(r, Err(Error::Missing { .. })));
+    missing(s.promote("db", 1).map(drop));
+    missing(s.retire("db", 1));
+    missing(s.rewrap(&*kek(2)).map(drop));
+    // Nothing was written, not even the lock file.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    s.put("db", b"v1", WriteAs::Current).unwrap();
+    assert_eq!(s.promote("db", 1).unwrap().version, 1);
+}
