@@ -10,7 +10,7 @@
 //! - [`backoff`]: when to look again: backoff, poll spread, randomness.
 //! - `publish`: render, write, and reload on the writer's report.
 //! - `push`: `POST /v1/refresh` requests, pins and their replies.
-//! - [`shared`]: readiness and metrics, read by the HTTP endpoints.
+//! - `shared`: readiness and metrics, read by the HTTP endpoints.
 
 pub mod backoff;
 pub mod change;

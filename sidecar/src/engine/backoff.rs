@@ -4,11 +4,13 @@
 //!
 //! The backoff uses *equal* jitter: the delay after `n` failures in a row is
 //! drawn uniformly from `[d/2, d]`, where `d = base · 2ⁿ` capped at `cap`.
-//! Full jitter (`[0, d]`, as in linkerd2-proxy's exp-backoff comment) is
-//! better at spreading many clients that fail at once, but it can draw a
-//! delay near zero, and here each secret backs off on its own schedule: a
-//! floor of half the delay keeps a failing store from seeing a quick retry
-//! burst, while pods started together still spread over half the interval.
+//! Full jitter (`[0, d]`) spreads many clients failing at once best, but
+//! can draw a delay near zero; linkerd2-proxy's exp-backoff adds a random
+//! share of `d` on top instead, which can exceed `d` until the cap. Here
+//! each secret backs off on its own, and the cap is the refresh interval
+//! (so an outage costs no more requests than polling): a floor of half
+//! the delay keeps a failing store from a burst of quick retries, and the
+//! other half still spreads pods that failed together.
 
 use std::time::Duration;
 
