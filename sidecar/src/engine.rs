@@ -3,108 +3,37 @@
 //!
 //! One task owns all state. It wakes for the next due poll, an annotation
 //! change, a push request or shutdown, so a push and a poll never race.
+//! This file holds the task's loop, the per-secret state and the check of
+//! one secret; the rest is split by concern:
+//!
+//! - [`change`]: what a look at the store changed (pure).
+//! - [`backoff`]: when to look again: backoff, poll spread, randomness.
+//! - `publish`: render, write, and reload on the writer's report.
+//! - `push`: `POST /v1/refresh` requests, pins and their replies.
+//! - `shared`: readiness and metrics, read by the HTTP endpoints.
+
+pub mod backoff;
+pub mod change;
+mod publish;
+mod push;
+mod shared;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use ring::rand::SecureRandom;
-use rotor_crds::annotations::{FileSource, OnMissing, PodSecrets, template_references};
+use rotor_crds::annotations::{OnMissing, PodSecrets};
 use rotor_envelope::{ExposeSecret, Plaintext};
 use rotor_store::{Fetched, Selector, Stage, Store, VersionId};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
-use crate::metrics::Metrics;
+use self::backoff::{Backoff, Random, Retry, SystemRandom, spread};
+use self::change::{Change, observe, observe_current};
+pub use self::shared::Shared;
+use crate::push::PushRequest;
 use crate::reload::Reloader;
-use crate::render::render;
-use crate::writer::{AtomicWriter, Outcome};
-
-/// State the HTTP endpoints read.
-#[derive(Default)]
-pub struct Shared {
-    /// The first complete set of files is written.
-    pub ready: AtomicBool,
-    /// The last write failed: the files are not what the engine would
-    /// serve, and it retries every second.
-    pub writes_failing: AtomicBool,
-    pub metrics: Metrics,
-}
-
-impl Shared {
-    /// Ready: the first complete set is written and writing works.
-    pub fn is_ready(&self) -> bool {
-        self.not_ready_reason().is_none()
-    }
-
-    /// Why the sidecar is not ready, if it is not.
-    pub fn not_ready_reason(&self) -> Option<&'static str> {
-        if !self.ready.load(Ordering::Acquire) {
-            Some("waiting for the first complete write")
-        } else if self.writes_failing.load(Ordering::Acquire) {
-            Some("the files cannot be written (see the log); retrying")
-        } else {
-            None
-        }
-    }
-
-    fn set_writes_failing(&self, failing: bool) {
-        self.writes_failing.store(failing, Ordering::Release);
-        self.metrics
-            .set_ready(!failing && self.ready.load(Ordering::Acquire));
-    }
-}
-
-/// `POST /v1/refresh` body: the secrets to refetch now, each optionally
-/// pinned to the store's PENDING version (a rotation's target). An empty list
-/// refetches every secret.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushBody {
-    #[serde(default)]
-    pub secrets: Vec<PushSecret>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushSecret {
-    pub name: String,
-    /// Serve this version, which must be the store's PENDING version of the
-    /// secret, until it stops being PENDING (promoted to CURRENT or retired),
-    /// a later push changes it, or the pin expires. Naming the CURRENT
-    /// version is the same as naming none; any other version is refused.
-    /// Without a version, CURRENT is served (and a pin released).
-    #[serde(default)]
-    pub version: Option<String>,
-}
-
-/// The acknowledgement: the version now served for each secret.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PushReply {
-    pub ok: bool,
-    /// Set when the request was refused as a whole and changed nothing (a
-    /// pin to a version that is not PENDING): HTTP 409. `secrets` then
-    /// lists the refused secrets, each with the version it still serves.
-    #[serde(rename = "error", skip_serializing_if = "Option::is_none", default)]
-    pub refused: Option<String>,
-    pub secrets: Vec<PushAck>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PushAck {
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub error: Option<String>,
-}
-
-pub struct PushRequest {
-    pub body: PushBody,
-    pub received: Instant,
-    pub reply: oneshot::Sender<PushReply>,
-}
+use crate::writer::AtomicWriter;
 
 /// Tuning of the engine.
 #[derive(Debug, Clone)]
@@ -138,7 +67,7 @@ struct Tracked {
     created_at: Option<SystemTime>,
     pin: Option<(VersionId, Instant)>,
     next_poll: Instant,
-    failures: u32,
+    retry: Retry,
     missing: bool,
     /// The last fetch failure, for `--once`: its text (with causes) and
     /// whether a retry can fix it.
@@ -153,16 +82,19 @@ impl Tracked {
             created_at: None,
             pin: None,
             next_poll: Instant::now(),
-            failures: 0,
+            retry: Retry::default(),
             missing: false,
             last_error: None,
         }
     }
 }
 
+/// What checking one secret did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Check {
+    /// Nothing to write: the served value stands (its version may be new).
     Unchanged,
+    /// The served value changed (or went away): render and write again.
     Changed,
     /// A transient failure: retry with backoff.
     Failed,
@@ -187,6 +119,8 @@ pub struct Engine {
     /// Secrets whose store said they may have changed (watching stores).
     nudges: (mpsc::Sender<String>, mpsc::Receiver<String>),
     watchers: BTreeMap<String, tokio::task::JoinHandle<()>>,
+    /// What the backoff and the poll spread draw from.
+    random: Box<dyn Random>,
 }
 
 impl Engine {
@@ -211,9 +145,16 @@ impl Engine {
             unwritten: false,
             nudges: mpsc::channel(64),
             watchers: BTreeMap::new(),
+            random: Box::new(SystemRandom),
         };
         engine.sync_tracked();
         engine
+    }
+
+    /// The same engine drawing its jitter from `random` (tests fix it).
+    pub fn with_random(mut self, random: impl Random + 'static) -> Self {
+        self.random = Box::new(random);
+        self
     }
 
     /// Fetches and writes everything once, retrying with backoff until it
@@ -242,7 +183,7 @@ impl Engine {
                 )));
             }
             let next = self.next_due();
-            tokio::time::sleep_until(next.into()).await;
+            tokio::time::sleep_until(next).await;
         }
     }
 
@@ -300,7 +241,7 @@ impl Engine {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(next.into()) => self.poll_due().await,
+                () = tokio::time::sleep_until(next) => self.poll_due().await,
                 _ = gc.tick() => {
                     if self.unwritten {
                         self.publish("retry", None).await;
@@ -397,7 +338,7 @@ impl Engine {
             for t in self.tracked.values_mut() {
                 t.next_poll = t
                     .next_poll
-                    .min(Instant::now() + jittered(self.contract.refresh));
+                    .min(Instant::now() + spread(self.contract.refresh, &mut *self.random));
             }
         }
         // New secrets are due now; fetch them, then write the new file set.
@@ -431,6 +372,7 @@ impl Engine {
         if changed || !self.written_once || self.unwritten {
             self.publish("poll", None).await;
         }
+        self.shared.poll_finished();
     }
 
     /// Checks one secret and fetches it if it changed.
@@ -455,10 +397,11 @@ impl Engine {
                     self.shared.metrics.success(name, SystemTime::now());
                     let t = self.tracked.get_mut(name).expect("tracked");
                     t.missing = false;
-                    if pinned.as_ref() == Some(&current) {
+                    let seen = observe_current(t.version.as_ref(), pinned.as_ref(), &current);
+                    if seen.pin_promoted {
                         t.pin = None; // promoted: the store caught up with the pin
                     }
-                    if t.pin.is_none() && t.version.as_ref() == Some(&current) {
+                    if !seen.read {
                         return Check::Unchanged;
                     }
                     // Pinned: whether the pin is still PENDING takes a read.
@@ -498,11 +441,12 @@ impl Engine {
         self.shared.metrics.success(name, at);
         self.shared.metrics.served(name, &fetched.version.0);
         let t = self.tracked.get_mut(name).expect("tracked");
-        let changed = t.version.as_ref() != Some(&fetched.version)
-            || t.value
-                .as_ref()
-                .is_none_or(|v| v.expose_secret() != fetched.value.expose_secret());
-        if changed {
+        let served = t
+            .version
+            .as_ref()
+            .zip(t.value.as_ref().map(|v| v.expose_secret()));
+        let change = observe(served, &fetched.version, fetched.value.expose_secret());
+        if change != Change::None {
             tracing::info!(secret = name, version = %fetched.version, "fetched a new version");
         }
         t.last_error = None;
@@ -510,41 +454,9 @@ impl Engine {
         t.created_at = fetched.created_at;
         t.value = Some(fetched.value);
         t.missing = false;
-        if changed {
-            Check::Changed
-        } else {
-            Check::Unchanged
-        }
-    }
-
-    /// Whether a push may pin `name` to `version`: only the store's PENDING
-    /// version (the rotation target) may be pinned. Naming CURRENT is the
-    /// same as naming no version. Anything else, such as an older and
-    /// possibly revoked version, is refused.
-    async fn admit_pin(&self, name: &str, version: &str) -> PinAdmission {
-        let asked = VersionId(version.to_owned());
-        let refused = |why: &str| {
-            PinAdmission::Refused(format!(
-                "version {version:?} of secret {name:?} cannot be pinned: {why}; \
-                 only the store's PENDING version (the rotation target) may be pinned. \
-                 To serve CURRENT again, push without a version"
-            ))
-        };
-        match self
-            .store
-            .read(name, &Selector::Stage(Stage::Pending))
-            .await
-        {
-            Ok(pending) if pending.version == asked => return PinAdmission::Pending(pending),
-            Ok(_) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return PinAdmission::Unavailable(e),
-        }
-        match self.store.current_version(name).await {
-            Ok(current) if current == asked => PinAdmission::Current,
-            Ok(_) => refused("it is not the PENDING version"),
-            Err(e) if e.is_not_found() => refused("the secret has no such version"),
-            Err(e) => PinAdmission::Unavailable(e),
+        match change {
+            Change::Value => Check::Changed,
+            Change::Version | Change::None => Check::Unchanged,
         }
     }
 
@@ -575,7 +487,7 @@ impl Engine {
             return Check::Unchanged;
         }
         let cause = rotor_telemetry::Chain(&e).to_string();
-        tracing::warn!(secret = name, error = %cause, failures = t.failures + 1, retryable = e.is_retryable(), "fetch failed; keeping the last good files");
+        tracing::warn!(secret = name, error = %cause, failures = t.retry.failures() + 1, retryable = e.is_retryable(), "fetch failed; keeping the last good files");
         t.last_error = Some((cause, e.is_retryable()));
         if e.is_retryable() {
             Check::Failed
@@ -584,262 +496,23 @@ impl Engine {
         }
     }
 
+    /// Sets when `name` is checked next: a spread refresh interval after
+    /// a success, the backoff after a transient failure.
     fn schedule(&mut self, name: &str, ok: bool) {
         let refresh = self.contract.refresh;
-        let (base, cap) = (
+        let backoff = Backoff::new(
             self.options.backoff_base,
             self.options.backoff_cap.min(refresh),
         );
         let t = self.tracked.get_mut(name).expect("tracked");
         let delay = if ok {
-            t.failures = 0;
-            jittered(refresh)
+            t.retry.reset();
+            spread(refresh, &mut *self.random)
         } else {
-            t.failures = t.failures.saturating_add(1);
-            let exp = base.saturating_mul(1u32 << t.failures.min(16)).min(cap);
-            // Full jitter over [exp/2, exp].
-            exp / 2 + jittered_fraction(exp / 2)
+            t.retry.failed(backoff, &mut *self.random)
         };
         t.next_poll = Instant::now() + delay;
     }
-
-    /// Renders and writes the files from what is fetched; runs the reload
-    /// actions when something changed after the first write.
-    async fn publish(&mut self, trigger: &str, since: Option<Instant>) -> bool {
-        if !self.written_once && self.tracked.values().any(|t| t.value.is_none()) {
-            return false; // not everything fetched yet
-        }
-        let (contract, values) = self.effective();
-        let files = match render(&contract, &values, self.options.default_file_mode) {
-            Ok(f) => {
-                self.render_error = None;
-                f
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "rendering failed; keeping the last good files");
-                self.render_error = Some(e.to_string());
-                return false;
-            }
-        };
-        let outcome = match self.writer.write(&files) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "writing failed; not ready until a write works again");
-                self.unwritten = true;
-                self.shared.set_writes_failing(true);
-                return false;
-            }
-        };
-        let first = !self.written_once;
-        self.written_once = true;
-        self.unwritten = false;
-        self.shared.ready.store(true, Ordering::Release);
-        self.shared.set_writes_failing(false);
-        if outcome == Outcome::Unchanged {
-            return true;
-        }
-        self.shared.metrics.swapped();
-        match since {
-            Some(at) => self
-                .shared
-                .metrics
-                .change_to_file(trigger, at.elapsed().as_secs_f64()),
-            None => {
-                // Measure from when the store made the newest version.
-                if let Some(created) = self.tracked.values().filter_map(|t| t.created_at).max()
-                    && let Ok(age) = SystemTime::now().duration_since(created)
-                    && !first
-                {
-                    self.shared
-                        .metrics
-                        .change_to_file(trigger, age.as_secs_f64());
-                }
-            }
-        }
-        tracing::info!(files = files.len(), trigger, "files written");
-        if !first {
-            self.reload().await;
-        }
-        true
-    }
-
-    /// The contract without files whose secret is gone (on-missing:
-    /// delete) and templates that need them, plus the values.
-    fn effective(&self) -> (PodSecrets, BTreeMap<String, Plaintext>) {
-        let values: BTreeMap<String, Plaintext> = self
-            .tracked
-            .iter()
-            .filter_map(|(k, t)| {
-                t.value
-                    .as_ref()
-                    .map(|v| (k.clone(), Plaintext::from(v.expose_secret().to_vec())))
-            })
-            .collect();
-        let mut contract = self.contract.clone();
-        contract.files.retain(|_, source| match source {
-            FileSource::Secret { name, .. } => values.contains_key(name),
-            FileSource::Template { .. } => true,
-        });
-        let present = contract.files.clone();
-        contract.files.retain(|_, source| match source {
-            FileSource::Template { source } => template_references(source)
-                .iter()
-                .all(|r| present.contains_key(r)),
-            FileSource::Secret { .. } => true,
-        });
-        (contract, values)
-    }
-
-    async fn reload(&self) {
-        for action in &self.contract.reload {
-            let started = Instant::now();
-            let result = self.reloader.run(action).await;
-            self.shared.metrics.reload(action.kind(), result.is_ok());
-            match result {
-                Ok(()) => {
-                    tracing::info!(action = %action, elapsed = ?started.elapsed(), "reload action succeeded")
-                }
-                Err(e) => tracing::warn!(action = %action, error = %e, "reload action failed"),
-            }
-        }
-    }
-
-    async fn handle_push(&mut self, request: PushRequest) {
-        let PushRequest {
-            body,
-            received,
-            reply,
-        } = request;
-        let names: Vec<PushSecret> = if body.secrets.is_empty() {
-            self.tracked
-                .keys()
-                .map(|name| PushSecret {
-                    name: name.clone(),
-                    version: None,
-                })
-                .collect()
-        } else {
-            body.secrets
-        };
-        // Every pin is checked against the store before anything changes.
-        let mut admitted = BTreeMap::new();
-        let mut refused = Vec::new();
-        for s in &names {
-            if let (Some(version), true) = (&s.version, self.tracked.contains_key(&s.name)) {
-                match self.admit_pin(&s.name, version).await {
-                    PinAdmission::Refused(why) => {
-                        tracing::warn!(
-                            secret = s.name,
-                            version,
-                            "push refused: only the PENDING version may be pinned"
-                        );
-                        refused.push(PushAck {
-                            name: s.name.clone(),
-                            version: self.tracked[&s.name].version.as_ref().map(|v| v.0.clone()),
-                            error: Some(why),
-                        });
-                    }
-                    admission => {
-                        admitted.insert(s.name.clone(), admission);
-                    }
-                }
-            }
-        }
-        if !refused.is_empty() {
-            let _ = reply.send(PushReply {
-                ok: false,
-                refused: Some(
-                    "refused: a pin may name only the store's PENDING version of a secret; nothing was changed"
-                        .to_owned(),
-                ),
-                secrets: refused,
-            });
-            return;
-        }
-        let mut acks = Vec::new();
-        let mut failed = false;
-        for s in &names {
-            let Some(t) = self.tracked.get_mut(&s.name) else {
-                acks.push(PushAck {
-                    name: s.name.clone(),
-                    version: None,
-                    error: Some("this pod does not read this secret".to_owned()),
-                });
-                failed = true;
-                continue;
-            };
-            let outcome = match admitted.remove(&s.name) {
-                Some(PinAdmission::Pending(fetched)) => {
-                    t.pin = Some((fetched.version.clone(), Instant::now()));
-                    self.install(&s.name, fetched)
-                }
-                Some(PinAdmission::Unavailable(e)) => {
-                    tracing::warn!(secret = s.name, error = %e, "cannot check a pushed pin against the store; keeping what is served");
-                    acks.push(PushAck {
-                        name: s.name.clone(),
-                        version: t.version.as_ref().map(|v| v.0.clone()),
-                        error: Some(format!("cannot check the version against the store: {e}")),
-                    });
-                    failed = true;
-                    continue;
-                }
-                // No version, or CURRENT named (refusals returned above).
-                _ => {
-                    t.pin = None;
-                    self.check(&s.name).await
-                }
-            };
-            self.schedule(&s.name, outcome != Check::Failed);
-            failed |= matches!(outcome, Check::Failed | Check::Refused);
-        }
-        let written = self.publish("push", Some(received)).await;
-        for s in names.iter().filter(|s| self.tracked.contains_key(&s.name)) {
-            if acks.iter().any(|a| a.name == s.name) {
-                continue;
-            }
-            let t = &self.tracked[&s.name];
-            let mismatch = s
-                .version
-                .as_ref()
-                .is_some_and(|v| t.version.as_ref().map(|x| &x.0) != Some(v));
-            acks.push(PushAck {
-                name: s.name.clone(),
-                version: t.version.as_ref().map(|v| v.0.clone()),
-                error: mismatch.then(|| "the requested version could not be fetched".to_owned()),
-            });
-            failed |= mismatch;
-        }
-        let _ = reply.send(PushReply {
-            ok: written && !failed,
-            refused: None,
-            secrets: acks,
-        });
-    }
-}
-
-/// What [`Engine::admit_pin`] found.
-enum PinAdmission {
-    /// The PENDING version, read.
-    Pending(Fetched),
-    /// The CURRENT version: serve CURRENT, no pin.
-    Current,
-    Refused(String),
-    /// The store could not say.
-    Unavailable(rotor_store::Error),
-}
-
-/// `d` minus up to 10%, so that polls spread out but never come late.
-fn jittered(d: Duration) -> Duration {
-    d - jittered_fraction(d / 10)
-}
-
-/// A uniformly random duration in `[0, d]`.
-fn jittered_fraction(d: Duration) -> Duration {
-    let mut bytes = [0u8; 4];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        return d / 2;
-    }
-    d.mul_f64(f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX))
 }
 
 #[cfg(test)]

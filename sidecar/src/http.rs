@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
@@ -13,7 +13,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{PushBody, PushRequest, Shared};
+use crate::engine::Shared;
+use crate::push::{PushBody, PushRequest};
 
 /// `/healthz`, `/readyz` and `/metrics`.
 pub fn admin_router(shared: Arc<Shared>) -> Router {
@@ -144,7 +145,7 @@ async fn refresh(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: axum::body::Bytes,
 ) -> Response {
-    let received = Instant::now();
+    let received = tokio::time::Instant::now();
     if !state.limit.allow(peer.ip()) {
         return error(
             StatusCode::TOO_MANY_REQUESTS,

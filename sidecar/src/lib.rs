@@ -7,6 +7,7 @@
 //! - [`render`]: secret values and templates into file contents.
 //! - [`reload`]: signal, HTTP and exec actions.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `POST /v1/refresh`.
+//! - [`push`]: the push protocol's body, reply and engine request.
 //! - [`watch`]: the annotations file, watched with inotify.
 //! - [`downward`]: the downward-API file format.
 
@@ -16,6 +17,7 @@ pub mod engine;
 mod error;
 pub mod http;
 pub mod metrics;
+pub mod push;
 pub mod reload;
 pub mod render;
 pub mod store_args;

@@ -1,14 +1,14 @@
-//! Watches the downward-API annotations file with inotify and sends each
-//! valid new contract to the engine. An invalid change is logged and
-//! counted, and the running contract stays.
+//! The pod's annotations: read from the downward-API file, watched
+//! (through [`rotor_watch::DirWatch`]) and each valid new contract sent to
+//! the engine. An invalid change is logged and counted, and the running
+//! contract stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use inotify::{Inotify, WatchMask};
 use rotor_crds::annotations::PodSecrets;
+use rotor_watch::{DirWatch, WatchMask};
 use tokio::sync::watch;
 
 use crate::engine::Shared;
@@ -38,39 +38,24 @@ pub fn spawn(
     shared: Arc<Shared>,
     debounce: Duration,
 ) -> Result<watch::Receiver<PodSecrets>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let fail = |e: std::io::Error| Error::Annotations {
+    let mut changes = DirWatch::parent_of(
+        &path,
+        WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::MODIFY
+            | WatchMask::DELETE,
+        debounce,
+    )
+    .map_err(|e| Error::Annotations {
         path: path.clone(),
-        problem: format!("cannot watch its directory with inotify ({e})"),
-    };
-    let inotify = Inotify::init().map_err(fail)?;
-    inotify
-        .watches()
-        .add(
-            &dir,
-            WatchMask::CREATE
-                | WatchMask::MOVED_TO
-                | WatchMask::CLOSE_WRITE
-                | WatchMask::MODIFY
-                | WatchMask::DELETE,
-        )
-        .map_err(fail)?;
-    let mut events = inotify.into_event_stream([0u8; 4096]).map_err(fail)?;
+        problem: format!("cannot watch its directory with inotify ({})", e.io()),
+    })?;
     let (tx, rx) = watch::channel(initial.clone());
     tokio::spawn(async move {
         let mut current = initial;
-        while let Some(event) = events.next().await {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "inotify read failed");
-                continue;
-            }
-            // Let a burst of events (the kubelet's swap) settle, then drain.
-            tokio::time::sleep(debounce).await;
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+        // A burst of events (the kubelet's swap) settles, then the file is read.
+        while changes.settled().await.is_some() {
             match load(&path) {
                 Ok(contract) if contract != current => {
                     current = contract.clone();

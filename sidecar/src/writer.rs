@@ -53,14 +53,24 @@ pub struct FileSpec {
     pub mode: u32,
 }
 
-/// What a write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every file already had this content and mode: nothing was touched.
-    Unchanged,
-    /// A new directory was swapped in.
-    Written,
+/// What a write did: whether the app must be told is decided from this
+/// alone. Names only, never contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Files added, or whose content or mode changed.
+    pub changed: Vec<String>,
+    /// Files no longer written.
+    pub removed: Vec<String>,
+    /// A new data directory was swapped in under `..data`. False when
+    /// every file already had this content and mode: nothing was touched.
+    pub swapped: bool,
 }
+
+/// A digest of one file's mode and content.
+type Digest = [u8; 32];
+
+/// What a data directory holds: each file's digest, by name.
+type Inventory = BTreeMap<String, Digest>;
 
 /// Options for [`AtomicWriter::open`].
 #[derive(Debug, Clone)]
@@ -97,9 +107,10 @@ pub struct AtomicWriter {
     options: WriterOptions,
     /// Superseded directories and when they were superseded.
     retired: Vec<(String, Instant)>,
-    /// The data directory this writer made last and a digest of its files,
-    /// so that an unchanged write reads nothing from disk.
-    last: Option<(String, [u8; 32])>,
+    /// The data directory served and what it holds, so that a write is
+    /// compared with digests, not files read back. Taken from the writer's
+    /// own writes; a directory an earlier run left served is read once.
+    known: Option<(String, Inventory)>,
     /// The data directory `..data` should point to: the one this writer
     /// swapped in last, or found served. A `..data` changed behind the
     /// writer's back is pointed back to it.
@@ -157,7 +168,7 @@ impl AtomicWriter {
             dir,
             options,
             retired: Vec::new(),
-            last: None,
+            known: None,
             served: None,
             #[cfg(test)]
             before_swap: None,
@@ -178,23 +189,33 @@ impl AtomicWriter {
     }
 
     /// Writes `files` as one change, unless every file already holds this
-    /// content and mode. Files not in `files` disappear.
-    pub fn write(&mut self, files: &[FileSpec]) -> Result<Outcome> {
+    /// content and mode. Files not in `files` disappear. The report says
+    /// which files changed and whether `..data` was swapped.
+    pub fn write(&mut self, files: &[FileSpec]) -> Result<Report> {
         for f in files {
             rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
         }
         let old = self.served_dir()?;
-        let digest = digest_of(files);
-        if let Some(old) = &old {
-            let unchanged = match &self.last {
-                Some((dir, d)) if dir == old => *d == digest,
-                _ => self.matches(old, files)?,
-            };
-            if unchanged {
-                self.last = Some((old.clone(), digest));
-                return Ok(Outcome::Unchanged);
+        let wanted = inventory_of(files);
+        let (changed, removed) = match &old {
+            Some(old) => {
+                if self.known.as_ref().is_none_or(|(dir, _)| dir != old) {
+                    let inventory = self.take_inventory(old)?;
+                    self.known = Some((old.clone(), inventory));
+                }
+                let (_, served) = self
+                    .known
+                    .as_ref()
+                    .expect("inventory of the served directory");
+                let (changed, removed) = diff(served, &wanted);
+                if changed.is_empty() && removed.is_empty() {
+                    self.known = Some((old.clone(), wanted));
+                    return Ok(Report::default());
+                }
+                (changed, removed)
             }
-        }
+            None => (wanted.keys().cloned().collect(), Vec::new()),
+        };
         let ts = self.make_dir(files)?;
         if let Err(e) = self.point_data_at(&ts) {
             let _ = self.remove_dir(&ts);
@@ -205,7 +226,7 @@ impl AtomicWriter {
         for f in files {
             self.link_visible(&f.name)?;
         }
-        self.last = Some((ts, digest));
+        self.known = Some((ts, wanted));
         if let Some(old) = old {
             let kept: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
             for name in self.list_dir(&old)? {
@@ -219,7 +240,11 @@ impl AtomicWriter {
             // The new files are served; only cleaning up failed.
             tracing::warn!(error = %e, "removing old data directories failed");
         }
-        Ok(Outcome::Written)
+        Ok(Report {
+            changed,
+            removed,
+            swapped: true,
+        })
     }
 
     /// The data directory now served: where `..data` points, or, when
@@ -320,7 +345,7 @@ impl AtomicWriter {
         self.unlink_if_present(DATA)?;
         self.unlink_if_present(DATA_TMP)?;
         self.retired.clear();
-        self.last = None;
+        self.known = None;
         self.served = None;
         self.remove_leftovers()
     }
@@ -391,23 +416,21 @@ impl AtomicWriter {
         Ok(names)
     }
 
-    /// True when `dir` holds exactly `files`, with the same contents and modes.
-    fn matches(&self, dir: &str, files: &[FileSpec]) -> Result<bool> {
-        let present = self.list_dir(dir)?;
-        let mut wanted: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        wanted.sort_unstable();
-        if present != wanted {
-            return Ok(false);
-        }
+    /// What `dir` holds, read from disk: only for a data directory this
+    /// writer did not write (one an earlier run left served).
+    fn take_inventory(&self, dir: &str) -> Result<Inventory> {
         let fd = self.open_subdir(dir)?;
-        for f in files {
-            match read_file(&fd, &f.name) {
-                Ok((data, mode)) if *data == *f.data && mode == f.mode => {}
-                Ok(_) | Err(Errno::NOENT) => return Ok(false),
+        let mut inventory = Inventory::new();
+        for name in self.list_dir(dir)? {
+            match read_file(&fd, &name) {
+                Ok((data, mode)) => {
+                    inventory.insert(name, digest_of(mode, &data));
+                }
+                Err(Errno::NOENT) => {}
                 Err(e) => return Err(self.io("read a served file")(e)),
             }
         }
-        Ok(true)
+        Ok(inventory)
     }
 
     fn make_dir(&self, files: &[FileSpec]) -> Result<String> {
@@ -687,17 +710,36 @@ fn read_file(dir: &OwnedFd, name: &str) -> rustix::io::Result<(Zeroizing<Vec<u8>
     Ok((data, mode))
 }
 
-/// A SHA-256 over every file's name, mode and content.
-fn digest_of(files: &[FileSpec]) -> [u8; 32] {
+/// A SHA-256 over a file's mode and content.
+fn digest_of(mode: u32, data: &[u8]) -> Digest {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for f in files {
-        ctx.update(&(f.name.len() as u64).to_be_bytes());
-        ctx.update(f.name.as_bytes());
-        ctx.update(&f.mode.to_be_bytes());
-        ctx.update(&(f.data.len() as u64).to_be_bytes());
-        ctx.update(&f.data);
-    }
+    ctx.update(&mode.to_be_bytes());
+    ctx.update(&(data.len() as u64).to_be_bytes());
+    ctx.update(data);
     ctx.finish().as_ref().try_into().expect("32-byte digest")
+}
+
+fn inventory_of(files: &[FileSpec]) -> Inventory {
+    files
+        .iter()
+        .map(|f| (f.name.clone(), digest_of(f.mode, &f.data)))
+        .collect()
+}
+
+/// The files of `wanted` that `served` lacks or holds otherwise, and the
+/// files of `served` that `wanted` lacks.
+fn diff(served: &Inventory, wanted: &Inventory) -> (Vec<String>, Vec<String>) {
+    let changed = wanted
+        .iter()
+        .filter(|(name, digest)| served.get(*name) != Some(digest))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let removed = served
+        .keys()
+        .filter(|name| !wanted.contains_key(*name))
+        .cloned()
+        .collect();
+    (changed, removed)
 }
 
 /// The process umask, from `/proc/self/status`; all bits when unknown, so

@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
-use futures_util::StreamExt;
 
 use super::InjectConfig;
 use crate::store_index::StoreIndex;
@@ -107,25 +106,18 @@ pub async fn serve_tls(
         .map_err(|e| Error::Config(format!("cannot serve on {addr}: {e}")))
 }
 
+/// Reloads the certificate and key after each settled burst of changes in
+/// the certificate's directory (a Secret volume's `..data` swap).
 fn spawn_reloader(tls: RustlsConfig, cert: PathBuf, key: PathBuf) -> Result<()> {
-    let dir = cert
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    let inotify = inotify::Inotify::init().map_err(|e| Error::Config(format!("inotify: {e}")))?;
-    use inotify::WatchMask as M;
-    inotify
-        .watches()
-        .add(&dir, M::CREATE | M::MOVED_TO | M::CLOSE_WRITE | M::DELETE)
-        .map_err(|e| Error::Config(format!("cannot watch {}: {e}", dir.display())))?;
-    let mut events = inotify
-        .into_event_stream([0u8; 4096])
-        .map_err(|e| Error::Config(format!("inotify: {e}")))?;
+    use rotor_watch::WatchMask as M;
+    let mut changes = rotor_watch::DirWatch::parent_of(
+        &cert,
+        M::CREATE | M::MOVED_TO | M::CLOSE_WRITE | M::DELETE,
+        Duration::from_millis(100),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
     tokio::spawn(async move {
-        while events.next().await.is_some() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+        while changes.settled().await.is_some() {
             match tls.reload_from_pem_file(&cert, &key).await {
                 Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
                 Err(e) => {

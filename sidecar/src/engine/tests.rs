@@ -1,10 +1,13 @@
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
+use tokio::sync::oneshot;
 
+use super::backoff::Seeded;
 use super::*;
+use crate::push::{PushAck, PushBody, PushReply, PushSecret};
 use crate::reload::ReloadPolicy;
 use crate::writer::WriterOptions;
 
@@ -67,6 +70,7 @@ impl Fixture {
                 ..EngineOptions::default()
             },
         )
+        .with_random(Seeded(7))
     }
     fn read(&self, file: &str) -> Option<String> {
         std::fs::read_to_string(self.out.path().join(file)).ok()
@@ -88,6 +92,24 @@ async fn hook() -> (String, Arc<AtomicUsize>) {
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://127.0.0.1:{port}/reload"), hits)
+}
+
+/// Waits until `n` more poll rounds have finished than `since`: every
+/// check they made, the write and the reload actions are done. What a
+/// negative check waits for, so that it cannot pass because the engine
+/// never looked.
+async fn polls(f: &Fixture, since: u64, n: u64) {
+    until(&format!("{n} poll rounds"), || {
+        f.shared.polls() >= since + n
+    })
+    .await;
+}
+
+/// Whether the metrics say `secret` is served at `version`.
+fn serves(f: &Fixture, secret: &str, version: &str) -> bool {
+    f.shared.metrics.encode().contains(&format!(
+        "rotor_secret_served{{secret=\"{secret}\",version=\"{version}\"}} 1"
+    ))
 }
 
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -129,7 +151,7 @@ async fn push(tx: &mpsc::Sender<PushRequest>, secrets: Vec<PushSecret>) -> PushR
     rx.await.unwrap()
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn first_write_then_one_reload_per_change_and_none_when_unchanged() {
     let f = fixture();
     f.store.put("db", b"v1", WriteAs::Current).unwrap();
@@ -144,14 +166,15 @@ async fn first_write_then_one_reload_per_change_and_none_when_unchanged() {
     until("first write", || f.read("db").as_deref() == Some("v1")).await;
     assert!(f.shared.is_ready());
     // Several polls with nothing new: no reload.
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    polls(&f, f.shared.polls(), 3).await;
     assert_eq!(hits.load(Ordering::SeqCst), 0, "reloaded with no change");
     f.store.put("db", b"v2", WriteAs::Current).unwrap();
     until("second version", || f.read("db").as_deref() == Some("v2")).await;
     until("reload", || hits.load(Ordering::SeqCst) == 1).await;
     // Same content written again as a new version: the file is unchanged.
     f.store.put("db", b"v2", WriteAs::Current).unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    until("the new version seen", || serves(&f, "db", "3")).await;
+    polls(&f, f.shared.polls(), 3).await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,
@@ -176,7 +199,13 @@ async fn an_outage_keeps_the_files_and_readiness_and_staleness_grows() {
     // The store goes away.
     let moved = f.store.path().with_extension("away");
     std::fs::rename(f.store.path(), &moved).unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Staleness is wall-clock time, so this test runs on real time: it
+    // waits for polls that failed and for the staleness they leave.
+    let since = f.shared.polls();
+    until("failed polls and staleness", || {
+        f.shared.polls() >= since + 3 && f.shared.metrics.staleness_of("db").unwrap() >= 0.4
+    })
+    .await;
     assert_eq!(f.read("db").as_deref(), Some(CANARY));
     assert!(f.shared.is_ready());
     let stale = f.shared.metrics.staleness_of("db").unwrap();
@@ -196,7 +225,7 @@ async fn an_outage_keeps_the_files_and_readiness_and_staleness_grows() {
     task.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn push_pins_a_pending_version_and_acknowledges_it() {
     let f = fixture();
     f.store.put("db", b"v1", WriteAs::Current).unwrap();
@@ -269,7 +298,7 @@ fn follow(name: &str) -> PushSecret {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pin_to_anything_but_the_pending_version_is_refused_and_changes_nothing() {
     let f = fixture();
     for secret in ["db", "api"] {
@@ -342,7 +371,7 @@ async fn a_pin_to_anything_but_the_pending_version_is_refused_and_changes_nothin
     task.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_pin_ends_when_its_version_stops_being_pending() {
     let f = fixture();
     f.store.put("db", b"v1", WriteAs::Current).unwrap();
@@ -392,7 +421,7 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
 
 /// A process racing the writer's swap makes every write fail: readiness
 /// turns false, and true again once a retried write works.
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn readiness_turns_false_while_the_files_cannot_be_written() {
     let f = fixture();
     f.store.put("db", b"v1", WriteAs::Current).unwrap();
@@ -439,7 +468,7 @@ async fn readiness_turns_false_while_the_files_cannot_be_written() {
     task.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn annotation_changes_add_and_remove_files_live() {
     let f = fixture();
     f.store.put("a", b"A", WriteAs::Current).unwrap();
@@ -460,7 +489,7 @@ async fn annotation_changes_add_and_remove_files_live() {
     task.await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_secret_deleted_from_the_store_is_kept_or_removed_as_configured() {
     for (policy, kept) in [("keep", true), ("delete", false)] {
         let f = fixture();
@@ -485,7 +514,8 @@ async fn a_secret_deleted_from_the_store_is_kept_or_removed_as_configured() {
             fresh.put("a", b"A", WriteAs::Current).unwrap();
         }
         std::fs::rename(fresh.path(), f.store.path()).unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        until("the new store file read", || serves(&f, "a", "3")).await;
+        polls(&f, f.shared.polls(), 3).await;
         assert_eq!(f.read("gone").is_some(), kept, "policy {policy}");
         assert_eq!(f.read("a").as_deref(), Some("A"));
         stop.send(()).unwrap();
@@ -532,7 +562,7 @@ impl Store for Watched {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
     let f = fixture();
     f.store.put("db", b"v1", WriteAs::Current).unwrap();
@@ -559,7 +589,8 @@ async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
         Reloader::new(ReloadPolicy::default()),
         f.shared.clone(),
         EngineOptions::default(),
-    );
+    )
+    .with_random(Seeded(11));
     let (task, _cfg, _push, stop) = start(engine, c);
     until("first write", || f.read("db").as_deref() == Some("v1")).await;
     f.store.put("db", b"v2", WriteAs::Current).unwrap();

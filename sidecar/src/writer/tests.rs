@@ -23,6 +23,21 @@ fn opts() -> WriterOptions {
     }
 }
 
+/// The report of a write that swapped in `changed` and dropped `removed`.
+fn written(changed: &[&str], removed: &[&str]) -> Report {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect();
+    Report {
+        changed: names(changed),
+        removed: names(removed),
+        swapped: true,
+    }
+}
+
+/// The report of a write that found every file as it should be.
+fn unchanged() -> Report {
+    Report::default()
+}
+
 fn spec(name: &str, data: &str, mode: u32) -> FileSpec {
     FileSpec {
         name: name.into(),
@@ -38,7 +53,7 @@ fn writes_the_kubelet_layout_with_modes() {
     let out = w
         .write(&[spec("db", "pw1", 0o400), spec("api", "k1", 0o440)])
         .unwrap();
-    assert_eq!(out, Outcome::Written);
+    assert_eq!(out, written(&["api", "db"], &[]));
     let data = std::fs::read_link(dir.path().join("..data")).unwrap();
     assert!(is_data_dir_name(data.to_str().unwrap()), "{data:?}");
     assert_eq!(
@@ -73,25 +88,32 @@ fn unchanged_content_is_not_rewritten() {
     let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
     w.write(&[spec("db", "a", 0o400)]).unwrap();
     let before = std::fs::read_link(dir.path().join("..data")).unwrap();
-    assert_eq!(
-        w.write(&[spec("db", "a", 0o400)]).unwrap(),
-        Outcome::Unchanged
-    );
+    assert_eq!(w.write(&[spec("db", "a", 0o400)]).unwrap(), unchanged());
     assert_eq!(
         std::fs::read_link(dir.path().join("..data")).unwrap(),
         before
     );
     // A new writer over the same directory (a restarted sidecar) agrees.
     let mut again = AtomicWriter::open(dir.path(), opts()).unwrap();
-    assert_eq!(
-        again.write(&[spec("db", "a", 0o400)]).unwrap(),
-        Outcome::Unchanged
-    );
+    assert_eq!(again.write(&[spec("db", "a", 0o400)]).unwrap(), unchanged());
     // Mode changes count as changes.
     assert_eq!(
         again.write(&[spec("db", "a", 0o440)]).unwrap(),
-        Outcome::Written
+        written(&["db"], &[])
     );
+    // A write compares digests of what the writer itself wrote: a served
+    // file changed behind its back is not read back (the next change's
+    // swap replaces it), so an equal write reports no change.
+    let served = std::fs::read_link(dir.path().join("..data")).unwrap();
+    let file = dir.path().join(served).join("db");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&file, "tampered").unwrap();
+    assert_eq!(again.write(&[spec("db", "a", 0o440)]).unwrap(), unchanged());
+    assert_eq!(
+        again.write(&[spec("db", "b", 0o440)]).unwrap(),
+        written(&["db"], &[])
+    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("db")).unwrap(), "b");
 }
 
 #[test]
@@ -107,7 +129,10 @@ fn removed_files_disappear_and_old_directories_are_collected() {
     .unwrap();
     w.write(&[spec("a", "1", 0o400), spec("b", "1", 0o400)])
         .unwrap();
-    w.write(&[spec("a", "2", 0o400)]).unwrap();
+    assert_eq!(
+        w.write(&[spec("a", "2", 0o400)]).unwrap(),
+        written(&["a"], &["b"])
+    );
     assert!(!dir.path().join("b").exists());
     assert!(
         std::fs::symlink_metadata(dir.path().join("b")).is_err(),
@@ -212,13 +237,13 @@ fn planted_symlinks_never_lead_writes_outside() {
     plant_data();
     assert_eq!(
         w.write(&[spec("db", "secret", 0o400)]).unwrap(),
-        Outcome::Unchanged
+        unchanged()
     );
     assert_eq!(std::fs::read_link(target.join("..data")).unwrap(), served);
     plant_data();
     assert_eq!(
         w.write(&[spec("db", "other", 0o400)]).unwrap(),
-        Outcome::Written
+        written(&["db"], &[])
     );
     assert_eq!(std::fs::read_to_string(target.join("db")).unwrap(), "other");
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
@@ -426,7 +451,7 @@ fn a_data_tmp_swapped_during_the_swap_is_repaired_before_the_files_are_served() 
     w.before_swap = Some(race);
     assert_eq!(
         w.write(&[spec("db", "v2", 0o400)]).unwrap(),
-        Outcome::Written
+        written(&["db"], &[])
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2, "swapped once more");
     let data = std::fs::read_link(dir.path().join("..data")).unwrap();
@@ -745,4 +770,28 @@ fn a_set_read_through_one_data_handle_is_never_torn() {
         "{SWAPS} free-running swaps: {sets} sets read through one ..data handle, none torn; \
          by path through ..data/, {torn_by_path} torn"
     );
+}
+
+#[test]
+fn the_diff_names_changed_added_and_removed_files() {
+    let inv = |files: &[(&str, &str, u32)]| {
+        files
+            .iter()
+            .map(|(n, d, m)| (n.to_string(), digest_of(*m, d.as_bytes())))
+            .collect::<Inventory>()
+    };
+    let served = inv(&[("a", "1", 0o400), ("b", "1", 0o400), ("c", "1", 0o400)]);
+    let wanted = inv(&[
+        ("a", "1", 0o400),
+        ("b", "2", 0o400),
+        ("c", "1", 0o440),
+        ("d", "1", 0o400),
+    ]);
+    let (changed, removed) = diff(&served, &wanted);
+    assert_eq!(changed, ["b", "c", "d"]);
+    assert!(removed.is_empty());
+    let (changed, removed) = diff(&wanted, &inv(&[("a", "1", 0o400)]));
+    assert!(changed.is_empty());
+    assert_eq!(removed, ["b", "c", "d"]);
+    assert_eq!(diff(&served, &served), (vec![], vec![]));
 }

@@ -1,0 +1,82 @@
+use std::time::Duration;
+
+use super::*;
+
+const CHANGES: WatchMask = WatchMask::CREATE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::DELETE);
+
+#[test]
+fn a_bare_file_name_is_watched_in_the_current_directory() {
+    assert_eq!(dir_of(Path::new("annotations")), Path::new("."));
+    assert_eq!(
+        dir_of(Path::new("/etc/rotor/pod/annotations")),
+        Path::new("/etc/rotor/pod")
+    );
+    assert_eq!(dir_of(Path::new("tls/tls.crt")), Path::new("tls"));
+}
+
+/// The kubelet's swap is a burst of events; the watcher reports it once,
+/// after the debounce, with every event of the burst counted.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_events_settles_into_one_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = DirWatch::new(dir.path(), CHANGES, Duration::from_millis(100)).unwrap();
+    for i in 0..5 {
+        std::fs::write(dir.path().join(format!("f{i}")), "x").unwrap();
+    }
+    let started = tokio::time::Instant::now();
+    let settled = watch.settled().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "reported before the debounce"
+    );
+    // Each file: CREATE and CLOSE_WRITE.
+    assert_eq!(settled.events, 10, "{settled:?}");
+    // The next change is a burst of its own.
+    std::fs::remove_file(dir.path().join("f0")).unwrap();
+    assert_eq!(watch.settled().await.unwrap().events, 1);
+}
+
+/// Events that come during the debounce join the burst being settled.
+#[tokio::test(start_paused = true)]
+async fn events_during_the_debounce_join_the_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut watch = DirWatch::new(dir.path(), CHANGES, Duration::from_millis(100)).unwrap();
+    std::fs::write(dir.path().join("a"), "x").unwrap();
+    let path = dir.path().join("b");
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::fs::write(path, "y").unwrap();
+    });
+    assert_eq!(watch.settled().await.unwrap().events, 4);
+    late.await.unwrap();
+}
+
+/// The mask decides which events count: a write to an existing file is
+/// `MODIFY` and `CLOSE_WRITE`, so a watch for `MODIFY` alone counts one.
+#[tokio::test(start_paused = true)]
+async fn only_the_masked_events_count() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a"), "x").unwrap();
+    let mut watch =
+        DirWatch::new(dir.path(), WatchMask::MODIFY, Duration::from_millis(10)).unwrap();
+    std::fs::write(dir.path().join("a"), "y").unwrap();
+    assert_eq!(watch.settled().await.unwrap().events, 1);
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let err = DirWatch::new(&missing, CHANGES, Duration::ZERO).unwrap_err();
+    assert!(matches!(err, Error::Watch { .. }), "{err:?}");
+    assert_eq!(err.metric_label(), "watch");
+    assert_eq!(err.io().kind(), std::io::ErrorKind::NotFound);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("cannot watch {}: ", missing.display())),
+        "{err}"
+    );
+}
