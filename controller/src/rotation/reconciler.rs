@@ -81,15 +81,15 @@ pub async fn reconcile(
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
     // A rotate-now request is handled once a rotation has started.
-    status.rotate_now_handled =
-        if rotate_now && status.phase.as_deref() != Some(Phase::Idle.as_str()) {
-            token
-        } else {
-            policy
-                .status
-                .as_ref()
-                .and_then(|s| s.rotate_now_handled.clone())
-        };
+    let idle = Some(Phase::Idle.as_str());
+    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != idle {
+        token
+    } else {
+        policy
+            .status
+            .as_ref()
+            .and_then(|s| s.rotate_now_handled.clone())
+    };
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
