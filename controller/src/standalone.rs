@@ -20,7 +20,8 @@ use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{AwsConfig, AwsStore, LocalStore, Store, VaultAuth, VaultConfig, VaultStore};
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::machine::{Ack, Consumers, step};
+use crate::rotation::machine::{Ack, Consumers, Phase, step};
+use crate::rotation::validate::Policy;
 use crate::{Error, Result};
 
 /// The rotate-now annotation: a new value triggers one rotation.
@@ -118,7 +119,7 @@ impl Consumers for HttpSidecars {
 
 /// Policies and stores read from the directory.
 struct Loaded {
-    policies: Vec<SecretRotationPolicy>,
+    policies: Vec<(SecretRotationPolicy, Policy)>,
     stores: BTreeMap<String, Provider>,
 }
 
@@ -133,14 +134,12 @@ fn load(dir: &Path) -> Result<Loaded> {
         let source = doc.source.clone();
         match doc.kind.as_str() {
             "SecretRotationPolicy" => match doc.parse_strict::<SecretRotationPolicy>() {
-                Ok(p) => {
-                    let found = crate::rotation::validate::problems(&p.spec);
-                    if found.is_empty() {
-                        out.policies.push(p);
-                    } else {
-                        problems.extend(found.into_iter().map(|e| format!("{source}: {e}")));
+                Ok(p) => match Policy::check(&p.spec) {
+                    Ok(valid) => out.policies.push((p, valid)),
+                    Err(found) => {
+                        problems.extend(found.into_iter().map(|e| format!("{source}: {e}")))
                     }
-                }
+                },
                 Err(e) => problems.push(e.to_string()),
             },
             "SecretStore" | "ClusterSecretStore" => {
@@ -263,7 +262,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     loop {
         let loaded = load(&options.policies)?;
         let mut wake = Duration::from_secs(1);
-        for policy in &loaded.policies {
+        for (policy, valid) in &loaded.policies {
             let store_name = &policy.spec.store_ref.name;
             let store = match stores.get(store_name) {
                 Some(s) => s.clone(),
@@ -286,7 +285,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             let rotate_now = token.is_some() && token != state.rotate_now_handled;
             let consumers = HttpSidecars::new(policy.spec.sidecars.clone());
             let result = step(
-                &policy.spec,
+                valid,
                 &state.status,
                 SystemTime::now(),
                 rotate_now,
@@ -296,12 +295,11 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             .await;
             match result {
                 Ok(s) => {
-                    for (reason, message) in &s.events {
+                    for e in &s.events {
+                        let (reason, message) = (e.reason(), e.message());
                         tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
                     }
-                    if rotate_now
-                        && s.status.phase.as_deref() != Some(crate::rotation::machine::IDLE)
-                    {
+                    if rotate_now && s.status.phase.as_deref() != Some(Phase::Idle.as_str()) {
                         state.rotate_now_handled = token;
                     }
                     state.status = s.status;

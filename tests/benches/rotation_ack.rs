@@ -11,7 +11,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rotor_controller::rotation::machine::{PROMOTING, step};
+use rotor_controller::rotation::machine::{Phase, step};
+use rotor_controller::rotation::validate::Policy;
 use rotor_controller::standalone::HttpSidecars;
 use rotor_crds::api::{
     Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec,
@@ -73,7 +74,7 @@ async fn measure(n: usize) -> Vec<Duration> {
             .map(|p| format!("http://127.0.0.1:{}", p.push))
             .collect(),
     );
-    let spec = SecretRotationPolicySpec {
+    let spec = Policy::parse(&SecretRotationPolicySpec {
         store_ref: StoreRef {
             name: "local".into(),
             kind: "SecretStore".into(),
@@ -100,7 +101,8 @@ async fn measure(n: usize) -> Vec<Duration> {
         },
         sidecars: vec![],
         paused: false,
-    };
+    })
+    .unwrap();
     let mut times = Vec::new();
     for _ in 0..5 {
         let mut status = SecretRotationPolicyStatus::default();
@@ -115,7 +117,7 @@ async fn measure(n: usize) -> Vec<Duration> {
                 .await
                 .unwrap()
                 .status;
-            if status.phase.as_deref() == Some(PROMOTING) {
+            if status.phase.as_deref() == Some(Phase::Promoting.as_str()) {
                 break;
             }
             assert!(

@@ -1,5 +1,8 @@
-//! Value generators for rotation, all drawing from ring's `SystemRandom`.
-//! Generated values live in `Zeroizing` buffers and are never logged.
+//! Value generators for rotation. Passwords and random bytes draw from a
+//! [`Random`] source (ring's `SystemRandom` in production, a seeded one in
+//! tests); key pairs from ring's `SystemRandom`, which ring's key
+//! generation requires. Generated values live in `Zeroizing` buffers and
+//! are never logged.
 
 use base64::Engine as _;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -13,19 +16,33 @@ const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
 const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const DIGITS: &[u8] = b"0123456789";
 
-/// A new value for `generator`.
-pub fn generate(generator: &Generator) -> Result<Zeroizing<Vec<u8>>> {
-    let rng = SystemRandom::new();
+/// A source of random bytes.
+pub trait Random: Send + Sync {
+    fn fill(&self, dest: &mut [u8]) -> Result<()>;
+}
+
+impl Random for SystemRandom {
+    fn fill(&self, dest: &mut [u8]) -> Result<()> {
+        SecureRandom::fill(self, dest).map_err(|_| Error::Random)
+    }
+}
+
+fn invalid(problem: String) -> Error {
+    Error::InvalidPolicy(vec![problem])
+}
+
+/// A new value for `generator`, drawing from `rng`.
+pub fn generate(generator: &Generator, rng: &dyn Random) -> Result<Zeroizing<Vec<u8>>> {
     match generator {
         Generator {
             password: Some(p), ..
-        } => password(&rng, p),
+        } => password(rng, p),
         Generator {
             random_bytes: Some(r),
             ..
         } => {
             let mut bytes = Zeroizing::new(vec![0u8; r.length as usize]);
-            rng.fill(&mut bytes).map_err(|_| random_failed())?;
+            rng.fill(&mut bytes)?;
             Ok(Zeroizing::new(match r.encoding {
                 Encoding::Base64 => base64::engine::general_purpose::STANDARD
                     .encode(&*bytes)
@@ -39,24 +56,20 @@ pub fn generate(generator: &Generator) -> Result<Zeroizing<Vec<u8>>> {
         }
         Generator {
             key_pair: Some(k), ..
-        } => key_pair(&rng, k.algorithm),
-        _ => Err(Error::Config(
+        } => key_pair(&SystemRandom::new(), k.algorithm),
+        _ => Err(invalid(
             "spec.generator: set exactly one of password, randomBytes, keyPair".to_owned(),
         )),
     }
 }
 
-fn random_failed() -> Error {
-    Error::Config("the system random number generator failed".to_owned())
-}
-
 /// A uniform index below `n`, by rejection sampling.
-fn below(rng: &SystemRandom, n: usize) -> Result<usize> {
+fn below(rng: &dyn Random, n: usize) -> Result<usize> {
     let n = n as u32;
     let zone = u32::MAX - (u32::MAX % n);
     loop {
         let mut b = [0u8; 4];
-        rng.fill(&mut b).map_err(|_| random_failed())?;
+        rng.fill(&mut b)?;
         let v = u32::from_le_bytes(b);
         if v < zone {
             return Ok((v % n) as usize);
@@ -64,27 +77,27 @@ fn below(rng: &SystemRandom, n: usize) -> Result<usize> {
     }
 }
 
-fn password(rng: &SystemRandom, p: &PasswordGenerator) -> Result<Zeroizing<Vec<u8>>> {
+fn password(rng: &dyn Random, p: &PasswordGenerator) -> Result<Zeroizing<Vec<u8>>> {
     let symbols = p.symbols.as_bytes();
     if !p.symbols.is_ascii()
         || symbols
             .iter()
             .any(|c| c.is_ascii_alphanumeric() || c.is_ascii_whitespace())
     {
-        return Err(Error::Config(format!(
+        return Err(invalid(format!(
             "spec.generator.password.symbols {:?} must be printable ASCII punctuation",
             p.symbols
         )));
     }
     let mins = p.min_lower + p.min_upper + p.min_digits + p.min_symbols;
     if mins > p.length || p.length < 8 {
-        return Err(Error::Config(format!(
+        return Err(invalid(format!(
             "spec.generator.password: length {} is below 8 or below the per-class minimums ({mins})",
             p.length
         )));
     }
     if p.min_symbols > 0 && symbols.is_empty() {
-        return Err(Error::Config(
+        return Err(invalid(
             "spec.generator.password: minSymbols is set but symbols is empty".to_owned(),
         ));
     }
@@ -127,12 +140,12 @@ fn pem(label: &str, der: &[u8]) -> String {
 /// A key pair as JSON: `{"private_key": PKCS#8 PEM, "public_key": SPKI PEM}`,
 /// so a pod can take either with `#private_key` or `#public_key`.
 fn key_pair(rng: &SystemRandom, algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec<u8>>> {
-    let fail = |_| Error::Config("key generation failed".to_owned());
+    let fail = |_| Error::KeyGeneration("key generation failed");
     let (pkcs8, spki) = match algorithm {
         KeyAlgorithm::Ed25519 => {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(rng).map_err(fail)?;
             let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-                .map_err(|_| Error::Config("bad Ed25519 key".into()))?;
+                .map_err(|_| Error::KeyGeneration("bad Ed25519 key"))?;
             let mut spki = vec![
                 0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
             ];
@@ -144,7 +157,7 @@ fn key_pair(rng: &SystemRandom, algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec
                 EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, rng).map_err(fail)?;
             let pair =
                 EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), rng)
-                    .map_err(|_| Error::Config("bad P-256 key".into()))?;
+                    .map_err(|_| Error::KeyGeneration("bad P-256 key"))?;
             let mut spki = vec![
                 0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
                 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
@@ -156,6 +169,35 @@ fn key_pair(rng: &SystemRandom, algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec
     let private = Zeroizing::new(pem("PRIVATE KEY", &pkcs8));
     let json = serde_json::json!({ "private_key": private.as_str(), "public_key": pem("PUBLIC KEY", &spki) });
     Ok(Zeroizing::new(json.to_string().into_bytes()))
+}
+
+/// A seeded, reproducible [`Random`] for tests (SplitMix64).
+#[cfg(test)]
+pub(crate) struct Seeded(std::sync::atomic::AtomicU64);
+
+#[cfg(test)]
+impl Seeded {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(seed))
+    }
+}
+
+#[cfg(test)]
+impl Random for Seeded {
+    fn fill(&self, dest: &mut [u8]) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        for chunk in dest.chunks_mut(8) {
+            let mut z = self
+                .0
+                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+                .wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -182,8 +224,9 @@ mod tests {
 
     #[test]
     fn passwords_keep_length_and_class_minimums() {
+        let rng = Seeded::new(1);
         for _ in 0..200 {
-            let v = generate(&password_gen(12, [3, 3, 3, 3])).unwrap();
+            let v = generate(&password_gen(12, [3, 3, 3, 3]), &rng).unwrap();
             assert_eq!(v.len(), 12);
             let count = |set: &[u8]| v.iter().filter(|c| set.contains(c)).count();
             assert!(
@@ -193,10 +236,13 @@ mod tests {
                     && count(b"!#%+-.:=@^_~") >= 3
             );
         }
-        let a = generate(&password_gen(32, [1, 1, 1, 1])).unwrap();
-        let b = generate(&password_gen(32, [1, 1, 1, 1])).unwrap();
+        let a = generate(&password_gen(32, [1, 1, 1, 1]), &rng).unwrap();
+        let b = generate(&password_gen(32, [1, 1, 1, 1]), &rng).unwrap();
         assert_ne!(*a, *b);
-        let err = generate(&password_gen(8, [3, 3, 3, 3]))
+        // The same seed, the same password: nothing else is drawn from.
+        let again = |seed| generate(&password_gen(32, [1, 1, 1, 1]), &Seeded::new(seed)).unwrap();
+        assert_eq!(*again(7), *again(7));
+        let err = generate(&password_gen(8, [3, 3, 3, 3]), &rng)
             .unwrap_err()
             .to_string();
         assert!(err.contains("below the per-class minimums (12)"), "{err}");
@@ -213,7 +259,7 @@ mod tests {
                 }),
                 key_pair: None,
             };
-            assert_eq!(generate(&g).unwrap().len(), len);
+            assert_eq!(generate(&g, &Seeded::new(2)).unwrap().len(), len);
         }
     }
 
@@ -236,7 +282,8 @@ mod tests {
                 random_bytes: None,
                 key_pair: Some(KeyPairGenerator { algorithm }),
             };
-            let v: serde_json::Value = serde_json::from_slice(&generate(&g).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&generate(&g, &Seeded::new(3)).unwrap()).unwrap();
             let private = v["private_key"].as_str().unwrap();
             let public = v["public_key"].as_str().unwrap();
             assert!(

@@ -1,6 +1,7 @@
 //! Leader election with a `coordination.k8s.io` Lease: one replica holds it
 //! and only that one rotates. The holder renews every `ttl / 3`; another
-//! replica takes it over once it has not been renewed for `ttl`.
+//! replica takes it over once it has not been renewed for `ttl`. The time
+//! of an attempt is a parameter, so tests need no wall clock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::chrono::{DateTime, Utc};
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
 
@@ -25,7 +27,8 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     loop {
-        let held = match try_acquire_owned(&api, &name, &identity, ttl, owner.as_ref()).await {
+        let attempt = try_acquire_owned(&api, &name, &identity, ttl, owner.as_ref(), Utc::now());
+        let held = match attempt.await {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "lease update failed");
@@ -39,14 +42,15 @@ pub async fn run(
     }
 }
 
-/// One attempt: renew our Lease or take over an expired one.
+/// One attempt at `now`: renew our Lease or take over an expired one.
 pub async fn try_acquire(
     api: &Api<Lease>,
     name: &str,
     identity: &str,
     ttl: Duration,
+    now: DateTime<Utc>,
 ) -> Result<bool, kube::Error> {
-    try_acquire_owned(api, name, identity, ttl, None).await
+    try_acquire_owned(api, name, identity, ttl, None, now).await
 }
 
 /// [`try_acquire`], creating the Lease with `owner` as its owner.
@@ -56,8 +60,9 @@ pub async fn try_acquire_owned(
     identity: &str,
     ttl: Duration,
     owner: Option<&OwnerReference>,
+    now: DateTime<Utc>,
 ) -> Result<bool, kube::Error> {
-    let now = chrono_now();
+    let now = MicroTime(now);
     let spec = |transitions: i32| LeaseSpec {
         holder_identity: Some(identity.to_owned()),
         lease_duration_seconds: Some(ttl.as_secs() as i32),
@@ -109,10 +114,6 @@ pub async fn try_acquire_owned(
             }
         }
     }
-}
-
-fn chrono_now() -> MicroTime {
-    MicroTime(k8s_openapi::chrono::Utc::now())
 }
 
 #[cfg(test)]

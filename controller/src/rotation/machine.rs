@@ -1,7 +1,8 @@
-//! The rotation state machine. Its whole state is the policy's status, and
-//! each [`step`] moves at most one phase and returns the status to persist
-//! before the next step, so a restart after any step resumes where it left
-//! off, and no step is done twice:
+//! The rotation state machine: its phases ([`Phase`]), the events it emits
+//! ([`RotationEvent`]) and one function per phase. Its whole state is the
+//! policy's status, and each [`step`] moves at most one phase and returns
+//! the status to persist before the next step, so a restart after any step
+//! resumes where it left off, and no step is done twice:
 //!
 //! ```text
 //! Idle ──due──► Generating ──pending written──► Propagating ──all acked──► Promoting ──► Retiring ──grace──► Idle
@@ -14,24 +15,204 @@
 //! between writing the value and saving the status adopts that value rather
 //! than generating another: a generated value is never lost.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use rotor_crds::api::{
-    Condition, ConsumerStatus, OnTimeout, SecretRotationPolicySpec, SecretRotationPolicyStatus,
-};
+use ring::rand::SystemRandom;
+use rotor_crds::api::{Condition, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus};
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 
-use super::generate::generate;
-use super::schedule::{next_rotation, parse_duration};
+use super::generate::{Random, generate};
+use super::validate::Policy;
 use crate::{Error, Result};
 
-pub const IDLE: &str = "Idle";
-pub const GENERATING: &str = "Generating";
-pub const PROPAGATING: &str = "Propagating";
-pub const PROMOTING: &str = "Promoting";
-pub const RETIRING: &str = "Retiring";
-pub const ROLLING_BACK: &str = "RollingBack";
+/// Where a rotation is. On the wire (`status.phase`) it is the string of
+/// [`Phase::as_str`]; a missing phase is [`Phase::Idle`], and a string no
+/// variant has is [`Error::UnknownPhase`]: the step refuses to guess and
+/// leaves the status as it is, so the controller that wrote it can go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Idle,
+    Generating,
+    Propagating,
+    Promoting,
+    Retiring,
+    RollingBack,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Idle,
+        Phase::Generating,
+        Phase::Propagating,
+        Phase::Promoting,
+        Phase::Retiring,
+        Phase::RollingBack,
+    ];
+
+    /// The `status.phase` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "Idle",
+            Phase::Generating => "Generating",
+            Phase::Propagating => "Propagating",
+            Phase::Promoting => "Promoting",
+            Phase::Retiring => "Retiring",
+            Phase::RollingBack => "RollingBack",
+        }
+    }
+
+    /// The phase of `status`; `Idle` when it has none.
+    pub fn of(status: &SecretRotationPolicyStatus) -> Result<Self> {
+        status.phase.as_deref().map_or(Ok(Phase::Idle), str::parse)
+    }
+}
+
+impl FromStr for Phase {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| Error::UnknownPhase(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether an event is routine or needs a look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// What a step did that is worth a Kubernetes Event or a log line. None
+/// holds a value, only names and version ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotationEvent {
+    Started {
+        secret: String,
+    },
+    /// The secret did not exist: its first version was written as current.
+    Created {
+        secret: String,
+        version: String,
+    },
+    Staged {
+        secret: String,
+        version: String,
+    },
+    Acknowledged {
+        consumers: usize,
+        version: String,
+    },
+    /// Consumers did not acknowledge in time; `on_timeout` says what follows.
+    AckTimeout {
+        on_timeout: OnTimeout,
+        laggards: Vec<String>,
+    },
+    Promoted {
+        secret: String,
+        version: String,
+    },
+    Retired {
+        secret: String,
+        version: String,
+    },
+    RolledBack {
+        secret: String,
+        version: String,
+    },
+}
+
+impl RotationEvent {
+    /// The Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RotationEvent::Started { .. } => "RotationStarted",
+            RotationEvent::Created { .. } => "Created",
+            RotationEvent::Staged { .. } => "Staged",
+            RotationEvent::Acknowledged { .. } => "Acknowledged",
+            RotationEvent::AckTimeout { .. } => "AckTimeout",
+            RotationEvent::Promoted { .. } => "Promoted",
+            RotationEvent::Retired { .. } => "Retired",
+            RotationEvent::RolledBack { .. } => "RolledBack",
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self {
+            RotationEvent::AckTimeout { .. } | RotationEvent::RolledBack { .. } => {
+                Severity::Warning
+            }
+            _ => Severity::Normal,
+        }
+    }
+
+    /// The Event note.
+    pub fn message(&self) -> String {
+        match self {
+            RotationEvent::Started { secret } => format!("rotating {secret}"),
+            RotationEvent::Created { secret, version } => {
+                format!("created {secret} version {version}")
+            }
+            RotationEvent::Staged { secret, version } => {
+                format!("version {version} of {secret} staged as pending")
+            }
+            RotationEvent::Acknowledged { consumers, version } => {
+                format!("all {consumers} consumers serve version {version}")
+            }
+            RotationEvent::AckTimeout {
+                on_timeout,
+                laggards,
+            } => format!(
+                "{}; no acknowledgement from {}",
+                match on_timeout {
+                    OnTimeout::Promote => "promoting anyway",
+                    OnTimeout::Rollback => "rolling back",
+                },
+                laggards.join(", ")
+            ),
+            RotationEvent::Promoted { secret, version } => {
+                format!("version {version} of {secret} is current")
+            }
+            RotationEvent::Retired { secret, version } => {
+                format!("version {version} of {secret} retired")
+            }
+            RotationEvent::RolledBack { secret, version } => {
+                format!("pending version {version} of {secret} retired")
+            }
+        }
+    }
+}
+
+/// How a rotation ended, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Promoted without every acknowledgement.
+    Degraded,
+    RolledBack,
+}
+
+impl Outcome {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Degraded => "degraded",
+            Outcome::RolledBack => "rolled_back",
+        }
+    }
+}
 
 /// One consumer's answer to a refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +237,41 @@ pub struct Step {
     pub status: SecretRotationPolicyStatus,
     /// When to step again.
     pub requeue: Duration,
-    /// (reason, message) for a Kubernetes Event or a log line.
-    pub events: Vec<(String, String)>,
-    /// Rotation results for metrics: ("success" | "degraded" | "rolled_back", duration).
-    pub finished: Option<(&'static str, Duration)>,
+    pub events: Vec<RotationEvent>,
+    /// A rotation that ended in this step, and how long it took.
+    pub finished: Option<(Outcome, Duration)>,
+}
+
+impl Step {
+    fn new(status: SecretRotationPolicyStatus, requeue: Duration) -> Self {
+        Self {
+            status,
+            requeue,
+            events: Vec::new(),
+            finished: None,
+        }
+    }
+
+    fn event(mut self, event: RotationEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+}
+
+/// What a phase works with besides the status.
+pub struct Inputs<'a> {
+    pub policy: &'a Policy,
+    pub now: SystemTime,
+    pub store: &'a dyn Store,
+    pub consumers: &'a dyn Consumers,
+    /// For generated values and schedule jitter.
+    pub rng: &'a dyn Random,
+}
+
+impl Inputs<'_> {
+    fn secret(&self) -> &str {
+        &self.policy.secret_name
+    }
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -100,287 +312,326 @@ fn set_condition(
     }
 }
 
-fn enter(status: &mut SecretRotationPolicyStatus, phase: &str, now: SystemTime) {
-    status.phase = Some(phase.to_owned());
+fn enter(status: &mut SecretRotationPolicyStatus, phase: Phase, now: SystemTime) {
+    status.phase = Some(phase.as_str().to_owned());
     status.phase_since = Some(rfc3339(now));
-    let rotating = phase != IDLE;
-    set_condition(status, "Rotating", rotating, phase, "", now);
+    set_condition(
+        status,
+        "Rotating",
+        phase != Phase::Idle,
+        phase.as_str(),
+        "",
+        now,
+    );
+}
+
+/// When the current phase began (`now` if the status does not say).
+fn since(status: &SecretRotationPolicyStatus, now: SystemTime) -> SystemTime {
+    parse_time(&status.phase_since).unwrap_or(now)
+}
+
+fn pending(status: &SecretRotationPolicyStatus, phase: Phase) -> Result<String> {
+    status
+        .pending_version
+        .clone()
+        .ok_or(Error::NoPendingVersion(phase))
 }
 
 /// Advances the rotation of one policy by at most one phase.
 pub async fn step(
-    spec: &SecretRotationPolicySpec,
+    policy: &Policy,
     current: &SecretRotationPolicyStatus,
     now: SystemTime,
     rotate_now: bool,
     store: &dyn Store,
     consumers: &dyn Consumers,
 ) -> Result<Step> {
-    let mut status = current.clone();
-    let mut events = Vec::new();
-    let mut finished = None;
-    let secret = spec.secret_name.as_str();
-    let phase = status.phase.clone().unwrap_or_else(|| IDLE.to_owned());
-    let since = parse_time(&status.phase_since).unwrap_or(now);
-    let staged = &spec.strategy.staged;
-    let requeue = match phase.as_str() {
-        IDLE => {
-            if status.current_version.is_none() {
-                match store.current_version(secret).await {
-                    Ok(v) => status.current_version = Some(v.0),
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(Error::Store(e)),
-                }
-            }
-            let next = match parse_time(&status.next_rotation) {
-                Some(t) => t,
-                None => {
-                    let t = next_rotation(&spec.schedule, parse_time(&status.last_rotation), now)?;
-                    status.next_rotation = Some(rfc3339(t));
-                    t
-                }
-            };
-            if spec.paused && !rotate_now {
-                set_condition(
-                    &mut status,
-                    "Ready",
-                    true,
-                    "Paused",
-                    "rotation is paused",
-                    now,
-                );
-                Duration::from_secs(3600)
-            } else if rotate_now || next <= now {
-                enter(&mut status, GENERATING, now);
-                events.push(("RotationStarted".to_owned(), format!("rotating {secret}")));
-                Duration::ZERO
-            } else {
-                set_condition(
-                    &mut status,
-                    "Ready",
-                    true,
-                    "Scheduled",
-                    &format!("next rotation at {}", rfc3339(next)),
-                    now,
-                );
-                next.duration_since(now).unwrap_or_default()
-            }
+    let inputs = Inputs {
+        policy,
+        now,
+        store,
+        consumers,
+        rng: &SystemRandom::new(),
+    };
+    step_with(&inputs, current, rotate_now).await
+}
+
+/// [`step`] with every input given.
+pub async fn step_with(
+    i: &Inputs<'_>,
+    current: &SecretRotationPolicyStatus,
+    rotate_now: bool,
+) -> Result<Step> {
+    let status = current.clone();
+    match Phase::of(current)? {
+        Phase::Idle => idle(i, status, rotate_now).await,
+        Phase::Generating => generating(i, status).await,
+        Phase::Propagating => propagating(i, status).await,
+        Phase::Promoting => promoting(i, status).await,
+        Phase::Retiring => retiring(i, status).await,
+        Phase::RollingBack => rolling_back(i, status).await,
+    }
+}
+
+/// Idle: learns the current version, schedules the next rotation, and
+/// starts one when it is due (or asked for), unless the policy is paused.
+async fn idle(
+    i: &Inputs<'_>,
+    mut status: SecretRotationPolicyStatus,
+    rotate_now: bool,
+) -> Result<Step> {
+    let now = i.now;
+    if status.current_version.is_none() {
+        match i.store.current_version(i.secret()).await {
+            Ok(v) => status.current_version = Some(v.0),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::Store(e)),
         }
-        GENERATING => {
-            // Adopt a pending version written before a crash.
-            let adopted = match store.read(secret, &Selector::Stage(Stage::Pending)).await {
-                Ok(f) if Some(&f.version.0) != status.current_version.as_ref() => Some(f.version),
-                Ok(_) => None,
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(Error::Store(e)),
-            };
-            let version = match adopted {
-                Some(v) => v,
-                None => {
-                    let value = generate(&spec.generator)?;
-                    match store.write(secret, &value, WriteAs::Pending).await {
-                        Ok(v) => v,
-                        Err(e) if e.is_not_found() => {
-                            // The secret does not exist yet: its first version is current.
-                            let v = store
-                                .write(secret, &value, WriteAs::Current)
-                                .await
-                                .map_err(Error::Store)?;
-                            status.current_version = Some(v.0.clone());
-                            status.last_rotation = Some(rfc3339(now));
-                            status.next_rotation =
-                                Some(rfc3339(next_rotation(&spec.schedule, Some(now), now)?));
-                            enter(&mut status, IDLE, now);
-                            events.push((
-                                "Created".to_owned(),
-                                format!("created {secret} version {}", v.0),
-                            ));
-                            return Ok(Step {
-                                status,
-                                requeue: Duration::ZERO,
-                                events,
-                                finished: Some(("success", Duration::ZERO)),
-                            });
-                        }
-                        Err(e) => return Err(Error::Store(e)),
-                    }
-                }
-            };
-            events.push((
-                "Staged".to_owned(),
-                format!("version {} of {secret} staged as pending", version.0),
-            ));
-            status.pending_version = Some(version.0);
-            status.consumers.clear();
-            enter(&mut status, PROPAGATING, now);
-            Duration::ZERO
-        }
-        PROPAGATING => {
-            let pending = status
-                .pending_version
-                .clone()
-                .ok_or_else(|| Error::Config("Propagating without a pending version".to_owned()))?;
-            let acks = consumers.refresh(secret, Some(&pending)).await;
-            for ack in &acks {
-                let entry = match status.consumers.iter_mut().find(|c| c.name == ack.consumer) {
-                    Some(e) => e,
-                    None => {
-                        status.consumers.push(ConsumerStatus {
-                            name: ack.consumer.clone(),
-                            ..ConsumerStatus::default()
-                        });
-                        status.consumers.last_mut().expect("just pushed")
-                    }
-                };
-                if ack.version.as_deref() == Some(pending.as_str())
-                    && entry.acknowledged_version.as_deref() != Some(&pending)
-                {
-                    entry.acknowledged_version = Some(pending.clone());
-                    entry.acknowledged_at = Some(rfc3339(now));
-                }
-            }
-            let laggards: Vec<String> = status
-                .consumers
-                .iter()
-                .filter(|c| c.acknowledged_version.as_deref() != Some(pending.as_str()))
-                .map(|c| c.name.clone())
-                .collect();
-            let timeout = parse_duration("spec.strategy.staged.ackTimeout", &staged.ack_timeout)?;
-            if laggards.is_empty() {
-                events.push((
-                    "Acknowledged".to_owned(),
-                    format!(
-                        "all {} consumers serve version {pending}",
-                        status.consumers.len()
-                    ),
-                ));
-                enter(&mut status, PROMOTING, now);
-                Duration::ZERO
-            } else if now.duration_since(since).unwrap_or_default() >= timeout {
-                let who = laggards.join(", ");
-                match staged.on_timeout {
-                    OnTimeout::Promote => {
-                        set_condition(
-                            &mut status,
-                            "Degraded",
-                            true,
-                            "AckTimeout",
-                            &format!("promoted without acknowledgement from {who}"),
-                            now,
-                        );
-                        events.push((
-                            "AckTimeout".to_owned(),
-                            format!("promoting anyway; no acknowledgement from {who}"),
-                        ));
-                        enter(&mut status, PROMOTING, now);
-                    }
-                    OnTimeout::Rollback => {
-                        set_condition(
-                            &mut status,
-                            "Degraded",
-                            true,
-                            "RolledBack",
-                            &format!("rolled back: no acknowledgement from {who}"),
-                            now,
-                        );
-                        events.push((
-                            "AckTimeout".to_owned(),
-                            format!("rolling back; no acknowledgement from {who}"),
-                        ));
-                        enter(&mut status, ROLLING_BACK, now);
-                    }
-                }
-                Duration::ZERO
-            } else {
-                Duration::from_millis(500)
-            }
-        }
-        PROMOTING => {
-            let pending = status
-                .pending_version
-                .clone()
-                .ok_or_else(|| Error::Config("Promoting without a pending version".to_owned()))?;
-            store
-                .promote(secret, &VersionId(pending.clone()))
-                .await
-                .map_err(Error::Store)?;
-            // Consumers that pinned the pending version now follow CURRENT.
-            let _ = consumers.refresh(secret, None).await;
-            status.previous_version = status.current_version.take();
-            status.current_version = Some(pending.clone());
-            status.pending_version = None;
-            let started = parse_time(&status.next_rotation).unwrap_or(now);
-            status.last_rotation = Some(rfc3339(now));
-            status.next_rotation = Some(rfc3339(next_rotation(&spec.schedule, Some(now), now)?));
-            let degraded = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "AckTimeout");
-            if !degraded {
-                set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
-            }
-            finished = Some((
-                if degraded { "degraded" } else { "success" },
-                now.duration_since(started).unwrap_or_default(),
-            ));
-            events.push((
-                "Promoted".to_owned(),
-                format!("version {pending} of {secret} is current"),
-            ));
-            enter(&mut status, RETIRING, now);
-            parse_duration("spec.strategy.staged.gracePeriod", &staged.grace_period)?
-        }
-        RETIRING => {
-            let grace = parse_duration("spec.strategy.staged.gracePeriod", &staged.grace_period)?;
-            let until = since + grace;
-            if now < until {
-                until.duration_since(now).unwrap_or_default()
-            } else {
-                if let Some(previous) = &status.previous_version {
-                    match store.retire(secret, &VersionId(previous.clone())).await {
-                        Ok(()) => events.push((
-                            "Retired".to_owned(),
-                            format!("version {previous} of {secret} retired"),
-                        )),
-                        Err(e) if e.is_not_found() => {}
-                        Err(e) => return Err(Error::Store(e)),
-                    }
-                }
-                enter(&mut status, IDLE, now);
-                Duration::ZERO
-            }
-        }
-        ROLLING_BACK => {
-            let _ = consumers.refresh(secret, None).await;
-            if let Some(pending) = status.pending_version.take() {
-                match store.retire(secret, &VersionId(pending.clone())).await {
-                    Ok(()) => events.push((
-                        "RolledBack".to_owned(),
-                        format!("pending version {pending} of {secret} retired"),
-                    )),
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(Error::Store(e)),
-                }
-            }
-            let timeout = parse_duration("spec.strategy.staged.ackTimeout", &staged.ack_timeout)?;
-            let retry = (timeout * 10).clamp(Duration::from_secs(60), Duration::from_secs(86_400));
-            status.next_rotation = Some(rfc3339(now + retry));
-            finished = Some(("rolled_back", Duration::ZERO));
-            enter(&mut status, IDLE, now);
-            Duration::ZERO
-        }
-        other => {
-            return Err(Error::Config(format!(
-                "status.phase {other:?} is not a known phase"
-            )));
+    }
+    let next = match parse_time(&status.next_rotation) {
+        Some(t) => t,
+        None => {
+            let last = parse_time(&status.last_rotation);
+            let t = i.policy.schedule.next(last, now, i.rng)?;
+            status.next_rotation = Some(rfc3339(t));
+            t
         }
     };
-    Ok(Step {
-        status,
-        requeue,
-        events,
-        finished,
-    })
+    if i.policy.paused && !rotate_now {
+        set_condition(
+            &mut status,
+            "Ready",
+            true,
+            "Paused",
+            "rotation is paused",
+            now,
+        );
+        Ok(Step::new(status, Duration::from_secs(3600)))
+    } else if rotate_now || next <= now {
+        enter(&mut status, Phase::Generating, now);
+        Ok(
+            Step::new(status, Duration::ZERO).event(RotationEvent::Started {
+                secret: i.secret().to_owned(),
+            }),
+        )
+    } else {
+        set_condition(
+            &mut status,
+            "Ready",
+            true,
+            "Scheduled",
+            &format!("next rotation at {}", rfc3339(next)),
+            now,
+        );
+        Ok(Step::new(
+            status,
+            next.duration_since(now).unwrap_or_default(),
+        ))
+    }
+}
+
+/// Generating: adopts a PENDING version written before a crash, or writes
+/// a new value as PENDING (as CURRENT when the secret does not exist yet).
+async fn generating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let (now, secret) = (i.now, i.secret());
+    let adopted = match i.store.read(secret, &Selector::Stage(Stage::Pending)).await {
+        Ok(f) if Some(&f.version.0) != status.current_version.as_ref() => Some(f.version),
+        Ok(_) => None,
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(Error::Store(e)),
+    };
+    let version = match adopted {
+        Some(v) => v,
+        None => {
+            let value = generate(&i.policy.generator, i.rng)?;
+            match i.store.write(secret, &value, WriteAs::Pending).await {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => {
+                    // The secret does not exist yet: its first version is current.
+                    let v = i.store.write(secret, &value, WriteAs::Current).await?;
+                    status.current_version = Some(v.0.clone());
+                    status.last_rotation = Some(rfc3339(now));
+                    status.next_rotation =
+                        Some(rfc3339(i.policy.schedule.next(Some(now), now, i.rng)?));
+                    enter(&mut status, Phase::Idle, now);
+                    let mut step =
+                        Step::new(status, Duration::ZERO).event(RotationEvent::Created {
+                            secret: secret.to_owned(),
+                            version: v.0,
+                        });
+                    step.finished = Some((Outcome::Success, Duration::ZERO));
+                    return Ok(step);
+                }
+                Err(e) => return Err(Error::Store(e)),
+            }
+        }
+    };
+    status.pending_version = Some(version.0.clone());
+    status.consumers.clear();
+    enter(&mut status, Phase::Propagating, now);
+    Ok(
+        Step::new(status, Duration::ZERO).event(RotationEvent::Staged {
+            secret: secret.to_owned(),
+            version: version.0,
+        }),
+    )
+}
+
+/// Propagating: asks the consumers to serve the pending version and
+/// records their acknowledgements; promotes once all have, or after
+/// `ackTimeout` promotes (Degraded) or rolls back, as the policy says.
+async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let now = i.now;
+    let pending = pending(&status, Phase::Propagating)?;
+    let since = since(&status, now);
+    let acks = i.consumers.refresh(i.secret(), Some(&pending)).await;
+    for ack in &acks {
+        let entry = match status.consumers.iter_mut().find(|c| c.name == ack.consumer) {
+            Some(e) => e,
+            None => {
+                status.consumers.push(ConsumerStatus {
+                    name: ack.consumer.clone(),
+                    ..ConsumerStatus::default()
+                });
+                status.consumers.last_mut().expect("just pushed")
+            }
+        };
+        if ack.version.as_deref() == Some(pending.as_str())
+            && entry.acknowledged_version.as_deref() != Some(&pending)
+        {
+            entry.acknowledged_version = Some(pending.clone());
+            entry.acknowledged_at = Some(rfc3339(now));
+        }
+    }
+    let laggards: Vec<String> = status
+        .consumers
+        .iter()
+        .filter(|c| c.acknowledged_version.as_deref() != Some(pending.as_str()))
+        .map(|c| c.name.clone())
+        .collect();
+    if laggards.is_empty() {
+        let consumers = status.consumers.len();
+        enter(&mut status, Phase::Promoting, now);
+        return Ok(
+            Step::new(status, Duration::ZERO).event(RotationEvent::Acknowledged {
+                consumers,
+                version: pending,
+            }),
+        );
+    }
+    if now.duration_since(since).unwrap_or_default() < i.policy.ack_timeout {
+        return Ok(Step::new(status, Duration::from_millis(500)));
+    }
+    let who = laggards.join(", ");
+    let on_timeout = i.policy.on_timeout;
+    let (reason, message, next) = match on_timeout {
+        OnTimeout::Promote => (
+            "AckTimeout",
+            format!("promoted without acknowledgement from {who}"),
+            Phase::Promoting,
+        ),
+        OnTimeout::Rollback => (
+            "RolledBack",
+            format!("rolled back: no acknowledgement from {who}"),
+            Phase::RollingBack,
+        ),
+    };
+    set_condition(&mut status, "Degraded", true, reason, &message, now);
+    enter(&mut status, next, now);
+    Ok(
+        Step::new(status, Duration::ZERO).event(RotationEvent::AckTimeout {
+            on_timeout,
+            laggards,
+        }),
+    )
+}
+
+/// Promoting: makes the pending version current, moves consumers that
+/// pinned it to CURRENT, and schedules the next rotation.
+async fn promoting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let (now, secret) = (i.now, i.secret());
+    let pending = pending(&status, Phase::Promoting)?;
+    i.store.promote(secret, &VersionId(pending.clone())).await?;
+    // Consumers that pinned the pending version now follow CURRENT.
+    let _ = i.consumers.refresh(secret, None).await;
+    status.previous_version = status.current_version.take();
+    status.current_version = Some(pending.clone());
+    status.pending_version = None;
+    let started = parse_time(&status.next_rotation).unwrap_or(now);
+    status.last_rotation = Some(rfc3339(now));
+    status.next_rotation = Some(rfc3339(i.policy.schedule.next(Some(now), now, i.rng)?));
+    let degraded = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "AckTimeout");
+    if !degraded {
+        set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
+    }
+    enter(&mut status, Phase::Retiring, now);
+    let mut step = Step::new(status, i.policy.grace_period).event(RotationEvent::Promoted {
+        secret: secret.to_owned(),
+        version: pending,
+    });
+    step.finished = Some((
+        if degraded {
+            Outcome::Degraded
+        } else {
+            Outcome::Success
+        },
+        now.duration_since(started).unwrap_or_default(),
+    ));
+    Ok(step)
+}
+
+/// Retiring: after the grace period, retires the previous version.
+async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let (now, secret) = (i.now, i.secret());
+    let until = since(&status, now) + i.policy.grace_period;
+    if now < until {
+        let wait = until.duration_since(now).unwrap_or_default();
+        return Ok(Step::new(status, wait));
+    }
+    let mut events = Vec::new();
+    if let Some(previous) = &status.previous_version {
+        match i.store.retire(secret, &VersionId(previous.clone())).await {
+            Ok(()) => events.push(RotationEvent::Retired {
+                secret: secret.to_owned(),
+                version: previous.clone(),
+            }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::Store(e)),
+        }
+    }
+    enter(&mut status, Phase::Idle, now);
+    let mut step = Step::new(status, Duration::ZERO);
+    step.events = events;
+    Ok(step)
+}
+
+/// RollingBack: moves consumers back to CURRENT, retires the pending
+/// version, and tries again later (ten ackTimeouts, 1 minute to 1 day).
+async fn rolling_back(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let (now, secret) = (i.now, i.secret());
+    let _ = i.consumers.refresh(secret, None).await;
+    let mut events = Vec::new();
+    if let Some(pending) = status.pending_version.take() {
+        match i.store.retire(secret, &VersionId(pending.clone())).await {
+            Ok(()) => events.push(RotationEvent::RolledBack {
+                secret: secret.to_owned(),
+                version: pending,
+            }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(Error::Store(e)),
+        }
+    }
+    let retry =
+        (i.policy.ack_timeout * 10).clamp(Duration::from_secs(60), Duration::from_secs(86_400));
+    status.next_rotation = Some(rfc3339(now + retry));
+    enter(&mut status, Phase::Idle, now);
+    let mut step = Step::new(status, Duration::ZERO);
+    step.events = events;
+    step.finished = Some((Outcome::RolledBack, Duration::ZERO));
+    Ok(step)
 }
 
 #[cfg(test)]

@@ -16,8 +16,9 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{IDLE, PROPAGATING, step};
+use super::machine::{Phase, Severity, step};
 use super::metrics::RotationMetrics;
+use super::validate::Policy;
 use crate::reconcile::FIELD_MANAGER;
 use crate::standalone::{HttpSidecars, ROTATE_NOW};
 use crate::{Error, Result};
@@ -66,8 +67,9 @@ pub async fn reconcile(
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
+    let valid = Policy::parse(&policy.spec)?;
     let s = step(
-        &policy.spec,
+        &valid,
         &status,
         SystemTime::now(),
         rotate_now,
@@ -79,7 +81,8 @@ pub async fn reconcile(
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
     // A rotate-now request is handled once a rotation has started.
-    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != Some(IDLE) {
+    let idle = Some(Phase::Idle.as_str());
+    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != idle {
         token
     } else {
         policy
@@ -97,8 +100,9 @@ pub async fn reconcile(
         })),
     )
     .await?;
-    if let Some((result, duration)) = s.finished {
-        ctx.metrics.finished(result, duration.as_secs_f64());
+    if let Some((outcome, duration)) = s.finished {
+        ctx.metrics
+            .finished(outcome.as_str(), duration.as_secs_f64());
     }
     let pending = status
         .consumers
@@ -108,7 +112,8 @@ pub async fn reconcile(
         })
         .count();
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
-    if before.as_deref() == Some(PROPAGATING) && status.phase.as_deref() != Some(PROPAGATING) {
+    let propagating = Some(Phase::Propagating.as_str());
+    if before.as_deref() == propagating && status.phase.as_deref() != propagating {
         let since = status
             .phase_since
             .as_ref()
@@ -119,16 +124,14 @@ pub async fn reconcile(
         }
     }
     let reference = policy.object_ref(&());
-    for (reason, note) in s.events {
-        let type_ = if matches!(reason.as_str(), "AckTimeout" | "RolledBack") {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
+    for e in s.events {
         let event = Event {
-            type_,
-            reason,
-            note: Some(note),
+            type_: match e.severity() {
+                Severity::Normal => EventType::Normal,
+                Severity::Warning => EventType::Warning,
+            },
+            reason: e.reason().to_owned(),
+            note: Some(e.message()),
             action: "Rotate".to_owned(),
             secondary: None,
         };

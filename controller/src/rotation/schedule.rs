@@ -4,68 +4,69 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ring::rand::SecureRandom;
-use rotor_crds::api::Schedule;
-
+use super::generate::Random;
 use crate::{Error, Result};
+
+fn invalid(problem: String) -> Error {
+    Error::InvalidPolicy(vec![problem])
+}
 
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
     humantime::parse_duration(value).map_err(|e| {
-        Error::Config(format!(
+        invalid(format!(
             "{field}: {value:?} is not a duration ({e}); expected e.g. \"720h\" or \"30days\""
         ))
     })
 }
 
-/// The next rotation after `last` (or now, for a secret never rotated).
-pub fn next_rotation(
-    s: &Schedule,
-    last: Option<SystemTime>,
-    now: SystemTime,
-) -> Result<SystemTime> {
-    let mut due = match (&s.interval, &s.cron, last) {
-        (Some(_), _, None) => now,
-        (Some(i), _, Some(l)) => l + parse_duration("spec.schedule.interval", i)?,
-        (None, Some(c), _) => {
-            Cron::parse(c)?.next_after(last.unwrap_or(now).max(now - Duration::from_secs(60)))?
-        }
-        (None, None, _) => {
-            return Err(Error::Config(
-                "spec.schedule: set exactly one of interval and cron".to_owned(),
-            ));
-        }
-    };
-    if let Some(w) = &s.window {
-        due = into_window(
-            due,
-            minutes_of(&w.start, "start")?,
-            minutes_of(&w.end, "end")?,
-        );
-    }
-    if let Some(j) = &s.jitter {
-        let j = parse_duration("spec.schedule.jitter", j)?;
-        let mut b = [0u8; 4];
-        let _ = ring::rand::SystemRandom::new().fill(&mut b);
-        due += j.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX));
-    }
-    if let (Some(m), Some(l)) = (&s.max_age, last) {
-        due = due.min(l + parse_duration("spec.schedule.maxAge", m)?);
-    }
-    Ok(due)
+/// How rotations recur.
+#[derive(Debug)]
+pub enum Every {
+    Interval(Duration),
+    Cron(Cron),
 }
 
-fn minutes_of(hhmm: &str, which: &str) -> Result<u64> {
-    let bad = || {
-        Error::Config(format!(
-            "spec.schedule.window.{which}: {hhmm:?} is not HH:MM"
-        ))
-    };
-    let (h, m) = hhmm.split_once(':').ok_or_else(bad)?;
-    let (h, m): (u64, u64) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if h > 23 || m > 59 {
-        return Err(bad());
+/// A policy's `spec.schedule`, parsed and checked (built by
+/// [`super::validate::Policy::check`]).
+#[derive(Debug)]
+pub struct RotationSchedule {
+    pub every: Every,
+    /// The daily window as UTC minutes `[start, end)`.
+    pub window: Option<(u64, u64)>,
+    pub jitter: Option<Duration>,
+    pub max_age: Option<Duration>,
+}
+
+impl RotationSchedule {
+    /// The next rotation after `last` (or now, for a secret never
+    /// rotated); the jitter is drawn from `rng`.
+    pub fn next(
+        &self,
+        last: Option<SystemTime>,
+        now: SystemTime,
+        rng: &dyn Random,
+    ) -> Result<SystemTime> {
+        let mut due = match (&self.every, last) {
+            (Every::Interval(_), None) => now,
+            (Every::Interval(i), Some(l)) => l + *i,
+            (Every::Cron(c), _) => {
+                c.next_after(last.unwrap_or(now).max(now - Duration::from_secs(60)))?
+            }
+        };
+        if let Some((start, end)) = self.window {
+            due = into_window(due, start, end);
+        }
+        if let Some(j) = self.jitter {
+            let mut b = [0u8; 4];
+            // A failed draw means no jitter, not a failed rotation.
+            let _ = rng.fill(&mut b);
+            due += j.mul_f64(f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX));
+        }
+        if let (Some(m), Some(l)) = (self.max_age, last) {
+            due = due.min(l + m);
+        }
+        Ok(due)
     }
-    Ok(h * 60 + m)
 }
 
 /// `t` if it falls inside the daily window `[start, end)` (UTC minutes,
@@ -91,6 +92,7 @@ fn into_window(t: SystemTime, start: u64, end: u64) -> SystemTime {
 
 /// A five-field cron expression: minute hour day-of-month month
 /// day-of-week, each `*`, a number, a range `a-b`, a list, or a step `*/n`.
+#[derive(Debug)]
 pub struct Cron {
     fields: [Vec<bool>; 5],
 }
@@ -99,7 +101,7 @@ impl Cron {
     pub fn parse(expr: &str) -> Result<Self> {
         let parts: Vec<&str> = expr.split_whitespace().collect();
         if parts.len() != 5 {
-            return Err(Error::Config(format!(
+            return Err(invalid(format!(
                 "spec.schedule.cron: {expr:?} has {} fields; expected 5 (minute hour day-of-month month day-of-week)",
                 parts.len()
             )));
@@ -112,7 +114,7 @@ impl Cron {
             let mut set = vec![false; hi + 1];
             for item in part.split(',') {
                 let bad = || {
-                    Error::Config(format!(
+                    invalid(format!(
                         "spec.schedule.cron: {} field {item:?} is not valid (range {lo}-{hi})",
                         names[i]
                     ))
@@ -162,7 +164,7 @@ impl Cron {
                 return Ok(UNIX_EPOCH + Duration::from_secs(minute * 60));
             }
         }
-        Err(Error::Config(
+        Err(invalid(
             "spec.schedule.cron never matches within four years".to_owned(),
         ))
     }
@@ -183,6 +185,9 @@ fn civil(days: i64) -> (i64, usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use rotor_crds::api::Schedule;
+
+    use super::super::generate::Seeded;
     use super::*;
 
     fn at(s: &str) -> SystemTime {
@@ -191,6 +196,17 @@ mod tests {
 
     fn schedule() -> Schedule {
         Schedule::default()
+    }
+
+    /// The next rotation for the spec `s`, with a fixed seed for jitter.
+    fn next_rotation(
+        s: &Schedule,
+        last: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<SystemTime> {
+        super::super::validate::schedule(s)
+            .map_err(Error::InvalidPolicy)?
+            .next(last, now, &Seeded::new(0))
     }
 
     #[test]
@@ -259,10 +275,22 @@ mod tests {
             ..schedule()
         };
         let last = at("2026-11-24T10:00:00Z");
+        let plan = super::super::validate::schedule(&s).unwrap();
+        let rng = Seeded::new(11);
+        let mut draws = Vec::new();
         for _ in 0..50 {
-            let t = next_rotation(&s, Some(last), last).unwrap();
+            let t = plan.next(Some(last), last, &rng).unwrap();
             assert!(t >= at("2026-11-24T11:00:00Z") && t <= at("2026-11-24T11:10:00Z"));
+            draws.push(t);
         }
+        draws.sort();
+        draws.dedup();
+        assert!(draws.len() > 1, "jitter varies between draws: {draws:?}");
+        // Drawn from the injected source only: the same seed, the same time.
+        assert_eq!(
+            plan.next(Some(last), last, &Seeded::new(5)).unwrap(),
+            plan.next(Some(last), last, &Seeded::new(5)).unwrap()
+        );
     }
 
     #[test]

@@ -1,76 +1,142 @@
-//! A SecretRotationPolicy's spec checked in full before anything acts on
-//! it: the rules the CRD's CEL enforces in a cluster, plus what CEL cannot
-//! check (durations and cron expressions that parse). Standalone mode
-//! refuses a policy with any problem before it generates or stages a
-//! value.
+//! A SecretRotationPolicy's spec checked in full and parsed once into a
+//! [`Policy`] before anything acts on it: the rules the CRD's CEL enforces
+//! in a cluster, plus what CEL cannot check (durations and cron
+//! expressions that parse). Standalone mode refuses a policy with any
+//! problem before it generates or stages a value; the state machine only
+//! ever sees a [`Policy`].
 
-use rotor_crds::api::SecretRotationPolicySpec;
+use std::time::Duration;
 
-use super::schedule::{Cron, parse_duration};
+use rotor_crds::api::{Generator, OnTimeout, Schedule, SecretRotationPolicySpec};
 
-fn hh_mm(value: &str) -> bool {
+use super::schedule::{Cron, Every, RotationSchedule, parse_duration};
+use crate::{Error, Result};
+
+/// A policy spec that passed every check, with its durations and schedule
+/// parsed.
+#[derive(Debug)]
+pub struct Policy {
+    pub secret_name: String,
+    pub schedule: RotationSchedule,
+    pub generator: Generator,
+    pub ack_timeout: Duration,
+    pub grace_period: Duration,
+    pub on_timeout: OnTimeout,
+    pub paused: bool,
+}
+
+impl Policy {
+    /// The parsed policy, or every problem of `spec`, each naming its field
+    /// path and what is expected.
+    pub fn check(spec: &SecretRotationPolicySpec) -> Result<Self, Vec<String>> {
+        let mut out = Vec::new();
+        let name = &spec.secret_name;
+        if name.is_empty()
+            || name.len() > 255
+            || name.starts_with('/')
+            || name.ends_with('/')
+            || name.contains("//")
+            || name.contains("..")
+        {
+            out.push(format!(
+                "spec.secretName {name:?}: expected 1-255 characters without empty or '..' segments"
+            ));
+        }
+        let schedule = schedule(&spec.schedule).map_err(|p| out.extend(p)).ok();
+        check_generator(&spec.generator, &mut out);
+        let staged = &spec.strategy.staged;
+        let mut duration = |field: &str, value: &str| {
+            parse_duration(field, value)
+                .map_err(|e| out.push(e.to_string()))
+                .ok()
+        };
+        let ack_timeout = duration("spec.strategy.staged.ackTimeout", &staged.ack_timeout);
+        let grace_period = duration("spec.strategy.staged.gracePeriod", &staged.grace_period);
+        match (schedule, ack_timeout, grace_period) {
+            (Some(schedule), Some(ack_timeout), Some(grace_period)) if out.is_empty() => Ok(Self {
+                secret_name: spec.secret_name.clone(),
+                schedule,
+                generator: spec.generator.clone(),
+                ack_timeout,
+                grace_period,
+                on_timeout: staged.on_timeout,
+                paused: spec.paused,
+            }),
+            _ => Err(out),
+        }
+    }
+
+    /// [`Policy::check`], its problems as [`Error::InvalidPolicy`].
+    pub fn parse(spec: &SecretRotationPolicySpec) -> Result<Self> {
+        Self::check(spec).map_err(Error::InvalidPolicy)
+    }
+}
+
+fn hh_mm(value: &str) -> Option<u64> {
     let b = value.as_bytes();
-    b.len() == 5
+    let valid = b.len() == 5
         && b[2] == b':'
         && matches!(
             (b[0], b[1]),
             (b'0'..=b'1', b'0'..=b'9') | (b'2', b'0'..=b'3')
         )
-        && matches!((b[3], b[4]), (b'0'..=b'5', b'0'..=b'9'))
+        && matches!((b[3], b[4]), (b'0'..=b'5', b'0'..=b'9'));
+    let digit = |i: usize| u64::from(b[i] - b'0');
+    valid.then(|| (digit(0) * 10 + digit(1)) * 60 + digit(3) * 10 + digit(4))
 }
 
-/// Every problem of `spec`, each naming its field path and what is
-/// expected; empty when the policy may run.
-pub fn problems(spec: &SecretRotationPolicySpec) -> Vec<String> {
+/// `spec.schedule` parsed, or its problems.
+pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
     let mut out = Vec::new();
-    let name = &spec.secret_name;
-    if name.is_empty()
-        || name.len() > 255
-        || name.starts_with('/')
-        || name.ends_with('/')
-        || name.contains("//")
-        || name.contains("..")
-    {
-        out.push(format!(
-            "spec.secretName {name:?}: expected 1-255 characters without empty or '..' segments"
-        ));
-    }
-    let s = &spec.schedule;
-    match (&s.interval, &s.cron) {
+    let every = match (&s.interval, &s.cron) {
         (Some(_), Some(_)) | (None, None) => {
-            out.push("spec.schedule: set exactly one of interval and cron".to_owned())
+            out.push("spec.schedule: set exactly one of interval and cron".to_owned());
+            None
         }
-        (Some(interval), None) => {
-            if let Err(e) = parse_duration("spec.schedule.interval", interval) {
-                out.push(e.to_string());
-            }
-        }
-        (None, Some(cron)) => {
-            if let Err(e) = Cron::parse(cron) {
-                out.push(format!("spec.schedule.cron {cron:?}: {e}"));
-            }
-        }
-    }
-    for (field, value) in [
-        ("spec.schedule.jitter", &s.jitter),
-        ("spec.schedule.maxAge", &s.max_age),
-    ] {
-        if let Some(v) = value
-            && let Err(e) = parse_duration(field, v)
-        {
-            out.push(e.to_string());
-        }
-    }
-    if let Some(w) = &s.window {
-        for (field, value) in [("start", &w.start), ("end", &w.end)] {
-            if !hh_mm(value) {
+        (Some(interval), None) => parse_duration("spec.schedule.interval", interval)
+            .map_err(|e| out.push(e.to_string()))
+            .ok()
+            .map(Every::Interval),
+        (None, Some(cron)) => Cron::parse(cron)
+            .map_err(|e| out.push(format!("spec.schedule.cron {cron:?}: {e}")))
+            .ok()
+            .map(Every::Cron),
+    };
+    let mut optional = |field: &str, value: &Option<String>| {
+        value.as_ref().and_then(|v| {
+            parse_duration(field, v)
+                .map_err(|e| out.push(e.to_string()))
+                .ok()
+        })
+    };
+    let jitter = optional("spec.schedule.jitter", &s.jitter);
+    let max_age = optional("spec.schedule.maxAge", &s.max_age);
+    let window = s.window.as_ref().and_then(|w| {
+        let mut minutes = |field: &str, value: &str| {
+            let m = hh_mm(value);
+            if m.is_none() {
                 out.push(format!(
                     "spec.schedule.window.{field} {value:?}: expected HH:MM (00:00 to 23:59)"
                 ));
             }
-        }
+            m
+        };
+        let start = minutes("start", &w.start);
+        let end = minutes("end", &w.end);
+        start.zip(end)
+    });
+    match every {
+        Some(every) if out.is_empty() => Ok(RotationSchedule {
+            every,
+            window,
+            jitter,
+            max_age,
+        }),
+        _ => Err(out),
     }
-    let g = &spec.generator;
+}
+
+fn check_generator(g: &Generator, out: &mut Vec<String>) {
     let set = [
         g.password.is_some(),
         g.random_bytes.is_some(),
@@ -102,16 +168,6 @@ pub fn problems(spec: &SecretRotationPolicySpec) -> Vec<String> {
             r.length
         ));
     }
-    let staged = &spec.strategy.staged;
-    for (field, value) in [
-        ("spec.strategy.staged.ackTimeout", &staged.ack_timeout),
-        ("spec.strategy.staged.gracePeriod", &staged.grace_period),
-    ] {
-        if let Err(e) = parse_duration(field, value) {
-            out.push(e.to_string());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -132,7 +188,10 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
 
     #[test]
     fn a_valid_policy_has_no_problem() {
-        assert_eq!(problems(&spec(GOOD)), Vec::<String>::new());
+        assert_eq!(
+            Policy::check(&spec(GOOD)).err().unwrap_or_default(),
+            Vec::<String>::new()
+        );
     }
 
     /// Each broken field, and the exact field path and expectation named.
@@ -181,7 +240,7 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
             ),
         ] {
             let broken = GOOD.replace(from, to);
-            let got = problems(&spec(&broken));
+            let got = Policy::check(&spec(&broken)).err().unwrap_or_default();
             assert!(
                 got.iter().any(|p| p.starts_with(expected)),
                 "{to}: expected {expected:?}, got {got:?}"

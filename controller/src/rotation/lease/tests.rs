@@ -8,6 +8,11 @@ use super::*;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// The time of every attempt: the tests read no wall clock.
+fn now() -> DateTime<Utc> {
+    "2026-11-24T10:00:00Z".parse().unwrap()
+}
+
 fn lease(holder: &str, renewed_secs_ago: i64) -> Lease {
     Lease {
         metadata: ObjectMeta {
@@ -20,8 +25,7 @@ fn lease(holder: &str, renewed_secs_ago: i64) -> Lease {
             holder_identity: Some(holder.into()),
             lease_duration_seconds: Some(15),
             renew_time: Some(MicroTime(
-                k8s_openapi::chrono::Utc::now()
-                    - k8s_openapi::chrono::Duration::seconds(renewed_secs_ago),
+                now() - k8s_openapi::chrono::Duration::seconds(renewed_secs_ago),
             )),
             lease_transitions: Some(3),
             ..LeaseSpec::default()
@@ -76,7 +80,7 @@ async fn creates_a_missing_lease() {
     let created = serde_json::to_value(lease("me", 0)).unwrap();
     let (api, seen) = server(vec![not_found(), reply(201, created)]);
     assert!(
-        try_acquire(&api, "leader", "me", Duration::from_secs(15))
+        try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
@@ -92,7 +96,7 @@ async fn leaves_a_fresh_lease_of_another_replica_alone() {
         serde_json::to_value(lease("other", 2)).unwrap(),
     )]);
     assert!(
-        !try_acquire(&api, "leader", "me", Duration::from_secs(15))
+        !try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
@@ -104,7 +108,7 @@ async fn takes_over_an_expired_lease_and_renews_its_own() {
     let expired = serde_json::to_value(lease("other", 60)).unwrap();
     let (api, seen) = server(vec![reply(200, expired.clone()), reply(200, expired)]);
     assert!(
-        try_acquire(&api, "leader", "me", Duration::from_secs(15))
+        try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
@@ -120,7 +124,7 @@ async fn takes_over_an_expired_lease_and_renews_its_own() {
     let mine = serde_json::to_value(lease("me", 3)).unwrap();
     let (api, seen) = server(vec![reply(200, mine.clone()), reply(200, mine)]);
     assert!(
-        try_acquire(&api, "leader", "me", Duration::from_secs(15))
+        try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
@@ -140,8 +144,27 @@ async fn a_lost_race_is_not_leadership() {
     );
     let (api, _seen) = server(vec![reply(200, expired), conflict]);
     assert!(
-        !try_acquire(&api, "leader", "me", Duration::from_secs(15))
+        !try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
+}
+
+/// With the attempt's time given, expiry is exact: a Lease renewed `ttl`
+/// ago is still held, one second later it may be taken.
+#[tokio::test]
+async fn a_lease_expires_one_second_after_its_duration() {
+    for (renewed_secs_ago, taken) in [(15, false), (16, true)] {
+        let other = serde_json::to_value(lease("other", renewed_secs_ago)).unwrap();
+        let (api, seen) = server(vec![reply(200, other.clone()), reply(200, other)]);
+        assert_eq!(
+            try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
+                .await
+                .unwrap(),
+            taken,
+            "renewed {renewed_secs_ago}s ago"
+        );
+        drop(api);
+        assert_eq!(seen.await.unwrap().len(), 1 + usize::from(taken));
+    }
 }

@@ -1,6 +1,8 @@
 use std::sync::{Arc, Mutex};
 
-use rotor_crds::api::{Generator, PasswordGenerator, Schedule, Staged, StoreRef, Strategy};
+use rotor_crds::api::{
+    Generator, PasswordGenerator, Schedule, SecretRotationPolicySpec, Staged, StoreRef, Strategy,
+};
 use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::LocalStore;
 
@@ -77,6 +79,15 @@ fn spec(on_timeout: OnTimeout) -> SecretRotationPolicySpec {
     }
 }
 
+fn policy(on_timeout: OnTimeout) -> Policy {
+    Policy::parse(&spec(on_timeout)).unwrap()
+}
+
+/// A fixed start time: no test reads the wall clock.
+fn t0() -> SystemTime {
+    humantime::parse_rfc3339("2026-11-24T10:00:00Z").unwrap()
+}
+
 fn store() -> (tempfile::TempDir, LocalStore) {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::new(
@@ -87,8 +98,8 @@ fn store() -> (tempfile::TempDir, LocalStore) {
     (dir, s)
 }
 
-fn phase(s: &SecretRotationPolicyStatus) -> &str {
-    s.phase.as_deref().unwrap_or(IDLE)
+fn phase(s: &SecretRotationPolicyStatus) -> Phase {
+    Phase::of(s).unwrap()
 }
 
 fn cond<'a>(s: &'a SecretRotationPolicyStatus, t: &str) -> Option<&'a Condition> {
@@ -97,12 +108,12 @@ fn cond<'a>(s: &'a SecretRotationPolicyStatus, t: &str) -> Option<&'a Condition>
 
 /// Steps until the phase is `target` (at most 10 steps), at time `now`.
 async fn until(
-    spec: &SecretRotationPolicySpec,
+    spec: &Policy,
     mut status: SecretRotationPolicyStatus,
     now: SystemTime,
     store: &LocalStore,
     c: &Fake,
-    target: &str,
+    target: Phase,
 ) -> SecretRotationPolicyStatus {
     for _ in 0..10 {
         status = step(spec, &status, now, false, store, c)
@@ -120,8 +131,8 @@ async fn until(
 async fn every_transition_of_a_successful_rotation() {
     let (_d, store) = store();
     let c = fake(&["pod-a", "pod-b", "pod-c"], &[]);
-    let spec = spec(OnTimeout::Rollback);
-    let t0 = SystemTime::now();
+    let spec = policy(OnTimeout::Rollback);
+    let t0 = t0();
     let s = step(
         &spec,
         &SecretRotationPolicyStatus::default(),
@@ -132,10 +143,14 @@ async fn every_transition_of_a_successful_rotation() {
     )
     .await
     .unwrap();
-    assert_eq!(phase(&s.status), GENERATING, "never rotated: due at once");
+    assert_eq!(
+        phase(&s.status),
+        Phase::Generating,
+        "never rotated: due at once"
+    );
     assert_eq!(s.status.current_version.as_deref(), Some("1"));
     let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
-    assert_eq!(phase(&s.status), PROPAGATING);
+    assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
         store.current_version("app/db").unwrap(),
@@ -143,7 +158,7 @@ async fn every_transition_of_a_successful_rotation() {
         "staged, not promoted"
     );
     let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
-    assert_eq!(phase(&s.status), PROMOTING);
+    assert_eq!(phase(&s.status), Phase::Promoting);
     assert!(
         s.status
             .consumers
@@ -152,7 +167,7 @@ async fn every_transition_of_a_successful_rotation() {
     );
     assert_eq!(s.status.consumers.len(), 3);
     let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
-    assert_eq!(phase(&s.status), RETIRING);
+    assert_eq!(phase(&s.status), Phase::Retiring);
     assert_eq!(
         (
             s.status.current_version.as_deref(),
@@ -161,7 +176,7 @@ async fn every_transition_of_a_successful_rotation() {
         (Some("2"), Some("1"))
     );
     assert_eq!(store.current_version("app/db").unwrap(), 2);
-    assert_eq!(s.finished.unwrap().0, "success");
+    assert_eq!(s.finished.unwrap().0, Outcome::Success);
     assert_eq!(
         s.requeue,
         Duration::from_secs(600),
@@ -178,7 +193,7 @@ async fn every_transition_of_a_successful_rotation() {
     )
     .await
     .unwrap();
-    assert_eq!(phase(&early.status), RETIRING);
+    assert_eq!(phase(&early.status), Phase::Retiring);
     assert!(store.get("app/db", Selector::Version(1.into())).is_ok());
     let done = step(
         &spec,
@@ -190,7 +205,7 @@ async fn every_transition_of_a_successful_rotation() {
     )
     .await
     .unwrap();
-    assert_eq!(phase(&done.status), IDLE);
+    assert_eq!(phase(&done.status), Phase::Idle);
     assert!(
         store.get("app/db", Selector::Version(1.into())).is_err(),
         "previous retired"
@@ -235,8 +250,8 @@ async fn every_transition_of_a_successful_rotation() {
 async fn a_restart_after_every_step_resumes_without_repeating_work() {
     let (_d, store) = store();
     let c = fake(&["pod-a"], &[]);
-    let spec = spec(OnTimeout::Rollback);
-    let t0 = SystemTime::now();
+    let spec = policy(OnTimeout::Rollback);
+    let t0 = t0();
     let mut status = SecretRotationPolicyStatus::default();
     let mut seen = Vec::new();
     for _ in 0..6 {
@@ -254,7 +269,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
         .await
         .unwrap()
         .status;
-        seen.push(phase(&status).to_owned());
+        seen.push(phase(&status));
         // Repeating the same step from the same persisted status is harmless.
         let again = step(
             &spec,
@@ -284,13 +299,13 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
 async fn a_crash_after_writing_the_value_adopts_it() {
     let (_d, store) = store();
     let c = fake(&[], &[]);
-    let spec = spec(OnTimeout::Rollback);
-    let now = SystemTime::now();
+    let spec = policy(OnTimeout::Rollback);
+    let now = t0();
     let mut generating = SecretRotationPolicyStatus {
         current_version: Some("1".into()),
         ..Default::default()
     };
-    enter(&mut generating, GENERATING, now);
+    enter(&mut generating, Phase::Generating, now);
     // The value reached the store, the status did not.
     store
         .put("app/db", b"written-before-the-crash", WriteAs::Pending)
@@ -311,15 +326,15 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
     for (policy, expect) in [(OnTimeout::Promote, "2"), (OnTimeout::Rollback, "1")] {
         let (_d, store) = store();
         let c = fake(&["pod-a", "pod-stuck"], &["pod-stuck"]);
-        let spec = spec(policy);
-        let t0 = SystemTime::now();
+        let spec = self::policy(policy);
+        let t0 = t0();
         let s = until(
             &spec,
             SecretRotationPolicyStatus::default(),
             t0,
             &store,
             &c,
-            PROPAGATING,
+            Phase::Propagating,
         )
         .await;
         let waiting = step(&spec, &s, t0 + Duration::from_secs(10), false, &store, &c)
@@ -327,7 +342,7 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             .unwrap();
         assert_eq!(
             phase(&waiting.status),
-            PROPAGATING,
+            Phase::Propagating,
             "blocked while a consumer has not acknowledged"
         );
         let late = t0 + Duration::from_secs(31);
@@ -348,7 +363,7 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             "{policy:?}"
         );
         if policy == OnTimeout::Rollback {
-            assert_eq!(phase(&s), IDLE);
+            assert_eq!(phase(&s), Phase::Idle);
             assert!(
                 store.get("app/db", Selector::Version(2.into())).is_err(),
                 "pending retired"
@@ -366,9 +381,9 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
 async fn paused_policies_wait_unless_asked_to_rotate_now() {
     let (_d, store) = store();
     let c = fake(&[], &[]);
-    let mut spec = spec(OnTimeout::Rollback);
+    let mut spec = policy(OnTimeout::Rollback);
     spec.paused = true;
-    let now = SystemTime::now();
+    let now = t0();
     let s = step(
         &spec,
         &SecretRotationPolicyStatus::default(),
@@ -379,8 +394,577 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
     )
     .await
     .unwrap();
-    assert_eq!(phase(&s.status), IDLE);
+    assert_eq!(phase(&s.status), Phase::Idle);
     assert_eq!(cond(&s.status, "Ready").unwrap().reason, "Paused");
     let s = step(&spec, &s.status, now, true, &store, &c).await.unwrap();
-    assert_eq!(phase(&s.status), GENERATING);
+    assert_eq!(phase(&s.status), Phase::Generating);
+}
+
+// Each phase function on its own: success, a store error, and its timing.
+
+/// A store whose every call fails with an error that is not "not found",
+/// counting the calls.
+#[derive(Default)]
+struct Broken {
+    calls: Mutex<usize>,
+}
+
+impl Broken {
+    fn fail<T>(&self) -> rotor_store::Result<T> {
+        *self.calls.lock().unwrap() += 1;
+        Err(rotor_store::Error::Corrupt {
+            path: "/broken".into(),
+            problem: "test".into(),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for Broken {
+    fn describe(&self) -> String {
+        "broken".into()
+    }
+    async fn read(&self, _: &str, _: &Selector) -> rotor_store::Result<rotor_store::Fetched> {
+        self.fail()
+    }
+    async fn current_version(&self, _: &str) -> rotor_store::Result<VersionId> {
+        self.fail()
+    }
+    async fn write(&self, _: &str, _: &[u8], _: WriteAs) -> rotor_store::Result<VersionId> {
+        self.fail()
+    }
+    async fn promote(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        self.fail()
+    }
+    async fn retire(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        self.fail()
+    }
+}
+
+/// A store where the secret does not exist yet: a PENDING write is "not
+/// found", as in the network stores.
+struct Unborn(LocalStore);
+
+#[async_trait]
+impl Store for Unborn {
+    fn describe(&self) -> String {
+        "unborn".into()
+    }
+    async fn read(&self, n: &str, s: &Selector) -> rotor_store::Result<rotor_store::Fetched> {
+        Store::read(&self.0, n, s).await
+    }
+    async fn current_version(&self, n: &str) -> rotor_store::Result<VersionId> {
+        Store::current_version(&self.0, n).await
+    }
+    async fn write(&self, n: &str, v: &[u8], w: WriteAs) -> rotor_store::Result<VersionId> {
+        match w {
+            WriteAs::Pending => Err(rotor_store::Error::SecretNotFound {
+                store: "unborn".into(),
+                name: n.into(),
+            }),
+            WriteAs::Current => Store::write(&self.0, n, v, w).await,
+        }
+    }
+    async fn promote(&self, n: &str, v: &VersionId) -> rotor_store::Result<()> {
+        Store::promote(&self.0, n, v).await
+    }
+    async fn retire(&self, n: &str, v: &VersionId) -> rotor_store::Result<()> {
+        Store::retire(&self.0, n, v).await
+    }
+}
+
+/// What a phase test works with: the policy, consumers that acknowledge
+/// (except `stuck`) and a seeded random source.
+struct Rig {
+    policy: Policy,
+    consumers: Fake,
+    rng: Seeded,
+}
+
+impl Rig {
+    fn new(on_timeout: OnTimeout, names: &[&str], stuck: &[&str]) -> Self {
+        Self {
+            policy: policy(on_timeout),
+            consumers: fake(names, stuck),
+            rng: Seeded::new(1),
+        }
+    }
+
+    fn at<'a>(&'a self, now: SystemTime, store: &'a dyn Store) -> Inputs<'a> {
+        Inputs {
+            policy: &self.policy,
+            now,
+            store,
+            consumers: &self.consumers,
+            rng: &self.rng,
+        }
+    }
+
+    fn calls(&self) -> Vec<Option<String>> {
+        self.consumers.calls.lock().unwrap().clone()
+    }
+}
+
+/// A status in `phase` since `since`, current version 1, pending 2.
+fn in_phase(phase: Phase, since: SystemTime) -> SecretRotationPolicyStatus {
+    let mut s = SecretRotationPolicyStatus {
+        current_version: Some("1".into()),
+        pending_version: Some("2".into()),
+        ..Default::default()
+    };
+    enter(&mut s, phase, since);
+    s
+}
+
+fn store_error(r: Result<Step>) -> rotor_store::Error {
+    match r {
+        Err(Error::Store(e)) => e,
+        other => panic!("expected a store error, got {other:?}"),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+use super::super::generate::Seeded;
+
+#[test]
+fn phase_strings_round_trip() {
+    let wire = [
+        "Idle",
+        "Generating",
+        "Propagating",
+        "Promoting",
+        "Retiring",
+        "RollingBack",
+    ];
+    assert_eq!(Phase::ALL.map(Phase::as_str), wire);
+    for p in Phase::ALL {
+        assert_eq!(p.as_str().parse::<Phase>().unwrap(), p);
+        assert_eq!(p.to_string(), p.as_str());
+        // Through the status as it is stored and read back.
+        let mut status = SecretRotationPolicyStatus::default();
+        enter(&mut status, p, t0());
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["phase"], p.as_str());
+        let back: SecretRotationPolicyStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(Phase::of(&back).unwrap(), p);
+    }
+    assert_eq!(
+        Phase::of(&SecretRotationPolicyStatus::default()).unwrap(),
+        Phase::Idle,
+        "no phase yet: Idle"
+    );
+    for unknown in ["Verifying", "idle", ""] {
+        let err = unknown.parse::<Phase>().unwrap_err();
+        assert!(matches!(&err, Error::UnknownPhase(s) if s == unknown));
+        assert_eq!(
+            err.to_string(),
+            format!("status.phase {unknown:?} is not a known phase")
+        );
+    }
+}
+
+/// A status written with a phase this controller does not know is left
+/// alone: the step fails with the phase named, touching nothing.
+#[tokio::test]
+async fn an_unknown_phase_is_refused_without_touching_the_store() {
+    let broken = Broken::default();
+    let c = fake(&["pod-a"], &[]);
+    let status = SecretRotationPolicyStatus {
+        phase: Some("Verifying".into()),
+        ..Default::default()
+    };
+    let p = policy(OnTimeout::Rollback);
+    let err = step(&p, &status, t0(), true, &broken, &c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.metric_label(), "unknown_phase");
+    assert_eq!(*broken.calls.lock().unwrap(), 0);
+    assert!(c.calls.lock().unwrap().is_empty());
+}
+
+#[test]
+fn events_keep_their_reasons_types_and_messages() {
+    let (secret, version) = ("app/db".to_owned(), "7".to_owned());
+    let laggards = vec!["pod-a".to_owned(), "pod-b".to_owned()];
+    for (event, reason, severity, message) in [
+        (
+            RotationEvent::Started {
+                secret: secret.clone(),
+            },
+            "RotationStarted",
+            Severity::Normal,
+            "rotating app/db",
+        ),
+        (
+            RotationEvent::Created {
+                secret: secret.clone(),
+                version: version.clone(),
+            },
+            "Created",
+            Severity::Normal,
+            "created app/db version 7",
+        ),
+        (
+            RotationEvent::Staged {
+                secret: secret.clone(),
+                version: version.clone(),
+            },
+            "Staged",
+            Severity::Normal,
+            "version 7 of app/db staged as pending",
+        ),
+        (
+            RotationEvent::Acknowledged {
+                consumers: 3,
+                version: version.clone(),
+            },
+            "Acknowledged",
+            Severity::Normal,
+            "all 3 consumers serve version 7",
+        ),
+        (
+            RotationEvent::AckTimeout {
+                on_timeout: OnTimeout::Promote,
+                laggards: laggards.clone(),
+            },
+            "AckTimeout",
+            Severity::Warning,
+            "promoting anyway; no acknowledgement from pod-a, pod-b",
+        ),
+        (
+            RotationEvent::AckTimeout {
+                on_timeout: OnTimeout::Rollback,
+                laggards,
+            },
+            "AckTimeout",
+            Severity::Warning,
+            "rolling back; no acknowledgement from pod-a, pod-b",
+        ),
+        (
+            RotationEvent::Promoted {
+                secret: secret.clone(),
+                version: version.clone(),
+            },
+            "Promoted",
+            Severity::Normal,
+            "version 7 of app/db is current",
+        ),
+        (
+            RotationEvent::Retired {
+                secret: secret.clone(),
+                version: version.clone(),
+            },
+            "Retired",
+            Severity::Normal,
+            "version 7 of app/db retired",
+        ),
+        (
+            RotationEvent::RolledBack { secret, version },
+            "RolledBack",
+            Severity::Warning,
+            "pending version 7 of app/db retired",
+        ),
+    ] {
+        assert_eq!(
+            (event.reason(), event.severity(), event.message().as_str()),
+            (reason, severity, message)
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_starts_a_due_rotation_and_waits_for_one_not_due() {
+    let (_d, store) = store();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let now = t0();
+    let i = r.at(now, &store);
+    // Never rotated: due now.
+    let s = idle(&i, SecretRotationPolicyStatus::default(), false)
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Generating);
+    assert_eq!(s.status.current_version.as_deref(), Some("1"));
+    assert_eq!(s.requeue, Duration::ZERO);
+    assert_eq!(
+        s.events,
+        [RotationEvent::Started {
+            secret: "app/db".into()
+        }]
+    );
+    assert_eq!(cond(&s.status, "Rotating").unwrap().status, "True");
+    // Rotated 20 minutes ago with a 1h interval: due in 40 minutes.
+    let rotated = SecretRotationPolicyStatus {
+        last_rotation: Some(rfc3339(now - secs(1200))),
+        ..Default::default()
+    };
+    let s = idle(&i, rotated, false).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(s.requeue, secs(2400));
+    assert!(s.events.is_empty());
+    let ready = cond(&s.status, "Ready").unwrap();
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        ("Scheduled", "next rotation at 2026-11-24T10:40:00Z")
+    );
+    assert_eq!(
+        s.status.next_rotation.as_deref(),
+        Some("2026-11-24T10:40:00Z")
+    );
+}
+
+#[tokio::test]
+async fn idle_returns_a_store_error() {
+    let broken = Broken::default();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let i = r.at(t0(), &broken);
+    let e = store_error(idle(&i, SecretRotationPolicyStatus::default(), false).await);
+    assert_eq!(e.metric_label(), "corrupt");
+}
+
+#[tokio::test]
+async fn generating_stages_a_new_value_or_creates_the_first_one() {
+    let (_d, store) = store();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let now = t0();
+    let i = r.at(now, &store);
+    let mut status = in_phase(Phase::Generating, now);
+    status.pending_version = None;
+    let s = generating(&i, status).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Propagating);
+    assert_eq!(s.status.pending_version.as_deref(), Some("2"));
+    assert_eq!(
+        s.events,
+        [RotationEvent::Staged {
+            secret: "app/db".into(),
+            version: "2".into()
+        }]
+    );
+    assert_eq!(store.current_version("app/db").unwrap(), 1, "staged only");
+    assert!(s.finished.is_none());
+
+    // A store that has no such secret (and so refuses a PENDING write):
+    // its first version is current.
+    let (_d2, local) = self::store();
+    let empty = Unborn(local);
+    let i = r.at(now, &empty);
+    let s = generating(&i, in_phase(Phase::Generating, now))
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(s.status.current_version.as_deref(), Some("2"));
+    assert_eq!(s.events[0].reason(), "Created");
+    assert_eq!(s.finished, Some((Outcome::Success, Duration::ZERO)));
+    assert_eq!(
+        s.status.next_rotation.as_deref(),
+        Some("2026-11-24T11:00:00Z"),
+        "an interval after the creation"
+    );
+}
+
+#[tokio::test]
+async fn generating_returns_a_store_error() {
+    let broken = Broken::default();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let i = r.at(t0(), &broken);
+    let e = store_error(generating(&i, in_phase(Phase::Generating, t0())).await);
+    assert_eq!(e.metric_label(), "corrupt");
+    assert_eq!(
+        *broken.calls.lock().unwrap(),
+        1,
+        "no write after a failed read"
+    );
+}
+
+#[tokio::test]
+async fn propagating_promotes_once_every_consumer_acknowledged() {
+    let (_d, store) = store();
+    let r = Rig::new(OnTimeout::Rollback, &["pod-a", "pod-b"], &[]);
+    let now = t0();
+    let i = r.at(now, &store);
+    let s = propagating(&i, in_phase(Phase::Propagating, now))
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Promoting);
+    assert_eq!(
+        s.events,
+        [RotationEvent::Acknowledged {
+            consumers: 2,
+            version: "2".into()
+        }]
+    );
+    assert!(s.status.consumers.iter().all(|c| {
+        c.acknowledged_version.as_deref() == Some("2")
+            && c.acknowledged_at.as_deref() == Some("2026-11-24T10:00:00Z")
+    }));
+    assert_eq!(r.calls(), &[Some("2".to_owned())]);
+}
+
+#[tokio::test]
+async fn propagating_waits_until_the_ack_timeout_then_does_what_the_policy_says() {
+    let (_d, store) = store();
+    let since = t0();
+    for (on_timeout, next, reason) in [
+        (OnTimeout::Promote, Phase::Promoting, "AckTimeout"),
+        (OnTimeout::Rollback, Phase::RollingBack, "RolledBack"),
+    ] {
+        let r = Rig::new(on_timeout, &["pod-a", "pod-stuck"], &["pod-stuck"]);
+        // 29 s into a 30 s ackTimeout: wait.
+        let i = r.at(since + secs(29), &store);
+        let s = propagating(&i, in_phase(Phase::Propagating, since))
+            .await
+            .unwrap();
+        assert_eq!(phase(&s.status), Phase::Propagating);
+        assert_eq!(s.requeue, Duration::from_millis(500));
+        assert!(s.events.is_empty() && cond(&s.status, "Degraded").is_none());
+        // At 30 s: the timeout.
+        let i = r.at(since + secs(30), &store);
+        let s = propagating(&i, in_phase(Phase::Propagating, since))
+            .await
+            .unwrap();
+        assert_eq!(phase(&s.status), next);
+        assert_eq!(
+            s.events,
+            [RotationEvent::AckTimeout {
+                on_timeout,
+                laggards: vec!["pod-stuck".into()]
+            }]
+        );
+        let degraded = cond(&s.status, "Degraded").unwrap();
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", reason)
+        );
+        assert!(degraded.message.contains("pod-stuck"));
+    }
+}
+
+#[tokio::test]
+async fn propagating_without_a_pending_version_is_an_error() {
+    let (_d, store) = store();
+    let r = Rig::new(OnTimeout::Rollback, &["pod-a"], &[]);
+    let i = r.at(t0(), &store);
+    let mut status = in_phase(Phase::Propagating, t0());
+    status.pending_version = None;
+    let err = propagating(&i, status).await.unwrap_err();
+    assert!(matches!(err, Error::NoPendingVersion(Phase::Propagating)));
+    assert_eq!(err.to_string(), "Propagating without a pending version");
+    assert!(r.calls().is_empty());
+}
+
+#[tokio::test]
+async fn promoting_makes_the_pending_version_current() {
+    let (_d, store) = store();
+    store.put("app/db", b"next", WriteAs::Pending).unwrap();
+    let r = Rig::new(OnTimeout::Rollback, &["pod-a"], &[]);
+    let now = t0();
+    let mut status = in_phase(Phase::Promoting, now);
+    status.next_rotation = Some(rfc3339(now - secs(90)));
+    let i = r.at(now, &store);
+    let s = promoting(&i, status.clone()).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Retiring);
+    assert_eq!(store.current_version("app/db").unwrap(), 2);
+    assert_eq!(
+        (
+            s.status.current_version.as_deref(),
+            s.status.previous_version.as_deref(),
+            s.status.pending_version.as_deref()
+        ),
+        (Some("2"), Some("1"), None)
+    );
+    assert_eq!(s.requeue, secs(600), "the grace period");
+    assert_eq!(s.finished, Some((Outcome::Success, secs(90))));
+    assert_eq!(s.events[0].message(), "version 2 of app/db is current");
+    assert_eq!(r.calls(), &[None]);
+    // After an ack timeout with onTimeout: Promote, the rotation is degraded.
+    set_condition(&mut status, "Degraded", true, "AckTimeout", "x", now);
+    let (_d2, store) = self::store();
+    store.put("app/db", b"next", WriteAs::Pending).unwrap();
+    let i = r.at(now, &store);
+    let s = promoting(&i, status).await.unwrap();
+    assert_eq!(s.finished.unwrap().0, Outcome::Degraded);
+}
+
+#[tokio::test]
+async fn promoting_returns_a_store_error_before_telling_consumers() {
+    let broken = Broken::default();
+    let r = Rig::new(OnTimeout::Rollback, &["pod-a"], &[]);
+    let i = r.at(t0(), &broken);
+    store_error(promoting(&i, in_phase(Phase::Promoting, t0())).await);
+    assert!(r.calls().is_empty());
+}
+
+#[tokio::test]
+async fn retiring_waits_for_the_grace_period_then_retires_the_previous_version() {
+    let (_d, store) = store();
+    store.put("app/db", b"next", WriteAs::Current).unwrap();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let since = t0();
+    let mut status = in_phase(Phase::Retiring, since);
+    status.previous_version = Some("1".into());
+    // 10 minutes' grace: 1 minute in, 9 to go, nothing retired.
+    let i = r.at(since + secs(60), &store);
+    let s = retiring(&i, status.clone()).await.unwrap();
+    assert_eq!((phase(&s.status), s.requeue), (Phase::Retiring, secs(540)));
+    assert!(s.events.is_empty());
+    assert!(store.get("app/db", Selector::Version(1.into())).is_ok());
+    // At the end of the grace period.
+    let i = r.at(since + secs(600), &store);
+    let s = retiring(&i, status.clone()).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(
+        s.events,
+        [RotationEvent::Retired {
+            secret: "app/db".into(),
+            version: "1".into()
+        }]
+    );
+    assert!(store.get("app/db", Selector::Version(1.into())).is_err());
+    // Already retired (a repeated step): Idle, no event.
+    let s = retiring(&i, status).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert!(s.events.is_empty());
+}
+
+#[tokio::test]
+async fn retiring_returns_a_store_error() {
+    let broken = Broken::default();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let mut status = in_phase(Phase::Retiring, t0());
+    status.previous_version = Some("1".into());
+    let i = r.at(t0() + secs(600), &broken);
+    store_error(retiring(&i, status).await);
+}
+
+#[tokio::test]
+async fn rolling_back_retires_the_pending_version_and_retries_later() {
+    let (_d, store) = store();
+    store.put("app/db", b"next", WriteAs::Pending).unwrap();
+    let r = Rig::new(OnTimeout::Rollback, &["pod-a"], &[]);
+    let now = t0();
+    let i = r.at(now, &store);
+    let s = rolling_back(&i, in_phase(Phase::RollingBack, now))
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(s.status.pending_version, None);
+    assert!(store.get("app/db", Selector::Version(2.into())).is_err());
+    assert_eq!(s.events[0].severity(), Severity::Warning);
+    assert_eq!(s.finished, Some((Outcome::RolledBack, Duration::ZERO)));
+    // Ten 30 s ackTimeouts = 300 s later.
+    assert_eq!(
+        s.status.next_rotation.as_deref(),
+        Some("2026-11-24T10:05:00Z")
+    );
+    assert_eq!(r.calls(), &[None]);
+}
+
+#[tokio::test]
+async fn rolling_back_returns_a_store_error() {
+    let broken = Broken::default();
+    let r = Rig::new(OnTimeout::Rollback, &[], &[]);
+    let i = r.at(t0(), &broken);
+    store_error(rolling_back(&i, in_phase(Phase::RollingBack, t0())).await);
 }

@@ -166,11 +166,13 @@ async fn a_follower_does_nothing() {
 #[tokio::test]
 async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     let mut p = policy();
-    let recent = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    // Rotated, and the next rotation scheduled far ahead whatever the wall
+    // clock says: only rotate-now starts one.
     p.status = Some(rotor_crds::api::SecretRotationPolicyStatus {
         phase: Some("Idle".into()),
         current_version: Some("1".into()),
-        last_rotation: Some(recent),
+        last_rotation: Some("2026-11-24T10:00:00Z".into()),
+        next_rotation: Some("2999-01-01T00:00:00Z".into()),
         ..Default::default()
     });
     p.metadata.annotations = Some([(ROTATE_NOW.to_owned(), "t1".to_owned())].into());
