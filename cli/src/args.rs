@@ -92,7 +92,7 @@ impl Args {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {}", rotor_telemetry::Chain(err.as_ref()));
                 ExitCode::FAILURE
             }
         }

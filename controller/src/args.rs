@@ -262,7 +262,7 @@ impl Args {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", rotor_telemetry::Chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }

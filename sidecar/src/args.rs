@@ -120,7 +120,7 @@ impl Args {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "rotor-sidecar failed");
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", rotor_telemetry::Chain(e.as_ref()));
                 ExitCode::FAILURE
             }
         }
