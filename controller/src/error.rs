@@ -1,6 +1,11 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 /// Errors of the controller. None carries a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Kept while the rotation modules still use it (generators,
+    /// schedules, the state machine); everything else has its own variant.
     #[error("{0}")]
     Config(String),
 
@@ -12,6 +17,82 @@ pub enum Error {
 
     #[error(transparent)]
     Store(#[from] rotor_store::Error),
+
+    /// A directory of YAML files (`--stores`, `--policies`) or one of its
+    /// documents cannot be read or parsed.
+    #[error("{document}: {problem}")]
+    Manifest { document: String, problem: String },
+
+    /// `--policies` holds invalid policies or stores; nothing acted on any.
+    #[error(
+        "{} has {} problem{}, nothing was done: {}",
+        dir.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("; ")
+    )]
+    InvalidManifests { dir: PathBuf, problems: Vec<String> },
+
+    /// A store spec that sets no provider or several.
+    #[error("store {store:?}: {source}")]
+    Provider {
+        store: String,
+        #[source]
+        source: rotor_crds::api::NotOneProvider,
+    },
+
+    /// A store this mode cannot build (a provider it cannot reach, or
+    /// credentials it does not hold).
+    #[error("store {store:?}: {reason}")]
+    UnsupportedStore { store: String, reason: String },
+
+    /// A local store's key file cannot be loaded.
+    #[error("store {store:?}: {source}")]
+    KeyFile {
+        store: String,
+        #[source]
+        source: rotor_envelope::Error,
+    },
+
+    /// A policy names a store that does not exist or may not be used there;
+    /// the index says which.
+    #[error("{0}")]
+    StoreNotResolved(String),
+
+    /// A file or directory the controller reads or writes.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A listening address that cannot be bound.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A server that stopped with an error.
+    #[error("cannot serve on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The webhook's serving certificate or key cannot be loaded.
+    #[error("TLS certificate {} / key {}: {source}", cert.display(), key.display())]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -23,6 +104,13 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Certs(_) => "certs",
             Error::Store(e) => e.metric_label(),
+            Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
+            Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
+            Error::KeyFile { source, .. } => source.metric_label(),
+            Error::StoreNotResolved(_) => "store_not_resolved",
+            Error::File { .. } => "file",
+            Error::Listen { .. } | Error::Serve { .. } => "listen",
+            Error::Tls { .. } => "tls",
         }
     }
 }
