@@ -100,3 +100,23 @@ impl RotationMetrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_are_counted_by_controller_and_error_kind() {
+        let metrics = RotationMetrics::default();
+        let error = crate::Error::StoreNotResolved("no such store".into());
+        metrics.reconcile_failed("secretstore", &error);
+        metrics.reconcile_failed("secretstore", &error);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"rotor_reconcile_failures_total{controller="secretstore",error="store_not_resolved"} 2"#
+            ),
+            "{text}"
+        );
+    }
+}
