@@ -37,3 +37,19 @@ pub async fn serve(
         .await
         .map_err(|source| Error::Serve { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_naming_the_flag() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = super::bind(addr).await.unwrap_err();
+        assert_eq!(err.metric_label(), "listen");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot listen on {addr} (--metrics-addr)")),
+            "{err}"
+        );
+    }
+}
