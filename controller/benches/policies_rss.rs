@@ -118,9 +118,10 @@ fn main() {
     writer.apply_watcher_event(&Event::InitDone);
     assert_eq!(reader.len(), 10_000);
     let after = rss_kib();
+    use rotor_controller::cluster::watch::IndexResource as _;
     let mut index = rotor_controller::rotation::consumers::ConsumerIndex::default();
     for i in 0..10_000 {
-        index.apply(&pod(i), 9465);
+        index.apply(&pod(i));
     }
     assert_eq!(index.pods(), 10_000);
     let with_pods = rss_kib();

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use clap::{Parser, Subcommand};
 use rotor_telemetry::LogArgs;
 
-use crate::store_index::StoreIndex;
+use crate::store_index::{SharedStoreIndex, StoreIndex};
 use crate::webhook::InjectConfig;
 use crate::webhook::server::{WebhookState, router, serve_tls};
 
@@ -144,11 +144,11 @@ struct ServeArgs {
     #[arg(
         long,
         env = "ROTOR_SIDECAR_IMAGE",
-        default_value = "ghcr.io/rotor-dev/rotor-sidecar:0.1.0"
+        default_value = rotor_crds::defaults::SIDECAR_IMAGE
     )]
     sidecar_image: String,
     /// Where app containers see the files.
-    #[arg(long, env = "ROTOR_MOUNT_PATH", default_value = "/run/secrets/rotor")]
+    #[arg(long, env = "ROTOR_MOUNT_PATH", default_value = rotor_crds::defaults::MOUNT_PATH)]
     mount_path: String,
     /// Inject an init container plus a sidecar container instead of a
     /// native sidecar (clusters before Kubernetes 1.29).
@@ -274,7 +274,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Webhook { stores, serve } => {
             let index = StoreIndex::from_dir(&stores)?;
             tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
-            let state = Arc::new(WebhookState::new(index, serve.inject_config()));
+            let state = Arc::new(WebhookState::new(
+                Arc::new(RwLock::new(index)),
+                serve.inject_config(),
+            ));
             tokio::select! {
                 served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
                 () = shutdown_signal() => {}
@@ -306,8 +309,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     )?
                 }
             };
-            let owner =
-                crate::cluster::owner_reference(client.clone(), &namespace, &service_account).await;
+            // Bound first: an address in use is an error before anything runs.
+            let metrics_listener = crate::cluster::metrics_server::bind(metrics_addr).await?;
+            let owner = crate::cluster::owner::owner_reference(
+                client.clone(),
+                &namespace,
+                &service_account,
+            )
+            .await;
             if self_managed_certs {
                 let dir = serve
                     .tls_cert
@@ -316,7 +325,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .to_owned();
                 let mut names = crate::certs::service_names(&service, &namespace);
                 names.extend(cert_hosts);
-                crate::cluster::self_managed_certs(
+                crate::cluster::certificate::self_managed_certs(
                     client.clone(),
                     &namespace,
                     &tls_secret,
@@ -327,15 +336,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 )
                 .await?;
             }
-            let state = Arc::new(WebhookState::new(
-                StoreIndex::default(),
-                serve.inject_config(),
-            ));
-            tokio::spawn(crate::cluster::keep_index_fresh(
+            let stores: SharedStoreIndex = Arc::default();
+            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            tokio::spawn(crate::cluster::watch::keep_index_fresh(
                 client.clone(),
-                state.clone(),
+                stores.clone(),
             ));
-            tokio::spawn(crate::cluster::run_store_reconciler(client.clone()));
+            tokio::spawn(crate::store_status::run(Arc::new(
+                crate::store_status::Context {
+                    client: client.clone(),
+                    metrics: metrics.clone(),
+                },
+            )));
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(crate::rotation::lease::run(
                 client.clone(),
@@ -346,16 +358,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leader.clone(),
                 owner,
             ));
-            let consumers = Arc::new(RwLock::new(
-                crate::rotation::consumers::ConsumerIndex::default(),
-            ));
-            tokio::spawn(crate::cluster::keep_consumers_fresh(
+            let inject = serve.inject_config();
+            let consumers = Arc::new(RwLock::new(crate::rotation::consumers::ConsumerIndex::new(
+                inject.push_port,
+            )));
+            tokio::spawn(crate::cluster::watch::keep_consumers_fresh(
                 client.clone(),
                 consumers.clone(),
-                serve.inject_config().push_port,
             ));
-            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
-            tokio::spawn(crate::cluster::serve_metrics(metrics_addr, metrics.clone()));
             let ctx = Arc::new(crate::rotation::reconciler::RotationContext {
                 recorder: kube::runtime::events::Recorder::new(
                     client.clone(),
@@ -365,20 +375,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(crate::cluster::ClusterStores::new(
-                    state.clone(),
+                stores: Arc::new(crate::cluster::stores::ClusterStores::new(
+                    stores.clone(),
                     vault_jwt_file,
                 )),
                 consumers,
-                http: Arc::new(crate::standalone::HttpSidecars::new(vec![])),
+                http: Arc::new(crate::sidecar_push::HttpSidecars::new(vec![])),
                 leader,
-                metrics,
+                metrics: metrics.clone(),
             });
-            tokio::spawn(crate::cluster::run_rotation(ctx));
+            tokio::spawn(crate::cluster::rotation::run_rotation(ctx));
+            let state = Arc::new(WebhookState::new(stores, inject));
             // SIGTERM ends the process: the controllers' own signal
             // handlers replace the default action, so it must be awaited.
             tokio::select! {
                 served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
+                served = crate::cluster::metrics_server::serve(metrics_listener, metrics_addr, metrics) => served?,
                 () = shutdown_signal() => {}
             }
         }

@@ -1,8 +1,12 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
 /// Errors of the controller. None carries a secret value.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    Config(String),
+    /// The webhook's certificate directory cannot be watched.
+    #[error("cannot watch the TLS certificate's directory: {0}")]
+    Watch(#[source] rotor_watch::Error),
 
     #[error(transparent)]
     Kube(#[from] kube::Error),
@@ -30,6 +34,81 @@ pub enum Error {
     /// Key pair generation failed; says which step.
     #[error("{0}")]
     KeyGeneration(&'static str),
+    /// A directory of YAML files (`--stores`, `--policies`) or one of its
+    /// documents cannot be read or parsed.
+    #[error("{document}: {problem}")]
+    Manifest { document: String, problem: String },
+
+    /// `--policies` holds invalid policies or stores; nothing acted on any.
+    #[error(
+        "{} has {} problem{}, nothing was done: {}",
+        dir.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" },
+        problems.join("; ")
+    )]
+    InvalidManifests { dir: PathBuf, problems: Vec<String> },
+
+    /// A store spec that sets no provider or several.
+    #[error("store {store:?}: {source}")]
+    Provider {
+        store: String,
+        #[source]
+        source: rotor_crds::api::NotOneProvider,
+    },
+
+    /// A store this mode cannot build (a provider it cannot reach, or
+    /// credentials it does not hold).
+    #[error("store {store:?}: {reason}")]
+    UnsupportedStore { store: String, reason: String },
+
+    /// A local store's key file cannot be loaded.
+    #[error("store {store:?}: {source}")]
+    KeyFile {
+        store: String,
+        #[source]
+        source: rotor_envelope::Error,
+    },
+
+    /// A policy names a store that does not exist or may not be used there;
+    /// the index says which.
+    #[error("{0}")]
+    StoreNotResolved(String),
+
+    /// A file or directory the controller reads or writes.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A listening address that cannot be bound.
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        flag: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A server that stopped with an error.
+    #[error("cannot serve on {addr}: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The webhook's serving certificate or key cannot be loaded.
+    #[error("TLS certificate {} / key {}: {source}", cert.display(), key.display())]
+    Tls {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -37,7 +116,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Config(_) => "config",
+            Error::Watch(e) => e.metric_label(),
             Error::Kube(_) => "kube",
             Error::Certs(_) => "certs",
             Error::Store(e) => e.metric_label(),
@@ -46,6 +125,13 @@ impl Error {
             Error::NoPendingVersion(_) => "no_pending_version",
             Error::Random => "random",
             Error::KeyGeneration(_) => "key_generation",
+            Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
+            Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
+            Error::KeyFile { source, .. } => source.metric_label(),
+            Error::StoreNotResolved(_) => "store_not_resolved",
+            Error::File { .. } => "file",
+            Error::Listen { .. } | Error::Serve { .. } => "listen",
+            Error::Tls { .. } => "tls",
         }
     }
 }

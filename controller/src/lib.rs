@@ -1,9 +1,18 @@
 //! `rotor-controller`: the mutating admission webhook that injects the
-//! sidecar, the index of stores it resolves against, and the serving
-//! certificates.
+//! sidecar, the index of stores it resolves against, the store status
+//! reconcilers, scheduled rotation, and the serving certificates.
 //!
 //! - [`webhook`]: AdmissionReview in, patch or denial out; served over HTTPS.
-//! - [`store_index`]: SecretStores, ClusterSecretStores and namespace labels.
+//! - [`store_index`]: SecretStores, ClusterSecretStores and namespace labels,
+//!   shared by the webhook and rotation.
+//! - [`store_status`]: the SecretStore and ClusterSecretStore status
+//!   reconcilers.
+//! - [`store_from_spec`]: a store built from a provider spec, for rotation.
+//! - [`rotation`]: generators, schedules, the state machine, the
+//!   SecretRotationPolicy reconciler.
+//! - [`sidecar_push`]: sidecars reached over HTTP as rotation's consumers.
+//! - [`standalone`]: rotation without Kubernetes.
+//! - [`cluster`]: the in-cluster jobs (watches, certificate, metrics).
 //! - [`certs`]: self-managed CA and serving certificate.
 
 mod args;
@@ -11,10 +20,12 @@ pub mod certs;
 pub mod cluster;
 mod error;
 pub mod manifests;
-pub mod reconcile;
 pub mod rotation;
+pub mod sidecar_push;
 pub mod standalone;
+pub mod store_from_spec;
 pub mod store_index;
+pub mod store_status;
 pub mod webhook;
 
 pub use args::Args;

@@ -23,18 +23,24 @@ impl Document {
             kind,
             value,
         } = self;
-        serde_yaml::from_value(value).map_err(|e| Error::Config(format!("{source} ({kind}): {e}")))
+        serde_yaml::from_value(value).map_err(|e| Error::Manifest {
+            document: format!("{source} ({kind})"),
+            problem: e.to_string(),
+        })
     }
 
     /// Like [`Document::parse`], but a field the type does not know (a typo
     /// such as `intervall:`) is an error naming its path, not ignored.
     pub fn parse_strict<T: serde::de::DeserializeOwned + serde::Serialize>(self) -> Result<T> {
-        let input = serde_json::to_value(&self.value)
-            .map_err(|e| Error::Config(format!("{} ({}): {e}", self.source, self.kind)))?;
-        let (source, kind) = (self.source.clone(), self.kind.clone());
+        let document = format!("{} ({})", self.source, self.kind);
+        let kind = self.kind.clone();
+        let invalid = |e: serde_json::Error| Error::Manifest {
+            document: document.clone(),
+            problem: e.to_string(),
+        };
+        let input = serde_json::to_value(&self.value).map_err(invalid)?;
         let parsed: T = self.parse()?;
-        let output = serde_json::to_value(&parsed)
-            .map_err(|e| Error::Config(format!("{source} ({kind}): {e}")))?;
+        let output = serde_json::to_value(&parsed).map_err(invalid)?;
         let mut unknown = Vec::new();
         unknown_fields(&input, &output, "", &mut unknown);
         // Kubernetes fills these in; a file may carry them from `kubectl get`.
@@ -42,20 +48,23 @@ impl Document {
         if unknown.is_empty() {
             Ok(parsed)
         } else {
-            Err(Error::Config(format!(
-                "{source} ({kind}): unknown field{} {}; check the spelling against the {kind} reference",
-                if unknown.len() == 1 { "" } else { "s" },
-                unknown.join(", ")
-            )))
+            Err(Error::Manifest {
+                document,
+                problem: format!(
+                    "unknown field{} {}; check the spelling against the {kind} reference",
+                    if unknown.len() == 1 { "" } else { "s" },
+                    unknown.join(", ")
+                ),
+            })
         }
     }
 
     /// The error for a kind the caller does not take.
     pub fn unexpected(&self, expected: &str) -> Error {
-        Error::Config(format!(
-            "{}: kind {:?} is not one of {expected}",
-            self.source, self.kind
-        ))
+        Error::Manifest {
+            document: self.source.clone(),
+            problem: format!("kind {:?} is not one of {expected}", self.kind),
+        }
     }
 }
 
@@ -96,19 +105,26 @@ fn unknown_fields(
 /// file-name order. `flag` names the option the directory came from.
 pub fn documents(dir: &Path, flag: &str) -> Result<Vec<Document>> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::Config(format!("{flag} {}: cannot list ({e})", dir.display())))?
+        .map_err(|e| Error::Manifest {
+            document: format!("{flag} {}", dir.display()),
+            problem: format!("cannot list ({e})"),
+        })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
     let mut out = Vec::new();
     for path in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::Config(format!("{}: cannot read ({e})", path.display())))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Manifest {
+            document: path.display().to_string(),
+            problem: format!("cannot read ({e})"),
+        })?;
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
             let source = format!("{} document {}", path.display(), i + 1);
-            let value = serde_yaml::Value::deserialize(doc)
-                .map_err(|e| Error::Config(format!("{source}: {e}")))?;
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| Error::Manifest {
+                document: source.clone(),
+                problem: e.to_string(),
+            })?;
             if value.is_null() {
                 continue;
             }

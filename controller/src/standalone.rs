@@ -8,20 +8,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use kube::ResourceExt;
 use rotor_crds::api::{Provider, SecretRotationPolicy, SecretRotationPolicyStatus, SecretStore};
-use rotor_envelope::{Kek, KeyFileKek};
-use rotor_store::{AwsConfig, AwsStore, LocalStore, Store, VaultAuth, VaultConfig, VaultStore};
+use rotor_store::Store;
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::machine::{Ack, Consumers, Phase, step};
+use crate::rotation::machine::{Phase, step};
 use crate::rotation::validate::Policy;
+
+use crate::sidecar_push::HttpSidecars;
+use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
 /// The rotate-now annotation: a new value triggers one rotation.
@@ -40,81 +36,6 @@ pub struct Options {
     pub state: PathBuf,
     /// Vault token for stores whose auth is a Secret reference.
     pub vault_token_file: Option<PathBuf>,
-}
-
-/// Sidecars reached over HTTP.
-pub struct HttpSidecars {
-    urls: Vec<String>,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl HttpSidecars {
-    pub fn new(urls: Vec<String>) -> Self {
-        Self {
-            urls,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-        }
-    }
-
-    async fn one(&self, url: &str, body: Bytes) -> Ack {
-        let fail = |e: String| Ack {
-            consumer: url.to_owned(),
-            version: None,
-            error: Some(e),
-        };
-        let request =
-            match hyper::Request::post(format!("{}/v1/refresh", url.trim_end_matches('/')))
-                .header("content-type", "application/json")
-                .body(Full::new(body))
-            {
-                Ok(r) => r,
-                Err(e) => return fail(e.to_string()),
-            };
-        let response =
-            match tokio::time::timeout(Duration::from_secs(10), self.client.request(request)).await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return fail(format!("unreachable: {e}")),
-                Err(_) => return fail("timed out".to_owned()),
-            };
-        let bytes = match response.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return fail(e.to_string()),
-        };
-        let reply: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Ack {
-            consumer: url.to_owned(),
-            version: reply["secrets"][0]["version"].as_str().map(str::to_owned),
-            error: reply["secrets"][0]["error"]
-                .as_str()
-                .or(reply["error"].as_str())
-                .map(str::to_owned),
-        }
-    }
-}
-
-impl HttpSidecars {
-    /// Pushes to `urls` at once and returns their answers in order.
-    pub async fn refresh_urls(
-        &self,
-        urls: &[String],
-        secret: &str,
-        version: Option<&str>,
-    ) -> Vec<Ack> {
-        let mut item = serde_json::json!({ "name": secret });
-        if let Some(v) = version {
-            item["version"] = v.into();
-        }
-        let body = Bytes::from(serde_json::json!({ "secrets": [item] }).to_string());
-        futures_util::future::join_all(urls.iter().map(|u| self.one(u, body.clone()))).await
-    }
-}
-
-#[async_trait]
-impl Consumers for HttpSidecars {
-    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
-        self.refresh_urls(&self.urls, secret, version).await
-    }
 }
 
 /// Policies and stores read from the directory.
@@ -152,7 +73,7 @@ fn load(dir: &Path) -> Result<Loaded> {
                 };
                 match parsed {
                     Ok((name, provider)) => {
-                        let found = crate::reconcile::problems(&provider);
+                        let found = crate::store_status::problems(&provider);
                         if found.is_empty() {
                             out.stores.insert(name, provider);
                         } else {
@@ -166,56 +87,12 @@ fn load(dir: &Path) -> Result<Loaded> {
         }
     }
     if !problems.is_empty() {
-        return Err(Error::Config(format!(
-            "{} has {} problem{}, nothing was done: {}",
-            dir.display(),
-            problems.len(),
-            if problems.len() == 1 { "" } else { "s" },
-            problems.join("; ")
-        )));
+        return Err(Error::InvalidManifests {
+            dir: dir.to_owned(),
+            problems,
+        });
     }
     Ok(out)
-}
-
-async fn build_store(name: &str, p: &Provider, options: &Options) -> Result<Arc<dyn Store>> {
-    if let Some(l) = &p.local {
-        let kek: Arc<dyn Kek> = Arc::new(
-            KeyFileKek::load(Path::new(&l.key_path))
-                .map_err(|e| Error::Config(format!("store {name:?}: {e}")))?,
-        );
-        return Ok(Arc::new(LocalStore::new(&l.path, kek)));
-    }
-    if let Some(v) = &p.vault {
-        let auth = match (&v.auth.kubernetes, &options.vault_token_file) {
-            (_, Some(file)) => VaultAuth::TokenFile(file.clone()),
-            (Some(k), None) => VaultAuth::Kubernetes {
-                mount: k.mount_path.clone(),
-                role: k.role.clone(),
-                jwt_path: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
-            },
-            (None, None) => {
-                return Err(Error::Config(format!(
-                    "store {name:?}: standalone mode cannot read Kubernetes Secrets; pass --vault-token-file"
-                )));
-            }
-        };
-        let mut config = VaultConfig::new(v.server.clone(), auth);
-        config.mount = v.mount.clone();
-        return Ok(Arc::new(VaultStore::new(config)?));
-    }
-    if let Some(a) = &p.aws {
-        return Ok(Arc::new(
-            AwsStore::new(AwsConfig {
-                region: Some(a.region.clone()),
-                endpoint: a.endpoint.clone(),
-                static_credentials: None,
-            })
-            .await,
-        ));
-    }
-    Err(Error::Config(format!(
-        "store {name:?}: standalone mode supports local, vault and aws stores"
-    )))
 }
 
 fn state_path(dir: &Path, p: &SecretRotationPolicy) -> PathBuf {
@@ -235,7 +112,11 @@ fn read_state(path: &Path) -> State {
 
 fn write_state(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let io = |e: std::io::Error| Error::Config(format!("state file {}: {e}", path.display()));
+    let io = |source| Error::File {
+        what: "state file",
+        path: path.to_owned(),
+        source,
+    };
     std::fs::write(
         &tmp,
         serde_json::to_vec_pretty(state).expect("state serializes"),
@@ -248,15 +129,25 @@ fn write_state(path: &Path, state: &State) -> Result<()> {
 pub async fn run(options: Options, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // A typo in --policies must not become a new, empty directory.
     if !options.policies.is_dir() {
-        return Err(Error::Config(format!(
-            "--policies {}: no such directory; expected a directory of SecretRotationPolicy and SecretStore YAML files",
-            options.policies.display()
-        )));
+        return Err(Error::File {
+            what: "--policies",
+            path: options.policies.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such directory; expected a directory of SecretRotationPolicy and SecretStore YAML files",
+            ),
+        });
     }
     // Checked in full before the state directory or any store is touched.
     load(&options.policies)?;
-    std::fs::create_dir_all(&options.state)
-        .map_err(|e| Error::Config(format!("--state {}: {e}", options.state.display())))?;
+    std::fs::create_dir_all(&options.state).map_err(|source| Error::File {
+        what: "--state",
+        path: options.state.clone(),
+        source,
+    })?;
+    let reach = Reach::Standalone {
+        vault_token_file: options.vault_token_file.clone(),
+    };
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
@@ -268,13 +159,13 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 Some(s) => s.clone(),
                 None => {
                     let provider = loaded.stores.get(store_name).ok_or_else(|| {
-                        Error::Config(format!(
+                        Error::StoreNotResolved(format!(
                             "policy {}: store {store_name:?} is not defined in {}",
                             policy.name_any(),
                             options.policies.display()
                         ))
                     })?;
-                    let s = build_store(store_name, provider, &options).await?;
+                    let s = crate::store_from_spec::build(store_name, provider, &reach).await?;
                     stores.insert(store_name.clone(), s.clone());
                     s
                 }

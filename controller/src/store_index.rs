@@ -1,18 +1,27 @@
 //! The stores a pod may name: SecretStores by namespace, ClusterSecretStores,
-//! and namespace labels. A plain in-memory index with `apply` / `delete`,
-//! filled by reflectors in a cluster or from YAML files in standalone mode,
-//! and unit-tested without any API.
+//! and namespace labels. A plain in-memory index with `apply` / `delete` /
+//! `reset` per kind ([`IndexResource`]), filled by watches in a cluster or
+//! from YAML files without one, and unit-tested without any API. The
+//! webhook and rotation share one [`SharedStoreIndex`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use rotor_crds::api::{
-    ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, SecretStore, SecretStoreSpec,
+    ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, ProviderKind, SecretStore,
+    SecretStoreSpec,
 };
 
 use crate::Result;
+use crate::cluster::watch::IndexResource;
+
+/// The store index as the webhook and the rotation reconciler share it:
+/// written by the watches (or loaded once from files), read per request.
+pub type SharedStoreIndex = Arc<RwLock<StoreIndex>>;
 
 /// A store a pod may use.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,19 +66,6 @@ impl StoreIndex {
 
     pub fn delete_namespace(&mut self, name: &str) {
         self.namespaces.remove(name);
-    }
-
-    pub fn store_keys(&self) -> Vec<(String, String)> {
-        self.namespaced.keys().cloned().collect()
-    }
-
-    pub fn cluster_store_names(&self) -> Vec<String> {
-        self.cluster.keys().cloned().collect()
-    }
-
-    /// Forgets everything.
-    pub fn reset(&mut self) {
-        *self = Self::default();
     }
 
     pub fn len(&self) -> usize {
@@ -142,12 +138,9 @@ impl StoreIndex {
         let mut index = Self::default();
         for doc in crate::manifests::documents(dir, "--stores")? {
             match doc.kind.as_str() {
-                "SecretStore" => index.apply_store(&doc.parse()?),
-                "ClusterSecretStore" => index.apply_cluster_store(&doc.parse()?),
-                "Namespace" => {
-                    let ns: k8s_openapi::api::core::v1::Namespace = doc.parse()?;
-                    index.apply_namespace(&ns.name_any(), ns.labels().clone());
-                }
+                "SecretStore" => index.apply(&doc.parse::<SecretStore>()?),
+                "ClusterSecretStore" => index.apply(&doc.parse::<ClusterSecretStore>()?),
+                "Namespace" => index.apply(&doc.parse::<Namespace>()?),
                 _ => return Err(doc.unexpected("SecretStore, ClusterSecretStore, Namespace")),
             }
         }
@@ -155,10 +148,61 @@ impl StoreIndex {
     }
 }
 
+/// A relist replaces the SecretStores by the complete list.
+impl IndexResource<SecretStore> for StoreIndex {
+    fn apply(&mut self, s: &SecretStore) {
+        self.apply_store(s);
+    }
+
+    fn delete(&mut self, s: &SecretStore) {
+        self.delete_store(&s.namespace().unwrap_or_default(), &s.name_any());
+    }
+
+    fn reset(&mut self, all: &[SecretStore]) {
+        self.namespaced.clear();
+        all.iter().for_each(|s| self.apply_store(s));
+    }
+}
+
+/// A relist replaces the ClusterSecretStores by the complete list.
+impl IndexResource<ClusterSecretStore> for StoreIndex {
+    fn apply(&mut self, s: &ClusterSecretStore) {
+        self.apply_cluster_store(s);
+    }
+
+    fn delete(&mut self, s: &ClusterSecretStore) {
+        self.delete_cluster_store(&s.name_any());
+    }
+
+    fn reset(&mut self, all: &[ClusterSecretStore]) {
+        self.cluster.clear();
+        all.iter().for_each(|s| self.apply_cluster_store(s));
+    }
+}
+
+/// Namespace labels, for ClusterSecretStores' `allowedNamespaces`.
+impl IndexResource<Namespace> for StoreIndex {
+    fn apply(&mut self, n: &Namespace) {
+        self.apply_namespace(&n.name_any(), n.labels().clone());
+    }
+
+    fn delete(&mut self, n: &Namespace) {
+        self.delete_namespace(&n.name_any());
+    }
+
+    fn reset(&mut self, all: &[Namespace]) {
+        self.namespaces.clear();
+        all.iter()
+            .for_each(|n| self.apply_namespace(&n.name_any(), n.labels().clone()));
+    }
+}
+
 /// Secret-based auth cannot serve other namespaces: a pod cannot mount a
 /// Secret from another namespace.
 fn cluster_auth_problem(provider: &Provider) -> Option<String> {
-    let vault = provider.vault.as_ref()?;
+    let Ok(ProviderKind::Vault(vault)) = provider.view() else {
+        return None;
+    };
     (vault.auth.token_secret_ref.is_some() || vault.auth.app_role.is_some()).then(|| {
         "uses Secret-based Vault auth, which pods in other namespaces cannot mount; use kubernetes auth for a ClusterSecretStore".to_owned()
     })

@@ -23,7 +23,10 @@ fn stores() -> StoreIndex {
 }
 
 async fn call_with(config: InjectConfig, body: &str) -> (u16, Value) {
-    let state = Arc::new(WebhookState::new(stores(), config));
+    let state = Arc::new(WebhookState::new(
+        Arc::new(std::sync::RwLock::new(stores())),
+        config,
+    ));
     let response = router(state)
         .oneshot(
             Request::post("/mutate")

@@ -7,7 +7,10 @@
 //! - [`names`]: the rules for secret names and file names.
 //! - [`api`]: the CRDs `SecretStore`, `ClusterSecretStore` and
 //!   `SecretRotationPolicy`.
+//! - [`defaults`]: the image, paths and ports the webhook and the sidecar
+//!   share.
 
 pub mod annotations;
 pub mod api;
+pub mod defaults;
 pub mod names;

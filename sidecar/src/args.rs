@@ -1,11 +1,12 @@
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use rotor_crds::defaults;
 use rotor_telemetry::LogArgs;
 use tokio::sync::mpsc;
 
@@ -34,7 +35,7 @@ pub struct Args {
     annotations: PathBuf,
 
     /// Where the files go. Must be tmpfs or ramfs unless --allow-disk.
-    #[arg(long, env = "ROTOR_OUT_DIR", default_value = "/run/secrets/rotor")]
+    #[arg(long, env = "ROTOR_OUT_DIR", default_value = defaults::MOUNT_PATH)]
     out_dir: PathBuf,
 
     /// Accept an output directory that is not in memory.
@@ -45,12 +46,12 @@ pub struct Args {
     store: StoreArgs,
 
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)))]
     admin_addr: SocketAddr,
 
     /// Address of POST /v1/refresh. Loopback unless the controller must
     /// reach it from outside the pod.
-    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value = "127.0.0.1:9465")]
+    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)))]
     push_addr: SocketAddr,
 
     /// Push requests allowed per second from each caller (peer IP address),
@@ -85,6 +86,38 @@ pub struct Args {
 
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// What a parsed command line says, for callers that check the flags they
+/// generate (the webhook's tests) without running the sidecar.
+impl Args {
+    pub fn annotations(&self) -> &Path {
+        &self.annotations
+    }
+
+    pub fn out_dir(&self) -> &Path {
+        &self.out_dir
+    }
+
+    pub fn store(&self) -> &StoreArgs {
+        &self.store
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn push_addr(&self) -> SocketAddr {
+        self.push_addr
+    }
+
+    pub fn once(&self) -> bool {
+        self.once
+    }
+
+    pub fn default_file_mode(&self) -> u32 {
+        self.default_file_mode
+    }
 }
 
 impl Args {

@@ -162,6 +162,12 @@ impl Error {
 
     /// True when the secret, version or stage asked for does not exist.
     pub fn is_not_found(&self) -> bool {
-        self.metric_label() == "not_found"
+        matches!(
+            self,
+            Error::SecretNotFound { .. }
+                | Error::VersionNotFound { .. }
+                | Error::VersionRemoved { .. }
+                | Error::StageNotFound { .. }
+        )
     }
 }

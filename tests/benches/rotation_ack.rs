@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rotor_controller::rotation::machine::{Phase, step};
 use rotor_controller::rotation::validate::Policy;
-use rotor_controller::standalone::HttpSidecars;
+use rotor_controller::sidecar_push::HttpSidecars;
 use rotor_crds::api::{
     Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec,
     SecretRotationPolicyStatus, Staged, StoreRef, Strategy,

@@ -1,6 +1,6 @@
 //! The consumer index: which pods read which secret from which store,
 //! from their `rotor.dev/` annotations. A plain struct with `apply` /
-//! `delete` / `reset`, unit-tested without an API.
+//! `delete` / `reset` ([`IndexResource`]), unit-tested without an API.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -11,6 +11,8 @@ use kube::ResourceExt;
 use rotor_crds::annotations;
 
 use super::machine::{Ack, Consumers};
+use crate::cluster::watch::IndexResource;
+use crate::sidecar_push::HttpSidecars;
 
 /// (namespace, store, secret).
 type SecretKey = (String, String, String);
@@ -18,19 +20,56 @@ type SecretKey = (String, String, String);
 type PodKey = (String, String);
 
 /// (namespace, store, secret) → pod name → push URL.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct ConsumerIndex {
+    /// The sidecars' push port, where the URLs point.
+    push_port: u16,
     by_secret: BTreeMap<SecretKey, BTreeMap<String, String>>,
     /// The secret keys each pod is listed under, for deletes.
     by_pod: BTreeMap<PodKey, BTreeSet<SecretKey>>,
 }
 
-impl ConsumerIndex {
+/// Pods whose sidecars listen on the default push port.
+impl Default for ConsumerIndex {
+    fn default() -> Self {
+        Self::new(rotor_crds::defaults::PUSH_PORT)
+    }
+}
+
+/// Pods are watched: a relist replaces the whole index.
+impl IndexResource<Pod> for ConsumerIndex {
     /// Indexes a running, injected pod; anything else is removed.
-    pub fn apply(&mut self, pod: &Pod, push_port: u16) {
+    fn apply(&mut self, pod: &Pod) {
         let ns = pod.namespace().unwrap_or_default();
         let name = pod.name_any();
-        self.delete(&ns, &name);
+        self.delete_pod(&ns, &name);
+        self.insert(ns, name, pod);
+    }
+
+    fn delete(&mut self, pod: &Pod) {
+        self.delete_pod(&pod.namespace().unwrap_or_default(), &pod.name_any());
+    }
+
+    fn reset(&mut self, all: &[Pod]) {
+        *self = Self::new(self.push_port);
+        for pod in all {
+            self.insert(pod.namespace().unwrap_or_default(), pod.name_any(), pod);
+        }
+    }
+}
+
+impl ConsumerIndex {
+    /// An empty index of sidecars that listen on `push_port`.
+    pub fn new(push_port: u16) -> Self {
+        Self {
+            push_port,
+            by_secret: BTreeMap::new(),
+            by_pod: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a pod that is not in the index, if it is running and injected.
+    fn insert(&mut self, ns: String, name: String, pod: &Pod) {
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let Some(ip) = ip.filter(|_| running) else {
@@ -47,7 +86,7 @@ impl ConsumerIndex {
         let Some(store) = contract.store.clone() else {
             return;
         };
-        let url = format!("http://{ip}:{push_port}");
+        let url = format!("http://{ip}:{}", self.push_port);
         let mut keys = BTreeSet::new();
         for secret in contract.secret_names() {
             let key = (ns.clone(), store.clone(), secret.to_owned());
@@ -60,7 +99,8 @@ impl ConsumerIndex {
         self.by_pod.insert((ns, name), keys);
     }
 
-    pub fn delete(&mut self, namespace: &str, name: &str) {
+    /// Removes the pod `namespace/name`.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
         if let Some(keys) = self.by_pod.remove(&(namespace.to_owned(), name.to_owned())) {
             for key in keys {
                 if let Some(pods) = self.by_secret.get_mut(&key) {
@@ -71,10 +111,6 @@ impl ConsumerIndex {
                 }
             }
         }
-    }
-
-    pub fn reset(&mut self) {
-        *self = Self::default();
     }
 
     /// `namespace/pod` → push URL for the consumers of one secret.
@@ -97,7 +133,7 @@ impl ConsumerIndex {
 /// The consumer pods of one secret, reached over their push endpoints.
 pub struct PodConsumers {
     pub pods: Vec<(String, String)>,
-    pub http: Arc<crate::standalone::HttpSidecars>,
+    pub http: Arc<HttpSidecars>,
 }
 
 #[async_trait]
@@ -153,11 +189,11 @@ mod tests {
 
     #[test]
     fn indexes_running_injected_pods_by_store_and_secret() {
-        let mut i = ConsumerIndex::default();
-        i.apply(&pod("a", "10.0.0.1", "Running", ANN), 9465);
-        i.apply(&pod("b", "10.0.0.2", "Running", ANN), 9465);
-        i.apply(&pod("pending", "10.0.0.3", "Pending", ANN), 9465);
-        i.apply(&pod("plain", "10.0.0.4", "Running", &[("app", "x")]), 9465);
+        let mut i = ConsumerIndex::new(9465);
+        i.apply(&pod("a", "10.0.0.1", "Running", ANN));
+        i.apply(&pod("b", "10.0.0.2", "Running", ANN));
+        i.apply(&pod("pending", "10.0.0.3", "Pending", ANN));
+        i.apply(&pod("plain", "10.0.0.4", "Running", &[("app", "x")]));
         assert_eq!(
             i.consumers("shop", "vault", "shop/db"),
             vec![
@@ -169,12 +205,40 @@ mod tests {
         assert!(i.consumers("shop", "other", "shop/db").is_empty());
         assert!(i.consumers("elsewhere", "vault", "shop/db").is_empty());
         // An update that drops a secret, a delete, and a reset.
-        i.apply(&pod("a", "10.0.0.1", "Running", &ANN[..3]), 9465);
+        i.apply(&pod("a", "10.0.0.1", "Running", &ANN[..3]));
         assert_eq!(i.consumers("shop", "vault", "shop/api").len(), 1);
-        i.delete("shop", "b");
+        i.delete(&pod("b", "10.0.0.2", "Running", ANN));
         assert_eq!(i.consumers("shop", "vault", "shop/db").len(), 1);
         assert_eq!(i.pods(), 1);
-        i.reset();
+        i.reset(&[]);
         assert_eq!(i.pods(), 0);
+    }
+
+    #[test]
+    fn a_relist_replaces_every_pod_and_keeps_the_port() {
+        let mut i = ConsumerIndex::new(9999);
+        i.apply(&pod("gone", "10.0.0.9", "Running", ANN));
+        i.reset(&[
+            pod("a", "10.0.0.1", "Running", ANN),
+            pod("pending", "10.0.0.3", "Pending", ANN),
+        ]);
+        assert_eq!(
+            i.consumers("shop", "vault", "shop/db"),
+            vec![("shop/a".to_owned(), "http://10.0.0.1:9999".to_owned())]
+        );
+        assert_eq!(i.pods(), 1);
+        // A pod that stops running leaves the index.
+        i.apply(&pod("a", "10.0.0.1", "Succeeded", ANN));
+        assert_eq!(i.pods(), 0);
+    }
+
+    #[test]
+    fn the_default_port_is_the_sidecars() {
+        let mut i = ConsumerIndex::default();
+        i.apply(&pod("a", "10.0.0.1", "Running", ANN));
+        assert_eq!(
+            i.consumers("shop", "vault", "shop/api")[0].1,
+            format!("http://10.0.0.1:{}", rotor_crds::defaults::PUSH_PORT)
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! Rotation metrics: rotations by result, rotation duration, time until
-//! every consumer acknowledged, and consumers still pending.
+//! The controller's metrics: rotations by result, rotation duration, time
+//! until every consumer acknowledged, consumers still pending, and failed
+//! reconciles by controller and error kind (`Error::metric_label`).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +16,7 @@ pub struct RotationMetrics {
     duration: Histogram,
     ack_time: Histogram,
     pending: Family<Labels, Gauge>,
+    failures: Family<Labels, Counter>,
 }
 
 impl Default for RotationMetrics {
@@ -24,6 +26,7 @@ impl Default for RotationMetrics {
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let pending = Family::<Labels, Gauge>::default();
+        let failures = Family::<Labels, Counter>::default();
         registry.register(
             "rotations",
             "Finished rotations by result: success, degraded, rolled_back",
@@ -44,12 +47,18 @@ impl Default for RotationMetrics {
             "Consumers that have not acknowledged the pending version, per policy",
             pending.clone(),
         );
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles by controller and error kind",
+            failures.clone(),
+        );
         Self {
             registry,
             rotations,
             duration,
             ack_time,
             pending,
+            failures,
         }
     }
 }
@@ -74,10 +83,40 @@ impl RotationMetrics {
             .set(count as i64);
     }
 
+    /// Counts a failed reconcile of `controller` by the error's kind.
+    pub fn reconcile_failed(&self, controller: &str, error: &crate::Error) {
+        self.failures
+            .get_or_create(&vec![
+                ("controller".to_owned(), controller.to_owned()),
+                ("error".to_owned(), error.metric_label().to_owned()),
+            ])
+            .inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reconciles_are_counted_by_controller_and_error_kind() {
+        let metrics = RotationMetrics::default();
+        let error = crate::Error::StoreNotResolved("no such store".into());
+        metrics.reconcile_failed("secretstore", &error);
+        metrics.reconcile_failed("secretstore", &error);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"rotor_reconcile_failures_total{controller="secretstore",error="store_not_resolved"} 2"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -19,8 +19,10 @@ use super::consumers::{ConsumerIndex, PodConsumers};
 use super::machine::{Phase, Severity, step};
 use super::metrics::RotationMetrics;
 use super::validate::Policy;
-use crate::reconcile::FIELD_MANAGER;
-use crate::standalone::{HttpSidecars, ROTATE_NOW};
+
+use crate::sidecar_push::HttpSidecars;
+use crate::standalone::ROTATE_NOW;
+use crate::store_status::FIELD_MANAGER;
 use crate::{Error, Result};
 
 /// Builds the store a policy names (from its SecretStore or
@@ -145,8 +147,9 @@ pub async fn reconcile(
 pub fn error_policy(
     policy: Arc<SecretRotationPolicy>,
     error: &Error,
-    _ctx: Arc<RotationContext>,
+    ctx: Arc<RotationContext>,
 ) -> Action {
+    ctx.metrics.reconcile_failed("secretrotationpolicy", error);
     tracing::warn!(name = %policy.name_any(), error = %error, "rotation step failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }

@@ -1,5 +1,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
+use k8s_openapi::api::core::v1::Namespace;
+use serde::Deserialize as _;
+
 use super::*;
 
 const STORES: &str = r#"
@@ -45,7 +48,10 @@ fn index() -> StoreIndex {
 fn namespaced_stores_resolve_only_in_their_namespace() {
     let i = index();
     let r = i.resolve("team-b", "local", &["anything"]).unwrap();
-    assert_eq!((r.kind, r.provider.kind()), ("SecretStore", "local"));
+    assert_eq!(
+        (r.kind, r.provider.view().map(|k| k.name())),
+        ("SecretStore", Ok("local"))
+    );
     let err = i.resolve("team-a", "local", &["x"]).unwrap_err();
     assert!(
         err.contains("no SecretStore \"local\" in namespace \"team-a\""),
@@ -90,7 +96,64 @@ fn apply_delete_and_reset() {
     i.resolve("team-b", "shared-vault", &["shared/x"]).unwrap();
     i.delete_cluster_store("shared-vault");
     assert!(i.is_empty());
-    i.reset();
+    i.reset(&[] as &[SecretStore]);
+    i.reset(&[] as &[ClusterSecretStore]);
+    assert!(i.is_empty());
+}
+
+/// The objects of `STORES`, as a watch would list them.
+fn listed() -> (Vec<SecretStore>, Vec<ClusterSecretStore>, Vec<Namespace>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for doc in serde_yaml::Deserializer::from_str(STORES) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        match value["kind"].as_str().unwrap() {
+            "SecretStore" => out.0.push(serde_yaml::from_value(value).unwrap()),
+            "ClusterSecretStore" => out.1.push(serde_yaml::from_value(value).unwrap()),
+            _ => out.2.push(serde_yaml::from_value(value).unwrap()),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_relist_replaces_only_its_own_kind() {
+    let (stores, cluster, namespaces) = listed();
+    let mut i = StoreIndex::default();
+    i.reset(&stores);
+    i.reset(&cluster);
+    i.reset(&namespaces);
+    i.resolve("team-b", "local", &[]).unwrap();
+    i.resolve("team-a", "shared-vault", &["shared/x"]).unwrap();
+    // A SecretStore deleted while the watch was down is gone after the
+    // relist; the ClusterSecretStore and the labels are untouched.
+    i.reset(&[] as &[SecretStore]);
+    assert!(i.resolve("team-b", "local", &[]).is_err());
+    i.resolve("team-a", "shared-vault", &["shared/x"]).unwrap();
+    // A namespace relisted without its label no longer matches.
+    let mut relabelled = namespaces.clone();
+    relabelled[0].metadata.labels = Some([("team".to_owned(), "a".to_owned())].into());
+    i.reset(&relabelled);
+    let err = i
+        .resolve("team-a", "shared-vault", &["shared/x"])
+        .unwrap_err();
+    assert!(err.contains("does not allow namespace"), "{err}");
+    i.reset(&[] as &[ClusterSecretStore]);
+    assert!(i.is_empty());
+}
+
+#[test]
+fn watch_events_apply_and_delete_one_object() {
+    let (stores, cluster, namespaces) = listed();
+    let mut i = StoreIndex::default();
+    i.apply(&namespaces[0]);
+    i.apply(&cluster[0]);
+    i.resolve("team-a", "shared-vault", &["shared/x"]).unwrap();
+    i.delete(&namespaces[0]);
+    assert!(i.resolve("team-a", "shared-vault", &["shared/x"]).is_err());
+    i.apply(&stores[0]);
+    assert_eq!(i.len(), 2);
+    i.delete(&stores[0]);
+    i.delete(&cluster[0]);
     assert!(i.is_empty());
 }
 

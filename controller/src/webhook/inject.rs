@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rotor_crds::annotations::{self, PodSecrets};
+use rotor_crds::api::ProviderKind;
+use rotor_crds::defaults;
 
 use crate::store_index::Resolved;
 
@@ -75,12 +77,12 @@ impl Default for SidecarResources {
 impl Default for InjectConfig {
     fn default() -> Self {
         Self {
-            image: "ghcr.io/rotor-dev/rotor-sidecar:0.1.0".to_owned(),
-            mount_path: "/run/secrets/rotor".to_owned(),
+            image: defaults::SIDECAR_IMAGE.to_owned(),
+            mount_path: defaults::MOUNT_PATH.to_owned(),
             native_sidecar: true,
             size_limit: "1Mi".to_owned(),
-            admin_port: 9464,
-            push_port: 9465,
+            admin_port: defaults::ADMIN_PORT,
+            push_port: defaults::PUSH_PORT,
             pull_policy: "Always".to_owned(),
             resources: SidecarResources::default(),
             default_refresh: None,
@@ -449,156 +451,164 @@ type Wiring = (Vec<String>, Vec<EnvVar>, Vec<Volume>, Vec<VolumeMount>);
 
 /// Sidecar flags, env, volumes and mounts for the store's provider.
 fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
-    let p = &store.provider;
+    let provider = store
+        .provider
+        .view()
+        .map_err(|e| format!("{} {:?}: {e}", store.kind, store.name))?;
     let mut args = Vec::new();
     let mut env = Vec::new();
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
-    if let Some(v) = &p.vault {
-        args.extend([
-            "--store-kind=vault".to_owned(),
-            format!("--vault-addr={}", v.server),
-            format!("--vault-mount={}", v.mount),
-        ]);
-        if let Some(ca) = &v.ca_bundle {
-            env.push(plain_env("ROTOR_VAULT_CA_PEM", ca));
-        }
-        if let Some(k) = &v.auth.kubernetes {
+    match provider {
+        ProviderKind::Vault(v) => {
             args.extend([
-                "--vault-auth=kubernetes".to_owned(),
-                format!("--vault-role={}", k.role),
-                format!("--vault-auth-mount={}", k.mount_path),
-                format!("--vault-jwt-file={CREDS_PATH}/sa/token"),
+                "--store-kind=vault".to_owned(),
+                format!("--vault-addr={}", v.server),
+                format!("--vault-mount={}", v.mount),
             ]);
-            volumes.push(token_volume("rotor-sa-token", "vault"));
-            mounts.push(mount("rotor-sa-token", &format!("{CREDS_PATH}/sa"), true));
-        } else if let Some(a) = &v.auth.app_role {
-            args.extend([
-                "--vault-auth=approle".to_owned(),
-                format!("--vault-role-id={}", a.role_id),
-                format!("--vault-auth-mount={}", a.mount_path),
-                format!("--vault-secret-id-file={CREDS_PATH}/approle/secret-id"),
-            ]);
-            volumes.push(secret_volume(
-                "rotor-approle",
-                &a.secret_ref.name,
-                &a.secret_ref.key,
-                "secret-id",
-            ));
-            mounts.push(mount(
-                "rotor-approle",
-                &format!("{CREDS_PATH}/approle"),
-                true,
-            ));
-        } else if let Some(t) = &v.auth.token_secret_ref {
-            args.extend([
-                "--vault-auth=token".to_owned(),
-                format!("--vault-token-file={CREDS_PATH}/vault-token/token"),
-            ]);
-            volumes.push(secret_volume("rotor-vault-token", &t.name, &t.key, "token"));
-            mounts.push(mount(
-                "rotor-vault-token",
-                &format!("{CREDS_PATH}/vault-token"),
-                true,
-            ));
-        } else {
-            return Err(format!("{} {:?} has no Vault auth", store.kind, store.name));
-        }
-    } else if let Some(a) = &p.aws {
-        args.extend([
-            "--store-kind=aws".to_owned(),
-            format!("--aws-region={}", a.region),
-        ]);
-        if let Some(e) = &a.endpoint {
-            args.push(format!("--aws-endpoint={e}"));
-        }
-        if let Some(role) = &a.role_arn {
-            env.push(plain_env("AWS_ROLE_ARN", role));
-            env.push(plain_env(
-                "AWS_WEB_IDENTITY_TOKEN_FILE",
-                &format!("{CREDS_PATH}/aws/token"),
-            ));
-            volumes.push(token_volume("rotor-aws-token", "sts.amazonaws.com"));
-            mounts.push(mount("rotor-aws-token", &format!("{CREDS_PATH}/aws"), true));
-        }
-    } else if p.kubernetes.is_some() {
-        args.extend([
-            "--store-kind=kubernetes".to_owned(),
-            format!("--namespace={namespace}"),
-        ]);
-        // Injected after the ServiceAccount admission plugin ran, so the
-        // sidecar gets its own API credentials, where kube looks for them.
-        volumes.push(Volume {
-            name: "rotor-kube-api".into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![
-                    VolumeProjection {
-                        service_account_token: Some(ServiceAccountTokenProjection {
-                            path: "token".into(),
-                            expiration_seconds: Some(3600),
-                            ..ServiceAccountTokenProjection::default()
-                        }),
-                        ..VolumeProjection::default()
-                    },
-                    VolumeProjection {
-                        config_map: Some(ConfigMapProjection {
-                            name: "kube-root-ca.crt".into(),
-                            items: Some(vec![KeyToPath {
-                                key: "ca.crt".into(),
-                                path: "ca.crt".into(),
-                                mode: None,
-                            }]),
-                            optional: None,
-                        }),
-                        ..VolumeProjection::default()
-                    },
-                    VolumeProjection {
-                        downward_api: Some(DownwardAPIProjection {
-                            items: Some(vec![DownwardAPIVolumeFile {
-                                path: "namespace".into(),
-                                field_ref: Some(ObjectFieldSelector {
-                                    field_path: "metadata.namespace".into(),
-                                    ..ObjectFieldSelector::default()
-                                }),
-                                ..DownwardAPIVolumeFile::default()
-                            }]),
-                        }),
-                        ..VolumeProjection::default()
-                    },
-                ]),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(mount(
-            "rotor-kube-api",
-            "/var/run/secrets/kubernetes.io/serviceaccount",
-            true,
-        ));
-    } else if let Some(l) = &p.local {
-        args.extend([
-            format!("--local-store={}", l.path),
-            format!("--key={}", l.key_path),
-        ]);
-        if let Some(v) = &l.volume {
-            let mut volume = Volume {
-                name: "rotor-local-store".into(),
-                ..Volume::default()
-            };
-            if let Some(claim) = &v.persistent_volume_claim {
-                volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: claim.clone(),
-                    read_only: Some(true),
-                });
-            } else if let Some(secret) = &v.secret {
-                volume.secret = Some(SecretVolumeSource {
-                    secret_name: Some(secret.clone()),
-                    default_mode: Some(0o400),
-                    ..SecretVolumeSource::default()
-                });
+            if let Some(ca) = &v.ca_bundle {
+                env.push(plain_env("ROTOR_VAULT_CA_PEM", ca));
             }
-            volumes.push(volume);
-            mounts.push(mount("rotor-local-store", &v.mount_path, true));
+            if let Some(k) = &v.auth.kubernetes {
+                args.extend([
+                    "--vault-auth=kubernetes".to_owned(),
+                    format!("--vault-role={}", k.role),
+                    format!("--vault-auth-mount={}", k.mount_path),
+                    format!("--vault-jwt-file={CREDS_PATH}/sa/token"),
+                ]);
+                volumes.push(token_volume("rotor-sa-token", "vault"));
+                mounts.push(mount("rotor-sa-token", &format!("{CREDS_PATH}/sa"), true));
+            } else if let Some(a) = &v.auth.app_role {
+                args.extend([
+                    "--vault-auth=approle".to_owned(),
+                    format!("--vault-role-id={}", a.role_id),
+                    format!("--vault-auth-mount={}", a.mount_path),
+                    format!("--vault-secret-id-file={CREDS_PATH}/approle/secret-id"),
+                ]);
+                volumes.push(secret_volume(
+                    "rotor-approle",
+                    &a.secret_ref.name,
+                    &a.secret_ref.key,
+                    "secret-id",
+                ));
+                mounts.push(mount(
+                    "rotor-approle",
+                    &format!("{CREDS_PATH}/approle"),
+                    true,
+                ));
+            } else if let Some(t) = &v.auth.token_secret_ref {
+                args.extend([
+                    "--vault-auth=token".to_owned(),
+                    format!("--vault-token-file={CREDS_PATH}/vault-token/token"),
+                ]);
+                volumes.push(secret_volume("rotor-vault-token", &t.name, &t.key, "token"));
+                mounts.push(mount(
+                    "rotor-vault-token",
+                    &format!("{CREDS_PATH}/vault-token"),
+                    true,
+                ));
+            } else {
+                return Err(format!("{} {:?} has no Vault auth", store.kind, store.name));
+            }
+        }
+        ProviderKind::Aws(a) => {
+            args.extend([
+                "--store-kind=aws".to_owned(),
+                format!("--aws-region={}", a.region),
+            ]);
+            if let Some(e) = &a.endpoint {
+                args.push(format!("--aws-endpoint={e}"));
+            }
+            if let Some(role) = &a.role_arn {
+                env.push(plain_env("AWS_ROLE_ARN", role));
+                env.push(plain_env(
+                    "AWS_WEB_IDENTITY_TOKEN_FILE",
+                    &format!("{CREDS_PATH}/aws/token"),
+                ));
+                volumes.push(token_volume("rotor-aws-token", "sts.amazonaws.com"));
+                mounts.push(mount("rotor-aws-token", &format!("{CREDS_PATH}/aws"), true));
+            }
+        }
+        ProviderKind::Kubernetes(_) => {
+            args.extend([
+                "--store-kind=kubernetes".to_owned(),
+                format!("--namespace={namespace}"),
+            ]);
+            // Injected after the ServiceAccount admission plugin ran, so the
+            // sidecar gets its own API credentials, where kube looks for them.
+            volumes.push(Volume {
+                name: "rotor-kube-api".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![
+                        VolumeProjection {
+                            service_account_token: Some(ServiceAccountTokenProjection {
+                                path: "token".into(),
+                                expiration_seconds: Some(3600),
+                                ..ServiceAccountTokenProjection::default()
+                            }),
+                            ..VolumeProjection::default()
+                        },
+                        VolumeProjection {
+                            config_map: Some(ConfigMapProjection {
+                                name: "kube-root-ca.crt".into(),
+                                items: Some(vec![KeyToPath {
+                                    key: "ca.crt".into(),
+                                    path: "ca.crt".into(),
+                                    mode: None,
+                                }]),
+                                optional: None,
+                            }),
+                            ..VolumeProjection::default()
+                        },
+                        VolumeProjection {
+                            downward_api: Some(DownwardAPIProjection {
+                                items: Some(vec![DownwardAPIVolumeFile {
+                                    path: "namespace".into(),
+                                    field_ref: Some(ObjectFieldSelector {
+                                        field_path: "metadata.namespace".into(),
+                                        ..ObjectFieldSelector::default()
+                                    }),
+                                    ..DownwardAPIVolumeFile::default()
+                                }]),
+                            }),
+                            ..VolumeProjection::default()
+                        },
+                    ]),
+                    ..ProjectedVolumeSource::default()
+                }),
+                ..Volume::default()
+            });
+            mounts.push(mount(
+                "rotor-kube-api",
+                "/var/run/secrets/kubernetes.io/serviceaccount",
+                true,
+            ));
+        }
+        ProviderKind::Local(l) => {
+            args.extend([
+                format!("--local-store={}", l.path),
+                format!("--key={}", l.key_path),
+            ]);
+            if let Some(v) = &l.volume {
+                let mut volume = Volume {
+                    name: "rotor-local-store".into(),
+                    ..Volume::default()
+                };
+                if let Some(claim) = &v.persistent_volume_claim {
+                    volume.persistent_volume_claim = Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim.clone(),
+                        read_only: Some(true),
+                    });
+                } else if let Some(secret) = &v.secret {
+                    volume.secret = Some(SecretVolumeSource {
+                        secret_name: Some(secret.clone()),
+                        default_mode: Some(0o400),
+                        ..SecretVolumeSource::default()
+                    });
+                }
+                volumes.push(volume);
+                mounts.push(mount("rotor-local-store", &v.mount_path, true));
+            }
         }
     }
     Ok((args, env, volumes, mounts))

@@ -1,6 +1,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum_server::tls_rustls::RustlsConfig;
 
 use super::InjectConfig;
-use crate::store_index::StoreIndex;
+use crate::store_index::SharedStoreIndex;
 use crate::{Error, Result};
 
 /// The largest AdmissionReview read: the API server's own request limit
@@ -22,19 +22,19 @@ pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
 /// memory stays bounded under any flood.
 pub const MAX_CONCURRENT_REVIEWS: usize = 4;
 
-/// What the webhook needs: the store index (kept fresh by reflectors or
+/// What the webhook needs: the store index (kept fresh by watches or
 /// loaded from files) and the injection settings.
 pub struct WebhookState {
-    pub stores: RwLock<StoreIndex>,
+    pub stores: SharedStoreIndex,
     pub config: InjectConfig,
     /// Bounds the reviews in memory at once.
     pub reviews: tokio::sync::Semaphore,
 }
 
 impl WebhookState {
-    pub fn new(stores: StoreIndex, config: InjectConfig) -> Self {
+    pub fn new(stores: SharedStoreIndex, config: InjectConfig) -> Self {
         Self {
-            stores: RwLock::new(stores),
+            stores,
             config,
             reviews: tokio::sync::Semaphore::new(MAX_CONCURRENT_REVIEWS),
         }
@@ -86,24 +86,26 @@ pub async fn serve_tls(
 ) -> Result<()> {
     let tls = RustlsConfig::from_pem_file(&cert, &key)
         .await
-        .map_err(|e| {
-            Error::Config(format!(
-                "TLS certificate {} / key {}: {e}",
-                cert.display(),
-                key.display()
-            ))
+        .map_err(|source| Error::Tls {
+            cert: cert.clone(),
+            key: key.clone(),
+            source,
         })?;
     // Bind first, so that a port in use is the error, never a
     // "listening" line followed by one.
     let listener = std::net::TcpListener::bind(addr)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|e| Error::Config(format!("cannot listen on {addr} (--listen): {e}")))?;
+        .map_err(|source| Error::Listen {
+            addr,
+            flag: "--listen",
+            source,
+        })?;
     spawn_reloader(tls.clone(), cert, key)?;
     tracing::info!(%addr, "webhook listening (HTTPS)");
     axum_server::from_tcp_rustls(listener, tls)
         .serve(router.into_make_service())
         .await
-        .map_err(|e| Error::Config(format!("cannot serve on {addr}: {e}")))
+        .map_err(|source| Error::Serve { addr, source })
 }
 
 /// Reloads the certificate and key after each settled burst of changes in
@@ -115,7 +117,7 @@ fn spawn_reloader(tls: RustlsConfig, cert: PathBuf, key: PathBuf) -> Result<()> 
         M::CREATE | M::MOVED_TO | M::CLOSE_WRITE | M::DELETE,
         Duration::from_millis(100),
     )
-    .map_err(|e| Error::Config(e.to_string()))?;
+    .map_err(Error::Watch)?;
     tokio::spawn(async move {
         while changes.settled().await.is_some() {
             match tls.reload_from_pem_file(&cert, &key).await {

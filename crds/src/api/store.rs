@@ -86,16 +86,66 @@ pub struct Provider {
     pub local: Option<LocalProvider>,
 }
 
-impl Provider {
-    pub fn kind(&self) -> &'static str {
+/// The one provider a [`Provider`] sets, borrowed: match on it, and a new
+/// provider is a compile error at every place that must handle it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ProviderKind<'a> {
+    Vault(&'a VaultProvider),
+    Aws(&'a AwsProvider),
+    Kubernetes(&'a KubernetesProvider),
+    Local(&'a LocalProvider),
+}
+
+impl ProviderKind<'_> {
+    /// `vault`, `aws`, `kubernetes` or `local`: the field's name, as
+    /// `status.provider` reports it.
+    pub fn name(&self) -> &'static str {
         match self {
-            Provider { vault: Some(_), .. } => "vault",
-            Provider { aws: Some(_), .. } => "aws",
-            Provider {
-                kubernetes: Some(_),
-                ..
-            } => "kubernetes",
-            _ => "local",
+            ProviderKind::Vault(_) => "vault",
+            ProviderKind::Aws(_) => "aws",
+            ProviderKind::Kubernetes(_) => "kubernetes",
+            ProviderKind::Local(_) => "local",
+        }
+    }
+}
+
+/// A [`Provider`] that sets no provider or more than one (the CRD's
+/// validation refuses both; files read without an API server may not).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "spec.provider sets {set} providers; expected exactly one of vault, aws, kubernetes, local"
+)]
+pub struct NotOneProvider {
+    /// How many it sets.
+    pub set: usize,
+}
+
+impl Provider {
+    /// Every provider this sets, in the order vault, aws, kubernetes, local
+    /// (a valid spec sets one; [`Provider::view`] insists on that).
+    pub fn all_set(&self) -> Vec<ProviderKind<'_>> {
+        let Provider {
+            vault,
+            aws,
+            kubernetes,
+            local,
+        } = self;
+        [
+            vault.as_ref().map(ProviderKind::Vault),
+            aws.as_ref().map(ProviderKind::Aws),
+            kubernetes.as_ref().map(ProviderKind::Kubernetes),
+            local.as_ref().map(ProviderKind::Local),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The one provider this sets, or how many it sets instead.
+    pub fn view(&self) -> Result<ProviderKind<'_>, NotOneProvider> {
+        match self.all_set()[..] {
+            [one] => Ok(one),
+            ref set => Err(NotOneProvider { set: set.len() }),
         }
     }
 }
@@ -223,3 +273,57 @@ pub struct SecretStoreStatus {
 
 /// Namespace labels, for matching `allowedNamespaces`.
 pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> LocalProvider {
+        LocalProvider {
+            path: "/s".into(),
+            key_path: "/k".into(),
+            volume: None,
+        }
+    }
+
+    #[test]
+    fn view_names_the_one_provider() {
+        let p = Provider {
+            vault: None,
+            aws: None,
+            kubernetes: Some(KubernetesProvider {}),
+            local: None,
+        };
+        assert_eq!(p.view().map(|k| k.name()), Ok("kubernetes"));
+        let p = Provider {
+            vault: None,
+            aws: None,
+            kubernetes: None,
+            local: Some(local()),
+        };
+        assert_eq!(p.view(), Ok(ProviderKind::Local(&local())));
+    }
+
+    #[test]
+    fn none_or_two_providers_are_an_error_not_local() {
+        let none = Provider {
+            vault: None,
+            aws: None,
+            kubernetes: None,
+            local: None,
+        };
+        assert_eq!(none.view(), Err(NotOneProvider { set: 0 }));
+        let two = Provider {
+            kubernetes: Some(KubernetesProvider {}),
+            local: Some(local()),
+            ..none
+        };
+        let err = two.view().unwrap_err();
+        assert_eq!(err, NotOneProvider { set: 2 });
+        assert_eq!(
+            err.to_string(),
+            "spec.provider sets 2 providers; expected exactly one of vault, aws, kubernetes, local"
+        );
+        assert_eq!(two.all_set().len(), 2);
+    }
+}

@@ -84,6 +84,7 @@ fn context() -> (Arc<Context>, ApiServerVerifier) {
     (
         Arc::new(Context {
             client: Client::new(service, "default"),
+            metrics: Arc::default(),
         }),
         ApiServerVerifier(handle),
     )

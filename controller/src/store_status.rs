@@ -1,71 +1,76 @@
-//! The SecretStore reconciler: checks each store's spec and reports it in
-//! `status` (provider kind, a `Ready` condition, observedGeneration), as
-//! kube-rs/controller-rs does, with a `Context` shared by `reconcile` and
-//! `error_policy`.
+//! The SecretStore and ClusterSecretStore status reconcilers: check each
+//! store's spec and report it in `status` (provider kind, a `Ready`
+//! condition, observedGeneration), as kube-rs/controller-rs does, with a
+//! `Context` shared by `reconcile` and `error_policy`; [`run`] runs both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use rotor_crds::api::{ClusterSecretStore, Condition, Provider, SecretStore, SecretStoreStatus};
+use rotor_crds::api::{
+    ClusterSecretStore, Condition, Provider, ProviderKind, SecretStore, SecretStoreStatus,
+};
 
+use crate::rotation::metrics::RotationMetrics;
 use crate::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "rotor-controller";
 
 pub struct Context {
     pub client: Client,
+    /// The controller's metrics, where `error_policy` counts failures.
+    pub metrics: Arc<RotationMetrics>,
 }
 
-/// What is wrong with a provider's settings, if anything.
+/// What is wrong with a provider's settings, if anything. Every provider
+/// set is checked, so a spec with two says what is wrong with each.
 pub fn problems(p: &Provider) -> Vec<String> {
     let mut out = Vec::new();
-    let set = [
-        p.vault.is_some(),
-        p.aws.is_some(),
-        p.kubernetes.is_some(),
-        p.local.is_some(),
-    ]
-    .iter()
-    .filter(|x| **x)
-    .count();
-    if set != 1 {
-        out.push(format!("spec.provider sets {set} providers; expected exactly one of vault, aws, kubernetes, local"));
+    if let Err(e) = p.view() {
+        out.push(e.to_string());
     }
-    if let Some(v) = &p.vault {
-        if !(v.server.starts_with("https://") || v.server.starts_with("http://")) {
-            out.push(format!(
-                "spec.provider.vault.server {:?} is not an http(s) URL",
-                v.server
-            ));
-        }
-        let auths = [
-            v.auth.kubernetes.is_some(),
-            v.auth.app_role.is_some(),
-            v.auth.token_secret_ref.is_some(),
-        ]
-        .iter()
-        .filter(|x| **x)
-        .count();
-        if auths != 1 {
-            out.push("spec.provider.vault.auth: expected exactly one of kubernetes, appRole, tokenSecretRef".to_owned());
-        }
-    }
-    if let Some(a) = &p.aws
-        && a.region.trim().is_empty()
-    {
-        out.push(
-            "spec.provider.aws.region is empty; expected a region such as eu-west-1".to_owned(),
-        );
-    }
-    if let Some(l) = &p.local {
-        for (field, path) in [("path", &l.path), ("keyPath", &l.key_path)] {
-            if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
-                out.push(format!(
-                    "spec.provider.local.{field} {path:?} is not an absolute path without '..'"
-                ));
+    for kind in p.all_set() {
+        match kind {
+            ProviderKind::Vault(v) => {
+                if !(v.server.starts_with("https://") || v.server.starts_with("http://")) {
+                    out.push(format!(
+                        "spec.provider.vault.server {:?} is not an http(s) URL",
+                        v.server
+                    ));
+                }
+                let auths = [
+                    v.auth.kubernetes.is_some(),
+                    v.auth.app_role.is_some(),
+                    v.auth.token_secret_ref.is_some(),
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count();
+                if auths != 1 {
+                    out.push("spec.provider.vault.auth: expected exactly one of kubernetes, appRole, tokenSecretRef".to_owned());
+                }
+            }
+            ProviderKind::Aws(a) => {
+                if a.region.trim().is_empty() {
+                    out.push(
+                        "spec.provider.aws.region is empty; expected a region such as eu-west-1"
+                            .to_owned(),
+                    );
+                }
+            }
+            ProviderKind::Kubernetes(_) => {}
+            ProviderKind::Local(l) => {
+                for (field, path) in [("path", &l.path), ("keyPath", &l.key_path)] {
+                    if !path.starts_with('/') || path.split('/').any(|s| s == "..") {
+                        out.push(format!(
+                            "spec.provider.local.{field} {path:?} is not an absolute path without '..'"
+                        ));
+                    }
+                }
             }
         }
     }
@@ -80,7 +85,8 @@ fn status_for(
 ) -> SecretStoreStatus {
     let ready = problems.is_empty();
     SecretStoreStatus {
-        provider: Some(provider.kind().to_owned()),
+        // A spec without exactly one provider reports none.
+        provider: provider.view().ok().map(|k| k.name().to_owned()),
         conditions: vec![Condition {
             type_: "Ready".to_owned(),
             status: if ready { "True" } else { "False" }.to_owned(),
@@ -159,15 +165,44 @@ pub async fn reconcile_cluster(
 pub fn error_policy_cluster(
     store: Arc<ClusterSecretStore>,
     error: &Error,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
+    ctx.metrics.reconcile_failed("clustersecretstore", error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
 
-pub fn error_policy(store: Arc<SecretStore>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(store: Arc<SecretStore>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed("secretstore", error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
+}
+
+/// Runs the SecretStore and ClusterSecretStore reconcilers until shutdown.
+pub async fn run(ctx: Arc<Context>) {
+    let stores = Controller::new(
+        Api::<SecretStore>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "store reconcile");
+        }
+    });
+    let cluster = Controller::new(
+        Api::<ClusterSecretStore>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile_cluster, error_policy_cluster, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cluster store reconcile");
+        }
+    });
+    tokio::join!(stores, cluster);
 }
 
 #[cfg(test)]
