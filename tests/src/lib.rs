@@ -73,13 +73,8 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use rotor_fixtures::net::{free_port, loopback_listener, retry_on_addr_in_use};
+pub use rotor_fixtures::tmpfs_dir;
 
 /// A minimal blocking HTTP/1.1 exchange with a loopback server:
 /// `(status, body)`, or `None` when nothing answers.
@@ -159,16 +154,6 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     false
-}
-
-/// A scratch directory on tmpfs (`/dev/shm`) when there is one.
-pub fn tmpfs_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).expect("tempdir in /dev/shm")
-    } else {
-        tempfile::tempdir().expect("tempdir")
-    }
 }
 
 /// True when `path` is on tmpfs or ramfs.
