@@ -2,6 +2,7 @@
 //! runs them as real processes. `tests/run` builds the binaries first.
 
 pub mod cluster;
+pub mod conformance;
 pub mod kubelet;
 pub mod pod;
 pub mod servers;

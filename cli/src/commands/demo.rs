@@ -92,32 +92,43 @@ impl DemoArgs {
         std::fs::write(&annotations, rotor_sidecar::downward::format(&pod))?;
 
         let exe = std::env::current_exe().context("cannot find the rotor executable")?;
-        let admin_port = free_port()?;
-        let push_port = free_port()?;
         let sidecar_log = work.path().join("sidecar.log");
-        let mut sidecar = Command::new(&exe)
-            .arg("sidecar")
-            .args(["--annotations".as_ref(), annotations.as_os_str()])
-            .args(["--out-dir".as_ref(), out.as_os_str()])
-            .args(["--local-store".as_ref(), store_path.as_os_str()])
-            .args(["--key".as_ref(), key_path.as_os_str()])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-            .arg("--wipe-on-exit")
-            .env_remove("ROTOR_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&sidecar_log)?)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the sidecar")?;
+        // The ports are picked here and bound by the sidecar: when another
+        // process takes one in between, the sidecar exits saying so, and it
+        // starts again on fresh ports.
+        let mut attempts = 0;
+        let (mut sidecar, admin_port, push_port) = loop {
+            attempts += 1;
+            let admin_port = free_port()?;
+            let push_port = free_port()?;
+            let mut sidecar = Command::new(&exe)
+                .arg("sidecar")
+                .args(["--annotations".as_ref(), annotations.as_os_str()])
+                .args(["--out-dir".as_ref(), out.as_os_str()])
+                .args(["--local-store".as_ref(), store_path.as_os_str()])
+                .args(["--key".as_ref(), key_path.as_os_str()])
+                .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+                .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                .arg("--wipe-on-exit")
+                .env_remove("ROTOR_LOG_FORMAT")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&sidecar_log)?)
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start the sidecar")?;
+            match wait_ready(admin_port, &mut sidecar).await {
+                Ok(()) => break (sidecar, admin_port, push_port),
+                Err(_) if attempts < 5 && port_taken(&sidecar_log) => continue,
+                Err(e) => return Err(e),
+            }
+        };
         say(&format!(
             "sidecar pid {} writes {} (tmpfs); logs in {}; metrics on http://127.0.0.1:{admin_port}/metrics",
             sidecar.id().unwrap_or(0),
             out.display(),
             sidecar_log.display()
         ));
-        wait_ready(admin_port, &mut sidecar).await?;
         let mut app = Command::new(&exe)
             .arg("demo-app")
             .args(["--file".as_ref(), out.join(FILE).as_os_str()])
@@ -224,10 +235,18 @@ fn random_value() -> anyhow::Result<Vec<u8>> {
         .into_bytes())
 }
 
+/// A loopback port that was free a moment ago; the sidecar binds it, and
+/// [`port_taken`] tells when another process was quicker.
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// True when the sidecar's log says one of its ports was taken.
+fn port_taken(log: &std::path::Path) -> bool {
+    std::fs::read_to_string(log)
+        .is_ok_and(|text| text.to_ascii_lowercase().contains("address already in use"))
 }
 
 async fn wait_ready(port: u16, sidecar: &mut Child) -> anyhow::Result<()> {

@@ -1,10 +1,11 @@
 //! The Kubernetes store against the fake API server of `rotor-fixtures`
 //! (kube's mocked client), whose in-memory Secret API keeps
 //! resourceVersions and refuses stale replaces, as the API server does.
+//! The stage model runs against a real kube-apiserver in the conformance
+//! suite (tests/tests/store_conformance.rs).
 
 use std::collections::BTreeMap;
 
-use rotor_envelope::ExposeSecret;
 use rotor_fixtures::api_server::{self, Scenario};
 
 use super::*;
@@ -14,62 +15,6 @@ fn store() -> KubeStore {
     let (client, server) = api_server::pair("default");
     server.run(Scenario::secrets("default"));
     KubeStore::new(client, "default")
-}
-
-async fn text(s: &KubeStore, name: &str, sel: Selector) -> String {
-    String::from_utf8(
-        s.read(name, &sel)
-            .await
-            .unwrap()
-            .value
-            .expose_secret()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
-#[tokio::test]
-async fn stages_live_in_companion_secrets() {
-    let s = store();
-    assert_eq!(
-        s.write("db", b"one", WriteAs::Current).await.unwrap(),
-        VersionId::from(1)
-    );
-    assert_eq!(
-        s.write("db", b"two", WriteAs::Current).await.unwrap(),
-        VersionId::from(2)
-    );
-    assert_eq!(text(&s, "db", Selector::Current).await, "two");
-    assert_eq!(
-        text(&s, "db", Selector::Stage(Stage::Previous)).await,
-        "one"
-    );
-    let pending = s.write("db", b"three", WriteAs::Pending).await.unwrap();
-    assert_eq!(pending, VersionId::from(3));
-    assert_eq!(s.current_version("db").await.unwrap(), VersionId::from(2));
-    assert_eq!(text(&s, "db", Selector::Version(3.into())).await, "three");
-    s.promote("db", &pending).await.unwrap();
-    s.promote("db", &pending).await.unwrap();
-    assert_eq!(s.current_version("db").await.unwrap(), VersionId::from(3));
-    assert_eq!(
-        text(&s, "db", Selector::Stage(Stage::Previous)).await,
-        "two"
-    );
-    assert!(matches!(
-        s.read("db", &Selector::Stage(Stage::Pending))
-            .await
-            .err()
-            .unwrap(),
-        Error::StageNotFound { .. }
-    ));
-    s.retire("db", &VersionId::from(2)).await.unwrap();
-    assert!(
-        s.read("db", &Selector::Stage(Stage::Previous))
-            .await
-            .is_err()
-    );
-    let err = s.retire("db", &VersionId::from(3)).await.unwrap_err();
-    assert!(err.to_string().contains("is CURRENT"), "{err}");
 }
 
 #[tokio::test]
