@@ -35,6 +35,7 @@ use rotor_e2e::servers::Bao;
 use rotor_e2e::{free_port, http, tmpfs_dir, wait_until};
 use rotor_envelope::KeyFileKek;
 use rotor_fixtures::procfs;
+use rotor_fixtures::seeded::Lcg;
 use rotor_store::{LocalStore, WriteAs};
 
 const SECRETS: usize = 100;
@@ -250,19 +251,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A small deterministic generator: which secret changes next.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
     }
 }
 

@@ -66,6 +66,15 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().expect("wait for the command")
 }
 
+/// Runs `cmd` (`what` names it in the panic); panics with both outputs
+/// unless it succeeds. Returns stdout.
+pub fn stdout_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{what}: {stderr}{stdout}");
+    stdout
+}
+
 /// Both output streams, lossily decoded, for assertions.
 pub fn text(out: &Output) -> (String, String) {
     (
