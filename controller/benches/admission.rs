@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use rotor_fixtures::procfs::rss_kib;
 
 const RATE: u64 = 500;
 const SECONDS: u64 = 10;
@@ -122,16 +123,6 @@ fn start(bin: &str, stores: &Path, tls: &Path) -> (u16, Child) {
     }
     std::thread::sleep(Duration::from_millis(300));
     (port, child)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

@@ -11,16 +11,7 @@ use rotor_crds::api::{
     ConsumerStatus, Generator, PasswordGenerator, Schedule, SecretRotationPolicy,
     SecretRotationPolicySpec, SecretRotationPolicyStatus, StoreRef, Strategy,
 };
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
+use rotor_fixtures::procfs::rss_kib;
 
 fn policy(i: usize) -> SecretRotationPolicy {
     let mut p = SecretRotationPolicy::new(
@@ -108,7 +99,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let before = rss_kib();
+    let before = rss_kib(std::process::id());
     let mut writer: Writer<SecretRotationPolicy> = Writer::default();
     let reader = writer.as_reader();
     writer.apply_watcher_event(&Event::Init);
@@ -117,14 +108,14 @@ fn main() {
     }
     writer.apply_watcher_event(&Event::InitDone);
     assert_eq!(reader.len(), 10_000);
-    let after = rss_kib();
+    let after = rss_kib(std::process::id());
     use rotor_controller::cluster::watch::IndexResource as _;
     let mut index = rotor_controller::rotation::consumers::ConsumerIndex::default();
     for i in 0..10_000 {
         index.apply(&pod(i));
     }
     assert_eq!(index.pods(), 10_000);
-    let with_pods = rss_kib();
+    let with_pods = rss_kib(std::process::id());
     println!("\n| figure | target | measured |\n|---|---|---|");
     println!(
         "| controller memory with 10,000 policies cached (process RSS) | ≤ 64 MiB | {:.1} MiB ({:.1} MiB for the cache itself) |",

@@ -7,7 +7,7 @@
 //! | start to first complete write, local store | ≤ 50 ms |
 //! | push: store change → file → reload | p99 ≤ 50 ms |
 //! | poll at interval T: store change → file | max ≤ T + 100 ms |
-//! | RSS, 100 secrets, steady | ≤ 9 MB |
+//! | RSS, as many secrets as a pod may name (`MAX_ANNOTATIONS`), steady | ≤ 9 MB |
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use rotor_crds::annotations::MAX_ANNOTATIONS;
 use rotor_envelope::KeyFileKek;
+use rotor_fixtures::net::{free_port, retry_on_addr_in_use};
+use rotor_fixtures::procfs::rss_kib;
 use rotor_sidecar::writer::{AtomicWriter, FileSpec, WriterOptions};
 use rotor_store::{LocalStore, WriteAs};
 use zeroize::Zeroizing;
@@ -49,7 +52,7 @@ fn main() {
         rows.push(poll_latency(Duration::from_secs(1), 20));
     }
     if want("rss") {
-        rows.push(rss_100_secrets());
+        rows.push(rss_at_the_annotation_cap());
     }
     println!("\n| figure | target | measured |\n|---|---|---|");
     for (figure, target, measured) in rows {
@@ -120,14 +123,6 @@ struct Pod {
     push: u16,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Pod {
     fn new(secrets: usize, extra: &[(&str, String)]) -> Self {
         let work = shm();
@@ -165,8 +160,36 @@ impl Pod {
     }
 
     fn spawn(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_rotor-sidecar"))
-            .arg("--annotations")
+        self.command(self.admin, self.push)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Starts the sidecar and waits until it is ready; when another process
+    /// took one of its ports first, starts it again on fresh ports.
+    fn spawn_ready(&mut self) -> Child {
+        let log = self._work.path().join("sidecar.log");
+        let (child, admin, push) = retry_on_addr_in_use(|admin| {
+            let push = free_port();
+            let mut child = self
+                .command(admin, push)
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            if wait_ready_or_exit(admin, &mut child) {
+                Ok((child, admin, push))
+            } else {
+                Err(std::fs::read_to_string(&log).unwrap_or_default())
+            }
+        });
+        (self.admin, self.push) = (admin, push);
+        child
+    }
+
+    fn command(&self, admin: u16, push: u16) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rotor-sidecar"));
+        cmd.arg("--annotations")
             .arg(&self.annotations)
             .arg("--out-dir")
             .arg(self.out.path())
@@ -174,13 +197,11 @@ impl Pod {
             .arg(self.store.path())
             .arg("--key")
             .arg(&self.key)
-            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
-            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--push-addr", &format!("127.0.0.1:{push}")])
             .env("ROTOR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .stdout(Stdio::null());
+        cmd
     }
 
     fn file(&self, name: &str) -> Option<String> {
@@ -233,13 +254,18 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, resp.split_once("\r\n\r\n").unwrap().1.to_owned())
 }
 
-fn wait_ready(port: u16) {
+/// Waits until the sidecar on admin `port` is ready (true) or has exited
+/// (false).
+fn wait_ready_or_exit(port: u16, child: &mut Child) -> bool {
     let t = Instant::now();
     loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/readyz", "").0 == 200
         {
-            return;
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
         }
         assert!(t.elapsed() < Duration::from_secs(10), "sidecar not ready");
         std::thread::sleep(Duration::from_millis(5));
@@ -266,7 +292,7 @@ fn hook() -> (u16, mpsc::Receiver<Instant>) {
 
 fn push_latency() -> Vec<(String, String, String)> {
     let (hook_port, hits) = hook();
-    let pod = Pod::new(
+    let mut pod = Pod::new(
         1,
         &[
             ("rotor.dev/refresh", "1h".into()),
@@ -276,8 +302,7 @@ fn push_latency() -> Vec<(String, String, String)> {
             ),
         ],
     );
-    let child = pod.spawn();
-    wait_ready(pod.admin);
+    let child = pod.spawn_ready();
     let mut to_reload = Vec::new();
     let mut to_ack = Vec::new();
     for i in 0..300 {
@@ -327,15 +352,14 @@ fn push_latency() -> Vec<(String, String, String)> {
 }
 
 fn poll_latency(interval: Duration, changes: u32) -> (String, String, String) {
-    let pod = Pod::new(
+    let mut pod = Pod::new(
         1,
         &[(
             "rotor.dev/refresh",
             humantime::format_duration(interval).to_string(),
         )],
     );
-    let child = pod.spawn();
-    wait_ready(pod.admin);
+    let child = pod.spawn_ready();
     let mut times = Vec::new();
     for i in 0..changes {
         // Changes land at varying points of the poll cycle.
@@ -370,25 +394,18 @@ fn poll_latency(interval: Duration, changes: u32) -> (String, String, String) {
     )
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-fn rss_100_secrets() -> (String, String, String) {
-    let pod = Pod::new(100, &[("rotor.dev/refresh", "1s".into())]);
-    let child = pod.spawn();
-    wait_ready(pod.admin);
+/// RSS with as many secrets as one pod may name: the annotation cap, less
+/// the `rotor.dev/refresh` annotation.
+fn rss_at_the_annotation_cap() -> (String, String, String) {
+    let extra = [("rotor.dev/refresh", "1s".to_owned())];
+    let secrets = MAX_ANNOTATIONS - extra.len();
+    let mut pod = Pod::new(secrets, &extra);
+    let child = pod.spawn_ready();
     std::thread::sleep(Duration::from_secs(5));
     let rss = rss_kib(child.id());
     stop(child);
     (
-        "sidecar RSS, 100 secrets at a 1 s interval, after 5 s".into(),
+        format!("sidecar RSS, {secrets} secrets at a 1 s interval, after 5 s"),
         "≤ 9 MB".into(),
         format!("{:.1} MB", rss as f64 / 1024.0),
     )

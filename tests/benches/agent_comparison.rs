@@ -6,10 +6,10 @@
 //! cargo bench -p rotor-e2e --bench agent_comparison
 //! ```
 //!
-//! Prints one table: RSS with 1 and 100 secrets, launch to first render,
-//! new KV version → file (min/median/max over 20 changes at 1 s and 5 s
-//! intervals), idle CPU seconds per hour with 100 secrets at 1 s, and
-//! Rotor's push path.
+//! Prints one table: RSS with 1 and [`MANY`] secrets, launch to first
+//! render, new KV version → file (min/median/max over 20 changes at 1 s and
+//! 5 s intervals), idle CPU seconds per hour with [`MANY`] secrets at 1 s,
+//! and Rotor's push path.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,8 +18,13 @@ use std::time::{Duration, Instant};
 
 use rotor_e2e::servers::{Bao, venv_bin};
 use rotor_e2e::{bin, free_port, http, wait_until};
+use rotor_fixtures::procfs::{rss_kib, ticks_per_second};
 
 const CHANGES: usize = 30;
+
+/// As many secrets as one pod may name: the annotation cap, less the
+/// `rotor.dev/refresh` annotation.
+const MANY: usize = rotor_crds::annotations::MAX_ANNOTATIONS - 1;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -27,7 +32,7 @@ fn main() {
     }
     let bao = Bao::start();
     let mut rows: Vec<[String; 3]> = Vec::new();
-    for n in [1usize, 100] {
+    for n in [1usize, MANY] {
         seed(&bao, n);
         let (agent_start, agent_rss) = measure_start_and_rss(&bao, Tool::Agent, n);
         let (rotor_start, rotor_rss) = measure_start_and_rss(&bao, Tool::Rotor, n);
@@ -59,11 +64,11 @@ fn main() {
         "no push".into(),
         stats(&p),
     ]);
-    seed(&bao, 100);
+    seed(&bao, MANY);
     let a = idle_cpu(&bao, Tool::Agent);
     let r = idle_cpu(&bao, Tool::Rotor);
     rows.push([
-        "idle CPU, 100 secrets at 1 s, seconds per hour".into(),
+        format!("idle CPU, {MANY} secrets at 1 s, seconds per hour"),
         format!("{a:.0} s"),
         format!("{r:.1} s"),
     ]);
@@ -228,10 +233,11 @@ fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Dur
 }
 
 fn idle_cpu(bao: &Bao, tool: Tool) -> f64 {
-    let run = launch(bao, tool, 100, Duration::from_secs(1));
-    assert!(wait_until(30, || all_rendered(run.out.path(), 100)));
+    let run = launch(bao, tool, MANY, Duration::from_secs(1));
+    assert!(wait_until(30, || all_rendered(run.out.path(), MANY)));
     std::thread::sleep(Duration::from_secs(3));
     let window = Duration::from_secs(20);
+    let cpu_ticks = |pid| rotor_fixtures::procfs::cpu_ticks(pid).expect("a running tool");
     let before = cpu_ticks(run.child.id());
     std::thread::sleep(window);
     let used = (cpu_ticks(run.child.id()) - before) as f64 / ticks_per_second();
@@ -250,32 +256,6 @@ fn uniform() -> f64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
     (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15; `after` starts at field 3.
-    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-fn ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(100.0)
 }
 
 fn mb(kib: u64) -> String {

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 use rotor_e2e::servers::Bao;
 use rotor_e2e::{free_port, http, tmpfs_dir, wait_until};
 use rotor_envelope::KeyFileKek;
+use rotor_fixtures::procfs;
+use rotor_fixtures::seeded::Lcg;
 use rotor_store::{LocalStore, WriteAs};
 
 const SECRETS: usize = 100;
@@ -111,41 +113,13 @@ struct Proc {
 }
 
 fn proc_status(pid: u32) -> Proc {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // utime and stime are fields 14 and 15, counted from after the `(comm)`.
-    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let field = |key: &str| procfs::status_field(pid, key).unwrap_or(0);
     Proc {
-        rss_kib: field("VmRSS:"),
-        anon_kib: field("RssAnon:"),
-        threads: field("Threads:"),
-        cpu_ticks: tick(11) + tick(12),
+        rss_kib: field("VmRSS"),
+        anon_kib: field("RssAnon"),
+        threads: field("Threads"),
+        cpu_ticks: procfs::cpu_ticks(pid).unwrap_or(0),
     }
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`), 100 when unknown.
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 fn mib(kib: u64) -> f64 {
@@ -180,7 +154,7 @@ fn sample(
         SAMPLE_EVERY.as_secs()
     );
     let start = Instant::now();
-    let hz = ticks_per_second();
+    let hz = procfs::ticks_per_second();
     let mut series: Vec<Vec<(Duration, Proc)>> = vec![Vec::new(); watched.len()];
     let mut next = start;
     loop {
@@ -277,19 +251,6 @@ impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A small deterministic generator: which secret changes next.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
     }
 }
 

@@ -180,14 +180,10 @@ impl ControlPlane {
     /// Runs kubectl with the admin kubeconfig; panics with its output
     /// unless it succeeds. Returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl().args(args).output().expect("run kubectl");
-        let (stdout, stderr) = crate::text(&out);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {stderr}{stdout}",
-            args.join(" ")
-        );
-        stdout
+        crate::stdout_ok(
+            self.kubectl().args(args),
+            &format!("kubectl {}", args.join(" ")),
+        )
     }
 
     /// An admin client, bound to the calling test's runtime.

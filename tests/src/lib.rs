@@ -2,6 +2,7 @@
 //! runs them as real processes. `tests/run` builds the binaries first.
 
 pub mod cluster;
+pub mod conformance;
 pub mod kubelet;
 pub mod pod;
 pub mod servers;
@@ -65,6 +66,15 @@ pub fn output_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
     child.wait_with_output().expect("wait for the command")
 }
 
+/// Runs `cmd` (`what` names it in the panic); panics with both outputs
+/// unless it succeeds. Returns stdout.
+pub fn stdout_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{what}: {stderr}{stdout}");
+    stdout
+}
+
 /// Both output streams, lossily decoded, for assertions.
 pub fn text(out: &Output) -> (String, String) {
     (
@@ -73,13 +83,8 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// A free loopback port (bound, read, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+pub use rotor_fixtures::net::{free_port, loopback_listener, retry_on_addr_in_use};
+pub use rotor_fixtures::tmpfs_dir;
 
 /// A minimal blocking HTTP/1.1 exchange with a loopback server:
 /// `(status, body)`, or `None` when nothing answers.
@@ -159,16 +164,6 @@ pub fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     false
-}
-
-/// A scratch directory on tmpfs (`/dev/shm`) when there is one.
-pub fn tmpfs_dir() -> tempfile::TempDir {
-    let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        tempfile::tempdir_in(shm).expect("tempdir in /dev/shm")
-    } else {
-        tempfile::tempdir().expect("tempdir")
-    }
 }
 
 /// True when `path` is on tmpfs or ramfs.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use crate::{command, free_port, http, signal, tmpfs_dir, wait_until};
+use crate::{command, free_port, http, retry_on_addr_in_use, signal, tmpfs_dir, wait_until};
 
 /// A sidecar process with its annotations file, output directory (tmpfs)
 /// and ports; killed on drop.
@@ -76,14 +76,34 @@ impl Pod {
         self.work.path().join("sidecar.log")
     }
 
+    /// Starts the sidecar and waits until it is ready; when another process
+    /// took its admin or push port first, starts it on fresh ports.
     pub fn start(&mut self) {
-        self.child = Some(self.command().spawn().unwrap());
-        assert!(
-            wait_until(10, || http(self.admin, "GET", "/readyz", "")
-                .is_some_and(|(s, _)| s == 200)),
-            "not ready: {}",
-            std::fs::read_to_string(self.log()).unwrap_or_default()
-        );
+        let (mut admin, mut push) = (self.admin, self.push);
+        let mut first = true;
+        retry_on_addr_in_use(|fresh| {
+            if !std::mem::take(&mut first) {
+                (admin, push) = (fresh, free_port());
+            }
+            (self.admin, self.push) = (admin, push);
+            let mut child = self.command().spawn().unwrap();
+            let mut exited = false;
+            let ready = wait_until(10, || {
+                exited = child.try_wait().unwrap().is_some();
+                exited || http(self.admin, "GET", "/readyz", "").is_some_and(|(s, _)| s == 200)
+            });
+            self.child = Some(child);
+            let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+            assert!(ready, "not ready: {log}");
+            if exited { Err(log) } else { Ok(()) }
+        });
+    }
+
+    /// Asks the sidecar through its push API to serve `version` of secret
+    /// `name`: `(status, body)`.
+    pub fn push_pin(&self, name: &str, version: impl std::fmt::Display) -> (u16, String) {
+        let body = format!(r#"{{"secrets":[{{"name":"{name}","version":"{version}"}}]}}"#);
+        http(self.push, "POST", "/v1/refresh", &body).expect("the push port answers")
     }
 
     pub fn read(&self, file: &str) -> Option<String> {

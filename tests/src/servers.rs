@@ -1,12 +1,12 @@
 //! Real servers for the tests, started on free loopback ports and stopped
 //! on drop: OpenBao (`bao server -dev`) and moto (`moto_server`), both from
-//! the venv that `tests/install-tools` fills.
+//! the venv that `tests/install-tools` fills, each a [`ServerProcess`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{free_port, wait_until};
+use crate::{retry_on_addr_in_use, wait_until};
 
 /// The venv with the test tools: `ROTOR_TEST_VENV`, or `.venv-test` at the
 /// workspace root.
@@ -109,13 +109,107 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// How to run one server: its command line and readiness check for a port.
+type Spawn = Box<dyn Fn(u16) -> Command + Send + Sync>;
+type Ready = Box<dyn Fn(u16) -> bool + Send + Sync>;
+
+/// A server process on a loopback port: spawned with its stderr in a log,
+/// waited for until ready (on a fresh port when another process took the
+/// port first), stopped with SIGTERM by [`stop`](Self::stop) and killed on
+/// drop.
+pub struct ServerProcess {
+    pub port: u16,
+    name: &'static str,
+    child: Option<Child>,
+    log: PathBuf,
+    spawn: Spawn,
+    ready: Ready,
+}
+
+impl ServerProcess {
+    /// Starts `spawn(port)` on a free port, with its stderr in `log`, and
+    /// waits up to 30 s for `ready(port)`.
+    pub fn start(
+        name: &'static str,
+        log: PathBuf,
+        spawn: impl Fn(u16) -> Command + Send + Sync + 'static,
+        ready: impl Fn(u16) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        let mut server = Self {
+            port: 0,
+            name,
+            child: None,
+            log,
+            spawn: Box::new(spawn),
+            ready: Box::new(ready),
+        };
+        server.port = retry_on_addr_in_use(|port| server.spawn_on(port).map(|()| port));
+        server
+    }
+
+    /// Spawns on `port`; the log of a child that exited before it was ready.
+    fn spawn_on(&mut self, port: u16) -> Result<(), String> {
+        let mut child = (self.spawn)(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.name));
+        let mut exited = false;
+        let ready = wait_until(30, || {
+            exited = child.try_wait().unwrap().is_some();
+            exited || (self.ready)(port)
+        });
+        if exited {
+            return Err(self.log_text());
+        }
+        self.child = Some(child);
+        assert!(
+            ready,
+            "{} did not become ready: {}",
+            self.name,
+            self.log_text()
+        );
+        Ok(())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the server (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            crate::signal(&child, "TERM");
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        if let Err(log) = self.spawn_on(port) {
+            panic!("{} did not start again: {log}", self.name);
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// An OpenBao dev server with root token `root`.
 pub struct Bao {
     pub port: u16,
-    child: Option<Child>,
-    log: PathBuf,
+    process: ServerProcess,
     tls: bool,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Bao {
@@ -130,49 +224,26 @@ impl Bao {
 
     fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut bao = Self {
-            port: free_port(),
-            child: None,
-            log: dir.path().join("bao.log"),
-            tls,
-            _dir: dir,
+        let home = dir.path().to_owned();
+        let certs = home.join("tls");
+        let ca = ca_of(&home);
+        let spawn = move |port: u16| {
+            let mut cmd = Command::new(venv_bin("bao"));
+            cmd.args(["server", "-dev", "-dev-root-token-id=root"]);
+            if tls {
+                std::fs::create_dir_all(&certs).unwrap();
+                cmd.arg("-dev-tls")
+                    .arg(format!("-dev-tls-cert-dir={}", certs.display()));
+            }
+            cmd.arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                .env("HOME", &home);
+            cmd
         };
-        bao.spawn();
-        bao
-    }
-
-    /// The CA of a TLS dev server.
-    pub fn ca(&self) -> PathBuf {
-        self._dir.path().join("tls").join("vault-ca.pem")
-    }
-
-    fn spawn(&mut self) {
-        let mut cmd = Command::new(venv_bin("bao"));
-        cmd.args(["server", "-dev", "-dev-root-token-id=root"]);
-        if self.tls {
-            let certs = self._dir.path().join("tls");
-            std::fs::create_dir_all(&certs).unwrap();
-            cmd.arg("-dev-tls")
-                .arg(format!("-dev-tls-cert-dir={}", certs.display()));
-        }
-        let child = cmd
-            .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
-            .env("HOME", self._dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.log).unwrap())
-            .spawn()
-            .expect("start bao");
-        self.child = Some(child);
-        let port = self.port;
-        let ready = if self.tls {
-            // The setup client speaks plain HTTP: wait for the port and the CA.
-            let ca = self.ca();
-            wait_until(30, || {
+        let ready = move |port: u16| {
+            if tls {
+                // The setup client speaks plain HTTP: wait for the port and the CA.
                 ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            })
-        } else {
-            wait_until(30, || {
+            } else {
                 request(
                     port,
                     "GET",
@@ -181,13 +252,20 @@ impl Bao {
                     "",
                 )
                 .is_some_and(|(s, _)| s == 200)
-            })
+            }
         };
-        assert!(
-            ready,
-            "bao did not become ready: {}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
+        let process = ServerProcess::start("bao", dir.path().join("bao.log"), spawn, ready);
+        Self {
+            port: process.port,
+            process,
+            tls,
+            dir,
+        }
+    }
+
+    /// The CA of a TLS dev server.
+    pub fn ca(&self) -> PathBuf {
+        ca_of(self.dir.path())
     }
 
     pub fn addr(&self) -> String {
@@ -212,84 +290,64 @@ impl Bao {
         text
     }
 
-    /// Stops the server (SIGTERM) and waits for it.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            crate::signal(&child, "TERM");
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts a fresh dev server on the same port (dev mode keeps no data).
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+    /// The process, to stop and restart (dev mode keeps no data over a
+    /// restart).
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 }
 
-impl Drop for Bao {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+fn ca_of(dir: &Path) -> PathBuf {
+    dir.join("tls").join("vault-ca.pem")
 }
 
 /// A moto server for AWS Secrets Manager.
 pub struct Moto {
     pub port: u16,
-    child: Option<Child>,
+    process: ServerProcess,
+    _dir: tempfile::TempDir,
 }
 
 impl Moto {
     pub fn start() -> Self {
-        let mut moto = Self {
-            port: free_port(),
-            child: None,
+        let dir = tempfile::tempdir().unwrap();
+        let spawn = |port: u16| {
+            let mut cmd = Command::new(venv_bin("moto_server"));
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd
         };
-        moto.spawn();
-        moto
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        self.child = Some(child);
-        let port = self.port;
-        assert!(
-            wait_until(30, || request(port, "GET", "/moto-api/", &[], "").is_some()),
-            "moto_server did not become ready"
-        );
+        let ready = |port: u16| request(port, "GET", "/moto-api/", &[], "").is_some();
+        let process =
+            ServerProcess::start("moto_server", dir.path().join("moto.log"), spawn, ready);
+        Self {
+            port: process.port,
+            process,
+            _dir: dir,
+        }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            crate::signal(&child, "TERM");
-            let _ = child.wait();
-        }
+    /// A Secrets Manager store client for this server.
+    pub async fn store(&self) -> rotor_store::AwsStore {
+        aws_store(self.endpoint()).await
     }
 
-    pub fn restart(&mut self) {
-        self.stop();
-        self.spawn();
+    /// The process, to stop and restart (moto keeps no data over a restart).
+    pub fn process(&mut self) -> &mut ServerProcess {
+        &mut self.process
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// A Secrets Manager store client for `endpoint` in `us-east-1`, with the
+/// static credentials moto takes.
+pub async fn aws_store(endpoint: String) -> rotor_store::AwsStore {
+    rotor_store::AwsStore::new(rotor_store::AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint),
+        static_credentials: Some(("test".into(), "test".to_owned().into())),
+    })
+    .await
 }

@@ -24,18 +24,12 @@ use rotor_e2e::tools;
 /// `helm <args>` against the control plane as admin; panics unless it
 /// succeeds; returns stdout.
 fn helm(plane: &ControlPlane, home: &Path, args: &[&str]) -> String {
-    let out = tools::helm(home)
-        .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
-        .args(args)
-        .output()
-        .expect("run helm");
-    let (stdout, stderr) = rotor_e2e::text(&out);
-    assert!(
-        out.status.success(),
-        "helm {}: {stderr}{stdout}",
-        args.join(" ")
-    );
-    stdout
+    rotor_e2e::stdout_ok(
+        tools::helm(home)
+            .arg(format!("--kubeconfig={}", plane.kubeconfig.display()))
+            .args(args),
+        &format!("helm {}", args.join(" ")),
+    )
 }
 
 /// `kind/name` (with `-n ns` for namespaced ones) of every object in a

@@ -570,6 +570,22 @@ fn run_until(mut cmd: Command, done: impl Fn(&str) -> bool) -> String {
     stderr
 }
 
+/// Runs the image's sidecar in `root` against a Vault that answers 404,
+/// named `vault.rotor.test`: whether a request reached it by that name, the
+/// request heads it saw, and the sidecar's output. The store's answer (no
+/// such secret) is logged once a request got there.
+fn vault_by_name(root: &Path) -> (bool, Vec<String>, String) {
+    let (port, seen) = vault_404();
+    let out = sidecar_against_vault(root, &format!("http://vault.rotor.test:{port}"), |e| {
+        e.contains("not found")
+    });
+    let heads = seen.lock().unwrap().clone();
+    let reached = heads
+        .iter()
+        .any(|h| h.contains(&format!("host: vault.rotor.test:{port}")));
+    (reached, heads, out)
+}
+
 #[test]
 fn the_static_sidecar_resolves_names_from_etc_hosts_and_from_dns() {
     // /etc/hosts, as the kubelet mounts it.
@@ -580,16 +596,9 @@ fn the_static_sidecar_resolves_names_from_etc_hosts_and_from_dns() {
         "127.0.0.1 localhost\n127.0.0.1 vault.rotor.test\n",
     )
     .unwrap();
-    let (port, seen) = vault_404();
-    // The store's answer (no such secret) is logged once a request got there.
-    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"), |e| {
-        e.contains("not found")
-    });
-    let heads = seen.lock().unwrap().clone();
+    let (reached, heads, out) = vault_by_name(&root);
     assert!(
-        heads
-            .iter()
-            .any(|h| h.contains(&format!("host: vault.rotor.test:{port}"))),
+        reached,
         "no request reached the server by its /etc/hosts name: {heads:?}\n{out}"
     );
 
@@ -608,15 +617,9 @@ fn the_static_sidecar_resolves_names_from_etc_hosts_and_from_dns() {
         format!("nameserver {ip}\noptions attempts:1 timeout:2\n"),
     )
     .unwrap();
-    let (port, seen) = vault_404();
-    let out = sidecar_against_vault(&root, &format!("http://vault.rotor.test:{port}"), |e| {
-        e.contains("not found")
-    });
-    let heads = seen.lock().unwrap().clone();
+    let (reached, heads, out) = vault_by_name(&root);
     assert!(
-        heads
-            .iter()
-            .any(|h| h.contains(&format!("host: vault.rotor.test:{port}"))),
+        reached,
         "no request reached the server by its DNS name: {heads:?}\nDNS queries: {:?}\n{out}",
         queries.lock().unwrap()
     );

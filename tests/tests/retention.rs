@@ -33,13 +33,7 @@ fn a_pin_to_a_version_retention_removed_falls_back_to_current() {
     assert_eq!(pod.read("db").as_deref(), Some("v3"));
     // Version 1 went when version 3 was written: a pin to it is refused
     // (only PENDING may be pinned), and nothing changes.
-    let (status, body) = http(
-        pod.push,
-        "POST",
-        "/v1/refresh",
-        r#"{"secrets":[{"name":"db","version":"1"}]}"#,
-    )
-    .unwrap();
+    let (status, body) = pod.push_pin("db", 1);
     assert_eq!(status, 409, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("v3"));
     // A rotation's PENDING version pins; once a newer PENDING replaces it
@@ -47,16 +41,7 @@ fn a_pin_to_a_version_retention_removed_falls_back_to_current() {
     let pending = store
         .put_with("db", b"v4", WriteAs::Pending, Some(2))
         .unwrap();
-    let (status, body) = http(
-        pod.push,
-        "POST",
-        "/v1/refresh",
-        &format!(
-            r#"{{"secrets":[{{"name":"db","version":"{}"}}]}}"#,
-            pending.version
-        ),
-    )
-    .unwrap();
+    let (status, body) = pod.push_pin("db", pending.version);
     assert_eq!(status, 200, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("v4"));
     for v in ["v5", "v6"] {

@@ -12,9 +12,7 @@ use rotor_e2e::pod::Pod;
 use rotor_e2e::servers::{Bao, Moto};
 use rotor_e2e::{command, free_port, wait_until};
 use rotor_envelope::{ExposeSecret, KeyFileKek};
-use rotor_store::{
-    AwsConfig, AwsStore, LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs,
-};
+use rotor_store::{LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
 
 /// One backend: the store for the test's own reads and writes, the
 /// SecretStore YAML for the controller, and the sidecar flags and env.
@@ -79,12 +77,7 @@ fn openbao() -> Backend {
 
 async fn moto() -> Backend {
     let moto = Moto::start();
-    let store = AwsStore::new(AwsConfig {
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint()),
-        static_credentials: Some(("test".into(), "test".to_owned().into())),
-    })
-    .await;
+    let store = moto.store().await;
     Backend {
         store: Arc::new(store),
         store_yaml: format!(

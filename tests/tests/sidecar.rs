@@ -92,7 +92,12 @@ fn delivers_refreshes_and_reconfigures_live_through_inotify() {
         ("rotor.dev/secret.user", "b#user"),
         ("rotor.dev/refresh", "never"),
     ]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for the refusal to be counted, then check nothing changed.
+    assert!(
+        wait_until(5, || scrape(&pod).contains("rotor_config_errors_total 1")),
+        "the invalid change was never refused: {}",
+        scrape(&pod)
+    );
     assert_eq!(pod.read("user").as_deref(), Some("app"));
     let (_, metrics) = http(pod.admin, "GET", "/metrics", "").unwrap();
     assert!(metrics.contains("rotor_config_errors_total 1"), "{metrics}");
@@ -112,13 +117,7 @@ fn push_answers_with_the_served_version_after_the_file_is_written() {
     pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
     pod.start();
     pod.store.put("db", b"v2", WriteAs::Pending).unwrap();
-    let (status, body) = http(
-        pod.push,
-        "POST",
-        "/v1/refresh",
-        r#"{"secrets":[{"name":"db","version":"2"}]}"#,
-    )
-    .unwrap();
+    let (status, body) = pod.push_pin("db", 2);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -177,10 +176,6 @@ impl Hook {
     }
 }
 
-fn pin(name: &str, version: &str) -> String {
-    format!(r#"{{"secrets":[{{"name":"{name}","version":"{version}"}}]}}"#)
-}
-
 /// A local store whose secret `db` has an older version 1 (PREVIOUS) and
 /// version 2 (CURRENT), and a sidecar serving it with a reload hook.
 fn pod_with_history(hook: &Hook) -> Local {
@@ -207,7 +202,7 @@ fn a_pin_to_a_version_other_than_pending_is_refused_and_changes_nothing() {
     let data = || std::fs::read_link(pod.out.path().join("..data")).unwrap();
     let served = data();
     for asked in ["1", "99"] {
-        let (status, body) = http(pod.push, "POST", "/v1/refresh", &pin("db", asked)).unwrap();
+        let (status, body) = pod.push_pin("db", asked);
         assert_eq!(status, 409, "pin to {asked}: {body}");
         let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(reply["ok"], false, "{body}");
@@ -231,7 +226,7 @@ fn a_pin_to_a_version_other_than_pending_is_refused_and_changes_nothing() {
 
     // The rotation target still pins and is acknowledged; the hook is live.
     pod.store.put("db", b"next-v3", WriteAs::Pending).unwrap();
-    let (status, body) = http(pod.push, "POST", "/v1/refresh", &pin("db", "3")).unwrap();
+    let (status, body) = pod.push_pin("db", "3");
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body,
@@ -270,7 +265,7 @@ fn a_pin_flip_flop_forces_no_reloads() {
     while started.elapsed() < Duration::from_secs(5) {
         // The other version each time the last push got through.
         let version = ["1", "2"][flips % 2];
-        let (status, _) = http(pod.push, "POST", "/v1/refresh", &pin("db", version)).unwrap();
+        let (status, _) = pod.push_pin("db", version);
         *statuses.entry(status).or_default() += 1;
         if status != 429 {
             flips += 1;
@@ -436,7 +431,13 @@ fn a_canary_never_appears_in_logs_metrics_or_errors() {
         ("rotor.dev/secret.field", "blob#key"),
         ("rotor.dev/refresh", "100ms"),
     ]);
-    std::thread::sleep(Duration::from_millis(500));
+    // The new annotations are in force once the render error is logged.
+    assert!(
+        wait_until(5, || std::fs::read_to_string(pod.log())
+            .unwrap()
+            .contains("is not a JSON object")),
+        "the render error was not logged"
+    );
     pod.store
         .put("db", format!("{CANARY}-2").as_bytes(), WriteAs::Current)
         .unwrap();
@@ -667,6 +668,7 @@ fn kill_9_during_writes_leaves_the_old_set_or_the_new_one() {
         .collect();
     pod.annotate(&refs);
     let mut generation = 0;
+    let mut checked = 0;
     for round in 0..12u64 {
         pod.child = Some(pod.command().spawn().unwrap());
         for _ in 0..4 {
@@ -679,13 +681,16 @@ fn kill_9_during_writes_leaves_the_old_set_or_the_new_one() {
         let mut child = pod.child.take().unwrap();
         signal(&child, "KILL");
         child.wait().unwrap();
-        check_one_generation(pod.out.path(), round);
+        checked += usize::from(check_one_generation(pod.out.path(), round));
     }
+    assert!(checked > 0, "every round was killed before the first write");
 }
 
-fn check_one_generation(dir: &Path, round: u64) {
+/// Checks that the files are one complete version; false when there were
+/// none yet (killed before the first write).
+fn check_one_generation(dir: &Path, round: u64) -> bool {
     if std::fs::symlink_metadata(dir.join("..data")).is_err() {
-        return; // killed before the first write
+        return false; // killed before the first write
     }
     let mut seen = None;
     for k in 0..10 {
@@ -699,6 +704,7 @@ fn check_one_generation(dir: &Path, round: u64) {
             Some(g) => assert_eq!(g, generation, "round {round}: files from two versions"),
         }
     }
+    true
 }
 
 /// A JSON object of string fields (values need no escaping here).

@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use rotor_e2e::pod::Pod;
-use rotor_e2e::servers::{Bao, Moto};
+use rotor_e2e::servers::{Bao, Moto, ServerProcess};
 use rotor_e2e::{http, wait_until};
-use rotor_store::{AwsConfig, AwsStore, Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
+use rotor_store::{Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
 
 const INTERVAL: Duration = Duration::from_millis(500);
 
@@ -30,12 +30,7 @@ fn ready(pod: &Pod) -> bool {
 }
 
 /// The lifecycle shared by both stores.
-async fn lifecycle(
-    mut pod: Pod,
-    write: impl AsyncFn(&[u8]),
-    mut stop: impl FnMut(),
-    mut restart: impl FnMut(),
-) {
+async fn lifecycle(mut pod: Pod, write: impl AsyncFn(&[u8]), server: &mut ServerProcess) {
     write(b"v1").await;
     pod.annotate(&[
         ("rotor.dev/secret.db", "app/db"),
@@ -53,8 +48,19 @@ async fn lifecycle(
         "took {took:?}"
     );
 
-    stop();
-    std::thread::sleep(INTERVAL * 4);
+    server.stop();
+    // Wait until the outage has been seen twice, then check nothing was lost.
+    let fetch_errors = "rotor_secret_fetch_errors_total{secret=\"app/db\",reason=\"unreachable\"}";
+    assert!(
+        wait_until(30, || {
+            let (_, metrics) = http(pod.admin, "GET", "/metrics", "").unwrap();
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(fetch_errors)?.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 2.0)
+        }),
+        "the outage was never seen"
+    );
     assert_eq!(
         pod.read("db").as_deref(),
         Some("v2"),
@@ -68,7 +74,7 @@ async fn lifecycle(
         "{metrics}"
     );
 
-    restart();
+    server.restart();
     write(b"v3").await;
     let took = arrives(&pod, "db", "v3");
     assert!(
@@ -80,7 +86,7 @@ async fn lifecycle(
 
 #[tokio::test]
 async fn the_sidecar_delivers_from_openbao_and_survives_an_outage() {
-    let bao = Bao::start();
+    let mut bao = Bao::start();
     let mut pod = Pod::new();
     let token = pod.work.path().join("vault-token");
     std::fs::write(&token, "root").unwrap();
@@ -93,21 +99,15 @@ async fn the_sidecar_delivers_from_openbao_and_survives_an_outage() {
         token.clone().into(),
     ];
     let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
-    let cell = std::cell::RefCell::new(bao);
-    lifecycle(
-        pod,
-        async |v: &[u8]| {
-            store.write("app/db", v, WriteAs::Current).await.unwrap();
-        },
-        || cell.borrow_mut().stop(),
-        || cell.borrow_mut().restart(),
-    )
-    .await;
+    let write = async |v: &[u8]| {
+        store.write("app/db", v, WriteAs::Current).await.unwrap();
+    };
+    lifecycle(pod, write, bao.process()).await;
 }
 
 #[tokio::test]
 async fn the_sidecar_delivers_from_moto_and_survives_an_outage() {
-    let moto = Moto::start();
+    let mut moto = Moto::start();
     let mut pod = Pod::new();
     pod.store_args = vec![
         "--store-kind".into(),
@@ -122,22 +122,11 @@ async fn the_sidecar_delivers_from_moto_and_survives_an_outage() {
         ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
         ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
     ];
-    let store = AwsStore::new(AwsConfig {
-        region: Some("us-east-1".into()),
-        endpoint: Some(moto.endpoint()),
-        static_credentials: Some(("test".into(), "test".to_owned().into())),
-    })
-    .await;
-    let cell = std::cell::RefCell::new(moto);
-    lifecycle(
-        pod,
-        async |v: &[u8]| {
-            store.write("app/db", v, WriteAs::Current).await.unwrap();
-        },
-        || cell.borrow_mut().stop(),
-        || cell.borrow_mut().restart(),
-    )
-    .await;
+    let store = moto.store().await;
+    let write = async |v: &[u8]| {
+        store.write("app/db", v, WriteAs::Current).await.unwrap();
+    };
+    lifecycle(pod, write, moto.process()).await;
 }
 
 /// A token whose policy reads only `secret/data/app/*`, as Vault Agent and
@@ -213,16 +202,7 @@ async fn a_data_only_policy_written_for_vault_agent_just_works() {
         .write("app/db", b"v3", WriteAs::Pending)
         .await
         .unwrap();
-    let (status, body) = http(
-        pod.push,
-        "POST",
-        "/v1/refresh",
-        &format!(
-            r#"{{"secrets":[{{"name":"app/db","version":"{}"}}]}}"#,
-            pending.0
-        ),
-    )
-    .unwrap();
+    let (status, body) = pod.push_pin("app/db", &pending.0);
     assert_eq!(status, 200, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("v3"));
     // CURRENT stays v2 for readers that were not pushed.

@@ -1,14 +1,16 @@
 //! The Vault/OpenBao KV v2 store and the Transit KEK against a real
-//! OpenBao dev server on a loopback port.
+//! OpenBao dev server on a loopback port. The stage model and not-found
+//! errors: the conformance suite (store_conformance.rs).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use rotor_e2e::conformance::text;
 use rotor_e2e::servers::{Bao, request};
 use rotor_envelope::ExposeSecret;
 use rotor_store::{
-    Error, LocalStore, Selector, Stage, Store, TransitKek, VaultAuth, VaultConfig, VaultStore,
-    VersionId, WriteAs,
+    Error, LocalStore, Selector, Store, TransitKek, VaultAuth, VaultConfig, VaultStore, VersionId,
+    WriteAs,
 };
 
 fn token_file(dir: &tempfile::TempDir, token: &str) -> std::path::PathBuf {
@@ -23,88 +25,6 @@ fn store(bao: &Bao, dir: &tempfile::TempDir) -> VaultStore {
         VaultAuth::TokenFile(token_file(dir, "root")),
     ))
     .unwrap()
-}
-
-async fn text(s: &VaultStore, name: &str, sel: Selector) -> String {
-    String::from_utf8(
-        s.read(name, &sel)
-            .await
-            .unwrap()
-            .value
-            .expose_secret()
-            .to_vec(),
-    )
-    .unwrap()
-}
-
-#[tokio::test]
-async fn stages_versions_and_retirement_on_kv_v2() {
-    let bao = Bao::start();
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(&bao, &dir);
-    assert_eq!(
-        s.write("app/db", b"one", WriteAs::Current).await.unwrap(),
-        VersionId::from(1)
-    );
-    assert_eq!(
-        s.write("app/db", b"two", WriteAs::Current).await.unwrap(),
-        VersionId::from(2)
-    );
-    assert_eq!(text(&s, "app/db", Selector::Current).await, "two");
-    assert_eq!(text(&s, "app/db", Selector::Version(1.into())).await, "one");
-    assert_eq!(
-        text(&s, "app/db", Selector::Stage(Stage::Previous)).await,
-        "one"
-    );
-
-    // A pending version is KV's newest, yet CURRENT stays where it was.
-    let pending = s.write("app/db", b"three", WriteAs::Pending).await.unwrap();
-    assert_eq!(pending, VersionId::from(3));
-    assert_eq!(
-        s.current_version("app/db").await.unwrap(),
-        VersionId::from(2)
-    );
-    assert_eq!(text(&s, "app/db", Selector::Current).await, "two");
-    assert_eq!(
-        text(&s, "app/db", Selector::Stage(Stage::Pending)).await,
-        "three"
-    );
-    let meta = bao.api("GET", "secret/metadata/app/db", "");
-    assert!(
-        meta.contains("\"rotor-pending\":\"3\"") && meta.contains("\"rotor-current\":\"2\""),
-        "{meta}"
-    );
-
-    // Promote: pending -> current, current -> previous; again is a no-op.
-    s.promote("app/db", &pending).await.unwrap();
-    s.promote("app/db", &pending).await.unwrap();
-    assert_eq!(
-        s.current_version("app/db").await.unwrap(),
-        VersionId::from(3)
-    );
-    assert_eq!(
-        text(&s, "app/db", Selector::Stage(Stage::Previous)).await,
-        "two"
-    );
-    let err = s
-        .read("app/db", &Selector::Stage(Stage::Pending))
-        .await
-        .err()
-        .unwrap();
-    assert!(matches!(err, Error::StageNotFound { .. }), "{err}");
-
-    // Retire destroys; the current version cannot be retired.
-    s.retire("app/db", &VersionId::from(2)).await.unwrap();
-    assert!(
-        s.read("app/db", &Selector::Version(2.into()))
-            .await
-            .is_err()
-    );
-    let err = s.retire("app/db", &VersionId::from(3)).await.unwrap_err();
-    assert!(
-        err.to_string().contains("is CURRENT and cannot be retired"),
-        "{err}"
-    );
 }
 
 #[tokio::test]
@@ -130,17 +50,7 @@ async fn secrets_written_by_others_read_as_json_and_current_is_kv_current() {
 async fn errors_are_classified_and_name_the_store_and_secret() {
     let bao = Bao::start();
     let dir = tempfile::tempdir().unwrap();
-    let s = store(&bao, &dir);
-    let err = s.read("nope", &Selector::Current).await.err().unwrap();
-    assert!(
-        matches!(err, Error::SecretNotFound { .. }) && !err.is_retryable(),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains(&bao.addr()) && err.to_string().contains("nope"),
-        "{err}"
-    );
-
+    // Not found: the conformance suite (store_conformance.rs).
     // A token without a policy for the path.
     bao.api(
         "POST",

@@ -3,9 +3,9 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use rotor_e2e::{command, free_port, wait_until};
+use rotor_fixtures::procfs::peak_rss_kib;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(
@@ -157,21 +157,11 @@ fn mutate_over_https_and_reload_the_certificate() {
         .is_some_and(|(s, _)| s == 200)),
         "the new certificate was never served"
     );
-    std::thread::sleep(Duration::from_millis(100));
+    // The new certificate is served (waited for above): the old one is not.
     assert!(
         curl(port, &first_ca, "{}").is_none(),
         "the old certificate is still served"
     );
-}
-
-/// Peak resident memory of a process, from /proc (VmHWM, KiB).
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// The worst-case review: 2 MB of bad reload actions plus hundreds of

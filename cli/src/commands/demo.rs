@@ -232,33 +232,44 @@ impl Demo {
         std::fs::write(&annotations, rotor_sidecar::downward::format(&pod))?;
 
         let exe = std::env::current_exe().context("cannot find the rotor executable")?;
-        let admin_port = free_port()?;
-        let push_port = free_port()?;
         let sidecar_log = work.join("sidecar.log");
-        self.spawn(
-            Role::Sidecar,
-            Command::new(&exe)
-                .arg("sidecar")
-                .args(["--annotations".as_ref(), annotations.as_os_str()])
-                .args(["--out-dir".as_ref(), out.as_os_str()])
-                .args(["--local-store".as_ref(), store_path.as_os_str()])
-                .args(["--key".as_ref(), key_path.as_os_str()])
-                .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-                .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-                .arg("--wipe-on-exit")
-                .env_remove("ROTOR_LOG_FORMAT")
-                .stdout(Stdio::null()),
-            Some(sidecar_log.clone()),
-        )?;
+        // The ports are picked here and bound by the sidecar: when another
+        // process takes one in between, the sidecar exits saying so, and it
+        // starts again on fresh ports.
+        let mut attempt = 0;
+        let (admin_port, push_port) = loop {
+            attempt += 1;
+            let (admin_port, push_port) = (free_port()?, free_port()?);
+            self.spawn(
+                Role::Sidecar,
+                Command::new(&exe)
+                    .arg("sidecar")
+                    .args(["--annotations".as_ref(), annotations.as_os_str()])
+                    .args(["--out-dir".as_ref(), out.as_os_str()])
+                    .args(["--local-store".as_ref(), store_path.as_os_str()])
+                    .args(["--key".as_ref(), key_path.as_os_str()])
+                    .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+                    .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                    .arg("--wipe-on-exit")
+                    .env_remove("ROTOR_LOG_FORMAT")
+                    .stdout(Stdio::null()),
+                Some(sidecar_log.clone()),
+            )?;
+            match wait_ready(admin_port, self.child(Role::Sidecar)).await? {
+                None => break (admin_port, push_port),
+                Some(_) if attempt < 5 && port_taken(&sidecar_log) => {
+                    self.children.retain(|(role, _)| *role != Role::Sidecar);
+                    self.logs.retain(|(role, _)| *role != Role::Sidecar);
+                }
+                Some(status) => return Ok(End::Exited(Role::Sidecar, status)),
+            }
+        };
         say(&format!(
             "sidecar pid {} writes {} (logs in {}; metrics on http://127.0.0.1:{admin_port}/metrics)",
             self.child(Role::Sidecar).id().unwrap_or(0),
             out.display(),
             sidecar_log.display()
         ))?;
-        if let Some(status) = wait_ready(admin_port, self.child(Role::Sidecar)).await? {
-            return Ok(End::Exited(Role::Sidecar, status));
-        }
         // The app's lines go through the demo, the one writer of stdout.
         self.spawn(
             Role::App,
@@ -412,10 +423,18 @@ fn random_value() -> anyhow::Result<Vec<u8>> {
         .into_bytes())
 }
 
+/// A loopback port that was free a moment ago; the sidecar binds it, and
+/// [`port_taken`] tells when another process was quicker.
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// True when the sidecar's log says one of its ports was taken.
+fn port_taken(log: &Path) -> bool {
+    std::fs::read_to_string(log)
+        .is_ok_and(|text| text.to_ascii_lowercase().contains("address already in use"))
 }
 
 /// Waits for the sidecar's /readyz: `None` when ready, the exit status if

@@ -1,48 +1,36 @@
-//! The reconciler against kube's mocked client: an `ApiServerVerifier`
-//! over `tower_test::mock::pair` checks each request and answers it.
+//! The reconciler against the fake API server of `rotor-fixtures`: a
+//! scripted scenario checks each request and answers it.
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::client::Body;
+use http::Method;
 use rotor_crds::api::{
     LocalProvider, SecretStoreSpec, VaultAuthSpec, VaultKubernetesAuth, VaultProvider,
 };
+use rotor_fixtures::api_server::{self, ApiServerVerifier, Exchange, Recorded, Reply, Scenario};
 
 use super::*;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// Expects one status patch of `path` by the controller, answered with
+/// `object`.
+fn status_patch(server: ApiServerVerifier, path: &str, object: &impl serde::Serialize) -> Recorded {
+    server.run(Scenario::Script(vec![
+        Exchange::expect(Method::PATCH, path)
+            .query_contains("fieldManager=rotor-controller")
+            .reply(Reply::ok(object)),
+    ]))
+}
 
-struct ApiServerVerifier(Handle);
+/// The body of the one status patch `recorded` expects.
+async fn patch_of(recorded: Recorded) -> serde_json::Value {
+    timeout_after_1s(recorded.finished()).await[0].body.clone()
+}
 
-impl ApiServerVerifier {
-    /// Expects one status patch and returns its body.
-    async fn status_patch(mut self, store: &SecretStore) -> serde_json::Value {
-        let (request, send) = self.0.next_request().await.expect("a request");
-        assert_eq!(request.method(), http::Method::PATCH);
-        assert_eq!(
-            request.uri().path(),
-            format!(
-                "/apis/rotor.dev/v1alpha1/namespaces/{}/secretstores/{}/status",
-                store.namespace().unwrap(),
-                store.name_any()
-            )
-        );
-        assert!(
-            request
-                .uri()
-                .query()
-                .unwrap()
-                .contains("fieldManager=rotor-controller")
-        );
-        let body = request.into_body().collect().await.unwrap().to_bytes();
-        let patch: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        send.send_response(
-            Response::builder()
-                .body(Body::from(serde_json::to_vec(store).unwrap()))
-                .unwrap(),
-        );
-        patch
-    }
+/// The status path of a namespaced `SecretStore`.
+fn status_path(store: &SecretStore) -> String {
+    format!(
+        "/apis/rotor.dev/v1alpha1/namespaces/{}/secretstores/{}/status",
+        store.namespace().unwrap(),
+        store.name_any()
+    )
 }
 
 fn store(provider: Provider) -> SecretStore {
@@ -80,13 +68,13 @@ fn vault(server: &str) -> Provider {
 }
 
 fn context() -> (Arc<Context>, ApiServerVerifier) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (client, server) = api_server::pair("default");
     (
         Arc::new(Context {
-            client: Client::new(service, "default"),
+            client,
             metrics: Arc::default(),
         }),
-        ApiServerVerifier(handle),
+        server,
     )
 }
 
@@ -100,13 +88,10 @@ async fn timeout_after_1s<T>(f: impl std::future::Future<Output = T>) -> T {
 async fn a_valid_store_is_ready() {
     let (ctx, server) = context();
     let s = store(vault("https://vault:8200"));
-    let verify = tokio::spawn({
-        let s = s.clone();
-        async move { server.status_patch(&s).await }
-    });
+    let verify = status_patch(server, &status_path(&s), &s);
     let action = timeout_after_1s(reconcile(Arc::new(s), ctx)).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
-    let patch = timeout_after_1s(verify).await.unwrap();
+    let patch = patch_of(verify).await;
     assert_eq!(patch["status"]["provider"], "vault");
     assert_eq!(patch["status"]["observedGeneration"], 3);
     let c = &patch["status"]["conditions"][0];
@@ -130,12 +115,9 @@ async fn an_invalid_store_says_why() {
         volume: None,
     });
     let s = store(provider);
-    let verify = tokio::spawn({
-        let s = s.clone();
-        async move { server.status_patch(&s).await }
-    });
+    let verify = status_patch(server, &status_path(&s), &s);
     timeout_after_1s(reconcile(Arc::new(s), ctx)).await.unwrap();
-    let patch = timeout_after_1s(verify).await.unwrap();
+    let patch = patch_of(verify).await;
     let c = &patch["status"]["conditions"][0];
     assert_eq!(c["status"], "False");
     let message = c["message"].as_str().unwrap();
@@ -150,17 +132,11 @@ async fn an_invalid_store_says_why() {
 
 #[tokio::test]
 async fn api_errors_requeue_through_the_error_policy() {
-    let (ctx, mut server) = context();
+    let (ctx, server) = context();
     let s = store(vault("https://vault:8200"));
-    tokio::spawn(async move {
-        let (_, send) = server.0.next_request().await.unwrap();
-        send.send_response(
-            Response::builder()
-                .status(500)
-                .body(Body::from(br#"{"kind":"Status","status":"Failure","reason":"InternalError","code":500,"message":"boom"}"#.to_vec()))
-                .unwrap(),
-        );
-    });
+    server.run(Scenario::Script(vec![
+        Exchange::any().reply(Reply::failure(500, "InternalError")),
+    ]));
     let err = timeout_after_1s(reconcile(Arc::new(s.clone()), ctx.clone()))
         .await
         .unwrap_err();
@@ -174,7 +150,7 @@ async fn api_errors_requeue_through_the_error_policy() {
 #[tokio::test]
 async fn a_cluster_store_without_namespaces_or_paths_says_so() {
     use rotor_crds::api::ClusterSecretStoreSpec;
-    let (ctx, mut server) = context();
+    let (ctx, server) = context();
     let store = ClusterSecretStore::new(
         "shared",
         ClusterSecretStoreSpec {
@@ -184,22 +160,15 @@ async fn a_cluster_store_without_namespaces_or_paths_says_so() {
             allow_exec_reload: false,
         },
     );
-    let reply = serde_json::to_vec(&store).unwrap();
-    let verify = tokio::spawn(async move {
-        let (request, send) = server.0.next_request().await.expect("a request");
-        assert_eq!(request.method(), http::Method::PATCH);
-        assert_eq!(
-            request.uri().path(),
-            "/apis/rotor.dev/v1alpha1/clustersecretstores/shared/status"
-        );
-        let body = request.into_body().collect().await.unwrap().to_bytes();
-        send.send_response(Response::builder().body(Body::from(reply)).unwrap());
-        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
-    });
+    let verify = status_patch(
+        server,
+        "/apis/rotor.dev/v1alpha1/clustersecretstores/shared/status",
+        &store,
+    );
     timeout_after_1s(reconcile_cluster(Arc::new(store), ctx))
         .await
         .unwrap();
-    let patch = timeout_after_1s(verify).await.unwrap();
+    let patch = patch_of(verify).await;
     let message = patch["status"]["conditions"][0]["message"]
         .as_str()
         .unwrap()

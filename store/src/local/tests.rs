@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use rotor_envelope::{ExposeSecret, KeyFileKek};
+use rotor_fixtures::seeded::Lcg;
 
 use super::*;
 
@@ -492,19 +493,6 @@ fn labelled(s: &LocalStore, name: &str) -> Vec<(u64, Stages)> {
         .filter(|m| !m.stages.is_empty())
         .map(|m| (m.version, m.stages))
         .collect()
-}
-
-/// A small deterministic generator for the operation mix below.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[test]

@@ -1,12 +1,8 @@
-//! Leader election against kube's mocked client.
+//! Leader election against the fake API server of `rotor-fixtures`.
 
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::client::Body;
+use rotor_fixtures::api_server::{self, Exchange, Recorded, Reply, Scenario};
 
 use super::*;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// The time of every attempt: the tests read no wall clock.
 fn now() -> DateTime<Utc> {
@@ -33,103 +29,65 @@ fn lease(holder: &str, renewed_secs_ago: i64) -> Lease {
     }
 }
 
-fn reply(status: u16, body: serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap()
-}
-
-fn not_found() -> Response<Body> {
-    reply(
-        404,
-        serde_json::json!({"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-    )
-}
-
-/// Answers the scripted responses in order; returns (method, body) seen.
-fn server(
-    script: Vec<Response<Body>>,
-) -> (
-    Api<Lease>,
-    tokio::task::JoinHandle<Vec<(String, serde_json::Value)>>,
-) {
-    let (service, mut handle): (_, Handle) =
-        tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let task = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        for response in script {
-            let Some((request, send)) = handle.next_request().await else {
-                break;
-            };
-            let method = request.method().to_string();
-            let bytes = request.into_body().collect().await.unwrap().to_bytes();
-            seen.push((method, serde_json::from_slice(&bytes).unwrap_or_default()));
-            send.send_response(response);
-        }
-        seen
-    });
-    (
-        Api::namespaced(Client::new(service, "rotor-system"), "rotor-system"),
-        task,
-    )
+/// Answers the scripted replies in order and records the requests.
+fn server(script: Vec<Reply>) -> (Api<Lease>, Recorded) {
+    let (client, server) = api_server::pair("rotor-system");
+    let script = script.into_iter().map(|r| Exchange::any().reply(r));
+    let seen = server.run(Scenario::Script(script.collect()));
+    (Api::namespaced(client, "rotor-system"), seen)
 }
 
 #[tokio::test]
 async fn creates_a_missing_lease() {
-    let created = serde_json::to_value(lease("me", 0)).unwrap();
-    let (api, seen) = server(vec![not_found(), reply(201, created)]);
+    let (api, seen) = server(vec![Reply::not_found(), Reply::created(&lease("me", 0))]);
     assert!(
         try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
-    let seen = seen.await.unwrap();
-    assert_eq!(seen[1].0, "POST");
-    assert_eq!(seen[1].1["spec"]["holderIdentity"], "me");
+    let seen = seen.finished().await;
+    assert_eq!(seen[1].method, "POST");
+    assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
 }
 
 #[tokio::test]
 async fn leaves_a_fresh_lease_of_another_replica_alone() {
-    let (api, seen) = server(vec![reply(
-        200,
-        serde_json::to_value(lease("other", 2)).unwrap(),
-    )]);
+    let (api, seen) = server(vec![Reply::ok(&lease("other", 2))]);
     assert!(
         !try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
-    assert_eq!(seen.await.unwrap().len(), 1, "no write");
+    assert_eq!(seen.finished().await.len(), 1, "no write");
 }
 
 #[tokio::test]
 async fn takes_over_an_expired_lease_and_renews_its_own() {
-    let expired = serde_json::to_value(lease("other", 60)).unwrap();
-    let (api, seen) = server(vec![reply(200, expired.clone()), reply(200, expired)]);
+    let expired = Reply::ok(&lease("other", 60));
+    let (api, seen) = server(vec![expired.clone(), expired]);
     assert!(
         try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
-    let seen = seen.await.unwrap();
-    assert_eq!(seen[1].0, "PUT");
-    assert_eq!(seen[1].1["spec"]["holderIdentity"], "me");
-    assert_eq!(seen[1].1["spec"]["leaseTransitions"], 4);
+    let seen = seen.finished().await;
+    assert_eq!(seen[1].method, "PUT");
+    assert_eq!(seen[1].body["spec"]["holderIdentity"], "me");
+    assert_eq!(seen[1].body["spec"]["leaseTransitions"], 4);
     assert_eq!(
-        seen[1].1["metadata"]["resourceVersion"], "7",
+        seen[1].body["metadata"]["resourceVersion"], "7",
         "a racing replica's write fails"
     );
 
-    let mine = serde_json::to_value(lease("me", 3)).unwrap();
-    let (api, seen) = server(vec![reply(200, mine.clone()), reply(200, mine)]);
+    let mine = Reply::ok(&lease("me", 3));
+    let (api, seen) = server(vec![mine.clone(), mine]);
     assert!(
         try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
             .unwrap()
     );
     assert_eq!(
-        seen.await.unwrap()[1].1["spec"]["leaseTransitions"],
+        seen.finished().await[1].body["spec"]["leaseTransitions"],
         3,
         "a renewal is no transition"
     );
@@ -137,12 +95,8 @@ async fn takes_over_an_expired_lease_and_renews_its_own() {
 
 #[tokio::test]
 async fn a_lost_race_is_not_leadership() {
-    let expired = serde_json::to_value(lease("other", 60)).unwrap();
-    let conflict = reply(
-        409,
-        serde_json::json!({"kind": "Status", "status": "Failure", "reason": "Conflict", "code": 409, "message": "conflict"}),
-    );
-    let (api, _seen) = server(vec![reply(200, expired), conflict]);
+    let conflict = Reply::failure(409, "Conflict");
+    let (api, _seen) = server(vec![Reply::ok(&lease("other", 60)), conflict]);
     assert!(
         !try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
             .await
@@ -155,8 +109,8 @@ async fn a_lost_race_is_not_leadership() {
 #[tokio::test]
 async fn a_lease_expires_one_second_after_its_duration() {
     for (renewed_secs_ago, taken) in [(15, false), (16, true)] {
-        let other = serde_json::to_value(lease("other", renewed_secs_ago)).unwrap();
-        let (api, seen) = server(vec![reply(200, other.clone()), reply(200, other)]);
+        let other = Reply::ok(&lease("other", renewed_secs_ago));
+        let (api, seen) = server(vec![other.clone(), other]);
         assert_eq!(
             try_acquire(&api, "leader", "me", Duration::from_secs(15), now())
                 .await
@@ -165,6 +119,6 @@ async fn a_lease_expires_one_second_after_its_duration() {
             "renewed {renewed_secs_ago}s ago"
         );
         drop(api);
-        assert_eq!(seen.await.unwrap().len(), 1 + usize::from(taken));
+        assert_eq!(seen.finished().await.len(), 1 + usize::from(taken));
     }
 }

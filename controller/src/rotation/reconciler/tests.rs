@@ -1,17 +1,12 @@
-//! The rotation reconciler against kube's mocked client: an
-//! `ApiServerVerifier` over `tower_test::mock::pair` records and answers
-//! every request.
+//! The rotation reconciler against the fake API server of `rotor-fixtures`,
+//! which records and answers every request.
 
-use std::sync::Mutex;
-
-use http::{Request, Response};
-use http_body_util::BodyExt;
-use kube::client::Body;
 use kube::runtime::events::Reporter;
 use rotor_crds::api::{
     Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec, StoreRef, Strategy,
 };
 use rotor_envelope::KeyFileKek;
+use rotor_fixtures::api_server::{self, Recorded, Scenario};
 use rotor_store::{LocalStore, WriteAs};
 
 use super::*;
@@ -25,34 +20,11 @@ impl StoreFactory for LocalFactory {
     }
 }
 
-type Seen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
-
 /// Answers every request: a status patch with the policy, an event with
-/// itself, and records (method, path, body).
-fn api_server(policy: SecretRotationPolicy) -> (Client, Seen) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let seen: Seen = Arc::default();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let method = request.method().to_string();
-            let path = request.uri().path().to_owned();
-            let bytes = request.into_body().collect().await.unwrap().to_bytes();
-            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let reply = if path.contains("/events") {
-                body.clone()
-            } else {
-                serde_json::to_value(&policy).unwrap()
-            };
-            record.lock().unwrap().push((method, path, body));
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    (Client::new(service, "default"), seen)
+/// itself, and records them.
+fn api_server(policy: SecretRotationPolicy) -> (Client, Recorded) {
+    let (client, server) = api_server::pair("default");
+    (client, server.run(Scenario::echo(&policy)))
 }
 
 fn policy() -> SecretRotationPolicy {
@@ -130,10 +102,11 @@ async fn the_leader_steps_saves_status_and_publishes_an_event() {
         Action::requeue(Duration::from_millis(100)),
         "due now: step again at once"
     );
-    let seen = seen.lock().unwrap().clone();
-    let (method, path, body) = &seen[0];
+    let seen = seen.requests();
+    let first = &seen[0];
+    let body = &first.body;
     assert_eq!(
-        (method.as_str(), path.as_str()),
+        (first.method.as_str(), first.path.as_str()),
         (
             "PATCH",
             "/apis/rotor.dev/v1alpha1/namespaces/shop/secretrotationpolicies/db/status"
@@ -144,11 +117,11 @@ async fn the_leader_steps_saves_status_and_publishes_an_event() {
     assert_eq!(body["status"]["observedGeneration"], 2);
     let event = seen
         .iter()
-        .find(|(_, path, _)| path.contains("/events"))
+        .find(|r| r.path.contains("/events"))
         .expect("an event");
-    assert_eq!(event.0, "POST");
-    assert_eq!(event.2["reason"], "RotationStarted");
-    assert_eq!(event.2["regarding"]["name"], "db");
+    assert_eq!(event.method, "POST");
+    assert_eq!(event.body["reason"], "RotationStarted");
+    assert_eq!(event.body["regarding"]["name"], "db");
 }
 
 #[tokio::test]
@@ -158,7 +131,7 @@ async fn a_follower_does_nothing() {
     let (ctx, _dir) = context(client, false);
     let action = timeout_after_1s(reconcile(Arc::new(p), ctx)).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
-    assert!(seen.lock().unwrap().is_empty());
+    assert!(seen.requests().is_empty());
 }
 
 /// `rotor.dev/rotate-now` is acted on once, and the controller records
@@ -181,19 +154,19 @@ async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     timeout_after_1s(reconcile(Arc::new(p.clone()), ctx.clone()))
         .await
         .unwrap();
-    let requests = seen.lock().unwrap().clone();
+    let requests = seen.requests();
     let patches: Vec<_> = requests
         .iter()
-        .filter(|(m, path, _)| m == "PATCH" && !path.contains("/events"))
+        .filter(|r| r.method == "PATCH" && !r.path.contains("/events"))
         .collect();
     assert_eq!(patches.len(), 1, "{patches:?}");
-    assert!(patches[0].1.ends_with("/status"));
-    assert_eq!(patches[0].2["status"]["phase"], "Generating");
-    assert_eq!(patches[0].2["status"]["rotateNowHandled"], "t1");
+    assert!(patches[0].path.ends_with("/status"));
+    assert_eq!(patches[0].body["status"]["phase"], "Generating");
+    assert_eq!(patches[0].body["status"]["rotateNowHandled"], "t1");
 
     // Handled: the same token does not start another rotation.
     let mut handled = p;
-    handled.status = Some(serde_json::from_value(patches[0].2["status"].clone()).unwrap());
+    handled.status = Some(serde_json::from_value(patches[0].body["status"].clone()).unwrap());
     let mut idle = handled.status.clone().unwrap();
     idle.phase = Some("Idle".into());
     handled.status = Some(idle);
@@ -202,12 +175,12 @@ async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     timeout_after_1s(reconcile(Arc::new(handled), ctx))
         .await
         .unwrap();
-    let requests = seen.lock().unwrap().clone();
+    let requests = seen.requests();
     let status = &requests
         .iter()
-        .find(|(_, path, _)| path.ends_with("/status"))
+        .find(|r| r.path.ends_with("/status"))
         .unwrap()
-        .2["status"];
+        .body["status"];
     assert_eq!(status["phase"], "Idle");
     assert_eq!(status["rotateNowHandled"], "t1");
 }
