@@ -52,14 +52,11 @@ fn load(dir: &Path) -> Result<Loaded> {
     // Every document is checked in full before anything acts on any.
     let mut problems = Vec::new();
     for doc in crate::manifests::documents(dir, "--policies")? {
-        let source = doc.source.clone();
         match doc.kind.as_str() {
             "SecretRotationPolicy" => match doc.parse_strict::<SecretRotationPolicy>() {
                 Ok(p) => match Policy::check(&p.spec) {
                     Ok(valid) => out.policies.push((p, valid)),
-                    Err(found) => {
-                        problems.extend(found.into_iter().map(|e| format!("{source}: {e}")))
-                    }
+                    Err(found) => problems.extend(found.iter().map(|e| doc.problem(e))),
                 },
                 Err(e) => problems.push(e.to_string()),
             },
@@ -77,7 +74,7 @@ fn load(dir: &Path) -> Result<Loaded> {
                         if found.is_empty() {
                             out.stores.insert(name, provider);
                         } else {
-                            problems.extend(found.into_iter().map(|e| format!("{source}: {e}")));
+                            problems.extend(found.iter().map(|e| doc.problem(e)));
                         }
                     }
                     Err(e) => problems.push(e.to_string()),

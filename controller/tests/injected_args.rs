@@ -15,7 +15,7 @@ use rotor_sidecar::store_args::{StoreKind, VaultAuthMethod};
 const POD_IP: &str = "10.0.0.7";
 
 fn provider(yaml: &str) -> Provider {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_yaml_ng::from_str(yaml).unwrap()
 }
 
 fn pod(run_as_user: Option<i64>) -> Pod {

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use rotor_e2e::servers::{checkov, venv_bin};
 use rotor_e2e::tools;
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 /// The labels Helm's chart adds and kustomize's base has no use for.
 const HELM_LABELS: [&str; 4] = [
@@ -84,7 +84,7 @@ fn kustomize(dir: &str) -> String {
 
 fn docs(yaml: &str) -> Vec<Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -211,8 +211,8 @@ fn assert_same_objects(helm_yaml: &str, kustomize_yaml: &str) {
         assert!(
             c == d,
             "{k} differs:\n--- chart\n{}\n--- deploy/\n{}",
-            serde_yaml::to_string(c).unwrap(),
-            serde_yaml::to_string(d).unwrap()
+            serde_yaml_ng::to_string(c).unwrap(),
+            serde_yaml_ng::to_string(d).unwrap()
         );
     }
     // Only CRDs went without the label.
@@ -329,7 +329,7 @@ fn every_changed_value_reaches_the_objects() {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
     assert!(!args.contains(&"--self-managed-certs"), "{args:?}");
-    let env = serde_yaml::to_string(&c["env"]).unwrap();
+    let env = serde_yaml_ng::to_string(&c["env"]).unwrap();
     assert!(env.contains("value: text"), "{env}");
     assert!(env.contains("info,rotor_controller=debug"), "{env}");
     assert_eq!(c["ports"][1]["containerPort"], 9091);
@@ -418,7 +418,7 @@ fn builtin_only(yaml: &str) -> String {
             let api = d["apiVersion"].as_str().unwrap_or("");
             !api.starts_with("cert-manager.io/") && !api.starts_with("monitoring.coreos.com/")
         })
-        .map(|d| serde_yaml::to_string(&d).unwrap())
+        .map(|d| serde_yaml_ng::to_string(&d).unwrap())
         .collect::<Vec<_>>()
         .join("---\n")
 }
@@ -537,7 +537,7 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 #[test]
 fn every_value_is_documented_and_exercised() {
     let values: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart().join("values.yaml")).unwrap())
             .unwrap();
     let mut all = BTreeMap::new();
     leaves(&values, "", &mut all);
@@ -545,7 +545,9 @@ fn every_value_is_documented_and_exercised() {
     let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
     let changed: Vec<Value> = ["everything.yaml", "disabled.yaml"]
         .iter()
-        .map(|f| serde_yaml::from_str(&std::fs::read_to_string(values_file(f)).unwrap()).unwrap())
+        .map(|f| {
+            serde_yaml_ng::from_str(&std::fs::read_to_string(values_file(f)).unwrap()).unwrap()
+        })
         .collect();
     for (path, default) in &all {
         assert!(

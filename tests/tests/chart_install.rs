@@ -36,8 +36,8 @@ fn helm(plane: &ControlPlane, home: &Path, args: &[&str]) -> String {
 /// manifest stream, for `kubectl get`.
 fn objects_of(manifest: &str) -> Vec<(String, Option<String>)> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(manifest)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    serde_yaml_ng::Deserializer::from_str(manifest)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .map(|d| {
             let kind = d["kind"].as_str().unwrap().to_lowercase();

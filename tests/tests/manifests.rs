@@ -33,10 +33,10 @@ fn render_dir(dir: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
+fn docs(yaml: &str) -> Vec<serde_yaml_ng::Value> {
     use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(yaml)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml_ng::Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -98,7 +98,7 @@ fn the_webhook_and_deployment_are_configured_safely() {
     let w = &hook["webhooks"][0];
     assert_eq!(w["failurePolicy"], "Fail");
     assert!(w["timeoutSeconds"].as_u64().unwrap() <= 10);
-    let excluded = serde_yaml::to_string(&w["namespaceSelector"]).unwrap();
+    let excluded = serde_yaml_ng::to_string(&w["namespaceSelector"]).unwrap();
     assert!(
         excluded.contains("rotor-system") && excluded.contains("kube-system"),
         "{excluded}"
@@ -132,7 +132,7 @@ fn the_cert_manager_overlay_mounts_the_certificate_and_injects_the_ca() {
         spec["volumes"][0]["secret"]["secretName"],
         "rotor-webhook-tls"
     );
-    let args = serde_yaml::to_string(&spec["containers"][0]["args"]).unwrap();
+    let args = serde_yaml_ng::to_string(&spec["containers"][0]["args"]).unwrap();
     assert!(!args.contains("--self-managed-certs"), "{args}");
     let hook = rendered
         .iter()
@@ -147,11 +147,11 @@ fn the_cert_manager_overlay_mounts_the_certificate_and_injects_the_ca() {
 
 #[test]
 fn rbac_matches_the_golden_file() {
-    let golden: serde_yaml::Mapping = serde_yaml::from_str(
+    let golden: serde_yaml_ng::Mapping = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("tests/golden/rbac-rules.yaml")).unwrap(),
     )
     .unwrap();
-    let mut rendered = serde_yaml::Mapping::new();
+    let mut rendered = serde_yaml_ng::Mapping::new();
     for d in docs(&render()) {
         let kind = d["kind"].as_str().unwrap();
         if kind == "ClusterRole" || kind == "Role" {
@@ -163,7 +163,7 @@ fn rbac_matches_the_golden_file() {
         rendered, golden,
         "deploy/ RBAC differs from tests/golden/rbac-rules.yaml; update the golden file only if the new permission is meant"
     );
-    let all = serde_yaml::to_string(&rendered).unwrap();
+    let all = serde_yaml_ng::to_string(&rendered).unwrap();
     // No cluster-wide read of Secrets.
     for d in docs(&render())
         .iter()
@@ -183,11 +183,12 @@ fn rbac_matches_the_golden_file() {
 #[test]
 fn examples_parse_as_rotor_types() {
     let read = |f: &str| std::fs::read_to_string(root().join("deploy/examples").join(f)).unwrap();
-    let _: rotor_crds::api::SecretStore = serde_yaml::from_str(&read("secretstore.yaml")).unwrap();
+    let _: rotor_crds::api::SecretStore =
+        serde_yaml_ng::from_str(&read("secretstore.yaml")).unwrap();
     let _: rotor_crds::api::ClusterSecretStore =
-        serde_yaml::from_str(&read("clustersecretstore.yaml")).unwrap();
+        serde_yaml_ng::from_str(&read("clustersecretstore.yaml")).unwrap();
     let p: rotor_crds::api::SecretRotationPolicy =
-        serde_yaml::from_str(&read("rotationpolicy.yaml")).unwrap();
+        serde_yaml_ng::from_str(&read("rotationpolicy.yaml")).unwrap();
     assert_eq!(p.spec.secret_name, "shop/db-password");
 }
 
@@ -202,7 +203,7 @@ fn the_injected_pod_passes_checkov_pod_checks() {
     )
     .unwrap();
     let index = rotor_controller::store_index::StoreIndex::from_dir(stores.path()).unwrap();
-    let deployment: serde_yaml::Value = serde_yaml::from_str(
+    let deployment: serde_yaml_ng::Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(root().join("deploy/examples/app-deployment.yaml")).unwrap(),
     )
     .unwrap();
@@ -247,8 +248,8 @@ fn the_injected_pod_passes_checkov_pod_checks() {
         &file,
         format!(
             "{}---\n{}",
-            serde_yaml::to_string(&pod).unwrap(),
-            serde_yaml::to_string(&policy).unwrap()
+            serde_yaml_ng::to_string(&pod).unwrap(),
+            serde_yaml_ng::to_string(&policy).unwrap()
         ),
     )
     .unwrap();

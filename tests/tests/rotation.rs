@@ -338,26 +338,11 @@ async fn moto_silent_sidecar_triggers_rollback() {
 
 /// Standalone mode checks every file in full before it acts: a typo in a
 /// field, a bad value, a missing directory each stop it with the file,
-/// the field path and what is expected, before any value is generated.
+/// the line, the field path and what is expected, before any value is
+/// generated.
 #[test]
 fn standalone_refuses_bad_specs_before_acting() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("kek");
-    KeyFileKek::generate(&key, false).unwrap();
-    let store_path = dir.path().join("store.rotor");
-    let store = LocalStore::new(&store_path, Arc::new(KeyFileKek::load(&key).unwrap()));
-    store.put("app/db", b"v1", WriteAs::Current).unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("store.yaml"),
-        format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
-            store_path.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
+    let (dir, policies, store) = standalone_dir("interval: 1h");
     let run = |policies: &std::path::Path| {
         let out = command("rotor-controller")
             .args(["standalone", "--policies"])
@@ -391,6 +376,19 @@ fn standalone_refuses_bad_specs_before_acting() {
             policy("interval: every-second", 32),
             "spec.schedule.interval: \"every-second\" is not a duration",
         ),
+        // Standard cron only, and the line and column of the field.
+        (
+            policy("cron: '*/0 * * * *'", 32),
+            "policy.yaml document 1: spec.schedule.cron \"*/0 * * * *\": minute field \"*/0\" has a step of 0; expected five fields, minute hour day-of-month month day-of-week, each *, a number, a range a-b, a step */n or a-b/n, or a list of those (JAN-DEC and SUN-SAT names, 0 or 7 for Sunday; evaluated in UTC), or one of @yearly, @annually, @monthly, @weekly, @daily, @hourly (line 7, column 14)",
+        ),
+        (
+            policy("cron: '0 3 * * 5L'", 32),
+            "policy.yaml document 1: spec.schedule.cron \"0 3 * * 5L\": day-of-week field \"5L\" is not standard cron; expected five fields",
+        ),
+        (
+            policy("cron: '@daily', intervall: 1h", 32),
+            "policy.yaml document 1 (SecretRotationPolicy): unknown field spec.schedule.intervall (line 7, column 30); check the spelling against the SecretRotationPolicy reference",
+        ),
     ] {
         std::fs::write(policies.join("policy.yaml"), &yaml).unwrap();
         let (ok, stderr) = run(&policies);
@@ -417,4 +415,101 @@ fn standalone_refuses_bad_specs_before_acting() {
         "{stderr}"
     );
     assert!(!typo.exists());
+}
+
+/// A `--policies` directory with a local SecretStore `main` holding
+/// `app/db` = `v1`, and a policy `db` whose schedule is `schedule` (YAML
+/// flow mapping contents). The store is returned to check nothing was
+/// staged.
+fn standalone_dir(schedule: &str) -> (tempfile::TempDir, std::path::PathBuf, LocalStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("kek");
+    KeyFileKek::generate(&key, false).unwrap();
+    let store_path = dir.path().join("store.rotor");
+    let store = LocalStore::new(&store_path, Arc::new(KeyFileKek::load(&key).unwrap()));
+    store.put("app/db", b"v1", WriteAs::Current).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("store.yaml"),
+        format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            store_path.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("policy.yaml"),
+        format!(
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{{schedule}}}\n  generator: {{password: {{length: 32}}}}\n"
+        ),
+    )
+    .unwrap();
+    (dir, policies, store)
+}
+
+/// The first instant after `now` at `hour`:00 UTC on a day `day_ok` takes
+/// (days of the week 0 = Sunday), computed without cron.
+fn next_at_hour(
+    now: std::time::SystemTime,
+    hour: u64,
+    day_ok: impl Fn(u64) -> bool,
+) -> std::time::SystemTime {
+    let secs = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let due = (secs / 86400..)
+        .filter(|d| day_ok((d + 4) % 7)) // 1970-01-01 was a Thursday
+        .map(|d| d * 86400 + hour * 3600)
+        .find(|t| *t > secs)
+        .unwrap();
+    std::time::UNIX_EPOCH + std::time::Duration::from_secs(due)
+}
+
+/// Standard cron as a CronJob takes it: day names, `@daily`, 7 for Sunday.
+/// The controller accepts each and schedules the first rotation at the
+/// next matching instant (UTC); nothing rotates before.
+#[test]
+fn standalone_accepts_standard_cron() {
+    type Due = fn(std::time::SystemTime) -> std::time::SystemTime;
+    let cases: [(&str, Due); 3] = [
+        ("0 3 * * MON", |now| next_at_hour(now, 3, |d| d == 1)),
+        ("@daily", |now| next_at_hour(now, 0, |_| true)),
+        ("0 3 * * 7", |now| next_at_hour(now, 3, |d| d == 0)),
+    ];
+    for (cron, due) in cases {
+        let (dir, policies, store) = standalone_dir(&format!("cron: '{cron}'"));
+        let state = dir.path().join("state");
+        let before = std::time::SystemTime::now();
+        let _controller = Killed(
+            command("rotor-controller")
+                .args(["standalone", "--policies"])
+                .arg(&policies)
+                .arg("--state")
+                .arg(&state)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let next = || {
+            std::fs::read(state.join("default.db.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v["status"]["nextRotation"].as_str().map(str::to_owned))
+        };
+        assert!(
+            wait_until(30, || next().is_some()),
+            "{cron}: no nextRotation; log:\n{}",
+            std::fs::read_to_string(dir.path().join("controller.log")).unwrap_or_default()
+        );
+        let next = humantime::parse_rfc3339(&next().unwrap()).unwrap();
+        let after = std::time::SystemTime::now();
+        assert!(
+            next == due(before) || next == due(after),
+            "{cron}: nextRotation {} is not {}",
+            humantime::format_rfc3339(next),
+            humantime::format_rfc3339(due(before))
+        );
+        assert_eq!(store.history("app/db").unwrap().len(), 1, "{cron}: rotated");
+    }
 }

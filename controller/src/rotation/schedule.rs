@@ -90,97 +90,124 @@ fn into_window(t: SystemTime, start: u64, end: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(next)
 }
 
-/// A five-field cron expression: minute hour day-of-month month
-/// day-of-week, each `*`, a number, a range `a-b`, a list, or a step `*/n`.
+/// What a cron expression may be, for error messages.
+pub const CRON_EXPECTED: &str = "expected five fields, minute hour day-of-month month \
+day-of-week, each *, a number, a range a-b, a step */n or a-b/n, or a list of those \
+(JAN-DEC and SUN-SAT names, 0 or 7 for Sunday; evaluated in UTC), or one of @yearly, \
+@annually, @monthly, @weekly, @daily, @hourly";
+
+/// The shorthands Kubernetes CronJob takes (`@every` and `@reboot` are not
+/// schedules here: use `interval`).
+const SHORTHANDS: [&str; 6] = [
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@hourly",
+];
+
+/// A standard five-field cron expression, as Vixie cron and Kubernetes
+/// CronJob take it, evaluated by `croner` in UTC. croner's extensions
+/// (seconds and year fields, `L`, `W`, `#`, a leading `+`, names outside the
+/// month and day-of-week fields, `5/15` without a range) are refused, so an
+/// expression means here what it means in a CronJob.
 #[derive(Debug)]
-pub struct Cron {
-    fields: [Vec<bool>; 5],
-}
+pub struct Cron(Box<croner::Cron>);
 
 impl Cron {
-    pub fn parse(expr: &str) -> Result<Self> {
-        let parts: Vec<&str> = expr.split_whitespace().collect();
-        if parts.len() != 5 {
-            return Err(invalid(format!(
-                "spec.schedule.cron: {expr:?} has {} fields; expected 5 (minute hour day-of-month month day-of-week)",
-                parts.len()
-            )));
-        }
-        let ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)];
-        let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
-        let mut fields: [Vec<bool>; 5] = Default::default();
-        for (i, part) in parts.iter().enumerate() {
-            let (lo, hi) = ranges[i];
-            let mut set = vec![false; hi + 1];
-            for item in part.split(',') {
-                let bad = || {
-                    invalid(format!(
-                        "spec.schedule.cron: {} field {item:?} is not valid (range {lo}-{hi})",
-                        names[i]
-                    ))
-                };
-                let (range, step) = match item.split_once('/') {
-                    Some((r, s)) => (r, s.parse::<usize>().map_err(|_| bad())?.max(1)),
-                    None => (item, 1),
-                };
-                let (a, b) = match range {
-                    "*" => (lo, hi),
-                    r => match r.split_once('-') {
-                        Some((a, b)) => {
-                            (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)
-                        }
-                        None => {
-                            let v: usize = r.parse().map_err(|_| bad())?;
-                            (v, v)
-                        }
-                    },
-                };
-                if a < lo || b > hi || a > b {
-                    return Err(bad());
-                }
-                for v in (a..=b).step_by(step) {
-                    set[v] = true;
-                }
+    /// The expression, or what is wrong with it (without the field path,
+    /// which the caller adds).
+    pub fn parse(expr: &str) -> Result<Self, String> {
+        let expr = expr.trim();
+        if expr.starts_with('@') {
+            if !SHORTHANDS.iter().any(|s| s.eq_ignore_ascii_case(expr)) {
+                return Err(format!("{expr:?} is not a known shorthand"));
             }
-            fields[i] = set;
+        } else {
+            standard_fields(expr)?;
         }
-        Ok(Self { fields })
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(expr)
+            .map_err(|e| match e {
+                croner::errors::CronError::ComponentError(m)
+                | croner::errors::CronError::InvalidPattern(m)
+                | croner::errors::CronError::IllegalCharacters(m) => m,
+                e => e.to_string(),
+            })?;
+        let cron = Self(Box::new(cron));
+        // An expression such as `0 0 30 2 *` parses but never matches.
+        cron.next_after(UNIX_EPOCH)
+            .map_err(|_| "never matches".to_owned())?;
+        Ok(cron)
     }
 
     /// The first matching minute strictly after `t`.
     pub fn next_after(&self, t: SystemTime) -> Result<SystemTime> {
-        let first = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 60 + 1;
-        for minute in first..first + 366 * 1440 * 4 {
-            let (min, hour) = ((minute % 60) as usize, ((minute / 60) % 24) as usize);
-            let days = minute / 1440;
-            let (_, month, mday) = civil(days as i64);
-            let wday = ((days + 4) % 7) as usize; // 1970-01-01 was a Thursday
-            if self.fields[0][min]
-                && self.fields[1][hour]
-                && self.fields[2][mday]
-                && self.fields[3][month]
-                && self.fields[4][wday]
-            {
-                return Ok(UNIX_EPOCH + Duration::from_secs(minute * 60));
-            }
-        }
-        Err(invalid(
-            "spec.schedule.cron never matches within four years".to_owned(),
-        ))
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let from = chrono::DateTime::from_timestamp(
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            since.subsec_nanos(),
+        )
+        .unwrap_or_default();
+        let next = self
+            .0
+            .find_next_occurrence(&from, false)
+            .map_err(|e| invalid(format!("spec.schedule.cron: no next occurrence ({e})")))?;
+        Ok(UNIX_EPOCH + Duration::from_secs(u64::try_from(next.timestamp()).unwrap_or_default()))
     }
 }
 
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01.
-fn civil(days: i64) -> (i64, usize, usize) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as usize;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+/// Checks that `expr` has the five standard fields and only standard
+/// tokens in each: numbers, `*`, names in the month and day-of-week fields,
+/// `?` in the day fields; joined by `,`, `-` and `/`.
+fn standard_fields(expr: &str) -> Result<(), String> {
+    const NAMES: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    const RANGES: [(u32, u32); 5] = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)];
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!("has {} fields", fields.len()));
+    }
+    for (i, field) in fields.iter().enumerate() {
+        let (name, (lo, hi)) = (NAMES[i], RANGES[i]);
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            if step.is_some_and(|s| s.parse::<u32>().ok() == Some(0)) {
+                return Err(format!("{name} field {item:?} has a step of 0"));
+            }
+            let tokens = range.split('-').map(|t| (t, false));
+            for (token, is_step) in tokens.chain(step.map(|s| (s, true))) {
+                let number = Some(token)
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u32>().ok());
+                if !is_step && number.is_some_and(|n| n < lo || n > hi) {
+                    return Err(format!(
+                        "{name} field {token:?} is not valid (range {lo}-{hi})"
+                    ));
+                }
+                let named = |names: &[&str]| names.iter().any(|n| n.eq_ignore_ascii_case(token));
+                let standard = token == "*"
+                    || number.is_some()
+                    || (token == "?" && (i == 2 || i == 4))
+                    || (i == 3 && named(&MONTHS))
+                    || (i == 4 && named(&DAYS));
+                if !standard {
+                    return Err(format!("{name} field {token:?} is not standard cron"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -315,8 +342,141 @@ mod tests {
             ("61 * * * *", "minute field \"61\""),
             ("* * * 13 *", "month field"),
         ] {
-            let err = Cron::parse(bad).err().unwrap().to_string();
+            let err = Cron::parse(bad).err().unwrap();
             assert!(err.contains(why), "{bad}: {err}");
         }
+    }
+
+    /// The next occurrence of `expr` after `from`.
+    fn next(expr: &str, from: &str) -> SystemTime {
+        Cron::parse(expr).unwrap().next_after(at(from)).unwrap()
+    }
+
+    #[test]
+    fn cron_day_names_run_on_that_day() {
+        // 2026-11-24 is a Tuesday: the next Monday is the 30th.
+        assert_eq!(
+            next("0 3 * * MON", "2026-11-24T10:00:00Z"),
+            at("2026-11-30T03:00:00Z")
+        );
+        assert_eq!(
+            next("0 3 * * mon-fri", "2026-11-24T10:00:00Z"),
+            at("2026-11-25T03:00:00Z")
+        );
+        assert_eq!(
+            next("0 0 1 JAN,JUL *", "2026-11-24T10:00:00Z"),
+            at("2027-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn cron_shorthands_are_their_expansions() {
+        let from = "2026-11-24T10:00:00Z";
+        for (shorthand, due) in [
+            ("@daily", "2026-11-25T00:00:00Z"),
+            ("@hourly", "2026-11-24T11:00:00Z"),
+            ("@weekly", "2026-11-29T00:00:00Z"),
+            ("@monthly", "2026-12-01T00:00:00Z"),
+            ("@yearly", "2027-01-01T00:00:00Z"),
+            ("@annually", "2027-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(next(shorthand, from), at(due), "{shorthand}");
+        }
+    }
+
+    #[test]
+    fn cron_sunday_is_0_or_7() {
+        let sunday = at("2026-11-29T03:00:00Z");
+        assert_eq!(next("0 3 * * 7", "2026-11-24T10:00:00Z"), sunday);
+        assert_eq!(next("0 3 * * 0", "2026-11-24T10:00:00Z"), sunday);
+        assert_eq!(next("0 3 * * SUN", "2026-11-24T10:00:00Z"), sunday);
+        assert_eq!(
+            next("0 3 * * 5-7", "2026-11-28T04:00:00Z"),
+            sunday,
+            "a range up to 7 ends on Sunday"
+        );
+    }
+
+    /// Day-of-month and day-of-week both restricted: either matches, as in
+    /// Vixie cron and CronJob.
+    #[test]
+    fn cron_day_fields_are_ored() {
+        // The 1st is a Tuesday (Dec 2026); Friday the 27th comes first.
+        assert_eq!(
+            next("0 0 1 * FRI", "2026-11-24T10:00:00Z"),
+            at("2026-11-27T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn cron_next_occurrence_is_strictly_after_on_a_fixed_clock() {
+        assert_eq!(
+            next("30 2 * * *", "2026-11-24T02:30:00Z"),
+            at("2026-11-25T02:30:00Z"),
+            "an occurrence at the instant itself is not the next one"
+        );
+        assert_eq!(
+            next("30 2 * * *", "2026-11-24T02:29:59.5Z"),
+            at("2026-11-24T02:30:00Z")
+        );
+        assert_eq!(
+            next("0 0 29 2 *", "2026-11-24T10:00:00Z"),
+            at("2028-02-29T00:00:00Z"),
+            "the next leap day"
+        );
+        assert_eq!(
+            next("0-10/5 4 * * *", "2026-11-24T04:05:00Z"),
+            at("2026-11-24T04:10:00Z")
+        );
+    }
+
+    #[test]
+    fn cron_refuses_what_cronjob_refuses() {
+        for (bad, why) in [
+            ("*/0 * * * *", "minute field \"*/0\" has a step of 0"),
+            ("0 0-23/0 * * *", "hour field \"0-23/0\" has a step of 0"),
+            ("0 0 3 * * *", "has 6 fields"),
+            ("0 3 L * *", "day-of-month field \"L\" is not standard cron"),
+            (
+                "0 3 15W * *",
+                "day-of-month field \"15W\" is not standard cron",
+            ),
+            (
+                "0 3 * * 5#3",
+                "day-of-week field \"5#3\" is not standard cron",
+            ),
+            (
+                "0 3 * * 5L",
+                "day-of-week field \"5L\" is not standard cron",
+            ),
+            ("0 MON * * *", "hour field \"MON\" is not standard cron"),
+            (
+                "0 3 * * 8",
+                "day-of-week field \"8\" is not valid (range 0-7)",
+            ),
+            ("5/15 * * * *", "single number steps"),
+            ("@every 1h", "not a known shorthand"),
+            ("@reboot", "not a known shorthand"),
+            ("0 0 30 2 *", "never matches"),
+        ] {
+            let err = Cron::parse(bad).err().unwrap();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cron_problems_name_the_field_and_the_expected_form() {
+        let s = Schedule {
+            cron: Some("*/0 * * * *".into()),
+            ..schedule()
+        };
+        let problems = super::super::validate::schedule(&s).err().unwrap();
+        assert_eq!(
+            problems,
+            [format!(
+                "spec.schedule.cron \"*/0 * * * *\": minute field \"*/0\" has a step of 0; {CRON_EXPECTED}"
+            )]
+        );
+        assert!(CRON_EXPECTED.starts_with("expected five fields, minute hour"));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rotor_crds::api::{Generator, OnTimeout, Schedule, SecretRotationPolicySpec};
 
-use super::schedule::{Cron, Every, RotationSchedule, parse_duration};
+use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
 use crate::{Error, Result};
 
 /// A policy spec that passed every check, with its durations and schedule
@@ -98,7 +98,7 @@ pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
             .ok()
             .map(Every::Interval),
         (None, Some(cron)) => Cron::parse(cron)
-            .map_err(|e| out.push(format!("spec.schedule.cron {cron:?}: {e}")))
+            .map_err(|e| out.push(format!("spec.schedule.cron {cron:?}: {e}; {CRON_EXPECTED}")))
             .ok()
             .map(Every::Cron),
     };
@@ -175,7 +175,7 @@ mod tests {
     use super::*;
 
     fn spec(yaml: &str) -> SecretRotationPolicySpec {
-        serde_yaml::from_str(yaml).unwrap()
+        serde_yaml_ng::from_str(yaml).unwrap()
     }
 
     const GOOD: &str = "

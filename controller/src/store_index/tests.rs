@@ -104,12 +104,12 @@ fn apply_delete_and_reset() {
 /// The objects of `STORES`, as a watch would list them.
 fn listed() -> (Vec<SecretStore>, Vec<ClusterSecretStore>, Vec<Namespace>) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
-    for doc in serde_yaml::Deserializer::from_str(STORES) {
-        let value = serde_yaml::Value::deserialize(doc).unwrap();
+    for doc in serde_yaml_ng::Deserializer::from_str(STORES) {
+        let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
         match value["kind"].as_str().unwrap() {
-            "SecretStore" => out.0.push(serde_yaml::from_value(value).unwrap()),
-            "ClusterSecretStore" => out.1.push(serde_yaml::from_value(value).unwrap()),
-            _ => out.2.push(serde_yaml::from_value(value).unwrap()),
+            "SecretStore" => out.0.push(serde_yaml_ng::from_value(value).unwrap()),
+            "ClusterSecretStore" => out.1.push(serde_yaml_ng::from_value(value).unwrap()),
+            _ => out.2.push(serde_yaml_ng::from_value(value).unwrap()),
         }
     }
     out

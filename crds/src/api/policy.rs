@@ -61,7 +61,10 @@ pub struct Schedule {
     /// A duration such as `720h` or `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
-    /// Five fields: minute hour day-of-month month day-of-week.
+    /// Standard cron, as a Kubernetes CronJob takes it, in UTC: five
+    /// fields (minute hour day-of-month month day-of-week) with names
+    /// (`MON`, `JAN`), 0 or 7 for Sunday, ranges, lists and steps; or
+    /// `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
