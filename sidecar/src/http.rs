@@ -56,7 +56,7 @@ pub const MAX_CALLERS: usize = 1024;
 /// A token bucket per caller (peer IP address): `burst` requests at once,
 /// refilled at `per_second`, so that one caller's flood leaves the others
 /// their share. The buckets are `governor`'s keyed GCRA limiter over
-/// [`Callers`], which tracks at most `max_callers`: a new caller past the
+/// `Callers`, which tracks at most `max_callers`: a new caller past the
 /// bound first drops the callers whose bucket is full again (governor's
 /// `retain_recent`: such a bucket is the same as a fresh one), else evicts
 /// the caller seen longest ago (an evicted caller starts again with a full
@@ -140,7 +140,7 @@ impl governor::clock::Clock for TokioClock {
 /// caller's theoretical arrival time and when it was last seen (an access
 /// count, for eviction). Clones share the buckets.
 #[derive(Clone)]
-pub struct Callers {
+struct Callers {
     max: usize,
     map: Arc<Mutex<CallerMap>>,
 }
