@@ -20,6 +20,8 @@ use crate::sidecar_push::HttpSidecars;
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
+mod retry;
+
 /// The rotate-now annotation: a new value triggers one rotation.
 pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
 
@@ -146,11 +148,20 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         vault_token_file: options.vault_token_file.clone(),
     };
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
+    // Policies whose last step failed, and when each is tried again.
+    let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
     tokio::pin!(shutdown);
     loop {
         let loaded = load(&options.policies)?;
         let mut wake = Duration::from_secs(1);
         for (policy, valid) in &loaded.policies {
+            if let Some(r) = retries.get(&policy.name_any()) {
+                let left = r.remaining(tokio::time::Instant::now());
+                if !left.is_zero() {
+                    wake = wake.min(left);
+                    continue;
+                }
+            }
             let store_name = &policy.spec.store_ref.name;
             let store = match stores.get(store_name) {
                 Some(s) => s.clone(),
@@ -183,6 +194,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             .await;
             match result {
                 Ok(s) => {
+                    retries.remove(&policy.name_any());
                     for e in &s.events {
                         let (reason, message) = (e.reason(), e.message());
                         tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
@@ -195,8 +207,12 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {
-                    tracing::warn!(policy = %policy.name_any(), error = %e, "rotation step failed; retrying");
-                    wake = wake.min(Duration::from_secs(1));
+                    let retry_in = retries
+                        .entry(policy.name_any())
+                        .or_insert_with(retry::Retry::new)
+                        .failed(tokio::time::Instant::now());
+                    tracing::warn!(policy = %policy.name_any(), error = %e, ?retry_in, "rotation step failed; retrying");
+                    wake = wake.min(retry_in);
                 }
             }
         }

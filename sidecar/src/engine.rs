@@ -235,7 +235,7 @@ impl Engine {
                 Some(name) = self.nudges.1.recv() => {
                     if self.tracked.contains_key(&name) {
                         let outcome = self.check(&name).await;
-                        self.schedule(&name, outcome != Check::Failed);
+                        self.schedule(&name, outcome);
                         if outcome == Check::Changed {
                             self.publish("watch", None).await;
                         }
@@ -350,7 +350,7 @@ impl Engine {
             .collect();
         for name in &new {
             let outcome = self.check(name).await;
-            self.schedule(name, outcome != Check::Failed);
+            self.schedule(name, outcome);
         }
         self.publish("config", None).await;
     }
@@ -366,7 +366,7 @@ impl Engine {
         let mut changed = false;
         for name in &due {
             let outcome = self.check(name).await;
-            self.schedule(name, outcome != Check::Failed);
+            self.schedule(name, outcome);
             changed |= outcome == Check::Changed;
         }
         if changed || !self.written_once || self.unwritten {
@@ -496,15 +496,22 @@ impl Engine {
         }
     }
 
-    /// Sets when `name` is checked next: a spread refresh interval after
-    /// a success, the backoff after a transient failure.
-    fn schedule(&mut self, name: &str, ok: bool) {
+    /// Sets when `name` is checked next, after a check ended in `outcome`:
+    /// a spread refresh interval after a success, the backoff after a
+    /// transient failure. Exports whether what is served now is not the
+    /// store's CURRENT: pinned to PENDING, or lagging after a failure.
+    fn schedule(&mut self, name: &str, outcome: Check) {
+        let ok = outcome != Check::Failed;
         let refresh = self.contract.refresh;
         let backoff = Backoff::new(
             self.options.backoff_base,
             self.options.backoff_cap.min(refresh),
         );
         let t = self.tracked.get_mut(name).expect("tracked");
+        let lagging = matches!(outcome, Check::Failed | Check::Refused) || t.missing;
+        self.shared
+            .metrics
+            .not_current(name, t.pin.is_some() || lagging);
         let delay = if ok {
             t.retry.reset();
             spread(refresh, &mut *self.random)

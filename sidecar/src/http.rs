@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +12,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use governor::Quota;
+use governor::nanos::Nanos;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::engine::Shared;
@@ -52,22 +55,23 @@ pub const MAX_CALLERS: usize = 1024;
 
 /// A token bucket per caller (peer IP address): `burst` requests at once,
 /// refilled at `per_second`, so that one caller's flood leaves the others
-/// their share. At most `max_callers` are tracked; a new caller evicts a
-/// caller whose bucket is full again, else the one seen longest ago (an
-/// evicted caller starts again with a full bucket, so eviction never
-/// starves anyone).
+/// their share. The buckets are `governor`'s keyed GCRA limiter over
+/// `Callers`, which tracks at most `max_callers`: a new caller past the
+/// bound first drops the callers whose bucket is full again (governor's
+/// `retain_recent`: such a bucket is the same as a fresh one), else evicts
+/// the caller seen longest ago (an evicted caller starts again with a full
+/// bucket, so eviction never starves anyone). A rate of 0 refuses every
+/// request.
 pub struct RateLimit {
-    burst: f64,
-    per_second: f64,
-    max_callers: usize,
-    callers: Mutex<HashMap<IpAddr, Bucket>>,
+    limiter: Option<(Limiter, Callers)>,
 }
 
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: tokio::time::Instant,
-}
+type Limiter = governor::RateLimiter<
+    IpAddr,
+    Callers,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<Duration>,
+>;
 
 impl RateLimit {
     pub fn new(per_second: f64, burst: u32) -> Self {
@@ -75,51 +79,144 @@ impl RateLimit {
     }
 
     pub fn with_max_callers(per_second: f64, burst: u32, max_callers: usize) -> Self {
+        let quota = NonZeroU32::new(burst)
+            .filter(|_| per_second > 0.0)
+            .and_then(|burst| {
+                Quota::with_period(Duration::from_secs_f64(1.0 / per_second))
+                    .map(|q| q.allow_burst(burst))
+            });
         Self {
-            burst: f64::from(burst),
-            per_second,
-            max_callers: max_callers.max(1),
-            callers: Mutex::new(HashMap::new()),
+            limiter: quota.map(|quota| {
+                let callers = Callers::new(max_callers);
+                let limiter = governor::RateLimiter::new(quota, callers.clone(), TokioClock::new());
+                (limiter, callers)
+            }),
         }
     }
 
     /// Takes one token from `caller`'s bucket, if there is one.
     pub fn allow(&self, caller: IpAddr) -> bool {
-        let caller = caller.to_canonical();
-        let now = tokio::time::Instant::now();
-        let mut callers = self.callers.lock().expect("rate limit lock");
-        if !callers.contains_key(&caller) && callers.len() >= self.max_callers {
-            let full = callers
-                .iter()
-                .find(|(_, b)| self.refilled(b, now) >= self.burst)
-                .map(|(ip, _)| *ip);
-            let evict =
-                full.or_else(|| callers.iter().min_by_key(|(_, b)| b.at).map(|(ip, _)| *ip));
-            if let Some(ip) = evict {
-                callers.remove(&ip);
-            }
-        }
-        let bucket = callers.entry(caller).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
-        let tokens = self.refilled(bucket, now);
-        let allowed = tokens >= 1.0;
-        *bucket = Bucket {
-            tokens: if allowed { tokens - 1.0 } else { tokens },
-            at: now,
+        let Some((limiter, callers)) = &self.limiter else {
+            return false;
         };
-        allowed
+        let caller = caller.to_canonical();
+        // Full buckets go before a caller is evicted; what is left past the
+        // bound is evicted by `Callers` itself, under its lock.
+        if callers.must_make_room(&caller) {
+            limiter.retain_recent();
+        }
+        limiter.check_key(&caller).is_ok()
     }
 
     /// How many callers are tracked now.
     pub fn tracked(&self) -> usize {
-        self.callers.lock().expect("rate limit lock").len()
+        self.limiter.as_ref().map_or(0, |(l, _)| l.len())
+    }
+}
+
+/// The rate limiter's clock: tokio's, so that tests on paused time see
+/// buckets refill as time is advanced.
+struct TokioClock {
+    base: tokio::time::Instant,
+}
+
+impl TokioClock {
+    fn new() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl governor::clock::Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.base.elapsed()
+    }
+}
+
+/// The buckets of at most `max` callers, a governor state store: each
+/// caller's theoretical arrival time and when it was last seen (an access
+/// count, for eviction). Clones share the buckets.
+#[derive(Clone)]
+struct Callers {
+    max: usize,
+    map: Arc<Mutex<CallerMap>>,
+}
+
+#[derive(Default)]
+struct CallerMap {
+    seen: u64,
+    callers: HashMap<IpAddr, Caller>,
+}
+
+struct Caller {
+    tat: Nanos,
+    seen: u64,
+}
+
+impl Callers {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            map: Arc::default(),
+        }
     }
 
-    fn refilled(&self, bucket: &Bucket, now: tokio::time::Instant) -> f64 {
-        (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.per_second)
-            .min(self.burst)
+    /// Whether `caller` is new and the bound is reached.
+    fn must_make_room(&self, caller: &IpAddr) -> bool {
+        let map = self.map.lock().expect("rate limit lock");
+        !map.callers.contains_key(caller) && map.callers.len() >= self.max
+    }
+}
+
+impl governor::state::StateStore for Callers {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.map.lock().expect("rate limit lock");
+        map.seen += 1;
+        let seen = map.seen;
+        if !map.callers.contains_key(key) && map.callers.len() >= self.max {
+            let oldest = map
+                .callers
+                .iter()
+                .min_by_key(|(_, c)| c.seen)
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = oldest {
+                map.callers.remove(&ip);
+            }
+        }
+        let old = map.callers.get(key).map(|c| c.tat);
+        let result = f(old);
+        let tat = match &result {
+            Ok((_, tat)) => *tat,
+            Err(_) => old.unwrap_or_default(),
+        };
+        map.callers.insert(*key, Caller { tat, seen });
+        result.map(|(outcome, _)| outcome)
+    }
+}
+
+impl governor::state::keyed::ShrinkableKeyedStateStore<IpAddr> for Callers {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.map
+            .lock()
+            .expect("rate limit lock")
+            .callers
+            .retain(|_, c| c.tat > drop_below);
+    }
+
+    fn len(&self) -> usize {
+        self.map.lock().expect("rate limit lock").callers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -30,6 +30,7 @@ pub struct Metrics {
     registry: Registry,
     ready: Gauge,
     served: Family<Labels, Gauge>,
+    not_current: Family<Labels, Gauge>,
     last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     staleness: Family<Labels, Gauge<f64, AtomicU64>>,
     fetch_errors: Family<Labels, Counter>,
@@ -45,9 +46,12 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("rotor");
+        let mut root = Registry::default();
+        rotor_telemetry::metrics::register(&mut root, "rotor-sidecar");
+        let registry = root.sub_registry_with_prefix("rotor");
         let ready = Gauge::default();
         let served = Family::<Labels, Gauge>::default();
+        let not_current = Family::<Labels, Gauge>::default();
         let last_success = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let staleness = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         let fetch_errors = Family::<Labels, Counter>::default();
@@ -65,6 +69,12 @@ impl Default for Metrics {
             "secret_served",
             "The version of each secret now served (1 per secret and version)",
             served.clone(),
+        );
+        registry.register(
+            "secret_not_current",
+            "1 while a secret is served at a version other than the store's CURRENT \
+             (pinned to PENDING by a push, or lagging after a failed check), else 0",
+            not_current.clone(),
         );
         registry.register(
             "secret_last_success_timestamp_seconds",
@@ -102,9 +112,10 @@ impl Default for Metrics {
             change_to_file.clone(),
         );
         Self {
-            registry,
+            registry: root,
             ready,
             served,
+            not_current,
             last_success,
             staleness,
             fetch_errors,
@@ -150,6 +161,14 @@ impl Metrics {
             .set(1);
     }
 
+    /// Whether `secret` is served at a version other than the store's
+    /// CURRENT.
+    pub fn not_current(&self, secret: &str, not_current: bool) {
+        self.not_current
+            .get_or_create(&labels(&[("secret", secret)]))
+            .set(i64::from(not_current));
+    }
+
     /// Drops every series of a secret the pod no longer reads.
     pub fn forget(&self, secret: &str) {
         if let Some(v) = self
@@ -164,6 +183,7 @@ impl Metrics {
         self.successes.lock().expect("metrics lock").remove(secret);
         self.last_success.remove(&labels(&[("secret", secret)]));
         self.staleness.remove(&labels(&[("secret", secret)]));
+        self.not_current.remove(&labels(&[("secret", secret)]));
     }
 
     pub fn fetch_error(&self, secret: &str, reason: &str) {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
@@ -35,6 +36,12 @@ impl Default for ReloadPolicy {
     }
 }
 
+/// Why one attempt of an HTTP hook failed: worth another attempt or not.
+enum HookError {
+    Retry(String),
+    Final(String),
+}
+
 pub struct Reloader {
     http: Client<HttpConnector, Empty<Bytes>>,
     policy: ReloadPolicy,
@@ -58,31 +65,42 @@ impl Reloader {
         }
     }
 
+    /// POSTs to `url`, retrying server errors, transport errors and
+    /// timeouts up to `http_attempts` times in all, 200 ms then doubling
+    /// between attempts; a client error (4xx) is not retried.
     async fn post(&self, url: &str) -> Result<(), String> {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
-        let mut last = String::new();
-        for attempt in 1..=self.policy.http_attempts.max(1) {
-            if attempt > 1 {
-                tokio::time::sleep(Duration::from_millis(100 * 2u64.pow(attempt - 1))).await;
-            }
+        let backoff = hook_backoff(self.policy.http_attempts);
+        let attempt = || async {
             let request = hyper::Request::post(uri.clone())
                 .header("user-agent", "rotor-sidecar")
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| HookError::Final(e.to_string()))?;
             match tokio::time::timeout(self.policy.http_timeout, self.http.request(request)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
-                Ok(Ok(resp)) if resp.status().is_client_error() => {
-                    return Err(format!("HTTP {} (not retried)", resp.status()));
-                }
-                Ok(Ok(resp)) => last = format!("HTTP {}", resp.status()),
-                Ok(Err(e)) => last = format!("request failed: {e}"),
-                Err(_) => last = format!("timed out after {:?}", self.policy.http_timeout),
+                Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+                Ok(Ok(resp)) if resp.status().is_client_error() => Err(HookError::Final(format!(
+                    "HTTP {} (not retried)",
+                    resp.status()
+                ))),
+                Ok(Ok(resp)) => Err(HookError::Retry(format!("HTTP {}", resp.status()))),
+                Ok(Err(e)) => Err(HookError::Retry(format!("request failed: {e}"))),
+                Err(_) => Err(HookError::Retry(format!(
+                    "timed out after {:?}",
+                    self.policy.http_timeout
+                ))),
             }
-        }
-        Err(format!(
-            "{last} after {} attempts",
-            self.policy.http_attempts
-        ))
+        };
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|e| matches!(e, HookError::Retry(_)))
+            .await
+            .map_err(|e| match e {
+                HookError::Final(why) => why,
+                HookError::Retry(last) => {
+                    format!("{last} after {} attempts", self.policy.http_attempts)
+                }
+            })
     }
 
     async fn exec(&self, argv: &[String]) -> Result<(), String> {
@@ -109,6 +127,15 @@ impl Reloader {
             }
         }
     }
+}
+
+/// The waits between an HTTP hook's `attempts`: 200 ms, then doubling.
+fn hook_backoff(attempts: u32) -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(200))
+        .with_factor(2.0)
+        .without_max_delay()
+        .with_max_times(attempts.max(1) as usize - 1)
 }
 
 fn rustix_signal(signal: Signal) -> rustix::process::Signal {

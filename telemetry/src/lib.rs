@@ -1,5 +1,8 @@
 //! Logging setup shared by Rotor's binaries: structured `tracing` logs on
-//! stderr, as text or JSON.
+//! stderr, as text or JSON; and, in [`metrics`], the metrics they all
+//! export.
+
+pub mod metrics;
 
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;

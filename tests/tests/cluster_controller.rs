@@ -86,6 +86,8 @@ async fn the_controller_in_a_real_cluster() {
     let running = attacks(plane, &client).await;
     eprintln!("step: least_privilege");
     least_privilege(plane, &a).await;
+    eprintln!("step: metrics");
+    build_and_process_metrics(&a);
 
     eprintln!("step: second replica");
     // A second replica reuses the certificate in the Secret.
@@ -666,4 +668,40 @@ async fn webhook_down(plane: &ControlPlane, client: &kube::Client, running: &(St
         .await,
     );
     assert!(message.contains("failed calling webhook"), "{message}");
+}
+
+/// `/metrics` of `rotor-controller run` has `rotor_build_info` and the
+/// standard `process_*` metrics beside the rotation ones.
+fn build_and_process_metrics(a: &Controller) {
+    let mut text = String::new();
+    let answered = rotor_e2e::wait_until(30, || {
+        match rotor_e2e::http(a.metrics_port, "GET", "/metrics", "") {
+            Some((200, body)) => {
+                text = body;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(answered, "/metrics never answered: {}", a.log());
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        text.contains(&format!(
+            "rotor_build_info{{version=\"{version}\",binary=\"rotor-controller\"}} 1\n"
+        )),
+        "{text}"
+    );
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    assert!(
+        sample("process_resident_memory_bytes").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
+    assert!(sample("process_cpu_seconds_total").is_some(), "{text}");
+    assert!(
+        sample("process_open_fds").is_some_and(|v| v > 0.0),
+        "{text}"
+    );
 }

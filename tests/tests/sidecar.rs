@@ -800,3 +800,67 @@ fn once_exits_with_the_cause_instead_of_hanging() {
         "{stderr}"
     );
 }
+
+/// The build and the process metrics, under the names Prometheus client
+/// libraries use: memory and CPU are what the sidecar is judged by.
+#[test]
+fn metrics_show_the_build_and_the_process() {
+    let hook = Hook::start();
+    let pod = pod_with_history(&hook);
+    let metrics = scrape(&pod);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(r#"rotor_build_info{{version="{version}",binary="rotor-sidecar"}}"#)
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            sample(&metrics, name).is_some_and(|v| v > 0.0),
+            "{name}: {metrics}"
+        );
+    }
+    assert!(
+        sample(&metrics, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0),
+        "{metrics}"
+    );
+}
+
+/// `rotor_secret_not_current` is 1 while a push pins PENDING, and 0 again
+/// once the pinned version is promoted and served as CURRENT.
+#[test]
+fn not_current_is_exported_while_a_pin_holds() {
+    const NOT_CURRENT: &str = r#"rotor_secret_not_current{secret="db"}"#;
+    let hook = Hook::start();
+    let pod = pod_with_history(&hook);
+    let waits_for = |want: f64| {
+        let mut last = String::new();
+        let moved = wait_until(10, || {
+            last = scrape(&pod);
+            sample(&last, NOT_CURRENT) == Some(want)
+        });
+        assert!(moved, "{NOT_CURRENT} never became {want}: {last}");
+    };
+    waits_for(0.0);
+
+    pod.store.put("db", b"next-v3", WriteAs::Pending).unwrap();
+    let (status, body) = pod.push_pin("db", 3);
+    assert_eq!(status, 200, "{body}");
+    waits_for(1.0);
+
+    pod.store.promote("db", 3).unwrap();
+    let (status, body) = http(pod.push, "POST", "/v1/refresh", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(pod.read("db").as_deref(), Some("next-v3"));
+    waits_for(0.0);
+}

@@ -1,6 +1,7 @@
 //! The controller's metrics: rotations by result, rotation duration, time
 //! until every consumer acknowledged, consumers still pending, and failed
-//! reconciles by controller and error kind (`Error::metric_label`).
+//! reconciles by controller and error kind (`Error::metric_label`); beside
+//! them, the build and process metrics every Rotor binary exports.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,7 +22,9 @@ pub struct RotationMetrics {
 
 impl Default for RotationMetrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("rotor");
+        let mut root = Registry::default();
+        rotor_telemetry::metrics::register(&mut root, "rotor-controller");
+        let registry = root.sub_registry_with_prefix("rotor");
         let rotations = Family::<Labels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
@@ -53,7 +56,7 @@ impl Default for RotationMetrics {
             failures.clone(),
         );
         Self {
-            registry,
+            registry: root,
             rotations,
             duration,
             ack_time,
@@ -116,6 +119,18 @@ mod tests {
             text.contains(
                 r#"rotor_reconcile_failures_total{controller="secretstore",error="store_not_resolved"} 2"#
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_build_and_process_metrics_sit_beside_the_rotation_ones() {
+        let text = RotationMetrics::default().encode();
+        assert!(text.contains("rotor_build_info{version=\""), "{text}");
+        assert!(text.contains("binary=\"rotor-controller\"} 1\n"), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(
+            text.contains("\nrotor_rotation_duration_seconds_count 0\n"),
             "{text}"
         );
     }

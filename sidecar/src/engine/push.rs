@@ -99,7 +99,7 @@ impl Engine {
                     self.check(&s.name).await
                 }
             };
-            self.schedule(&s.name, outcome != Check::Failed);
+            self.schedule(&s.name, outcome);
             failed |= matches!(outcome, Check::Failed | Check::Refused);
         }
         let written = self.publish("push", Some(received)).await;

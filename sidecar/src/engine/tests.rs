@@ -599,3 +599,45 @@ async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+/// `rotor_secret_not_current` is 1 while the store cannot be read (what is
+/// served may lag behind CURRENT), 0 once it can, and its series goes with
+/// the annotation.
+#[tokio::test(start_paused = true)]
+async fn not_current_while_the_store_cannot_be_read_and_gone_with_the_annotation() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    f.store.put("other", b"o", WriteAs::Current).unwrap();
+    let c = contract(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ]);
+    let (task, cfg, _push, stop) = start(f.engine(c.clone()), c);
+    let series = "rotor_secret_not_current{secret=\"db\"}";
+    let exported = |v: u8| {
+        f.shared
+            .metrics
+            .encode()
+            .contains(&format!("{series} {v}\n"))
+    };
+    until("served at CURRENT", || {
+        f.read("db").is_some() && exported(0)
+    })
+    .await;
+    let moved = f.store.path().with_extension("away");
+    std::fs::rename(f.store.path(), &moved).unwrap();
+    until("lagging", || exported(1)).await;
+    std::fs::rename(&moved, f.store.path()).unwrap();
+    until("current again", || exported(0)).await;
+    cfg.send(contract(&[
+        ("rotor.dev/secret.o", "other"),
+        ("rotor.dev/refresh", "1h"),
+    ]))
+    .unwrap();
+    until("the series gone with the annotation", || {
+        f.read("o").is_some() && !f.shared.metrics.encode().contains(series)
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}

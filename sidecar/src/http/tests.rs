@@ -76,3 +76,12 @@ async fn a_refilled_caller_is_evicted_before_an_active_one() {
         "the active caller was evicted and reset"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_of_zero_refuses_every_push() {
+    let limit = RateLimit::new(0.0, 0);
+    assert_eq!(granted(&limit, ip(1), 10), 0);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(granted(&limit, ip(1), 10), 0);
+    assert_eq!(limit.tracked(), 0);
+}

@@ -141,6 +141,22 @@ async fn http_hooks_retry_server_errors_but_not_client_errors() {
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
 
+#[test]
+fn http_hooks_wait_200_ms_then_double_between_attempts() {
+    use backon::BackoffBuilder;
+    // In whole milliseconds: backon multiplies in f32.
+    let waits = |attempts| {
+        hook_backoff(attempts)
+            .build()
+            .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(waits(3), [200, 400]);
+    assert_eq!(waits(5), [200, 400, 800, 1600]);
+    assert!(waits(1).is_empty());
+    assert!(waits(0).is_empty(), "0 attempts is one attempt");
+}
+
 #[tokio::test]
 async fn exec_runs_with_a_timeout() {
     let dir = tempfile::tempdir().unwrap();
