@@ -132,6 +132,20 @@ impl KubeStore {
             .map_err(|e| self.classify(name, e))
     }
 
+    /// `version` is none of `all`: the error lists the versions there are.
+    fn version_not_found(&self, name: &str, version: &VersionId, all: &[(Stage, Secret)]) -> Error {
+        Error::VersionNotFound {
+            store: self.label.clone(),
+            name: name.to_owned(),
+            version: version.0.clone(),
+            available: all
+                .iter()
+                .map(|(_, s)| version_of(s).0)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+
     /// All three stages, as (stage, secret).
     async fn all(&self, name: &str) -> Result<Vec<(Stage, Secret)>> {
         let mut out = Vec::new();
@@ -346,16 +360,7 @@ impl Store for KubeStore {
             .map(|(_, s)| s)
             .find(|s| version_of(s) == *version)
         else {
-            return Err(Error::VersionNotFound {
-                store: self.label.clone(),
-                name: name.to_owned(),
-                version: version.0.clone(),
-                available: all
-                    .iter()
-                    .map(|(_, s)| version_of(s).0)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+            return Err(self.version_not_found(name, version, &all));
         };
         let new_data = source.data.clone().unwrap_or_default();
         if let Some(c) = current {
@@ -387,16 +392,7 @@ impl Store for KubeStore {
                     .to_owned(),
             }),
             Some((stage, _)) => self.delete(name, *stage).await,
-            None => Err(Error::VersionNotFound {
-                store: self.label.clone(),
-                name: name.to_owned(),
-                version: version.0.clone(),
-                available: all
-                    .iter()
-                    .map(|(_, s)| version_of(s).0)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
+            None => Err(self.version_not_found(name, version, &all)),
         }
     }
 

@@ -1067,13 +1067,7 @@ impl<'f> Source<'f> {
         if self.pos + buf.len() as u64 > self.body_end {
             return Err(Short::Truncated(field));
         }
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Short::Truncated(field)
-            } else {
-                Short::Io(e)
-            }
-        })?;
+        read_exact(&mut self.inner, buf, field)?;
         self.hash(buf);
         Ok(())
     }
@@ -1126,13 +1120,7 @@ impl<'f> Source<'f> {
         let mut mac = [0u8; HASH_LEN];
         let mut checksum = [0u8; HASH_LEN];
         for (buf, field) in [(&mut mac, "MAC"), (&mut checksum, "checksum")] {
-            self.inner.read_exact(buf).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    Short::Truncated(field)
-                } else {
-                    Short::Io(e)
-                }
-            })?;
+            read_exact(&mut self.inner, buf, field)?;
         }
         self.sum.update(&mac);
         let checksum_ok = equal(self.sum.finish().as_ref(), &checksum);
@@ -1353,6 +1341,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .expect("local store task panicked")
+}
+
+/// Fills `buf` from `from`; the end of the file is `Short::Truncated`
+/// naming the `field` being read.
+fn read_exact(from: &mut impl Read, buf: &mut [u8], field: &'static str) -> Result<(), Short> {
+    from.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Short::Truncated(field)
+        } else {
+            Short::Io(e)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -131,6 +131,11 @@ pub enum RotationEvent {
         secret: String,
         version: String,
     },
+    /// The spec has problems the CRD's CEL rules did not catch; nothing is
+    /// done until it changes.
+    InvalidSpec {
+        problems: Vec<String>,
+    },
 }
 
 impl RotationEvent {
@@ -145,14 +150,15 @@ impl RotationEvent {
             RotationEvent::Promoted { .. } => "Promoted",
             RotationEvent::Retired { .. } => "Retired",
             RotationEvent::RolledBack { .. } => "RolledBack",
+            RotationEvent::InvalidSpec { .. } => "InvalidSpec",
         }
     }
 
     pub fn severity(&self) -> Severity {
         match self {
-            RotationEvent::AckTimeout { .. } | RotationEvent::RolledBack { .. } => {
-                Severity::Warning
-            }
+            RotationEvent::AckTimeout { .. }
+            | RotationEvent::RolledBack { .. }
+            | RotationEvent::InvalidSpec { .. } => Severity::Warning,
             _ => Severity::Normal,
         }
     }
@@ -189,6 +195,12 @@ impl RotationEvent {
             }
             RotationEvent::RolledBack { secret, version } => {
                 format!("pending version {version} of {secret} retired")
+            }
+            RotationEvent::InvalidSpec { problems } => {
+                format!(
+                    "nothing done until the spec is fixed: {}",
+                    problems.join("; ")
+                )
             }
         }
     }
@@ -309,6 +321,33 @@ fn set_condition(
             last_transition_time: rfc3339(now),
             observed_generation: None,
         }),
+    }
+}
+
+/// The step for a spec [`crate::rotation::validate::Policy::check`]
+/// refused: the phase stays where it is, `Ready` is False with reason
+/// `InvalidSpec` and every problem (each naming its field path), and a
+/// Warning event when that condition is new; the caller waits for the spec
+/// to change.
+pub fn invalid_spec(
+    current: &SecretRotationPolicyStatus,
+    problems: Vec<String>,
+    now: SystemTime,
+) -> Step {
+    let mut status = current.clone();
+    set_condition(
+        &mut status,
+        "Ready",
+        false,
+        "InvalidSpec",
+        &problems.join("; "),
+        now,
+    );
+    let step = Step::new(status, Duration::from_secs(3600));
+    if step.status.conditions == current.conditions {
+        step
+    } else {
+        step.event(RotationEvent::InvalidSpec { problems })
     }
 }
 

@@ -16,7 +16,7 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{Phase, Severity, step};
+use super::machine::{Phase, Severity, invalid_spec, step};
 use super::metrics::RotationMetrics;
 use super::validate::Policy;
 
@@ -69,16 +69,22 @@ pub async fn reconcile(
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
-    let valid = Policy::parse(&policy.spec)?;
-    let s = step(
-        &valid,
-        &status,
-        SystemTime::now(),
-        rotate_now,
-        &*store,
-        &consumers,
-    )
-    .await?;
+    // A spec CEL let through but the controller refuses is a condition and
+    // an event on the policy, not a retry loop in the controller's log.
+    let s = match Policy::check(&policy.spec) {
+        Ok(valid) => {
+            step(
+                &valid,
+                &status,
+                SystemTime::now(),
+                rotate_now,
+                &*store,
+                &consumers,
+            )
+            .await?
+        }
+        Err(problems) => invalid_spec(&status, problems, SystemTime::now()),
+    };
     let api: Api<SecretRotationPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;

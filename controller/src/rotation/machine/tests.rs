@@ -968,3 +968,33 @@ async fn rolling_back_returns_a_store_error() {
     let i = r.at(t0(), &broken);
     store_error(rolling_back(&i, in_phase(Phase::RollingBack, t0())).await);
 }
+
+#[test]
+fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
+    let mut bad = spec(OnTimeout::Rollback);
+    bad.strategy.staged.ack_timeout = "soon".to_owned();
+    let problems = Policy::check(&bad).unwrap_err();
+    assert!(problems[0].contains("ackTimeout"), "{problems:?}");
+    let current = in_phase(Phase::Propagating, t0());
+    let step = invalid_spec(&current, problems.clone(), t0());
+    // The phase is left as it is; Ready says why nothing happens.
+    assert_eq!(phase(&step.status), Phase::Propagating);
+    let ready = cond(&step.status, "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "InvalidSpec")
+    );
+    assert_eq!(ready.message, problems.join("; "));
+    assert_eq!(
+        step.events,
+        vec![RotationEvent::InvalidSpec {
+            problems: problems.clone()
+        }]
+    );
+    assert_eq!(step.events[0].severity(), Severity::Warning);
+    assert!(step.requeue >= secs(3600));
+    // The same problems again: no second event.
+    let again = invalid_spec(&step.status, problems, t0() + secs(60));
+    assert!(again.events.is_empty());
+    assert_eq!(again.status, step.status);
+}
