@@ -439,15 +439,25 @@ where
     for (file, source) in &out.files {
         if let FileSource::Template { source } = source {
             for referenced in template_references(source) {
-                if !matches!(out.files.get(&referenced), Some(FileSource::Secret { .. })) {
-                    err(
-                        &format!("{TEMPLATE_PREFIX}{file}"),
-                        format!(
-                            "refers to secrets[{referenced:?}], which no rotor.dev/secret.{referenced} annotation defines"
-                        ),
-                        "secrets[\"<file>\"] for a file defined by a rotor.dev/secret.<file> annotation",
-                    );
+                if matches!(out.files.get(&referenced), Some(FileSource::Secret { .. })) {
+                    continue;
                 }
+                // A name no annotation can define (`../db`) is said to be
+                // one, not pointed at an annotation that cannot exist.
+                let problem = match validate_file_name(&referenced) {
+                    Ok(()) => format!(
+                        "refers to secrets[{referenced:?}], which no rotor.dev/secret.{referenced} annotation defines"
+                    ),
+                    Err(e) => format!(
+                        "refers to secrets[{referenced:?}], which is not a file name: it {}",
+                        e.problem
+                    ),
+                };
+                err(
+                    &format!("{TEMPLATE_PREFIX}{file}"),
+                    problem,
+                    "secrets[\"<file>\"] for a file defined by a rotor.dev/secret.<file> annotation",
+                );
             }
         }
     }

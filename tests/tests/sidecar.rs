@@ -758,6 +758,18 @@ fn once_exits_with_the_cause_instead_of_hanging() {
         stderr.contains("--once: file \"url\"") && stderr.contains("nosuchfilter"),
         "{stderr}"
     );
+    // A template naming a path: one message, saying it is not a file name.
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "present"),
+        ("rotor.dev/template.url", "x={{ secrets['../db'] }}"),
+    ]);
+    let (status, stderr) = run(&pod, &[]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("refers to secrets[\"../db\"], which is not a file name")
+            && !stderr.contains("rotor.dev/secret.../db"),
+        "{stderr}"
+    );
     // An unreachable store: retried, then the cause.
     let mut pod = Pod::new();
     let token = pod.work.path().join("token");

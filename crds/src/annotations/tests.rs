@@ -294,3 +294,17 @@ fn long_values_are_cut_in_messages() {
     let err = p(&[(REFRESH, &long)]).unwrap_err().to_string();
     assert!(err.len() < 400, "{err}");
 }
+
+#[test]
+fn a_template_naming_a_path_is_told_it_is_not_a_file_name() {
+    let e = parse([("rotor.dev/template.x", "{{ secrets['../db'] }}")])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "annotation rotor.dev/template.x: refers to secrets[\"../db\"], which is not a file \
+         name: it contains the character '/'; expected secrets[\"<file>\"] for a file defined by \
+         a rotor.dev/secret.<file> annotation"
+    );
+    assert!(!e.contains("rotor.dev/secret.../db"), "{e}");
+}
