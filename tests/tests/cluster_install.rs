@@ -88,7 +88,7 @@ async fn install_establishes_the_crds_and_accepts_every_example() {
 
 const VAULT_STORE: &str = "
 apiVersion: rotor.dev/v1alpha1
-kind: SecretStore
+kind: RotorStore
 metadata: {name: s}
 spec:
   provider:
@@ -117,7 +117,7 @@ async fn every_cel_rule_rejects_with_its_message() {
     let plane = installed();
     let ns = plane.namespace("cel").await;
     // The valid objects pass, so each rejection below is its rule's doing.
-    apply(&ns, VAULT_STORE).expect("a valid SecretStore");
+    apply(&ns, VAULT_STORE).expect("a valid RotorStore");
     apply(&ns, POLICY).expect("a valid SecretRotationPolicy");
 
     let cases: Vec<(String, &str)> = vec![
@@ -139,7 +139,7 @@ async fn every_cel_rule_rejects_with_its_message() {
         (
             "
 apiVersion: rotor.dev/v1alpha1
-kind: ClusterSecretStore
+kind: ClusterRotorStore
 metadata: {name: cel-empty-patterns}
 spec:
   allowedNamespaces: {matchLabels: {team: a}}
