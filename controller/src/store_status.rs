@@ -16,6 +16,7 @@ use rotor_crds::api::{
 };
 
 use crate::rotation::metrics::RotationMetrics;
+use crate::store_index::StoreKind;
 use crate::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "rotor-controller";
@@ -104,10 +105,10 @@ fn status_for(
     }
 }
 
-fn status_patch(kind: &str, status: &RotorStoreStatus) -> Patch<serde_json::Value> {
+fn status_patch(kind: StoreKind, status: &RotorStoreStatus) -> Patch<serde_json::Value> {
     Patch::Apply(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": kind,
+        "kind": kind.as_str(),
         "status": status,
     }))
 }
@@ -121,7 +122,7 @@ pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Acti
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &status_patch("RotorStore", &status),
+        &status_patch(StoreKind::Namespaced, &status),
     )
     .await
     .map_err(Error::Kube)?;
@@ -151,7 +152,7 @@ pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>)
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &status_patch("ClusterRotorStore", &status),
+        &status_patch(StoreKind::Cluster, &status),
     )
     .await
     .map_err(Error::Kube)?;
