@@ -52,11 +52,11 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
 
-    // 10,000 SecretStores (and their namespaces) in the index.
+    // 10,000 RotorStores (and their namespaces) in the index.
     let mut big = String::new();
     for i in 0..10_000 {
         big.push_str(&format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: s, namespace: ns-{i}}}\nspec:\n  provider:\n    vault:\n      server: https://vault:8200\n      auth: {{kubernetes: {{role: r{i}}}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{i}, labels: {{team: t{i}}}}}\n---\n"
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: s, namespace: ns-{i}}}\nspec:\n  provider:\n    vault:\n      server: https://vault:8200\n      auth: {{kubernetes: {{role: r{i}}}}}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{i}, labels: {{team: t{i}}}}}\n---\n"
         ));
     }
     std::fs::write(stores.join("many.yaml"), big).unwrap();
@@ -85,7 +85,7 @@ fn main() {
         busy as f64 / 1024.0
     );
     println!(
-        "| controller RSS with 10,000 SecretStores and namespaces indexed | reported | {:.1} MB |",
+        "| controller RSS with 10,000 RotorStores and namespaces indexed | reported | {:.1} MB |",
         with_stores as f64 / 1024.0
     );
 }

@@ -19,7 +19,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
         SecretRotationPolicySpec {
             store_ref: StoreRef {
                 name: "vault".into(),
-                kind: "SecretStore".into(),
+                kind: "RotorStore".into(),
             },
             secret_name: format!("apps/team-{}/db-{i}", i % 50),
             schedule: Schedule {

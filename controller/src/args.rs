@@ -28,8 +28,8 @@ enum Command {
     /// Serve the injection webhook with stores read from YAML files
     /// instead of the API: try it without a cluster.
     Webhook {
-        /// A directory of YAML files with SecretStore, ClusterSecretStore and
-        /// Namespace objects (namespace labels, for ClusterSecretStores).
+        /// A directory of YAML files with RotorStore, ClusterRotorStore and
+        /// Namespace objects (namespace labels, for ClusterRotorStores).
         #[arg(long, env = "ROTOR_STORES_DIR")]
         stores: PathBuf,
         #[command(flatten)]
@@ -92,12 +92,12 @@ enum Command {
         )]
         vault_jwt_file: PathBuf,
     },
-    /// Rotate without Kubernetes: SecretRotationPolicy and SecretStore
+    /// Rotate without Kubernetes: SecretRotationPolicy and RotorStore
     /// objects from YAML files, status in JSON files, and the sidecars each
     /// policy lists as its consumers.
     Standalone {
         /// A directory of YAML files with SecretRotationPolicy and
-        /// SecretStore objects.
+        /// RotorStore objects.
         #[arg(long, env = "ROTOR_POLICIES_DIR")]
         policies: PathBuf,
         /// Where each policy's status is kept (default: <policies>/.state).

@@ -3,9 +3,9 @@
 //! reconcilers, scheduled rotation, and the serving certificates.
 //!
 //! - [`webhook`]: AdmissionReview in, patch or denial out; served over HTTPS.
-//! - [`store_index`]: SecretStores, ClusterSecretStores and namespace labels,
+//! - [`store_index`]: RotorStores, ClusterRotorStores and namespace labels,
 //!   shared by the webhook and rotation.
-//! - [`store_status`]: the SecretStore and ClusterSecretStore status
+//! - [`store_status`]: the RotorStore and ClusterRotorStore status
 //!   reconcilers.
 //! - [`store_from_spec`]: a store built from a provider spec, for rotation.
 //! - [`rotation`]: generators, schedules, the state machine, the

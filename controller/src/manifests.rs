@@ -122,11 +122,24 @@ impl Document {
         }
     }
 
-    /// The error for a kind the caller does not take.
+    /// The error for a kind the caller does not take; for a Rotor kind
+    /// that was renamed, the error names the new kind.
     pub fn unexpected(&self, expected: &str) -> Error {
+        let rotor = self.value["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("rotor.dev/"));
+        let renamed = rotor_crds::api::RENAMED_KINDS
+            .iter()
+            .find(|(old, _)| rotor && *old == self.kind);
+        let problem = match renamed {
+            Some((old, new)) => format!(
+                "kind {old} was renamed {new} in rotor.dev/v1alpha1 ({old} is also External Secrets Operator's kind); write kind: {new}"
+            ),
+            None => format!("kind {:?} is not one of {expected}", self.kind),
+        };
         Error::Manifest {
             document: self.source.clone(),
-            problem: format!("kind {:?} is not one of {expected}", self.kind),
+            problem,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
-use rotor_crds::api::{Provider, SecretRotationPolicy, SecretRotationPolicyStatus, SecretStore};
+use rotor_crds::api::{Provider, RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
 use rotor_store::Store;
 use serde::{Deserialize, Serialize};
 
@@ -62,12 +62,12 @@ fn load(dir: &Path) -> Result<Loaded> {
                 },
                 Err(e) => problems.push(e.to_string()),
             },
-            "SecretStore" | "ClusterSecretStore" => {
-                let parsed = if doc.kind == "SecretStore" {
-                    doc.parse_strict::<SecretStore>()
+            "RotorStore" | "ClusterRotorStore" => {
+                let parsed = if doc.kind == "RotorStore" {
+                    doc.parse_strict::<RotorStore>()
                         .map(|s| (s.name_any(), s.spec.provider))
                 } else {
-                    doc.parse_strict::<rotor_crds::api::ClusterSecretStore>()
+                    doc.parse_strict::<rotor_crds::api::ClusterRotorStore>()
                         .map(|s| (s.name_any(), s.spec.provider))
                 };
                 match parsed {
@@ -82,7 +82,7 @@ fn load(dir: &Path) -> Result<Loaded> {
                     Err(e) => problems.push(e.to_string()),
                 }
             }
-            _ => return Err(doc.unexpected("SecretRotationPolicy, SecretStore")),
+            _ => return Err(doc.unexpected("SecretRotationPolicy, RotorStore, ClusterRotorStore")),
         }
     }
     if !problems.is_empty() {
@@ -133,7 +133,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             path: options.policies.clone(),
             source: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "no such directory; expected a directory of SecretRotationPolicy and SecretStore YAML files",
+                "no such directory; expected a directory of SecretRotationPolicy and RotorStore YAML files",
             ),
         });
     }

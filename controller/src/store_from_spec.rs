@@ -1,4 +1,4 @@
-//! The one place a `rotor_store::Store` is built from a SecretStore's
+//! The one place a `rotor_store::Store` is built from a RotorStore's
 //! provider spec, for both rotation modes. What differs between the modes
 //! is what the controller itself can reach, which [`Reach`] says.
 

@@ -1,10 +1,11 @@
-//! The stores a pod may name: SecretStores by namespace, ClusterSecretStores,
+//! The stores a pod may name: RotorStores by namespace, ClusterRotorStores,
 //! and namespace labels. A plain in-memory index with `apply` / `delete` /
 //! `reset` per kind ([`IndexResource`]), filled by watches in a cluster or
 //! from YAML files without one, and unit-tested without any API. The
 //! webhook and rotation share one [`SharedStoreIndex`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -12,8 +13,8 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
 use rotor_crds::api::{
-    ClusterSecretStore, ClusterSecretStoreSpec, Labels, Provider, ProviderKind, SecretStore,
-    SecretStoreSpec,
+    ClusterRotorStore, ClusterRotorStoreSpec, Labels, Provider, ProviderKind, RotorStore,
+    RotorStoreSpec,
 };
 
 use crate::Result;
@@ -23,11 +24,35 @@ use crate::cluster::watch::IndexResource;
 /// written by the watches (or loaded once from files), read per request.
 pub type SharedStoreIndex = Arc<RwLock<StoreIndex>>;
 
+/// Which of Rotor's two store kinds a [`Resolved`] store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// A `RotorStore`, in the pod's namespace.
+    Namespaced,
+    /// A `ClusterRotorStore`.
+    Cluster,
+}
+
+impl StoreKind {
+    /// The kind's name, as messages and the API say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Namespaced => "RotorStore",
+            StoreKind::Cluster => "ClusterRotorStore",
+        }
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A store a pod may use.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
-    /// `SecretStore` or `ClusterSecretStore`.
-    pub kind: &'static str,
+    pub kind: StoreKind,
     pub name: String,
     pub provider: Provider,
     /// The store's owner lets pods run `exec:` reload actions.
@@ -36,13 +61,13 @@ pub struct Resolved {
 
 #[derive(Debug, Default, Clone)]
 pub struct StoreIndex {
-    namespaced: BTreeMap<(String, String), SecretStoreSpec>,
-    cluster: BTreeMap<String, ClusterSecretStoreSpec>,
+    namespaced: BTreeMap<(String, String), RotorStoreSpec>,
+    cluster: BTreeMap<String, ClusterRotorStoreSpec>,
     namespaces: BTreeMap<String, Labels>,
 }
 
 impl StoreIndex {
-    pub fn apply_store(&mut self, s: &SecretStore) {
+    pub fn apply_store(&mut self, s: &RotorStore) {
         let key = (s.namespace().unwrap_or_default(), s.name_any());
         self.namespaced.insert(key, s.spec.clone());
     }
@@ -52,7 +77,7 @@ impl StoreIndex {
             .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
-    pub fn apply_cluster_store(&mut self, s: &ClusterSecretStore) {
+    pub fn apply_cluster_store(&mut self, s: &ClusterRotorStore) {
         self.cluster.insert(s.name_any(), s.spec.clone());
     }
 
@@ -89,7 +114,7 @@ impl StoreIndex {
             .get(&(namespace.to_owned(), store.to_owned()))
         {
             return Ok(Resolved {
-                kind: "SecretStore",
+                kind: StoreKind::Namespaced,
                 name: store.to_owned(),
                 provider: spec.provider.clone(),
                 allow_exec_reload: spec.allow_exec_reload,
@@ -97,13 +122,13 @@ impl StoreIndex {
         }
         let Some(spec) = self.cluster.get(store) else {
             return Err(format!(
-                "store {store:?} not found: there is no SecretStore {store:?} in namespace {namespace:?} and no ClusterSecretStore {store:?}"
+                "store {store:?} not found: there is no RotorStore {store:?} in namespace {namespace:?} and no ClusterRotorStore {store:?}"
             ));
         };
         let labels = self.namespaces.get(namespace).cloned().unwrap_or_default();
         if !selector_matches(&spec.allowed_namespaces, &labels) {
             return Err(format!(
-                "ClusterSecretStore {store:?} does not allow namespace {namespace:?}: its allowedNamespaces selector does not match the namespace's labels"
+                "ClusterRotorStore {store:?} does not allow namespace {namespace:?}: its allowedNamespaces selector does not match the namespace's labels"
             ));
         }
         for secret in secrets {
@@ -117,70 +142,70 @@ impl StoreIndex {
             // webhook could read another namespace's rules from it.
             if !allowed.iter().any(|p| path_matches(p, secret, namespace)) {
                 return Err(format!(
-                    "ClusterSecretStore {store:?} does not allow secret {secret:?} in namespace {namespace:?}; its spec.paths lists what each namespace may read"
+                    "ClusterRotorStore {store:?} does not allow secret {secret:?} in namespace {namespace:?}; its spec.paths lists what each namespace may read"
                 ));
             }
         }
         if let Some(problem) = cluster_auth_problem(&spec.provider) {
-            return Err(format!("ClusterSecretStore {store:?} {problem}"));
+            return Err(format!("ClusterRotorStore {store:?} {problem}"));
         }
         Ok(Resolved {
-            kind: "ClusterSecretStore",
+            kind: StoreKind::Cluster,
             name: store.to_owned(),
             provider: spec.provider.clone(),
             allow_exec_reload: spec.allow_exec_reload,
         })
     }
 
-    /// Loads SecretStore, ClusterSecretStore and Namespace objects from the
+    /// Loads RotorStore, ClusterRotorStore and Namespace objects from the
     /// YAML files (`.yaml`, `.yml`, multi-document) in `dir`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let mut index = Self::default();
         for doc in crate::manifests::documents(dir, "--stores")? {
             match doc.kind.as_str() {
-                "SecretStore" => index.apply(&doc.parse::<SecretStore>()?),
-                "ClusterSecretStore" => index.apply(&doc.parse::<ClusterSecretStore>()?),
+                "RotorStore" => index.apply(&doc.parse::<RotorStore>()?),
+                "ClusterRotorStore" => index.apply(&doc.parse::<ClusterRotorStore>()?),
                 "Namespace" => index.apply(&doc.parse::<Namespace>()?),
-                _ => return Err(doc.unexpected("SecretStore, ClusterSecretStore, Namespace")),
+                _ => return Err(doc.unexpected("RotorStore, ClusterRotorStore, Namespace")),
             }
         }
         Ok(index)
     }
 }
 
-/// A relist replaces the SecretStores by the complete list.
-impl IndexResource<SecretStore> for StoreIndex {
-    fn apply(&mut self, s: &SecretStore) {
+/// A relist replaces the RotorStores by the complete list.
+impl IndexResource<RotorStore> for StoreIndex {
+    fn apply(&mut self, s: &RotorStore) {
         self.apply_store(s);
     }
 
-    fn delete(&mut self, s: &SecretStore) {
+    fn delete(&mut self, s: &RotorStore) {
         self.delete_store(&s.namespace().unwrap_or_default(), &s.name_any());
     }
 
-    fn reset(&mut self, all: &[SecretStore]) {
+    fn reset(&mut self, all: &[RotorStore]) {
         self.namespaced.clear();
         all.iter().for_each(|s| self.apply_store(s));
     }
 }
 
-/// A relist replaces the ClusterSecretStores by the complete list.
-impl IndexResource<ClusterSecretStore> for StoreIndex {
-    fn apply(&mut self, s: &ClusterSecretStore) {
+/// A relist replaces the ClusterRotorStores by the complete list.
+impl IndexResource<ClusterRotorStore> for StoreIndex {
+    fn apply(&mut self, s: &ClusterRotorStore) {
         self.apply_cluster_store(s);
     }
 
-    fn delete(&mut self, s: &ClusterSecretStore) {
+    fn delete(&mut self, s: &ClusterRotorStore) {
         self.delete_cluster_store(&s.name_any());
     }
 
-    fn reset(&mut self, all: &[ClusterSecretStore]) {
+    fn reset(&mut self, all: &[ClusterRotorStore]) {
         self.cluster.clear();
         all.iter().for_each(|s| self.apply_cluster_store(s));
     }
 }
 
-/// Namespace labels, for ClusterSecretStores' `allowedNamespaces`.
+/// Namespace labels, for ClusterRotorStores' `allowedNamespaces`.
 impl IndexResource<Namespace> for StoreIndex {
     fn apply(&mut self, n: &Namespace) {
         self.apply_namespace(&n.name_any(), n.labels().clone());
@@ -204,12 +229,12 @@ fn cluster_auth_problem(provider: &Provider) -> Option<String> {
         return None;
     };
     (vault.auth.token_secret_ref.is_some() || vault.auth.app_role.is_some()).then(|| {
-        "uses Secret-based Vault auth, which pods in other namespaces cannot mount; use kubernetes auth for a ClusterSecretStore".to_owned()
+        "uses Secret-based Vault auth, which pods in other namespaces cannot mount; use kubernetes auth for a ClusterRotorStore".to_owned()
     })
 }
 
 /// Label selector semantics; an empty selector matches nothing here, so
-/// that a ClusterSecretStore is opt-in per namespace.
+/// that a ClusterRotorStore is opt-in per namespace.
 pub fn selector_matches(selector: &LabelSelector, labels: &Labels) -> bool {
     let match_labels = selector.match_labels.clone().unwrap_or_default();
     let exprs = selector.match_expressions.clone().unwrap_or_default();

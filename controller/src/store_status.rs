@@ -1,4 +1,4 @@
-//! The SecretStore and ClusterSecretStore status reconcilers: check each
+//! The RotorStore and ClusterRotorStore status reconcilers: check each
 //! store's spec and report it in `status` (provider kind, a `Ready`
 //! condition, observedGeneration), as kube-rs/controller-rs does, with a
 //! `Context` shared by `reconcile` and `error_policy`; [`run`] runs both.
@@ -12,10 +12,11 @@ use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use rotor_crds::api::{
-    ClusterSecretStore, Condition, Provider, ProviderKind, SecretStore, SecretStoreStatus,
+    ClusterRotorStore, Condition, Provider, ProviderKind, RotorStore, RotorStoreStatus,
 };
 
 use crate::rotation::metrics::RotationMetrics;
+use crate::store_index::StoreKind;
 use crate::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "rotor-controller";
@@ -82,9 +83,9 @@ fn status_for(
     provider: &Provider,
     problems: &[String],
     generation: Option<i64>,
-) -> SecretStoreStatus {
+) -> RotorStoreStatus {
     let ready = problems.is_empty();
-    SecretStoreStatus {
+    RotorStoreStatus {
         // A spec without exactly one provider reports none.
         provider: provider.view().ok().map(|k| k.name().to_owned()),
         conditions: vec![Condition {
@@ -104,24 +105,24 @@ fn status_for(
     }
 }
 
-fn status_patch(kind: &str, status: &SecretStoreStatus) -> Patch<serde_json::Value> {
+fn status_patch(kind: StoreKind, status: &RotorStoreStatus) -> Patch<serde_json::Value> {
     Patch::Apply(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": kind,
+        "kind": kind.as_str(),
         "status": status,
     }))
 }
 
-pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Action> {
+pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
     let problems = problems(&store.spec.provider);
     let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
-    let api: Api<SecretStore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let api: Api<RotorStore> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &status_patch("SecretStore", &status),
+        &status_patch(StoreKind::Namespaced, &status),
     )
     .await
     .map_err(Error::Kube)?;
@@ -129,12 +130,9 @@ pub async fn reconcile(store: Arc<SecretStore>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-/// The same for a ClusterSecretStore, which is also useless without path
+/// The same for a ClusterRotorStore, which is also useless without path
 /// patterns or with an empty namespace selector.
-pub async fn reconcile_cluster(
-    store: Arc<ClusterSecretStore>,
-    ctx: Arc<Context>,
-) -> Result<Action> {
+pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let name = store.name_any();
     let mut problems = problems(&store.spec.provider);
     let selector = &store.spec.allowed_namespaces;
@@ -150,11 +148,11 @@ pub async fn reconcile_cluster(
         problems.push("spec.paths is empty, so no secret may be read; expected at least one namespace and pattern".to_owned());
     }
     let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
-    let api: Api<ClusterSecretStore> = Api::all(ctx.client.clone());
+    let api: Api<ClusterRotorStore> = Api::all(ctx.client.clone());
     api.patch_status(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &status_patch("ClusterSecretStore", &status),
+        &status_patch(StoreKind::Cluster, &status),
     )
     .await
     .map_err(Error::Kube)?;
@@ -163,25 +161,25 @@ pub async fn reconcile_cluster(
 }
 
 pub fn error_policy_cluster(
-    store: Arc<ClusterSecretStore>,
+    store: Arc<ClusterRotorStore>,
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.reconcile_failed("clustersecretstore", error);
+    ctx.metrics.reconcile_failed("clusterrotorstore", error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
 
-pub fn error_policy(store: Arc<SecretStore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed("secretstore", error);
+pub fn error_policy(store: Arc<RotorStore>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed("rotorstore", error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
 
-/// Runs the SecretStore and ClusterSecretStore reconcilers until shutdown.
+/// Runs the RotorStore and ClusterRotorStore reconcilers until shutdown.
 pub async fn run(ctx: Arc<Context>) {
     let stores = Controller::new(
-        Api::<SecretStore>::all(ctx.client.clone()),
+        Api::<RotorStore>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .shutdown_on_signal()
@@ -192,7 +190,7 @@ pub async fn run(ctx: Arc<Context>) {
         }
     });
     let cluster = Controller::new(
-        Api::<ClusterSecretStore>::all(ctx.client.clone()),
+        Api::<ClusterRotorStore>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .shutdown_on_signal()

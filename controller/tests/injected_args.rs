@@ -5,7 +5,7 @@
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodSpec};
 use kube::api::ObjectMeta;
-use rotor_controller::store_index::Resolved;
+use rotor_controller::store_index::{self, Resolved};
 use rotor_controller::webhook::InjectConfig;
 use rotor_controller::webhook::inject::{INIT, POD_IP_ENV, SIDECAR, inject};
 use rotor_crds::api::Provider;
@@ -63,7 +63,7 @@ fn injected(
         rotor_crds::annotations::parse(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .unwrap();
     let store = Resolved {
-        kind: "SecretStore",
+        kind: store_index::StoreKind::Namespaced,
         name: "s".into(),
         provider,
         allow_exec_reload: false,

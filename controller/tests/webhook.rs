@@ -243,7 +243,7 @@ async fn every_deny_case_names_the_problem() {
         ),
         (
             include_str!("fixtures/store-not-allowed.json"),
-            "ClusterSecretStore \"shared-vault\" does not allow namespace \"team-b\"",
+            "ClusterRotorStore \"shared-vault\" does not allow namespace \"team-b\"",
         ),
         (
             include_str!("fixtures/path-not-allowed.json"),
@@ -251,7 +251,7 @@ async fn every_deny_case_names_the_problem() {
         ),
         (
             include_str!("fixtures/address-annotation.json"),
-            "annotation rotor.dev/vault-addr: is not a Rotor annotation; store addresses come only from SecretStore",
+            "annotation rotor.dev/vault-addr: is not a Rotor annotation; store addresses come only from RotorStore",
         ),
         (
             include_str!("fixtures/status-spoof.json"),
@@ -406,7 +406,7 @@ async fn exec_reload_needs_the_stores_consent() {
     let (_, v) = call(&exec("local")).await;
     let message = denial(&v);
     assert!(
-        message.contains("exec: actions are off for SecretStore \"local\"")
+        message.contains("exec: actions are off for RotorStore \"local\"")
             && message.contains("spec.allowExecReload: true"),
         "{message}"
     );
@@ -446,7 +446,7 @@ async fn annotation_updates_pass_the_same_rules_as_create() {
         ("rotor.dev/store", "shared-vault"),
         ("rotor.dev/secret.db", "apps/team-a/db"),
     ];
-    // Another team's secret, past the ClusterSecretStore's path rules.
+    // Another team's secret, past the ClusterRotorStore's path rules.
     let stolen = [base, &[("rotor.dev/secret.stolen", "apps/team-b/prod-db")]].concat();
     let (_, v) = call(&update(base, &stolen, "team-a")).await;
     let message = denial(&v);

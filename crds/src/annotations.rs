@@ -3,7 +3,7 @@
 //! | annotation | value | default |
 //! |---|---|---|
 //! | `rotor.dev/inject` | `"true"` or `"false"` | `"false"` |
-//! | `rotor.dev/store` | the name of a SecretStore or ClusterSecretStore | required when injecting |
+//! | `rotor.dev/store` | the name of a RotorStore or ClusterRotorStore | required when injecting |
 //! | `rotor.dev/secret.<file>` | `<secret name>[#<key>]`; `#key` selects one field of a JSON object | |
 //! | `rotor.dev/template.<file>` | a minijinja template; `secrets["<file>"]` is the value of `secret.<file>` | |
 //! | `rotor.dev/file-mode` | octal mode, no execute bits, no write for group/others | `"0400"` |
@@ -352,7 +352,7 @@ where
                     Err(problem) => err(
                         key,
                         format!("value {shown} {problem}"),
-                        "the name of a SecretStore or ClusterSecretStore (lowercase letters, digits, '-' and '.', at most 253 characters)",
+                        "the name of a RotorStore or ClusterRotorStore (lowercase letters, digits, '-' and '.', at most 253 characters)",
                     ),
                 },
                 FILE_MODE => match parse_mode(value) {
@@ -399,7 +399,7 @@ where
                         .iter()
                         .any(|w| rest.contains(w))
                     {
-                        "is not a Rotor annotation; store addresses come only from SecretStore and ClusterSecretStore objects, never from pods".to_owned()
+                        "is not a Rotor annotation; store addresses come only from RotorStore and ClusterRotorStore objects, never from pods".to_owned()
                     } else {
                         "is not a Rotor annotation".to_owned()
                     };
@@ -466,7 +466,7 @@ where
             err(
                 STORE,
                 "is missing".to_owned(),
-                "the name of the SecretStore to read from, since rotor.dev/inject is \"true\"",
+                "the name of the RotorStore to read from, since rotor.dev/inject is \"true\"",
             );
         }
         if out.files.is_empty() {

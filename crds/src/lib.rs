@@ -5,7 +5,7 @@
 //!   parsed and validated by one parser that the sidecar and the webhook
 //!   both use.
 //! - [`names`]: the rules for secret names and file names.
-//! - [`api`]: the CRDs `SecretStore`, `ClusterSecretStore` and
+//! - [`api`]: the CRDs `RotorStore`, `ClusterRotorStore` and
 //!   `SecretRotationPolicy`.
 //! - [`defaults`]: the image, paths and ports the webhook and the sidecar
 //!   share.

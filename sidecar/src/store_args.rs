@@ -94,7 +94,7 @@ pub struct StoreArgs {
     #[arg(long, env = "ROTOR_VAULT_CACERT")]
     pub vault_ca_cert: Option<PathBuf>,
 
-    /// The same CA bundle as PEM text (the webhook passes a SecretStore's
+    /// The same CA bundle as PEM text (the webhook passes a RotorStore's
     /// caBundle this way); written to a file under $TMPDIR.
     #[arg(long, env = "ROTOR_VAULT_CA_PEM", hide_env_values = true)]
     pub vault_ca_pem: Option<String>,

@@ -77,7 +77,7 @@ async fn measure(n: usize) -> Vec<Duration> {
     let spec = Policy::parse(&SecretRotationPolicySpec {
         store_ref: StoreRef {
             name: "local".into(),
-            kind: "SecretStore".into(),
+            kind: "RotorStore".into(),
         },
         secret_name: "app/db".into(),
         schedule: Schedule {

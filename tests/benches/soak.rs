@@ -579,7 +579,7 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
     std::fs::write(
         policies.join("store.yaml"),
         format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
             path.display(),
             key.display()
         ),

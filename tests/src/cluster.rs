@@ -354,8 +354,8 @@ pub fn installed() -> &'static ControlPlane {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/secretstores.rotor.dev",
-            "crd/clustersecretstores.rotor.dev",
+            "crd/rotorstores.rotor.dev",
+            "crd/clusterrotorstores.rotor.dev",
             "crd/secretrotationpolicies.rotor.dev",
         ]);
     });

@@ -17,7 +17,7 @@ use std::path::Path;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use rotor_crds::api::SecretStore;
+use rotor_crds::api::RotorStore;
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually};
 use rotor_e2e::tools;
 
@@ -119,8 +119,8 @@ async fn helm_install_serve_upgrade_and_uninstall() {
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
-        "crd/secretstores.rotor.dev",
-        "crd/clustersecretstores.rotor.dev",
+        "crd/rotorstores.rotor.dev",
+        "crd/clusterrotorstores.rotor.dev",
         "crd/secretrotationpolicies.rotor.dev",
     ]);
     let manifest = helm(
@@ -179,10 +179,10 @@ async fn helm_install_serve_upgrade_and_uninstall() {
     .await;
     assert!(ok, "the Lease was not taken: {}", controller.log());
     let ns = plane.namespace("chart-stores").await;
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns);
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
+    let stores: Api<RotorStore> = Api::namespaced(client.clone(), &ns);
+    let store: RotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretStore",
+        "kind": "RotorStore",
         "metadata": { "name": "local" },
         "spec": { "provider": { "local": { "path": "/var/lib/rotor/s.rotor", "keyPath": "/etc/rotor/key/kek" } } },
     }))
@@ -309,8 +309,8 @@ async fn helm_install_serve_upgrade_and_uninstall() {
         assert!(gone, "{object} is left after helm uninstall");
     }
     for crd in [
-        "crd/secretstores.rotor.dev",
-        "crd/clustersecretstores.rotor.dev",
+        "crd/rotorstores.rotor.dev",
+        "crd/clusterrotorstores.rotor.dev",
         "crd/secretrotationpolicies.rotor.dev",
     ] {
         assert!(get(plane, crd, None).is_some(), "{crd} was deleted");

@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use rotor_crds::api::{ClusterSecretStore, SecretStore};
+use rotor_crds::api::{ClusterRotorStore, RotorStore};
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually, installed, point_webhook_at};
 
 /// A pod as a Deployment would make it; `annotations` may be empty.
@@ -42,10 +42,10 @@ const INJECT: &[(&str, &str)] = &[
     ("rotor.dev/secret.db-password", "app/db#password"),
 ];
 
-fn local_store(name: &str, path: &str) -> SecretStore {
+fn local_store(name: &str, path: &str) -> RotorStore {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretStore",
+        "kind": "RotorStore",
         "metadata": { "name": name },
         "spec": { "provider": { "local": { "path": path, "keyPath": "/etc/rotor/key/kek" } } },
     }))
@@ -61,9 +61,7 @@ fn refusal(result: Result<Pod, kube::Error>) -> String {
     }
 }
 
-fn ready_condition(
-    status: Option<&rotor_crds::api::SecretStoreStatus>,
-) -> Option<(String, String)> {
+fn ready_condition(status: Option<&rotor_crds::api::RotorStoreStatus>) -> Option<(String, String)> {
     let c = status?.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.message.clone()))
 }
@@ -154,11 +152,11 @@ async fn self_managed_certificates(plane: &ControlPlane, client: &kube::Client, 
     let _ = plane;
 }
 
-/// SecretStore and ClusterSecretStore conditions, by server-side apply,
+/// RotorStore and ClusterRotorStore conditions, by server-side apply,
 /// with the messages the README documents.
 async fn store_status(plane: &ControlPlane, client: &kube::Client) {
     let ns = plane.namespace("stores").await;
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns);
+    let stores: Api<RotorStore> = Api::namespaced(client.clone(), &ns);
     let pp = PostParams::default();
     stores
         .create(&pp, &local_store("good", "/var/lib/rotor/store.rotor"))
@@ -168,10 +166,10 @@ async fn store_status(plane: &ControlPlane, client: &kube::Client) {
         .create(&pp, &local_store("relative", "store.rotor"))
         .await
         .unwrap();
-    let cluster: Api<ClusterSecretStore> = Api::all(client.clone());
-    let empty_paths: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+    let cluster: Api<ClusterRotorStore> = Api::all(client.clone());
+    let empty_paths: ClusterRotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "ClusterSecretStore",
+        "kind": "ClusterRotorStore",
         "metadata": { "name": format!("{ns}-no-paths") },
         "spec": {
             "allowedNamespaces": { "matchLabels": { "team": "a" } },
@@ -241,7 +239,7 @@ async fn store_status(plane: &ControlPlane, client: &kube::Client) {
 /// and unchanged by a second pass.
 async fn injection(plane: &ControlPlane, client: &kube::Client) {
     let ns = plane.namespace("inject").await;
-    let stores: Api<SecretStore> = Api::namespaced(client.clone(), &ns);
+    let stores: Api<RotorStore> = Api::namespaced(client.clone(), &ns);
     stores
         .create(
             &PostParams::default(),
@@ -513,9 +511,9 @@ async fn attacks(plane: &ControlPlane, client: &kube::Client) -> (String, String
         &ns,
         &format!("rotor-test/shared={ns}"),
     ]);
-    let shared: ClusterSecretStore = serde_json::from_value(serde_json::json!({
+    let shared: ClusterRotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "ClusterSecretStore",
+        "kind": "ClusterRotorStore",
         "metadata": { "name": format!("{ns}-shared") },
         "spec": {
             "allowedNamespaces": { "matchLabels": { "rotor-test/shared": ns } },
@@ -527,7 +525,7 @@ async fn attacks(plane: &ControlPlane, client: &kube::Client) -> (String, String
         },
     }))
     .unwrap();
-    Api::<ClusterSecretStore>::all(client.clone())
+    Api::<ClusterRotorStore>::all(client.clone())
         .create(&PostParams::default(), &shared)
         .await
         .unwrap();

@@ -84,11 +84,118 @@ async fn install_establishes_the_crds_and_accepts_every_example() {
         "jsonpath={.webhooks[0].matchConditions[0].expression}",
     ]);
     assert!(conditions.contains("rotor.dev/"), "{conditions}");
+    // `kubectl get rotor` lists every Rotor kind, and only Rotor kinds.
+    let listed = plane.kubectl_ok(&["get", "rotor", "-A", "-o", "name"]);
+    for name in [
+        "rotorstore.rotor.dev/vault",
+        "clusterrotorstore.rotor.dev/aws",
+        "secretrotationpolicy.rotor.dev/db-password",
+    ] {
+        assert!(listed.lines().any(|l| l == name), "{name}:\n{listed}");
+    }
+    assert!(
+        listed.lines().all(|l| l.contains(".rotor.dev/")),
+        "{listed}"
+    );
+}
+
+/// The kinds' names are Rotor's own (not External Secrets Operator's
+/// `secretstores`), each in the `rotor` category.
+#[test]
+fn api_resources_show_the_rotor_names_and_category() {
+    let plane = installed();
+    let table = plane.kubectl_ok(&["api-resources", "--api-group=rotor.dev", "-o", "wide"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
+    let (kind, categories) = (column("KIND"), column("CATEGORIES"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let mut found: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| (r[0], r[1], r[kind], r[categories]))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("clusterrotorstores", "rcss", "ClusterRotorStore", "rotor"),
+            ("rotorstores", "rss", "RotorStore", "rotor"),
+            (
+                "secretrotationpolicies",
+                "rsrp",
+                "SecretRotationPolicy",
+                "rotor"
+            ),
+        ],
+        "{table}"
+    );
+}
+
+/// `kubectl get secretrotationpolicies` prints the Degraded condition and
+/// the last rotation, from the status the controller writes.
+#[tokio::test]
+async fn policies_print_degraded_and_last_rotation() {
+    let plane = installed();
+    let ns = with_store_and_policy("columns").await;
+    // The value under `column` in the row of policy `p` (empty if the
+    // cell is), and the table.
+    let cell = |column: &str| {
+        let table = plane.kubectl_ok(&["get", "secretrotationpolicies", "-n", &ns]);
+        let header = table.lines().next().unwrap_or_default();
+        let at = header
+            .find(column)
+            .unwrap_or_else(|| panic!("{column}:\n{table}"));
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("p "))
+            .expect("policy p");
+        // An empty cell is blank: the next column's value is not this one's.
+        let value = row
+            .get(at..)
+            .filter(|r| !r.starts_with(' '))
+            .and_then(|r| r.split_whitespace().next());
+        (value.unwrap_or_default().to_owned(), table)
+    };
+    for column in ["DEGRADED", "LAST ROTATION"] {
+        let (value, table) = cell(column);
+        assert_eq!(value, "", "{column}:\n{table}");
+    }
+    // 400 days ago prints as `400d` for the whole of a day.
+    let last = std::time::SystemTime::now() - std::time::Duration::from_secs(400 * 86400);
+    let last = humantime::format_rfc3339_seconds(last).to_string();
+    let status = serde_json::json!({"status": {
+        "lastRotation": last,
+        "conditions": [{
+            "type": "Degraded",
+            "status": "True",
+            "reason": "AckTimeout",
+            "message": "a consumer did not acknowledge",
+            "lastTransitionTime": last,
+        }],
+    }});
+    plane.kubectl_ok(&[
+        "patch",
+        "secretrotationpolicy/p",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+    for (column, expected) in [("DEGRADED", "True"), ("LAST ROTATION", "400d")] {
+        let (value, table) = cell(column);
+        assert_eq!(value, expected, "{column}:\n{table}");
+    }
 }
 
 const VAULT_STORE: &str = "
 apiVersion: rotor.dev/v1alpha1
-kind: SecretStore
+kind: RotorStore
 metadata: {name: s}
 spec:
   provider:
@@ -111,14 +218,20 @@ spec:
     password: {length: 32}
 ";
 
+/// A new namespace named after `prefix` with the valid RotorStore `s` and
+/// SecretRotationPolicy `p` in it.
+async fn with_store_and_policy(prefix: &str) -> String {
+    let ns = installed().namespace(prefix).await;
+    apply(&ns, VAULT_STORE).expect("a valid RotorStore");
+    apply(&ns, POLICY).expect("a valid SecretRotationPolicy");
+    ns
+}
+
 /// Each rule, broken once: (what to change, the rule's message).
 #[tokio::test]
 async fn every_cel_rule_rejects_with_its_message() {
-    let plane = installed();
-    let ns = plane.namespace("cel").await;
     // The valid objects pass, so each rejection below is its rule's doing.
-    apply(&ns, VAULT_STORE).expect("a valid SecretStore");
-    apply(&ns, POLICY).expect("a valid SecretRotationPolicy");
+    let ns = with_store_and_policy("cel").await;
 
     let cases: Vec<(String, &str)> = vec![
         (
@@ -139,7 +252,7 @@ async fn every_cel_rule_rejects_with_its_message() {
         (
             "
 apiVersion: rotor.dev/v1alpha1
-kind: ClusterSecretStore
+kind: ClusterRotorStore
 metadata: {name: cel-empty-patterns}
 spec:
   allowedNamespaces: {matchLabels: {team: a}}

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::{SecretRotationPolicy, SecretStore};
+use rotor_crds::api::{RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     ControlPlane, Controller, app_pod, eventually, installed, point_webhook_at,
     vault_kubernetes_auth,
@@ -94,9 +94,9 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
         &format!("secret/data/{secret}"),
         r#"{"data":{"value":"initial-password"}}"#,
     );
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
+    let store: RotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretStore",
+        "kind": "RotorStore",
         "metadata": { "name": "vault" },
         "spec": { "provider": { "vault": {
             "server": bao.addr(),
@@ -105,7 +105,7 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
         } } },
     }))
     .unwrap();
-    Api::<SecretStore>::namespaced(client.clone(), &ns)
+    Api::<RotorStore>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &store)
         .await
         .unwrap();

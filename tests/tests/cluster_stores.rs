@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::SecretStore;
+use rotor_crds::api::RotorStore;
 use rotor_e2e::cluster::{
     ControlPlane, Controller, app_pod, eventually, installed, point_webhook_at,
     vault_kubernetes_auth,
@@ -35,21 +35,21 @@ fn pod(name: &str, store: &str, secret: &str) -> Pod {
 }
 
 async fn create_store(client: &kube::Client, ns: &str, name: &str, provider: serde_json::Value) {
-    let store: SecretStore = serde_json::from_value(serde_json::json!({
+    let store: RotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretStore",
+        "kind": "RotorStore",
         "metadata": { "name": name },
         "spec": { "provider": provider },
     }))
     .unwrap();
-    Api::<SecretStore>::namespaced(client.clone(), ns)
+    Api::<RotorStore>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &store)
         .await
         .unwrap();
 }
 
 /// Creates the pod through the webhook (retrying while the webhook's store
-/// index catches up with the new SecretStore).
+/// index catches up with the new RotorStore).
 async fn admit(client: &kube::Client, ns: &str, pod: &Pod) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let last = std::sync::Mutex::new(String::new());

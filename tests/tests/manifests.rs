@@ -183,10 +183,9 @@ fn rbac_matches_the_golden_file() {
 #[test]
 fn examples_parse_as_rotor_types() {
     let read = |f: &str| std::fs::read_to_string(root().join("deploy/examples").join(f)).unwrap();
-    let _: rotor_crds::api::SecretStore =
-        serde_yaml_ng::from_str(&read("secretstore.yaml")).unwrap();
-    let _: rotor_crds::api::ClusterSecretStore =
-        serde_yaml_ng::from_str(&read("clustersecretstore.yaml")).unwrap();
+    let _: rotor_crds::api::RotorStore = serde_yaml_ng::from_str(&read("rotorstore.yaml")).unwrap();
+    let _: rotor_crds::api::ClusterRotorStore =
+        serde_yaml_ng::from_str(&read("clusterrotorstore.yaml")).unwrap();
     let p: rotor_crds::api::SecretRotationPolicy =
         serde_yaml_ng::from_str(&read("rotationpolicy.yaml")).unwrap();
     assert_eq!(p.spec.secret_name, "shop/db-password");
@@ -198,7 +197,7 @@ fn examples_parse_as_rotor_types() {
 fn the_injected_pod_passes_checkov_pod_checks() {
     let stores = tempfile::tempdir().unwrap();
     std::fs::copy(
-        root().join("deploy/examples/secretstore.yaml"),
+        root().join("deploy/examples/rotorstore.yaml"),
         stores.path().join("s.yaml"),
     )
     .unwrap();

@@ -15,7 +15,7 @@ use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::{LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
 
 /// One backend: the store for the test's own reads and writes, the
-/// SecretStore YAML for the controller, and the sidecar flags and env.
+/// RotorStore YAML for the controller, and the sidecar flags and env.
 struct Backend {
     store: Arc<dyn Store>,
     store_yaml: String,
@@ -34,7 +34,7 @@ fn local() -> Backend {
     Backend {
         store: Arc::new(store),
         store_yaml: format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
             path.display(),
             key.display()
         ),
@@ -61,7 +61,7 @@ fn openbao() -> Backend {
     Backend {
         store: Arc::new(store),
         store_yaml: format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    vault:\n      server: {}\n      auth: {{tokenSecretRef: {{name: unused, key: token}}}}\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    vault:\n      server: {}\n      auth: {{tokenSecretRef: {{name: unused, key: token}}}}\n",
             bao.addr()
         ),
         sidecar_args: vec![
@@ -81,7 +81,7 @@ async fn moto() -> Backend {
     Backend {
         store: Arc::new(store),
         store_yaml: format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    aws: {{region: us-east-1, endpoint: \"{}\"}}\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    aws: {{region: us-east-1, endpoint: \"{}\"}}\n",
             moto.endpoint()
         ),
         sidecar_args: vec![
@@ -406,6 +406,24 @@ fn standalone_refuses_bad_specs_before_acting() {
         );
         assert!(!policies.join(".state").exists());
     }
+    // A store file from before the rename is refused, naming the new kind.
+    std::fs::write(policies.join("policy.yaml"), policy("interval: 1s", 32)).unwrap();
+    let old = std::fs::read_to_string(policies.join("store.yaml")).unwrap();
+    std::fs::write(
+        policies.join("store.yaml"),
+        old.replace("kind: RotorStore", "kind: SecretStore"),
+    )
+    .unwrap();
+    let (ok, stderr) = run(&policies);
+    assert!(!ok, "accepted kind: SecretStore");
+    assert!(
+        stderr.contains(
+            "store.yaml document 1: kind SecretStore was renamed RotorStore in rotor.dev/v1alpha1"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(store.history("app/db").unwrap().len(), 1);
+    assert!(!policies.join(".state").exists());
     // A typo in the directory is an error, not a new directory.
     let typo = dir.path().join("polices");
     let (ok, stderr) = run(&typo);
@@ -417,7 +435,7 @@ fn standalone_refuses_bad_specs_before_acting() {
     assert!(!typo.exists());
 }
 
-/// A `--policies` directory with a local SecretStore `main` holding
+/// A `--policies` directory with a local RotorStore `main` holding
 /// `app/db` = `v1`, and a policy `db` whose schedule is `schedule` (YAML
 /// flow mapping contents). The store is returned to check nothing was
 /// staged.
@@ -433,7 +451,7 @@ fn standalone_dir(schedule: &str) -> (tempfile::TempDir, std::path::PathBuf, Loc
     std::fs::write(
         policies.join("store.yaml"),
         format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
             store_path.display(),
             key.display()
         ),

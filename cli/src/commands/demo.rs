@@ -385,7 +385,7 @@ fn last_problem(log: &Path) -> Option<String> {
 fn policy_yaml(store: &Path, key: &Path, every: u64, push_port: u16) -> String {
     [
         "apiVersion: rotor.dev/v1alpha1".to_owned(),
-        "kind: SecretStore".to_owned(),
+        "kind: RotorStore".to_owned(),
         "metadata: {name: demo}".to_owned(),
         "spec:".to_owned(),
         "  provider:".to_owned(),

@@ -8,7 +8,7 @@
 //! - [`rotation`]: the SecretRotationPolicy controller's run loop.
 //! - [`metrics_server`]: serves `/metrics`.
 //!
-//! The SecretStore status reconcilers run from `store_status::run`.
+//! The RotorStore status reconcilers run from `store_status::run`.
 
 pub mod certificate;
 pub mod metrics_server;

@@ -1,5 +1,5 @@
-//! The watches that keep the in-memory indexes fresh: SecretStores,
-//! ClusterSecretStores and Namespaces into the store index, Pods into the
+//! The watches that keep the in-memory indexes fresh: RotorStores,
+//! ClusterRotorStores and Namespaces into the store index, Pods into the
 //! consumer index. What an event does to an index is the index's own
 //! [`IndexResource`] impl; this only feeds events in.
 
@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
-use rotor_crds::api::{ClusterSecretStore, SecretStore};
+use rotor_crds::api::{ClusterRotorStore, RotorStore};
 
 use crate::rotation::consumers::ConsumerIndex;
 use crate::store_index::SharedStoreIndex;
@@ -29,11 +29,8 @@ pub trait IndexResource<K> {
 /// replaces a kind's entries only once the new list is complete.
 pub async fn keep_index_fresh(client: Client, index: SharedStoreIndex) {
     tokio::join!(
-        feed(Api::<SecretStore>::all(client.clone()), index.clone()),
-        feed(
-            Api::<ClusterSecretStore>::all(client.clone()),
-            index.clone()
-        ),
+        feed(Api::<RotorStore>::all(client.clone()), index.clone()),
+        feed(Api::<ClusterRotorStore>::all(client.clone()), index.clone()),
         feed(Api::<Namespace>::all(client), index),
     );
 }

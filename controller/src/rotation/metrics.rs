@@ -112,12 +112,12 @@ mod tests {
     fn failed_reconciles_are_counted_by_controller_and_error_kind() {
         let metrics = RotationMetrics::default();
         let error = crate::Error::StoreNotResolved("no such store".into());
-        metrics.reconcile_failed("secretstore", &error);
-        metrics.reconcile_failed("secretstore", &error);
+        metrics.reconcile_failed("rotorstore", &error);
+        metrics.reconcile_failed("rotorstore", &error);
         let text = metrics.encode();
         assert!(
             text.contains(
-                r#"rotor_reconcile_failures_total{controller="secretstore",error="store_not_resolved"} 2"#
+                r#"rotor_reconcile_failures_total{controller="rotorstore",error="store_not_resolved"} 2"#
             ),
             "{text}"
         );

@@ -25,8 +25,8 @@ use crate::standalone::ROTATE_NOW;
 use crate::store_status::FIELD_MANAGER;
 use crate::{Error, Result};
 
-/// Builds the store a policy names (from its SecretStore or
-/// ClusterSecretStore).
+/// Builds the store a policy names (from its RotorStore or
+/// ClusterRotorStore).
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     async fn store(&self, policy: &SecretRotationPolicy) -> Result<Arc<dyn Store>>;

@@ -15,14 +15,14 @@ kind: Namespace
 metadata: {name: team-b, labels: {team: b}}
 ---
 apiVersion: rotor.dev/v1alpha1
-kind: SecretStore
+kind: RotorStore
 metadata: {name: local, namespace: team-b}
 spec:
   provider:
     local: {path: /var/lib/rotor/store.rotor, keyPath: /var/lib/rotor/kek}
 ---
 apiVersion: rotor.dev/v1alpha1
-kind: ClusterSecretStore
+kind: ClusterRotorStore
 metadata: {name: shared-vault}
 spec:
   allowedNamespaces:
@@ -49,12 +49,12 @@ fn namespaced_stores_resolve_only_in_their_namespace() {
     let i = index();
     let r = i.resolve("team-b", "local", &["anything"]).unwrap();
     assert_eq!(
-        (r.kind, r.provider.view().map(|k| k.name())),
-        ("SecretStore", Ok("local"))
+        (r.kind.as_str(), r.provider.view().map(|k| k.name())),
+        ("RotorStore", Ok("local"))
     );
     let err = i.resolve("team-a", "local", &["x"]).unwrap_err();
     assert!(
-        err.contains("no SecretStore \"local\" in namespace \"team-a\""),
+        err.contains("no RotorStore \"local\" in namespace \"team-a\""),
         "{err}"
     );
 }
@@ -96,19 +96,19 @@ fn apply_delete_and_reset() {
     i.resolve("team-b", "shared-vault", &["shared/x"]).unwrap();
     i.delete_cluster_store("shared-vault");
     assert!(i.is_empty());
-    i.reset(&[] as &[SecretStore]);
-    i.reset(&[] as &[ClusterSecretStore]);
+    i.reset(&[] as &[RotorStore]);
+    i.reset(&[] as &[ClusterRotorStore]);
     assert!(i.is_empty());
 }
 
 /// The objects of `STORES`, as a watch would list them.
-fn listed() -> (Vec<SecretStore>, Vec<ClusterSecretStore>, Vec<Namespace>) {
+fn listed() -> (Vec<RotorStore>, Vec<ClusterRotorStore>, Vec<Namespace>) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
     for doc in serde_yaml_ng::Deserializer::from_str(STORES) {
         let value = serde_yaml_ng::Value::deserialize(doc).unwrap();
         match value["kind"].as_str().unwrap() {
-            "SecretStore" => out.0.push(serde_yaml_ng::from_value(value).unwrap()),
-            "ClusterSecretStore" => out.1.push(serde_yaml_ng::from_value(value).unwrap()),
+            "RotorStore" => out.0.push(serde_yaml_ng::from_value(value).unwrap()),
+            "ClusterRotorStore" => out.1.push(serde_yaml_ng::from_value(value).unwrap()),
             _ => out.2.push(serde_yaml_ng::from_value(value).unwrap()),
         }
     }
@@ -124,9 +124,9 @@ fn a_relist_replaces_only_its_own_kind() {
     i.reset(&namespaces);
     i.resolve("team-b", "local", &[]).unwrap();
     i.resolve("team-a", "shared-vault", &["shared/x"]).unwrap();
-    // A SecretStore deleted while the watch was down is gone after the
-    // relist; the ClusterSecretStore and the labels are untouched.
-    i.reset(&[] as &[SecretStore]);
+    // A RotorStore deleted while the watch was down is gone after the
+    // relist; the ClusterRotorStore and the labels are untouched.
+    i.reset(&[] as &[RotorStore]);
     assert!(i.resolve("team-b", "local", &[]).is_err());
     i.resolve("team-a", "shared-vault", &["shared/x"]).unwrap();
     // A namespace relisted without its label no longer matches.
@@ -137,7 +137,7 @@ fn a_relist_replaces_only_its_own_kind() {
         .resolve("team-a", "shared-vault", &["shared/x"])
         .unwrap_err();
     assert!(err.contains("does not allow namespace"), "{err}");
-    i.reset(&[] as &[ClusterSecretStore]);
+    i.reset(&[] as &[ClusterRotorStore]);
     assert!(i.is_empty());
 }
 
@@ -184,17 +184,45 @@ fn selectors_and_globs() {
     assert!(path_matches("db-*-prod", "db-x-prod", "ns"));
 }
 
+/// The error `from_dir` gives for a directory holding `x.yaml` = `yaml`.
+fn from_dir_error(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.yaml"), yaml).unwrap();
+    StoreIndex::from_dir(dir.path()).unwrap_err().to_string()
+}
+
 #[test]
 fn bad_files_name_the_document() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("x.yaml"),
-        "kind: Pod\nmetadata: {name: p}\n",
-    )
-    .unwrap();
-    let err = StoreIndex::from_dir(dir.path()).unwrap_err().to_string();
+    let err = from_dir_error("kind: Pod\nmetadata: {name: p}\n");
     assert!(
         err.contains("x.yaml document 1") && err.contains("\"Pod\" is not one of"),
         "{err}"
     );
+}
+
+#[test]
+fn an_old_store_kind_is_refused_naming_its_new_kind() {
+    let err = from_dir_error(
+        "apiVersion: rotor.dev/v1alpha1\nkind: ClusterSecretStore\nmetadata: {name: s}\n",
+    );
+    assert!(
+        err.contains("x.yaml document 1")
+            && err.contains(
+                "kind ClusterSecretStore was renamed ClusterRotorStore in rotor.dev/v1alpha1"
+            ),
+        "{err}"
+    );
+    // Another project's SecretStore is just a kind this does not take.
+    let err = from_dir_error(
+        "apiVersion: external-secrets.io/v1\nkind: SecretStore\nmetadata: {name: s}\n",
+    );
+    assert!(err.contains("\"SecretStore\" is not one of"), "{err}");
+}
+
+#[test]
+fn store_kinds_are_the_crds_kinds() {
+    use kube::Resource as _;
+    assert_eq!(StoreKind::Namespaced.as_str(), RotorStore::kind(&()));
+    assert_eq!(StoreKind::Cluster.as_str(), ClusterRotorStore::kind(&()));
+    assert_eq!(StoreKind::Cluster.to_string(), "ClusterRotorStore");
 }

@@ -3,7 +3,7 @@
 
 use http::Method;
 use rotor_crds::api::{
-    LocalProvider, SecretStoreSpec, VaultAuthSpec, VaultKubernetesAuth, VaultProvider,
+    LocalProvider, RotorStoreSpec, VaultAuthSpec, VaultKubernetesAuth, VaultProvider,
 };
 use rotor_fixtures::api_server::{self, ApiServerVerifier, Exchange, Recorded, Reply, Scenario};
 
@@ -24,19 +24,19 @@ async fn patch_of(recorded: Recorded) -> serde_json::Value {
     timeout_after_1s(recorded.finished()).await[0].body.clone()
 }
 
-/// The status path of a namespaced `SecretStore`.
-fn status_path(store: &SecretStore) -> String {
+/// The status path of a namespaced `RotorStore`.
+fn status_path(store: &RotorStore) -> String {
     format!(
-        "/apis/rotor.dev/v1alpha1/namespaces/{}/secretstores/{}/status",
+        "/apis/rotor.dev/v1alpha1/namespaces/{}/rotorstores/{}/status",
         store.namespace().unwrap(),
         store.name_any()
     )
 }
 
-fn store(provider: Provider) -> SecretStore {
-    let mut s = SecretStore::new(
+fn store(provider: Provider) -> RotorStore {
+    let mut s = RotorStore::new(
         "vault",
-        SecretStoreSpec {
+        RotorStoreSpec {
             provider,
             allow_exec_reload: false,
         },
@@ -149,11 +149,11 @@ async fn api_errors_requeue_through_the_error_policy() {
 
 #[tokio::test]
 async fn a_cluster_store_without_namespaces_or_paths_says_so() {
-    use rotor_crds::api::ClusterSecretStoreSpec;
+    use rotor_crds::api::ClusterRotorStoreSpec;
     let (ctx, server) = context();
-    let store = ClusterSecretStore::new(
+    let store = ClusterRotorStore::new(
         "shared",
-        ClusterSecretStoreSpec {
+        ClusterRotorStoreSpec {
             provider: vault("https://vault:8200"),
             allowed_namespaces: Default::default(),
             paths: vec![],
@@ -162,7 +162,7 @@ async fn a_cluster_store_without_namespaces_or_paths_says_so() {
     );
     let verify = status_patch(
         server,
-        "/apis/rotor.dev/v1alpha1/clustersecretstores/shared/status",
+        "/apis/rotor.dev/v1alpha1/clusterrotorstores/shared/status",
         &store,
     );
     timeout_after_1s(reconcile_cluster(Arc::new(store), ctx))

@@ -230,7 +230,7 @@ fn every_invalid_case_names_the_annotation_problem_and_expectation() {
         (
             "rotor.dev/vault-addr",
             "https://evil:8200",
-            "annotation rotor.dev/vault-addr: is not a Rotor annotation; store addresses come only from SecretStore and ClusterSecretStore objects",
+            "annotation rotor.dev/vault-addr: is not a Rotor annotation; store addresses come only from RotorStore and ClusterRotorStore objects",
         ),
         (
             "rotor.dev/refesh",

@@ -1,4 +1,4 @@
-//! The Kubernetes API types: `SecretStore`, `ClusterSecretStore` and
+//! The Kubernetes API types: `RotorStore`, `ClusterRotorStore` and
 //! `SecretRotationPolicy`, group `rotor.dev`, version `v1alpha1`. The CRD
 //! YAML in `deploy/crds/` is generated from these types (`rotor crds`), and
 //! a test fails when the committed copy drifts.
@@ -11,11 +11,19 @@ pub use store::*;
 
 use kube::CustomResourceExt;
 
+/// Kinds Rotor renamed in `rotor.dev/v1alpha1`, old name first:
+/// `SecretStore` and `ClusterSecretStore` are also External Secrets
+/// Operator's kinds, which made `kubectl get secretstores` ambiguous.
+pub const RENAMED_KINDS: [(&str, &str); 2] = [
+    ("SecretStore", "RotorStore"),
+    ("ClusterSecretStore", "ClusterRotorStore"),
+];
+
 /// Every CRD as one multi-document YAML file, in a stable order.
 pub fn crds_yaml() -> String {
     let crds = [
-        SecretStore::crd(),
-        ClusterSecretStore::crd(),
+        RotorStore::crd(),
+        ClusterRotorStore::crd(),
         SecretRotationPolicy::crd(),
     ];
     let docs: Vec<String> = crds

@@ -13,9 +13,12 @@ use super::Condition;
     doc = "Scheduled rotation of one secret, promoted only after every consumer acknowledged it.",
     namespaced,
     shortname = "rsrp",
+    category = "rotor",
     status = "SecretRotationPolicyStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.currentVersion"}"#,
+    printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
+    printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -42,13 +45,13 @@ pub struct SecretRotationPolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct StoreRef {
     pub name: String,
-    /// `SecretStore` (default) or `ClusterSecretStore`.
+    /// `RotorStore` (default) or `ClusterRotorStore`.
     #[serde(default = "default_store_kind")]
     pub kind: String,
 }
 
 fn default_store_kind() -> String {
-    "SecretStore".to_owned()
+    "RotorStore".to_owned()
 }
 
 /// When to rotate: every `interval`, or on a `cron` schedule (UTC), inside

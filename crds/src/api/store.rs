@@ -12,17 +12,18 @@ use super::Condition;
 #[kube(
     group = "rotor.dev",
     version = "v1alpha1",
-    kind = "SecretStore",
+    kind = "RotorStore",
     doc = "Where secrets live and how to reach them, for pods in this namespace.",
     namespaced,
     shortname = "rss",
-    status = "SecretStoreStatus",
+    category = "rotor",
+    status = "RotorStoreStatus",
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".status.provider"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-pub struct SecretStoreSpec {
+pub struct RotorStoreSpec {
     pub provider: Provider,
     /// Let pods of this store run `exec:` reload actions. An exec action
     /// runs as the sidecar's user in the sidecar's container, so it can
@@ -38,16 +39,17 @@ pub struct SecretStoreSpec {
 #[kube(
     group = "rotor.dev",
     version = "v1alpha1",
-    kind = "ClusterSecretStore",
+    kind = "ClusterRotorStore",
     doc = "A store for pods in the namespaces and secret paths it allows.",
     shortname = "rcss",
-    status = "SecretStoreStatus",
+    category = "rotor",
+    status = "RotorStoreStatus",
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".status.provider"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-pub struct ClusterSecretStoreSpec {
+pub struct ClusterRotorStoreSpec {
     pub provider: Provider,
     /// Namespaces that may use this store. An empty selector matches none.
     pub allowed_namespaces: LabelSelector,
@@ -58,7 +60,7 @@ pub struct ClusterSecretStoreSpec {
     #[serde(default)]
     #[x_kube(validation = kube::core::Rule::new("self.all(p, p.patterns.size() > 0)").message("every paths entry needs at least one pattern"))]
     pub paths: Vec<PathRule>,
-    /// Let pods of this store run `exec:` reload actions (see SecretStore).
+    /// Let pods of this store run `exec:` reload actions (see RotorStore).
     #[serde(default)]
     pub allow_exec_reload: bool,
 }
@@ -261,7 +263,7 @@ pub struct LocalVolume {
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct SecretStoreStatus {
+pub struct RotorStoreStatus {
     /// vault, aws, kubernetes or local.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,

@@ -48,7 +48,7 @@ fn spec(on_timeout: OnTimeout) -> SecretRotationPolicySpec {
     SecretRotationPolicySpec {
         store_ref: StoreRef {
             name: "local".into(),
-            kind: "SecretStore".into(),
+            kind: "RotorStore".into(),
         },
         secret_name: "app/db".into(),
         schedule: Schedule {

@@ -33,7 +33,7 @@ fn policy() -> SecretRotationPolicy {
         SecretRotationPolicySpec {
             store_ref: StoreRef {
                 name: "vault".into(),
-                kind: "SecretStore".into(),
+                kind: "RotorStore".into(),
             },
             secret_name: "app/db".into(),
             schedule: Schedule {
