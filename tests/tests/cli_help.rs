@@ -294,18 +294,41 @@ fn no_env_var_means_two_things() {
     }
 }
 
-/// The commands the README's `## Commands` table lists, in its first column.
-fn readme_commands() -> BTreeSet<String> {
+/// The README's `## Commands` section.
+fn readme_commands_section() -> String {
     let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
     let section = readme
         .split("\n## Commands\n")
         .nth(1)
         .expect("README.md has a `## Commands` section");
-    let section = section.split("\n## ").next().unwrap();
-    section
+    section.split("\n## ").next().unwrap().to_owned()
+}
+
+/// The rows of the section's table: the command in the first column and
+/// what the row says about it.
+fn readme_commands() -> BTreeMap<String, String> {
+    readme_commands_section()
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
-        .map(|rest| rest.split('`').next().unwrap().to_owned())
+        .map(|rest| {
+            let (command, row) = rest.split_once('`').unwrap();
+            (command.to_owned(), row.to_owned())
+        })
+        .collect()
+}
+
+/// The `--flags` and `ROTOR_*` variables a piece of README text names.
+fn named(text: &str, prefix: &str) -> BTreeSet<String> {
+    text.match_indices(prefix)
+        .map(|(start, _)| {
+            let rest = &text[start + prefix.len()..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| !name.is_empty())
+        .map(|name| format!("{prefix}{name}"))
         .collect()
 }
 
@@ -323,11 +346,48 @@ fn the_readme_lists_every_command_and_no_other() {
             _ => help.name(),
         })
         .collect();
-    let listed = readme_commands();
+    let listed: BTreeSet<String> = readme_commands().into_keys().collect();
     let missing: Vec<_> = commands.difference(&listed).collect();
     let unknown: Vec<_> = listed.difference(&commands).collect();
     assert!(
         missing.is_empty() && unknown.is_empty(),
         "README.md's command list lacks {missing:?} and lists {unknown:?}, which --help does not"
+    );
+}
+
+#[test]
+fn the_readme_names_only_flags_and_variables_that_help_shows() {
+    let helps = all_helps();
+    // A row's flags are its command's own.
+    for (command, row) in readme_commands() {
+        let help = helps
+            .iter()
+            .find(|h| h.name() == command)
+            .unwrap_or_else(|| panic!("README.md lists {command}, which --help does not"));
+        let flags: BTreeSet<String> = help
+            .entries()
+            .iter()
+            .filter_map(|e| Some(format!("--{}", e.long()?)))
+            .collect();
+        let unknown: Vec<_> = named(&row, "--").difference(&flags).cloned().collect();
+        assert!(
+            unknown.is_empty(),
+            "README.md: `{command}` has no {unknown:?}"
+        );
+    }
+    // Every variable the section names is one a binary reads.
+    let shown: BTreeSet<String> = helps
+        .iter()
+        .flat_map(Help::entries)
+        .filter_map(|e| e.env().map(str::to_owned))
+        .collect();
+    let section = readme_commands_section();
+    let unknown: Vec<_> = named(&section, "ROTOR_")
+        .difference(&shown)
+        .cloned()
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README.md names {unknown:?}, which no --help shows"
     );
 }
