@@ -35,6 +35,7 @@ enum Command {
     /// Print the CRD YAML generated from Rotor's API types, or write it to
     /// `<DIR>/crds.yaml` (the repository keeps it in deploy/crds/).
     Crds {
+        /// Write `<DIR>/crds.yaml` instead of printing to stdout.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -47,12 +48,14 @@ enum Command {
     /// Run the controller; the same as `rotor-controller` (see `rotor controller --help`).
     #[command(disable_help_flag = true)]
     Controller {
+        /// The controller's command and flags, as `rotor-controller` takes them.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
     /// Run the sidecar; the same as `rotor-sidecar` (see `rotor sidecar --help`).
     #[command(disable_help_flag = true)]
     Sidecar {
+        /// The sidecar's flags, as `rotor-sidecar` takes them.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
@@ -111,4 +114,23 @@ fn write_crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `rotor sidecar` and `rotor controller` hand their arguments on, so
+    /// the other two binaries' flags are checked here as well.
+    #[test]
+    fn every_flag_of_every_binary_is_described_and_reads_the_env_var_named_after_it() {
+        for command in [
+            super::Args::command(),
+            rotor_sidecar::Args::command(),
+            rotor_controller::Args::command(),
+        ] {
+            let problems = rotor_telemetry::flags::problems(&command);
+            assert!(problems.is_empty(), "{problems:#?}");
+        }
+    }
 }

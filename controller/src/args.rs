@@ -30,7 +30,7 @@ enum Command {
     Webhook {
         /// A directory of YAML files with RotorStore, ClusterRotorStore and
         /// Namespace objects (namespace labels, for ClusterRotorStores).
-        #[arg(long, env = "ROTOR_STORES_DIR")]
+        #[arg(long, env = "ROTOR_STORES")]
         stores: PathBuf,
         #[command(flatten)]
         serve: ServeArgs,
@@ -48,13 +48,17 @@ enum Command {
         #[arg(long, env = "ROTOR_NAMESPACE", default_value = "rotor-system")]
         namespace: String,
         /// The webhook Service.
-        #[arg(long, default_value = "rotor-webhook")]
+        #[arg(long, env = "ROTOR_SERVICE", default_value = "rotor-webhook")]
         service: String,
         /// The Secret holding the self-managed certificate.
-        #[arg(long, default_value = "rotor-webhook-tls")]
+        #[arg(long, env = "ROTOR_TLS_SECRET", default_value = "rotor-webhook-tls")]
         tls_secret: String,
         /// The MutatingWebhookConfiguration to put the CA into.
-        #[arg(long, default_value = "rotor-webhook")]
+        #[arg(
+            long,
+            env = "ROTOR_WEBHOOK_CONFIGURATION",
+            default_value = "rotor-webhook"
+        )]
         webhook_configuration: String,
         /// The controller's ServiceAccount, the owner of the Secret and
         /// Lease it creates, so that they go when it is deleted.
@@ -68,7 +72,7 @@ enum Command {
         #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
         metrics_addr: SocketAddr,
         /// This replica's name in the leader Lease (the pod name).
-        #[arg(long, env = "ROTOR_POD_NAME", default_value = "rotor-controller")]
+        #[arg(long, env = "ROTOR_IDENTITY", default_value = "rotor-controller")]
         identity: String,
         /// How long the leader Lease lasts without renewal; the holder
         /// renews it every third of that.
@@ -98,10 +102,10 @@ enum Command {
     Standalone {
         /// A directory of YAML files with SecretRotationPolicy and
         /// RotorStore objects.
-        #[arg(long, env = "ROTOR_POLICIES_DIR")]
+        #[arg(long, env = "ROTOR_POLICIES")]
         policies: PathBuf,
         /// Where each policy's status is kept (default: <policies>/.state).
-        #[arg(long, env = "ROTOR_STATE_DIR")]
+        #[arg(long, env = "ROTOR_STATE")]
         state: Option<PathBuf>,
         /// A Vault token file for Vault stores.
         #[arg(long, env = "ROTOR_VAULT_TOKEN_FILE")]
@@ -110,7 +114,8 @@ enum Command {
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
     Certs {
-        #[arg(long)]
+        /// The directory to write ca.crt, tls.crt and tls.key into.
+        #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// The webhook Service's name.
         #[arg(long, default_value = "rotor-webhook")]
@@ -132,7 +137,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// The HTTPS address of /mutate.
-    #[arg(long, env = "ROTOR_WEBHOOK_ADDR", default_value = "0.0.0.0:8443")]
+    #[arg(long, env = "ROTOR_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
     /// The serving certificate (PEM); reloaded when it changes.
     #[arg(long, env = "ROTOR_TLS_CERT", default_value = "/etc/rotor/tls/tls.crt")]
@@ -155,7 +160,7 @@ struct ServeArgs {
     #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
     /// The tmpfs size limit of the secrets volume.
-    #[arg(long, env = "ROTOR_SECRETS_SIZE_LIMIT", default_value = "1Mi", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIZE_LIMIT", default_value = "1Mi", value_parser = quantity)]
     size_limit: String,
     /// The injected sidecar's imagePullPolicy.
     #[arg(

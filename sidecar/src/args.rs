@@ -275,3 +275,20 @@ fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
         format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    /// Pods injected by an older controller pass `--namespace`.
+    #[test]
+    fn namespace_is_an_old_name_of_kubernetes_namespace() {
+        for flag in ["--kubernetes-namespace=shop", "--namespace=shop"] {
+            let args = Args::try_parse_from(["rotor-sidecar", "--store-kind=kubernetes", flag])
+                .unwrap_or_else(|e| panic!("{flag}: {e}"));
+            assert_eq!(args.store().namespace.as_deref(), Some("shop"), "{flag}");
+        }
+    }
+}

@@ -39,7 +39,7 @@ pub struct StoreArgs {
     pub store_kind: StoreKind,
 
     /// The local store file (--store-kind local).
-    #[arg(long = "local-store", env = "ROTOR_STORE", value_name = "PATH")]
+    #[arg(long = "local-store", env = "ROTOR_LOCAL_STORE", value_name = "PATH")]
     pub local_store: Option<PathBuf>,
 
     /// The key-encryption key file of the local store.
@@ -91,7 +91,7 @@ pub struct StoreArgs {
     pub vault_secret_id_file: Option<PathBuf>,
 
     /// A PEM CA bundle for Vault's certificate.
-    #[arg(long, env = "ROTOR_VAULT_CACERT")]
+    #[arg(long, env = "ROTOR_VAULT_CA_CERT")]
     pub vault_ca_cert: Option<PathBuf>,
 
     /// The same CA bundle as PEM text (the webhook passes a RotorStore's
@@ -108,8 +108,14 @@ pub struct StoreArgs {
     pub aws_endpoint: Option<String>,
 
     /// The namespace of the Secrets (--store-kind kubernetes); the webhook
-    /// sets the pod's own.
-    #[arg(long, env = "ROTOR_NAMESPACE")]
+    /// sets the pod's own. Default: the namespace of the pod's service
+    /// account. (`--namespace` is an old name of this flag.)
+    #[arg(
+        long = "kubernetes-namespace",
+        alias = "namespace",
+        env = "ROTOR_KUBERNETES_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub namespace: Option<String>,
 }
 
@@ -118,10 +124,9 @@ impl StoreArgs {
     pub async fn build(&self) -> anyhow::Result<Arc<dyn Store>> {
         Ok(match self.store_kind {
             StoreKind::Local => {
-                let path = self
-                    .local_store
-                    .clone()
-                    .context("--local-store (ROTOR_STORE) is required with --store-kind local")?;
+                let path = self.local_store.clone().context(
+                    "--local-store (ROTOR_LOCAL_STORE) is required with --store-kind local",
+                )?;
                 let key = self
                     .key
                     .as_ref()
@@ -137,7 +142,7 @@ impl StoreArgs {
                         "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
                     )
                     .map(|s| s.trim().to_owned())
-                    .context("--namespace (ROTOR_NAMESPACE) is required outside a pod")?,
+                    .context("--kubernetes-namespace (ROTOR_KUBERNETES_NAMESPACE) is required outside a pod")?,
                 };
                 let client = kube::Client::try_default()
                     .await

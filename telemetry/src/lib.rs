@@ -1,7 +1,8 @@
 //! Logging setup shared by Rotor's binaries: structured `tracing` logs on
-//! stderr, as text or JSON; and, in [`metrics`], the metrics they all
-//! export.
+//! stderr, as text or JSON; in [`metrics`], the metrics they all export;
+//! and, in [`flags`], the rule their flags follow.
 
+pub mod flags;
 pub mod metrics;
 
 use clap::ValueEnum;

@@ -41,6 +41,7 @@ pub fn command(name: &str) -> Command {
     let mut cmd = Command::new(bin(name));
     for var in [
         "ROTOR_STORE",
+        "ROTOR_LOCAL_STORE",
         "ROTOR_KEY",
         "ROTOR_LOG",
         "ROTOR_LOG_FORMAT",

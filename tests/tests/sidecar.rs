@@ -716,6 +716,28 @@ fn serde_json_like(fields: &BTreeMap<String, String>) -> Vec<u8> {
     format!("{{{}}}", parts.join(",")).into_bytes()
 }
 
+/// Every flag reads the variable named after it: the store, the key and
+/// `--once` given only through the environment fetch, write and exit.
+#[test]
+fn store_flags_and_once_read_the_variables_named_after_them() {
+    let mut pod = Local::new();
+    pod.store.put("db", b"from-env", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    let [_, store, _, key] = std::mem::take(&mut pod.store_args)
+        .try_into()
+        .expect("--local-store PATH --key KEYFILE");
+    let mut cmd = pod.command();
+    cmd.env("ROTOR_LOCAL_STORE", store)
+        .env("ROTOR_KEY", key)
+        .env("ROTOR_ONCE", "true")
+        .stderr(Stdio::piped());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("exiting (--once)"), "{stderr}");
+    assert_eq!(pod.read("db").as_deref(), Some("from-env"));
+}
+
 /// `--once` (the classic init container) never hangs: a failure no retry
 /// can fix exits non-zero at once with its cause; an unreachable store is
 /// retried a bounded number of times, then exits non-zero with its cause.

@@ -74,6 +74,13 @@ fn curl(port: u16, ca: &Path, body: &str) -> Option<(u16, serde_json::Value)> {
 
 struct Server(Child);
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `rotor-controller webhook` on `port` with the fixture stores and new
 /// certificates in `dir/tls`.
 fn webhook_command(dir: &Path, port: u16) -> Command {
@@ -233,6 +240,34 @@ fn a_flood_of_worst_case_reviews_stays_under_the_memory_limit() {
         longest_line <= rotor_telemetry::MAX_LOG_LINE + 64,
         "{longest_line}"
     );
+}
+
+/// The same webhook configured only through the environment: each of its
+/// flags reads the variable named after it.
+#[test]
+fn the_webhook_reads_each_flag_from_the_variable_named_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let with_flags = webhook_command(dir.path(), port);
+    let mut cmd = command("rotor-controller");
+    cmd.arg("webhook")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let flags: Vec<_> = with_flags.get_args().skip(1).collect();
+    assert_eq!(flags.len(), 8, "--stores, --listen, --tls-cert, --tls-key");
+    for pair in flags.chunks(2) {
+        let flag = pair[0].to_str().unwrap().strip_prefix("--").unwrap();
+        cmd.env(rotor_telemetry::flags::env_name(flag), pair[1]);
+    }
+    let _server = Server(cmd.spawn().unwrap());
+    let ca = dir.path().join("tls").join("ca.crt");
+    assert!(
+        wait_until(10, || curl(port, &ca, "{}").is_some()),
+        "webhook never served HTTPS on ROTOR_LISTEN's port"
+    );
+    let (status, v) = curl(port, &ca, &fixture("inject.json")).unwrap();
+    assert_eq!(status, 200);
+    assert!(v["response"]["patch"].is_string(), "{v}");
 }
 
 /// A port in use is the error, and "listening" is never logged before it.

@@ -46,6 +46,7 @@ enum StoreCommand {
     },
     /// Show a version's metadata; with --reveal, write its value to stdout.
     Get {
+        /// The secret's name.
         name: String,
         /// A version number.
         #[arg(long, conflicts_with = "stage")]
@@ -64,7 +65,10 @@ enum StoreCommand {
     /// older copy of the file was put in place.
     Info,
     /// Show every version of a secret the store keeps (metadata only).
-    History { name: String },
+    History {
+        /// The secret's name.
+        name: String,
+    },
     /// Show or set retention: how many versions of each secret the store
     /// keeps (default 10). The oldest versions beyond it go on the next
     /// write, except those labelled CURRENT, PENDING or PREVIOUS; reading a
@@ -80,13 +84,17 @@ enum StoreCommand {
     },
     /// Make a version CURRENT; the old CURRENT becomes PREVIOUS.
     Promote {
+        /// The secret's name.
         name: String,
+        /// The version to make CURRENT.
         #[arg(long)]
         version: u64,
     },
     /// Delete a version and its data for good (not the CURRENT one).
     Retire {
+        /// The secret's name.
         name: String,
+        /// The version to delete.
         #[arg(long)]
         version: u64,
     },

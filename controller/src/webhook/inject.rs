@@ -532,7 +532,7 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
         ProviderKind::Kubernetes(_) => {
             args.extend([
                 "--store-kind=kubernetes".to_owned(),
-                format!("--namespace={namespace}"),
+                format!("--kubernetes-namespace={namespace}"),
             ]);
             // Injected after the ServiceAccount admission plugin ran, so the
             // sidecar gets its own API credentials, where kube looks for them.
