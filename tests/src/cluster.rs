@@ -179,6 +179,18 @@ impl ControlPlane {
 
     /// Runs kubectl with the admin kubeconfig; panics with its output
     /// unless it succeeds. Returns stdout.
+    /// Waits until Rotor's CRDs are Established.
+    pub fn wait_for_crds(&self) {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/rotorstores.rotor.dev",
+            "crd/clusterrotorstores.rotor.dev",
+            "crd/secretrotationpolicies.rotor.dev",
+        ]);
+    }
+
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         crate::stdout_ok(
             self.kubectl().args(args),
@@ -350,14 +362,7 @@ pub fn installed() -> &'static ControlPlane {
             "-k",
             deploy.to_str().unwrap(),
         ]);
-        plane.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/rotorstores.rotor.dev",
-            "crd/clusterrotorstores.rotor.dev",
-            "crd/secretrotationpolicies.rotor.dev",
-        ]);
+        plane.wait_for_crds();
     });
     plane
 }

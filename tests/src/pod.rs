@@ -32,6 +32,39 @@ impl Pod {
         }
     }
 
+    /// Points the sidecar at a new local store in the work directory (with
+    /// its key) and returns a handle on that store for the test to write.
+    pub fn use_local_store(&mut self) -> rotor_store::LocalStore {
+        use rotor_envelope::KeyFileKek;
+        let key = self.work.path().join("kek");
+        KeyFileKek::generate(&key, false).unwrap();
+        let path = self.work.path().join("store.rotor");
+        let store = rotor_store::LocalStore::new(
+            &path,
+            std::sync::Arc::new(KeyFileKek::load(&key).unwrap()),
+        );
+        self.store_args = vec![
+            "--local-store".into(),
+            path.into(),
+            "--key".into(),
+            key.into(),
+        ];
+        store
+    }
+
+    /// Points the sidecar at the Vault (or OpenBao) at `addr`, logging in
+    /// with the token in `token_file`.
+    pub fn use_vault(&mut self, addr: &str, token_file: &Path) {
+        self.store_args = vec![
+            "--store-kind".into(),
+            "vault".into(),
+            "--vault-addr".into(),
+            addr.into(),
+            "--vault-token-file".into(),
+            token_file.into(),
+        ];
+    }
+
     pub fn annotations_path(&self) -> PathBuf {
         self.work.path().join("podinfo").join("annotations")
     }

@@ -115,14 +115,7 @@ async fn helm_install_serve_upgrade_and_uninstall() {
         &["install", "rotor", chart, "--namespace", "rotor-system"],
     );
     assert!(out.contains("STATUS: deployed"), "{out}");
-    plane.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/rotorstores.rotor.dev",
-        "crd/clusterrotorstores.rotor.dev",
-        "crd/secretrotationpolicies.rotor.dev",
-    ]);
+    plane.wait_for_crds();
     let manifest = helm(
         plane,
         home,

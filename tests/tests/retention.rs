@@ -3,26 +3,14 @@
 //! pin to a PENDING version that retention later removes ends, and the
 //! sidecar follows CURRENT again.
 
-use std::sync::Arc;
-
 use rotor_e2e::pod::Pod;
 use rotor_e2e::{http, wait_until};
-use rotor_envelope::KeyFileKek;
-use rotor_store::{LocalStore, WriteAs};
+use rotor_store::WriteAs;
 
 #[test]
 fn a_pin_to_a_version_retention_removed_falls_back_to_current() {
     let mut pod = Pod::new();
-    let key = pod.work.path().join("kek");
-    KeyFileKek::generate(&key, false).unwrap();
-    let path = pod.work.path().join("store.rotor");
-    let store = LocalStore::new(&path, Arc::new(KeyFileKek::load(&key).unwrap()));
-    pod.store_args = vec![
-        "--local-store".into(),
-        path.into(),
-        "--key".into(),
-        key.into(),
-    ];
+    let store = pod.use_local_store();
     for i in 1..=3 {
         store
             .put_with("db", format!("v{i}").as_bytes(), WriteAs::Current, Some(2))

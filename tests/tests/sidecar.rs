@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use rotor_e2e::pod::Pod;
 use rotor_e2e::{http, http_from, on_tmpfs, signal, wait_until};
-use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
 
 const CANARY: &str = "canary-sidecar-5f0d2a";
@@ -38,16 +37,7 @@ impl std::ops::DerefMut for Local {
 impl Local {
     fn new() -> Self {
         let mut pod = Pod::new();
-        let key = pod.work.path().join("kek");
-        KeyFileKek::generate(&key, false).unwrap();
-        let path = pod.work.path().join("store.rotor");
-        let store = LocalStore::new(&path, Arc::new(KeyFileKek::load(&key).unwrap()));
-        pod.store_args = vec![
-            "--local-store".into(),
-            path.clone().into(),
-            "--key".into(),
-            key.into(),
-        ];
+        let store = pod.use_local_store();
         Self { pod, store }
     }
 }
@@ -796,14 +786,10 @@ fn once_exits_with_the_cause_instead_of_hanging() {
     let mut pod = Pod::new();
     let token = pod.work.path().join("token");
     std::fs::write(&token, "t").unwrap();
-    pod.store_args = vec![
-        "--store-kind".into(),
-        "vault".into(),
-        "--vault-addr".into(),
-        format!("http://127.0.0.1:{}", rotor_e2e::free_port()).into(),
-        "--vault-token-file".into(),
-        token.into(),
-    ];
+    pod.use_vault(
+        &format!("http://127.0.0.1:{}", rotor_e2e::free_port()),
+        &token,
+    );
     pod.annotate(&[("rotor.dev/secret.db", "app/db")]);
     let (status, stderr) = run(&pod, &["--once-attempts", "3"]);
     assert!(!status.success());

@@ -90,14 +90,7 @@ async fn the_sidecar_delivers_from_openbao_and_survives_an_outage() {
     let mut pod = Pod::new();
     let token = pod.work.path().join("vault-token");
     std::fs::write(&token, "root").unwrap();
-    pod.store_args = vec![
-        "--store-kind".into(),
-        "vault".into(),
-        "--vault-addr".into(),
-        bao.addr().into(),
-        "--vault-token-file".into(),
-        token.clone().into(),
-    ];
+    pod.use_vault(&bao.addr(), &token);
     let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
     let write = async |v: &[u8]| {
         store.write("app/db", v, WriteAs::Current).await.unwrap();
@@ -175,14 +168,7 @@ async fn a_data_only_policy_written_for_vault_agent_just_works() {
         .write("app/db", b"v1", WriteAs::Current)
         .await
         .unwrap();
-    pod.store_args = vec![
-        "--store-kind".into(),
-        "vault".into(),
-        "--vault-addr".into(),
-        bao.addr().into(),
-        "--vault-token-file".into(),
-        data_only.into(),
-    ];
+    pod.use_vault(&bao.addr(), &data_only);
     pod.annotate(&[
         ("rotor.dev/secret.db", "app/db"),
         ("rotor.dev/refresh", "500ms"),
