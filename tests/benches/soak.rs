@@ -459,13 +459,7 @@ fn webhook_soak(duration: Duration) -> Vec<String> {
     let port = free_port();
     let child = Killed(
         Command::new(&controller)
-            .args(["webhook", "--stores"])
-            .arg(&stores)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--tls-cert")
-            .arg(tls.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(tls.join("tls.key"))
+            .args(rotor_fixtures::webhook::args(&stores, port, &tls))
             .env("ROTOR_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -90,13 +90,7 @@ fn webhook_command(dir: &Path, port: u16) -> Command {
     std::fs::write(stores.join("stores.yaml"), fixture("stores.yaml")).unwrap();
     certs(&tls, &[]);
     let mut cmd = command("rotor-controller");
-    cmd.args(["webhook", "--stores"])
-        .arg(&stores)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(tls.join("tls.crt"))
-        .arg("--tls-key")
-        .arg(tls.join("tls.key"))
+    cmd.args(rotor_fixtures::webhook::args(&stores, port, &tls))
         .stdout(Stdio::null());
     cmd
 }
