@@ -22,7 +22,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.exists(),
-        "{} is not built; run `cargo build --workspace --bins` first (tests/run does)",
+        "{} is not built; run `cargo build --bins -p rotor -p rotor-sidecar -p rotor-controller` first (tests/run does)",
         path.display()
     );
     path
