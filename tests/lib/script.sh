@@ -59,7 +59,15 @@ go_module() {
   go mod init "local/rotor-$name" 2>/dev/null
 }
 
-# go_get MODULE@VERSION...: resolves modules, naming the proxy when it fails.
+# go_get MODULE@VERSION...: resolves modules; go's output (a line per module
+# added) is shown only when it fails, naming the proxy.
 go_get() {
-  go get "$@" || die "\`go get $*\` failed: the Go module proxy did not serve this module or version (see go's message above)"
+  local out
+  out="$(mktemp)"
+  if ! go get "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "\`go get $*\` failed: the Go module proxy did not serve this module or version (see go's message above)"
+  fi
+  rm -f "$out"
 }
