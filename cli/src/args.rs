@@ -42,6 +42,9 @@ enum Command {
     /// Run the whole loop on this machine: a local store, a sidecar writing
     /// to tmpfs, and an app that reloads on SIGHUP while versions rotate.
     Demo(commands::demo::DemoArgs),
+    /// Rewrite manifests written for another secrets injector with Rotor's
+    /// annotations.
+    Migrate(commands::migrate::MigrateArgs),
     /// The demo's app (used by `rotor demo`).
     #[command(hide = true)]
     DemoApp(commands::demo_app::DemoAppArgs),
@@ -83,6 +86,7 @@ impl Args {
             Command::Demo(args) => args.run(),
             Command::Crds { out } => write_crds(out.as_deref()),
             Command::DemoApp(args) => args.run(),
+            Command::Migrate(args) => return args.run(),
             Command::Controller { args } => {
                 let argv = std::iter::once("rotor controller".into()).chain(args);
                 return rotor_controller::Args::run_from(argv);

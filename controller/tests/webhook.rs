@@ -414,6 +414,33 @@ async fn exec_reload_needs_the_stores_consent() {
     assert_eq!(v["response"]["allowed"], true, "{v}");
 }
 
+/// A pod that asks for Vault's agent and Rotor's sidecar is injected,
+/// with a warning naming both annotations; Vault's annotation set to
+/// "false" draws none.
+#[tokio::test]
+async fn both_injectors_on_one_pod_draw_a_warning() {
+    let with_vault = |value: &'static str| {
+        review_with(move |v| {
+            v["request"]["object"]["metadata"]["annotations"]["vault.hashicorp.com/agent-inject"] =
+                Value::String(value.into());
+        })
+    };
+    let (_, v) = call(&with_vault("true")).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    assert!(v["response"]["patch"].is_string(), "{v}");
+    let warnings = v["response"]["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{v}");
+    let warning = warnings[0].as_str().unwrap();
+    assert!(
+        warning.contains("vault.hashicorp.com/agent-inject")
+            && warning.contains("rotor.dev/inject")
+            && warning.contains("rotor migrate vault-injector"),
+        "{warning}"
+    );
+    let (_, v) = call(&with_vault("false")).await;
+    assert!(v["response"]["warnings"].is_null(), "{v}");
+}
+
 /// An UPDATE of a running pod's annotations, old → new.
 fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String {
     let pod = |pairs: &[(&str, &str)]| {

@@ -9,8 +9,11 @@
 //!   `SecretRotationPolicy`.
 //! - [`defaults`]: the image, paths and ports the webhook and the sidecar
 //!   share.
+//! - [`vault_injector`]: Vault Agent Injector's annotations, which the
+//!   webhook warns about and `rotor migrate vault-injector` translates.
 
 pub mod annotations;
 pub mod api;
 pub mod defaults;
 pub mod names;
+pub mod vault_injector;

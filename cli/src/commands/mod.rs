@@ -1,4 +1,5 @@
 pub mod demo;
 pub mod demo_app;
 pub mod keygen;
+pub mod migrate;
 pub mod store;

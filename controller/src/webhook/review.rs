@@ -3,7 +3,7 @@ use kube::core::DynamicObject;
 use std::collections::BTreeMap;
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use rotor_crds::annotations;
+use rotor_crds::{annotations, vault_injector};
 
 use super::inject::{InjectConfig, Injected, inject};
 use crate::store_index::StoreIndex;
@@ -58,6 +58,9 @@ fn to_json(review: AdmissionReview<DynamicObject>) -> serde_json::Value {
     }
     value
 }
+
+/// The warning for a pod that asks for Vault's agent and Rotor's sidecar.
+pub const BOTH_INJECTORS: &str = "this pod asks for both Vault Agent Injector (vault.hashicorp.com/agent-inject) and Rotor (rotor.dev/inject): two agents will write its secrets; remove one (`rotor migrate vault-injector` translates Vault's annotations into Rotor's)";
 
 /// The longest deny message returned (kubectl shows it to the user).
 pub const MAX_DENY_MESSAGE: usize = 2048;
@@ -197,7 +200,7 @@ pub fn mutate(
     }
     let Injected {
         pod: injected,
-        warnings,
+        mut warnings,
     } = match inject(&pod, &contract, &store, config) {
         Ok(i) => i,
         Err(e) => {
@@ -205,6 +208,9 @@ pub fn mutate(
             return deny(response, e);
         }
     };
+    if vault_injector::asks_injection(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        warnings.push(BOTH_INJECTORS.to_owned());
+    }
     let before = serde_json::to_value(&pod).unwrap_or_default();
     let after = serde_json::to_value(&injected).unwrap_or_default();
     let mut patch = json_patch::diff(&before, &after);
