@@ -20,10 +20,10 @@ use rotor_crds::defaults;
 
 use crate::store_index::Resolved;
 
+use crate::pod_injection::{ANNOTATIONS_FILE, annotations_arg};
 pub use crate::pod_injection::{
     INIT, PODINFO_PATH, PODINFO_VOLUME, SCRATCH_VOLUME, SECRETS_VOLUME, SIDECAR,
 };
-use crate::pod_injection::{ANNOTATIONS_FILE, annotations_arg};
 const CREDS_PATH: &str = "/var/run/secrets/rotor";
 /// The sidecar's env var with the pod's IP, for `--push-addr`.
 pub const POD_IP_ENV: &str = "ROTOR_POD_IP";
