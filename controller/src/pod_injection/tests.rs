@@ -164,3 +164,31 @@ fn the_classic_layout_needs_its_init_container() {
     spec(&mut pod).init_containers = None;
     assert_eq!(injected(&pod), None);
 }
+
+/// The subresource policy in `deploy/` protects Rotor's containers and
+/// volumes by this prefix: everything Rotor adds carries it.
+#[test]
+fn everything_rotor_injects_is_named_with_its_prefix() {
+    for native in [true, false] {
+        let before = plain();
+        let after = injected_pod(native);
+        let names = |p: &Pod| -> Vec<String> {
+            let spec = p.spec.as_ref().unwrap();
+            spec.containers
+                .iter()
+                .chain(spec.init_containers.iter().flatten())
+                .map(|c| c.name.clone())
+                .chain(spec.volumes.iter().flatten().map(|v| v.name.clone()))
+                .collect()
+        };
+        let old = names(&before);
+        let added: Vec<String> = names(&after)
+            .into_iter()
+            .filter(|n| !old.contains(n))
+            .collect();
+        assert!(added.len() >= 4, "{added:?}");
+        for name in added {
+            assert!(name.starts_with(RESERVED_PREFIX), "{name}");
+        }
+    }
+}
