@@ -421,7 +421,10 @@ spec:
     }
     // What the limits still allow, on the edges.
     for yaml in [
-        schedule("interval: 15m\n    jitter: 14m59s"),
+        format!(
+            "{}  strategy:\n    staged: {{gracePeriod: 15m}}\n",
+            schedule("interval: 15m\n    jitter: 14m59s")
+        ),
         schedule("cron: '*/15 3 ? JAN-MAR mon-fri'"),
         schedule("cron: '@Daily'"),
         staged("ackTimeout: 1s, gracePeriod: 24h"),
