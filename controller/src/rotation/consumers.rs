@@ -188,7 +188,6 @@ mod tests {
                 phase: Some(phase.into()),
                 ..PodStatus::default()
             }),
-            ..Pod::default()
         }
     }
 
