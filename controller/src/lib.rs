@@ -3,6 +3,8 @@
 //! reconcilers, scheduled rotation, and the serving certificates.
 //!
 //! - [`webhook`]: AdmissionReview in, patch or denial out; served over HTTPS.
+//! - [`pod_injection`]: the names Rotor reserves in a pod, and whether a
+//!   pod holds the sidecar as the webhook injects it.
 //! - [`store_index`]: RotorStores, ClusterRotorStores and namespace labels,
 //!   shared by the webhook and rotation.
 //! - [`store_status`]: the RotorStore and ClusterRotorStore status
@@ -20,6 +22,7 @@ pub mod certs;
 pub mod cluster;
 mod error;
 pub mod manifests;
+pub mod pod_injection;
 pub mod rotation;
 pub mod sidecar_push;
 pub mod standalone;

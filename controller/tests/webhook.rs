@@ -441,8 +441,16 @@ async fn both_injectors_on_one_pod_draw_a_warning() {
     assert!(v["response"]["warnings"].is_null(), "{v}");
 }
 
-/// An UPDATE of a running pod's annotations, old → new.
-fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String {
+/// The inject fixture's pod as the webhook injected it.
+async fn injected_pod() -> Value {
+    let review = include_str!("fixtures/inject.json");
+    let (_, v) = call(review).await;
+    patched(review, &v)
+}
+
+/// An UPDATE of a pod's annotations, old → new, on `spec` (a pod's spec
+/// cannot change, so both have it).
+fn update_of(spec: &Value, old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String {
     let pod = |pairs: &[(&str, &str)]| {
         let mut annotations: serde_json::Map<String, Value> = pairs
             .iter()
@@ -452,7 +460,7 @@ fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String
         serde_json::json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "app", "namespace": namespace, "annotations": annotations },
-            "spec": { "containers": [{ "name": "app", "image": "example/app:1" }] },
+            "spec": spec,
         })
     };
     review_with(|v| {
@@ -462,6 +470,11 @@ fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String
         r["object"] = pod(new);
         r["oldObject"] = pod(old);
     })
+}
+
+/// An UPDATE of a running injected pod's annotations, old → new.
+async fn update(old: &[(&str, &str)], new: &[(&str, &str)], namespace: &str) -> String {
+    update_of(&injected_pod().await["spec"], old, new, namespace)
 }
 
 /// Annotations changed on a running pod are applied live by the sidecar,
@@ -475,7 +488,7 @@ async fn annotation_updates_pass_the_same_rules_as_create() {
     ];
     // Another team's secret, past the ClusterRotorStore's path rules.
     let stolen = [base, &[("rotor.dev/secret.stolen", "apps/team-b/prod-db")]].concat();
-    let (_, v) = call(&update(base, &stolen, "team-a")).await;
+    let (_, v) = call(&update(base, &stolen, "team-a").await).await;
     let message = denial(&v);
     assert!(
         message.contains("does not allow secret \"apps/team-b/prod-db\""),
@@ -483,12 +496,12 @@ async fn annotation_updates_pass_the_same_rules_as_create() {
     );
     // An allowed change: admitted, and nothing patched.
     let faster = [base, &[("rotor.dev/refresh", "10s")]].concat();
-    let (_, v) = call(&update(base, &faster, "team-a")).await;
+    let (_, v) = call(&update(base, &faster, "team-a").await).await;
     assert_eq!(v["response"]["allowed"], true, "{v}");
     assert!(v["response"]["patch"].is_null());
     // A bad value, as CREATE would say.
     let bad = [base, &[("rotor.dev/refresh", "never")]].concat();
-    let (_, v) = call(&update(base, &bad, "team-a")).await;
+    let (_, v) = call(&update(base, &bad, "team-a").await).await;
     assert!(denial(&v).contains("annotation rotor.dev/refresh"));
     // The store cannot change under a running sidecar.
     let moved = [
@@ -496,13 +509,89 @@ async fn annotation_updates_pass_the_same_rules_as_create() {
         ("rotor.dev/store", "local"),
         ("rotor.dev/secret.db", "apps/team-a/db"),
     ];
-    let (_, v) = call(&update(base, &moved, "team-a")).await;
+    let (_, v) = call(&update(base, &moved, "team-a").await).await;
     assert!(
         denial(&v).contains("annotation rotor.dev/store cannot change on a running pod"),
         "{v}"
     );
     // Other updates (a label, the same annotations) pass untouched.
-    let (_, v) = call(&update(base, base, "team-a")).await;
+    let (_, v) = call(&update(base, base, "team-a").await).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+}
+
+/// The denial's typed reason and message.
+fn reason_and_message(v: &Value) -> (String, String) {
+    let message = denial(v);
+    let reason = v["response"]["status"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (reason, message)
+}
+
+/// A running pod without Rotor's sidecar cannot be made to look like a
+/// consumer later (`kubectl annotate pod decoy rotor.dev/inject=true
+/// rotor.dev/store=... rotor.dev/secret.db=...`), in one edit or key by key.
+#[tokio::test]
+async fn annotating_a_plain_pod_later_is_refused() {
+    let plain = serde_json::json!({ "containers": [{ "name": "app", "image": "example/app:1" }] });
+    let decoy: &[(&str, &str)] = &[
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", "shared-vault"),
+        ("rotor.dev/secret.db", "apps/team-a/db"),
+    ];
+    let (_, v) = call(&update_of(&plain, &[], decoy, "team-a")).await;
+    let (reason, message) = reason_and_message(&v);
+    assert_eq!(reason, "RotorAnnotationFixed", "{v}");
+    assert!(
+        message.starts_with("annotation rotor.dev/inject cannot be added to a running pod")
+            && message.contains("the pod's spec cannot change after creation")
+            && message.contains("recreate the pod through its controller"),
+        "{message}"
+    );
+    let (_, v) = call(&update_of(&plain, &[], &decoy[1..], "team-a")).await;
+    assert!(denial(&v).starts_with("annotation rotor.dev/store cannot be added"));
+    // A secret alone, on a pod that opted out or never opted in.
+    for old in [&[("rotor.dev/inject", "false")][..], &[]] {
+        let new = [old, &decoy[2..]].concat();
+        let (_, v) = call(&update_of(&plain, old, &new, "team-a")).await;
+        let (reason, message) = reason_and_message(&v);
+        assert_eq!(reason, "RotorNoSidecar", "{v}");
+        assert!(
+            message.starts_with(
+                "annotation rotor.dev/secret.db cannot be added to a pod without Rotor's sidecar"
+            ),
+            "{message}"
+        );
+    }
+}
+
+/// `rotor.dev/inject` and `rotor.dev/store` cannot be taken away from an
+/// injected pod, alone or with every other Rotor annotation; secrets can.
+#[tokio::test]
+async fn removing_inject_or_store_from_an_injected_pod_is_refused() {
+    let base: &[(&str, &str)] = &[
+        ("rotor.dev/inject", "true"),
+        ("rotor.dev/store", "shared-vault"),
+        ("rotor.dev/secret.db", "apps/team-a/db"),
+        ("rotor.dev/secret.api", "apps/team-a/api"),
+    ];
+    for (key, new) in [
+        ("rotor.dev/inject", &base[1..]),
+        ("rotor.dev/store", &[base[0], base[2], base[3]][..]),
+        ("rotor.dev/inject", &[][..]),
+    ] {
+        let (_, v) = call(&update(base, new, "team-a").await).await;
+        let (reason, message) = reason_and_message(&v);
+        assert_eq!(reason, "RotorAnnotationFixed", "{v}");
+        assert!(
+            message.starts_with(&format!(
+                "annotation {key} cannot be removed from a running pod"
+            )),
+            "{message}"
+        );
+    }
+    let (_, v) = call(&update(base, &base[..3], "team-a").await).await;
     assert_eq!(v["response"]["allowed"], true, "{v}");
 }
 

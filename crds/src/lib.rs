@@ -7,6 +7,8 @@
 //! - [`names`]: the rules for secret names and file names.
 //! - [`api`]: the CRDs `RotorStore`, `ClusterRotorStore` and
 //!   `SecretRotationPolicy`.
+//! - [`durations`]: a rotation policy's durations and their limits, parsed
+//!   for the controller and checked by the CRD's CEL from one table.
 //! - [`defaults`]: the image, paths and ports the webhook and the sidecar
 //!   share.
 //! - [`vault_injector`]: Vault Agent Injector's annotations, which the
@@ -15,5 +17,6 @@
 pub mod annotations;
 pub mod api;
 pub mod defaults;
+pub mod durations;
 pub mod names;
 pub mod vault_injector;

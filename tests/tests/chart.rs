@@ -229,6 +229,8 @@ fn assert_same_objects(helm_yaml: &str, kustomize_yaml: &str) {
         "ClusterRole/",
         "Role/rotor-system/",
         "MutatingWebhookConfiguration/",
+        "ValidatingAdmissionPolicy/",
+        "ValidatingAdmissionPolicyBinding/",
         "Deployment/rotor-system/",
         "CustomResourceDefinition/",
     ] {

@@ -315,3 +315,122 @@ spec:
         }
     }
 }
+
+/// The limits the controller applies to a policy's durations and cron,
+/// and the cluster store's auth, refused by the API server itself: each
+/// broken once, with the field path and the rule's message.
+#[tokio::test]
+async fn rotation_limits_are_refused_naming_the_field() {
+    let ns = with_store_and_policy("limits").await;
+    let schedule = |to: &str| POLICY.replace("interval: 24h", to);
+    let staged = |s: &str| format!("{POLICY}  strategy:\n    staged: {{{s}}}\n");
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            schedule("interval: 0s"),
+            "spec.schedule.interval",
+            "interval must be at least 15m",
+        ),
+        (
+            schedule("interval: 14m59s"),
+            "spec.schedule.interval",
+            "interval must be at least 15m",
+        ),
+        (
+            schedule("interval: 1.5h"),
+            "spec.schedule.interval",
+            "interval must be a duration",
+        ),
+        (
+            schedule("interval: 24h\n    jitter: -1m"),
+            "spec.schedule.jitter",
+            "jitter must be a duration",
+        ),
+        (
+            schedule("interval: 24h\n    jitter: 1d"),
+            "spec.schedule.jitter",
+            "jitter must be shorter than interval",
+        ),
+        (
+            schedule("interval: 24h\n    maxAge: forever"),
+            "spec.schedule.maxAge",
+            "maxAge must be a duration",
+        ),
+        (
+            staged("ackTimeout: 0s"),
+            "spec.strategy.staged.ackTimeout",
+            "ackTimeout must be at least 1s",
+        ),
+        (
+            staged("ackTimeout: -5m"),
+            "spec.strategy.staged.ackTimeout",
+            "ackTimeout must be a duration",
+        ),
+        (
+            staged("gracePeriod: 1 hour"),
+            "spec.strategy.staged.gracePeriod",
+            "gracePeriod must be a duration",
+        ),
+        (
+            staged("gracePeriod: 2d"),
+            "spec.strategy.staged",
+            "strategy.staged.ackTimeout and gracePeriod must each be at most schedule.interval",
+        ),
+        (
+            schedule("cron: '0 3 * *'"),
+            "spec.schedule.cron",
+            "cron must be five fields",
+        ),
+        (
+            schedule("cron: '0 3 L * *'"),
+            "spec.schedule.cron",
+            "cron must be five fields",
+        ),
+        (
+            schedule("cron: '@every 1h'"),
+            "spec.schedule.cron",
+            "cron must be five fields",
+        ),
+        (
+            "
+apiVersion: rotor.dev/v1alpha1
+kind: ClusterRotorStore
+metadata: {name: cel-token-secret}
+spec:
+  allowedNamespaces: {matchLabels: {team: a}}
+  paths: [{namespace: '*', patterns: ['{namespace}/*']}]
+  provider:
+    vault:
+      server: https://vault:8200
+      auth:
+        tokenSecretRef: {name: vault-token, key: token}
+"
+            .to_owned(),
+            "spec.provider.vault.auth",
+            "a ClusterRotorStore cannot use Secret-based Vault auth",
+        ),
+    ];
+    for (yaml, field, message) in cases {
+        let yaml = yaml.replace("{name: p}", "{name: p-bad}");
+        match apply(&ns, &yaml) {
+            Ok(out) => panic!("accepted, expected {message:?}: {out}\n{yaml}"),
+            Err(e) => assert!(
+                e.contains(&format!("{field}: Invalid value")) && e.contains(message),
+                "expected {field}: {message:?}, got {e}\n{yaml}"
+            ),
+        }
+    }
+    // What the limits still allow, on the edges.
+    for yaml in [
+        format!(
+            "{}  strategy:\n    staged: {{gracePeriod: 15m}}\n",
+            schedule("interval: 15m\n    jitter: 14m59s")
+        ),
+        schedule("cron: '*/15 3 ? JAN-MAR mon-fri'"),
+        schedule("cron: '@Daily'"),
+        staged("ackTimeout: 1s, gracePeriod: 24h"),
+        schedule("interval: 30days\n    maxAge: 7days"),
+    ] {
+        apply(&ns, &yaml.replace("{name: p}", "{name: p-edge}"))
+            .unwrap_or_else(|e| panic!("refused: {e}\n{yaml}"));
+    }
+}

@@ -56,6 +56,8 @@ fn kustomize_renders_and_every_object_validates_strictly() {
         "Service",
         "PodDisruptionBudget",
         "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
         "CustomResourceDefinition",
         "NetworkPolicy",
     ] {
@@ -108,6 +110,37 @@ fn the_webhook_and_deployment_are_configured_safely() {
     let c = &deploy["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+}
+
+/// The subresource policy names Rotor's containers and volumes as the
+/// webhook does (`rotor_controller::pod_injection`), and is bound to deny.
+#[test]
+fn the_subresource_policy_uses_rotors_names_and_denies() {
+    use rotor_controller::pod_injection::{RESERVED_PREFIX, SIDECAR};
+    let rendered = docs(&render());
+    let policy = rendered
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .unwrap();
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let text = serde_yaml_ng::to_string(&policy["spec"]).unwrap();
+    for needle in [
+        "pods/status",
+        "pods/ephemeralcontainers",
+        "pods/binding",
+        &format!("'{SIDECAR}'"),
+        &format!("startsWith('{RESERVED_PREFIX}')"),
+        "startsWith('rotor.dev/')",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+    assert!(rotor_crds::annotations::PREFIX == "rotor.dev/");
+    let binding = rendered
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .unwrap();
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"][0], "Deny");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The consumer index: which pods read which secret from which store,
-//! from their `rotor.dev/` annotations. A plain struct with `apply` /
+//! from their `rotor.dev/` annotations; only pods whose spec holds the
+//! sidecar as the webhook injects it ([`injected`]) count. A plain struct with `apply` /
 //! `delete` / `reset` ([`IndexResource`]), unit-tested without an API.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,6 +13,7 @@ use rotor_crds::annotations;
 
 use super::machine::{Ack, Consumers};
 use crate::cluster::watch::IndexResource;
+use crate::pod_injection::injected;
 use crate::sidecar_push::HttpSidecars;
 
 /// (namespace, store, secret).
@@ -68,13 +70,19 @@ impl ConsumerIndex {
         }
     }
 
-    /// Adds a pod that is not in the index, if it is running and injected.
+    /// Adds a pod that is not in the index, if it is running and its spec
+    /// holds Rotor's sidecar.
     fn insert(&mut self, ns: String, name: String, pod: &Pod) {
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
         let Some(ip) = ip.filter(|_| running) else {
             return;
         };
+        // Only a pod Rotor injected has a sidecar to acknowledge; a pod
+        // that merely says so in its annotations would stall rotations.
+        if injected(pod).is_none() {
+            return;
+        }
         let ann = pod.annotations();
         let Ok(contract) = annotations::parse(ann.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         else {
@@ -157,9 +165,13 @@ mod tests {
     use kube::api::ObjectMeta;
 
     use super::*;
+    use crate::pod_injection::tests::{injected_pod, plain};
 
+    /// A pod as the webhook injected it (the spec), with these annotations
+    /// and status.
     fn pod(name: &str, ip: &str, phase: &str, annotations: &[(&str, &str)]) -> Pod {
         Pod {
+            spec: injected_pod(true).spec,
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("shop".into()),
@@ -176,7 +188,6 @@ mod tests {
                 phase: Some(phase.into()),
                 ..PodStatus::default()
             }),
-            ..Pod::default()
         }
     }
 
@@ -230,6 +241,27 @@ mod tests {
         // A pod that stops running leaves the index.
         i.apply(&pod("a", "10.0.0.1", "Succeeded", ANN));
         assert_eq!(i.pods(), 0);
+    }
+
+    /// A running pod without Rotor's sidecar, annotated as a consumer
+    /// (`kubectl annotate pod decoy rotor.dev/inject=true ...`), is never
+    /// one: it has no sidecar to acknowledge, so counting it would stall
+    /// every rotation of the secret.
+    #[test]
+    fn only_pods_holding_the_injected_sidecar_are_consumers() {
+        let mut i = ConsumerIndex::new(9465);
+        let mut decoy = pod("decoy", "10.0.0.7", "Running", ANN);
+        decoy.spec = plain().spec;
+        i.apply(&decoy);
+        i.reset(std::slice::from_ref(&decoy));
+        assert_eq!(i.pods(), 0);
+        let mut classic = pod("classic", "10.0.0.8", "Running", ANN);
+        classic.spec = injected_pod(false).spec;
+        i.apply(&classic);
+        assert_eq!(
+            i.consumers("shop", "vault", "shop/db"),
+            vec![("shop/classic".to_owned(), "http://10.0.0.8:9465".to_owned())]
+        );
     }
 
     #[test]

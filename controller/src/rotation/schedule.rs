@@ -11,10 +11,14 @@ fn invalid(problem: String) -> Error {
     Error::InvalidPolicy(vec![problem])
 }
 
+/// A policy duration (`rotor_crds::durations`, the grammar the CRD's CEL
+/// checks), or an error naming `field`.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
-    humantime::parse_duration(value).map_err(|e| {
+    let shown = crate::webhook::review::clip(value, 80);
+    rotor_crds::durations::parse(value).map_err(|e| {
         invalid(format!(
-            "{field}: {value:?} is not a duration ({e}); expected e.g. \"720h\" or \"30days\""
+            "{field}: {shown:?} is not a duration ({e}); expected {}",
+            rotor_crds::durations::EXPECTED
         ))
     })
 }

@@ -1,13 +1,16 @@
 //! A SecretRotationPolicy's spec checked in full and parsed once into a
 //! [`Policy`] before anything acts on it: the rules the CRD's CEL enforces
-//! in a cluster, plus what CEL cannot check (durations and cron
-//! expressions that parse). Standalone mode refuses a policy with any
+//! in a cluster (durations, their limits and order from
+//! `rotor_crds::durations`, the cron expression's shape), plus what CEL
+//! cannot check (cron ranges, steps and names, and whether it ever
+//! matches). Standalone mode refuses a policy with any
 //! problem before it generates or stages a value; the state machine only
 //! ever sees a [`Policy`].
 
 use std::time::Duration;
 
-use rotor_crds::api::{Generator, OnTimeout, Schedule, SecretRotationPolicySpec};
+use rotor_crds::api::{Generator, MAX_CRON_LEN, OnTimeout, Schedule, SecretRotationPolicySpec};
+use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL};
 
 use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
 use crate::{Error, Result};
@@ -52,6 +55,32 @@ impl Policy {
         };
         let ack_timeout = duration("spec.strategy.staged.ackTimeout", &staged.ack_timeout);
         let grace_period = duration("spec.strategy.staged.gracePeriod", &staged.grace_period);
+        if let Some(ack) = ack_timeout
+            && ack < MIN_ACK_TIMEOUT
+        {
+            out.push(format!(
+                "spec.strategy.staged.ackTimeout {:?}: expected at least {}",
+                staged.ack_timeout,
+                durations::format(MIN_ACK_TIMEOUT)
+            ));
+        }
+        let interval = schedule.as_ref().and_then(|s| match s.every {
+            Every::Interval(i) => Some(i),
+            Every::Cron(_) => None,
+        });
+        for (field, value, wait) in [
+            ("ackTimeout", &staged.ack_timeout, ack_timeout),
+            ("gracePeriod", &staged.grace_period, grace_period),
+        ] {
+            if let (Some(wait), Some(interval)) = (wait, interval)
+                && wait > interval
+            {
+                out.push(format!(
+                    "spec.strategy.staged.{field} {value:?}: expected at most spec.schedule.interval ({})",
+                    durations::format(interval)
+                ));
+            }
+        }
         match (schedule, ack_timeout, grace_period) {
             (Some(schedule), Some(ack_timeout), Some(grace_period)) if out.is_empty() => Ok(Self {
                 secret_name: spec.secret_name.clone(),
@@ -96,7 +125,24 @@ pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
         (Some(interval), None) => parse_duration("spec.schedule.interval", interval)
             .map_err(|e| out.push(e.to_string()))
             .ok()
+            .filter(|i| {
+                let short = *i < MIN_INTERVAL;
+                if short {
+                    out.push(format!(
+                        "spec.schedule.interval {interval:?}: expected at least {} (Rotor's minimum)",
+                        durations::format(MIN_INTERVAL)
+                    ));
+                }
+                !short
+            })
             .map(Every::Interval),
+        (None, Some(cron)) if cron.len() > MAX_CRON_LEN => {
+            out.push(format!(
+                "spec.schedule.cron: {} bytes; expected at most {MAX_CRON_LEN}",
+                cron.len()
+            ));
+            None
+        }
         (None, Some(cron)) => Cron::parse(cron)
             .map_err(|e| out.push(format!("spec.schedule.cron {cron:?}: {e}; {CRON_EXPECTED}")))
             .ok()
@@ -111,6 +157,15 @@ pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
     };
     let jitter = optional("spec.schedule.jitter", &s.jitter);
     let max_age = optional("spec.schedule.maxAge", &s.max_age);
+    if let (Some(jitter), Some(Every::Interval(interval))) = (jitter, &every)
+        && jitter >= *interval
+    {
+        out.push(format!(
+            "spec.schedule.jitter {:?}: expected shorter than spec.schedule.interval ({})",
+            s.jitter.as_deref().unwrap_or_default(),
+            durations::format(*interval)
+        ));
+    }
     let window = s.window.as_ref().and_then(|w| {
         let mut minutes = |field: &str, value: &str| {
             let m = hh_mm(value);
@@ -237,6 +292,42 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
                 "secretName: app/db",
                 "secretName: app/../db",
                 "spec.secretName \"app/../db\": expected 1-255 characters",
+            ),
+            // The limits the CRD's CEL enforces, from rotor_crds::durations.
+            (
+                "interval: 24h",
+                "interval: 0s",
+                "spec.schedule.interval \"0s\": expected at least 15m (Rotor's minimum)",
+            ),
+            (
+                "interval: 24h",
+                "interval: 1.5h",
+                "spec.schedule.interval: \"1.5h\" is not a duration",
+            ),
+            (
+                "ackTimeout: 5m",
+                "ackTimeout: -5m",
+                "spec.strategy.staged.ackTimeout: \"-5m\" is not a duration",
+            ),
+            (
+                "ackTimeout: 5m",
+                "ackTimeout: 0s",
+                "spec.strategy.staged.ackTimeout \"0s\": expected at least 1s",
+            ),
+            (
+                "gracePeriod: 1h",
+                "gracePeriod: 25h",
+                "spec.strategy.staged.gracePeriod \"25h\": expected at most spec.schedule.interval (1d)",
+            ),
+            (
+                "jitter: 30m",
+                "jitter: 1d",
+                "spec.schedule.jitter \"1d\": expected shorter than spec.schedule.interval (1d)",
+            ),
+            (
+                "interval: 24h,",
+                "cron: '0 3 * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * * *',",
+                "spec.schedule.cron: 137 bytes; expected at most 128",
             ),
         ] {
             let broken = GOOD.replace(from, to);

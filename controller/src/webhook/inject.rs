@@ -20,13 +20,10 @@ use rotor_crds::defaults;
 
 use crate::store_index::Resolved;
 
-pub const SIDECAR: &str = "rotor-sidecar";
-pub const INIT: &str = "rotor-init";
-pub const SECRETS_VOLUME: &str = "rotor-secrets";
-pub const PODINFO_VOLUME: &str = "rotor-podinfo";
-/// The sidecar's own scratch space (its root filesystem is read-only).
-pub const SCRATCH_VOLUME: &str = "rotor-sidecar-tmp";
-const PODINFO_PATH: &str = "/etc/rotor/pod";
+use crate::pod_injection::{ANNOTATIONS_FILE, annotations_arg};
+pub use crate::pod_injection::{
+    INIT, PODINFO_PATH, PODINFO_VOLUME, SCRATCH_VOLUME, SECRETS_VOLUME, SIDECAR,
+};
 const CREDS_PATH: &str = "/var/run/secrets/rotor";
 /// The sidecar's env var with the pod's IP, for `--push-addr`.
 pub const POD_IP_ENV: &str = "ROTOR_POD_IP";
@@ -114,7 +111,7 @@ pub fn inject(
     let (store_args, store_env, store_volumes, store_mounts) = store_wiring(store, &namespace)?;
 
     let mut args = vec![
-        format!("--annotations={PODINFO_PATH}/annotations"),
+        annotations_arg(),
         format!("--out-dir={}", config.mount_path),
         format!("--admin-addr=0.0.0.0:{}", config.admin_port),
         // Only the pod IP, where the rotation controller reaches it; the
@@ -232,7 +229,7 @@ pub fn inject(
             name: PODINFO_VOLUME.into(),
             downward_api: Some(DownwardAPIVolumeSource {
                 items: Some(vec![DownwardAPIVolumeFile {
-                    path: "annotations".into(),
+                    path: ANNOTATIONS_FILE.into(),
                     field_ref: Some(ObjectFieldSelector {
                         field_path: "metadata.annotations".into(),
                         ..ObjectFieldSelector::default()

@@ -1,11 +1,11 @@
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
-use std::collections::BTreeMap;
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use rotor_crds::{annotations, vault_injector};
 
 use super::inject::{InjectConfig, Injected, inject};
+use super::update;
 use crate::store_index::StoreIndex;
 
 /// Answers one AdmissionReview body. Returns the HTTP status and the body:
@@ -81,21 +81,10 @@ fn deny(response: AdmissionResponse, message: impl AsRef<str>) -> AdmissionRespo
     response.deny(clip(message.as_ref(), MAX_DENY_MESSAGE))
 }
 
-/// A pod's `rotor.dev/` annotations, except the webhook's own status.
-fn rotor_annotations(pod: Option<&Pod>) -> BTreeMap<String, String> {
-    pod.and_then(|p| p.metadata.annotations.as_ref())
-        .map(|a| {
-            a.iter()
-                .filter(|(k, _)| k.starts_with(annotations::PREFIX) && *k != annotations::STATUS)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The decision for one pod: CREATE is validated and injected; UPDATE
-/// that adds or changes `rotor.dev/` annotations is validated with the
-/// same rules (the sidecar applies annotation changes live).
+/// passes [`update::check`] (what can never change after creation), and
+/// one that adds or changes `rotor.dev/` annotations is validated with the
+/// same rules as CREATE (the sidecar applies annotation changes live).
 pub fn mutate(
     request: &AdmissionRequest<Pod>,
     stores: &StoreIndex,
@@ -120,37 +109,24 @@ pub fn mutate(
         .or(pod.metadata.namespace.clone())
         .unwrap_or_default();
     let namespace = clip(&namespace, 63);
+    let update = matches!(request.operation, Operation::Update);
+    if update {
+        match update::check(request.old_object.as_ref(), pod) {
+            Ok(update::Allowed::Unchanged) => return response,
+            Ok(update::Allowed::Changed) => {}
+            Err(denied) => {
+                tracing::info!(%namespace, pod = %name, reason = denied.reason(), error = %denied, "denied: update");
+                let mut response = deny(response, denied.to_string());
+                response.result.reason = denied.reason().to_owned();
+                return response;
+            }
+        }
+    }
     if !annotations
         .keys()
         .any(|k| k.starts_with(annotations::PREFIX))
     {
         return response;
-    }
-    let update = matches!(request.operation, Operation::Update);
-    if update {
-        let before = rotor_annotations(request.old_object.as_ref());
-        let after = rotor_annotations(Some(pod));
-        if after.iter().all(|(k, v)| before.get(k) == Some(v)) {
-            return response; // nothing added or changed
-        }
-        let injected = request.old_object.as_ref().is_some_and(|old| {
-            old.metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(annotations::STATUS))
-                .is_some()
-        });
-        for key in [annotations::INJECT, annotations::STORE] {
-            if injected && before.get(key) != after.get(key) {
-                tracing::info!(%namespace, pod = %name, annotation = key, "denied: changed after injection");
-                return deny(
-                    response,
-                    format!(
-                        "annotation {key} cannot change on a running pod: the sidecar's store and credentials are set when the pod is created; create a new pod (for a Deployment, change its template) instead"
-                    ),
-                );
-            }
-        }
     }
     // Validate every rotor.dev/ annotation, whether or not the pod asks for
     // injection and whatever status it claims.

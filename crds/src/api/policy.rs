@@ -1,7 +1,70 @@
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
+use crate::durations::{
+    self, MIN_ACK_TIMEOUT, MIN_INTERVAL, cel_is_duration, cel_seconds, rule_at_least,
+    rule_is_duration,
+};
+
+/// The shape of `schedule.cron` as far as CEL can check it: a shorthand,
+/// or five fields of the characters each may hold (names only in the
+/// month and day-of-week fields, `?` only in the day fields). The
+/// controller's parser checks the rest (ranges, steps, names).
+pub const CRON_SHAPE: &str = r"^\s*(@(?i:yearly|annually|monthly|weekly|daily|hourly)|[0-9*,/-]+\s+[0-9*,/-]+\s+[0-9*?,/-]+\s+[0-9A-Za-z*,/-]+\s+[0-9A-Za-z*?,/-]+)\s*$";
+
+/// The longest `schedule.cron`, in bytes.
+pub const MAX_CRON_LEN: usize = 128;
+
+fn cron_shape() -> Rule {
+    Rule::new(format!("self.matches(r'{CRON_SHAPE}')")).message(
+        "cron must be five fields (minute hour day-of-month month day-of-week) of digits, *, ',', '-', '/' (names in month and day-of-week, ? in the day fields), or @yearly, @annually, @monthly, @weekly, @daily, @hourly",
+    )
+}
+
+/// `a` (a duration field of `self`) compared with `b` by `op`, once both
+/// are set and parse.
+fn durations_compare(a: &str, op: &str, b: &str) -> String {
+    let valid = |f: &str| format!("has(self.{f}) && {}", cel_is_duration(&format!("self.{f}")));
+    format!(
+        "!({} && {}) || {} {op} {}",
+        valid(a),
+        valid(b),
+        cel_seconds(&format!("self.{a}")),
+        cel_seconds(&format!("self.{b}"))
+    )
+}
+
+fn jitter_below_interval() -> Rule {
+    Rule::new(durations_compare("jitter", "<", "interval"))
+        .message("jitter must be shorter than interval")
+        .field_path(".jitter")
+}
+
+/// Neither wait of a rotation (up to `ackTimeout` for the
+/// acknowledgements, then `gracePeriod` before the previous version is
+/// retired) is longer than the interval between rotations.
+fn waits_within_interval() -> Rule {
+    let i = "self.schedule.interval";
+    let within = |f: &str| {
+        let v = format!("self.strategy.staged.{f}");
+        format!(
+            "!(has({v}) && {}) || {} <= {}",
+            cel_is_duration(&v),
+            cel_seconds(&v),
+            cel_seconds(i)
+        )
+    };
+    Rule::new(format!(
+        "!(has({i}) && {}) || (({}) && ({}))",
+        cel_is_duration(i),
+        within("ackTimeout"),
+        within("gracePeriod")
+    ))
+    .message("strategy.staged.ackTimeout and gracePeriod must each be at most schedule.interval")
+    .field_path(".strategy.staged")
+}
 
 /// A rotation policy: what to generate, where to stage it, when, and how
 /// long to wait for every consumer's acknowledgement before promoting.
@@ -23,6 +86,7 @@ use super::Condition;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = waits_within_interval())]
 pub struct SecretRotationPolicySpec {
     pub store_ref: StoreRef,
     /// The secret to rotate, by its name in the store.
@@ -60,21 +124,34 @@ fn default_store_kind() -> String {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("has(self.interval) != has(self.cron)").message("set exactly one of interval and cron"))]
+#[x_kube(validation = jitter_below_interval())]
 pub struct Schedule {
-    /// A duration such as `720h` or `30d`.
+    /// A duration such as `720h` or `30d` (whole numbers with units s, m,
+    /// h, d or w), at least 15m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = durations::MAX_LEN))]
+    #[x_kube(validation = rule_is_duration("interval"), validation = rule_at_least("interval", MIN_INTERVAL))]
     pub interval: Option<String>,
     /// Standard cron, as a Kubernetes CronJob takes it, in UTC: five
     /// fields (minute hour day-of-month month day-of-week) with names
     /// (`MON`, `JAN`), 0 or 7 for Sunday, ranges, lists and steps; or
     /// `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_CRON_LEN))]
+    #[x_kube(validation = cron_shape())]
     pub cron: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// Up to this much later than due, drawn once per rotation; shorter
+    /// than `interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = durations::MAX_LEN))]
+    #[x_kube(validation = rule_is_duration("jitter"))]
     pub jitter: Option<String>,
+    /// Rotate at the latest this long after the last rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = durations::MAX_LEN))]
+    #[x_kube(validation = rule_is_duration("maxAge"))]
     pub max_age: Option<String>,
 }
 
@@ -166,14 +243,20 @@ pub struct Strategy {
 
 /// Stage the new version as pending, deliver it to every consumer, and
 /// promote it once all have acknowledged it.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Staged {
-    /// How long to wait for every consumer's acknowledgement.
+    /// How long to wait for every consumer's acknowledgement (at least
+    /// 1s).
     #[serde(default = "default_ack_timeout")]
+    #[schemars(length(max = durations::MAX_LEN))]
+    #[x_kube(validation = rule_is_duration("ackTimeout"), validation = rule_at_least("ackTimeout", MIN_ACK_TIMEOUT))]
     pub ack_timeout: String,
-    /// How long the previous version stays before it is retired.
+    /// How long the previous version stays before it is retired. Neither
+    /// this nor `ackTimeout` may be longer than `schedule.interval`.
     #[serde(default = "default_grace")]
+    #[schemars(length(max = durations::MAX_LEN))]
+    #[x_kube(validation = rule_is_duration("gracePeriod"))]
     pub grace_period: String,
     #[serde(default)]
     pub on_timeout: OnTimeout,

@@ -49,6 +49,7 @@ pub struct RotorStoreSpec {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.provider.vault) || (!has(self.provider.vault.auth.tokenSecretRef) && !has(self.provider.vault.auth.appRole))").message("a ClusterRotorStore cannot use Secret-based Vault auth (tokenSecretRef, appRole): pods in other namespaces cannot mount its Secret; use kubernetes auth").field_path(".provider.vault.auth"))]
 pub struct ClusterRotorStoreSpec {
     pub provider: Provider,
     /// Namespaces that may use this store. An empty selector matches none.
