@@ -14,7 +14,7 @@ use rotor_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::rotation::machine::{Phase, step};
-use crate::rotation::validate::Policy;
+use crate::rotation::validate::{Mode, Policy};
 
 use crate::sidecar_push::HttpSidecars;
 use crate::store_from_spec::Reach;
@@ -56,7 +56,7 @@ fn load(dir: &Path) -> Result<Loaded> {
     for doc in crate::manifests::documents(dir, "--policies")? {
         match doc.kind.as_str() {
             "SecretRotationPolicy" => match doc.parse_strict::<SecretRotationPolicy>() {
-                Ok(p) => match Policy::check(&p.spec) {
+                Ok(p) => match Policy::check(&p.spec, Mode::Standalone) {
                     Ok(valid) => out.policies.push((p, valid)),
                     Err(found) => problems.extend(found.iter().map(|e| doc.problem(e))),
                 },

@@ -41,6 +41,13 @@ pub const MAX_DIGITS: usize = 9;
 /// credential needs to change.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
+/// The shortest `schedule.interval` in standalone mode (`rotor-controller
+/// standalone`, `rotor demo`): policies there are files on one machine,
+/// written by whoever runs it, mostly against the local store, which has no
+/// write quota; the demo rotates every few seconds. The API server's CEL
+/// and the in-cluster reconciler keep [`MIN_INTERVAL`].
+pub const MIN_INTERVAL_STANDALONE: Duration = Duration::from_secs(1);
+
 /// The shortest `strategy.staged.ackTimeout`: one second (0 would time out
 /// before any consumer could answer).
 pub const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -582,7 +582,7 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
     std::fs::write(
         policies.join("policy.yaml"),
         format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1s}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 5s, gracePeriod: 1s, onTimeout: Rollback}}}}\n  sidecars: [\"http://127.0.0.1:{push}\"]\n",
+            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1s}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 1s, gracePeriod: 1s, onTimeout: Rollback}}}}\n  sidecars: [\"http://127.0.0.1:{push}\"]\n",
         ),
     )
     .unwrap();

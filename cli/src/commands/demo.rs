@@ -404,7 +404,11 @@ fn policy_yaml(store: &Path, key: &Path, every: u64, push_port: u16) -> String {
         format!("  schedule: {{interval: {every}s}}"),
         "  generator: {password: {length: 24, minUpper: 2, minDigits: 2, minSymbols: 2}}"
             .to_owned(),
-        "  strategy: {staged: {ackTimeout: 10s, gracePeriod: 2s, onTimeout: Rollback}}".to_owned(),
+        // A policy's waits are at most its interval.
+        format!(
+            "  strategy: {{staged: {{ackTimeout: {}s, gracePeriod: 2s, onTimeout: Rollback}}}}",
+            every.min(10)
+        ),
         format!("  sidecars: [\"http://127.0.0.1:{push_port}\"]"),
     ]
     .join("\n")

@@ -18,7 +18,7 @@ use rotor_store::Store;
 use super::consumers::{ConsumerIndex, PodConsumers};
 use super::machine::{Phase, Severity, invalid_spec, step};
 use super::metrics::RotationMetrics;
-use super::validate::Policy;
+use super::validate::{Mode, Policy};
 
 use crate::sidecar_push::HttpSidecars;
 use crate::standalone::ROTATE_NOW;
@@ -71,7 +71,7 @@ pub async fn reconcile(
     let before = status.phase.clone();
     // A spec CEL let through but the controller refuses is a condition and
     // an event on the policy, not a retry loop in the controller's log.
-    let s = match Policy::check(&policy.spec) {
+    let s = match Policy::check(&policy.spec, Mode::Cluster) {
         Ok(valid) => {
             step(
                 &valid,

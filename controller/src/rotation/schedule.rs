@@ -219,6 +219,7 @@ mod tests {
     use rotor_crds::api::Schedule;
 
     use super::super::generate::Seeded;
+    use super::super::validate::Mode;
     use super::*;
 
     fn at(s: &str) -> SystemTime {
@@ -235,7 +236,7 @@ mod tests {
         last: Option<SystemTime>,
         now: SystemTime,
     ) -> Result<SystemTime> {
-        super::super::validate::schedule(s)
+        super::super::validate::schedule(s, Mode::Cluster)
             .map_err(Error::InvalidPolicy)?
             .next(last, now, &Seeded::new(0))
     }
@@ -306,7 +307,7 @@ mod tests {
             ..schedule()
         };
         let last = at("2026-11-24T10:00:00Z");
-        let plan = super::super::validate::schedule(&s).unwrap();
+        let plan = super::super::validate::schedule(&s, Mode::Cluster).unwrap();
         let rng = Seeded::new(11);
         let mut draws = Vec::new();
         for _ in 0..50 {
@@ -474,7 +475,9 @@ mod tests {
             cron: Some("*/0 * * * *".into()),
             ..schedule()
         };
-        let problems = super::super::validate::schedule(&s).err().unwrap();
+        let problems = super::super::validate::schedule(&s, Mode::Cluster)
+            .err()
+            .unwrap();
         assert_eq!(
             problems,
             [format!(

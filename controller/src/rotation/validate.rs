@@ -10,10 +10,29 @@
 use std::time::Duration;
 
 use rotor_crds::api::{Generator, MAX_CRON_LEN, OnTimeout, Schedule, SecretRotationPolicySpec};
-use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL};
+use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL, MIN_INTERVAL_STANDALONE};
 
 use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
 use crate::{Error, Result};
+
+/// Where a policy runs, which sets the shortest interval it may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A SecretRotationPolicy in a cluster: the CRD's CEL limits.
+    Cluster,
+    /// A policy file of `rotor-controller standalone` (and `rotor demo`).
+    Standalone,
+}
+
+impl Mode {
+    /// The shortest `spec.schedule.interval` in this mode.
+    pub fn min_interval(self) -> Duration {
+        match self {
+            Self::Cluster => MIN_INTERVAL,
+            Self::Standalone => MIN_INTERVAL_STANDALONE,
+        }
+    }
+}
 
 /// A policy spec that passed every check, with its durations and schedule
 /// parsed.
@@ -31,7 +50,7 @@ pub struct Policy {
 impl Policy {
     /// The parsed policy, or every problem of `spec`, each naming its field
     /// path and what is expected.
-    pub fn check(spec: &SecretRotationPolicySpec) -> Result<Self, Vec<String>> {
+    pub fn check(spec: &SecretRotationPolicySpec, mode: Mode) -> Result<Self, Vec<String>> {
         let mut out = Vec::new();
         let name = &spec.secret_name;
         if name.is_empty()
@@ -45,7 +64,9 @@ impl Policy {
                 "spec.secretName {name:?}: expected 1-255 characters without empty or '..' segments"
             ));
         }
-        let schedule = schedule(&spec.schedule).map_err(|p| out.extend(p)).ok();
+        let schedule = schedule(&spec.schedule, mode)
+            .map_err(|p| out.extend(p))
+            .ok();
         check_generator(&spec.generator, &mut out);
         let staged = &spec.strategy.staged;
         let mut duration = |field: &str, value: &str| {
@@ -96,8 +117,8 @@ impl Policy {
     }
 
     /// [`Policy::check`], its problems as [`Error::InvalidPolicy`].
-    pub fn parse(spec: &SecretRotationPolicySpec) -> Result<Self> {
-        Self::check(spec).map_err(Error::InvalidPolicy)
+    pub fn parse(spec: &SecretRotationPolicySpec, mode: Mode) -> Result<Self> {
+        Self::check(spec, mode).map_err(Error::InvalidPolicy)
     }
 }
 
@@ -115,7 +136,7 @@ fn hh_mm(value: &str) -> Option<u64> {
 }
 
 /// `spec.schedule` parsed, or its problems.
-pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
+pub(crate) fn schedule(s: &Schedule, mode: Mode) -> Result<RotationSchedule, Vec<String>> {
     let mut out = Vec::new();
     let every = match (&s.interval, &s.cron) {
         (Some(_), Some(_)) | (None, None) => {
@@ -126,11 +147,11 @@ pub(crate) fn schedule(s: &Schedule) -> Result<RotationSchedule, Vec<String>> {
             .map_err(|e| out.push(e.to_string()))
             .ok()
             .filter(|i| {
-                let short = *i < MIN_INTERVAL;
+                let short = *i < mode.min_interval();
                 if short {
                     out.push(format!(
                         "spec.schedule.interval {interval:?}: expected at least {} (Rotor's minimum)",
-                        durations::format(MIN_INTERVAL)
+                        durations::format(mode.min_interval())
                     ));
                 }
                 !short
@@ -244,7 +265,9 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
     #[test]
     fn a_valid_policy_has_no_problem() {
         assert_eq!(
-            Policy::check(&spec(GOOD)).err().unwrap_or_default(),
+            Policy::check(&spec(GOOD), Mode::Cluster)
+                .err()
+                .unwrap_or_default(),
             Vec::<String>::new()
         );
     }
@@ -331,7 +354,9 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
             ),
         ] {
             let broken = GOOD.replace(from, to);
-            let got = Policy::check(&spec(&broken)).err().unwrap_or_default();
+            let got = Policy::check(&spec(&broken), Mode::Cluster)
+                .err()
+                .unwrap_or_default();
             assert!(
                 got.iter().any(|p| p.starts_with(expected)),
                 "{to}: expected {expected:?}, got {got:?}"

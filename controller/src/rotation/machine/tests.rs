@@ -7,6 +7,7 @@ use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::LocalStore;
 
 use super::*;
+use crate::rotation::validate::Mode;
 
 /// Consumers that acknowledge what they are asked for, except those listed
 /// as stuck, and record every call.
@@ -80,7 +81,7 @@ fn spec(on_timeout: OnTimeout) -> SecretRotationPolicySpec {
 }
 
 fn policy(on_timeout: OnTimeout) -> Policy {
-    Policy::parse(&spec(on_timeout)).unwrap()
+    Policy::parse(&spec(on_timeout), Mode::Cluster).unwrap()
 }
 
 /// A fixed start time: no test reads the wall clock.
@@ -973,7 +974,7 @@ async fn rolling_back_returns_a_store_error() {
 fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     let mut bad = spec(OnTimeout::Rollback);
     bad.strategy.staged.ack_timeout = "soon".to_owned();
-    let problems = Policy::check(&bad).unwrap_err();
+    let problems = Policy::check(&bad, Mode::Cluster).unwrap_err();
     assert!(problems[0].contains("ackTimeout"), "{problems:?}");
     let current = in_phase(Phase::Propagating, t0());
     let step = invalid_spec(&current, problems.clone(), t0());
