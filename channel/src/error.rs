@@ -12,6 +12,20 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("no {what} within {waited:?}")]
+    Timeout {
+        what: &'static str,
+        waited: std::time::Duration,
+    },
+    #[error("the stream failed: {source}")]
+    Transport {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the peer stopped reading")]
+    Closed,
+    #[error("more than {per_second} messages per second")]
+    RateLimited { per_second: u32 },
     #[error("a message cannot be encoded: {source}")]
     Encode {
         #[source]
@@ -27,6 +41,10 @@ impl Error {
             Error::Truncated { .. } => "truncated",
             Error::Malformed { .. } => "malformed",
             Error::Encode { .. } => "encode",
+            Error::Timeout { .. } => "timeout",
+            Error::Transport { .. } => "transport",
+            Error::Closed => "closed",
+            Error::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -35,7 +53,11 @@ impl Error {
         match self {
             Error::TooLarge { .. } => crate::ErrorKind::TooLarge,
             Error::Truncated { .. } | Error::Malformed { .. } => crate::ErrorKind::Malformed,
-            Error::Encode { .. } => crate::ErrorKind::Internal,
+            Error::Encode { .. } | Error::Transport { .. } | Error::Closed => {
+                crate::ErrorKind::Internal
+            }
+            Error::Timeout { .. } => crate::ErrorKind::Timeout,
+            Error::RateLimited { .. } => crate::ErrorKind::RateLimited,
         }
     }
 }

@@ -11,6 +11,8 @@
 //!
 //! - [`message`]: what each side says.
 //! - [`codec`]: frames in and out, with a hard size limit.
+//! - [`transport`]: frames over an HTTP/2 body, every read and write under
+//!   a deadline and every peer under a message rate.
 //!
 //! No message holds a secret value: the channel carries names, versions and
 //! digests; each sidecar reads values from its store with its own identity.
@@ -18,6 +20,7 @@
 pub mod codec;
 mod error;
 pub mod message;
+pub mod transport;
 
 pub use codec::{Decoder, encode};
 pub use error::{Error, Result};
