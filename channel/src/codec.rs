@@ -194,7 +194,7 @@ mod tests {
         for body in [
             &b"not json"[..],
             br#"{"type":"launch"}"#,
-            br#"{"type":"ack","request":1,"secret":"a","reload":"unchanged","extra":1}"#,
+            br#"{"type":"ack","request":1,"secret":"a","reload":"failed","extra":1}"#,
             br#"{"type":"ack","request":1}"#,
             br#"[1,2,3]"#,
             b"",

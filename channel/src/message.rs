@@ -134,15 +134,15 @@ pub struct Ack {
     pub error: Option<Problem>,
 }
 
-/// Whether the files were written and the app told.
+/// Whether the files stand as the request asked and the app was told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ReloadResult {
-    /// The files were written and the reload actions ran.
+    /// The files are written as the request asked, and the reload actions
+    /// ran if they changed.
     Reloaded,
-    /// Nothing changed, so nothing was written.
-    Unchanged,
-    /// Writing the files or a reload action failed.
+    /// Writing the files or a reload action failed, or the request was
+    /// not applied.
     Failed,
 }
 
@@ -198,10 +198,10 @@ pub enum ErrorKind {
     Malformed,
     /// A pin to a version that is not the store's PENDING version.
     PinRefused,
-    /// The sidecar cannot reach its store to check a request.
-    StoreUnavailable,
-    /// The pod does not read the secret a request names.
-    NotServed,
+    /// The sidecar could not apply a request (its store unreachable, the
+    /// version not fetched, the pod not reading the secret): the message
+    /// says which.
+    NotApplied,
     /// The controller is stopping.
     ShuttingDown,
     Internal,
@@ -221,8 +221,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Malformed => "malformed",
             ErrorKind::PinRefused => "pinRefused",
-            ErrorKind::StoreUnavailable => "storeUnavailable",
-            ErrorKind::NotServed => "notServed",
+            ErrorKind::NotApplied => "notApplied",
             ErrorKind::ShuttingDown => "shuttingDown",
             ErrorKind::Internal => "internal",
         }

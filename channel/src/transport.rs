@@ -38,6 +38,9 @@ pub struct Reader<B = Incoming> {
     deadlines: Deadlines,
     /// When the frame under way started.
     started: Option<Instant>,
+    /// When the last bytes came (the idle deadline counts from here, so a
+    /// read cancelled and started again does not move it).
+    last: Instant,
 }
 
 impl<B> Reader<B>
@@ -51,6 +54,7 @@ where
             decoder: Decoder::new(max_frame),
             deadlines,
             started: None,
+            last: Instant::now(),
         }
     }
 
@@ -60,9 +64,9 @@ where
     }
 
     /// The next message; `None` when the peer ended the body between
-    /// frames.
+    /// frames. Cancel-safe: a read dropped half-way loses nothing and
+    /// keeps its deadlines.
     pub async fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
-        let waited_from = Instant::now();
         loop {
             if let Some(message) = self.decoder.next()? {
                 self.started = self.decoder.in_frame().then(Instant::now);
@@ -71,7 +75,7 @@ where
             let (deadline, what, waited) = match self.started {
                 Some(t) => (t + self.deadlines.frame, "whole frame", self.deadlines.frame),
                 None => (
-                    waited_from + self.deadlines.idle,
+                    self.last + self.deadlines.idle,
                     "message",
                     self.deadlines.idle,
                 ),
@@ -95,6 +99,7 @@ where
             if data.is_empty() {
                 continue;
             }
+            self.last = Instant::now();
             if self.started.is_none() {
                 self.started = Some(Instant::now());
             }

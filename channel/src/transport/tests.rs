@@ -124,3 +124,19 @@ async fn the_rate_allows_its_burst_then_its_rate() {
     }
     assert!(rate.take().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_read_cancelled_and_started_again_keeps_its_idle_deadline() {
+    let (_tx, mut reader) = raw();
+    let started = Instant::now();
+    // As a stream loop does: a read raced against a 30 s ping, again and
+    // again. The deadline still counts from the last bytes received.
+    let err = loop {
+        tokio::select! {
+            r = reader.next::<Upstream>() => break r.unwrap_err(),
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    };
+    assert!(matches!(err, Error::Timeout { what: "message", .. }), "{err}");
+    assert_eq!(started.elapsed(), DEADLINES.idle);
+}

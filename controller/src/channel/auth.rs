@@ -175,11 +175,13 @@ impl SharedToken {
 #[async_trait]
 impl Authority for SharedToken {
     async fn admit(&self, token: &SecretString, hello: &Hello) -> Result<Admitted, Problem> {
-        let (given, ours) = (
-            token.expose_secret().as_bytes(),
-            self.token.expose_secret().as_bytes(),
-        );
-        if ring::constant_time::verify_slices_are_equal(given, ours).is_err() || ours.is_empty() {
+        // Digests compared, so the time taken says nothing of the token.
+        let digest = |t: &SecretString| {
+            ring::digest::digest(&ring::digest::SHA256, t.expose_secret().as_bytes())
+                .as_ref()
+                .to_vec()
+        };
+        if self.token.expose_secret().is_empty() || digest(token) != digest(&self.token) {
             return Err(Problem::new(
                 ErrorKind::Unauthenticated,
                 "the token is not the controller's shared token",
