@@ -250,7 +250,11 @@ impl Args {
             contract.secret_names().into_iter().map(str::to_owned).collect(),
         )?;
         if let Some(client) = client {
-            servers.push(tokio::spawn(client.run(push_tx_channel, stopped())));
+            let stop = stopped();
+            servers.push(tokio::spawn(async move {
+                client.run(push_tx_channel, stop).await;
+                Ok(())
+            }));
         }
         let config = crate::watch::spawn(
             annotations,
