@@ -73,7 +73,11 @@ where
                 return Ok(Some(message));
             }
             let (deadline, what, waited) = match self.started {
-                Some(t) => (t + self.deadlines.frame, "whole frame", self.deadlines.frame),
+                Some(t) => (
+                    t + self.deadlines.frame,
+                    "whole frame",
+                    self.deadlines.frame,
+                ),
                 None => (
                     self.last + self.deadlines.idle,
                     "message",

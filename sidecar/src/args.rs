@@ -247,7 +247,11 @@ impl Args {
         let client = crate::channel::Client::from_args(
             &channel,
             contract.store.clone().unwrap_or_default(),
-            contract.secret_names().into_iter().map(str::to_owned).collect(),
+            contract
+                .secret_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
         )?;
         if let Some(client) = client {
             let stop = stopped();

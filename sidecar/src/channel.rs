@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rotor_channel::transport::{Deadlines, Reader, Rate, Writer};
+use rotor_channel::transport::{Deadlines, Rate, Reader, Writer};
 use rotor_channel::{
     Ack, Downstream, ErrorKind, Hello, PodClaims, Problem, ReloadResult, RequestId, Upstream,
 };
@@ -213,38 +213,35 @@ impl Client {
         let (writer, body) = Writer::new(self.limits.write);
         let setup = async {
             let tls = self.dial().await?;
-            let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(64 * 1024)
-                .initial_connection_window_size(64 * 1024)
-                .max_frame_size(16 * 1024)
-                .max_header_list_size(16 * 1024)
-                .keep_alive_interval(self.limits.heartbeat)
-                .keep_alive_timeout(self.limits.write)
-                .handshake(TokioIo::new(tls))
-                .await
-                .map_err(|e| Ended::Unreachable(format!("HTTP/2: {e}")))?;
-            let request = hyper::Request::post(format!(
-                "https://{}{}",
-                self.addr,
-                rotor_channel::PATH
-            ))
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", secrecy::ExposeSecret::expose_secret(&token)),
-            )
-            .body(body)
-            .map_err(|e| Ended::Unreachable(format!("request: {e}")))?;
+            let (mut sender, connection) =
+                hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(64 * 1024)
+                    .initial_connection_window_size(64 * 1024)
+                    .max_frame_size(16 * 1024)
+                    .max_header_list_size(16 * 1024)
+                    .keep_alive_interval(self.limits.heartbeat)
+                    .keep_alive_timeout(self.limits.write)
+                    .handshake(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| Ended::Unreachable(format!("HTTP/2: {e}")))?;
+            let request =
+                hyper::Request::post(format!("https://{}{}", self.addr, rotor_channel::PATH))
+                    .header(
+                        hyper::header::AUTHORIZATION,
+                        format!("Bearer {}", secrecy::ExposeSecret::expose_secret(&token)),
+                    )
+                    .body(body)
+                    .map_err(|e| Ended::Unreachable(format!("request: {e}")))?;
             writer.send(&Upstream::Hello(self.hello.clone())).await?;
+            let mut connection = Box::pin(connection);
             let response = tokio::select! {
                 r = sender.send_request(request) => r.map_err(|e| Ended::Unreachable(format!("request: {e}")))?,
-                c = &mut Box::pin(async { connection.await }) => {
-                    return Err(Ended::Unreachable(match c { Ok(()) => "connection closed".to_owned(), Err(e) => e.to_string() }));
-                }
+                c = &mut connection => return Err(connection_ended(c)),
             };
-            Ok::<_, Ended>((response, sender))
+            Ok::<_, Ended>((response, sender, connection))
         };
-        let (response, _sender) =
+        let (response, _sender, mut connection) =
             match tokio::time::timeout(self.limits.connect, setup).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(ended)) => return ended,
@@ -261,9 +258,29 @@ impl Client {
                 ..self.limits.deadlines
             },
         );
+        // The connection is driven here, so it ends with the stream.
+        let session = async { self.session(&mut reader, &writer, push, welcomed).await };
+        tokio::select! {
+            ended = session => ended,
+            c = &mut connection => connection_ended(c),
+        }
+    }
+
+    /// The welcome, then requests until the stream ends.
+    async fn session(
+        &self,
+        reader: &mut Reader,
+        writer: &Writer,
+        push: &mpsc::Sender<PushRequest>,
+        welcomed: &mut bool,
+    ) -> Ended {
         match reader.next::<Downstream>().await {
             Ok(Some(Downstream::Welcome(welcome))) => {
-                tracing::info!(addr = self.addr, pod = welcome.pod, "channel: connected to the controller");
+                tracing::info!(
+                    addr = self.addr,
+                    pod = welcome.pod,
+                    "channel: connected to the controller"
+                );
                 *welcomed = true;
             }
             Ok(Some(Downstream::Error(problem))) => return Ended::Refused(problem),
@@ -274,7 +291,7 @@ impl Client {
             Err(e) => return e.into(),
         }
         reader.set_idle(self.limits.deadlines.idle);
-        match self.serve(&mut reader, &writer, push).await {
+        match self.serve(reader, writer, push).await {
             Ok(()) => Ended::Closed,
             Err(ended) => ended,
         }
@@ -282,9 +299,7 @@ impl Client {
 
     /// Connects to each address the name resolves to (IPv6 or IPv4) in
     /// turn, then TLS.
-    async fn dial(
-        &self,
-    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Ended> {
+    async fn dial(&self) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Ended> {
         let host = host_of(&self.addr);
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| Ended::Unreachable(format!("server name {host:?}: {e}")))?;
@@ -376,6 +391,13 @@ impl Client {
     }
 }
 
+fn connection_ended(result: Result<(), hyper::Error>) -> Ended {
+    Ended::Unreachable(match result {
+        Ok(()) => "the connection closed".to_owned(),
+        Err(e) => format!("the connection failed: {e}"),
+    })
+}
+
 fn not_applied(request: RequestId, secret: String, why: &str) -> Ack {
     Ack {
         request,
@@ -423,8 +445,8 @@ fn host_of(addr: &str) -> &str {
 /// The token file, trimmed; an empty or unreadable file is an error naming
 /// the path.
 fn read_token(path: &std::path::Path) -> Result<secrecy::SecretString, String> {
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| format!("token file {}: {e}", path.display()))?;
+    let raw =
+        std::fs::read_to_string(path).map_err(|e| format!("token file {}: {e}", path.display()))?;
     let token = raw.trim();
     if token.is_empty() {
         return Err(format!("token file {} is empty", path.display()));
@@ -447,7 +469,9 @@ pub fn tls_config(ca: &std::path::Path) -> crate::Result<Arc<rustls::ClientConfi
             .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
     }
     if roots.is_empty() {
-        return Err(bad("holds no certificate; expected a PEM CA bundle".to_owned()));
+        return Err(bad(
+            "holds no certificate; expected a PEM CA bundle".to_owned()
+        ));
     }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -468,7 +492,10 @@ mod tests {
     fn hosts_of_v4_v6_and_names() {
         assert_eq!(host_of("10.0.0.1:9466"), "10.0.0.1");
         assert_eq!(host_of("[::1]:9466"), "::1");
-        assert_eq!(host_of("rotor.rotor-system.svc:9466"), "rotor.rotor-system.svc");
+        assert_eq!(
+            host_of("rotor.rotor-system.svc:9466"),
+            "rotor.rotor-system.svc"
+        );
     }
 
     #[test]

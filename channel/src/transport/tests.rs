@@ -23,10 +23,16 @@ async fn messages_written_are_read_in_order() {
     let mut reader = Reader::new(body, 1024, DEADLINES);
     writer.send(&Upstream::Ping).await.unwrap();
     writer
-        .send(&Upstream::Error(crate::Problem::new(ErrorKind::Internal, "x")))
+        .send(&Upstream::Error(crate::Problem::new(
+            ErrorKind::Internal,
+            "x",
+        )))
         .await
         .unwrap();
-    assert_eq!(reader.next::<Upstream>().await.unwrap(), Some(Upstream::Ping));
+    assert_eq!(
+        reader.next::<Upstream>().await.unwrap(),
+        Some(Upstream::Ping)
+    );
     assert!(matches!(
         reader.next::<Upstream>().await.unwrap(),
         Some(Upstream::Error(_))
@@ -53,12 +59,21 @@ async fn a_trickling_peer_is_cut_off_when_the_frame_deadline_passes() {
     // 38 s; the reader gives up at 10 s.
     let err = reader.next::<Upstream>().await.unwrap_err();
     assert!(
-        matches!(err, Error::Timeout { what: "whole frame", .. }),
+        matches!(
+            err,
+            Error::Timeout {
+                what: "whole frame",
+                ..
+            }
+        ),
         "{err}"
     );
     assert_eq!(err.kind(), ErrorKind::Timeout);
     let took = started.elapsed();
-    assert!(took >= Duration::from_secs(10) && took < Duration::from_secs(11), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+        "{took:?}"
+    );
     trickle.abort();
 }
 
@@ -67,7 +82,16 @@ async fn a_silent_peer_is_cut_off_at_the_idle_deadline() {
     let (_tx, mut reader) = raw();
     let started = Instant::now();
     let err = reader.next::<Downstream>().await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { what: "message", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "message",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(started.elapsed(), DEADLINES.idle);
 }
 
@@ -99,7 +123,16 @@ async fn a_peer_that_stops_reading_fails_the_write_at_its_deadline() {
     }
     let started = Instant::now();
     let err = writer.send(&Downstream::Ping).await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { what: "room to write", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "room to write",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(started.elapsed(), Duration::from_secs(5));
     drop(_body);
     assert!(matches!(
@@ -114,7 +147,10 @@ async fn the_rate_allows_its_burst_then_its_rate() {
     for _ in 0..20 {
         rate.take().unwrap();
     }
-    assert!(matches!(rate.take(), Err(Error::RateLimited { per_second: 10 })));
+    assert!(matches!(
+        rate.take(),
+        Err(Error::RateLimited { per_second: 10 })
+    ));
     tokio::time::advance(Duration::from_millis(100)).await;
     rate.take().unwrap();
     assert!(rate.take().is_err());
@@ -137,6 +173,15 @@ async fn a_read_cancelled_and_started_again_keeps_its_idle_deadline() {
             () = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     };
-    assert!(matches!(err, Error::Timeout { what: "message", .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "message",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(started.elapsed(), DEADLINES.idle);
 }

@@ -143,11 +143,11 @@ impl<R: Reviewer, P: Pods> Authority for ClusterAuthority<R, P> {
             ));
         }
         let secrets: Vec<&str> = hello.secrets.iter().map(String::as_str).collect();
-        let resolved = self
-            .stores
-            .read()
-            .expect("store index lock")
-            .resolve(&identity.namespace, &hello.store, &secrets);
+        let resolved = self.stores.read().expect("store index lock").resolve(
+            &identity.namespace,
+            &hello.store,
+            &secrets,
+        );
         if let Err(why) = resolved {
             return Err(forbidden(why));
         }
@@ -297,10 +297,18 @@ pub fn review_of(
     if status.authenticated != Some(true) {
         return Err(unauthenticated(format!(
             "the token is not valid for audience {audience:?}: {}",
-            status.error.as_deref().unwrap_or("the API server did not accept it")
+            status
+                .error
+                .as_deref()
+                .unwrap_or("the API server did not accept it")
         )));
     }
-    if !status.audiences.unwrap_or_default().iter().any(|a| a == audience) {
+    if !status
+        .audiences
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == audience)
+    {
         return Err(unauthenticated(format!(
             "the token is not for audience {audience:?}"
         )));
@@ -324,7 +332,11 @@ pub fn review_of(
         )));
     };
     Ok(Review {
-        identity: Identity { namespace, pod, uid },
+        identity: Identity {
+            namespace,
+            pod,
+            uid,
+        },
         expires,
     })
 }

@@ -70,7 +70,9 @@ pub enum Unanswered {
 impl Unanswered {
     pub fn as_str(&self) -> &'static str {
         match self {
-            Unanswered::NotConnected => "not connected: the pod's sidecar has no stream to the controller",
+            Unanswered::NotConnected => {
+                "not connected: the pod's sidecar has no stream to the controller"
+            }
             Unanswered::NotServed => "the pod's stream does not serve this secret",
             Unanswered::Timeout => "no acknowledgement in time",
         }

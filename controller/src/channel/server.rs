@@ -14,7 +14,7 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rotor_channel::transport::{Deadlines, Reader, Rate, Writer};
+use rotor_channel::transport::{Deadlines, Rate, Reader, Writer};
 use rotor_channel::{Downstream, ErrorKind, Hello, Problem, Upstream, Welcome};
 use secrecy::SecretString;
 use tokio::net::{TcpListener, TcpStream};
@@ -340,6 +340,27 @@ impl Server {
             }
         }
     }
+}
+
+/// A TLS acceptor for the stream port from a PEM certificate chain and
+/// key, speaking HTTP/2 only.
+pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 fn not_leader() -> Problem {
