@@ -64,7 +64,7 @@ impl Decoder {
     }
 
     /// The next whole message, if one is buffered.
-    pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
+    pub fn decode<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
         self.check_header()?;
         let Some(size) = self.frame_len() else {
             return Ok(None);
@@ -135,10 +135,10 @@ mod tests {
         bytes.extend_from_slice(&encode(&ack()).unwrap());
         bytes.extend_from_slice(&encode(&Upstream::Ping).unwrap());
         d.push(&bytes).unwrap();
-        assert_eq!(d.next::<Upstream>().unwrap(), Some(hello()));
-        assert_eq!(d.next::<Upstream>().unwrap(), Some(ack()));
-        assert_eq!(d.next::<Upstream>().unwrap(), Some(Upstream::Ping));
-        assert_eq!(d.next::<Upstream>().unwrap(), None);
+        assert_eq!(d.decode::<Upstream>().unwrap(), Some(hello()));
+        assert_eq!(d.decode::<Upstream>().unwrap(), Some(ack()));
+        assert_eq!(d.decode::<Upstream>().unwrap(), Some(Upstream::Ping));
+        assert_eq!(d.decode::<Upstream>().unwrap(), None);
         assert!(!d.in_frame());
         d.finish().unwrap();
     }
@@ -152,19 +152,23 @@ mod tests {
             let mut d = Decoder::new(MAX);
             d.push(&frame[..cut]).unwrap();
             if cut < frame.len() {
-                assert_eq!(d.next::<Upstream>().unwrap(), None, "cut at {cut}");
+                assert_eq!(d.decode::<Upstream>().unwrap(), None, "cut at {cut}");
                 assert_eq!(d.in_frame(), cut > 0);
             }
             d.push(&frame[cut..]).unwrap();
-            assert_eq!(d.next::<Upstream>().unwrap(), Some(hello()), "cut at {cut}");
-            assert_eq!(d.next::<Upstream>().unwrap(), None);
+            assert_eq!(
+                d.decode::<Upstream>().unwrap(),
+                Some(hello()),
+                "cut at {cut}"
+            );
+            assert_eq!(d.decode::<Upstream>().unwrap(), None);
         }
         // Byte by byte, as a peer trickling would send it.
         let mut d = Decoder::new(MAX);
         let mut out = Vec::new();
         for b in frame.iter() {
             d.push(&[*b]).unwrap();
-            if let Some(m) = d.next::<Upstream>().unwrap() {
+            if let Some(m) = d.decode::<Upstream>().unwrap() {
                 out.push(m);
             }
         }
@@ -186,7 +190,7 @@ mod tests {
         // Exactly at the limit passes the header check.
         let mut d = Decoder::new(MAX);
         d.push(&(MAX as u32).to_be_bytes()).unwrap();
-        assert_eq!(d.next::<Upstream>().unwrap(), None);
+        assert_eq!(d.decode::<Upstream>().unwrap(), None);
     }
 
     #[test]
@@ -203,7 +207,7 @@ mod tests {
             let mut frame = (body.len() as u32).to_be_bytes().to_vec();
             frame.extend_from_slice(body);
             d.push(&frame).unwrap();
-            let err = d.next::<Upstream>().unwrap_err();
+            let err = d.decode::<Upstream>().unwrap_err();
             assert!(matches!(err, Error::Malformed { .. }), "{body:?}: {err}");
             assert_eq!(err.kind(), ErrorKind::Malformed);
         }
@@ -214,7 +218,7 @@ mod tests {
         let frame = encode(&ack()).unwrap();
         let mut d = Decoder::new(MAX);
         d.push(&frame[..frame.len() - 1]).unwrap();
-        assert_eq!(d.next::<Upstream>().unwrap(), None);
+        assert_eq!(d.decode::<Upstream>().unwrap(), None);
         let err = d.finish().unwrap_err();
         assert!(matches!(err, Error::Truncated { buffered } if buffered == frame.len() - 1));
     }

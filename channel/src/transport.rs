@@ -68,7 +68,7 @@ where
     /// keeps its deadlines.
     pub async fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>> {
         loop {
-            if let Some(message) = self.decoder.next()? {
+            if let Some(message) = self.decoder.decode()? {
                 self.started = self.decoder.in_frame().then(Instant::now);
                 return Ok(Some(message));
             }

@@ -246,7 +246,7 @@ impl Server {
         &self,
         token: Option<SecretString>,
         reader: &mut Reader,
-    ) -> Result<Admitted, (Option<Hello>, Problem)> {
+    ) -> Result<Admitted, (Option<Box<Hello>>, Problem)> {
         if let Some(leader) = &self.leader
             && !leader.load(Ordering::Acquire)
         {
@@ -279,7 +279,7 @@ impl Server {
         };
         match self.authority.admit(&token, &hello).await {
             Ok(admitted) => Ok(admitted),
-            Err(problem) => Err((Some(hello), problem)),
+            Err(problem) => Err((Some(Box::new(hello)), problem)),
         }
     }
 
