@@ -12,6 +12,8 @@
 //! - [`store_from_spec`]: a store built from a provider spec, for rotation.
 //! - [`rotation`]: generators, schedules, the state machine, the
 //!   SecretRotationPolicy reconciler.
+//! - [`channel`]: the sidecars' authenticated streams, and rotation's
+//!   consumers over them.
 //! - [`sidecar_push`]: sidecars reached over HTTP as rotation's consumers.
 //! - [`standalone`]: rotation without Kubernetes.
 //! - [`cluster`]: the in-cluster jobs (watches, certificate, metrics).
@@ -19,6 +21,7 @@
 
 mod args;
 pub mod certs;
+pub mod channel;
 pub mod cluster;
 mod error;
 pub mod manifests;

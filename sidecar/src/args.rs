@@ -85,6 +85,9 @@ pub struct Args {
     keep_old: Duration,
 
     #[command(flatten)]
+    channel: crate::channel::ChannelArgs,
+
+    #[command(flatten)]
     log: LogArgs,
 }
 
@@ -173,6 +176,7 @@ impl Args {
             once_attempts,
             keep_old,
             default_file_mode,
+            channel,
             log: _,
         } = self;
         let contract = crate::watch::load(&annotations)?;
@@ -219,6 +223,7 @@ impl Args {
             }
         };
         let (push_tx, push_rx) = mpsc::channel(16);
+        let push_tx_channel = push_tx.clone();
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
@@ -238,6 +243,22 @@ impl Args {
                 .with_context(|| format!("--push-addr {push_addr}: cannot listen"))?;
             servers.push(tokio::spawn(http::serve(admin, admin_router, stopped())));
             servers.push(tokio::spawn(http::serve(push, push_router, stopped())));
+        }
+        let client = crate::channel::Client::from_args(
+            &channel,
+            contract.store.clone().unwrap_or_default(),
+            contract
+                .secret_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        )?;
+        if let Some(client) = client {
+            let stop = stopped();
+            servers.push(tokio::spawn(async move {
+                client.run(push_tx_channel, stop).await;
+                Ok(())
+            }));
         }
         let config = crate::watch::spawn(
             annotations,

@@ -21,6 +21,10 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    /// The controller's CA bundle (`--controller-ca`) cannot be used.
+    #[error("--controller-ca {}: {problem}", path.display())]
+    Channel { path: PathBuf, problem: String },
+
     /// `--once` could not write the files: the cause, after a bounded
     /// retry of retryable failures, or at once for a permanent one.
     #[error("--once: {0}")]
@@ -37,6 +41,7 @@ impl Error {
             Error::Store(e) => e.metric_label(),
             Error::Render { .. } => "render",
             Error::Config(_) => "config",
+            Error::Channel { .. } => "channel",
             Error::Once(_) => "once",
         }
     }

@@ -8,10 +8,13 @@
 //! - [`reload`]: signal, HTTP and exec actions.
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `POST /v1/refresh`.
 //! - [`push`]: the push protocol's body, reply and engine request.
+//! - [`channel`]: the stream to the controller, which pins, releases and
+//!   collects acknowledgements through the same engine requests.
 //! - [`watch`]: the annotations file, watched with inotify.
 //! - [`downward`]: the downward-API file format.
 
 mod args;
+pub mod channel;
 pub mod downward;
 pub mod engine;
 mod error;

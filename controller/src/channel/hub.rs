@@ -1,0 +1,291 @@
+//! The connected streams, by pod, and the requests waiting for their
+//! acknowledgements. Rotation reaches its consumers through the hub
+//! ([`StreamConsumers`]); each stream's task registers with it, takes the
+//! requests meant for it, and completes them with the sidecar's [`Ack`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rotor_channel::{
+    Ack, Downstream, ErrorKind, Pin, Problem, Release, RequestId, VersionAvailable,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::auth::Admitted;
+use crate::rotation::machine::{self, Consumers};
+
+/// What rotation asks of one consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Serve this PENDING version.
+    Pin { secret: String, version: String },
+    /// Serve CURRENT.
+    Release { secret: String },
+    /// A new CURRENT version exists.
+    VersionAvailable { secret: String, version: String },
+}
+
+impl Request {
+    fn secret(&self) -> &str {
+        match self {
+            Request::Pin { secret, .. }
+            | Request::Release { secret }
+            | Request::VersionAvailable { secret, .. } => secret,
+        }
+    }
+
+    fn message(self, request: RequestId) -> Downstream {
+        match self {
+            Request::Pin { secret, version } => Downstream::Pin(Pin {
+                request,
+                secret,
+                version,
+            }),
+            Request::Release { secret } => Downstream::Release(Release { request, secret }),
+            Request::VersionAvailable { secret, version } => {
+                Downstream::VersionAvailable(VersionAvailable {
+                    request,
+                    secret,
+                    version,
+                })
+            }
+        }
+    }
+}
+
+/// Why a request got no acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The pod has no stream to this controller.
+    NotConnected,
+    /// The stream does not serve the secret.
+    NotServed,
+    /// No acknowledgement within the deadline, or the stream ended first.
+    Timeout,
+}
+
+impl Unanswered {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Unanswered::NotConnected => {
+                "not connected: the pod's sidecar has no stream to the controller"
+            }
+            Unanswered::NotServed => "the pod's stream does not serve this secret",
+            Unanswered::Timeout => "no acknowledgement in time",
+        }
+    }
+}
+
+struct Registered {
+    stream: u64,
+    admitted: Admitted,
+    requests: mpsc::Sender<Downstream>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `namespace/pod` → its streams, oldest first.
+    pods: BTreeMap<String, Vec<Registered>>,
+    waiting: HashMap<RequestId, (u64, oneshot::Sender<Ack>)>,
+}
+
+/// The connected streams.
+pub struct Hub {
+    streams_per_pod: usize,
+    next: AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+/// A stream's place in the hub; dropping it unregisters the stream and
+/// fails the requests it has not answered.
+pub struct Registration<'a> {
+    hub: &'a Hub,
+    pod: String,
+    stream: u64,
+}
+
+impl Registration<'_> {
+    /// The stream's id, which its acknowledgements are checked against.
+    pub fn id(&self) -> u64 {
+        self.stream
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock();
+        if let Some(streams) = inner.pods.get_mut(&self.pod) {
+            streams.retain(|s| s.stream != self.stream);
+            if streams.is_empty() {
+                inner.pods.remove(&self.pod);
+            }
+        }
+        // Dropping the senders fails the waiters at once.
+        let stream = self.stream;
+        inner.waiting.retain(|_, (s, _)| *s != stream);
+    }
+}
+
+impl Hub {
+    pub fn new(streams_per_pod: usize) -> Self {
+        Self {
+            streams_per_pod,
+            next: AtomicU64::new(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("channel hub lock")
+    }
+
+    fn id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers an admitted stream, unless its pod already has
+    /// `streams_per_pod`.
+    pub fn register(
+        &self,
+        admitted: Admitted,
+        requests: mpsc::Sender<Downstream>,
+    ) -> Result<Registration<'_>, Problem> {
+        let pod = admitted.identity.key();
+        let stream = self.id();
+        let mut inner = self.lock();
+        let streams = inner.pods.entry(pod.clone()).or_default();
+        if streams.len() >= self.streams_per_pod {
+            return Err(Problem::new(
+                ErrorKind::TooManyStreams,
+                format!(
+                    "pod {pod} already has {} streams, the most a pod may hold",
+                    streams.len()
+                ),
+            ));
+        }
+        streams.push(Registered {
+            stream,
+            admitted,
+            requests,
+        });
+        Ok(Registration {
+            hub: self,
+            pod,
+            stream,
+        })
+    }
+
+    /// Completes a request with the sidecar's answer. An ack for a request
+    /// this stream was not sent is ignored (and said so by `false`).
+    pub fn complete(&self, stream: u64, ack: Ack) -> bool {
+        let mut inner = self.lock();
+        match inner.waiting.get(&ack.request) {
+            Some((s, _)) if *s == stream => {}
+            _ => return false,
+        }
+        let Some((_, tx)) = inner.waiting.remove(&ack.request) else {
+            return false;
+        };
+        tx.send(ack).is_ok()
+    }
+
+    /// Sends `request` to the newest stream of `pod` and waits up to
+    /// `deadline` for its acknowledgement.
+    pub async fn ask(
+        &self,
+        pod: &str,
+        request: Request,
+        deadline: Duration,
+    ) -> Result<Ack, Unanswered> {
+        let id = RequestId(self.id());
+        let (tx, rx) = oneshot::channel();
+        let sender = {
+            let mut inner = self.lock();
+            let Some(stream) = inner.pods.get(pod).and_then(|s| s.last()) else {
+                return Err(Unanswered::NotConnected);
+            };
+            if !stream.admitted.secrets.contains(request.secret()) {
+                return Err(Unanswered::NotServed);
+            }
+            let (stream_id, sender) = (stream.stream, stream.requests.clone());
+            inner.waiting.insert(id, (stream_id, tx));
+            sender
+        };
+        let result = tokio::time::timeout(deadline, async {
+            sender
+                .send(request.message(id))
+                .await
+                .map_err(|_| Unanswered::Timeout)?;
+            rx.await.map_err(|_| Unanswered::Timeout)
+        })
+        .await;
+        self.lock().waiting.remove(&id);
+        result.unwrap_or(Err(Unanswered::Timeout))
+    }
+
+    /// The pods whose streams serve `secret` from `store`.
+    pub fn consumers_of(&self, store: &str, secret: &str) -> Vec<String> {
+        self.lock()
+            .pods
+            .iter()
+            .filter(|(_, s)| {
+                s.iter()
+                    .any(|r| r.admitted.store == store && r.admitted.secrets.contains(secret))
+            })
+            .map(|(pod, _)| pod.clone())
+            .collect()
+    }
+
+    /// `namespace/pod` of every connected pod.
+    pub fn connected(&self) -> BTreeSet<String> {
+        self.lock().pods.keys().cloned().collect()
+    }
+
+    /// How many streams are registered.
+    pub fn streams(&self) -> usize {
+        self.lock().pods.values().map(Vec::len).sum()
+    }
+}
+
+/// Rotation's consumers over the streams: each pod of `pods` is asked
+/// through its stream, and one without a stream has not acknowledged.
+pub struct StreamConsumers<'a> {
+    pub hub: &'a Hub,
+    /// `namespace/pod`.
+    pub pods: Vec<String>,
+    /// How long each pod has to acknowledge one request.
+    pub deadline: Duration,
+}
+
+#[async_trait]
+impl Consumers for StreamConsumers<'_> {
+    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<machine::Ack> {
+        let asks = self.pods.iter().map(|pod| async move {
+            let request = match version {
+                Some(v) => Request::Pin {
+                    secret: secret.to_owned(),
+                    version: v.to_owned(),
+                },
+                None => Request::Release {
+                    secret: secret.to_owned(),
+                },
+            };
+            match self.hub.ask(pod, request, self.deadline).await {
+                Ok(ack) => machine::Ack {
+                    consumer: pod.clone(),
+                    version: ack.version,
+                    error: ack.error.map(|p| p.to_string()),
+                },
+                Err(why) => machine::Ack {
+                    consumer: pod.clone(),
+                    version: None,
+                    error: Some(why.as_str().to_owned()),
+                },
+            }
+        });
+        futures_util::future::join_all(asks).await
+    }
+}

@@ -1,0 +1,18 @@
+//! The controller's end of the channel: sidecars dial in over TLS and
+//! HTTP/2, each holding one stream (`POST` [`rotor_channel::PATH`]).
+//!
+//! - [`auth`]: who is on a stream (TokenReview, or standalone's shared
+//!   token) and what it may be asked about.
+//! - [`server`]: the listener, the connections and the streams, each
+//!   bounded in size, rate, count and time.
+//! - [`hub`]: the admitted streams by pod; rotation's consumers over them.
+//! - [`metrics`]: streams open, refused and cut off.
+
+pub mod auth;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+
+pub use hub::{Hub, StreamConsumers};
+pub use metrics::ChannelMetrics;
+pub use server::{Limits, Server};
