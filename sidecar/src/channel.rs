@@ -59,8 +59,12 @@ pub struct ChannelArgs {
     /// claims them.
     #[arg(long, env = "ROTOR_POD_NAME", default_value = "")]
     pub pod_name: String,
+    /// The pod's namespace, as the downward API gives it (a claim the
+    /// controller checks against the token's review).
     #[arg(long, env = "ROTOR_POD_NAMESPACE", default_value = "")]
     pub pod_namespace: String,
+    /// The pod's uid, as the downward API gives it (a claim the controller
+    /// checks against the token's review).
     #[arg(long, env = "ROTOR_POD_UID", default_value = "")]
     pub pod_uid: String,
 }
