@@ -203,23 +203,7 @@ fn refresh(text: &str) -> Result<String, String> {
 /// A Kubernetes quantity (`100m`, `16Mi`, `1.5`, `2G`), checked here so a
 /// typo is a startup error rather than every injected pod's rejection.
 fn quantity(text: &str) -> Result<String, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number_ok = !number.is_empty()
-        && number.chars().filter(|c| *c == '.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    const SUFFIXES: [&str; 14] = [
-        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-    ];
-    if number_ok && SUFFIXES.contains(&suffix) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes quantity; expected a number with an optional suffix, such as \"100m\" or \"16Mi\""
-        ))
-    }
+    crate::webhook::quantity::canonical(text).map(|_| text.to_owned())
 }
 
 impl ServeArgs {

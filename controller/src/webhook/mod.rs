@@ -2,10 +2,12 @@
 //!
 //! `review` turns an AdmissionReview into a response (never panicking:
 //! malformed input gets `invalid`, a bad pod `deny` with a message);
-//! `inject` builds the injected pod; `server` serves `/mutate` over HTTPS
+//! `inject` builds the injected pod, writing quantities as `quantity`
+//! renders them; `server` serves `/mutate` over HTTPS
 //! with certificates reloaded when their files change.
 
 pub mod inject;
+pub mod quantity;
 pub mod review;
 pub mod server;
 
