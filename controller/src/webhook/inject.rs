@@ -743,7 +743,10 @@ fn canonical_duration(text: &str) -> String {
 fn canonical_quantities(c: &Container) -> Container {
     let mut c = c.clone();
     if let Some(r) = c.resources.as_mut() {
-        for list in [r.requests.as_mut(), r.limits.as_mut()].into_iter().flatten() {
+        for list in [r.requests.as_mut(), r.limits.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             for q in list.values_mut() {
                 *q = quantity(&q.0);
             }

@@ -7,6 +7,8 @@
 //! with certificates reloaded when their files change.
 
 pub mod inject;
+pub mod limits;
+pub mod metrics;
 pub mod quantity;
 pub mod review;
 pub mod server;

@@ -59,19 +59,28 @@ impl Quantity {
         };
         // value = whole.fraction × scale (in units of 1n for decimal
         // suffixes, of 1 for binary ones): work in units of 10^-fraction.
-        let too_large = || format!("{text:?} is larger than {} (the largest quantity Rotor writes)", i64::MAX);
+        let too_large = || {
+            format!(
+                "{text:?} is larger than {} (the largest quantity Rotor writes)",
+                i64::MAX
+            )
+        };
         let whole = whole.trim_start_matches('0');
         if whole.len() + fraction.len() > 36 {
             return Err(too_large());
         }
-        let digits: i128 = format!("{whole}{fraction}")
-            .parse::<i128>()
-            .unwrap_or(0);
+        let digits: i128 = format!("{whole}{fraction}").parse::<i128>().unwrap_or(0);
         let unit = 10i128.pow(fraction.len() as u32);
         // Decimal: nanos = digits × 10^(e+9) / unit; binary: digits × 2^k × 10^9 / unit.
         let numerator = digits
             .checked_mul(scale)
-            .and_then(|n| if binary { n.checked_mul(NANOS) } else { Some(n) })
+            .and_then(|n| {
+                if binary {
+                    n.checked_mul(NANOS)
+                } else {
+                    Some(n)
+                }
+            })
             .ok_or_else(too_large)?;
         if numerator % unit != 0 {
             return Err(format!(
