@@ -5,12 +5,14 @@
 //! [`TLS_HANDSHAKE_DEADLINE`] and sends its headers within
 //! [`HEADER_DEADLINE`]; hyper buffers at most [`MAX_CONNECTION_BUFFER`] of
 //! it. A review's body is read within [`BODY_DEADLINE`], at most
-//! [`MAX_REVIEW_BYTES`], out of a budget of [`MAX_BODY_BYTES_HELD`] shared by
-//! every body held at once; only then does it wait for one of
-//! [`MAX_CONCURRENT_REVIEWS`] slots, where `review::answer` runs on a
-//! blocking thread within the bounds of `limits`. A slow sender therefore
-//! holds bytes of the budget, never a slot, and never for longer than the
-//! deadline.
+//! [`MAX_REVIEW_BYTES`], paid for out of byte budgets shared by every body
+//! held at once ([`SMALL_BODY_BUDGET`], [`LARGE_BODY_BUDGET`]); only then
+//! does it wait for a slot ([`MAX_SMALL_REVIEWS`] for reviews up to
+//! [`SMALL_REVIEW_BYTES`], [`MAX_LARGE_REVIEWS`] for larger ones), where
+//! `review::answer` runs on a blocking thread within the bounds of
+//! `limits`. A slow sender holds the bytes it sent, never a slot, and
+//! never for longer than the deadline; large reviews never delay small
+//! ones.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,13 +39,24 @@ use super::metrics::{AdmissionMetrics, Operation, Outcome};
 use crate::store_index::SharedStoreIndex;
 use crate::{Error, Result};
 
-/// The largest AdmissionReview read: the API server's own request limit
-/// is 3 MiB, and a review carries the object once (twice for UPDATE).
-pub const MAX_REVIEW_BYTES: usize = 7 * 1024 * 1024;
-/// Bytes of review bodies held at once, over all requests (being read,
-/// or waiting for a slot): room for three of the largest reviews, or
-/// thousands of ordinary ones (a few KiB each).
-pub const MAX_BODY_BYTES_HELD: usize = 24 * 1024 * 1024;
+/// The largest AdmissionReview read: etcd stores objects of at most
+/// 1.5 MiB by default, and a review carries the object once (twice for
+/// UPDATE).
+pub const MAX_REVIEW_BYTES: usize = 4 * 1024 * 1024;
+/// A review up to this size is small: every ordinary pod (a few KiB), and
+/// one with hundreds of env entries. Small reviews have their own slots
+/// and body budget, so a flood of large ones never delays them.
+pub const SMALL_REVIEW_BYTES: usize = 64 * 1024;
+/// Bytes of the first [`SMALL_REVIEW_BYTES`] of bodies held at once.
+pub const SMALL_BODY_BUDGET: usize = 8 * 1024 * 1024;
+/// Bytes beyond the first [`SMALL_REVIEW_BYTES`] of bodies held at once
+/// (being read, or waiting for the large slot): three of the largest.
+pub const LARGE_BODY_BUDGET: usize = 12 * 1024 * 1024;
+/// Small reviews decoded at once, each on a blocking thread.
+pub const MAX_SMALL_REVIEWS: usize = 4;
+/// Large reviews decoded at once: one, the review whose decoding costs
+/// the most memory (about 13 times its size at every cap of `limits`).
+pub const MAX_LARGE_REVIEWS: usize = 1;
 /// A review's body arrives within this from its headers (the API server
 /// sends it at once, and gives up on the webhook after at most 30 s).
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
@@ -53,24 +66,44 @@ pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 pub const TLS_HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
 /// Connections open at once; more are closed as they arrive. The API
 /// servers keep a few each.
-pub const MAX_CONNECTIONS: usize = 256;
+pub const MAX_CONNECTIONS: usize = 128;
 /// What hyper buffers per connection.
 pub const MAX_CONNECTION_BUFFER: usize = 64 * 1024;
-/// Reviews decoded at once, each on a blocking thread; the others wait
-/// with their body read.
-pub const MAX_CONCURRENT_REVIEWS: usize = 2;
 
 /// What the webhook needs: the store index (kept fresh by watches or
 /// loaded from files) and the injection settings.
 pub struct WebhookState {
     pub stores: SharedStoreIndex,
     pub config: InjectConfig,
-    /// Bounds the reviews in memory at once.
-    pub reviews: Semaphore,
-    /// The budget of body bytes held at once, in bytes.
-    pub bodies: Arc<Semaphore>,
+    /// The slots of small and large reviews.
+    small_reviews: Semaphore,
+    large_reviews: Semaphore,
+    /// The body budgets, in bytes.
+    small_bodies: Arc<Semaphore>,
+    large_bodies: Arc<Semaphore>,
     /// The admission metrics.
     pub metrics: AdmissionMetrics,
+    /// The one thread large reviews run on.
+    large_thread: std::sync::Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Starts the thread that runs large reviews, one at a time.
+fn large_review_thread() -> std::sync::mpsc::Sender<Job> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let spawned = std::thread::Builder::new()
+        .name("rotor-large-reviews".to_owned())
+        .spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        });
+    if let Err(e) = spawned {
+        // Sends then fail, and large reviews get a 500 each.
+        tracing::error!(error = %e, "cannot start the large review thread");
+    }
+    tx
 }
 
 impl WebhookState {
@@ -78,9 +111,12 @@ impl WebhookState {
         Self {
             stores,
             config,
-            reviews: Semaphore::new(MAX_CONCURRENT_REVIEWS),
-            bodies: Arc::new(Semaphore::new(MAX_BODY_BYTES_HELD)),
+            small_reviews: Semaphore::new(MAX_SMALL_REVIEWS),
+            large_reviews: Semaphore::new(MAX_LARGE_REVIEWS),
+            small_bodies: Arc::new(Semaphore::new(SMALL_BODY_BUDGET)),
+            large_bodies: Arc::new(Semaphore::new(LARGE_BODY_BUDGET)),
             metrics: AdmissionMetrics::default(),
+            large_thread: std::sync::Mutex::new(large_review_thread()),
         }
     }
 }
@@ -108,7 +144,7 @@ async fn mutate(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let read = tokio::time::timeout(BODY_DEADLINE, read_body(&headers, body, &state.bodies)).await;
+    let read = tokio::time::timeout(BODY_DEADLINE, read_body(&headers, body, &state)).await;
     let (bytes, held) = match read {
         Ok(Ok(read)) => read,
         Ok(Err((status, message))) => {
@@ -137,19 +173,44 @@ async fn mutate(
     };
     // The slot is taken only now, with the whole body here: a slow sender
     // never holds one.
-    let Ok(_slot) = state.reviews.acquire().await else {
+    let large = bytes.len() > SMALL_REVIEW_BYTES;
+    let slots = if large {
+        &state.large_reviews
+    } else {
+        &state.small_reviews
+    };
+    let Ok(_slot) = slots.acquire().await else {
         return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned());
     };
     let worker = state.clone();
-    let answered = tokio::task::spawn_blocking(move || {
+    let job = move || {
         let answer = {
             let stores = worker.stores.read().expect("store index lock");
             super::review::answer(&bytes, &stores, &worker.config)
         };
         drop((bytes, held));
         answer
-    })
-    .await;
+    };
+    // Large reviews all run on one thread, so their memory is reused
+    // there rather than kept by the allocator of each blocking thread.
+    let answered = if large {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = state
+            .large_thread
+            .lock()
+            .expect("large review thread")
+            .send(Box::new(move || {
+                let _ = tx.send(job());
+            }));
+        match sent {
+            Ok(()) => rx.await.map_err(|e| e.to_string()),
+            Err(_) => Err("the large review thread is gone".to_owned()),
+        }
+    } else {
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| e.to_string())
+    };
     let answer = match answered {
         Ok(a) => a,
         Err(e) => {
@@ -178,14 +239,15 @@ async fn mutate(
         .into_response()
 }
 
-/// The body, at most [`MAX_REVIEW_BYTES`], each chunk paid for out of the
-/// shared budget before it is kept; the permit holds the bytes until the
-/// review is answered.
+/// The body, at most [`MAX_REVIEW_BYTES`], each growth of its buffer paid
+/// for out of the budgets before data is kept (its first
+/// [`SMALL_REVIEW_BYTES`] from the small one, the rest from the large
+/// one); the permits hold the bytes until the review is answered.
 async fn read_body(
     headers: &HeaderMap,
     body: Body,
-    budget: &Arc<Semaphore>,
-) -> std::result::Result<(Vec<u8>, Option<OwnedSemaphorePermit>), (StatusCode, String)> {
+    state: &WebhookState,
+) -> std::result::Result<(Vec<u8>, Vec<OwnedSemaphorePermit>), (StatusCode, String)> {
     let too_large = || {
         (
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -199,10 +261,10 @@ async fn read_body(
     if declared.is_some_and(|n| n > MAX_REVIEW_BYTES) {
         return Err(too_large());
     }
-    // The buffer grows by doubling as data arrives (never to a declared
-    // length a slow sender might not send), and each growth is paid for.
+    // The buffer grows by doubling as data arrives, up to the declared
+    // length: never reserved ahead for data a slow sender has not sent.
     let mut bytes: Vec<u8> = Vec::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut held = Vec::new();
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
@@ -217,18 +279,24 @@ async fn read_body(
         }
         if wanted > bytes.capacity() {
             let capacity = (bytes.capacity() * 2)
-                .max(wanted)
                 .max(4096)
-                .min(MAX_REVIEW_BYTES);
-            let grow = capacity - bytes.capacity();
-            let paid = budget
-                .clone()
-                .acquire_many_owned(u32::try_from(grow).unwrap_or(u32::MAX))
-                .await
-                .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned()))?;
-            match held.as_mut() {
-                Some(h) => h.merge(paid),
-                None => held = Some(paid),
+                .min(declared.unwrap_or(MAX_REVIEW_BYTES))
+                .max(wanted);
+            let old = bytes.capacity();
+            let small = capacity.min(SMALL_REVIEW_BYTES) - old.min(SMALL_REVIEW_BYTES);
+            let large = (capacity - old) - small;
+            for (budget, n) in [(&state.small_bodies, small), (&state.large_bodies, large)] {
+                if n > 0 {
+                    held.push(
+                        budget
+                            .clone()
+                            .acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+                            .await
+                            .map_err(|_| {
+                                (StatusCode::SERVICE_UNAVAILABLE, "shutting down".to_owned())
+                            })?,
+                    );
+                }
             }
             bytes.reserve_exact(capacity - bytes.len());
         }
