@@ -57,8 +57,9 @@ pub const MAX_SMALL_REVIEWS: usize = 4;
 /// Large reviews decoded at once: one, the review whose decoding costs
 /// the most memory (about 13 times its size at every cap of `limits`).
 pub const MAX_LARGE_REVIEWS: usize = 1;
-/// A review's body arrives within this from its headers (the API server
-/// sends it at once, and gives up on the webhook after at most 30 s).
+/// A review's body arrives within this from its headers, not counting
+/// waits for the body budget (the API server sends it at once, and gives
+/// up on the webhook after at most 30 s).
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 /// A request's headers arrive within this.
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
@@ -144,31 +145,15 @@ async fn mutate(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let read = tokio::time::timeout(BODY_DEADLINE, read_body(&headers, body, &state)).await;
-    let (bytes, held) = match read {
-        Ok(Ok(read)) => read,
-        Ok(Err((status, message))) => {
+    let (bytes, held) = match read_body(&headers, body, &state).await {
+        Ok(read) => read,
+        Err((status, message)) => {
             state.metrics.observe(
                 Operation::Unknown,
                 Outcome::Error,
                 started.elapsed().as_secs_f64(),
             );
             return refusal(status, message);
-        }
-        Err(_) => {
-            tracing::info!(deadline = ?BODY_DEADLINE, "review body not read in time");
-            state.metrics.observe(
-                Operation::Unknown,
-                Outcome::Error,
-                started.elapsed().as_secs_f64(),
-            );
-            return refusal(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the AdmissionReview was not received within {} s",
-                    BODY_DEADLINE.as_secs()
-                ),
-            );
         }
     };
     // The slot is taken only now, with the whole body here: a slow sender
@@ -266,7 +251,23 @@ async fn read_body(
     let mut bytes: Vec<u8> = Vec::new();
     let mut held = Vec::new();
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    // The deadline counts the time spent waiting for the sender, not for
+    // the budget (which a flood of others may hold).
+    let mut left = BODY_DEADLINE;
+    loop {
+        let waiting = Instant::now();
+        let Ok(next) = tokio::time::timeout(left, stream.next()).await else {
+            tracing::info!(deadline = ?BODY_DEADLINE, "review body not received in time");
+            return Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the AdmissionReview was not received within {} s",
+                    BODY_DEADLINE.as_secs()
+                ),
+            ));
+        };
+        left = left.saturating_sub(waiting.elapsed());
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| {
             (
                 StatusCode::BAD_REQUEST,
