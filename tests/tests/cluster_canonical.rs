@@ -263,24 +263,21 @@ async fn a_second_pass_over_the_stored_pod_changes_nothing() {
         // pod is admitted, relabelled, and Rotor was called twice for it.
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let pp = PostParams::default();
-        let mut last = String::new();
-        let created = eventually(30, || {
-            let pods = pods.clone();
-            let last = &mut last;
-            async move {
-                match pods.create(&PostParams::default(), &pod("first")).await {
-                    Ok(_) => true,
-                    Err(e) => {
-                        *last = e.to_string();
-                        false
-                    }
+        let last = std::sync::Mutex::new(String::new());
+        let created = eventually(30, || async {
+            match pods.create(&pp, &pod("first")).await {
+                Ok(_) => true,
+                Err(e) => {
+                    *last.lock().unwrap() = e.to_string();
+                    false
                 }
             }
         })
         .await;
         assert!(
             created,
-            "{setting}: never admitted: {last}\n{}",
+            "{setting}: never admitted: {}\n{}",
+            last.lock().unwrap(),
             controller.log()
         );
         let stored = pods.get("first").await.unwrap();
