@@ -34,6 +34,10 @@ enum Command {
         stores: PathBuf,
         #[command(flatten)]
         serve: ServeArgs,
+        /// Plain-HTTP address of /metrics (the admission, build and process
+        /// metrics); none by default.
+        #[arg(long, env = "ROTOR_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Run in a cluster: stores from watches, the webhook over HTTPS.
     Run {
@@ -203,23 +207,7 @@ fn refresh(text: &str) -> Result<String, String> {
 /// A Kubernetes quantity (`100m`, `16Mi`, `1.5`, `2G`), checked here so a
 /// typo is a startup error rather than every injected pod's rejection.
 fn quantity(text: &str) -> Result<String, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number_ok = !number.is_empty()
-        && number.chars().filter(|c| *c == '.').count() <= 1
-        && number.chars().any(|c| c.is_ascii_digit());
-    const SUFFIXES: [&str; 14] = [
-        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
-    ];
-    if number_ok && SUFFIXES.contains(&suffix) {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?} is not a Kubernetes quantity; expected a number with an optional suffix, such as \"100m\" or \"16Mi\""
-        ))
-    }
+    crate::webhook::quantity::canonical(text).map(|_| text.to_owned())
 }
 
 impl ServeArgs {
@@ -276,15 +264,33 @@ impl Args {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Webhook { stores, serve } => {
+        Command::Webhook {
+            stores,
+            serve,
+            metrics_addr,
+        } => {
             let index = StoreIndex::from_dir(&stores)?;
             tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
             let state = Arc::new(WebhookState::new(
                 Arc::new(RwLock::new(index)),
                 serve.inject_config(),
             ));
+            let metrics = state.metrics.clone();
+            let metrics_served = async move {
+                match metrics_addr {
+                    Some(addr) => {
+                        let listener = crate::cluster::metrics_server::bind(addr).await?;
+                        crate::cluster::metrics_server::serve_with(listener, addr, move || {
+                            metrics.encode_alone()
+                        })
+                        .await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 served = serve_tls(serve.listen, serve.tls_cert, serve.tls_key, router(state)) => served?,
+                served = metrics_served => served?,
                 () = shutdown_signal() => {}
             }
         }
@@ -342,7 +348,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             }
             let stores: SharedStoreIndex = Arc::default();
-            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            let admission = crate::webhook::metrics::AdmissionMetrics::default();
+            let metrics = Arc::new(
+                crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
+            );
             tokio::spawn(crate::cluster::watch::keep_index_fresh(
                 client.clone(),
                 stores.clone(),
@@ -390,7 +399,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
             });
             tokio::spawn(crate::cluster::rotation::run_rotation(ctx));
-            let state = Arc::new(WebhookState::new(stores, inject));
+            let mut state = WebhookState::new(stores, inject);
+            state.metrics = admission;
+            let state = Arc::new(state);
             // SIGTERM ends the process: the controllers' own signal
             // handlers replace the default action, so it must be awaited.
             tokio::select! {

@@ -26,11 +26,20 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<RotationMetrics>,
 ) -> Result<()> {
+    serve_with(listener, addr, move || metrics.encode()).await
+}
+
+/// Serves `/metrics` on `listener` with the text `encode` returns.
+pub async fn serve_with(
+    listener: TcpListener,
+    addr: SocketAddr,
+    encode: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> Result<()> {
     let router = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.encode() }
+            let encode = encode.clone();
+            async move { encode() }
         }),
     );
     axum::serve(listener, router)

@@ -96,6 +96,12 @@ impl RotationMetrics {
             .inc();
     }
 
+    /// Adds the webhook's admission metrics to this exposition.
+    pub fn with_admission(mut self, admission: &crate::webhook::metrics::AdmissionMetrics) -> Self {
+        admission.register(self.registry.sub_registry_with_prefix("rotor"));
+        self
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -213,7 +213,7 @@ pub fn inject(
             name: SECRETS_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
                 medium: Some("Memory".into()),
-                size_limit: Some(Quantity(config.size_limit.clone())),
+                size_limit: Some(quantity(&config.size_limit)),
             }),
             ..Volume::default()
         },
@@ -221,7 +221,7 @@ pub fn inject(
             name: SCRATCH_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
                 medium: Some("Memory".into()),
-                size_limit: Some(Quantity("1Mi".into())),
+                size_limit: Some(quantity("1Mi")),
             }),
             ..Volume::default()
         },
@@ -245,7 +245,7 @@ pub fn inject(
     for v in wanted {
         match volumes.iter().find(|x| x.name == v.name) {
             None => volumes.push(v),
-            Some(existing) if same_as_injected(&v, existing) => {}
+            Some(existing) if same_as_injected(&v, &canonical_volume(existing)) => {}
             Some(_) => {
                 return Err(format!(
                     "the pod already has a volume named {:?} that is not the one Rotor injects; Rotor's volume names are reserved: rename that volume",
@@ -261,7 +261,7 @@ pub fn inject(
     if let Some(refresh) = &config.default_refresh {
         pod_annotations
             .entry(annotations::REFRESH.to_owned())
-            .or_insert_with(|| refresh.clone());
+            .or_insert_with(|| canonical_duration(refresh));
     }
     pod_annotations.insert(annotations::STATUS.to_owned(), "injected".to_owned());
     let warnings = user.warning().into_iter().collect();
@@ -287,7 +287,7 @@ fn place_containers(
     for w in wanted.into_iter().rev() {
         match list.iter().find(|c| c.name == w.name) {
             None => list.insert(0, w),
-            Some(existing) if same_as_injected(&w, existing) => {}
+            Some(existing) if same_as_injected(&w, &canonical_quantities(existing)) => {}
             Some(_) => {
                 return Err(format!(
                     "the pod already has an {what} named {:?} that differs from the one Rotor injects (image, args, env, securityContext, mounts); Rotor's container names are reserved: rename it",
@@ -720,8 +720,49 @@ fn hardened(uid: i64, gid: Option<i64>) -> SecurityContext {
     }
 }
 
+// Rendering: every quantity and duration the webhook writes is in the
+// form the API server stores, and what a pod holds is compared by meaning
+// (see `quantity`), so a second pass over a stored pod changes nothing.
+
+/// `text` as the API server stores it; text that is no quantity (the
+/// flags refuse it) is written as given, for the API server to refuse.
+fn quantity(text: &str) -> Quantity {
+    Quantity(super::quantity::canonical(text).unwrap_or_else(|_| text.to_owned()))
+}
+
+/// A refresh interval in Rotor's one form (`90s` is written `1m30s`).
+fn canonical_duration(text: &str) -> String {
+    humantime::parse_duration(text).map_or_else(|_| text.to_owned(), super::quantity::duration)
+}
+
+/// `c` with its resource quantities in canonical form, so that a stored
+/// sidecar compares equal to the one Rotor would write by meaning.
+fn canonical_quantities(c: &Container) -> Container {
+    let mut c = c.clone();
+    if let Some(r) = c.resources.as_mut() {
+        for list in [r.requests.as_mut(), r.limits.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            for q in list.values_mut() {
+                *q = quantity(&q.0);
+            }
+        }
+    }
+    c
+}
+
+/// `v` with its emptyDir `sizeLimit` in canonical form.
+fn canonical_volume(v: &Volume) -> Volume {
+    let mut v = v.clone();
+    if let Some(limit) = v.empty_dir.as_mut().and_then(|e| e.size_limit.as_mut()) {
+        *limit = quantity(&limit.0);
+    }
+    v
+}
+
 fn resources(r: &SidecarResources) -> ResourceRequirements {
-    let q = |s: &str| Quantity(s.into());
+    let q = quantity;
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".into(), q(&r.cpu_request)),

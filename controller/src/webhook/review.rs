@@ -6,38 +6,162 @@ use rotor_crds::{annotations, vault_injector};
 
 use super::inject::{InjectConfig, Injected, inject};
 use super::update;
+use super::limits::{MAX_ANSWER_BYTES, Shape, Unreadable, count_values};
+use super::metrics::{self, Denial, Outcome};
 use crate::store_index::StoreIndex;
 
 /// Answers one AdmissionReview body. Returns the HTTP status and the body:
 /// 400 with a message when the body is not JSON at all, otherwise 200 with
 /// an AdmissionReview (which may say `allowed: false`).
 pub fn handle(body: &[u8], stores: &StoreIndex, config: &InjectConfig) -> (u16, serde_json::Value) {
-    let review: AdmissionReview<Pod> = match serde_json::from_slice::<serde_json::Value>(body) {
-        Err(e) => {
-            return (
-                400,
-                serde_json::json!({ "error": format!("the body is not JSON: {e}") }),
-            );
+    let a = answer(body, stores, config);
+    (
+        a.status,
+        serde_json::from_str(&a.body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One review's answer: the HTTP status, the body, and how it is counted.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub operation: metrics::Operation,
+    pub outcome: Outcome,
+}
+
+/// Answers one AdmissionReview body within the bounds of `limits`: the
+/// pod's lists and the review's values are counted on the raw JSON before
+/// the typed Pod is built, and an answer over [`MAX_ANSWER_BYTES`] is
+/// replaced by a refusal.
+pub fn answer(body: &[u8], stores: &StoreIndex, config: &InjectConfig) -> Answer {
+    let shape = Shape::read(body).ok();
+    let operation = metrics::Operation::of(shape.as_ref().and_then(Shape::operation));
+    let early = |response: AdmissionResponse| {
+        let mut response = response;
+        if let Some(shape) = &shape {
+            response.uid = shape.uid().to_owned();
+            if let Some(v) = &shape.api_version {
+                response.types.api_version = v.clone();
+            }
         }
-        Ok(value) => match serde_json::from_value(value) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "malformed AdmissionReview");
-                let response =
-                    AdmissionResponse::invalid(format!("malformed AdmissionReview: {e}"));
-                return (200, to_json(response.into_review()));
+        finish(response, operation)
+    };
+    // Over a limit: refused, unless Rotor has nothing to do with the pod
+    // (no rotor.dev/ annotation, before or after), which is let through
+    // unread.
+    let over = match shape.as_ref().and_then(Shape::exceeded) {
+        Some(e) => Some(e),
+        None => match count_values(body) {
+            Ok(_) => None,
+            Err(Unreadable::TooMany(e)) => Some(e),
+            Err(Unreadable::NotJson(e)) => {
+                return Answer {
+                    status: 400,
+                    body: serde_json::json!({ "error": format!("the body is not JSON: {e}") })
+                        .to_string(),
+                    operation,
+                    outcome: Outcome::Error,
+                };
             }
         },
+    };
+    if let Some(e) = over {
+        if shape.as_ref().is_some_and(|s| !s.rotor()) {
+            tracing::info!(limit = ?e.limit, count = e.count, "allowed unread: over a limit, no rotor.dev/ annotation");
+            return early(allowed_unread());
+        }
+        tracing::info!(limit = ?e.limit, count = e.count, max = e.limit.max(), "denied: over a limit");
+        return early(deny(
+            AdmissionResponse::invalid(""),
+            Denial::TooLarge,
+            e.to_string(),
+        ));
+    }
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "malformed AdmissionReview");
+            return early(AdmissionResponse::invalid(format!(
+                "malformed AdmissionReview: {}",
+                clip(&e.to_string(), MAX_DENY_MESSAGE)
+            )));
+        }
     };
     let request: AdmissionRequest<Pod> = match review.try_into() {
         Ok(r) => r,
         Err(e) => {
-            let response =
-                AdmissionResponse::invalid(format!("the AdmissionReview has no request: {e}"));
-            return (200, to_json(response.into_review()));
+            return early(AdmissionResponse::invalid(format!(
+                "the AdmissionReview has no request: {e}"
+            )));
         }
     };
-    (200, to_json(mutate(&request, stores, config).into_review()))
+    finish(mutate(&request, stores, config), operation)
+}
+
+/// The answer for `response`, refused instead when it would be larger
+/// than [`MAX_ANSWER_BYTES`].
+fn finish(response: AdmissionResponse, operation: metrics::Operation) -> Answer {
+    let outcome = outcome_of(&response);
+    let body = to_json(response.clone().into_review()).to_string();
+    if body.len() <= MAX_ANSWER_BYTES {
+        return Answer {
+            status: 200,
+            body,
+            operation,
+            outcome,
+        };
+    }
+    tracing::info!(
+        bytes = body.len(),
+        max = MAX_ANSWER_BYTES,
+        "denied: answer too large"
+    );
+    let mut refused = AdmissionResponse::invalid("");
+    refused.uid = response.uid;
+    refused.types = response.types;
+    let refused = deny(
+        refused,
+        Denial::AnswerTooLarge,
+        format!(
+            "the answer to this pod would be {} bytes, more than the {MAX_ANSWER_BYTES} Rotor's webhook sends; the pod is too large for Rotor to inject",
+            body.len()
+        ),
+    );
+    Answer {
+        status: 200,
+        outcome: outcome_of(&refused),
+        body: to_json(refused.into_review()).to_string(),
+        operation,
+    }
+}
+
+/// How `response` is counted: a denial carries its reason in the audit
+/// annotation `deny` wrote; `invalid` responses carry none.
+fn outcome_of(response: &AdmissionResponse) -> Outcome {
+    if response.allowed {
+        return if response.patch.is_some() {
+            Outcome::Patched
+        } else {
+            Outcome::Allowed
+        };
+    }
+    let reason = response.audit_annotations.get(DENIAL_ANNOTATION);
+    Denial::ALL
+        .into_iter()
+        .find(|d| reason.map(String::as_str) == Some(d.label()))
+        .map_or(Outcome::Invalid, Outcome::Denied)
+}
+
+/// The audit annotation with a denial's reason (the API server records it
+/// in its audit log as `<webhook>/denial-reason`).
+pub const DENIAL_ANNOTATION: &str = "denial-reason";
+
+/// A plain allow for a review that was not read.
+fn allowed_unread() -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.allowed = true;
+    response.result = Default::default();
+    response
 }
 
 /// The review as JSON, with the patch as the base64 string the API server
@@ -77,7 +201,15 @@ pub fn clip(text: &str, max: usize) -> String {
     format!("{}… ({} more bytes)", &text[..end], text.len() - end)
 }
 
-fn deny(response: AdmissionResponse, message: impl AsRef<str>) -> AdmissionResponse {
+/// `response` refused for `reason`, with `message` (clipped) for the user.
+fn deny(
+    mut response: AdmissionResponse,
+    reason: Denial,
+    message: impl AsRef<str>,
+) -> AdmissionResponse {
+    response
+        .audit_annotations
+        .insert(DENIAL_ANNOTATION.to_owned(), reason.label().to_owned());
     response.deny(clip(message.as_ref(), MAX_DENY_MESSAGE))
 }
 
@@ -116,7 +248,7 @@ pub fn mutate(
             Ok(update::Allowed::Changed) => {}
             Err(denied) => {
                 tracing::info!(%namespace, pod = %name, reason = denied.reason(), error = %denied, "denied: update");
-                let mut response = deny(response, denied.to_string());
+                let mut response = deny(response, Denial::AnnotationChanged, denied.to_string());
                 response.result.reason = denied.reason().to_owned();
                 return response;
             }
@@ -136,7 +268,7 @@ pub fn mutate(
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, problems = e.total(), error = %e, "denied: invalid annotations");
-            return deny(response, e.to_string());
+            return deny(response, Denial::InvalidAnnotations, e.to_string());
         }
     };
     if !contract.inject {
@@ -147,7 +279,11 @@ pub fn mutate(
         Ok(s) => s,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, error = %e, "denied: store not allowed");
-            return deny(response, format!("annotation rotor.dev/store: {e}"));
+            return deny(
+                response,
+                Denial::StoreNotAllowed,
+                format!("annotation rotor.dev/store: {e}"),
+            );
         }
     };
     if !store.allow_exec_reload
@@ -159,6 +295,7 @@ pub fn mutate(
         tracing::info!(%namespace, pod = %name, store = %store.name, "denied: exec reload not allowed");
         return deny(
             response,
+            Denial::ExecNotAllowed,
             format!(
                 "annotation rotor.dev/reload: exec: actions are off for {} {:?}: an exec action runs with the sidecar's access to the store credentials and every secret file; its owner can allow them with spec.allowExecReload: true",
                 store.kind, store.name
@@ -181,7 +318,7 @@ pub fn mutate(
         Ok(i) => i,
         Err(e) => {
             tracing::info!(%namespace, pod = %name, error = %e, "denied: cannot inject");
-            return deny(response, e);
+            return deny(response, Denial::CannotInject, e);
         }
     };
     if vault_injector::asks_injection(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
@@ -202,7 +339,11 @@ pub fn mutate(
     tracing::info!(%namespace, pod = %name, store = %store.name, files = contract.files.len(), "injected");
     match response.clone().with_patch(patch) {
         Ok(r) => r,
-        Err(e) => deny(response, format!("internal error building the patch: {e}")),
+        Err(e) => deny(
+            response,
+            Denial::Internal,
+            format!("internal error building the patch: {e}"),
+        ),
     }
 }
 
