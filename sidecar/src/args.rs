@@ -45,13 +45,16 @@ pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
 
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)))]
+    /// Address of /healthz, /readyz and /metrics: `IP:PORT`, an IPv6
+    /// address in brackets (`[fd00::10]:9464`) or bare (`fd00::10:9464`,
+    /// the last colon before the port).
+    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)), value_parser = parse_socket_addr)]
     admin_addr: SocketAddr,
 
-    /// Address of POST /v1/refresh. Loopback unless the controller must
-    /// reach it from outside the pod.
-    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)))]
+    /// Address of POST /v1/refresh, written as --admin-addr is. Loopback
+    /// unless the controller must reach it from outside the pod
+    /// (`$(ROTOR_POD_IP):9465` works with an IPv6 pod IP too).
+    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)), value_parser = parse_socket_addr)]
     push_addr: SocketAddr,
 
     /// Push requests allowed per second from each caller (peer IP address),
@@ -270,6 +273,26 @@ async fn shutdown_signal() {
     }
 }
 
+/// `IP:PORT`, `[IPv6]:PORT`, or an IPv6 address without brackets followed
+/// by `:PORT` (what `$(POD_IP):PORT` expands to with an IPv6 pod IP): the
+/// last colon separates the port.
+pub fn parse_socket_addr(value: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT, such as 0.0.0.0:9465, [fd00::10]:9465 or fd00::10:9465";
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} has no port; {expected}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{value:?}: {port:?} is not a port (0 to 65535); {expected}"))?;
+    let ip: std::net::Ipv6Addr = host
+        .parse()
+        .map_err(|_| format!("{value:?}: {host:?} is not an IP address; {expected}"))?;
+    Ok(SocketAddr::from((ip, port)))
+}
+
 fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
     rotor_crds::annotations::parse_mode(value).map_err(|problem| {
         format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")
@@ -281,6 +304,45 @@ mod tests {
     use clap::Parser;
 
     use super::Args;
+
+    /// An IPv6 pod IP expanded into `$(ROTOR_POD_IP):9465` has no
+    /// brackets: the last colon is the port's.
+    #[test]
+    fn addresses_take_ipv6_with_or_without_brackets() {
+        use std::net::SocketAddr;
+        for (value, expected) in [
+            ("127.0.0.1:9465", "127.0.0.1:9465"),
+            ("0.0.0.0:9464", "0.0.0.0:9464"),
+            ("[fd00::10]:9465", "[fd00::10]:9465"),
+            ("fd00::10:9465", "[fd00::10]:9465"),
+            ("::1:9465", "[::1]:9465"),
+            ("[::]:9464", "[::]:9464"),
+            ("::ffff:10.0.0.1:9465", "[::ffff:10.0.0.1]:9465"),
+        ] {
+            let args = Args::try_parse_from([
+                "rotor-sidecar",
+                "--local-store=/s",
+                "--key=/k",
+                &format!("--push-addr={value}"),
+                &format!("--admin-addr={value}"),
+            ])
+            .unwrap_or_else(|e| panic!("{value}: {e}"));
+            let expected: SocketAddr = expected.parse().unwrap();
+            assert_eq!(args.push_addr(), expected, "{value}");
+            assert_eq!(args.admin_addr(), expected, "{value}");
+        }
+        for (value, problem) in [
+            ("fd00::10", "is not an IP address"),
+            ("10.0.0.1", "has no port"),
+            ("10.0.0.1:99999", "is not a port"),
+            ("pod.example:9465", "is not an IP address"),
+        ] {
+            let err = Args::try_parse_from(["rotor-sidecar", &format!("--push-addr={value}")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(problem) && err.contains("[fd00::10]:9465"), "{value}: {err}");
+        }
+    }
 
     /// Pods injected by an older controller pass `--namespace`.
     #[test]

@@ -36,6 +36,7 @@ pub struct Metrics {
     fetch_errors: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     writes: Counter,
+    repairs: Counter,
     config_errors: Counter,
     change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
     /// Last successful fetch per secret, for staleness at scrape time.
@@ -57,6 +58,7 @@ impl Default for Metrics {
         let fetch_errors = Family::<Labels, Counter>::default();
         let reloads = Family::<Labels, Counter>::default();
         let writes = Counter::default();
+        let repairs = Counter::default();
         let config_errors = Counter::default();
         let change_to_file =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
@@ -102,6 +104,12 @@ impl Default for Metrics {
             writes.clone(),
         );
         registry.register(
+            "files_repairs",
+            "Links of the output directory (..data, a file's) found pointing elsewhere than the \
+             writer left them, and pointed back: another process of the sidecar's uid writes there",
+            repairs.clone(),
+        );
+        registry.register(
             "config_errors",
             "Annotation changes refused as invalid",
             config_errors.clone(),
@@ -121,6 +129,7 @@ impl Default for Metrics {
             fetch_errors,
             reloads,
             writes,
+            repairs,
             config_errors,
             change_to_file,
             successes: Mutex::default(),
@@ -201,6 +210,14 @@ impl Metrics {
 
     pub fn swapped(&self) {
         self.writes.inc();
+    }
+
+    /// The writer's repair count so far (it only grows).
+    pub fn repairs(&self, total: u64) {
+        let seen = self.repairs.get();
+        if total > seen {
+            self.repairs.inc_by(total - seen);
+        }
     }
 
     pub fn config_error(&self) {
