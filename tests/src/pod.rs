@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use crate::{command, free_port, http, retry_on_addr_in_use, signal, tmpfs_dir, wait_until};
+use crate::{
+    command, free_port, http, http_to, retry_on_addr_in_use, signal, tmpfs_dir, wait_until,
+};
 
 /// A sidecar process with its annotations file, output directory (tmpfs)
 /// and ports; killed on drop.
@@ -17,6 +19,13 @@ pub struct Pod {
     /// The store flags: `--local-store …`, `--store-kind vault …`.
     pub store_args: Vec<std::ffi::OsString>,
     pub envs: Vec<(String, String)>,
+    /// The host part of `--admin-addr` and `--push-addr`: `127.0.0.1`, or
+    /// IPv6 loopback as `[::1]` or bare `::1` (what `$(POD_IP):PORT` gives).
+    pub admin_host: String,
+    pub push_host: String,
+    /// Where the sidecar's stderr goes: the work directory, or next to the
+    /// annotations file (in the directory the sidecar watches).
+    pub log_beside_annotations: bool,
 }
 
 impl Pod {
@@ -29,6 +38,9 @@ impl Pod {
             child: None,
             store_args: Vec::new(),
             envs: Vec::new(),
+            admin_host: "127.0.0.1".into(),
+            push_host: "127.0.0.1".into(),
+            log_beside_annotations: false,
         }
     }
 
@@ -94,8 +106,8 @@ impl Pod {
             .arg("--out-dir")
             .arg(out_dir)
             .args(&self.store_args)
-            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
-            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
+            .args(["--admin-addr", &format!("{}:{}", self.admin_host, self.admin)])
+            .args(["--push-addr", &format!("{}:{}", self.push_host, self.push)])
             .env("ROTOR_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log()).unwrap());
@@ -106,7 +118,16 @@ impl Pod {
     }
 
     pub fn log(&self) -> PathBuf {
-        self.work.path().join("sidecar.log")
+        if self.log_beside_annotations {
+            self.annotations_path().with_file_name("sidecar.log")
+        } else {
+            self.work.path().join("sidecar.log")
+        }
+    }
+
+    /// The host to connect to for the admin port.
+    pub fn admin_connect_host(&self) -> &str {
+        self.admin_host.trim_start_matches('[').trim_end_matches(']')
     }
 
     /// Starts the sidecar and waits until it is ready; when another process
@@ -123,7 +144,9 @@ impl Pod {
             let mut exited = false;
             let ready = wait_until(10, || {
                 exited = child.try_wait().unwrap().is_some();
-                exited || http(self.admin, "GET", "/readyz", "").is_some_and(|(s, _)| s == 200)
+                exited
+                    || http_to(self.admin_connect_host(), self.admin, "GET", "/readyz", "")
+                        .is_some_and(|(s, _)| s == 200)
             });
             self.child = Some(child);
             let log = std::fs::read_to_string(self.log()).unwrap_or_default();
