@@ -136,6 +136,10 @@ impl Args {
     {
         let args = Self::parse_from(argv);
         args.log.init("info");
+        if let Err(e) = not_dumpable() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         // One thread runs everything async. The blocking pool serves the
         // local store's file verification and reads, and DNS lookups; the
         // engine waits for each call, so a few threads are plenty, and a
@@ -178,6 +182,14 @@ impl Args {
             default_file_mode,
             log: _,
         } = self;
+        let inherited = crate::reload::inheritable_descriptors();
+        if !inherited.is_empty() {
+            tracing::warn!(
+                descriptors = ?inherited,
+                "descriptors left open by the sidecar's parent would reach exec: reload commands; \
+                 start the sidecar with stdin, stdout and stderr only (a container runtime does)"
+            );
+        }
         let contract = crate::watch::load(&annotations)?;
         let store = store.build().await?;
         let writer = AtomicWriter::open(
@@ -260,6 +272,26 @@ impl Args {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Makes the process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): the
+/// kernel then refuses `/proc/<pid>/environ`, `/proc/<pid>/mem` and
+/// `ptrace` to any process without `CAP_SYS_PTRACE`, a process of the same
+/// uid included (an `exec:` reload child, whatever the app container runs
+/// with a shared process namespace), and writes no core dump. The
+/// environment can hold store credentials, the memory holds secret values.
+/// A child gets the flag back at `execve` (it is reset for a program that
+/// is not set-uid), so it does not limit what a reload command can do with
+/// its own process. Done before anything is read from the environment's
+/// credentials or the store.
+fn not_dumpable() -> std::result::Result<(), String> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
+        format!(
+            "cannot make the process not dumpable (prctl PR_SET_DUMPABLE: {e}); \
+             refusing to run with secrets readable through /proc"
+        )
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

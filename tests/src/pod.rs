@@ -8,6 +8,9 @@ use crate::{
     command, free_port, http, http_to, retry_on_addr_in_use, signal, tmpfs_dir, wait_until,
 };
 
+/// Closes every descriptor above stderr, then runs its arguments.
+const CLOSE_INHERITED: &str = r#"for p in /proc/$$/fd/*; do n=${p##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@""#;
+
 /// A sidecar process with its annotations file, output directory (tmpfs)
 /// and ports; killed on drop.
 pub struct Pod {
@@ -26,6 +29,9 @@ pub struct Pod {
     /// Where the sidecar's stderr goes: the work directory, or next to the
     /// annotations file (in the directory the sidecar watches).
     pub log_beside_annotations: bool,
+    /// Run the sidecar as this uid and gid (through util-linux `setpriv`)
+    /// instead of the test's own; see [`Pod::give_files_to`].
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Pod {
@@ -41,6 +47,7 @@ impl Pod {
             admin_host: "127.0.0.1".into(),
             push_host: "127.0.0.1".into(),
             log_beside_annotations: false,
+            run_as: None,
         }
     }
 
@@ -101,6 +108,26 @@ impl Pod {
 
     pub fn command_to(&self, out_dir: &Path) -> std::process::Command {
         let mut cmd = command("rotor-sidecar");
+        if let Some((uid, gid)) = self.run_as {
+            let sidecar = cmd.get_program().to_owned();
+            cmd = command("rotor-sidecar");
+            // Started as a container runtime starts it, with stdin, stdout
+            // and stderr only: bash closes what the test harness left open
+            // (cargo's jobserver pipe, say).
+            let mut setpriv = std::process::Command::new("bash");
+            setpriv
+                .args(["-c", CLOSE_INHERITED, "bash", "setpriv"])
+                .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+                .args(["--clear-groups", "--"])
+                .arg(sidecar);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => setpriv.env(k, v),
+                    None => setpriv.env_remove(k),
+                };
+            }
+            cmd = setpriv;
+        }
         cmd.arg("--annotations")
             .arg(self.annotations_path())
             .arg("--out-dir")
@@ -123,6 +150,22 @@ impl Pod {
         } else {
             self.work.path().join("sidecar.log")
         }
+    }
+
+    /// Gives the work and output directories, and everything in them, to
+    /// `uid`:`gid`, for a sidecar run as that user ([`Pod::run_as`]). Call
+    /// again after the test writes the store.
+    pub fn give_files_to(&self, uid: u32, gid: u32) {
+        fn walk(path: &Path, uid: u32, gid: u32) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(path).unwrap() {
+                    walk(&entry.unwrap().path(), uid, gid);
+                }
+            }
+        }
+        walk(self.work.path(), uid, gid);
+        walk(self.out.path(), uid, gid);
     }
 
     /// The host to connect to for the admin port.

@@ -968,3 +968,103 @@ fn files_beside_the_annotations_cause_no_reload_and_one_invalid_edit_one_error()
     }
     assert!(pod.stop().success());
 }
+
+/// The uid and gid the sidecar runs as in [`an_exec_child_cannot_read_the_sidecars_environment_memory_or_descriptors`]:
+/// `nobody`, as a pod's non-root user.
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// An `exec:` child runs as the sidecar's uid, so file permissions never
+/// keep it out of `/proc/<sidecar>`; the sidecar is not dumpable, so the
+/// kernel does: the child's attempts to read `/proc/$PPID/environ` (which
+/// holds a canary credential) and to open `/proc/$PPID/mem` are refused.
+/// The sidecar runs as `nobody` here: the test runs as root, and root's
+/// `CAP_SYS_PTRACE` passes the check whatever the flag says. The child
+/// inherits no descriptor of the sidecar: every one it holds is its
+/// stdin/stdout/stderr (`/dev/null`), its own output or its script.
+#[test]
+fn an_exec_child_cannot_read_the_sidecars_environment_memory_or_descriptors() {
+    assert!(
+        Path::new("/usr/bin/setpriv").exists(),
+        "util-linux setpriv is needed to run the sidecar as another user"
+    );
+    let mut pod = Local::new();
+    pod.run_as = Some(NOBODY);
+    let canary = format!("{CANARY}-aws-secret");
+    pod.envs = vec![("AWS_SECRET_ACCESS_KEY".into(), canary.clone())];
+    let out = pod.work.path().join("exec-probe");
+    let script = pod.work.path().join("probe.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+out={out}
+{{
+  echo "uid=$(id -u) parent-uid=$(stat -c %u /proc/$PPID/status)"
+  echo "environ:"; cat /proc/$PPID/environ 2>&1 | tr '\0' '\n'
+  echo "mem:"; (: < /proc/$PPID/mem) 2>&1; echo "mem-open=$?"
+  echo "fds:"; ls -l /proc/$$/fd 2>&1
+}} > $out.tmp 2>&1
+mv $out.tmp $out
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let reload = format!("exec:{}", script.display());
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+        ("rotor.dev/reload", &reload),
+    ]);
+    pod.give_files_to(NOBODY.0, NOBODY.1);
+    pod.start();
+    pod.store.put("db", b"v2", WriteAs::Current).unwrap();
+    pod.give_files_to(NOBODY.0, NOBODY.1);
+    assert!(
+        wait_until(10, || out.exists()),
+        "the exec action did not run: {}",
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
+    );
+    let probe = std::fs::read_to_string(&out).unwrap();
+    assert!(!probe.contains(&canary), "the child read the sidecar's environment:\n{probe}");
+    assert!(probe.contains("uid=65534 "), "{probe}");
+    let section = |name: &str| -> String {
+        let start = probe.find(&format!("{name}:\n")).unwrap() + name.len() + 2;
+        let rest = &probe[start..];
+        rest[..rest.find(":\n").map_or(rest.len(), |end| rest[..end].rfind('\n').unwrap_or(0))]
+            .to_owned()
+    };
+    let environ = section("environ");
+    assert!(environ.contains("Permission denied"), "environ: {environ}\n{probe}");
+    let mem = section("mem");
+    assert!(
+        mem.contains("Permission denied") && !mem.contains("mem-open=0"),
+        "mem: {mem}\n{probe}"
+    );
+    let allowed = [
+        "/dev/null".to_owned(),
+        format!("{}.tmp", out.display()),
+        script.display().to_string(),
+    ];
+    let fd_section = section("fds");
+    let fds: Vec<&str> = fd_section
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(_, target)| target))
+        .collect();
+    assert!(fds.len() >= 3, "{probe}");
+    for target in &fds {
+        assert!(
+            allowed.iter().any(|a| a == target),
+            "the child holds a descriptor it did not open ({target}):\n{probe}"
+        );
+    }
+    // Not dumpable, the sidecar still reads its own /proc for its metrics.
+    let metrics = scrape(&pod);
+    assert!(
+        sample(&metrics, "process_open_fds").is_some_and(|n| n > 0.0),
+        "{metrics}"
+    );
+    assert!(pod.stop().success());
+}
