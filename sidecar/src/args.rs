@@ -62,6 +62,13 @@ pub struct Args {
     #[arg(long, env = "ROTOR_PUSH_RATE", default_value_t = 10)]
     push_rate: u32,
 
+    /// Label /metrics with secret names and versions. Off by default: the
+    /// admin port answers the kubelet's probes on the pod IP, where any pod
+    /// can scrape it; without the flag secrets are labelled #1, #2, … (in
+    /// order of first use) and versions "-".
+    #[arg(long, env = "ROTOR_METRICS_SECRET_NAMES")]
+    metrics_secret_names: bool,
+
     /// Remove the files on shutdown.
     #[arg(long, env = "ROTOR_WIPE_ON_EXIT")]
     wipe_on_exit: bool,
@@ -175,6 +182,7 @@ impl Args {
             admin_addr,
             push_addr,
             push_rate,
+            metrics_secret_names,
             wipe_on_exit,
             once,
             once_attempts,
@@ -201,7 +209,9 @@ impl Args {
                 default_mode: default_file_mode,
             },
         )?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::with_metrics(crate::metrics::Metrics::new(
+            metrics_secret_names,
+        )));
         tracing::info!(
             store = %store.describe(),
             out_dir = %out_dir.display(),
@@ -372,7 +382,10 @@ mod tests {
             let err = Args::try_parse_from(["rotor-sidecar", &format!("--push-addr={value}")])
                 .unwrap_err()
                 .to_string();
-            assert!(err.contains(problem) && err.contains("[fd00::10]:9465"), "{value}: {err}");
+            assert!(
+                err.contains(problem) && err.contains("[fd00::10]:9465"),
+                "{value}: {err}"
+            );
         }
     }
 

@@ -125,7 +125,9 @@ pub fn spawn(
                 if refused == Some(seen) {
                     return Ok(None);
                 }
-                parse(&path, &text).map(Some).inspect_err(|_| refused = Some(seen))
+                parse(&path, &text)
+                    .map(Some)
+                    .inspect_err(|_| refused = Some(seen))
             });
             match loaded {
                 Ok(Some(contract)) => {
@@ -159,7 +161,10 @@ mod tests {
         let big = format!("rotor.dev/x=\"{}\"\n", "a".repeat(MAX_FILE_BYTES));
         std::fs::write(&path, big).unwrap();
         let err = load(&path).err().unwrap().to_string();
-        assert!(err.contains("is larger than 1280 KiB") && err.contains("256 KiB"), "{err}");
+        assert!(
+            err.contains("is larger than 1280 KiB") && err.contains("256 KiB"),
+            "{err}"
+        );
         // Within the file's cap but over Kubernetes' limit once unquoted.
         let over = format!("a=\"{}\"\n", "b".repeat(MAX_ANNOTATIONS_BYTES));
         std::fs::write(&path, over).unwrap();

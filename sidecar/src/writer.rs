@@ -367,8 +367,8 @@ impl AtomicWriter {
                 }
             };
             if self.link_is(name, target) {
-                let foreign = exchanged
-                    && previous.is_some_and(|previous| !self.link_is(&tmp, previous));
+                let foreign =
+                    exchanged && previous.is_some_and(|previous| !self.link_is(&tmp, previous));
                 if exchanged {
                     self.drop_swapped_out(&tmp);
                 }
@@ -388,8 +388,13 @@ impl AtomicWriter {
             if exchanged {
                 // Put back what `name` held; the temporary name gets the
                 // foreign link, which goes.
-                let _ =
-                    rustix::fs::renameat_with(&self.dir, &tmp, &self.dir, name, RenameFlags::EXCHANGE);
+                let _ = rustix::fs::renameat_with(
+                    &self.dir,
+                    &tmp,
+                    &self.dir,
+                    name,
+                    RenameFlags::EXCHANGE,
+                );
                 self.drop_swapped_out(&tmp);
                 if previous.is_some_and(|previous| self.link_is(name, previous)) {
                     uncounted = false;

@@ -757,9 +757,19 @@ mod describe_tests {
             "fifth".to_owned(),
         ];
         let text = describe(&ClientError::APIError { code: 400, errors });
-        assert!(text.starts_with("HTTP 400: permission denied; line one line two"), "{text}");
+        assert!(
+            text.starts_with("HTTP 400: permission denied; line one line two"),
+            "{text}"
+        );
         assert!(text.ends_with("; third; 2 more"), "{text}");
-        assert!(!text.contains(canary_tail) && !text.contains('\n'), "{text}");
-        assert!(text.chars().count() < 4 * MAX_SERVER_ERROR_CHARS, "{}", text.len());
+        assert!(
+            !text.contains(canary_tail) && !text.contains('\n'),
+            "{text}"
+        );
+        assert!(
+            text.chars().count() < 4 * MAX_SERVER_ERROR_CHARS,
+            "{}",
+            text.len()
+        );
     }
 }

@@ -133,8 +133,13 @@ impl Pod {
             .arg("--out-dir")
             .arg(out_dir)
             .args(&self.store_args)
-            .args(["--admin-addr", &format!("{}:{}", self.admin_host, self.admin)])
+            .args([
+                "--admin-addr",
+                &format!("{}:{}", self.admin_host, self.admin),
+            ])
             .args(["--push-addr", &format!("{}:{}", self.push_host, self.push)])
+            // The tests read series by secret name.
+            .arg("--metrics-secret-names")
             .env("ROTOR_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log()).unwrap());
@@ -170,7 +175,9 @@ impl Pod {
 
     /// The host to connect to for the admin port.
     pub fn admin_connect_host(&self) -> &str {
-        self.admin_host.trim_start_matches('[').trim_end_matches(']')
+        self.admin_host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
     }
 
     /// Starts the sidecar and waits until it is ready; when another process

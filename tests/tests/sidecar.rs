@@ -943,10 +943,7 @@ fn files_beside_the_annotations_cause_no_reload_and_one_invalid_edit_one_error()
         .into_iter()
         .enumerate()
     {
-        pod.annotate(&[
-            ("rotor.dev/secret.db", "db"),
-            ("rotor.dev/refresh", bad),
-        ]);
+        pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", bad)]);
         assert!(
             wait_until(5, || invalid_edits_logged(&pod.log()) > round),
             "the invalid edit was not logged"
@@ -960,7 +957,11 @@ fn files_beside_the_annotations_cause_no_reload_and_one_invalid_edit_one_error()
             "the valid edit was not applied"
         );
         let logged = invalid_edits_logged(&pod.log());
-        assert_eq!(logged, round + 1, "one invalid edit, {logged} errors logged");
+        assert_eq!(
+            logged,
+            round + 1,
+            "one invalid edit, {logged} errors logged"
+        );
         assert_eq!(
             sample(&scrape(&pod), "rotor_config_errors_total"),
             Some((round + 1) as f64)
@@ -1028,16 +1029,24 @@ mv $out.tmp $out
         std::fs::read_to_string(pod.log()).unwrap_or_default()
     );
     let probe = std::fs::read_to_string(&out).unwrap();
-    assert!(!probe.contains(&canary), "the child read the sidecar's environment:\n{probe}");
+    assert!(
+        !probe.contains(&canary),
+        "the child read the sidecar's environment:\n{probe}"
+    );
     assert!(probe.contains("uid=65534 "), "{probe}");
     let section = |name: &str| -> String {
         let start = probe.find(&format!("{name}:\n")).unwrap() + name.len() + 2;
         let rest = &probe[start..];
-        rest[..rest.find(":\n").map_or(rest.len(), |end| rest[..end].rfind('\n').unwrap_or(0))]
+        rest[..rest
+            .find(":\n")
+            .map_or(rest.len(), |end| rest[..end].rfind('\n').unwrap_or(0))]
             .to_owned()
     };
     let environ = section("environ");
-    assert!(environ.contains("Permission denied"), "environ: {environ}\n{probe}");
+    assert!(
+        environ.contains("Permission denied"),
+        "environ: {environ}\n{probe}"
+    );
     let mem = section("mem");
     assert!(
         mem.contains("Permission denied") && !mem.contains("mem-open=0"),

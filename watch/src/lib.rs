@@ -174,8 +174,7 @@ impl DirWatch {
         }
         tokio::time::sleep(self.debounce).await;
         let mut events = 1;
-        while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, self.events.next()).await
-        {
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, self.events.next()).await {
             if event.is_ok_and(|e| self.counts(e.name.as_deref())) {
                 events += 1;
             }

@@ -880,7 +880,9 @@ fn the_data_tmp_race_never_leaves_data_outside_longer_than_one_repair() {
     let (mut writes, mut failed) = (0u64, 0u64);
     while Instant::now() < deadline {
         writes += 1;
-        if w.write(&[spec("db", &format!("v{writes}"), 0o400)]).is_err() {
+        if w.write(&[spec("db", &format!("v{writes}"), 0o400)])
+            .is_err()
+        {
             failed += 1;
         }
     }
