@@ -45,19 +45,29 @@ pub struct Args {
     #[command(flatten)]
     store: StoreArgs,
 
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)))]
+    /// Address of /healthz, /readyz and /metrics: `IP:PORT`, an IPv6
+    /// address in brackets (`[fd00::10]:9464`) or bare (`fd00::10:9464`,
+    /// the last colon before the port).
+    #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)), value_parser = parse_socket_addr)]
     admin_addr: SocketAddr,
 
-    /// Address of POST /v1/refresh. Loopback unless the controller must
-    /// reach it from outside the pod.
-    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)))]
+    /// Address of POST /v1/refresh, written as --admin-addr is. Loopback
+    /// unless the controller must reach it from outside the pod
+    /// (`$(ROTOR_POD_IP):9465` works with an IPv6 pod IP too).
+    #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)), value_parser = parse_socket_addr)]
     push_addr: SocketAddr,
 
     /// Push requests allowed per second from each caller (peer IP address),
     /// in bursts of twice as many.
     #[arg(long, env = "ROTOR_PUSH_RATE", default_value_t = 10)]
     push_rate: u32,
+
+    /// Label /metrics with secret names and versions. Off by default: the
+    /// admin port answers the kubelet's probes on the pod IP, where any pod
+    /// can scrape it; without the flag secrets are labelled #1, #2, … (in
+    /// order of first use) and versions "-".
+    #[arg(long, env = "ROTOR_METRICS_SECRET_NAMES")]
+    metrics_secret_names: bool,
 
     /// Remove the files on shutdown.
     #[arg(long, env = "ROTOR_WIPE_ON_EXIT")]
@@ -136,6 +146,10 @@ impl Args {
     {
         let args = Self::parse_from(argv);
         args.log.init("info");
+        if let Err(e) = not_dumpable() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
         // One thread runs everything async. The blocking pool serves the
         // local store's file verification and reads, and DNS lookups; the
         // engine waits for each call, so a few threads are plenty, and a
@@ -171,6 +185,7 @@ impl Args {
             admin_addr,
             push_addr,
             push_rate,
+            metrics_secret_names,
             wipe_on_exit,
             once,
             once_attempts,
@@ -179,6 +194,14 @@ impl Args {
             channel,
             log: _,
         } = self;
+        let inherited = crate::reload::inheritable_descriptors();
+        if !inherited.is_empty() {
+            tracing::warn!(
+                descriptors = ?inherited,
+                "descriptors left open by the sidecar's parent would reach exec: reload commands; \
+                 start the sidecar with stdin, stdout and stderr only (a container runtime does)"
+            );
+        }
         let contract = crate::watch::load(&annotations)?;
         let store = store.build().await?;
         let writer = AtomicWriter::open(
@@ -190,7 +213,9 @@ impl Args {
                 default_mode: default_file_mode,
             },
         )?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared::with_metrics(crate::metrics::Metrics::new(
+            metrics_secret_names,
+        )));
         tracing::info!(
             store = %store.describe(),
             out_dir = %out_dir.display(),
@@ -280,6 +305,26 @@ impl Args {
     }
 }
 
+/// Makes the process not dumpable (`prctl(PR_SET_DUMPABLE, 0)`): the
+/// kernel then refuses `/proc/<pid>/environ`, `/proc/<pid>/mem` and
+/// `ptrace` to any process without `CAP_SYS_PTRACE`, a process of the same
+/// uid included (an `exec:` reload child, whatever the app container runs
+/// with a shared process namespace), and writes no core dump. The
+/// environment can hold store credentials, the memory holds secret values.
+/// A child gets the flag back at `execve` (it is reset for a program that
+/// is not set-uid), so it does not limit what a reload command can do with
+/// its own process. Done before anything is read from the environment's
+/// credentials or the store.
+fn not_dumpable() -> std::result::Result<(), String> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| {
+        format!(
+            "cannot make the process not dumpable (prctl PR_SET_DUMPABLE: {e}); \
+             refusing to run with secrets readable through /proc"
+        )
+    })
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -289,6 +334,26 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
     }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or an IPv6 address without brackets followed
+/// by `:PORT` (what `$(POD_IP):PORT` expands to with an IPv6 pod IP): the
+/// last colon separates the port.
+pub fn parse_socket_addr(value: &str) -> std::result::Result<SocketAddr, String> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let expected = "expected IP:PORT, such as 0.0.0.0:9465, [fd00::10]:9465 or fd00::10:9465";
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} has no port; {expected}"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{value:?}: {port:?} is not a port (0 to 65535); {expected}"))?;
+    let ip: std::net::Ipv6Addr = host
+        .parse()
+        .map_err(|_| format!("{value:?}: {host:?} is not an IP address; {expected}"))?;
+    Ok(SocketAddr::from((ip, port)))
 }
 
 fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
@@ -302,6 +367,48 @@ mod tests {
     use clap::Parser;
 
     use super::Args;
+
+    /// An IPv6 pod IP expanded into `$(ROTOR_POD_IP):9465` has no
+    /// brackets: the last colon is the port's.
+    #[test]
+    fn addresses_take_ipv6_with_or_without_brackets() {
+        use std::net::SocketAddr;
+        for (value, expected) in [
+            ("127.0.0.1:9465", "127.0.0.1:9465"),
+            ("0.0.0.0:9464", "0.0.0.0:9464"),
+            ("[fd00::10]:9465", "[fd00::10]:9465"),
+            ("fd00::10:9465", "[fd00::10]:9465"),
+            ("::1:9465", "[::1]:9465"),
+            ("[::]:9464", "[::]:9464"),
+            ("::ffff:10.0.0.1:9465", "[::ffff:10.0.0.1]:9465"),
+        ] {
+            let args = Args::try_parse_from([
+                "rotor-sidecar",
+                "--local-store=/s",
+                "--key=/k",
+                &format!("--push-addr={value}"),
+                &format!("--admin-addr={value}"),
+            ])
+            .unwrap_or_else(|e| panic!("{value}: {e}"));
+            let expected: SocketAddr = expected.parse().unwrap();
+            assert_eq!(args.push_addr(), expected, "{value}");
+            assert_eq!(args.admin_addr(), expected, "{value}");
+        }
+        for (value, problem) in [
+            ("fd00::10", "is not an IP address"),
+            ("10.0.0.1", "has no port"),
+            ("10.0.0.1:99999", "is not a port"),
+            ("pod.example:9465", "is not an IP address"),
+        ] {
+            let err = Args::try_parse_from(["rotor-sidecar", &format!("--push-addr={value}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(problem) && err.contains("[fd00::10]:9465"),
+                "{value}: {err}"
+            );
+        }
+    }
 
     /// Pods injected by an older controller pass `--namespace`.
     #[test]

@@ -1,5 +1,12 @@
-//! The sidecar's Prometheus metrics. Labels carry file names, secret names,
-//! version ids and action kinds: never a value.
+//! The sidecar's Prometheus metrics. Labels carry secret names, version
+//! ids and action kinds: never a value.
+//!
+//! Secret names and versions only with `--metrics-secret-names`: the
+//! admin port answers the kubelet's probes, so in a cluster it listens on
+//! the pod IP, where any pod can scrape it. Without the flag each secret
+//! is labelled by its order of first use in this process (`secret="#1"`),
+//! and `rotor_secret_served` has `version="-"`: every series (staleness,
+//! errors, not-current) is still there for alerts, but names no secret.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -36,16 +43,31 @@ pub struct Metrics {
     fetch_errors: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     writes: Counter,
+    repairs: Counter,
     config_errors: Counter,
     change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
     /// Last successful fetch per secret, for staleness at scrape time.
     successes: Mutex<BTreeMap<String, SystemTime>>,
     /// The version label now exported per secret, to drop the old series.
     served_versions: Mutex<BTreeMap<String, String>>,
+    /// Export secret names and versions (`--metrics-secret-names`).
+    secret_names: bool,
+    /// Without names: each secret's label (`#1`, `#2`, …), and the last
+    /// number given (never reused).
+    ids: Mutex<(BTreeMap<String, String>, u64)>,
 }
 
+/// With secret names, as tests read them; the binary takes the flag.
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Metrics {
+    /// `secret_names`: label series with secret names and versions (else
+    /// with `#N` and `-`).
+    pub fn new(secret_names: bool) -> Self {
         let mut root = Registry::default();
         rotor_telemetry::metrics::register(&mut root, "rotor-sidecar");
         let registry = root.sub_registry_with_prefix("rotor");
@@ -57,6 +79,7 @@ impl Default for Metrics {
         let fetch_errors = Family::<Labels, Counter>::default();
         let reloads = Family::<Labels, Counter>::default();
         let writes = Counter::default();
+        let repairs = Counter::default();
         let config_errors = Counter::default();
         let change_to_file =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
@@ -102,6 +125,12 @@ impl Default for Metrics {
             writes.clone(),
         );
         registry.register(
+            "files_repairs",
+            "Links of the output directory (..data, a file's) found pointing elsewhere than the \
+             writer left them, and pointed back: another process of the sidecar's uid writes there",
+            repairs.clone(),
+        );
+        registry.register(
             "config_errors",
             "Annotation changes refused as invalid",
             config_errors.clone(),
@@ -121,11 +150,34 @@ impl Default for Metrics {
             fetch_errors,
             reloads,
             writes,
+            repairs,
             config_errors,
             change_to_file,
             successes: Mutex::default(),
             served_versions: Mutex::default(),
+            secret_names,
+            ids: Mutex::default(),
         }
+    }
+
+    /// The `secret` label of `secret`.
+    fn secret_label(&self, secret: &str) -> String {
+        if self.secret_names {
+            return secret.to_owned();
+        }
+        let mut guard = self.ids.lock().expect("metrics lock");
+        let (ids, last) = &mut *guard;
+        ids.entry(secret.to_owned())
+            .or_insert_with(|| {
+                *last += 1;
+                format!("#{last}")
+            })
+            .clone()
+    }
+
+    /// The `version` label of `version`.
+    fn version_label<'a>(&self, version: &'a str) -> &'a str {
+        if self.secret_names { version } else { "-" }
     }
 }
 
@@ -140,7 +192,7 @@ impl Metrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         self.last_success
-            .get_or_create(&labels(&[("secret", secret)]))
+            .get_or_create(&labels(&[("secret", &self.secret_label(secret))]))
             .set(secs);
         self.successes
             .lock()
@@ -149,15 +201,17 @@ impl Metrics {
     }
 
     pub fn served(&self, secret: &str, version: &str) {
+        let label = self.secret_label(secret);
+        let version = self.version_label(version);
         let mut versions = self.served_versions.lock().expect("metrics lock");
         if let Some(old) = versions.insert(secret.to_owned(), version.to_owned())
             && old != version
         {
             self.served
-                .remove(&labels(&[("secret", secret), ("version", &old)]));
+                .remove(&labels(&[("secret", &label), ("version", &old)]));
         }
         self.served
-            .get_or_create(&labels(&[("secret", secret), ("version", version)]))
+            .get_or_create(&labels(&[("secret", &label), ("version", version)]))
             .set(1);
     }
 
@@ -165,12 +219,13 @@ impl Metrics {
     /// CURRENT.
     pub fn not_current(&self, secret: &str, not_current: bool) {
         self.not_current
-            .get_or_create(&labels(&[("secret", secret)]))
+            .get_or_create(&labels(&[("secret", &self.secret_label(secret))]))
             .set(i64::from(not_current));
     }
 
     /// Drops every series of a secret the pod no longer reads.
     pub fn forget(&self, secret: &str) {
+        let label = self.secret_label(secret);
         if let Some(v) = self
             .served_versions
             .lock()
@@ -178,17 +233,21 @@ impl Metrics {
             .remove(secret)
         {
             self.served
-                .remove(&labels(&[("secret", secret), ("version", &v)]));
+                .remove(&labels(&[("secret", &label), ("version", &v)]));
         }
         self.successes.lock().expect("metrics lock").remove(secret);
-        self.last_success.remove(&labels(&[("secret", secret)]));
-        self.staleness.remove(&labels(&[("secret", secret)]));
-        self.not_current.remove(&labels(&[("secret", secret)]));
+        self.last_success.remove(&labels(&[("secret", &label)]));
+        self.staleness.remove(&labels(&[("secret", &label)]));
+        self.not_current.remove(&labels(&[("secret", &label)]));
+        self.ids.lock().expect("metrics lock").0.remove(secret);
     }
 
     pub fn fetch_error(&self, secret: &str, reason: &str) {
         self.fetch_errors
-            .get_or_create(&labels(&[("secret", secret), ("reason", reason)]))
+            .get_or_create(&labels(&[
+                ("secret", &self.secret_label(secret)),
+                ("reason", reason),
+            ]))
             .inc();
     }
 
@@ -201,6 +260,14 @@ impl Metrics {
 
     pub fn swapped(&self) {
         self.writes.inc();
+    }
+
+    /// The writer's repair count so far (it only grows).
+    pub fn repairs(&self, total: u64) {
+        let seen = self.repairs.get();
+        if total > seen {
+            self.repairs.inc_by(total - seen);
+        }
     }
 
     pub fn config_error(&self) {
@@ -230,12 +297,52 @@ impl Metrics {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
             self.staleness
-                .get_or_create(&labels(&[("secret", secret)]))
+                .get_or_create(&labels(&[("secret", &self.secret_label(secret))]))
                 .set(age);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without `--metrics-secret-names`, no secret name or version reaches
+    /// the scrape; each secret keeps one label, never reused.
+    #[test]
+    fn secret_names_and_versions_only_when_asked_for() {
+        let hidden = Metrics::new(false);
+        let named = Metrics::new(true);
+        for m in [&hidden, &named] {
+            m.served("app/canary-name", "canary-version-7");
+            m.success("app/canary-name", SystemTime::now());
+            m.fetch_error("app/canary-name", "unreachable");
+            m.not_current("app/canary-name", false);
+            m.served("other", "1");
+            m.forget("other");
+            m.served("third", "2");
+        }
+        let text = hidden.encode();
+        assert!(!text.contains("canary"), "{text}");
+        assert!(
+            text.contains(r##"rotor_secret_served{secret="#1",version="-"} 1"##)
+                && text.contains(
+                    r##"rotor_secret_fetch_errors_total{secret="#1",reason="unreachable"} 1"##
+                )
+                && text.contains(r##"rotor_secret_served{secret="#3",version="-"} 1"##)
+                && !text.contains(r##"secret="#2""##),
+            "{text}"
+        );
+        let text = named.encode();
+        assert!(
+            text.contains(
+                r#"rotor_secret_served{secret="app/canary-name",version="canary-version-7"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -18,6 +18,40 @@ use rotor_crds::annotations::{ProcessTarget, ReloadAction, Signal};
 /// command gets none of it: only this `PATH`, which also finds its program.
 pub const EXEC_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// The descriptors above stderr that an `exec:` child would inherit: those
+/// without close-on-exec (`O_CLOEXEC` in `/proc/self/fdinfo/<fd>`).
+///
+/// Every descriptor the sidecar opens is close-on-exec (Rust's standard
+/// library, tokio and mio, inotify, and the writer's `rustix` calls all
+/// set it), and an `exec:` child gets `/dev/null` as stdin, stdout and
+/// stderr, so a child holds no descriptor of the sidecar's. What this can
+/// still find are descriptors the sidecar's own parent left open: a
+/// container runtime starts a container's process with stdin, stdout and
+/// stderr only, so in a pod there are none. Closing them before each
+/// `exec` would take a `pre_exec` hook, which is `unsafe` (the workspace
+/// forbids it); the sidecar names them in a warning at start instead.
+pub fn inheritable_descriptors() -> Vec<u32> {
+    const O_CLOEXEC: u32 = 0o2_000_000;
+    let Ok(entries) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return Vec::new();
+    };
+    let mut fds: Vec<u32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|fd| *fd > 2)
+        .filter(|fd| {
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).is_ok_and(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("flags:"))
+                    .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                    .is_some_and(|flags| flags & O_CLOEXEC == 0)
+            })
+        })
+        .collect();
+    fds.sort_unstable();
+    fds
+}
+
 /// Timeouts and retries of the actions.
 #[derive(Debug, Clone)]
 pub struct ReloadPolicy {

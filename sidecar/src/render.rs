@@ -86,6 +86,32 @@ fn select_field(value: &[u8], key: &str) -> std::result::Result<Zeroizing<Vec<u8
     }))
 }
 
+/// The most bytes one template renders: a Kubernetes Secret's own limit
+/// (1 MiB). A template that writes more (a loop) is refused when it
+/// reaches it, so the sidecar never holds more than this per file.
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
+/// The rendered output, refusing to grow past [`MAX_RENDERED_BYTES`].
+struct Capped {
+    out: Zeroizing<Vec<u8>>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered file is too large"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn render_template(
     file: &str,
     source: &str,
@@ -118,12 +144,27 @@ fn render_template(
         .iter()
         .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
         .collect();
-    let rendered = env
-        .render_str(source, minijinja::context! { secrets => secrets })
-        .map_err(fail)?;
+    let mut out = Capped {
+        out: Zeroizing::new(Vec::new()),
+        over: false,
+    };
+    let rendered = env.template_from_str(source).and_then(|t| {
+        t.render_captured_to(minijinja::context! { secrets => &secrets }, &mut out)
+            .map(drop)
+    });
     // `secrets` held copies of the values: make sure they are wiped.
     zeroize_map(secrets);
-    Ok(Zeroizing::new(rendered.into_bytes()))
+    if out.over {
+        return Err(Error::Render {
+            file: file.to_owned(),
+            problem: format!(
+                "the template renders more than {MAX_RENDERED_BYTES} bytes (1 MiB), the cap on \
+                 a rendered file; refusing it (a loop?)"
+            ),
+        });
+    }
+    rendered.map_err(fail)?;
+    Ok(out.out)
 }
 
 fn zeroize_map(map: BTreeMap<&str, String>) {
@@ -295,6 +336,39 @@ mod tests {
             err,
             "file \"db-user\": secret \"app/creds\": has no field \"user\""
         );
+    }
+
+    /// A template loop that would write 100 MiB stops at the cap, with an
+    /// error naming the file and the cap; a template just under it renders.
+    #[test]
+    fn a_template_over_the_cap_is_refused_naming_the_file_and_the_cap() {
+        let c = contract(&[
+            ("rotor.dev/secret.db", "db"),
+            (
+                "rotor.dev/template.big",
+                "{% for i in range(10000) %}{% for j in range(10000) %}{{ secrets.db }}{% endfor %}{% endfor %}",
+            ),
+        ]);
+        let err = render(&c, &values(&[("db", CANARY)]), DEFAULT_FILE_MODE)
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            err,
+            "file \"big\": the template renders more than 1048576 bytes (1 MiB), the cap on a \
+             rendered file; refusing it (a loop?)"
+        );
+        let c = contract(&[
+            ("rotor.dev/secret.db", "db"),
+            (
+                "rotor.dev/template.fits",
+                "{% for i in range(1024) %}{{ secrets.db }}{% endfor %}",
+            ),
+        ]);
+        let kib = "k".repeat(1024);
+        let files = render(&c, &values(&[("db", &kib)]), DEFAULT_FILE_MODE).unwrap();
+        let fits = files.iter().find(|f| f.name == "fits").unwrap();
+        assert_eq!(fits.data.len(), MAX_RENDERED_BYTES);
     }
 
     #[test]

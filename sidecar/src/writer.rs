@@ -8,8 +8,9 @@
 //!   db-password -> ..data/db-password  what the app opens
 //! ```
 //!
-//! A change is written into a fresh timestamped directory, then a
-//! `..data_tmp` symlink to it is renamed over `..data`: one `rename(2)`
+//! A change is written into a fresh timestamped directory, then a symlink
+//! to it, made under a fresh random name (`..data_tmp.<16 hex>`), is
+//! exchanged with `..data` (`renameat2(RENAME_EXCHANGE)`): one call
 //! switches every file at once. A reader that opens `<target>/<file>` gets a
 //! complete old file or a complete new one; a reader that needs several files
 //! as one set opens `..data` once as a directory and opens every file
@@ -21,7 +22,19 @@
 //!
 //! Every operation works relative to the target directory's handle with
 //! no-follow semantics, and every name is a validated file name, so no write
-//! can leave the target directory. A symlinked target root is refused, and
+//! can leave the target directory.
+//!
+//! A process of the sidecar's uid (an `exec:` reload child, say) can still
+//! write the target directory, so it can replace the temporary link between
+//! its creation and the swap, or `..data` itself. The random name means it
+//! cannot prepare the link in advance; what it can still do is race the
+//! swap, so every swap is checked: `..data` must then name the directory
+//! just written. When it does not, the exchange is undone (the previous
+//! link, which the exchange moved to the temporary name, goes back) and the
+//! swap is tried again; `..data` found changed behind the writer's back at
+//! the start of a write is pointed back first. Each such fix is counted
+//! ([`AtomicWriter::repairs`]). A write returns `Ok` only after a checked
+//! swap, so readiness stays false from a failed write until a checked one. A symlinked target root is refused, and
 //! so is a target that is not tmpfs or ramfs unless disk is allowed.
 
 use std::collections::BTreeMap;
@@ -29,9 +42,12 @@ use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use ring::rand::SecureRandom;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use rustix::process::{Gid, Uid};
 use zeroize::Zeroizing;
@@ -39,8 +55,12 @@ use zeroize::Zeroizing;
 use crate::{Error, Result};
 
 const DATA: &str = "..data";
+/// The prefix of the temporary link swapped in as `..data`; a random
+/// suffix follows.
 const DATA_TMP: &str = "..data_tmp";
-/// How many times a swap is tried when `..data` does not end up pointing
+/// The prefix of a file link's temporary name (`..tmp.<file>.<hex>`).
+const LINK_TMP: &str = "..tmp.";
+/// How many times a swap is tried when the link does not end up pointing
 /// where it was just swapped to.
 const SWAP_ATTEMPTS: u32 = 3;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
@@ -97,9 +117,10 @@ impl Default for WriterOptions {
     }
 }
 
-/// What a test runs between the writer's `symlinkat` and `renameat`.
+/// What a test runs between the writer's `symlinkat` and its swap of
+/// `..data`: the target and the temporary link's name.
 #[cfg(test)]
-pub(crate) type SwapRace = Box<dyn Fn(&Path) + Send + Sync>;
+pub(crate) type SwapRace = Box<dyn Fn(&Path, &str) + Send + Sync>;
 
 pub struct AtomicWriter {
     path: PathBuf,
@@ -115,13 +136,16 @@ pub struct AtomicWriter {
     /// swapped in last, or found served. A `..data` changed behind the
     /// writer's back is pointed back to it.
     served: Option<String>,
-    /// Runs between creating `..data_tmp` and renaming it over `..data`:
-    /// where a test swaps `..data_tmp` as a racing process would.
+    /// Runs between creating the temporary link and swapping it with
+    /// `..data`: where a test replaces it as a racing process would.
     #[cfg(test)]
     pub(crate) before_swap: Option<SwapRace>,
     /// The process umask, read once: files need an explicit chmod only
     /// when it would strip bits of their mode.
     umask: u32,
+    /// Links found not pointing where the writer left them, and pointed
+    /// back (see the module docs).
+    repairs: Arc<AtomicU64>,
 }
 
 impl AtomicWriter {
@@ -173,6 +197,7 @@ impl AtomicWriter {
             #[cfg(test)]
             before_swap: None,
             umask: read_umask(),
+            repairs: Arc::default(),
         };
         writer.served = writer.current_dir_name().ok().flatten();
         // Best effort: keep other users out of the target itself.
@@ -186,6 +211,14 @@ impl AtomicWriter {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many times a link (`..data` or a file's) was found pointing
+    /// elsewhere than where the writer left it or just swapped it to, and
+    /// was pointed back and checked. Counted after the check, so a change
+    /// seen before a read of this count is followed by a higher count.
+    pub fn repairs(&self) -> Arc<AtomicU64> {
+        self.repairs.clone()
     }
 
     /// Writes `files` as one change, unless every file already holds this
@@ -257,7 +290,9 @@ impl AtomicWriter {
             Err(Errno::INVAL) => return Err(self.fail("..data is not a symlink; refusing".into())),
             Err(e) => return Err(self.io("read ..data")(e)),
         };
-        if is_data_dir_name(&target) {
+        if self.served.as_deref() == Some(target.as_str())
+            || (self.served.is_none() && is_data_dir_name(&target))
+        {
             self.served = Some(target.clone());
             return Ok(Some(target));
         }
@@ -276,50 +311,172 @@ impl AtomicWriter {
             expected = served,
             "..data was changed behind the writer's back; pointing it back"
         );
-        self.point_data_at(&served)?;
+        self.swap_link(DATA, &served, None)?;
+        self.repaired();
         Ok(Some(served))
     }
 
-    /// Points `..data` at the data directory `dir`: a `..data_tmp` symlink
-    /// renamed over it. Then checks that `..data` points there: a process
-    /// swapping `..data_tmp` between the two calls would have it point
-    /// elsewhere, outside the target even, and every later write would
-    /// fail. Swaps again when it does not, a few times.
+    /// Points `..data` at the data directory `dir` (see [`Self::swap_link`]).
     fn point_data_at(&self, dir: &str) -> Result<()> {
+        self.swap_link(DATA, dir, self.served.as_deref())
+    }
+
+    /// Points the link `name` at `target`: a symlink made under a fresh
+    /// random name (`symlinkat` refuses a name that exists, so nothing
+    /// planted is reused), exchanged with `name` (`renameat2` with
+    /// `RENAME_EXCHANGE`; `RENAME_NOREPLACE` when `name` does not exist
+    /// yet), then checked: `name` must point at `target`. When it does not,
+    /// another process replaced the link before the swap; the exchange is
+    /// undone, which puts back what `name` held (`previous`, when the
+    /// caller knows it), and the swap is tried again, [`SWAP_ATTEMPTS`]
+    /// times in all. The temporary name, which holds the entry swapped out,
+    /// is removed.
+    ///
+    /// Repairs are counted once checked: an undone swap once `name` points
+    /// at `previous` again; a swap that succeeds after a lost one, or that
+    /// swapped out something other than `previous`.
+    fn swap_link(&self, name: &str, target: &str, previous: Option<&str>) -> Result<()> {
+        let prefix = if name == DATA {
+            DATA_TMP.to_owned()
+        } else {
+            format!("{LINK_TMP}{name}")
+        };
+        // A lost swap whose fix is not counted yet.
+        let mut uncounted = false;
         for attempt in 1..=SWAP_ATTEMPTS {
-            self.unlink_if_present(DATA_TMP)?;
-            rustix::fs::symlinkat(dir, &self.dir, DATA_TMP)
-                .map_err(self.io("create ..data_tmp"))?;
+            let tmp = self.fresh_link(&prefix, target)?;
             #[cfg(test)]
-            if let Some(race) = &self.before_swap {
-                race(&self.path);
+            if name == DATA
+                && let Some(race) = &self.before_swap
+            {
+                race(&self.path, &tmp);
             }
-            rustix::fs::renameat(&self.dir, DATA_TMP, &self.dir, DATA).map_err(|e| {
-                self.fail(format!(
-                    "cannot swap ..data ({e}); is ..data something other than a symlink?"
-                ))
-            })?;
-            match rustix::fs::readlinkat(&self.dir, DATA, Vec::new()) {
-                Ok(target) if target.to_bytes() == dir.as_bytes() => return Ok(()),
-                Ok(target) => tracing::warn!(
-                    path = %self.path.display(),
-                    attempt,
-                    found = %target.to_string_lossy(),
-                    expected = dir,
-                    "..data does not point where it was just swapped to; swapping again"
-                ),
-                Err(e) => tracing::warn!(
-                    path = %self.path.display(),
-                    attempt,
-                    error = %e,
-                    "..data cannot be read after the swap; swapping again"
-                ),
+            let exchanged = match self.install(&tmp, name) {
+                Ok(Some(exchanged)) => exchanged,
+                Ok(None) => {
+                    // The temporary link went, or `name` appeared: raced.
+                    uncounted = true;
+                    let _ = self.unlink_if_present(&tmp);
+                    tracing::warn!(path = %self.path.display(), link = name, attempt,
+                        "the temporary link changed before the swap; swapping again");
+                    continue;
+                }
+                Err(e) => {
+                    let _ = self.unlink_if_present(&tmp);
+                    return Err(e);
+                }
+            };
+            if self.link_is(name, target) {
+                let foreign =
+                    exchanged && previous.is_some_and(|previous| !self.link_is(&tmp, previous));
+                if exchanged {
+                    self.drop_swapped_out(&tmp);
+                }
+                if uncounted || foreign {
+                    self.repaired();
+                }
+                return Ok(());
+            }
+            uncounted = true;
+            tracing::warn!(
+                path = %self.path.display(),
+                link = name,
+                attempt,
+                expected = target,
+                "the link does not point where it was just swapped to; undoing the swap and swapping again"
+            );
+            if exchanged {
+                // Put back what `name` held; the temporary name gets the
+                // foreign link, which goes.
+                let _ = rustix::fs::renameat_with(
+                    &self.dir,
+                    &tmp,
+                    &self.dir,
+                    name,
+                    RenameFlags::EXCHANGE,
+                );
+                self.drop_swapped_out(&tmp);
+                if previous.is_some_and(|previous| self.link_is(name, previous)) {
+                    uncounted = false;
+                    self.repaired();
+                }
             }
         }
         Err(self.fail(format!(
-            "..data does not point to {dir:?} after {SWAP_ATTEMPTS} swaps: another process \
-             changes ..data_tmp or ..data; the writer must be the only one writing here"
+            "{name} does not point to {target:?} after {SWAP_ATTEMPTS} swaps: another process \
+             changes the links in this directory; the writer must be the only one writing here"
         )))
+    }
+
+    fn repaired(&self) {
+        self.repairs.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A symlink to `target` under `<prefix>.<16 random hex digits>`, a
+    /// name no other process can know in advance.
+    fn fresh_link(&self, prefix: &str, target: &str) -> Result<String> {
+        let random = ring::rand::SystemRandom::new();
+        for _ in 0..SWAP_ATTEMPTS {
+            let mut bytes = [0u8; 8];
+            random
+                .fill(&mut bytes)
+                .map_err(|_| self.fail("the system's random source failed".into()))?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = format!("{prefix}.{hex}");
+            match rustix::fs::symlinkat(target, &self.dir, tmp.as_str()) {
+                Ok(()) => return Ok(tmp),
+                Err(Errno::EXIST) => continue,
+                Err(e) => return Err(self.io("create a temporary link")(e)),
+            }
+        }
+        Err(self.fail(format!(
+            "cannot create a temporary link {prefix}.*: every random name drawn exists"
+        )))
+    }
+
+    /// Swaps `tmp` in as `name`: `Some(true)` when exchanged (`tmp` now
+    /// holds what `name` held), `Some(false)` when `name` did not exist,
+    /// `None` when another process removed `tmp` or created `name` in
+    /// between. A filesystem without `renameat2` flags gets a plain rename.
+    fn install(&self, tmp: &str, name: &str) -> Result<Option<bool>> {
+        let dir = &self.dir;
+        let swap_failed = |e: Errno| {
+            self.fail(format!(
+                "cannot swap {name} ({e}); is {name} something other than a symlink?"
+            ))
+        };
+        match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(Some(true)),
+            Err(Errno::NOENT) => {
+                match rustix::fs::renameat_with(dir, tmp, dir, name, RenameFlags::NOREPLACE) {
+                    Ok(()) => Ok(Some(false)),
+                    Err(Errno::NOENT | Errno::EXIST) => Ok(None),
+                    Err(e) => Err(swap_failed(e)),
+                }
+            }
+            Err(Errno::INVAL | Errno::NOSYS) => rustix::fs::renameat(dir, tmp, dir, name)
+                .map(|()| Some(false))
+                .map_err(swap_failed),
+            Err(e) => Err(swap_failed(e)),
+        }
+    }
+
+    /// Whether the link `name` points at `target`.
+    fn link_is(&self, name: &str, target: &str) -> bool {
+        rustix::fs::readlinkat(&self.dir, name, Vec::new())
+            .is_ok_and(|t| t.to_bytes() == target.as_bytes())
+    }
+
+    /// Removes the temporary name after an exchange: it holds the entry
+    /// swapped out. Anything but a directory goes; a directory (planted
+    /// in a race) is left and named in the log.
+    fn drop_swapped_out(&self, tmp: &str) {
+        if let Err(e) = rustix::fs::unlinkat(&self.dir, tmp, AtFlags::empty())
+            && e != Errno::NOENT
+        {
+            tracing::warn!(path = %self.path.display(), entry = tmp, error = %e,
+                "cannot remove the entry swapped out");
+        }
     }
 
     /// Removes superseded directories older than the grace period.
@@ -343,7 +500,6 @@ impl AtomicWriter {
             }
         }
         self.unlink_if_present(DATA)?;
-        self.unlink_if_present(DATA_TMP)?;
         self.retired.clear();
         self.known = None;
         self.served = None;
@@ -492,32 +648,25 @@ impl AtomicWriter {
     }
 
     /// Makes `<target>/<name>` a symlink to `..data/<name>`, replacing
-    /// anything else planted there.
+    /// anything else planted there, with the checked swap of `..data`.
     fn link_visible(&self, name: &str) -> Result<()> {
         let target = format!("{DATA}/{name}");
         match rustix::fs::readlinkat(&self.dir, name, Vec::new()) {
             Ok(existing) if existing.to_bytes() == target.as_bytes() => return Ok(()),
-            Err(Errno::NOENT) => {
-                return rustix::fs::symlinkat(target.as_str(), &self.dir, name)
-                    .map_err(self.io("create a file link"));
+            Err(Errno::NOENT) => {}
+            Ok(_) | Err(Errno::INVAL) => {
+                let stat = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(self.io("inspect a file link"))?;
+                if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                    return Err(self.fail(format!(
+                        "{name:?} is a directory where the file link belongs; refusing to replace it"
+                    )));
+                }
+                tracing::warn!(path = %self.path.display(), file = name, "replacing an unexpected entry with the file link");
             }
-            Ok(_) | Err(Errno::INVAL) => {}
             Err(e) => return Err(self.io("inspect a file link")(e)),
         }
-        let stat = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(self.io("inspect a file link"))?;
-        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-            return Err(self.fail(format!(
-                "{name:?} is a directory where the file link belongs; refusing to replace it"
-            )));
-        }
-        tracing::warn!(path = %self.path.display(), file = name, "replacing an unexpected entry with the file link");
-        let tmp = format!("..tmp.{name}");
-        self.unlink_if_present(&tmp)?;
-        rustix::fs::symlinkat(target.as_str(), &self.dir, tmp.as_str())
-            .map_err(self.io("create a file link"))?;
-        rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name)
-            .map_err(self.io("replace a file link"))
+        self.swap_link(name, &target, None)
     }
 
     /// Removes `<target>/<name>` if it is our link.
@@ -662,7 +811,7 @@ impl AtomicWriter {
 }
 
 fn is_tmp_name(name: &str) -> bool {
-    name == DATA_TMP || name.starts_with("..tmp.")
+    name.starts_with(DATA_TMP) || name.starts_with(LINK_TMP)
 }
 
 fn kind_name(kind: FileType) -> &'static str {

@@ -498,12 +498,41 @@ async fn read_secret_file(path: &std::path::Path) -> Result<SecretString, String
     Ok(SecretString::from(trimmed.to_owned()))
 }
 
-/// The server's error list, or the client error's own text. Neither holds
-/// a secret value: Vault's errors describe requests, not data.
+/// At most this many of the server's errors are kept in an error's text.
+const MAX_SERVER_ERRORS: usize = 3;
+/// Each kept to this many characters.
+const MAX_SERVER_ERROR_CHARS: usize = 120;
+
+/// The server's error list, bounded, or the client error's own text.
+/// Vault's errors describe requests, not data, but they are text from the
+/// response body, which a proxy in front of Vault (or a server that echoes
+/// a request) fills as it likes: only the first [`MAX_SERVER_ERRORS`] are
+/// kept, each cut to [`MAX_SERVER_ERROR_CHARS`] characters, control
+/// characters replaced, so that a log line stays one bounded line.
 fn describe(e: &ClientError) -> String {
     match e {
         ClientError::APIError { code, errors } if errors.is_empty() => format!("HTTP {code}"),
-        ClientError::APIError { code, errors } => format!("HTTP {code}: {}", errors.join("; ")),
+        ClientError::APIError { code, errors } => {
+            let mut kept: Vec<String> = errors
+                .iter()
+                .take(MAX_SERVER_ERRORS)
+                .map(|e| {
+                    let mut cut: String = e
+                        .chars()
+                        .take(MAX_SERVER_ERROR_CHARS)
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    if e.chars().count() > MAX_SERVER_ERROR_CHARS {
+                        cut.push('…');
+                    }
+                    cut.trim().to_owned()
+                })
+                .collect();
+            if errors.len() > MAX_SERVER_ERRORS {
+                kept.push(format!("{} more", errors.len() - MAX_SERVER_ERRORS));
+            }
+            format!("HTTP {code}: {}", kept.join("; "))
+        }
         ClientError::RestClientError { source } => format!("request failed: {source}"),
         other => other.to_string(),
     }
@@ -707,5 +736,40 @@ impl Store for VaultStore {
             self.set_labels(name, labels).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    /// A body full of errors (a proxy's page, a server echoing a request)
+    /// becomes one bounded line.
+    #[test]
+    fn the_servers_error_text_is_bounded() {
+        let canary_tail = "canary-vault-body-tail";
+        let long = format!("{}{canary_tail}", "x".repeat(10_000));
+        let errors = vec![
+            "permission denied".to_owned(),
+            format!("line one\nline two\t{long}"),
+            "third".to_owned(),
+            "fourth".to_owned(),
+            "fifth".to_owned(),
+        ];
+        let text = describe(&ClientError::APIError { code: 400, errors });
+        assert!(
+            text.starts_with("HTTP 400: permission denied; line one line two"),
+            "{text}"
+        );
+        assert!(text.ends_with("; third; 2 more"), "{text}");
+        assert!(
+            !text.contains(canary_tail) && !text.contains('\n'),
+            "{text}"
+        );
+        assert!(
+            text.chars().count() < 4 * MAX_SERVER_ERROR_CHARS,
+            "{}",
+            text.len()
+        );
     }
 }

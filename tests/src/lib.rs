@@ -12,13 +12,19 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// The path of a binary built from this workspace, next to the test
-/// executable's `deps/` directory.
+/// executable's `deps/` directory, or in `ROTOR_BIN_DIR` when set (a copy
+/// of the binaries, when several clones share one target directory and
+/// overwrite each other's).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let dir = match std::env::var_os("ROTOR_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("target dir")
+            .to_owned(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

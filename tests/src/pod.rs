@@ -4,7 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
-use crate::{command, free_port, http, retry_on_addr_in_use, signal, tmpfs_dir, wait_until};
+use crate::{
+    command, free_port, http, http_to, retry_on_addr_in_use, signal, tmpfs_dir, wait_until,
+};
+
+/// Closes every descriptor above stderr, then runs its arguments.
+const CLOSE_INHERITED: &str = r#"for p in /proc/$$/fd/*; do n=${p##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done; exec "$@""#;
 
 /// A sidecar process with its annotations file, output directory (tmpfs)
 /// and ports; killed on drop.
@@ -17,6 +22,16 @@ pub struct Pod {
     /// The store flags: `--local-store …`, `--store-kind vault …`.
     pub store_args: Vec<std::ffi::OsString>,
     pub envs: Vec<(String, String)>,
+    /// The host part of `--admin-addr` and `--push-addr`: `127.0.0.1`, or
+    /// IPv6 loopback as `[::1]` or bare `::1` (what `$(POD_IP):PORT` gives).
+    pub admin_host: String,
+    pub push_host: String,
+    /// Where the sidecar's stderr goes: the work directory, or next to the
+    /// annotations file (in the directory the sidecar watches).
+    pub log_beside_annotations: bool,
+    /// Run the sidecar as this uid and gid (through util-linux `setpriv`)
+    /// instead of the test's own; see [`Pod::give_files_to`].
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl Pod {
@@ -29,6 +44,10 @@ impl Pod {
             child: None,
             store_args: Vec::new(),
             envs: Vec::new(),
+            admin_host: "127.0.0.1".into(),
+            push_host: "127.0.0.1".into(),
+            log_beside_annotations: false,
+            run_as: None,
         }
     }
 
@@ -89,13 +108,38 @@ impl Pod {
 
     pub fn command_to(&self, out_dir: &Path) -> std::process::Command {
         let mut cmd = command("rotor-sidecar");
+        if let Some((uid, gid)) = self.run_as {
+            let sidecar = cmd.get_program().to_owned();
+            cmd = command("rotor-sidecar");
+            // Started as a container runtime starts it, with stdin, stdout
+            // and stderr only: bash closes what the test harness left open
+            // (cargo's jobserver pipe, say).
+            let mut setpriv = std::process::Command::new("bash");
+            setpriv
+                .args(["-c", CLOSE_INHERITED, "bash", "setpriv"])
+                .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()])
+                .args(["--clear-groups", "--"])
+                .arg(sidecar);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => setpriv.env(k, v),
+                    None => setpriv.env_remove(k),
+                };
+            }
+            cmd = setpriv;
+        }
         cmd.arg("--annotations")
             .arg(self.annotations_path())
             .arg("--out-dir")
             .arg(out_dir)
             .args(&self.store_args)
-            .args(["--admin-addr", &format!("127.0.0.1:{}", self.admin)])
-            .args(["--push-addr", &format!("127.0.0.1:{}", self.push)])
+            .args([
+                "--admin-addr",
+                &format!("{}:{}", self.admin_host, self.admin),
+            ])
+            .args(["--push-addr", &format!("{}:{}", self.push_host, self.push)])
+            // The tests read series by secret name.
+            .arg("--metrics-secret-names")
             .env("ROTOR_LOG", "trace")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.log()).unwrap());
@@ -106,7 +150,34 @@ impl Pod {
     }
 
     pub fn log(&self) -> PathBuf {
-        self.work.path().join("sidecar.log")
+        if self.log_beside_annotations {
+            self.annotations_path().with_file_name("sidecar.log")
+        } else {
+            self.work.path().join("sidecar.log")
+        }
+    }
+
+    /// Gives the work and output directories, and everything in them, to
+    /// `uid`:`gid`, for a sidecar run as that user ([`Pod::run_as`]). Call
+    /// again after the test writes the store.
+    pub fn give_files_to(&self, uid: u32, gid: u32) {
+        fn walk(path: &Path, uid: u32, gid: u32) {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+            if path.is_dir() && !path.is_symlink() {
+                for entry in std::fs::read_dir(path).unwrap() {
+                    walk(&entry.unwrap().path(), uid, gid);
+                }
+            }
+        }
+        walk(self.work.path(), uid, gid);
+        walk(self.out.path(), uid, gid);
+    }
+
+    /// The host to connect to for the admin port.
+    pub fn admin_connect_host(&self) -> &str {
+        self.admin_host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
     }
 
     /// Starts the sidecar and waits until it is ready; when another process
@@ -123,7 +194,9 @@ impl Pod {
             let mut exited = false;
             let ready = wait_until(10, || {
                 exited = child.try_wait().unwrap().is_some();
-                exited || http(self.admin, "GET", "/readyz", "").is_some_and(|(s, _)| s == 200)
+                exited
+                    || http_to(self.admin_connect_host(), self.admin, "GET", "/readyz", "")
+                        .is_some_and(|(s, _)| s == 200)
             });
             self.child = Some(child);
             let log = std::fs::read_to_string(self.log()).unwrap_or_default();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rotor_e2e::pod::Pod;
-use rotor_e2e::{http, http_from, on_tmpfs, signal, wait_until};
+use rotor_e2e::{http, http_from, http_to, on_tmpfs, signal, wait_until};
 use rotor_store::{LocalStore, WriteAs};
 
 const CANARY: &str = "canary-sidecar-5f0d2a";
@@ -883,4 +883,197 @@ fn not_current_is_exported_while_a_pin_holds() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("next-v3"));
     waits_for(0.0);
+}
+
+/// With an IPv6 pod IP, `--push-addr=$(ROTOR_POD_IP):9465` expands to a
+/// bare IPv6 address and a port (`fd00::10:9465`): the sidecar takes it,
+/// and the bracketed form, and answers on `[::1]`.
+#[test]
+fn listens_on_ipv6_loopback_with_or_without_brackets() {
+    let mut pod = Local::new();
+    pod.admin_host = "[::1]".into();
+    pod.push_host = "::1".into();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    pod.annotate(&[("rotor.dev/secret.db", "db")]);
+    pod.start();
+    assert_eq!(pod.read("db").as_deref(), Some("v1"));
+    pod.store.put("db", b"v2", WriteAs::Current).unwrap();
+    let (status, body) = http_to("::1", pod.push, "POST", "/v1/refresh", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""version":"2""#), "{body}");
+    assert_eq!(pod.read("db").as_deref(), Some("v2"));
+    // Bound to IPv6 loopback only.
+    assert!(http(pod.push, "POST", "/v1/refresh", "").is_none());
+    assert!(http(pod.admin, "GET", "/readyz", "").is_none());
+    assert!(pod.stop().success());
+}
+
+/// The number of lines of `log` reporting invalid annotations.
+fn invalid_edits_logged(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("the new annotations are invalid")
+        .count()
+}
+
+/// The annotation watcher reacts only to the annotations file's own
+/// updates: with the sidecar's log and another file written again and
+/// again in the same directory, one invalid edit is logged and counted
+/// once. A later valid edit is the sync point: when it is applied, every
+/// event before it was seen.
+#[test]
+fn files_beside_the_annotations_cause_no_reload_and_one_invalid_edit_one_error() {
+    let mut pod = Local::new();
+    pod.log_beside_annotations = true;
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let valid = [
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+    ];
+    pod.annotate(&valid);
+    pod.start();
+    let noise = pod.annotations_path().with_file_name("app.log");
+    let podinfo_noise = |rounds: usize| {
+        for i in 0..rounds {
+            std::fs::write(&noise, format!("line {i}\n")).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for (round, (bad, file)) in [("bogus", "db2"), ("also-bogus", "db3")]
+        .into_iter()
+        .enumerate()
+    {
+        pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", bad)]);
+        assert!(
+            wait_until(5, || invalid_edits_logged(&pod.log()) > round),
+            "the invalid edit was not logged"
+        );
+        // The sidecar's own log (trace level) and the app's grow meanwhile.
+        podinfo_noise(25);
+        let key = format!("rotor.dev/secret.{file}");
+        pod.annotate(&[(valid[0]), (valid[1]), (key.as_str(), "db")]);
+        assert!(
+            wait_until(5, || pod.read(file).is_some()),
+            "the valid edit was not applied"
+        );
+        let logged = invalid_edits_logged(&pod.log());
+        assert_eq!(
+            logged,
+            round + 1,
+            "one invalid edit, {logged} errors logged"
+        );
+        assert_eq!(
+            sample(&scrape(&pod), "rotor_config_errors_total"),
+            Some((round + 1) as f64)
+        );
+    }
+    assert!(pod.stop().success());
+}
+
+/// The uid and gid the sidecar runs as in [`an_exec_child_cannot_read_the_sidecars_environment_memory_or_descriptors`]:
+/// `nobody`, as a pod's non-root user.
+const NOBODY: (u32, u32) = (65534, 65534);
+
+/// An `exec:` child runs as the sidecar's uid, so file permissions never
+/// keep it out of `/proc/<sidecar>`; the sidecar is not dumpable, so the
+/// kernel does: the child's attempts to read `/proc/$PPID/environ` (which
+/// holds a canary credential) and to open `/proc/$PPID/mem` are refused.
+/// The sidecar runs as `nobody` here: the test runs as root, and root's
+/// `CAP_SYS_PTRACE` passes the check whatever the flag says. The child
+/// inherits no descriptor of the sidecar: every one it holds is its
+/// stdin/stdout/stderr (`/dev/null`), its own output or its script.
+#[test]
+fn an_exec_child_cannot_read_the_sidecars_environment_memory_or_descriptors() {
+    assert!(
+        Path::new("/usr/bin/setpriv").exists(),
+        "util-linux setpriv is needed to run the sidecar as another user"
+    );
+    let mut pod = Local::new();
+    pod.run_as = Some(NOBODY);
+    let canary = format!("{CANARY}-aws-secret");
+    pod.envs = vec![("AWS_SECRET_ACCESS_KEY".into(), canary.clone())];
+    let out = pod.work.path().join("exec-probe");
+    let script = pod.work.path().join("probe.sh");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/sh
+out={out}
+{{
+  echo "uid=$(id -u) parent-uid=$(stat -c %u /proc/$PPID/status)"
+  echo "environ:"; cat /proc/$PPID/environ 2>&1 | tr '\0' '\n'
+  echo "mem:"; (: < /proc/$PPID/mem) 2>&1; echo "mem-open=$?"
+  echo "fds:"; ls -l /proc/$$/fd 2>&1
+}} > $out.tmp 2>&1
+mv $out.tmp $out
+"#,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pod.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let reload = format!("exec:{}", script.display());
+    pod.annotate(&[
+        ("rotor.dev/secret.db", "db"),
+        ("rotor.dev/refresh", "100ms"),
+        ("rotor.dev/reload", &reload),
+    ]);
+    pod.give_files_to(NOBODY.0, NOBODY.1);
+    pod.start();
+    pod.store.put("db", b"v2", WriteAs::Current).unwrap();
+    pod.give_files_to(NOBODY.0, NOBODY.1);
+    assert!(
+        wait_until(10, || out.exists()),
+        "the exec action did not run: {}",
+        std::fs::read_to_string(pod.log()).unwrap_or_default()
+    );
+    let probe = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        !probe.contains(&canary),
+        "the child read the sidecar's environment:\n{probe}"
+    );
+    assert!(probe.contains("uid=65534 "), "{probe}");
+    let section = |name: &str| -> String {
+        let start = probe.find(&format!("{name}:\n")).unwrap() + name.len() + 2;
+        let rest = &probe[start..];
+        rest[..rest
+            .find(":\n")
+            .map_or(rest.len(), |end| rest[..end].rfind('\n').unwrap_or(0))]
+            .to_owned()
+    };
+    let environ = section("environ");
+    assert!(
+        environ.contains("Permission denied"),
+        "environ: {environ}\n{probe}"
+    );
+    let mem = section("mem");
+    assert!(
+        mem.contains("Permission denied") && !mem.contains("mem-open=0"),
+        "mem: {mem}\n{probe}"
+    );
+    let allowed = [
+        "/dev/null".to_owned(),
+        format!("{}.tmp", out.display()),
+        script.display().to_string(),
+    ];
+    let fd_section = section("fds");
+    let fds: Vec<&str> = fd_section
+        .lines()
+        .filter_map(|l| l.split_once(" -> ").map(|(_, target)| target))
+        .collect();
+    assert!(fds.len() >= 3, "{probe}");
+    for target in &fds {
+        assert!(
+            allowed.iter().any(|a| a == target),
+            "the child holds a descriptor it did not open ({target}):\n{probe}"
+        );
+    }
+    // Not dumpable, the sidecar still reads its own /proc for its metrics.
+    let metrics = scrape(&pod);
+    assert!(
+        sample(&metrics, "process_open_fds").is_some_and(|n| n > 0.0),
+        "{metrics}"
+    );
+    assert!(pod.stop().success());
 }

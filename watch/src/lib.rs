@@ -8,12 +8,18 @@
 //! lets the burst settle for the debounce period, drains what came
 //! meanwhile, and reports the burst as one change; the caller then reads
 //! the files again.
+//!
+//! [`DirWatch::only`] narrows the watch to events on some names in the
+//! directory (the file itself and the kubelet's `..data` link): another
+//! file in the same directory, a log the process writes there say, then
+//! causes no change at all.
 
 //!
 //! The events are read through inotify's own event stream (hence the
 //! `futures-util` dependency): registering the descriptor with tokio's
 //! `AsyncFd` directly takes `unsafe`, which the workspace forbids.
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,6 +76,8 @@ pub struct DirWatch {
     events: EventStream<[u8; 4096]>,
     dir: PathBuf,
     debounce: Duration,
+    /// When set, only events naming one of these entries count.
+    names: Option<Vec<OsString>>,
 }
 
 impl std::fmt::Debug for DirWatch {
@@ -77,6 +85,7 @@ impl std::fmt::Debug for DirWatch {
         f.debug_struct("DirWatch")
             .field("dir", &self.dir)
             .field("debounce", &self.debounce)
+            .field("names", &self.names)
             .finish()
     }
 }
@@ -107,7 +116,36 @@ impl DirWatch {
             events,
             dir: dir.to_owned(),
             debounce,
+            names: None,
         })
+    }
+
+    /// Counts only events on the entries `names` of the directory; events
+    /// on other entries (and events without a name) are read and dropped.
+    pub fn only<I, N>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<OsString>,
+    {
+        self.names = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The entry names the kubelet changes when it updates a file of a
+    /// downward-API, Secret or ConfigMap volume: the file's own name (its
+    /// first creation, or an edit in place outside a cluster) and `..data`,
+    /// the link swapped for every later update.
+    pub fn kubelet_names(file: &Path) -> Vec<OsString> {
+        let mut names = vec![OsString::from("..data")];
+        names.extend(file.file_name().map(OsStr::to_owned));
+        names
+    }
+
+    fn counts(&self, name: Option<&OsStr>) -> bool {
+        match &self.names {
+            None => true,
+            Some(names) => name.is_some_and(|n| names.iter().any(|w| w == n)),
+        }
     }
 
     /// Watches the directory holding `file` (see [`dir_of`]).
@@ -120,13 +158,15 @@ impl DirWatch {
         &self.dir
     }
 
-    /// Waits for the next burst of events, lets it settle for the
-    /// debounce period, and drains what came meanwhile. A failed read is
+    /// Waits for the next burst of events (of the names watched, see
+    /// [`Self::only`]), lets it settle for the debounce period, and drains
+    /// what came meanwhile. A failed read is
     /// logged and the wait goes on; `None` when the stream ends.
     pub async fn settled(&mut self) -> Option<Settled> {
         loop {
             match self.events.next().await? {
-                Ok(_) => break,
+                Ok(event) if self.counts(event.name.as_deref()) => break,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "inotify read failed")
                 }
@@ -134,8 +174,10 @@ impl DirWatch {
         }
         tokio::time::sleep(self.debounce).await;
         let mut events = 1;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, self.events.next()).await {
-            events += 1;
+        while let Ok(Some(event)) = tokio::time::timeout(Duration::ZERO, self.events.next()).await {
+            if event.is_ok_and(|e| self.counts(e.name.as_deref())) {
+                events += 1;
+            }
         }
         Some(Settled { events })
     }

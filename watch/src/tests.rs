@@ -80,3 +80,27 @@ async fn a_missing_directory_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+/// Narrowed to the kubelet's names, the watch ignores every other entry
+/// of the directory: a log written there again and again is no change; the
+/// `..data` swap and the file's own creation are.
+#[tokio::test(start_paused = true)]
+async fn only_the_named_entries_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("annotations");
+    let mut watch = DirWatch::parent_of(&file, CHANGES, Duration::from_millis(10))
+        .unwrap()
+        .only(DirWatch::kubelet_names(&file));
+    for i in 0..20 {
+        std::fs::write(dir.path().join("sidecar.log"), format!("line {i}")).unwrap();
+    }
+    // The kubelet's swap: a new link renamed over `..data`.
+    std::os::unix::fs::symlink("..2026", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    // Only the MOVED_TO of `..data` counts (its CREATE was `..data_tmp`).
+    assert_eq!(watch.settled().await.unwrap().events, 1);
+    std::fs::write(dir.path().join("sidecar.log"), "more").unwrap();
+    std::fs::write(&file, "x").unwrap();
+    // CREATE and CLOSE_WRITE of the file; the log is not counted.
+    assert_eq!(watch.settled().await.unwrap().events, 2);
+}

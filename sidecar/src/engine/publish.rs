@@ -32,7 +32,11 @@ impl Engine {
                 return false;
             }
         };
-        let report = match self.writer.write(&files) {
+        let written = self.writer.write(&files);
+        self.shared
+            .metrics
+            .repairs(self.writer.repairs().load(Ordering::SeqCst));
+        let report = match written {
             Ok(report) => report,
             Err(e) => {
                 tracing::error!(error = %e, "writing failed; not ready until a write works again");

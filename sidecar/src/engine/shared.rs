@@ -20,6 +20,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// With `metrics` (see [`Metrics::new`]).
+    pub fn with_metrics(metrics: Metrics) -> Self {
+        Self {
+            ready: AtomicBool::default(),
+            writes_failing: AtomicBool::default(),
+            metrics,
+            polls: AtomicU64::default(),
+        }
+    }
+
     /// Ready: the first complete set is written and writing works.
     pub fn is_ready(&self) -> bool {
         self.not_ready_reason().is_none()

@@ -433,9 +433,9 @@ async fn readiness_turns_false_while_the_files_cannot_be_written() {
     let outside = tmpfs_dir();
     let racing = Arc::new(AtomicBool::new(false));
     let (flag, away) = (racing.clone(), outside.path().to_owned());
-    engine.writer.before_swap = Some(Box::new(move |target: &Path| {
+    engine.writer.before_swap = Some(Box::new(move |target: &Path, tmp: &str| {
         if flag.load(Ordering::SeqCst) {
-            let tmp = target.join("..data_tmp");
+            let tmp = target.join(tmp);
             std::fs::remove_file(&tmp).unwrap();
             std::os::unix::fs::symlink(&away, &tmp).unwrap();
         }

@@ -216,3 +216,15 @@ async fn exec_gets_only_a_fixed_path_and_none_of_the_sidecars_environment() {
     assert_eq!(names, ["PATH"], "{env}");
     assert!(env.contains(&format!("PATH={EXEC_PATH}\n")), "{env}");
 }
+
+/// Descriptors a child would inherit are found by their missing
+/// close-on-exec flag; the sidecar's own (close-on-exec) are not listed.
+#[test]
+fn descriptors_without_close_on_exec_are_named() {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open("/proc/self/status").unwrap();
+    let fd = file.as_raw_fd() as u32;
+    assert!(!super::inheritable_descriptors().contains(&fd));
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty()).unwrap();
+    assert!(super::inheritable_descriptors().contains(&fd));
+}

@@ -424,15 +424,16 @@ fn directories_open_only_to_the_classes_that_may_read() {
     }
 }
 
-/// A process that swaps `..data_tmp` for a link to `outside` between the
-/// writer's `symlinkat` and `renameat`, the first `times` swaps.
+/// A process that swaps the writer's temporary link for a link to
+/// `outside` between the writer's `symlinkat` and its swap, the first
+/// `times` swaps.
 fn racer(outside: &Path, times: usize) -> (SwapRace, Arc<AtomicUsize>) {
     let outside = outside.to_owned();
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
-    let race = move |target: &Path| {
+    let race = move |target: &Path, tmp: &str| {
         if counter.fetch_add(1, Ordering::SeqCst) < times {
-            let tmp = target.join("..data_tmp");
+            let tmp = target.join(tmp);
             std::fs::remove_file(&tmp).unwrap();
             std::os::unix::fs::symlink(&outside, &tmp).unwrap();
         }
@@ -479,6 +480,7 @@ fn a_swap_that_keeps_losing_the_race_fails_then_recovers() {
     let outside = scratch();
     let mut w = AtomicWriter::open(dir.path(), opts()).unwrap();
     w.write(&[spec("db", "v1", 0o400)]).unwrap();
+    let served = std::fs::read_link(dir.path().join("..data")).unwrap();
     let (race, calls) = racer(outside.path(), usize::MAX);
     w.before_swap = Some(race);
     let err = w
@@ -491,7 +493,8 @@ fn a_swap_that_keeps_losing_the_race_fails_then_recovers() {
         "{err}"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    // The directory made for the failed write is gone; ..data is foreign.
+    // The directory made for the failed write is gone; each lost swap was
+    // undone, so ..data still names the directory served before.
     let data_dirs = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| is_data_dir_name(e.as_ref().unwrap().file_name().to_str().unwrap()))
@@ -499,7 +502,11 @@ fn a_swap_that_keeps_losing_the_race_fails_then_recovers() {
     assert_eq!(data_dirs, 1);
     assert_eq!(
         std::fs::read_link(dir.path().join("..data")).unwrap(),
-        outside.path()
+        served
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("db")).unwrap(),
+        "v1"
     );
     // The race stops: the next write points ..data back and goes through.
     w.before_swap = None;
@@ -794,4 +801,114 @@ fn the_diff_names_changed_added_and_removed_files() {
     assert!(changed.is_empty());
     assert_eq!(removed, ["b", "c", "d"]);
     assert_eq!(diff(&served, &served), (vec![], vec![]));
+}
+
+/// The `..data_tmp` race replayed (issue 19.3): while the writer swaps in a
+/// new set as fast as it can, a racer of the same uid replaces every
+/// temporary link it finds (`..data_tmp*`, listed as a process watching
+/// the directory would) with a link to a directory outside, and a sampler
+/// reads `..data`. `..data` may point outside for the instant between a
+/// lost swap and its check, but never for longer than one repair: the
+/// sampler reads the repair count before each `readlink`, and the count
+/// is raised only after a repair is checked, so every sample found outside
+/// must be followed by a higher count. After the racer stops, one write
+/// goes through and `..data` is the writer's. Nothing is written outside.
+/// `ROTOR_RACE_SECS` sets the duration (2 s by default; the issue's
+/// replay is 60 s); run with `--nocapture` for the figures.
+#[test]
+fn the_data_tmp_race_never_leaves_data_outside_longer_than_one_repair() {
+    let secs: u64 = std::env::var("ROTOR_RACE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let dir = scratch();
+    let outside = scratch();
+    std::fs::write(outside.path().join("db"), "planted").unwrap();
+    let target = dir.path().to_owned();
+    let mut w = AtomicWriter::open(&target, opts()).unwrap();
+    w.write(&[spec("db", "v0", 0o400)]).unwrap();
+    let repairs = w.repairs();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let racer = {
+        let (stop, target, outside) = (stop.clone(), target.clone(), outside.path().to_owned());
+        std::thread::spawn(move || {
+            let (mut replaced, mut n) = (0u64, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(entries) = std::fs::read_dir(&target) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if !name.to_string_lossy().starts_with(DATA_TMP) {
+                        continue;
+                    }
+                    n += 1;
+                    let evil = target.join(format!("evil.{n}"));
+                    if std::os::unix::fs::symlink(&outside, &evil).is_ok() {
+                        if std::fs::rename(&evil, target.join(&name)).is_ok() {
+                            replaced += 1;
+                        } else {
+                            let _ = std::fs::remove_file(&evil);
+                        }
+                    }
+                }
+            }
+            replaced
+        })
+    };
+    let sampler = {
+        let (stop, target, repairs) = (stop.clone(), target.clone(), repairs.clone());
+        std::thread::spawn(move || {
+            let (mut samples, mut outside, mut last_outside_at) = (0u64, 0u64, None);
+            let data = target.join(DATA);
+            while !stop.load(Ordering::SeqCst) {
+                let count = repairs.load(Ordering::SeqCst);
+                let Ok(link) = std::fs::read_link(&data) else {
+                    continue;
+                };
+                samples += 1;
+                if !is_data_dir_name(&link.to_string_lossy()) {
+                    outside += 1;
+                    last_outside_at = Some(count);
+                }
+            }
+            (samples, outside, last_outside_at)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut writes, mut failed) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        writes += 1;
+        if w.write(&[spec("db", &format!("v{writes}"), 0o400)])
+            .is_err()
+        {
+            failed += 1;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let replaced = racer.join().unwrap();
+    let (samples, outside_samples, last_outside_at) = sampler.join().unwrap();
+    // The racer is gone: the next write goes through, checked.
+    w.write(&[spec("db", "final", 0o400)]).unwrap();
+    let repaired = repairs.load(Ordering::SeqCst);
+    println!(
+        "race for {secs}s: {writes} writes ({failed} failed), {replaced} temporary links replaced, \
+         {outside_samples} of {samples} samples of ..data outside, {repaired} repairs"
+    );
+    if let Some(count) = last_outside_at {
+        assert!(
+            repaired > count,
+            "..data was seen outside at repair count {count} and never repaired after ({repaired})"
+        );
+    }
+    let data = std::fs::read_link(target.join(DATA)).unwrap();
+    assert!(is_data_dir_name(data.to_str().unwrap()), "{data:?}");
+    assert_eq!(std::fs::read_to_string(target.join("db")).unwrap(), "final");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("db")).unwrap(),
+        "planted"
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    assert!(samples > 0 && writes > 0);
 }
