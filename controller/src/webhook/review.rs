@@ -5,9 +5,9 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 use rotor_crds::{annotations, vault_injector};
 
 use super::inject::{InjectConfig, Injected, inject};
-use super::update;
 use super::limits::{MAX_ANSWER_BYTES, Shape, Unreadable, count_values};
 use super::metrics::{self, Denial, Outcome};
+use super::update;
 use crate::store_index::StoreIndex;
 
 /// Answers one AdmissionReview body. Returns the HTTP status and the body:
