@@ -348,6 +348,7 @@ pub async fn aws_store(endpoint: String) -> rotor_store::AwsStore {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint),
         static_credentials: Some(("test".into(), "test".to_owned().into())),
+        web_identity: None,
     })
     .await
 }
