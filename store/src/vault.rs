@@ -701,11 +701,10 @@ impl Store for VaultStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use rotor_fixtures::http_recorder::HttpRecorder;
     use secrecy::SecretString;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
     use super::*;
     use crate::token_source::SourceError;
@@ -723,80 +722,48 @@ mod tests {
     }
 
     /// A Vault that logs `jwt-N` in as `t-N`, refuses `t-1` (an expired
-    /// login) and answers 404 to `t-2`; it records the JWT of each login.
-    async fn fake_vault(logins: Arc<Mutex<Vec<String>>>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let logins = logins.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = stream.into_split();
-                    let mut read = BufReader::new(read);
-                    loop {
-                        let (mut line, mut head) = (String::new(), Vec::new());
-                        while read.read_line(&mut line).await.unwrap_or(0) > 2 {
-                            head.push(std::mem::take(&mut line).to_ascii_lowercase());
-                        }
-                        let Some(request) = head.first().cloned() else {
-                            return;
-                        };
-                        let header = |name: &str| {
-                            head.iter()
-                                .find_map(|h| h.strip_prefix(name).map(|v| v.trim().to_owned()))
-                        };
-                        let len = header("content-length:").map_or(0, |v| v.parse().unwrap());
-                        let mut body = vec![0; len];
-                        read.read_exact(&mut body).await.unwrap();
-                        let (code, reply) = if request.contains("/auth/kubernetes/login") {
-                            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                            let jwt = body["jwt"].as_str().unwrap().to_owned();
-                            let token = jwt.replace("jwt", "t");
-                            logins.lock().unwrap().push(jwt);
-                            (200, serde_json::json!({
-                                "request_id": "", "lease_id": "", "lease_duration": 0,
-                                "renewable": false, "data": null,
-                                "auth": {
-                                    "client_token": token, "accessor": "", "policies": [],
-                                    "token_policies": [], "metadata": null,
-                                    "lease_duration": 3600, "renewable": false,
-                                    "entity_id": "", "token_type": "service", "orphan": true,
-                                },
-                            }))
-                        } else if header("x-vault-token:").as_deref() == Some("t-1") {
-                            (403, serde_json::json!({"errors": ["permission denied"]}))
-                        } else {
-                            (404, serde_json::json!({"errors": []}))
-                        };
-                        let reply = reply.to_string();
-                        let response = format!(
-                            "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{reply}",
-                            reply.len()
-                        );
-                        if write.write_all(response.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+    /// login) and answers 404 to `t-2`.
+    fn fake_vault() -> HttpRecorder {
+        HttpRecorder::start(|request| {
+            if request.path.contains("/auth/kubernetes/login") {
+                let token = request.json()["jwt"].as_str().unwrap().replace("jwt", "t");
+                return (200, serde_json::json!({
+                    "request_id": "", "lease_id": "", "lease_duration": 0,
+                    "renewable": false, "data": null,
+                    "auth": {
+                        "client_token": token, "accessor": "", "policies": [],
+                        "token_policies": [], "metadata": null,
+                        "lease_duration": 3600, "renewable": false,
+                        "entity_id": "", "token_type": "service", "orphan": true,
+                    },
+                }));
             }
-        });
-        format!("http://{addr}")
+            match request.header("x-vault-token") {
+                Some("t-1") => (403, serde_json::json!({"errors": ["permission denied"]})),
+                _ => (404, serde_json::json!({"errors": []})),
+            }
+        })
     }
 
     #[tokio::test]
     async fn a_login_after_a_refusal_asks_the_source_for_a_new_token() {
-        let logins = Arc::new(Mutex::new(Vec::new()));
+        let vault = fake_vault();
         let source = Arc::new(Counting::default());
         let auth = VaultAuth::Kubernetes {
             mount: "kubernetes".into(),
             role: "app".into(),
             jwt: source.clone(),
         };
-        let store = VaultStore::new(VaultConfig::new(fake_vault(logins.clone()).await, auth))
-            .unwrap();
+        let store = VaultStore::new(VaultConfig::new(vault.url(), auth)).unwrap();
         let err = store.current_version("db").await.unwrap_err();
         assert!(matches!(err, Error::SecretNotFound { .. }), "{err}");
-        assert_eq!(*logins.lock().unwrap(), ["jwt-1", "jwt-2"]);
+        let logins: Vec<_> = vault
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/login"))
+            .map(|r| r.json()["jwt"].clone())
+            .collect();
+        assert_eq!(logins, ["jwt-1", "jwt-2"]);
         assert_eq!(source.0.load(Ordering::SeqCst), 2);
         // A token is never in the store's Debug output.
         assert!(!format!("{:?}", store.config).contains("jwt-"));
