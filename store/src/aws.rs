@@ -130,7 +130,9 @@ impl WebIdentityCredentials {
 }
 
 impl aws_sdk_secretsmanager::config::ProvideCredentials for WebIdentityCredentials {
-    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
     where
         Self: 'a,
     {

@@ -727,16 +727,19 @@ mod tests {
         HttpRecorder::start(|request| {
             if request.path.contains("/auth/kubernetes/login") {
                 let token = request.json()["jwt"].as_str().unwrap().replace("jwt", "t");
-                return (200, serde_json::json!({
-                    "request_id": "", "lease_id": "", "lease_duration": 0,
-                    "renewable": false, "data": null,
-                    "auth": {
-                        "client_token": token, "accessor": "", "policies": [],
-                        "token_policies": [], "metadata": null,
-                        "lease_duration": 3600, "renewable": false,
-                        "entity_id": "", "token_type": "service", "orphan": true,
-                    },
-                }));
+                return (
+                    200,
+                    serde_json::json!({
+                        "request_id": "", "lease_id": "", "lease_duration": 0,
+                        "renewable": false, "data": null,
+                        "auth": {
+                            "client_token": token, "accessor": "", "policies": [],
+                            "token_policies": [], "metadata": null,
+                            "lease_duration": 3600, "renewable": false,
+                            "entity_id": "", "token_type": "service", "orphan": true,
+                        },
+                    }),
+                );
             }
             match request.header("x-vault-token") {
                 Some("t-1") => (403, serde_json::json!({"errors": ["permission denied"]})),
@@ -790,6 +793,10 @@ mod tests {
         let err = store.current_version("db").await.unwrap_err();
         assert!(matches!(err, Error::Token { .. }), "{err}");
         assert_eq!(err.metric_label(), "token");
-        assert!(err.to_string().contains("has no ServiceAccount \"rotor-rotator\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("has no ServiceAccount \"rotor-rotator\""),
+            "{err}"
+        );
     }
 }

@@ -236,20 +236,38 @@ mod tests {
             Exchange::expect(Method::POST, PATH).reply(issued("canary-token-2")),
         ]));
         let rotator = Rotators::new(client, "rotor-rotator").in_namespace("team-a");
-        assert_eq!(rotator.subject(), "system:serviceaccount:team-a:rotor-rotator");
+        assert_eq!(
+            rotator.subject(),
+            "system:serviceaccount:team-a:rotor-rotator"
+        );
         let tokens = rotator.tokens("vault");
-        assert_eq!(tokens.token().await.unwrap().expose_secret(), "canary-token-1");
+        assert_eq!(
+            tokens.token().await.unwrap().expose_secret(),
+            "canary-token-1"
+        );
         tokio::time::advance(TOKEN_LIFETIME / 2 - Duration::from_secs(1)).await;
-        assert_eq!(tokens.token().await.unwrap().expose_secret(), "canary-token-1");
+        assert_eq!(
+            tokens.token().await.unwrap().expose_secret(),
+            "canary-token-1"
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(tokens.token().await.unwrap().expose_secret(), "canary-token-2");
+        assert_eq!(
+            tokens.token().await.unwrap().expose_secret(),
+            "canary-token-2"
+        );
         let debug = format!("{tokens:?} {rotator:?}");
         assert!(!debug.contains("canary"), "{debug}");
-        assert!(debug.contains("team-a") && debug.contains("vault"), "{debug}");
+        assert!(
+            debug.contains("team-a") && debug.contains("vault"),
+            "{debug}"
+        );
         let seen = seen.finished().await;
         assert_eq!(seen.len(), 2);
         for request in seen {
-            assert_eq!(request.body["spec"]["audiences"], serde_json::json!(["vault"]));
+            assert_eq!(
+                request.body["spec"]["audiences"],
+                serde_json::json!(["vault"])
+            );
             assert_eq!(request.body["spec"]["expirationSeconds"], 600);
             assert!(request.body["spec"]["boundObjectRef"].is_null());
         }
