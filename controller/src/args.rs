@@ -90,15 +90,16 @@ enum Command {
         /// in-cluster service account.
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
-        /// The controller's own ServiceAccount token for Vault Kubernetes
-        /// auth, when it rotates secrets in Vault stores: a projected token
-        /// with audience `vault`, as the sidecars get.
+        /// The ServiceAccount rotation acts as in each policy's namespace:
+        /// it logs in to the policy's store with a short-lived token of
+        /// that account (TokenRequest), never with its own. A namespace
+        /// opts in to rotation by creating it.
         #[arg(
             long,
-            env = "ROTOR_VAULT_JWT_FILE",
-            default_value = "/var/run/secrets/rotor/vault/token"
+            env = "ROTOR_ROTATOR_SERVICE_ACCOUNT",
+            default_value = rotor_crds::defaults::ROTATOR_SERVICE_ACCOUNT
         )]
-        vault_jwt_file: PathBuf,
+        rotator_service_account: String,
     },
     /// Rotate without Kubernetes: SecretRotationPolicy and RotorStore
     /// objects from YAML files, status in JSON files, and the sidecars each
@@ -307,7 +308,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             lease_duration,
             cert_hosts,
             kubeconfig,
-            vault_jwt_file,
+            rotator_service_account,
         } => {
             let client = match kubeconfig {
                 None => kube::Client::try_default().await?,
@@ -380,6 +381,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client.clone(),
                 consumers.clone(),
             ));
+            let rotators =
+                crate::cluster::identity::Rotators::new(client.clone(), rotator_service_account);
             let ctx = Arc::new(crate::rotation::reconciler::RotationContext {
                 recorder: kube::runtime::events::Recorder::new(
                     client.clone(),
@@ -391,7 +394,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client,
                 stores: Arc::new(crate::cluster::stores::ClusterStores::new(
                     stores.clone(),
-                    vault_jwt_file,
+                    rotators,
                 )),
                 consumers,
                 http: Arc::new(crate::sidecar_push::HttpSidecars::new(vec![])),

@@ -62,6 +62,40 @@ pub enum Error {
     #[error("store {store:?}: {reason}")]
     UnsupportedStore { store: String, reason: String },
 
+    /// The policy's namespace has no rotator ServiceAccount, the identity
+    /// rotation acts as there (`cluster::identity`).
+    #[error(
+        "namespace {namespace:?} has no ServiceAccount {service_account:?}, the identity rotation \
+         acts as in a namespace: create it (kubectl -n {namespace} create serviceaccount \
+         {service_account}) and let it into the store (README: \"Identities: whose credentials \
+         rotation uses\")"
+    )]
+    RotatorMissing {
+        namespace: String,
+        service_account: String,
+    },
+
+    /// The TokenRequest API gave no token for the rotator account.
+    #[error(
+        "cannot request a token for ServiceAccount {namespace}/{service_account} (audience \
+         {audience:?}): {problem}"
+    )]
+    RotatorToken {
+        namespace: String,
+        service_account: String,
+        audience: String,
+        problem: String,
+    },
+
+    /// An AWS store without `roleArn`: rotation in a cluster has no
+    /// credentials of its own to use instead.
+    #[error(
+        "store {store:?}: rotation in a cluster assumes spec.provider.aws.roleArn with a token of \
+         {subject}, and the store sets no roleArn; set it to a role whose trust policy admits \
+         that subject"
+    )]
+    AwsRoleMissing { store: String, subject: String },
+
     /// A local store's key file cannot be loaded.
     #[error("store {store:?}: {source}")]
     KeyFile {
@@ -128,6 +162,9 @@ impl Error {
             Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
             Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
             Error::KeyFile { source, .. } => source.metric_label(),
+            Error::RotatorMissing { .. } => "rotator_missing",
+            Error::RotatorToken { .. } => "rotator_token",
+            Error::AwsRoleMissing { .. } => "store_spec",
             Error::StoreNotResolved(_) => "store_not_resolved",
             Error::File { .. } => "file",
             Error::Listen { .. } | Error::Serve { .. } => "listen",

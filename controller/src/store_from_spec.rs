@@ -7,26 +7,34 @@ use std::sync::Arc;
 
 use rotor_crds::api::{Provider, ProviderKind, VaultProvider};
 use rotor_envelope::{Kek, KeyFileKek};
-use rotor_store::{AwsConfig, AwsStore, LocalStore, Store, VaultAuth, VaultConfig, VaultStore};
+use rotor_store::{
+    AwsConfig, AwsStore, LocalStore, Store, TokenFile, VaultAuth, VaultConfig, VaultStore,
+    WebIdentity,
+};
 
+use crate::cluster::identity::Rotator;
 use crate::{Error, Result};
 
 /// The in-pod service-account token, for Vault Kubernetes auth in
 /// standalone mode run inside a pod.
 const POD_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-/// What the controller can reach with its own credentials.
+/// What the controller can reach, and as whom.
 #[derive(Clone, Debug)]
 pub enum Reach {
-    /// Standalone: files on this host (local stores), and Vault with a
-    /// token file or, without one, Kubernetes auth with the pod's token.
+    /// Standalone: files on this host (local stores), Vault with a token
+    /// file or, without one, Kubernetes auth with the pod's token, and AWS
+    /// with the default credential chain.
     Standalone { vault_token_file: Option<PathBuf> },
-    /// In a cluster: no Secret or file access, so only Vault with
-    /// Kubernetes auth (the controller's own projected token) and AWS.
-    Cluster { vault_jwt_file: PathBuf },
+    /// In a cluster: no Secret or file access and no store credential of
+    /// its own. Vault (Kubernetes auth) and AWS (web identity) only, as the
+    /// policy's namespace's rotator ServiceAccount.
+    Cluster(Rotator),
 }
 
-/// Builds the store `name` with this provider as `reach` allows.
+/// Builds the store `name` with this provider as `reach` allows. In a
+/// cluster it requests the rotator's first token now, so a namespace
+/// without the account fails here, with [`Error::RotatorMissing`].
 pub async fn build(name: &str, provider: &Provider, reach: &Reach) -> Result<Arc<dyn Store>> {
     let unsupported = |reason: &str| Error::UnsupportedStore {
         store: name.to_owned(),
@@ -48,22 +56,42 @@ pub async fn build(name: &str, provider: &Provider, reach: &Reach) -> Result<Arc
             Ok(Arc::new(LocalStore::new(&l.path, kek)))
         }
         (ProviderKind::Vault(v), _) => {
-            let mut config = VaultConfig::new(v.server.clone(), vault_auth(v, reach, unsupported)?);
+            let auth = vault_auth(v, reach, unsupported).await?;
+            let mut config = VaultConfig::new(v.server.clone(), auth);
             config.mount = v.mount.clone();
             Ok(Arc::new(VaultStore::new(config)?))
         }
-        (ProviderKind::Aws(a), _) => Ok(Arc::new(
-            AwsStore::new(AwsConfig {
-                region: Some(a.region.clone()),
-                endpoint: a.endpoint.clone(),
-                static_credentials: None,
-            })
-            .await,
-        )),
+        (ProviderKind::Aws(a), _) => {
+            let web_identity = match reach {
+                Reach::Standalone { .. } => None,
+                Reach::Cluster(rotator) => {
+                    let role_arn = a.role_arn.clone().ok_or_else(|| Error::AwsRoleMissing {
+                        store: name.to_owned(),
+                        subject: rotator.subject(),
+                    })?;
+                    let tokens = rotator.tokens(rotor_crds::defaults::STS_AUDIENCE);
+                    tokens.token_now().await?;
+                    Some(WebIdentity {
+                        role_arn,
+                        session_name: rotator.session_name(),
+                        token: tokens,
+                    })
+                }
+            };
+            Ok(Arc::new(
+                AwsStore::new(AwsConfig {
+                    region: Some(a.region.clone()),
+                    endpoint: a.endpoint.clone(),
+                    static_credentials: None,
+                    web_identity,
+                })
+                .await,
+            ))
+        }
         (ProviderKind::Kubernetes(_), Reach::Standalone { .. }) => Err(unsupported(
             "standalone mode supports local, vault and aws stores",
         )),
-        (ProviderKind::Kubernetes(_) | ProviderKind::Local(_), Reach::Cluster { .. }) => {
+        (ProviderKind::Kubernetes(_) | ProviderKind::Local(_), Reach::Cluster(_)) => {
             Err(unsupported(
                 "rotation in a cluster supports vault and aws stores (the controller holds no Secret or file access)",
             ))
@@ -72,7 +100,7 @@ pub async fn build(name: &str, provider: &Provider, reach: &Reach) -> Result<Arc
 }
 
 /// How the controller logs in to a Vault store.
-fn vault_auth(
+async fn vault_auth(
     v: &VaultProvider,
     reach: &Reach,
     unsupported: impl Fn(&str) -> Error,
@@ -88,32 +116,55 @@ fn vault_auth(
             .map(|k| VaultAuth::Kubernetes {
                 mount: k.mount_path.clone(),
                 role: k.role.clone(),
-                jwt_path: POD_TOKEN.into(),
+                jwt: Arc::new(TokenFile::new(POD_TOKEN)),
             })
             .ok_or_else(|| {
                 unsupported(
                     "standalone mode cannot read Kubernetes Secrets; pass --vault-token-file",
                 )
             }),
-        Reach::Cluster { vault_jwt_file } => kubernetes
-            .map(|k| VaultAuth::Kubernetes {
+        Reach::Cluster(rotator) => {
+            let k = kubernetes.ok_or_else(|| {
+                unsupported(
+                    "rotation in a cluster needs Vault kubernetes auth (it logs in as the namespace's rotator ServiceAccount)",
+                )
+            })?;
+            let tokens = rotator.tokens(k.audience());
+            tokens.token_now().await?;
+            Ok(VaultAuth::Kubernetes {
                 mount: k.mount_path.clone(),
                 role: k.role.clone(),
-                jwt_path: vault_jwt_file.clone(),
+                jwt: tokens,
             })
-            .ok_or_else(|| {
-                unsupported("rotation in a cluster needs Vault kubernetes auth for the controller")
-            }),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use http::Method;
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestStatus};
     use rotor_crds::api::{
         AwsProvider, KubernetesProvider, LocalProvider, VaultAuthSpec, VaultKubernetesAuth,
     };
+    use rotor_fixtures::api_server::{Exchange, Recorded, Reply, Scenario, pair};
 
     use super::*;
+    use crate::cluster::identity::Rotators;
+
+    const TOKEN_PATH: &str = "/api/v1/namespaces/team-a/serviceaccounts/rotor-rotator/token";
+
+    fn issued() -> TokenRequest {
+        TokenRequest {
+            status: Some(TokenRequestStatus {
+                token: "canary-rotator-token".into(),
+                expiration_timestamp: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    chrono::Utc::now(),
+                ),
+            }),
+            ..TokenRequest::default()
+        }
+    }
 
     fn none() -> Provider {
         Provider {
@@ -134,6 +185,7 @@ mod tests {
                     kubernetes: kubernetes.then(|| VaultKubernetesAuth {
                         role: "r".into(),
                         mount_path: "kubernetes".into(),
+                        audience: None,
                     }),
                     app_role: None,
                     token_secret_ref: None,
@@ -149,10 +201,16 @@ mod tests {
         }
     }
 
+    /// Cluster mode in namespace team-a, against a fake API server.
+    fn cluster_with(scenario: Scenario) -> (Reach, Recorded) {
+        let (client, server) = pair("default");
+        let seen = server.run(scenario);
+        let rotator = Rotators::new(client, "rotor-rotator").in_namespace("team-a");
+        (Reach::Cluster(rotator), seen)
+    }
+
     fn cluster() -> Reach {
-        Reach::Cluster {
-            vault_jwt_file: "/jwt".into(),
-        }
+        cluster_with(Scenario::echo(&issued())).0
     }
 
     async fn refusal(provider: Provider, reach: Reach) -> String {
@@ -203,16 +261,20 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn vault_and_aws_build_in_both_modes() {
-        let aws = Provider {
+    fn aws(role_arn: Option<&str>) -> Provider {
+        Provider {
             aws: Some(AwsProvider {
                 region: "eu-west-1".into(),
                 endpoint: Some("http://127.0.0.1:1".into()),
-                role_arn: None,
+                role_arn: role_arn.map(str::to_owned),
             }),
             ..none()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn vault_and_aws_build_in_both_modes() {
+        let role = Some("arn:aws:iam::123456789012:role/team-a");
         for reach in [standalone(), cluster()] {
             let store = build("s", &vault(true), &reach).await.unwrap();
             assert!(
@@ -220,11 +282,64 @@ mod tests {
                 "{}",
                 store.describe()
             );
-            build("s", &aws, &reach).await.unwrap();
+            build("s", &aws(role), &reach).await.unwrap();
         }
+        build("s", &aws(None), &standalone()).await.unwrap();
         let token = Reach::Standalone {
             vault_token_file: Some("/token".into()),
         };
         build("s", &vault(false), &token).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_tokens_are_the_namespaces_rotators_for_the_stores_audience() {
+        let script = (0..3)
+            .map(|_| Exchange::expect(Method::POST, TOKEN_PATH).reply(Reply::created(&issued())))
+            .collect();
+        let (reach, seen) = cluster_with(Scenario::Script(script));
+        build("s", &vault(true), &reach).await.unwrap();
+        let mut custom = vault(true);
+        if let Some(k) = custom.vault.as_mut().unwrap().auth.kubernetes.as_mut() {
+            k.audience = Some("bao.example".into());
+        }
+        build("s", &custom, &reach).await.unwrap();
+        build("s", &aws(Some("arn:aws:iam::1:role/r")), &reach)
+            .await
+            .unwrap();
+        let audiences: Vec<_> = seen
+            .finished()
+            .await
+            .iter()
+            .map(|r| r.body["spec"]["audiences"].clone())
+            .collect();
+        assert_eq!(
+            audiences,
+            [
+                serde_json::json!(["vault"]),
+                serde_json::json!(["bao.example"]),
+                serde_json::json!(["sts.amazonaws.com"])
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_a_missing_rotator_or_role_arn_is_a_typed_error() {
+        let (reach, _seen) = cluster_with(Scenario::Script(vec![
+            Exchange::expect(Method::POST, TOKEN_PATH).reply(Reply::not_found()),
+        ]));
+        let err = build("s", &vault(true), &reach).await.err().unwrap();
+        assert!(matches!(err, Error::RotatorMissing { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("kubectl -n team-a create serviceaccount rotor-rotator"),
+            "{err}"
+        );
+        let err = build("s", &aws(None), &cluster()).await.err().unwrap();
+        assert!(matches!(err, Error::AwsRoleMissing { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("system:serviceaccount:team-a:rotor-rotator"),
+            "{err}"
+        );
     }
 }

@@ -16,3 +16,15 @@ pub const ADMIN_PORT: u16 = 9464;
 /// The sidecar's push port: `POST /v1/refresh`, which the rotation
 /// controller calls.
 pub const PUSH_PORT: u16 = 9465;
+
+/// The audience of the service-account tokens presented to Vault's
+/// Kubernetes auth when a store names none.
+pub const VAULT_AUDIENCE: &str = "vault";
+
+/// The audience of the web identity tokens presented to AWS STS.
+pub const STS_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// The ServiceAccount rotation acts as in a policy's namespace
+/// (`rotor-controller run --rotator-service-account`, the chart's
+/// `rotation.serviceAccount`): a namespace opts in by creating it.
+pub const ROTATOR_SERVICE_ACCOUNT: &str = "rotor-rotator";

@@ -154,6 +154,7 @@ impl StoreArgs {
                     region: self.aws_region.clone(),
                     endpoint: self.aws_endpoint.clone(),
                     static_credentials: None,
+                    web_identity: None,
                 })
                 .await,
             ),
@@ -175,7 +176,7 @@ impl StoreArgs {
                 role: self.vault_role.clone().context(
                     "--vault-role (ROTOR_VAULT_ROLE) is required with --vault-auth kubernetes",
                 )?,
-                jwt_path: self.vault_jwt_file.clone(),
+                jwt: std::sync::Arc::new(rotor_store::TokenFile::new(&self.vault_jwt_file)),
             },
             VaultAuthMethod::Approle => VaultAuth::AppRole {
                 mount: self

@@ -13,9 +13,18 @@
 //! # Connection
 //!
 //! Credentials come from the default chain (environment, profile, web
-//! identity for IRSA, ECS, IMDS) unless static keys are given. TLS is rustls
-//! with ring, like the rest of Rotor. Region and endpoint are settable.
+//! identity for IRSA, ECS, IMDS) unless static keys or a [`WebIdentity`]
+//! are given. A web identity is IRSA without a file: the role is assumed
+//! with `AssumeRoleWithWebIdentity` and a token from a [`TokenSource`],
+//! asked for again whenever the credentials are refreshed; the SDK's
+//! identity cache keeps the role's credentials until [`REFRESH_BEFORE`]
+//! before they expire. STS is reached at the region's endpoint, or at
+//! `AWS_ENDPOINT_URL_STS` / `AWS_ENDPOINT_URL` (the SDK's own settings);
+//! the store's `endpoint` is for Secrets Manager only, so a store's author
+//! never chooses where the token goes. TLS is rustls with ring, like the
+//! rest of Rotor. Region and endpoint are settable.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -27,7 +36,11 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use ring::rand::SecureRandom;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::token_source::TokenSource;
 use crate::{Error, Fetched, Result, Selector, Stage, Store, VersionId, WriteAs};
+
+/// Assumed-role credentials are refreshed this long before they expire.
+pub const REFRESH_BEFORE: Duration = Duration::from_secs(120);
 
 const CURRENT: &str = "AWSCURRENT";
 const PENDING: &str = "AWSPENDING";
@@ -50,6 +63,81 @@ pub struct AwsConfig {
     pub endpoint: Option<String>,
     /// Static keys instead of the default credential chain.
     pub static_credentials: Option<(String, SecretString)>,
+    /// A role assumed with a web identity token instead of the default
+    /// credential chain (ignored when static keys are given).
+    pub web_identity: Option<WebIdentity>,
+}
+
+/// A role to assume with `AssumeRoleWithWebIdentity`, as IRSA does, with
+/// the token from a source instead of a file.
+#[derive(Debug, Clone)]
+pub struct WebIdentity {
+    /// `arn:aws:iam::<account>:role/<name>`
+    pub role_arn: String,
+    /// The session's name, in CloudTrail and in the assumed-role ARN
+    /// (at most 64 of `[A-Za-z0-9+=,.@_-]`).
+    pub session_name: String,
+    /// The web identity token, for audience `sts.amazonaws.com`.
+    pub token: Arc<dyn TokenSource>,
+}
+
+/// Credentials of the role a [`WebIdentity`] names. Every call assumes the
+/// role with a fresh token; the SDK's identity cache decides when to call.
+#[derive(Debug)]
+struct WebIdentityCredentials {
+    sts: aws_sdk_sts::Client,
+    identity: WebIdentity,
+}
+
+impl WebIdentityCredentials {
+    async fn assume(&self) -> aws_credential_types::provider::Result {
+        use aws_credential_types::provider::error::CredentialsError;
+        let WebIdentity {
+            role_arn,
+            session_name,
+            token,
+        } = &self.identity;
+        let token = token.token().await.map_err(CredentialsError::not_loaded)?;
+        let out = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(role_arn)
+            .role_session_name(session_name)
+            .web_identity_token(token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| {
+                CredentialsError::provider_error(format!(
+                    "AssumeRoleWithWebIdentity {role_arn}: {}",
+                    error_chain(&e)
+                ))
+            })?;
+        let c = out.credentials.ok_or_else(|| {
+            CredentialsError::unhandled(format!(
+                "AssumeRoleWithWebIdentity {role_arn} returned no credentials"
+            ))
+        })?;
+        let expiry = SystemTime::try_from(c.expiration).ok();
+        tracing::debug!(role = %role_arn, session = %session_name, "assumed the role with a web identity");
+        Ok(aws_sdk_secretsmanager::config::Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            expiry,
+            "rotor-web-identity",
+        ))
+    }
+}
+
+impl aws_sdk_secretsmanager::config::ProvideCredentials for WebIdentityCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.assume())
+    }
 }
 
 pub struct AwsStore {
@@ -63,6 +151,7 @@ impl AwsStore {
             region,
             endpoint,
             static_credentials,
+            web_identity,
         } = config;
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
@@ -78,12 +167,25 @@ impl AwsStore {
             .connect_timeout(Duration::from_secs(3))
             .operation_attempt_timeout(Duration::from_secs(10))
             .build();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .retry_config(retry)
-            .timeout_config(timeouts);
-        if let Some(r) = &region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
+        let base = || {
+            let loader = aws_config::defaults(BehaviorVersion::latest())
+                .http_client(http.clone())
+                .retry_config(retry.clone())
+                .timeout_config(timeouts.clone());
+            match &region {
+                Some(r) => loader.region(aws_config::Region::new(r.clone())),
+                None => loader,
+            }
+        };
+        let mut loader = base().identity_cache(
+            aws_sdk_secretsmanager::config::IdentityCache::lazy()
+                .buffer_time(REFRESH_BEFORE)
+                .build(),
+        );
+        if let Some(identity) = web_identity.filter(|_| static_credentials.is_none()) {
+            // STS without the store's endpoint: see the module docs.
+            let sts = aws_sdk_sts::Client::new(&base().load().await);
+            loader = loader.credentials_provider(WebIdentityCredentials { sts, identity });
         }
         if let Some(e) = &endpoint {
             loader = loader.endpoint_url(e.clone());

@@ -93,6 +93,15 @@ pub enum Error {
     #[error("{store}: authentication failed: {detail}")]
     Auth { store: String, detail: String },
 
+    /// The token source has no token to log in with (see
+    /// [`crate::TokenSource`]); its error says what is missing.
+    #[error("{store}: no token to log in with: {source}")]
+    Token {
+        store: String,
+        #[source]
+        source: crate::token_source::SourceError,
+    },
+
     #[error("{store}: unreachable: {detail}")]
     Unreachable { store: String, detail: String },
 
@@ -140,6 +149,7 @@ impl Error {
             Error::Conflict { .. } => "conflict",
             Error::PermissionDenied { .. } => "permission_denied",
             Error::Auth { .. } => "auth",
+            Error::Token { .. } => "token",
             Error::Unreachable { .. } => "unreachable",
             Error::Throttled { .. } => "throttled",
             Error::Malformed { .. } => "malformed",

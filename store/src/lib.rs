@@ -21,10 +21,11 @@ mod error;
 pub mod kubernetes;
 pub mod local;
 mod model;
+pub mod token_source;
 pub mod transit;
 pub mod vault;
 
-pub use aws::{AwsConfig, AwsStore};
+pub use aws::{AwsConfig, AwsStore, WebIdentity};
 pub use backend::{Fetched, Store};
 pub use error::{Error, Result};
 pub use kubernetes::KubeStore;
@@ -33,6 +34,7 @@ pub use model::{
     SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,
 };
 pub use rotor_crds::names::validate_secret_name;
+pub use token_source::{SourceError, TokenFile, TokenSource};
 pub use transit::TransitKek;
 pub use vault::{RetireMode, VaultAuth, VaultConfig, VaultStore};
 

@@ -27,20 +27,23 @@
 //!
 //! A token from a file (re-read when the file changes, the last good token
 //! kept when a read fails, an empty file refused), Kubernetes auth (a
-//! projected service-account token, a role and a mount) or AppRole. Login
+//! service-account token from a [`TokenSource`], asked for at every login,
+//! a role and a mount) or AppRole. Login
 //! tokens are renewed at two thirds of their TTL, and a login is repeated
 //! after a renewal fails or a request is refused with 403.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::sync::{Mutex, RwLock};
 use vaultrs::client::{Client, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 
+use crate::token_source::{TokenSource, read_secret_file};
 use crate::{Error, Fetched, Result, Selector, Stage, Store, VersionId, WriteAs};
 
 const CURRENT: &str = "rotor-current";
@@ -93,11 +96,12 @@ pub enum RetireMode {
 pub enum VaultAuth {
     /// A token read from a file and re-read when the file changes.
     TokenFile(PathBuf),
-    /// Kubernetes auth with a projected service-account token.
+    /// Kubernetes auth with a service-account token, asked of `jwt` at
+    /// every login (a projected file, or a TokenRequest).
     Kubernetes {
         mount: String,
         role: String,
-        jwt_path: PathBuf,
+        jwt: Arc<dyn TokenSource>,
     },
     /// AppRole with the role id and the secret id read from files.
     AppRole {
@@ -266,12 +270,11 @@ impl VaultStore {
             detail,
         };
         let auth = match &self.config.auth {
-            VaultAuth::Kubernetes {
-                mount,
-                role,
-                jwt_path,
-            } => {
-                let jwt = read_secret_file(jwt_path).await.map_err(auth_error)?;
+            VaultAuth::Kubernetes { mount, role, jwt } => {
+                let jwt = jwt.token().await.map_err(|source| Error::Token {
+                    store: self.label.clone(),
+                    source,
+                })?;
                 let client = self.client.read().await;
                 vaultrs::auth::kubernetes::login(&*client, mount, role, jwt.expose_secret())
                     .await
@@ -482,20 +485,6 @@ impl VaultStore {
 /// Renew at two thirds of the TTL; a TTL of 0 never expires.
 fn renew_time(ttl_secs: u64) -> Option<Instant> {
     (ttl_secs > 0).then(|| Instant::now() + Duration::from_secs(ttl_secs * 2 / 3))
-}
-
-/// A token or credential file: trimmed, and never empty.
-async fn read_secret_file(path: &std::path::Path) -> Result<SecretString, String> {
-    let text = zeroize::Zeroizing::new(
-        tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(format!("{} is empty; expected a token", path.display()));
-    }
-    Ok(SecretString::from(trimmed.to_owned()))
 }
 
 /// At most this many of the server's errors are kept in an error's text.
@@ -770,6 +759,108 @@ mod describe_tests {
             text.chars().count() < 4 * MAX_SERVER_ERROR_CHARS,
             "{}",
             text.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use rotor_fixtures::http_recorder::HttpRecorder;
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::token_source::SourceError;
+
+    /// Hands out `jwt-1`, `jwt-2`, ... and counts the calls.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl TokenSource for Counting {
+        async fn token(&self) -> Result<SecretString, SourceError> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(SecretString::from(format!("jwt-{n}")))
+        }
+    }
+
+    /// A Vault that logs `jwt-N` in as `t-N`, refuses `t-1` (an expired
+    /// login) and answers 404 to `t-2`.
+    fn fake_vault() -> HttpRecorder {
+        HttpRecorder::start(|request| {
+            if request.path.contains("/auth/kubernetes/login") {
+                let token = request.json()["jwt"].as_str().unwrap().replace("jwt", "t");
+                return (
+                    200,
+                    serde_json::json!({
+                        "request_id": "", "lease_id": "", "lease_duration": 0,
+                        "renewable": false, "data": null,
+                        "auth": {
+                            "client_token": token, "accessor": "", "policies": [],
+                            "token_policies": [], "metadata": null,
+                            "lease_duration": 3600, "renewable": false,
+                            "entity_id": "", "token_type": "service", "orphan": true,
+                        },
+                    }),
+                );
+            }
+            match request.header("x-vault-token") {
+                Some("t-1") => (403, serde_json::json!({"errors": ["permission denied"]})),
+                _ => (404, serde_json::json!({"errors": []})),
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_login_after_a_refusal_asks_the_source_for_a_new_token() {
+        let vault = fake_vault();
+        let source = Arc::new(Counting::default());
+        let auth = VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "app".into(),
+            jwt: source.clone(),
+        };
+        let store = VaultStore::new(VaultConfig::new(vault.url(), auth)).unwrap();
+        let err = store.current_version("db").await.unwrap_err();
+        assert!(matches!(err, Error::SecretNotFound { .. }), "{err}");
+        let logins: Vec<_> = vault
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/login"))
+            .map(|r| r.json()["jwt"].clone())
+            .collect();
+        assert_eq!(logins, ["jwt-1", "jwt-2"]);
+        assert_eq!(source.0.load(Ordering::SeqCst), 2);
+        // A token is never in the store's Debug output.
+        assert!(!format!("{:?}", store.config).contains("jwt-"));
+    }
+
+    #[derive(Debug)]
+    struct Missing;
+
+    #[async_trait]
+    impl TokenSource for Missing {
+        async fn token(&self) -> Result<SecretString, SourceError> {
+            Err("namespace \"team-a\" has no ServiceAccount \"rotor-rotator\"".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_source_without_a_token_is_a_token_error_naming_why() {
+        let auth = VaultAuth::Kubernetes {
+            mount: "kubernetes".into(),
+            role: "app".into(),
+            jwt: Arc::new(Missing),
+        };
+        let store = VaultStore::new(VaultConfig::new("http://127.0.0.1:1", auth)).unwrap();
+        let err = store.current_version("db").await.unwrap_err();
+        assert!(matches!(err, Error::Token { .. }), "{err}");
+        assert_eq!(err.metric_label(), "token");
+        assert!(
+            err.to_string()
+                .contains("has no ServiceAccount \"rotor-rotator\""),
+            "{err}"
         );
     }
 }

@@ -641,18 +641,24 @@ impl Controller {
         webhook_port: u16,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_env(plane, identity, webhook_port, extra, &[]).await
+    }
+
+    /// Starts a replica with more environment variables (e.g.
+    /// `AWS_ENDPOINT_URL_STS`).
+    pub async fn start_with_env(
+        plane: &ControlPlane,
+        identity: &str,
+        webhook_port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token = plane
             .token("rotor-system", "rotor-controller", &[], None)
             .await;
         let kubeconfig = dir.path().join("kubeconfig");
         plane.token_kubeconfig(&token, &kubeconfig);
-        // What the Deployment projects for Vault: a token for audience `vault`.
-        let jwt = dir.path().join("vault-token");
-        let vault_token = plane
-            .token("rotor-system", "rotor-controller", &["vault"], None)
-            .await;
-        std::fs::write(&jwt, vault_token).unwrap();
         let tls = dir.path().join("tls");
         std::fs::create_dir_all(&tls).unwrap();
         let metrics_port = free_port();
@@ -665,8 +671,8 @@ impl Controller {
             .arg(format!("--listen=127.0.0.1:{webhook_port}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg(format!("--identity={identity}"))
-            .arg(format!("--vault-jwt-file={}", jwt.display()))
             .args(extra)
+            .envs(env.iter().copied())
             .env("ROTOR_LOG", "info,rotor_controller=debug")
             .env_remove("KUBECONFIG")
             .stdin(Stdio::null())
@@ -749,6 +755,20 @@ pub async fn vault_kubernetes_auth(
     service_accounts: &[&str],
     namespaces: &[&str],
 ) {
+    vault_kubernetes_role(plane, bao, role, service_accounts, namespaces, "rotor").await;
+}
+
+/// [`vault_kubernetes_auth`] with the role's token policy named: policy
+/// `rotor` is read and write on all of `secret/`; write others with
+/// `bao.api("PUT", "sys/policies/acl/<name>", ...)`.
+pub async fn vault_kubernetes_role(
+    plane: &ControlPlane,
+    bao: &crate::servers::Bao,
+    role: &str,
+    service_accounts: &[&str],
+    namespaces: &[&str],
+    policy: &str,
+) {
     plane.create_namespace("vault", &[]).await;
     plane.service_account("vault", "token-reviewer").await;
     let _ = plane
@@ -792,11 +812,23 @@ pub async fn vault_kubernetes_auth(
             "bound_service_account_names": service_accounts,
             "bound_service_account_namespaces": namespaces,
             "audience": "vault",
-            "token_policies": ["rotor"],
+            "token_policies": [policy],
             "token_ttl": "1h",
         })
         .to_string(),
     );
+}
+
+/// The ServiceAccount rotation acts as in a namespace.
+pub const ROTATOR: &str = "rotor-rotator";
+
+/// The claims of a JWT (its payload, not verified): `sub`, `aud`, ...
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .expect("base64url payload");
+    serde_json::from_slice(&bytes).expect("JSON claims")
 }
 
 /// A pod of ServiceAccount `app`, running as uid 1000, with these

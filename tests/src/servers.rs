@@ -311,9 +311,12 @@ pub struct Moto {
 impl Moto {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let spawn = |port: u16| {
+        // Where moto's request recorder writes, when started.
+        let recording = dir.path().join("recording.jsonl");
+        let spawn = move |port: u16| {
             let mut cmd = Command::new(venv_bin("moto_server"));
-            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env("MOTO_RECORDER_FILEPATH", &recording);
             cmd
         };
         let ready = |port: u16| request(port, "GET", "/moto-api/", &[], "").is_some();
@@ -339,6 +342,37 @@ impl Moto {
     pub fn process(&mut self) -> &mut ServerProcess {
         &mut self.process
     }
+
+    /// Starts moto's request recorder: every request from now on, with
+    /// its headers and body.
+    pub fn start_recording(&self) {
+        let reply = request(
+            self.port,
+            "POST",
+            "/moto-api/recorder/start-recording",
+            &[],
+            "",
+        );
+        assert_eq!(reply.map(|r| r.0), Some(200), "start moto's recorder");
+    }
+
+    /// The requests recorded so far: `{method, url, headers, body,
+    /// body_encoded}` each.
+    pub fn recording(&self) -> Vec<serde_json::Value> {
+        let (status, body) = request(
+            self.port,
+            "GET",
+            "/moto-api/recorder/download-recording",
+            &[],
+            "",
+        )
+        .expect("moto's recording");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("a recorded request"))
+            .collect()
+    }
 }
 
 /// A Secrets Manager store client for `endpoint` in `us-east-1`, with the
@@ -348,6 +382,7 @@ pub async fn aws_store(endpoint: String) -> rotor_store::AwsStore {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint),
         static_credentials: Some(("test".into(), "test".to_owned().into())),
+        web_identity: None,
     })
     .await
 }

@@ -327,6 +327,7 @@ fn every_changed_value_reaches_the_objects() {
         "--sidecar-cpu-limit=200m",
         "--sidecar-memory-limit=48Mi",
         "--metrics-addr=0.0.0.0:9091",
+        "--rotator-service-account=secrets-rotator",
     ] {
         assert!(args.contains(&want), "{want} missing from {args:?}");
     }
@@ -403,6 +404,15 @@ fn every_changed_value_reaches_the_objects() {
             ["app.kubernetes.io/component"]
             .is_null()
     );
+
+    let token_rule = all["ClusterRole//rotor-controller"]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|r| r["resources"][0] == "serviceaccounts/token")
+        .expect("a rule for serviceaccounts/token");
+    assert_eq!(token_rule["resourceNames"][0], "secrets-rotator");
+    assert!(token_rule["resourceNames"][1].is_null(), "{token_rule:?}");
 
     let off = template(&[&values_file("disabled.yaml")], &[]).unwrap();
     for kind in ["PodDisruptionBudget", "NetworkPolicy"] {

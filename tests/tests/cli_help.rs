@@ -32,7 +32,7 @@ const SHARED: [(&str, &str); 5] = [
     ),
     (
         "ROTOR_VAULT_JWT_FILE",
-        "a service-account token for Vault's Kubernetes auth, for the sidecar and the controller",
+        "a service-account token for Vault's Kubernetes auth, for the sidecar (in rotor-sidecar and `rotor sidecar`)",
     ),
 ];
 

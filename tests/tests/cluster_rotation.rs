@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rotor_crds::api::{RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
-    ControlPlane, Controller, app_pod, eventually, installed, point_webhook_at,
+    ControlPlane, Controller, ROTATOR, app_pod, eventually, installed, point_webhook_at,
     vault_kubernetes_auth,
 };
 use rotor_e2e::kubelet::RunningPod;
@@ -80,14 +80,9 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
     let bao = Bao::start();
     let ns = plane.namespace("rotation").await;
     plane.service_account(&ns, "app").await;
-    vault_kubernetes_auth(
-        plane,
-        &bao,
-        "app",
-        &["app", "rotor-controller"],
-        &[&ns, "rotor-system"],
-    )
-    .await;
+    // Rotation writes as the namespace's rotator account.
+    plane.service_account(&ns, ROTATOR).await;
+    vault_kubernetes_auth(plane, &bao, "app", &["app", ROTATOR], &[&ns]).await;
     let secret = format!("{ns}/db");
     bao.api(
         "POST",

@@ -207,7 +207,7 @@ async fn vault_kubernetes_login(plane: &ControlPlane, client: &kube::Client) {
             VaultAuth::Kubernetes {
                 mount: "kubernetes".into(),
                 role: "app".into(),
-                jwt_path: path,
+                jwt: std::sync::Arc::new(rotor_store::TokenFile::new(path)),
             },
         ))
         .unwrap();

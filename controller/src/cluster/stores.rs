@@ -2,33 +2,33 @@
 //! through the shared store index, built once per (namespace, store).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use kube::ResourceExt;
 use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
+use crate::cluster::identity::Rotators;
 use crate::rotation::reconciler::StoreFactory;
 use crate::store_from_spec::Reach;
 use crate::store_index::SharedStoreIndex;
 use crate::{Error, Result};
 
-/// Builds rotation stores from the store index: Vault with the
-/// controller's own Kubernetes auth, AWS with the default chain. Stores are
-/// cached by (namespace, store).
+/// Builds rotation stores from the store index, logging in as the policy's
+/// namespace's rotator (`cluster::identity`). Stores are cached by
+/// (namespace, store).
 pub struct ClusterStores {
     index: SharedStoreIndex,
-    /// What the controller can reach: Vault with its own projected token.
-    reach: Reach,
+    /// Whom rotation acts as: the rotator of the policy's namespace.
+    rotators: Rotators,
     cache: tokio::sync::Mutex<BTreeMap<(String, String), Arc<dyn Store>>>,
 }
 
 impl ClusterStores {
-    pub fn new(index: SharedStoreIndex, vault_jwt_file: PathBuf) -> Self {
+    pub fn new(index: SharedStoreIndex, rotators: Rotators) -> Self {
         Self {
             index,
-            reach: Reach::Cluster { vault_jwt_file },
+            rotators,
             cache: Default::default(),
         }
     }
@@ -49,7 +49,8 @@ impl StoreFactory for ClusterStores {
             .expect("index lock")
             .resolve(&namespace, &name, &[policy.spec.secret_name.as_str()])
             .map_err(Error::StoreNotResolved)?;
-        let store = crate::store_from_spec::build(&name, &resolved.provider, &self.reach).await?;
+        let reach = Reach::Cluster(self.rotators.in_namespace(&namespace));
+        let store = crate::store_from_spec::build(&name, &resolved.provider, &reach).await?;
         self.cache.lock().await.insert(key, store.clone());
         Ok(store)
     }

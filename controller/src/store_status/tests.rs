@@ -56,6 +56,7 @@ fn vault(server: &str) -> Provider {
                 kubernetes: Some(VaultKubernetesAuth {
                     role: "shop".into(),
                     mount_path: "kubernetes".into(),
+                    audience: None,
                 }),
                 app_role: None,
                 token_secret_ref: None,

@@ -194,6 +194,20 @@ pub struct VaultKubernetesAuth {
     pub role: String,
     #[serde(default = "default_kubernetes_mount")]
     pub mount_path: String,
+    /// The audience of the service-account tokens presented to Vault: the
+    /// role's `audience` (default `vault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+}
+
+impl VaultKubernetesAuth {
+    /// The tokens' audience: `audience`, else
+    /// [`crate::defaults::VAULT_AUDIENCE`].
+    pub fn audience(&self) -> &str {
+        self.audience
+            .as_deref()
+            .unwrap_or(crate::defaults::VAULT_AUDIENCE)
+    }
 }
 
 fn default_kubernetes_mount() -> String {
@@ -220,8 +234,9 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
-/// AWS Secrets Manager. Credentials come from the default chain (IRSA web
-/// identity in EKS).
+/// AWS Secrets Manager. The sidecar's credentials come from the default
+/// chain (IRSA web identity in EKS); rotation in a cluster assumes
+/// `roleArn` with a token of the namespace's rotator ServiceAccount.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AwsProvider {
@@ -229,7 +244,9 @@ pub struct AwsProvider {
     /// An endpoint override, e.g. a VPC endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// The IAM role to assume through the pod's web identity (IRSA).
+    /// The IAM role to assume through the pod's web identity (IRSA), and
+    /// the one rotation in a cluster assumes with a token of the policy's
+    /// namespace's rotator ServiceAccount (required there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
 }
