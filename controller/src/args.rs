@@ -342,10 +342,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             }
             let stores: SharedStoreIndex = Arc::default();
+            let changes = crate::cluster::watch::IndexChanges::new(stores.clone());
             let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
             tokio::spawn(crate::cluster::watch::keep_index_fresh(
                 client.clone(),
-                stores.clone(),
+                changes.clone(),
             ));
             tokio::spawn(crate::store_status::run(Arc::new(
                 crate::store_status::Context {
@@ -389,7 +390,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leader,
                 metrics: metrics.clone(),
             });
-            tokio::spawn(crate::cluster::rotation::run_rotation(ctx));
+            tokio::spawn(crate::cluster::rotation::run_rotation(ctx, changes));
             let state = Arc::new(WebhookState::new(stores, inject));
             // SIGTERM ends the process: the controllers' own signal
             // handlers replace the default action, so it must be awaited.

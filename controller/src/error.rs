@@ -75,6 +75,11 @@ pub enum Error {
     #[error("{0}")]
     StoreNotResolved(String),
 
+    /// A policy in a cluster names a store that is missing or does not
+    /// allow its namespace or secret, as the store index has it now.
+    #[error(transparent)]
+    StoreRefused(#[from] crate::store_index::Refusal),
+
     /// A file or directory the controller reads or writes.
     #[error("{what} {}: {source}", path.display())]
     File {
@@ -128,7 +133,7 @@ impl Error {
             Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
             Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
             Error::KeyFile { source, .. } => source.metric_label(),
-            Error::StoreNotResolved(_) => "store_not_resolved",
+            Error::StoreNotResolved(_) | Error::StoreRefused(_) => "store_not_resolved",
             Error::File { .. } => "file",
             Error::Listen { .. } | Error::Serve { .. } => "listen",
             Error::Tls { .. } => "tls",

@@ -977,7 +977,7 @@ fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     let problems = Policy::check(&bad, Mode::Cluster).unwrap_err();
     assert!(problems[0].contains("ackTimeout"), "{problems:?}");
     let current = in_phase(Phase::Propagating, t0());
-    let step = invalid_spec(&current, problems.clone(), t0());
+    let step = blocked(&current, Blocked::InvalidSpec, problems.clone(), t0());
     // The phase is left as it is; Ready says why nothing happens.
     assert_eq!(phase(&step.status), Phase::Propagating);
     let ready = cond(&step.status, "Ready").unwrap();
@@ -988,14 +988,20 @@ fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     assert_eq!(ready.message, problems.join("; "));
     assert_eq!(
         step.events,
-        vec![RotationEvent::InvalidSpec {
+        vec![RotationEvent::Blocked {
+            reason: Blocked::InvalidSpec,
             problems: problems.clone()
         }]
     );
     assert_eq!(step.events[0].severity(), Severity::Warning);
     assert!(step.requeue >= secs(3600));
     // The same problems again: no second event.
-    let again = invalid_spec(&step.status, problems, t0() + secs(60));
+    let again = blocked(
+        &step.status,
+        Blocked::InvalidSpec,
+        problems,
+        t0() + secs(60),
+    );
     assert!(again.events.is_empty());
     assert_eq!(again.status, step.status);
 }
