@@ -153,7 +153,7 @@ pub async fn reconcile(
             let current = if ready_blocked(&status) == Some(reason) {
                 status
             } else {
-                api.get_status(&name).await?.status.unwrap_or_default()
+                api.get(&name).await?.status.unwrap_or_default()
             };
             blocked(&current, reason, problems, now)
         }

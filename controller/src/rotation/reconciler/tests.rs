@@ -305,7 +305,7 @@ async fn a_missing_store_is_a_condition_and_one_warning_event() {
     // A new reason is decided on the status as saved, read first.
     assert_eq!(
         calls[0],
-        "GET /apis/rotor.dev/v1alpha1/namespaces/shop/secretrotationpolicies/db/status"
+        "GET /apis/rotor.dev/v1alpha1/namespaces/shop/secretrotationpolicies/db"
     );
 
     // The next step with that status: the same condition, no Event, no read.
