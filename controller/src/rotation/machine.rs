@@ -153,14 +153,18 @@ pub enum Blocked {
     /// A ClusterRotorStore that does not allow the policy's namespace or
     /// secret path.
     NotAllowed,
+    /// The store refused the login or the secret's path (Vault 403, AWS
+    /// AccessDenied): the store's own policy does not allow this rotation.
+    StoreDenied,
 }
 
 impl Blocked {
-    pub const ALL: [Blocked; 4] = [
+    pub const ALL: [Blocked; 5] = [
         Blocked::InvalidSpec,
         Blocked::StoreNotFound,
         Blocked::StoreUnsupported,
         Blocked::NotAllowed,
+        Blocked::StoreDenied,
     ];
 
     /// The condition's and the Event's reason.
@@ -170,6 +174,7 @@ impl Blocked {
             Blocked::StoreNotFound => "StoreNotFound",
             Blocked::StoreUnsupported => "StoreUnsupported",
             Blocked::NotAllowed => "NotAllowed",
+            Blocked::StoreDenied => "StoreDenied",
         }
     }
 
@@ -395,9 +400,13 @@ pub fn blocked(
     );
     let requeue = match reason {
         Blocked::InvalidSpec => Duration::from_secs(3600),
+        // A store's own policy can change without any object changing.
+        Blocked::StoreDenied => Duration::from_secs(60),
         // Store and namespace changes re-check at once; this is the
         // safety net.
-        _ => Duration::from_secs(600),
+        Blocked::StoreNotFound | Blocked::StoreUnsupported | Blocked::NotAllowed => {
+            Duration::from_secs(600)
+        }
     };
     let step = Step::new(status, requeue);
     if was == Some(reason) {
@@ -755,4 +764,4 @@ async fn rolling_back(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) ->
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

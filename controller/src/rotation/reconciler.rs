@@ -93,6 +93,9 @@ pub fn store_blocked(error: &Error) -> Option<Blocked> {
         | Error::UnsupportedStore { .. }
         | Error::Provider { .. }
         | Error::KeyFile { .. } => Some(Blocked::StoreUnsupported),
+        Error::Store(
+            rotor_store::Error::PermissionDenied { .. } | rotor_store::Error::Auth { .. },
+        ) => Some(Blocked::StoreDenied),
         _ => None,
     }
 }
@@ -127,7 +130,7 @@ pub async fn reconcile(
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
     let now = SystemTime::now();
-    let s = match assess(checked, store)? {
+    let stepped = match assess(checked, store)? {
         Assessed::Ready(valid, store) => {
             let pods = ctx
                 .consumers
@@ -142,11 +145,23 @@ pub async fn reconcile(
                 pods,
                 http: ctx.http.clone(),
             };
-            let mut status = status;
-            unblocked(&mut status, now);
-            step(&valid, &status, now, rotate_now, &*store, &consumers).await?
+            let mut current = status.clone();
+            unblocked(&mut current, now);
+            match step(&valid, &current, now, rotate_now, &*store, &consumers).await {
+                Ok(s) => Ok(s),
+                // The store refused the controller: as much the policy's
+                // problem as a path `paths` forbids.
+                Err(e) => match store_blocked(&e) {
+                    Some(reason) => Err((reason, vec![e.to_string()])),
+                    None => return Err(e),
+                },
+            }
         }
-        Assessed::Blocked { reason, problems } => {
+        Assessed::Blocked { reason, problems } => Err((reason, problems)),
+    };
+    let s = match stepped {
+        Ok(s) => s,
+        Err((reason, problems)) => {
             tracing::info!(%namespace, %name, %reason, problems = %problems.join("; "), "policy cannot rotate");
             // A new reason is announced once: decide that on the status as
             // saved, not on a cached copy an earlier step already changed.

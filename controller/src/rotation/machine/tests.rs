@@ -406,16 +406,34 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
 /// A store whose every call fails with an error that is not "not found",
 /// counting the calls.
 #[derive(Default)]
-struct Broken {
+pub(crate) struct Broken {
     calls: Mutex<usize>,
+    /// Fail as a store whose own policy refuses the caller.
+    denied: bool,
 }
 
 impl Broken {
+    /// Every call refused with permission denied.
+    pub(crate) fn denied() -> Self {
+        Self {
+            denied: true,
+            ..Self::default()
+        }
+    }
+
     fn fail<T>(&self) -> rotor_store::Result<T> {
         *self.calls.lock().unwrap() += 1;
-        Err(rotor_store::Error::Corrupt {
-            path: "/broken".into(),
-            problem: "test".into(),
+        Err(if self.denied {
+            rotor_store::Error::PermissionDenied {
+                store: "broken".into(),
+                name: "app/db".into(),
+                detail: "permission denied".into(),
+            }
+        } else {
+            rotor_store::Error::Corrupt {
+                path: "/broken".into(),
+                problem: "test".into(),
+            }
         })
     }
 }

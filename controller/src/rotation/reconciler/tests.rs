@@ -247,8 +247,9 @@ async fn reconcile_with(
         .await
         .unwrap();
     assert!(
-        action == Action::requeue(Duration::from_secs(600))
-            || action == Action::requeue(Duration::from_secs(3600)),
+        [60, 600, 3600]
+            .map(|s| Action::requeue(Duration::from_secs(s)))
+            .contains(&action),
         "{action:?}"
     );
     let requests = seen.requests();
@@ -284,39 +285,51 @@ fn ready(status: &serde_json::Value) -> (String, String, String) {
     (text("status"), text("reason"), text("message"))
 }
 
+/// Reconciles `p` with `stores` twice, the second time with the status the
+/// first saved: `Ready=False` with `reason` and one Warning Event the first
+/// time, the same condition and no Event the second. The saved status, the
+/// condition's message and the first reconcile's calls.
+async fn blocked_once(
+    p: &SecretRotationPolicy,
+    stores: impl Fn() -> Arc<dyn StoreFactory>,
+    reason: &str,
+) -> (serde_json::Value, String, Vec<String>) {
+    let (status, events, calls) = reconcile_with(p, stores()).await;
+    let (on, saved_reason, message) = ready(&status);
+    assert_eq!((on.as_str(), saved_reason.as_str()), ("False", reason));
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        (reason, "Warning")
+    );
+    assert!(events[0].2.contains(&message), "{events:?}");
+
+    let mut again = p.clone();
+    again.status = Some(serde_json::from_value(status.clone()).unwrap());
+    let (status2, events, calls2) = reconcile_with(&again, stores()).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert!(calls2.iter().all(|c| !c.starts_with("GET")), "{calls2:?}");
+    assert_eq!(
+        status2["conditions"], status["conditions"],
+        "lastTransitionTime kept"
+    );
+    (status, message, calls)
+}
+
 #[tokio::test]
 async fn a_missing_store_is_a_condition_and_one_warning_event() {
-    let p = policy();
-    let (status, events, calls) = reconcile_with(&p, Arc::new(Missing)).await;
-    let (on, reason, message) = ready(&status);
-    assert_eq!((on.as_str(), reason.as_str()), ("False", "StoreNotFound"));
+    let (status, message, calls) =
+        blocked_once(&policy(), || Arc::new(Missing), "StoreNotFound").await;
     assert!(
         message.contains("there is no RotorStore \"vault\" in namespace \"shop\""),
         "{message}"
     );
     assert_eq!(status["observedGeneration"], 2);
     assert!(status.get("phase").is_none(), "nothing started: {status}");
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(
-        (events[0].0.as_str(), events[0].1.as_str()),
-        ("StoreNotFound", "Warning")
-    );
-    assert!(events[0].2.contains(&message), "{events:?}");
     // A new reason is decided on the status as saved, read first.
     assert_eq!(
         calls[0],
         "GET /apis/rotor.dev/v1alpha1/namespaces/shop/secretrotationpolicies/db"
-    );
-
-    // The next step with that status: the same condition, no Event, no read.
-    let mut again = p.clone();
-    again.status = Some(serde_json::from_value(status.clone()).unwrap());
-    let (status2, events, calls) = reconcile_with(&again, Arc::new(Missing)).await;
-    assert!(events.is_empty(), "{events:?}");
-    assert!(calls.iter().all(|c| !c.starts_with("GET")), "{calls:?}");
-    assert_eq!(
-        status2["conditions"], status["conditions"],
-        "lastTransitionTime kept"
     );
 }
 
@@ -419,4 +432,20 @@ fn store_errors_map_to_typed_reasons() {
         Some(Blocked::StoreUnsupported)
     );
     assert_eq!(store_blocked(&Error::Random), None);
+}
+
+/// A store that refuses the controller every call.
+struct Denying;
+
+#[async_trait]
+impl StoreFactory for Denying {
+    async fn store(&self, _policy: &SecretRotationPolicy) -> Result<Arc<dyn Store>> {
+        Ok(Arc::new(crate::rotation::machine::tests::Broken::denied()))
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_the_controller_says_so() {
+    let (_, message, _) = blocked_once(&policy(), || Arc::new(Denying), "StoreDenied").await;
+    assert!(message.contains("permission denied"), "{message}");
 }
