@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rotor_controller::rotation::machine::{Phase, step};
-use rotor_controller::rotation::validate::Policy;
+use rotor_controller::rotation::validate::{Mode, Policy};
 use rotor_controller::sidecar_push::HttpSidecars;
 use rotor_crds::api::{
     Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec,
@@ -74,34 +74,37 @@ async fn measure(n: usize) -> Vec<Duration> {
             .map(|p| format!("http://127.0.0.1:{}", p.push))
             .collect(),
     );
-    let spec = Policy::parse(&SecretRotationPolicySpec {
-        store_ref: StoreRef {
-            name: "local".into(),
-            kind: "RotorStore".into(),
-        },
-        secret_name: "app/db".into(),
-        schedule: Schedule {
-            interval: Some("1h".into()),
-            ..Schedule::default()
-        },
-        generator: Generator {
-            password: None,
-            random_bytes: Some(RandomBytesGenerator {
-                length: 32,
-                encoding: Default::default(),
-            }),
-            key_pair: None,
-        },
-        strategy: Strategy {
-            staged: Staged {
-                ack_timeout: "30s".into(),
-                grace_period: "0s".into(),
-                on_timeout: Default::default(),
+    let spec = Policy::parse(
+        &SecretRotationPolicySpec {
+            store_ref: StoreRef {
+                name: "local".into(),
+                kind: "RotorStore".into(),
             },
+            secret_name: "app/db".into(),
+            schedule: Schedule {
+                interval: Some("1h".into()),
+                ..Schedule::default()
+            },
+            generator: Generator {
+                password: None,
+                random_bytes: Some(RandomBytesGenerator {
+                    length: 32,
+                    encoding: Default::default(),
+                }),
+                key_pair: None,
+            },
+            strategy: Strategy {
+                staged: Staged {
+                    ack_timeout: "30s".into(),
+                    grace_period: "0s".into(),
+                    on_timeout: Default::default(),
+                },
+            },
+            sidecars: vec![],
+            paused: false,
         },
-        sidecars: vec![],
-        paused: false,
-    })
+        Mode::Standalone,
+    )
     .unwrap();
     let mut times = Vec::new();
     for _ in 0..5 {
