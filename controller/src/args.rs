@@ -349,13 +349,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             }
             let stores: SharedStoreIndex = Arc::default();
+            let changes = crate::cluster::watch::IndexChanges::new(stores.clone());
             let admission = crate::webhook::metrics::AdmissionMetrics::default();
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
             );
             tokio::spawn(crate::cluster::watch::keep_index_fresh(
                 client.clone(),
-                stores.clone(),
+                changes.clone(),
             ));
             tokio::spawn(crate::store_status::run(Arc::new(
                 crate::store_status::Context {
@@ -401,7 +402,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leader,
                 metrics: metrics.clone(),
             });
-            tokio::spawn(crate::cluster::rotation::run_rotation(ctx));
+            tokio::spawn(crate::cluster::rotation::run_rotation(ctx, changes));
             let mut state = WebhookState::new(stores, inject);
             state.metrics = admission;
             let state = Arc::new(state);

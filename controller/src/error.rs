@@ -109,6 +109,11 @@ pub enum Error {
     #[error("{0}")]
     StoreNotResolved(String),
 
+    /// A policy in a cluster names a store that is missing or does not
+    /// allow its namespace or secret, as the store index has it now.
+    #[error(transparent)]
+    StoreRefused(#[from] crate::store_index::Refusal),
+
     /// A file or directory the controller reads or writes.
     #[error("{what} {}: {source}", path.display())]
     File {
@@ -165,7 +170,7 @@ impl Error {
             Error::RotatorMissing { .. } => "rotator_missing",
             Error::RotatorToken { .. } => "rotator_token",
             Error::AwsRoleMissing { .. } => "store_spec",
-            Error::StoreNotResolved(_) => "store_not_resolved",
+            Error::StoreNotResolved(_) | Error::StoreRefused(_) => "store_not_resolved",
             Error::File { .. } => "file",
             Error::Listen { .. } | Error::Serve { .. } => "listen",
             Error::Tls { .. } => "tls",

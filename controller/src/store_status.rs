@@ -16,7 +16,7 @@ use rotor_crds::api::{
 };
 
 use crate::rotation::metrics::RotationMetrics;
-use crate::store_index::StoreKind;
+use crate::store_index::{SecretAuth, StoreKind};
 use crate::{Error, Result};
 
 pub const FIELD_MANAGER: &str = "rotor-controller";
@@ -78,27 +78,63 @@ pub fn problems(p: &Provider) -> Vec<String> {
     out
 }
 
-/// The status for a store with these problems.
+/// The reason of a store's `Ready` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreReason {
+    Valid,
+    InvalidSpec,
+    /// A ClusterRotorStore with Secret-based Vault auth: the webhook
+    /// refuses every pod that names it, and rotation cannot use it.
+    SecretAuthNotAllowed(SecretAuth),
+}
+
+impl StoreReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreReason::Valid => "Valid",
+            StoreReason::InvalidSpec => "InvalidSpec",
+            StoreReason::SecretAuthNotAllowed(SecretAuth::TokenSecretRef) => {
+                "TokenSecretRefNotAllowed"
+            }
+            StoreReason::SecretAuthNotAllowed(SecretAuth::AppRole) => "AppRoleNotAllowed",
+        }
+    }
+}
+
+/// The status for a store with these problems (`reason` when there are
+/// any). The condition keeps its lastTransitionTime from `current` unless
+/// its status changes.
 fn status_for(
     provider: &Provider,
     problems: &[String],
+    reason: StoreReason,
     generation: Option<i64>,
+    current: Option<&RotorStoreStatus>,
 ) -> RotorStoreStatus {
     let ready = problems.is_empty();
+    let status = if ready { "True" } else { "False" };
+    let last_transition_time = current
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| {
+            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+        });
     RotorStoreStatus {
         // A spec without exactly one provider reports none.
         provider: provider.view().ok().map(|k| k.name().to_owned()),
         conditions: vec![Condition {
             type_: "Ready".to_owned(),
-            status: if ready { "True" } else { "False" }.to_owned(),
-            reason: if ready { "Valid" } else { "InvalidSpec" }.to_owned(),
+            status: status.to_owned(),
+            reason: if ready { StoreReason::Valid } else { reason }
+                .as_str()
+                .to_owned(),
             message: if ready {
                 "the store's settings are complete".to_owned()
             } else {
                 problems.join("; ")
             },
-            last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
+            last_transition_time,
             observed_generation: generation,
         }],
         observed_generation: generation,
@@ -117,7 +153,13 @@ pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Acti
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
     let problems = problems(&store.spec.provider);
-    let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
+    let status = status_for(
+        &store.spec.provider,
+        &problems,
+        StoreReason::InvalidSpec,
+        store.metadata.generation,
+        store.status.as_ref(),
+    );
     let api: Api<RotorStore> = Api::namespaced(ctx.client.clone(), &namespace);
     api.patch_status(
         &name,
@@ -131,7 +173,9 @@ pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// The same for a ClusterRotorStore, which is also useless without path
-/// patterns or with an empty namespace selector.
+/// patterns, with an empty namespace selector, or with Secret-based Vault
+/// auth (pods of other namespaces cannot mount the Secret, so the webhook
+/// refuses them all).
 pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let name = store.name_any();
     let mut problems = problems(&store.spec.provider);
@@ -147,7 +191,22 @@ pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>)
     if store.spec.paths.is_empty() {
         problems.push("spec.paths is empty, so no secret may be read; expected at least one namespace and pattern".to_owned());
     }
-    let status = status_for(&store.spec.provider, &problems, store.metadata.generation);
+    let secret_auth = SecretAuth::of(&store.spec.provider);
+    if let Some(auth) = secret_auth {
+        problems.push(format!(
+            "{} is not allowed on a ClusterRotorStore: pods of other namespaces cannot mount its Secret, so the webhook refuses every pod that names this store; use {} instead",
+            auth.field(),
+            SecretAuth::INSTEAD
+        ));
+    }
+    let reason = secret_auth.map_or(StoreReason::InvalidSpec, StoreReason::SecretAuthNotAllowed);
+    let status = status_for(
+        &store.spec.provider,
+        &problems,
+        reason,
+        store.metadata.generation,
+        store.status.as_ref(),
+    );
     let api: Api<ClusterRotorStore> = Api::all(ctx.client.clone());
     api.patch_status(
         &name,

@@ -847,3 +847,63 @@ pub fn app_pod(name: &str, annotations: &[(&str, &str)]) -> k8s_openapi::api::co
     }))
     .expect("a pod")
 }
+
+/// The Events about `object` in `ns`, as `kubectl get events -o json`
+/// lists them (core v1: `reason`, `type`, `message`, `count`).
+pub fn events(plane: &ControlPlane, ns: &str, object: &str) -> Vec<serde_json::Value> {
+    let out = plane.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={object}"),
+        "-o",
+        "json",
+    ]);
+    let mut list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    list["items"].as_array_mut().map(std::mem::take).unwrap()
+}
+
+/// The reasons of the Events about `policy`, as `kubectl get events` lists
+/// them, with their counts.
+pub fn event_reasons(
+    plane: &ControlPlane,
+    ns: &str,
+    policy: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut reasons = std::collections::BTreeMap::new();
+    for e in events(plane, ns, policy) {
+        *reasons
+            .entry(e["reason"].as_str().unwrap_or_default().to_owned())
+            .or_default() += 1;
+    }
+    reasons
+}
+
+/// How often each (type, reason) was reported about `object`, repeats
+/// included: kube's recorder turns a repeated Event into one object whose
+/// `count` grows.
+pub fn event_counts(
+    plane: &ControlPlane,
+    ns: &str,
+    object: &str,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for e in events(plane, ns, object) {
+        let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+        *counts.entry((text("type"), text("reason"))).or_default() +=
+            e["count"].as_u64().unwrap_or(1).max(1);
+    }
+    counts
+}
+
+/// KV v2 metadata of a secret: (number of versions, custom_metadata).
+pub fn kv_metadata(bao: &crate::servers::Bao, secret: &str) -> (usize, serde_json::Value) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&bao.api("GET", &format!("secret/metadata/{secret}"), "")).unwrap();
+    (
+        meta["data"]["versions"].as_object().unwrap().len(),
+        meta["data"]["custom_metadata"].clone(),
+    )
+}

@@ -225,10 +225,10 @@ async fn a_namespaces_rotator_writes_its_own_paths_and_nothing_else() {
     assert!(rotated, "{}", controller.log());
     assert!(kv_versions(&bao, &own) >= 2, "team-a/db was not written");
     // The other policy's step was refused by the store, as the controller
-    // reports it; nothing was written.
+    // reports it (its condition's reason); nothing was written.
     let refused = wait_logged(
         &controller,
-        &["rotation step failed", &other, "permission denied"],
+        &["policy cannot rotate", "name=other ", "reason=StoreDenied"],
     )
     .await;
     assert!(refused, "{}", controller.log());

@@ -5,15 +5,13 @@
 //! Kubernetes auth method, whose TokenReviews this API server answers).
 //! The leader is killed mid-rotation; the other replica finishes it, once.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rotor_crds::api::{RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
-    ControlPlane, Controller, ROTATOR, app_pod, eventually, installed, point_webhook_at,
-    vault_kubernetes_auth,
+    Controller, ROTATOR, app_pod, event_reasons, eventually, installed, kv_metadata,
+    point_webhook_at, vault_kubernetes_auth,
 };
 use rotor_e2e::kubelet::RunningPod;
 use rotor_e2e::servers::Bao;
@@ -37,39 +35,6 @@ fn consumer_pod(name: &str, secret: &str) -> Pod {
             ("rotor.dev/store", "vault"),
             ("rotor.dev/secret.db-password", secret),
         ],
-    )
-}
-
-/// The reasons of the Events about `policy`, as `kubectl get events` lists
-/// them, with their counts.
-fn event_reasons(plane: &ControlPlane, ns: &str, policy: &str) -> BTreeMap<String, usize> {
-    let out = plane.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        ns,
-        "--field-selector",
-        &format!("involvedObject.name={policy}"),
-        "-o",
-        "json",
-    ]);
-    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut reasons = BTreeMap::new();
-    for e in list["items"].as_array().unwrap() {
-        *reasons
-            .entry(e["reason"].as_str().unwrap_or_default().to_owned())
-            .or_default() += 1;
-    }
-    reasons
-}
-
-/// KV v2 metadata of a secret: (number of versions, custom_metadata).
-fn kv_metadata(bao: &Bao, secret: &str) -> (usize, serde_json::Value) {
-    let meta: serde_json::Value =
-        serde_json::from_str(&bao.api("GET", &format!("secret/metadata/{secret}"), "")).unwrap();
-    (
-        meta["data"]["versions"].as_object().unwrap().len(),
-        meta["data"]["custom_metadata"].clone(),
     )
 }
 

@@ -1,29 +1,168 @@
 //! Runs the SecretRotationPolicy reconciler (`rotation::reconciler`) as a
-//! kube Controller.
+//! kube Controller, re-checking the policies a store or namespace change
+//! concerns as soon as the store index has it.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use rotor_crds::api::SecretRotationPolicy;
 
-/// Runs the rotation controller until shutdown.
-pub async fn run_rotation(ctx: Arc<crate::rotation::reconciler::RotationContext>) {
-    Controller::new(
+use super::watch::IndexChanges;
+use crate::store_index::Touched;
+
+/// Runs the rotation controller until shutdown. Each change of the store
+/// index (a store created, changed or deleted; a namespace's labels)
+/// requeues the policies it concerns, so their store is resolved again at
+/// once, not at their next due time.
+pub async fn run_rotation(
+    ctx: Arc<crate::rotation::reconciler::RotationContext>,
+    changes: IndexChanges,
+) {
+    let controller = Controller::new(
         Api::<SecretRotationPolicy>::all(ctx.client.clone()),
         watcher::Config::default(),
-    )
-    .shutdown_on_signal()
-    .run(
-        crate::rotation::reconciler::reconcile,
-        crate::rotation::reconciler::error_policy,
-        ctx,
-    )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "rotation reconcile");
-        }
+    );
+    let policies = controller.store();
+    let requeue = futures_util::stream::unfold(changes, |changes| async move {
+        let touched = changes.next().await;
+        Some((touched, changes))
     })
-    .await;
+    .flat_map(move |touched| futures_util::stream::iter(concerned(&touched, &policies.state())));
+    controller
+        .reconcile_on(requeue)
+        .shutdown_on_signal()
+        .run(
+            crate::rotation::reconciler::reconcile,
+            crate::rotation::reconciler::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "rotation reconcile");
+            }
+        })
+        .await;
+}
+
+/// The policies whose store resolution `touched` may change: those naming
+/// a touched store (a RotorStore in their namespace or a ClusterRotorStore
+/// of that name, since a policy's store is looked up in both) and those in
+/// a namespace whose labels changed.
+pub fn concerned(
+    touched: &BTreeSet<Touched>,
+    policies: &[Arc<SecretRotationPolicy>],
+) -> Vec<ObjectRef<SecretRotationPolicy>> {
+    policies
+        .iter()
+        .filter(|p| {
+            let namespace = p.namespace().unwrap_or_default();
+            let store = &p.spec.store_ref.name;
+            touched.iter().any(|t| match t {
+                Touched::Store { namespace: n, name } => *n == namespace && name == store,
+                Touched::ClusterStore { name } => name == store,
+                Touched::Namespace { name } => *name == namespace,
+            })
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rotor_crds::api::{Generator, Schedule, SecretRotationPolicySpec, StoreRef};
+
+    use super::*;
+
+    fn policy(namespace: &str, name: &str, store: &str) -> Arc<SecretRotationPolicy> {
+        let mut p = SecretRotationPolicy::new(
+            name,
+            SecretRotationPolicySpec {
+                store_ref: StoreRef {
+                    name: store.into(),
+                    kind: "ClusterRotorStore".into(),
+                },
+                secret_name: format!("{namespace}/{name}"),
+                schedule: Schedule::default(),
+                generator: Generator {
+                    password: None,
+                    random_bytes: None,
+                    key_pair: None,
+                },
+                strategy: Default::default(),
+                sidecars: vec![],
+                paused: false,
+            },
+        );
+        p.metadata.namespace = Some(namespace.into());
+        Arc::new(p)
+    }
+
+    fn names(refs: Vec<ObjectRef<SecretRotationPolicy>>) -> Vec<String> {
+        refs.into_iter()
+            .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
+            .collect()
+    }
+
+    #[test]
+    fn a_change_requeues_exactly_the_policies_it_concerns() {
+        let policies = [
+            policy("team-a", "db", "shared"),
+            policy("team-a", "api", "own"),
+            policy("team-b", "db", "shared"),
+            policy("team-b", "api", "own"),
+        ];
+        let run =
+            |touched: &[Touched]| names(concerned(&touched.iter().cloned().collect(), &policies));
+        assert_eq!(
+            run(&[Touched::ClusterStore {
+                name: "shared".into()
+            }]),
+            ["team-a/db", "team-b/db"]
+        );
+        assert_eq!(
+            run(&[Touched::Store {
+                namespace: "team-b".into(),
+                name: "own".into()
+            }]),
+            ["team-b/api"]
+        );
+        // A RotorStore named like a ClusterRotorStore takes precedence in
+        // its namespace, so it concerns the policies naming either.
+        assert_eq!(
+            run(&[Touched::Store {
+                namespace: "team-a".into(),
+                name: "shared".into()
+            }]),
+            ["team-a/db"]
+        );
+        assert_eq!(
+            run(&[Touched::Namespace {
+                name: "team-a".into()
+            }]),
+            ["team-a/db", "team-a/api"]
+        );
+        assert!(
+            run(&[Touched::Namespace {
+                name: "team-c".into()
+            }])
+            .is_empty()
+        );
+        // Several changes at once: each policy once.
+        assert_eq!(
+            run(&[
+                Touched::Namespace {
+                    name: "team-b".into()
+                },
+                Touched::ClusterStore {
+                    name: "shared".into()
+                },
+            ]),
+            ["team-a/db", "team-b/db", "team-b/api"]
+        );
+    }
 }

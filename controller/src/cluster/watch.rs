@@ -1,8 +1,10 @@
 //! The watches that keep the in-memory indexes fresh: RotorStores,
 //! ClusterRotorStores and Namespaces into the store index, Pods into the
 //! consumer index. What an event does to an index is the index's own
-//! [`IndexResource`] impl; this only feeds events in.
+//! [`IndexResource`] impl; this only feeds events in, and wakes whoever
+//! waits for the store index's changes ([`IndexChanges`]).
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
 use futures_util::StreamExt;
@@ -13,7 +15,7 @@ use kube::runtime::watcher;
 use rotor_crds::api::{ClusterRotorStore, RotorStore};
 
 use crate::rotation::consumers::ConsumerIndex;
-use crate::store_index::SharedStoreIndex;
+use crate::store_index::{SharedStoreIndex, Touched};
 
 /// An index fed by a watch on `K`, as linkerd's policy indexes are.
 pub trait IndexResource<K> {
@@ -25,24 +27,75 @@ pub trait IndexResource<K> {
     fn reset(&mut self, all: &[K]);
 }
 
+/// The store index and a wake-up for its changes: the watches write the
+/// index (which records what they [`Touched`]) and wake the one listener,
+/// the rotation controller, which takes the touched keys. Nothing is lost
+/// between wake-ups: the keys wait in the index, one per store or
+/// namespace.
+#[derive(Clone)]
+pub struct IndexChanges {
+    index: SharedStoreIndex,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl IndexChanges {
+    pub fn new(index: SharedStoreIndex) -> Self {
+        Self {
+            index,
+            wake: Arc::default(),
+        }
+    }
+
+    pub fn index(&self) -> &SharedStoreIndex {
+        &self.index
+    }
+
+    /// Called after each write to the index.
+    fn written(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits until the index has changed, and takes what changed.
+    pub async fn next(&self) -> BTreeSet<Touched> {
+        loop {
+            let touched = self.index.write().expect("index lock").take_touched();
+            if !touched.is_empty() {
+                return touched;
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
 /// Runs the three watches that feed the store index, forever. A relist
 /// replaces a kind's entries only once the new list is complete.
-pub async fn keep_index_fresh(client: Client, index: SharedStoreIndex) {
+pub async fn keep_index_fresh(client: Client, changes: IndexChanges) {
+    let index = changes.index().clone();
+    let written = || changes.written();
     tokio::join!(
-        feed(Api::<RotorStore>::all(client.clone()), index.clone()),
-        feed(Api::<ClusterRotorStore>::all(client.clone()), index.clone()),
-        feed(Api::<Namespace>::all(client), index),
+        feed(
+            Api::<RotorStore>::all(client.clone()),
+            index.clone(),
+            written
+        ),
+        feed(
+            Api::<ClusterRotorStore>::all(client.clone()),
+            index.clone(),
+            written
+        ),
+        feed(Api::<Namespace>::all(client), index, written),
     );
 }
 
 /// Keeps the consumer index fresh from a watch on pods, forever.
 pub async fn keep_consumers_fresh(client: Client, index: Arc<RwLock<ConsumerIndex>>) {
-    feed(Api::<Pod>::all(client), index).await;
+    feed(Api::<Pod>::all(client), index, || {}).await;
 }
 
-/// Feeds one kind's watch events into `index`, forever. A relist is
-/// buffered and handed over whole, so readers never see half a list.
-async fn feed<K, I>(api: Api<K>, index: Arc<RwLock<I>>)
+/// Feeds one kind's watch events into `index`, forever, calling `written`
+/// after each write. A relist is buffered and handed over whole, so readers
+/// never see half a list.
+async fn feed<K, I>(api: Api<K>, index: Arc<RwLock<I>>, written: impl Fn())
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -67,5 +120,6 @@ where
                 tracing::warn!(%kind, error = %e, "watch interrupted; it resumes by itself")
             }
         }
+        written();
     }
 }

@@ -131,11 +131,70 @@ pub enum RotationEvent {
         secret: String,
         version: String,
     },
-    /// The spec has problems the CRD's CEL rules did not catch; nothing is
-    /// done until it changes.
-    InvalidSpec {
+    /// The policy cannot rotate (its spec, or its store as it is now);
+    /// nothing is done until that changes. Every problem is listed.
+    Blocked {
+        reason: Blocked,
         problems: Vec<String>,
     },
+}
+
+/// Why a policy does not rotate: the reason of its `Ready=False` condition
+/// and of the Warning Event that announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocked {
+    /// The spec has problems the CRD's CEL rules did not catch.
+    InvalidSpec,
+    /// No RotorStore of that name in the namespace, and no ClusterRotorStore.
+    StoreNotFound,
+    /// A store rotation cannot use: a kind the controller cannot reach in a
+    /// cluster (`kubernetes`, `local`), or auth it cannot log in with.
+    StoreUnsupported,
+    /// A ClusterRotorStore that does not allow the policy's namespace or
+    /// secret path.
+    NotAllowed,
+    /// The store refused the login or the secret's path (Vault 403, AWS
+    /// AccessDenied): the store's own policy does not allow this rotation.
+    StoreDenied,
+    /// The policy's namespace has no rotator ServiceAccount
+    /// (`cluster::identity`), so rotation has no identity to act with.
+    RotatorMissing,
+}
+
+impl Blocked {
+    pub const ALL: [Blocked; 6] = [
+        Blocked::InvalidSpec,
+        Blocked::StoreNotFound,
+        Blocked::StoreUnsupported,
+        Blocked::NotAllowed,
+        Blocked::StoreDenied,
+        Blocked::RotatorMissing,
+    ];
+
+    /// The condition's and the Event's reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blocked::InvalidSpec => "InvalidSpec",
+            Blocked::StoreNotFound => "StoreNotFound",
+            Blocked::StoreUnsupported => "StoreUnsupported",
+            Blocked::NotAllowed => "NotAllowed",
+            Blocked::StoreDenied => "StoreDenied",
+            Blocked::RotatorMissing => "RotatorMissing",
+        }
+    }
+
+    /// The reason a `Ready` condition carries, if it is one of these.
+    fn of(condition: &Condition) -> Option<Self> {
+        Blocked::ALL
+            .into_iter()
+            .find(|b| condition.status == "False" && b.as_str() == condition.reason)
+    }
+}
+
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl RotationEvent {
@@ -150,7 +209,7 @@ impl RotationEvent {
             RotationEvent::Promoted { .. } => "Promoted",
             RotationEvent::Retired { .. } => "Retired",
             RotationEvent::RolledBack { .. } => "RolledBack",
-            RotationEvent::InvalidSpec { .. } => "InvalidSpec",
+            RotationEvent::Blocked { reason, .. } => reason.as_str(),
         }
     }
 
@@ -158,7 +217,7 @@ impl RotationEvent {
         match self {
             RotationEvent::AckTimeout { .. }
             | RotationEvent::RolledBack { .. }
-            | RotationEvent::InvalidSpec { .. } => Severity::Warning,
+            | RotationEvent::Blocked { .. } => Severity::Warning,
             _ => Severity::Normal,
         }
     }
@@ -196,11 +255,8 @@ impl RotationEvent {
             RotationEvent::RolledBack { secret, version } => {
                 format!("pending version {version} of {secret} retired")
             }
-            RotationEvent::InvalidSpec { problems } => {
-                format!(
-                    "nothing done until the spec is fixed: {}",
-                    problems.join("; ")
-                )
+            RotationEvent::Blocked { problems, .. } => {
+                format!("not rotating until fixed: {}", problems.join("; "))
             }
         }
     }
@@ -324,30 +380,70 @@ fn set_condition(
     }
 }
 
-/// The step for a spec [`crate::rotation::validate::Policy::check`]
-/// refused: the phase stays where it is, `Ready` is False with reason
-/// `InvalidSpec` and every problem (each naming its field path), and a
-/// Warning event when that condition is new; the caller waits for the spec
-/// to change.
-pub fn invalid_spec(
+/// The step for a policy that cannot rotate: a spec
+/// [`crate::rotation::validate::Policy::check`] refused, a store that is
+/// missing, unusable or does not allow it. The phase stays where it is,
+/// `Ready` is False with `reason` and every problem (each naming what is
+/// wrong), and one Warning event when the reason is new (not when only the
+/// message changes, not on a retry); the caller waits for the spec, the
+/// store or the namespace to change.
+pub fn blocked(
     current: &SecretRotationPolicyStatus,
+    reason: Blocked,
     problems: Vec<String>,
     now: SystemTime,
 ) -> Step {
+    let was = ready_blocked(current);
     let mut status = current.clone();
     set_condition(
         &mut status,
         "Ready",
         false,
-        "InvalidSpec",
+        reason.as_str(),
         &problems.join("; "),
         now,
     );
-    let step = Step::new(status, Duration::from_secs(3600));
-    if step.status.conditions == current.conditions {
+    let requeue = match reason {
+        Blocked::InvalidSpec => Duration::from_secs(3600),
+        // A store's own policy can change without any object changing, and
+        // a ServiceAccount's creation is not watched.
+        Blocked::StoreDenied | Blocked::RotatorMissing => Duration::from_secs(60),
+        // Store and namespace changes re-check at once; this is the
+        // safety net.
+        Blocked::StoreNotFound | Blocked::StoreUnsupported | Blocked::NotAllowed => {
+            Duration::from_secs(600)
+        }
+    };
+    let step = Step::new(status, requeue);
+    if was == Some(reason) {
         step
     } else {
-        step.event(RotationEvent::InvalidSpec { problems })
+        step.event(RotationEvent::Blocked { reason, problems })
+    }
+}
+
+/// The [`Blocked`] reason of `status`'s `Ready` condition, if any.
+pub fn ready_blocked(status: &SecretRotationPolicyStatus) -> Option<Blocked> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .and_then(Blocked::of)
+}
+
+/// Before a step of a policy that can rotate again: a `Ready` condition
+/// still saying why it could not becomes True (the phases that follow
+/// set their own reasons).
+pub fn unblocked(status: &mut SecretRotationPolicyStatus, now: SystemTime) {
+    if ready_blocked(status).is_some() {
+        set_condition(
+            status,
+            "Ready",
+            true,
+            "Resumed",
+            "the spec and the store allow rotation again",
+            now,
+        );
     }
 }
 
@@ -674,4 +770,4 @@ async fn rolling_back(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) ->
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

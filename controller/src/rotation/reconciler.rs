@@ -1,7 +1,9 @@
 //! The `SecretRotationPolicy` reconciler for clusters: only the leader
-//! rotates; each reconcile runs one state-machine step, saves the status by
-//! server-side apply, publishes the step's Events, and requeues at the time
-//! the step asks for.
+//! rotates; each reconcile checks the spec, then resolves the policy's
+//! store as it is now ([`StoreFactory`]), runs one state-machine step (or,
+//! when either has a problem, reports every problem in `Ready=False` with a
+//! [`Blocked`] reason), saves the status by server-side apply, publishes
+//! the step's Events, and requeues at the time the step asks for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,20 +18,90 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{Phase, Severity, invalid_spec, step};
+use super::machine::{Blocked, Phase, Severity, blocked, ready_blocked, step, unblocked};
 use super::metrics::RotationMetrics;
 use super::validate::{Mode, Policy};
 
 use crate::sidecar_push::HttpSidecars;
 use crate::standalone::ROTATE_NOW;
+use crate::store_index::Refusal;
 use crate::store_status::FIELD_MANAGER;
 use crate::{Error, Result};
 
 /// Builds the store a policy names (from its RotorStore or
-/// ClusterRotorStore).
+/// ClusterRotorStore), resolved on every call against the store and the
+/// namespace as they are now. A store the policy cannot use is an error
+/// [`store_blocked`] classifies.
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     async fn store(&self, policy: &SecretRotationPolicy) -> Result<Arc<dyn Store>>;
+}
+
+/// What a reconcile works with: a valid policy and its store, or why the
+/// policy cannot rotate.
+pub enum Assessed {
+    Ready(Policy, Arc<dyn Store>),
+    Blocked {
+        /// The spec's problem first, as it is checked first.
+        reason: Blocked,
+        /// Every problem: the spec's, then the store's.
+        problems: Vec<String>,
+    },
+}
+
+/// Combines the spec check and the store resolution. A store error that is
+/// no problem of the policy (the API or the network) is returned as is, to
+/// be retried, unless the spec is invalid anyway.
+pub fn assess(
+    checked: Result<Policy, Vec<String>>,
+    store: Result<Arc<dyn Store>>,
+) -> Result<Assessed> {
+    let store_problem = |e: &Error| store_blocked(e).map(|reason| (reason, e.to_string()));
+    match (checked, store) {
+        (Ok(policy), Ok(store)) => Ok(Assessed::Ready(policy, store)),
+        (Ok(_), Err(e)) => match store_problem(&e) {
+            Some((reason, problem)) => Ok(Assessed::Blocked {
+                reason,
+                problems: vec![problem],
+            }),
+            None => Err(e),
+        },
+        (Err(mut problems), store) => {
+            if let Err(e) = &store {
+                match store_problem(e) {
+                    Some((_, problem)) => problems.push(problem),
+                    None => tracing::debug!(error = %e, "store not checked: the spec is invalid"),
+                }
+            }
+            Ok(Assessed::Blocked {
+                reason: Blocked::InvalidSpec,
+                problems,
+            })
+        }
+    }
+}
+
+/// The [`Blocked`] reason a store error means, or `None` for a failure a
+/// retry may fix.
+pub fn store_blocked(error: &Error) -> Option<Blocked> {
+    match error {
+        Error::StoreRefused(Refusal::NotFound { .. }) => Some(Blocked::StoreNotFound),
+        Error::StoreRefused(
+            Refusal::NamespaceNotAllowed { .. } | Refusal::PathNotAllowed { .. },
+        ) => Some(Blocked::NotAllowed),
+        Error::StoreRefused(Refusal::SecretAuth { .. })
+        | Error::UnsupportedStore { .. }
+        | Error::Provider { .. }
+        | Error::AwsRoleMissing { .. }
+        | Error::KeyFile { .. } => Some(Blocked::StoreUnsupported),
+        Error::RotatorMissing { .. } => Some(Blocked::RotatorMissing),
+        Error::Store(
+            rotor_store::Error::PermissionDenied { .. }
+            | rotor_store::Error::Auth { .. }
+            | rotor_store::Error::Token { .. },
+        ) => Some(Blocked::StoreDenied),
+        _ => None,
+    }
 }
 
 pub struct RotationContext {
@@ -51,41 +123,60 @@ pub async fn reconcile(
     }
     let namespace = policy.namespace().unwrap_or_default();
     let name = policy.name_any();
-    let store = ctx.stores.store(&policy).await?;
-    let pods = ctx
-        .consumers
-        .read()
-        .expect("consumer index lock")
-        .consumers(
-            &namespace,
-            &policy.spec.store_ref.name,
-            &policy.spec.secret_name,
-        );
-    let consumers = PodConsumers {
-        pods,
-        http: ctx.http.clone(),
-    };
+    let api: Api<SecretRotationPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The spec first, then the store as it is now; a spec CEL let through
+    // but the controller refuses, or a store the policy cannot use, is a
+    // condition and an Event on the policy, not a retry loop in the log.
+    let checked = Policy::check(&policy.spec, Mode::Cluster);
+    let store = ctx.stores.store(&policy).await;
     let status = policy.status.clone().unwrap_or_default();
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
-    // A spec CEL let through but the controller refuses is a condition and
-    // an event on the policy, not a retry loop in the controller's log.
-    let s = match Policy::check(&policy.spec, Mode::Cluster) {
-        Ok(valid) => {
-            step(
-                &valid,
-                &status,
-                SystemTime::now(),
-                rotate_now,
-                &*store,
-                &consumers,
-            )
-            .await?
+    let now = SystemTime::now();
+    let stepped = match assess(checked, store)? {
+        Assessed::Ready(valid, store) => {
+            let pods = ctx
+                .consumers
+                .read()
+                .expect("consumer index lock")
+                .consumers(
+                    &namespace,
+                    &policy.spec.store_ref.name,
+                    &policy.spec.secret_name,
+                );
+            let consumers = PodConsumers {
+                pods,
+                http: ctx.http.clone(),
+            };
+            let mut current = status.clone();
+            unblocked(&mut current, now);
+            match step(&valid, &current, now, rotate_now, &*store, &consumers).await {
+                Ok(s) => Ok(s),
+                // The store refused the controller: as much the policy's
+                // problem as a path `paths` forbids.
+                Err(e) => match store_blocked(&e) {
+                    Some(reason) => Err((reason, vec![e.to_string()])),
+                    None => return Err(e),
+                },
+            }
         }
-        Err(problems) => invalid_spec(&status, problems, SystemTime::now()),
+        Assessed::Blocked { reason, problems } => Err((reason, problems)),
     };
-    let api: Api<SecretRotationPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let s = match stepped {
+        Ok(s) => s,
+        Err((reason, problems)) => {
+            tracing::info!(%namespace, %name, %reason, problems = %problems.join("; "), "policy cannot rotate");
+            // A new reason is announced once: decide that on the status as
+            // saved, not on a cached copy an earlier step already changed.
+            let current = if ready_blocked(&status) == Some(reason) {
+                status
+            } else {
+                api.get(&name).await?.status.unwrap_or_default()
+            };
+            blocked(&current, reason, problems, now)
+        }
+    };
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
     // A rotate-now request is handled once a rotation has started.

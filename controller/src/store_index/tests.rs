@@ -226,3 +226,89 @@ fn store_kinds_are_the_crds_kinds() {
     assert_eq!(StoreKind::Cluster.as_str(), ClusterRotorStore::kind(&()));
     assert_eq!(StoreKind::Cluster.to_string(), "ClusterRotorStore");
 }
+
+#[test]
+fn every_change_that_can_alter_a_resolution_is_touched_once() {
+    let (stores, cluster, namespaces) = listed();
+    let mut i = StoreIndex::default();
+    i.reset(&stores);
+    i.reset(&cluster);
+    i.reset(&namespaces);
+    let all = i.take_touched();
+    assert_eq!(all.len(), 4, "every listed object: {all:?}");
+    assert!(i.take_touched().is_empty(), "taken");
+
+    // The same objects again, as a relist or a no-op update: nothing.
+    i.reset(&cluster);
+    i.apply(&namespaces[0]);
+    i.apply(&stores[0]);
+    assert!(i.take_touched().is_empty());
+
+    // A new generation of the cluster store, a label change, a deletion.
+    let mut changed = cluster[0].clone();
+    changed.metadata.generation = Some(2);
+    i.apply(&changed);
+    let mut relabelled = namespaces[1].clone();
+    relabelled.metadata.labels = Some([("team".to_owned(), "b2".to_owned())].into());
+    i.apply(&relabelled);
+    i.delete(&stores[0]);
+    i.delete(&stores[0]);
+    assert_eq!(
+        i.take_touched(),
+        [
+            Touched::Store {
+                namespace: "team-b".into(),
+                name: "local".into()
+            },
+            Touched::ClusterStore {
+                name: "shared-vault".into()
+            },
+            Touched::Namespace {
+                name: "team-b".into()
+            },
+        ]
+        .into()
+    );
+
+    // A relist that misses a store deleted while the watch was down.
+    i.reset(&[] as &[ClusterRotorStore]);
+    assert_eq!(
+        i.take_touched(),
+        [Touched::ClusterStore {
+            name: "shared-vault".into()
+        }]
+        .into()
+    );
+}
+
+#[test]
+fn lookup_gives_the_revision_and_a_typed_refusal() {
+    let (_, cluster, namespaces) = listed();
+    let mut i = StoreIndex::default();
+    let mut store = cluster[0].clone();
+    store.metadata.uid = Some("u1".into());
+    store.metadata.generation = Some(7);
+    i.apply(&store);
+    i.apply(&namespaces[0]);
+    let (resolved, revision) = i.lookup("team-a", "shared-vault", &["shared/x"]).unwrap();
+    assert_eq!(resolved.kind, StoreKind::Cluster);
+    assert_eq!(
+        revision,
+        Revision {
+            uid: Some("u1".into()),
+            generation: Some(7)
+        }
+    );
+    assert!(matches!(
+        i.lookup("team-a", "shared-vault", &["other/x"]),
+        Err(Refusal::PathNotAllowed { .. })
+    ));
+    assert!(matches!(
+        i.lookup("team-b", "shared-vault", &["shared/x"]),
+        Err(Refusal::NamespaceNotAllowed { .. })
+    ));
+    assert!(matches!(
+        i.lookup("team-a", "nothing", &[]),
+        Err(Refusal::NotFound { .. })
+    ));
+}

@@ -181,3 +181,85 @@ async fn a_cluster_store_without_namespaces_or_paths_says_so() {
         "{message}"
     );
 }
+
+/// The status patch for a ClusterRotorStore with `provider` (namespaces
+/// and paths set) and `status`.
+async fn cluster_store_status(
+    provider: Provider,
+    status: Option<RotorStoreStatus>,
+) -> serde_json::Value {
+    use rotor_crds::api::{ClusterRotorStoreSpec, PathRule};
+    let (ctx, server) = context();
+    let mut store = ClusterRotorStore::new(
+        "shared",
+        ClusterRotorStoreSpec {
+            provider,
+            allowed_namespaces: serde_json::from_value(
+                serde_json::json!({ "matchLabels": { "team": "a" } }),
+            )
+            .unwrap(),
+            paths: vec![PathRule {
+                namespace: "*".into(),
+                patterns: vec!["{namespace}/*".into()],
+            }],
+            allow_exec_reload: false,
+        },
+    );
+    store.status = status;
+    let verify = status_patch(
+        server,
+        "/apis/rotor.dev/v1alpha1/clusterrotorstores/shared/status",
+        &store,
+    );
+    timeout_after_1s(reconcile_cluster(Arc::new(store), ctx))
+        .await
+        .unwrap();
+    patch_of(verify).await["status"].clone()
+}
+
+#[tokio::test]
+async fn a_cluster_store_with_secret_based_auth_is_not_ready_and_says_what_to_use() {
+    use rotor_crds::api::SecretKeyRef;
+    let mut provider = vault("https://vault:8200");
+    let auth = &mut provider.vault.as_mut().unwrap().auth;
+    auth.kubernetes = None;
+    auth.token_secret_ref = Some(SecretKeyRef {
+        name: "vault-token".into(),
+        key: "token".into(),
+    });
+    let status = cluster_store_status(provider, None).await;
+    let c = &status["conditions"][0];
+    assert_eq!(
+        (c["status"].as_str(), c["reason"].as_str()),
+        (Some("False"), Some("TokenSecretRefNotAllowed"))
+    );
+    let message = c["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.provider.vault.auth.tokenSecretRef is not allowed")
+            && message.contains("use spec.provider.vault.auth.kubernetes instead"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_ready_condition_keeps_its_transition_time_while_its_status_holds() {
+    let earlier = "2026-01-01T00:00:00Z";
+    let ready = RotorStoreStatus {
+        provider: Some("vault".into()),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Valid".into(),
+            message: String::new(),
+            last_transition_time: earlier.into(),
+            observed_generation: None,
+        }],
+        observed_generation: None,
+    };
+    let status = cluster_store_status(vault("https://vault:8200"), Some(ready.clone())).await;
+    assert_eq!(status["conditions"][0]["lastTransitionTime"], earlier);
+    // Not ready any more: the time moves.
+    let status = cluster_store_status(vault("vault:8200"), Some(ready)).await;
+    assert_eq!(status["conditions"][0]["status"], "False");
+    assert_ne!(status["conditions"][0]["lastTransitionTime"], earlier);
+}

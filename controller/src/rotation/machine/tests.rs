@@ -406,16 +406,34 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
 /// A store whose every call fails with an error that is not "not found",
 /// counting the calls.
 #[derive(Default)]
-struct Broken {
+pub(crate) struct Broken {
     calls: Mutex<usize>,
+    /// Fail as a store whose own policy refuses the caller.
+    denied: bool,
 }
 
 impl Broken {
+    /// Every call refused with permission denied.
+    pub(crate) fn denied() -> Self {
+        Self {
+            denied: true,
+            ..Self::default()
+        }
+    }
+
     fn fail<T>(&self) -> rotor_store::Result<T> {
         *self.calls.lock().unwrap() += 1;
-        Err(rotor_store::Error::Corrupt {
-            path: "/broken".into(),
-            problem: "test".into(),
+        Err(if self.denied {
+            rotor_store::Error::PermissionDenied {
+                store: "broken".into(),
+                name: "app/db".into(),
+                detail: "permission denied".into(),
+            }
+        } else {
+            rotor_store::Error::Corrupt {
+                path: "/broken".into(),
+                problem: "test".into(),
+            }
         })
     }
 }
@@ -977,7 +995,7 @@ fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     let problems = Policy::check(&bad, Mode::Cluster).unwrap_err();
     assert!(problems[0].contains("ackTimeout"), "{problems:?}");
     let current = in_phase(Phase::Propagating, t0());
-    let step = invalid_spec(&current, problems.clone(), t0());
+    let step = blocked(&current, Blocked::InvalidSpec, problems.clone(), t0());
     // The phase is left as it is; Ready says why nothing happens.
     assert_eq!(phase(&step.status), Phase::Propagating);
     let ready = cond(&step.status, "Ready").unwrap();
@@ -988,14 +1006,20 @@ fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     assert_eq!(ready.message, problems.join("; "));
     assert_eq!(
         step.events,
-        vec![RotationEvent::InvalidSpec {
+        vec![RotationEvent::Blocked {
+            reason: Blocked::InvalidSpec,
             problems: problems.clone()
         }]
     );
     assert_eq!(step.events[0].severity(), Severity::Warning);
     assert!(step.requeue >= secs(3600));
     // The same problems again: no second event.
-    let again = invalid_spec(&step.status, problems, t0() + secs(60));
+    let again = blocked(
+        &step.status,
+        Blocked::InvalidSpec,
+        problems,
+        t0() + secs(60),
+    );
     assert!(again.events.is_empty());
     assert_eq!(again.status, step.status);
 }
