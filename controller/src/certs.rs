@@ -109,7 +109,12 @@ pub fn new_ca(now: i64, lifetime: Duration) -> Result<KeyedCert> {
 /// A serving certificate for `dns_names` (IP addresses become IP SANs)
 /// signed by the CA whose key is `ca_key_pem`, valid from `now` until
 /// `not_after`.
-pub fn issue(ca_key_pem: &str, dns_names: &[String], now: i64, not_after: i64) -> Result<KeyedCert> {
+pub fn issue(
+    ca_key_pem: &str,
+    dns_names: &[String],
+    now: i64,
+    not_after: i64,
+) -> Result<KeyedCert> {
     let ca_key = KeyPair::from_pem(ca_key_pem).map_err(fail)?;
     // Only the issuer's name and key go into what it signs.
     let issuer = ca_params(Validity {

@@ -352,7 +352,10 @@ impl Material {
         metadata.managed_fields = None;
         Secret {
             metadata,
-            type_: Some("kubernetes.io/tls".to_owned()),
+            // The type is immutable: an existing Secret keeps its own.
+            type_: base
+                .and_then(|b| b.type_.clone())
+                .or_else(|| Some("kubernetes.io/tls".to_owned())),
             data: Some(data),
             ..Secret::default()
         }
@@ -376,7 +379,12 @@ pub async fn self_managed_certs(
     metrics: &RotationMetrics,
 ) -> Result<()> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
-    let material = match secrets.get_opt(&cfg.secret).await?.as_ref().and_then(Material::read) {
+    let material = match secrets
+        .get_opt(&cfg.secret)
+        .await?
+        .as_ref()
+        .and_then(Material::read)
+    {
         Some(m) => m,
         None => {
             let m = Material::fresh(cfg, crate::certs::now())?;
@@ -421,13 +429,18 @@ pub async fn self_managed_certs(
 /// True when every webhook of the configuration trusts `ca`.
 fn trusts(config: &MutatingWebhookConfiguration, ca: &str) -> bool {
     let ca = ca.trim();
-    config.webhooks.as_deref().unwrap_or_default().iter().all(|w| {
-        w.client_config
-            .ca_bundle
-            .as_ref()
-            .and_then(|b| std::str::from_utf8(&b.0).ok())
-            .is_some_and(|b| b.contains(ca))
-    })
+    config
+        .webhooks
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .all(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .and_then(|b| std::str::from_utf8(&b.0).ok())
+                .is_some_and(|b| b.contains(ca))
+        })
 }
 
 async fn set_ca_bundle(
@@ -449,7 +462,11 @@ async fn set_ca_bundle(
     let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
         .map_err(|e| Error::Certs(e.to_string()))?;
     webhooks
-        .patch(&cfg.webhook, &PatchParams::default(), &Patch::Json::<()>(patch))
+        .patch(
+            &cfg.webhook,
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
         .await?;
     Ok(())
 }
@@ -472,8 +489,7 @@ pub async fn keep_fresh(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        if let Err(error) = once(&secrets, &webhooks, &cfg, &leader, &metrics, &mut written).await
-        {
+        if let Err(error) = once(&secrets, &webhooks, &cfg, &leader, &metrics, &mut written).await {
             tracing::warn!(%error, "serving certificate check failed; trying again");
         }
     }
@@ -528,9 +544,15 @@ async fn once(
         if let Some(m) = &material {
             let current = webhooks.get(&cfg.webhook).await?;
             let bundle = m.bundle();
-            let same = current.webhooks.as_deref().unwrap_or_default().iter().all(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(bundle.as_bytes())
-            });
+            let same = current
+                .webhooks
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .all(|w| {
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
+                        == Some(bundle.as_bytes())
+                });
             if !same {
                 set_ca_bundle(webhooks, cfg, &current, &bundle).await?;
                 tracing::info!(webhook = %cfg.webhook, "caBundle updated");
@@ -539,7 +561,10 @@ async fn once(
     }
     if let Some(m) = &material {
         let files = m.files();
-        let now_files = Zeroizing::new(format!("{}{}{}", files.ca_pem, files.cert_pem, files.key_pem));
+        let now_files = Zeroizing::new(format!(
+            "{}{}{}",
+            files.ca_pem, files.cert_pem, files.key_pem
+        ));
         if written.as_deref() != Some(&*now_files) {
             crate::certs::write(&cfg.dir, &files)?;
             metrics.serving_certificate_expires(m.state.serving.not_after);

@@ -154,7 +154,10 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(!text.contains("certificate_expiry_timestamp_seconds "), "{text}");
+        assert!(
+            !text.contains("certificate_expiry_timestamp_seconds "),
+            "{text}"
+        );
         metrics.serving_certificate_expires(1_900_000_000);
         assert!(
             metrics

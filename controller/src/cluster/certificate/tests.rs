@@ -44,7 +44,10 @@ fn new_names_reissue_at_once() {
 #[test]
 fn no_secret_or_an_expired_ca_starts_fresh() {
     assert_eq!(plan(None, false, 5, &names(), OVERLAP), Step::Fresh);
-    assert_eq!(plan(Some(&state()), true, 3000, &names(), OVERLAP), Step::Fresh);
+    assert_eq!(
+        plan(Some(&state()), true, 3000, &names(), OVERLAP),
+        Step::Fresh
+    );
 }
 
 #[test]
@@ -64,7 +67,10 @@ fn a_ca_is_replaced_in_three_steps_each_an_overlap_apart() {
     s.bundle_changed = 2000;
     // Not before the overlap: the API server may not trust it yet.
     assert_eq!(plan(Some(&s), true, 2009, &names(), OVERLAP), Step::Nothing);
-    assert_eq!(plan(Some(&s), true, 2010, &names(), OVERLAP), Step::PromoteCa);
+    assert_eq!(
+        plan(Some(&s), true, 2010, &names(), OVERLAP),
+        Step::PromoteCa
+    );
     s.signer = s.next.take().unwrap();
     s.previous_until = Some(2020);
     s.bundle_changed = 2010;
@@ -74,7 +80,10 @@ fn a_ca_is_replaced_in_three_steps_each_an_overlap_apart() {
     };
     // The old CA stays for the overlap, then goes.
     assert_eq!(plan(Some(&s), true, 2019, &names(), OVERLAP), Step::Nothing);
-    assert_eq!(plan(Some(&s), true, 2020, &names(), OVERLAP), Step::DropPrevious);
+    assert_eq!(
+        plan(Some(&s), true, 2020, &names(), OVERLAP),
+        Step::DropPrevious
+    );
 }
 
 #[test]
@@ -82,15 +91,24 @@ fn a_secret_without_the_cas_key_replaces_its_ca() {
     // Written before renewal existed: nothing can be re-issued until a
     // CA with a key signs.
     let legacy = LEGACY;
-    assert_eq!(plan(Some(&legacy), false, 100, &names(), OVERLAP), Step::StageCa);
+    assert_eq!(
+        plan(Some(&legacy), false, 100, &names(), OVERLAP),
+        Step::StageCa
+    );
     let mut staged = legacy.clone();
     staged.next = Some(Validity {
         issued: 100,
         not_after: 1000,
     });
     staged.bundle_changed = 100;
-    assert_eq!(plan(Some(&staged), false, 105, &names(), OVERLAP), Step::Nothing);
-    assert_eq!(plan(Some(&staged), false, 110, &names(), OVERLAP), Step::PromoteCa);
+    assert_eq!(
+        plan(Some(&staged), false, 105, &names(), OVERLAP),
+        Step::Nothing
+    );
+    assert_eq!(
+        plan(Some(&staged), false, 110, &names(), OVERLAP),
+        Step::PromoteCa
+    );
 }
 
 fn config(dir: &std::path::Path) -> CertConfig {
@@ -128,7 +146,9 @@ fn the_bundle_follows_the_steps_through_the_secret() {
     assert_eq!(round(&promoted).bundle(), format!("{second_ca}{first_ca}"));
     assert_eq!(promoted.state.previous_until, Some(3020));
     assert_eq!(promoted.state.serving.issued, 3010);
-    let dropped = round(&promoted).apply(Step::DropPrevious, &cfg, 3020).unwrap();
+    let dropped = round(&promoted)
+        .apply(Step::DropPrevious, &cfg, 3020)
+        .unwrap();
     assert_eq!(round(&dropped).bundle(), second_ca);
     assert_eq!(round(&dropped).state, dropped.state);
 }
