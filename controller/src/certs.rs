@@ -161,7 +161,7 @@ pub fn generate(dns_names: &[String], lifetimes: Lifetimes, now: i64) -> Result<
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| seconds(d))
+        .map(seconds)
         .unwrap_or(0)
 }
 /// The Service's DNS names, as the API server calls them.
