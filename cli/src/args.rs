@@ -68,6 +68,11 @@ impl Args {
     /// Parses the command line, runs the command and maps any error to a
     /// message on stderr and exit code 1.
     pub fn parse_and_run() -> ExitCode {
+        // A child of `rotor demo` dies with it.
+        if let Err(err) = commands::demo::die_with_parent() {
+            eprintln!("error: {}", rotor_telemetry::Chain(err.as_ref()));
+            return ExitCode::FAILURE;
+        }
         // `rotor sidecar …` hands its arguments to the sidecar untouched.
         let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
         if argv.get(1).is_some_and(|a| a == "sidecar") {

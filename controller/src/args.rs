@@ -82,6 +82,19 @@ enum Command {
         /// renews it every third of that.
         #[arg(long, env = "ROTOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
         lease_duration: std::time::Duration,
+        /// How long a self-managed serving certificate is valid; the
+        /// leader renews it at two-thirds of that.
+        #[arg(long, env = "ROTOR_CERT_LIFETIME", default_value = "365d", value_parser = humantime::parse_duration)]
+        cert_lifetime: std::time::Duration,
+        /// How long a self-managed CA is valid; the leader replaces it at
+        /// two-thirds of that.
+        #[arg(long, env = "ROTOR_CA_LIFETIME", default_value = "3650d", value_parser = humantime::parse_duration)]
+        ca_lifetime: std::time::Duration,
+        /// How long a new CA is in the webhook configuration's caBundle
+        /// before it signs, and an old one after: longer than a replica
+        /// takes to see the Secret change (a tenth of this, at most 30s).
+        #[arg(long, env = "ROTOR_CERT_OVERLAP", default_value = "10m", value_parser = humantime::parse_duration)]
+        cert_overlap: std::time::Duration,
         /// Extra names or IP addresses for the self-managed serving
         /// certificate (when the API server calls the webhook by URL).
         #[arg(long = "cert-host")]
@@ -306,6 +319,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_addr,
             identity,
             lease_duration,
+            cert_lifetime,
+            ca_lifetime,
+            cert_overlap,
             cert_hosts,
             kubeconfig,
             rotator_service_account,
@@ -329,6 +345,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 &service_account,
             )
             .await;
+            let admission = crate::webhook::metrics::AdmissionMetrics::default();
+            let metrics = Arc::new(
+                crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
+            );
+            let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if self_managed_certs {
                 let dir = serve
                     .tls_cert
@@ -337,23 +358,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .to_owned();
                 let mut names = crate::certs::service_names(&service, &namespace);
                 names.extend(cert_hosts);
-                crate::cluster::certificate::self_managed_certs(
+                let cfg = Arc::new(crate::cluster::certificate::CertConfig {
+                    namespace: namespace.clone(),
+                    secret: tls_secret,
+                    names,
+                    webhook: webhook_configuration,
+                    dir,
+                    owner: owner.clone(),
+                    lifetimes: crate::certs::Lifetimes {
+                        serving: cert_lifetime,
+                        ca: ca_lifetime,
+                    },
+                    overlap: cert_overlap,
+                });
+                crate::cluster::certificate::self_managed_certs(client.clone(), &cfg, &metrics)
+                    .await?;
+                tokio::spawn(crate::cluster::certificate::keep_fresh(
                     client.clone(),
-                    &namespace,
-                    &tls_secret,
-                    &names,
-                    &webhook_configuration,
-                    &dir,
-                    owner.as_ref(),
-                )
-                .await?;
+                    cfg,
+                    leader.clone(),
+                    metrics.clone(),
+                ));
             }
             let stores: SharedStoreIndex = Arc::default();
             let changes = crate::cluster::watch::IndexChanges::new(stores.clone());
-            let admission = crate::webhook::metrics::AdmissionMetrics::default();
-            let metrics = Arc::new(
-                crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
-            );
             tokio::spawn(crate::cluster::watch::keep_index_fresh(
                 client.clone(),
                 changes.clone(),
@@ -364,7 +392,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     metrics: metrics.clone(),
                 },
             )));
-            let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             tokio::spawn(crate::rotation::lease::run(
                 client.clone(),
                 namespace.clone(),
@@ -443,7 +470,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             let mut names = crate::certs::service_names(&service, &namespace);
             names.extend(dns_names);
-            let generated = crate::certs::generate(&names)?;
+            let generated = crate::certs::generate(
+                &names,
+                crate::certs::Lifetimes::default(),
+                crate::certs::now(),
+            )?;
             std::fs::create_dir_all(&out)?;
             crate::certs::write(&out, &generated)?;
             println!(

@@ -303,7 +303,12 @@ fn unknown_fields(
                 };
                 match o.get(k) {
                     Some(w) => unknown_fields(v, w, &here, out),
-                    None if v.is_null() => {}
+                    // An empty list or map: a field serialized only when
+                    // set (`sidecars: []`) reads back absent; empty, an
+                    // unknown field would change nothing either.
+                    None if v.is_null()
+                        || v.as_array().is_some_and(Vec::is_empty)
+                        || v.as_object().is_some_and(serde_json::Map::is_empty) => {}
                     None => out.push(here),
                 }
             }

@@ -138,7 +138,13 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         });
     }
     // Checked in full before the state directory or any store is touched.
-    load(&options.policies)?;
+    let mut loaded = load(&options.policies)?;
+    tracing::info!(
+        dir = %options.policies.display(),
+        policies = ?loaded.policies.iter().map(|(p, _)| p.name_any()).collect::<Vec<_>>(),
+        stores = ?loaded.stores.keys().collect::<Vec<_>>(),
+        "policies and stores loaded"
+    );
     std::fs::create_dir_all(&options.state).map_err(|source| Error::File {
         what: "--state",
         path: options.state.clone(),
@@ -150,9 +156,27 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
     // Policies whose last step failed, and when each is tried again.
     let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
+    // The problem last logged: an invalid edit is logged once, and the
+    // last good policies keep running (a rotation in flight finishes or
+    // rolls back under them).
+    let mut invalid: Option<String> = None;
     tokio::pin!(shutdown);
     loop {
-        let loaded = load(&options.policies)?;
+        match load(&options.policies) {
+            Ok(fresh) => {
+                if invalid.take().is_some() {
+                    tracing::info!(dir = %options.policies.display(), "policy files valid again; using them");
+                }
+                loaded = fresh;
+            }
+            Err(error) => {
+                let text = error.to_string();
+                if invalid.as_deref() != Some(text.as_str()) {
+                    tracing::error!(%error, "invalid policy files; the last good policies keep running");
+                    invalid = Some(text);
+                }
+            }
+        }
         let mut wake = Duration::from_secs(1);
         for (policy, valid) in &loaded.policies {
             if let Some(r) = retries.get(&policy.name_any()) {
@@ -164,34 +188,39 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             }
             let store_name = &policy.spec.store_ref.name;
             let store = match stores.get(store_name) {
-                Some(s) => s.clone(),
-                None => {
-                    let provider = loaded.stores.get(store_name).ok_or_else(|| {
-                        Error::StoreNotResolved(format!(
-                            "policy {}: store {store_name:?} is not defined in {}",
-                            policy.name_any(),
-                            options.policies.display()
-                        ))
-                    })?;
-                    let s = crate::store_from_spec::build(store_name, provider, &reach).await?;
-                    stores.insert(store_name.clone(), s.clone());
-                    s
-                }
+                Some(s) => Ok(s.clone()),
+                None => match loaded.stores.get(store_name) {
+                    None => Err(Error::StoreNotResolved(format!(
+                        "policy {}: store {store_name:?} is not defined in {}",
+                        policy.name_any(),
+                        options.policies.display()
+                    ))),
+                    Some(provider) => crate::store_from_spec::build(store_name, provider, &reach)
+                        .await
+                        .inspect(|s| {
+                            stores.insert(store_name.clone(), s.clone());
+                        }),
+                },
             };
             let path = state_path(&options.state, policy);
             let mut state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
             let rotate_now = token.is_some() && token != state.rotate_now_handled;
             let consumers = HttpSidecars::new(policy.spec.sidecars.clone());
-            let result = step(
-                valid,
-                &state.status,
-                SystemTime::now(),
-                rotate_now,
-                &*store,
-                &consumers,
-            )
-            .await;
+            let result = match store {
+                Ok(store) => {
+                    step(
+                        valid,
+                        &state.status,
+                        SystemTime::now(),
+                        rotate_now,
+                        &*store,
+                        &consumers,
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(s) => {
                     retries.remove(&policy.name_any());

@@ -193,3 +193,97 @@ fn a_dir_on_disk_is_refused_with_the_sidecars_reason() {
         "{stderr}"
     );
 }
+
+/// The pids whose parent is `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parens.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+/// True once none of `pids` runs and none of `dirs` exists, polled for
+/// up to 20 s (a killed demo's children stop on their own).
+fn all_gone(pids: &[String], dirs: &[std::path::PathBuf]) -> bool {
+    rotor_e2e::wait_until(20, || {
+        pids.iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+            && dirs.iter().all(|d| !d.exists())
+    })
+}
+
+/// A closed terminal (SIGHUP) stops the demo like Ctrl-C: its sidecar,
+/// app and controller stop, and its key, store and files go.
+#[test]
+fn sighup_stops_the_demo_its_children_and_removes_its_files() {
+    let demo = Running::start();
+    let (_, dirs) = demo.made();
+    let children = children_of(demo.child.id());
+    assert_eq!(children.len(), 3, "sidecar, app, controller: {children:?}");
+    rotor_e2e::signal(&demo.child, "HUP");
+    let (status, stderr) = demo.wait();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(all_gone(&children, &dirs), "left: {children:?} {dirs:?}");
+}
+
+/// Killed outright, the demo cannot stop anything itself: its children
+/// still stop (a parent-death signal), and its key and store still go.
+#[test]
+fn sigkill_of_the_demo_stops_its_children_and_removes_its_files() {
+    let demo = Running::start();
+    let (_, dirs) = demo.made();
+    let children = children_of(demo.child.id());
+    assert_eq!(children.len(), 3, "sidecar, app, controller: {children:?}");
+    rotor_e2e::signal(&demo.child, "KILL");
+    let (status, _) = demo.wait();
+    assert!(!status.success());
+    assert!(all_gone(&children, &dirs), "left: {children:?} {dirs:?}");
+}
+
+/// `rotor demo | head -5`, 20 times: the closed pipe is a clean exit every
+/// time, with nothing on stderr from the demo or its children.
+#[test]
+fn a_closed_pipe_is_a_clean_exit_twenty_times_out_of_twenty() {
+    let rotor = rotor_e2e::bin("rotor");
+    let script = format!(
+        "{} demo --duration 60 --every 2 | head -5 >/dev/null; echo \"demo exit ${{PIPESTATUS[0]}}\"",
+        rotor.display()
+    );
+    let run = |script: String| {
+        std::thread::spawn(move || {
+            let out = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            let (stdout, stderr) = text(&out);
+            format!("{stdout}{stderr}")
+        })
+    };
+    let mut failures = Vec::new();
+    // Four at a time: the machine is small.
+    for _ in 0..5 {
+        let batch: Vec<_> = (0..4).map(|_| run(script.clone())).collect();
+        for handle in batch {
+            let seen = handle.join().unwrap();
+            if seen != "demo exit 0\n" {
+                failures.push(seen);
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 20 failed: {failures:#?}",
+        failures.len()
+    );
+}

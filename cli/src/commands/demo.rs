@@ -51,7 +51,10 @@ impl DemoArgs {
     /// Runs the demo, then stops every child process and removes every
     /// file it made, on every way out: the duration ends, Ctrl-C or
     /// SIGTERM, stdout closed (`rotor demo | head`), a child that exits,
-    /// or a setup step that fails.
+    /// or a setup step that fails. Killed outright (SIGKILL), it leaves no
+    /// process either: each child asked for a parent-death signal
+    /// ([`die_with_parent`]), and the app, told the directories, removes
+    /// them when it outlives the demo.
     async fn run_async(self) -> anyhow::Result<()> {
         let mut demo = Demo::default();
         let result = demo.run(self).await;
@@ -79,6 +82,30 @@ impl DemoArgs {
     }
 }
 
+/// The environment variable that asks a child of the demo to die with it:
+/// its value is the demo's pid (see [`die_with_parent`]).
+pub const PARENT_ENV: &str = "ROTOR_DEMO_PARENT";
+
+/// In a child the demo started (its pid in [`PARENT_ENV`]): asks the kernel
+/// for SIGTERM when the demo dies, SIGKILL included, so no sidecar or
+/// controller outlives it. A demo already gone before the request is seen
+/// through the parent pid, and the child stops at once.
+pub fn die_with_parent() -> anyhow::Result<()> {
+    let Some(parent) = std::env::var_os(PARENT_ENV) else {
+        return Ok(());
+    };
+    let parent: i32 = parent
+        .to_str()
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("{PARENT_ENV}={parent:?} is not a process id"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+        .context("cannot ask for a parent-death signal")?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != Some(parent) {
+        bail!("the demo (pid {parent}) is gone; stopping");
+    }
+    Ok(())
+}
+
 /// The demo's child processes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -101,7 +128,7 @@ impl Role {
 enum End {
     /// `--duration` elapsed.
     Finished,
-    /// Ctrl-C or SIGTERM.
+    /// Ctrl-C, SIGTERM or SIGHUP.
     Interrupted,
     /// A child process exited on its own.
     Exited(Role, std::process::ExitStatus),
@@ -143,6 +170,7 @@ impl Demo {
         }
         let child = cmd
             .stdin(Stdio::null())
+            .env(PARENT_ENV, std::process::id().to_string())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
@@ -186,6 +214,14 @@ impl Demo {
             duration,
             every,
         } = args;
+        // Taken over before the first child starts: a signal during setup
+        // stops the demo through its cleanup too. SIGHUP is a closed
+        // terminal.
+        let (mut int, mut term, mut hup) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        );
         let work = self
             .work
             .insert(tempfile::Builder::new().prefix("rotor-demo-").tempdir()?)
@@ -271,15 +307,18 @@ impl Demo {
             sidecar_log.display()
         ))?;
         // The app's lines go through the demo, the one writer of stdout.
-        self.spawn(
-            Role::App,
-            Command::new(&exe)
-                .arg("demo-app")
-                .args(["--file".as_ref(), out.join(FILE).as_os_str()])
-                .args(["--pid-file".as_ref(), pid_file.as_os_str()])
-                .stdout(Stdio::piped()),
-            None,
-        )?;
+        // Its errors go to its log, never to the terminal: a write to a
+        // pipe the demo stopped reading is no news to the user.
+        let mut app = Command::new(&exe);
+        app.arg("demo-app")
+            .args(["--file".as_ref(), out.join(FILE).as_os_str()])
+            .args(["--pid-file".as_ref(), pid_file.as_os_str()])
+            .args(["--remove-if-orphaned".as_ref(), work.as_os_str()])
+            .stdout(Stdio::piped());
+        if let Some(made) = &self.out {
+            app.args(["--remove-if-orphaned".as_ref(), made.path().as_os_str()]);
+        }
+        self.spawn(Role::App, &mut app, Some(work.join("app.log")))?;
         let mut app_lines =
             BufReader::new(self.child(Role::App).stdout.take().expect("piped")).lines();
         say("the app reads the file and reloads on SIGHUP; press Ctrl-C to stop")?;
@@ -309,7 +348,6 @@ impl Demo {
 
         let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
         let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut term = signal(SignalKind::terminate())?;
         let mut last = String::new();
         loop {
             let stop_at = async {
@@ -319,8 +357,9 @@ impl Demo {
                 }
             };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+                _ = int.recv() => return Ok(End::Interrupted),
                 _ = term.recv() => return Ok(End::Interrupted),
+                _ = hup.recv() => return Ok(End::Interrupted),
                 () = stop_at => return Ok(End::Finished),
                 line = app_lines.next_line() => match line? {
                     Some(line) => say(&line)?,

@@ -17,6 +17,11 @@ pub struct DemoAppArgs {
     /// Where to write this process's pid, for the sidecar's signal.
     #[arg(long)]
     pid_file: PathBuf,
+    /// A directory of the demo's to remove when the demo died without
+    /// cleaning up (killed outright): this app then outlives it, until the
+    /// parent-death signal.
+    #[arg(long, value_name = "DIR")]
+    remove_if_orphaned: Vec<PathBuf>,
 }
 
 impl DemoAppArgs {
@@ -25,7 +30,7 @@ impl DemoAppArgs {
             .enable_all()
             .build()?
             .block_on(async move {
-                let Self { file, pid_file } = self;
+                let Self { file, pid_file, remove_if_orphaned } = self;
                 let pid = std::process::id();
                 let mut hup = signal(SignalKind::hangup())?;
                 let mut term = signal(SignalKind::terminate())?;
@@ -36,9 +41,19 @@ impl DemoAppArgs {
                         _ = hup.recv() => {
                             // Let a burst of signals settle.
                             tokio::time::sleep(Duration::from_millis(5)).await;
-                            say(&format!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?))?;
+                            let line = format!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?);
+                            match say(&line) {
+                                // The demo stopped reading: it is stopping.
+                                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                                other => other?,
+                            }
                         }
                         _ = term.recv() => {
+                            if orphaned() {
+                                for dir in &remove_if_orphaned {
+                                    let _ = std::fs::remove_dir_all(dir);
+                                }
+                            }
                             // The demo may have stopped reading already.
                             let _ = say(&format!("app[{pid}]: stopping"));
                             return Ok(());
@@ -47,6 +62,15 @@ impl DemoAppArgs {
                 }
             })
     }
+}
+
+/// True when the demo that started this app is gone (its pid, in
+/// [`super::demo::PARENT_ENV`], is no longer the parent).
+fn orphaned() -> bool {
+    let parent = std::env::var(super::demo::PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
+    parent.is_some() && rustix::process::getppid().map(|p| p.as_raw_nonzero().get()) != parent
 }
 
 /// Writes one line to stdout, an error (not a panic) when it is closed.

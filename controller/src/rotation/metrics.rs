@@ -18,7 +18,13 @@ pub struct RotationMetrics {
     ack_time: Histogram,
     pending: Family<Labels, Gauge>,
     failures: Family<Labels, Counter>,
+    /// No labels; present once the controller manages the certificate.
+    certificate_expiry: Family<Labels, Gauge>,
 }
+
+/// Every result [`RotationMetrics::finished`] counts: each starts at 0, so
+/// an `increase()` alert sees the first one.
+pub const RESULTS: [&str; 3] = ["success", "degraded", "rolled_back"];
 
 impl Default for RotationMetrics {
     fn default() -> Self {
@@ -30,6 +36,10 @@ impl Default for RotationMetrics {
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let pending = Family::<Labels, Gauge>::default();
         let failures = Family::<Labels, Counter>::default();
+        let certificate_expiry = Family::<Labels, Gauge>::default();
+        for result in RESULTS {
+            let _ = rotations.get_or_create(&vec![("result".to_owned(), result.to_owned())]);
+        }
         registry.register(
             "rotations",
             "Finished rotations by result: success, degraded, rolled_back",
@@ -55,7 +65,13 @@ impl Default for RotationMetrics {
             "Failed reconciles by controller and error kind",
             failures.clone(),
         );
+        registry.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the self-managed serving certificate this replica serves expires (Unix seconds)",
+            certificate_expiry.clone(),
+        );
         Self {
+            certificate_expiry,
             registry: root,
             rotations,
             duration,
@@ -74,6 +90,11 @@ impl RotationMetrics {
         if result != "rolled_back" {
             self.duration.observe(seconds);
         }
+    }
+
+    /// The serving certificate this replica serves expires at `unix`.
+    pub fn serving_certificate_expires(&self, unix: i64) {
+        self.certificate_expiry.get_or_create(&vec![]).set(unix);
     }
 
     pub fn acknowledged(&self, seconds: f64) {
@@ -126,6 +147,30 @@ mod tests {
                 r#"rotor_reconcile_failures_total{controller="rotorstore",error="store_not_resolved"} 2"#
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn every_rotation_result_starts_at_zero_and_the_expiry_appears_once_set() {
+        let metrics = RotationMetrics::default();
+        let text = metrics.encode();
+        for result in RESULTS {
+            assert!(
+                text.contains(&format!("rotor_rotations_total{{result=\"{result}\"}} 0\n")),
+                "{text}"
+            );
+        }
+        assert!(
+            !text.contains("certificate_expiry_timestamp_seconds "),
+            "{text}"
+        );
+        metrics.serving_certificate_expires(1_900_000_000);
+        assert!(
+            metrics
+                .encode()
+                .contains("\nrotor_webhook_certificate_expiry_timestamp_seconds{} 1900000000\n"),
+            "{}",
+            metrics.encode()
         );
     }
 

@@ -24,7 +24,12 @@ struct Running {
 }
 
 async fn start(limits: Limits) -> Running {
-    let generated = crate::certs::generate(&["localhost".into()]).unwrap();
+    let generated = crate::certs::generate(
+        &["localhost".into()],
+        crate::certs::Lifetimes::default(),
+        crate::certs::now(),
+    )
+    .unwrap();
     let tls = tls_acceptor(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes()).unwrap();
     let ca = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(ca.path(), &generated.ca_pem).unwrap();
@@ -234,7 +239,12 @@ async fn a_non_leader_refuses_streams_with_a_typed_error() {
     let mut running = start(Limits::default()).await;
     let leader = Arc::new(AtomicBool::new(false));
     // A second server on the same CA file, whose replica does not lead.
-    let generated = crate::certs::generate(&["localhost".into()]).unwrap();
+    let generated = crate::certs::generate(
+        &["localhost".into()],
+        crate::certs::Lifetimes::default(),
+        crate::certs::now(),
+    )
+    .unwrap();
     let tls = tls_acceptor(generated.cert_pem.as_bytes(), generated.key_pem.as_bytes()).unwrap();
     std::fs::write(running.ca.path(), &generated.ca_pem).unwrap();
     let server = Arc::new(Server {
