@@ -77,18 +77,34 @@ impl Postgres {
         pg
     }
 
-    /// Runs `sql` as the superuser over the Unix socket.
+    /// Runs `sql` as the superuser over the Unix socket, once the server
+    /// accepts logins (it refuses them while it starts up), within 30 s.
     async fn admin_sql(&self, sql: &str) {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host_path(self.dir.path())
-            .port(self.port)
-            .user("pg")
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.batch_execute(sql).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let attempt = tokio_postgres::Config::new()
+                .host_path(self.dir.path())
+                .port(self.port)
+                .user("pg")
+                .dbname("postgres")
+                .connect(tokio_postgres::NoTls)
+                .await;
+            match attempt {
+                Ok((client, conn)) => {
+                    tokio::spawn(conn);
+                    break client;
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("postgres never accepted a login: {e}\n{}", self.log()),
+            }
+        };
+        // One at a time: CREATE DATABASE refuses an implicit transaction.
+        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
+            client.batch_execute(statement).await.unwrap();
+        }
     }
 
     fn log(&self) -> String {
