@@ -1188,7 +1188,6 @@ async fn alternating_users_sets_and_tests_the_idle_role_before_consumers_see_it(
         "the previous role keeps working"
     );
     // The next rotation goes back to app_a.
-    let mut status = status;
     enter(&mut status, Phase::Generating, t0());
     let s = db_step(&policy, &status, t0(), &store, &db).await;
     assert_eq!(
