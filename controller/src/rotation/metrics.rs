@@ -18,6 +18,7 @@ pub struct RotationMetrics {
     ack_time: Histogram,
     pending: Family<Labels, Gauge>,
     failures: Family<Labels, Counter>,
+    single_user_window: Histogram,
 }
 
 impl Default for RotationMetrics {
@@ -30,6 +31,12 @@ impl Default for RotationMetrics {
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let pending = Family::<Labels, Gauge>::default();
         let failures = Family::<Labels, Counter>::default();
+        let single_user_window = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "rotation_single_user_window_seconds",
+            "singleUser targets: from the password change to promotion, while consumers hold a dead password",
+            single_user_window.clone(),
+        );
         registry.register(
             "rotations",
             "Finished rotations by result: success, degraded, rolled_back",
@@ -62,6 +69,7 @@ impl Default for RotationMetrics {
             ack_time,
             pending,
             failures,
+            single_user_window,
         }
     }
 }
@@ -74,6 +82,10 @@ impl RotationMetrics {
         if result != "rolled_back" {
             self.duration.observe(seconds);
         }
+    }
+
+    pub fn single_user_window(&self, seconds: f64) {
+        self.single_user_window.observe(seconds);
     }
 
     pub fn acknowledged(&self, seconds: f64) {
@@ -131,6 +143,21 @@ mod tests {
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(
             text.contains("\nrotor_rotation_duration_seconds_count 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_single_user_window_is_a_histogram() {
+        let m = RotationMetrics::default();
+        m.single_user_window(0.25);
+        let text = m.encode();
+        assert!(
+            text.contains("\nrotor_rotation_single_user_window_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nrotor_rotation_single_user_window_seconds_sum 0.25\n"),
             "{text}"
         );
     }

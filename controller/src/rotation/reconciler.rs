@@ -16,7 +16,7 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{Phase, Severity, invalid_spec, step};
+use super::machine::{Phase, RotationEvent, Severity, invalid_spec, step};
 use super::metrics::RotationMetrics;
 use super::validate::Policy;
 
@@ -133,6 +133,9 @@ pub async fn reconcile(
     }
     let reference = policy.object_ref(&());
     for e in s.events {
+        if let RotationEvent::SingleUserWindow { millis, .. } = e {
+            ctx.metrics.single_user_window(millis as f64 / 1000.0);
+        }
         let event = Event {
             type_: match e.severity() {
                 Severity::Normal => EventType::Normal,
