@@ -230,6 +230,11 @@ struct Rig {
 
 impl Rig {
     async fn start(admin_password: &str) -> Self {
+        Self::start_with(admin_password, None, "[app_a, app_b]").await
+    }
+
+    /// With the target's port replaced by `port` and its roles by `roles`.
+    async fn start_with(admin_password: &str, port: Option<u16>, roles: &str) -> Self {
         let pg = Postgres::start();
         pg.admin_sql(
             "ALTER ROLE pg PASSWORD 'pg-admin-canary-5d1a'; \
@@ -277,8 +282,9 @@ impl Rig {
         .unwrap();
         let rig_policy = |n: u32| {
             format!(
-                "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default, annotations: {{rotor.dev/rotate-now: 'r{n}'}}}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 10s, gracePeriod: 1s}}}}\n  target:\n    postgresql: {{host: 127.0.0.1, port: {}, dbname: shop, adminSecretName: app/db-admin, strategy: {{alternatingUsers: {{roles: [app_a, app_b]}}}}}}\n  sidecars: ['http://127.0.0.1:{}']\n",
-                pg.port, pod.push
+                "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default, annotations: {{rotor.dev/rotate-now: 'r{n}'}}}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 10s, gracePeriod: 1s}}}}\n  target:\n    postgresql: {{host: 127.0.0.1, port: {}, dbname: shop, adminSecretName: app/db-admin, strategy: {{alternatingUsers: {{roles: {roles}}}}}}}\n  sidecars: ['http://127.0.0.1:{}']\n",
+                port.unwrap_or(pg.port),
+                pod.push
             )
         };
         std::fs::write(policies.join("policy.yaml"), rig_policy(0)).unwrap();
@@ -451,4 +457,53 @@ async fn a_wrong_admin_credential_rolls_back_and_changes_nothing() {
     assert!(rig.status()["pendingVersion"].is_null());
     assert!(!rig.log().contains("not-the-admin-password"));
     let _ = rig.pg.log();
+}
+
+/// A failure of the target rolls back with its reason in the Degraded
+/// condition and the controller's log, the store keeps its CURRENT value
+/// and no pending one, and both roles keep their passwords.
+async fn rolls_back_with(rig: &Rig, reason: &str) {
+    assert!(
+        wait_for(60, || rig.status()["conditions"].as_array().is_some_and(
+            |c| c
+                .iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == reason)
+        ))
+        .await,
+        "no rollback for {reason}: {}\n{}",
+        rig.status(),
+        rig.log()
+    );
+    assert!(wait_for(10, || rig.status()["phase"] == "Idle").await);
+    assert!(rig.log().contains(reason), "the failure is logged");
+    assert!(rig.status()["pendingVersion"].is_null());
+    let current = String::from_utf8(
+        rig.store
+            .get("app/db", Selector::Current)
+            .unwrap()
+            .value
+            .expose_secret()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(current.contains("initial-a-canary-31f0"));
+    login(rig.pg.port, "app_a", "initial-a-canary-31f0")
+        .await
+        .unwrap();
+    login(rig.pg.port, "app_b", "initial-b-canary-8e22")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_rolls_back_and_changes_nothing() {
+    // A free port nothing listens on.
+    let rig = Rig::start_with("pg-admin-canary-5d1a", Some(free_port()), "[app_a, app_b]").await;
+    rolls_back_with(&rig, "TargetUnreachable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_that_does_not_exist_rolls_back_and_changes_nothing() {
+    let rig = Rig::start_with("pg-admin-canary-5d1a", None, "[app_a, app_missing]").await;
+    rolls_back_with(&rig, "NoSuchRole").await;
 }
