@@ -322,6 +322,12 @@ impl Rig {
         std::fs::write(path, yaml).unwrap();
     }
 
+    /// The store's CURRENT value, as text.
+    fn current_text(&self) -> String {
+        let f = self.store.get("app/db", Selector::Current).unwrap();
+        String::from_utf8(f.value.expose_secret().to_vec()).unwrap()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
@@ -444,15 +450,7 @@ async fn a_wrong_admin_credential_rolls_back_and_changes_nothing() {
     login(rig.pg.port, "app_b", "initial-b-canary-8e22")
         .await
         .unwrap();
-    let current = String::from_utf8(
-        rig.store
-            .get("app/db", Selector::Current)
-            .unwrap()
-            .value
-            .expose_secret()
-            .to_vec(),
-    )
-    .unwrap();
+    let current = rig.current_text();
     assert!(current.contains("initial-a-canary-31f0"));
     assert!(rig.status()["pendingVersion"].is_null());
     assert!(!rig.log().contains("not-the-admin-password"));
@@ -477,15 +475,7 @@ async fn rolls_back_with(rig: &Rig, reason: &str) {
     assert!(wait_for(10, || rig.status()["phase"] == "Idle").await);
     assert!(rig.log().contains(reason), "the failure is logged");
     assert!(rig.status()["pendingVersion"].is_null());
-    let current = String::from_utf8(
-        rig.store
-            .get("app/db", Selector::Current)
-            .unwrap()
-            .value
-            .expose_secret()
-            .to_vec(),
-    )
-    .unwrap();
+    let current = rig.current_text();
     assert!(current.contains("initial-a-canary-31f0"));
     login(rig.pg.port, "app_a", "initial-a-canary-31f0")
         .await
