@@ -40,6 +40,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
                 key_pair: None,
             },
             strategy: Strategy::default(),
+            target: None,
             sidecars: vec![],
             paused: false,
         },

@@ -31,6 +31,13 @@ pub enum Error {
     NoPendingVersion(crate::rotation::machine::Phase),
     #[error("the system random number generator failed")]
     Random,
+    /// A rotation target's secret value (or its absence) that the target
+    /// cannot work with; never quotes the value.
+    #[error("target secret value: {0}")]
+    TargetValue(String),
+    /// Rolling a target back failed; the step is retried.
+    #[error("rolling back the target failed: {0}")]
+    TargetRollback(crate::rotation::target::TargetFailure),
     /// Key pair generation failed; says which step.
     #[error("{0}")]
     KeyGeneration(&'static str),
@@ -163,6 +170,8 @@ impl Error {
             Error::UnknownPhase(_) => "unknown_phase",
             Error::NoPendingVersion(_) => "no_pending_version",
             Error::Random => "random",
+            Error::TargetValue(_) => "target_value",
+            Error::TargetRollback(_) => "target_rollback",
             Error::KeyGeneration(_) => "key_generation",
             Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
             Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",

@@ -20,7 +20,7 @@ use crate::sidecar_push::HttpSidecars;
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
-mod retry;
+pub(crate) mod retry;
 
 /// The rotate-now annotation: a new value triggers one rotation.
 pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";

@@ -100,6 +100,7 @@ async fn measure(n: usize) -> Vec<Duration> {
                     on_timeout: Default::default(),
                 },
             },
+            target: None,
             sidecars: vec![],
             paused: false,
         },

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use rotor_envelope::KeyFileKek;
 use rotor_store::{LocalStore, WriteAs};
 
-/// The policy file: a 2 s interval, `sidecars: []` (what a user writes
+/// The policy file: a 2 s interval (and ack timeout), `sidecars: []` (what a user writes
 /// when there are none yet), and `schedule_key` spelled as given.
 fn policy(schedule_key: &str) -> String {
     format!(
-        "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule:\n    {schedule_key}: 2s\n  generator: {{password: {{length: 32}}}}\n  strategy: {{staged: {{gracePeriod: 1s}}}}\n  sidecars: []\n"
+        "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule:\n    {schedule_key}: 2s\n  generator: {{password: {{length: 32}}}}\n  strategy: {{staged: {{ackTimeout: 2s, gracePeriod: 1s}}}}\n  sidecars: []\n"
     )
 }
 

@@ -94,6 +94,7 @@ mod tests {
                     key_pair: None,
                 },
                 strategy: Default::default(),
+                target: None,
                 sidecars: vec![],
                 paused: false,
             },

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! Idle ──due──► Generating ──pending written──► Propagating ──all acked──► Promoting ──► Retiring ──grace──► Idle
+//!                    │ with a target                 ▲
+//!                    └──► Setting ──► Testing ───────┘   (each retried with backoff, then RollingBack)
 //!                                                   │ ack timeout
 //!                                                   ├── onTimeout: Promote ──► Promoting (Degraded)
 //!                                                   └── onTimeout: Rollback ─► RollingBack ──► Idle (Degraded)
@@ -14,6 +16,14 @@
 //! Generating first looks for a PENDING version in the store, so a crash
 //! between writing the value and saving the status adopts that value rather
 //! than generating another: a generated value is never lost.
+//!
+//! With a [`Target`], Generating writes the pending value first (AWS's
+//! createSecret), Setting changes the target (setSecret) and Testing logs
+//! in with the new value (testSecret), each up to [`TARGET_ATTEMPTS`]
+//! times with the standalone retry schedule between attempts; consumers
+//! see the value only in Propagating. RollingBack then puts the target
+//! back: singleUser gets CURRENT's password again, alternatingUsers' idle
+//! role gets a random password nobody holds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,8 +33,12 @@ use async_trait::async_trait;
 use ring::rand::SystemRandom;
 use rotor_crds::api::{Condition, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus};
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroizing;
 
 use super::generate::{Random, generate};
+use super::target::postgres::Postgres;
+use super::target::{Credential, DbSecret, Strategy, Target, TargetFailure, admin_credential};
 use super::validate::Policy;
 use crate::{Error, Result};
 
@@ -36,6 +50,10 @@ use crate::{Error, Result};
 pub enum Phase {
     Idle,
     Generating,
+    /// Changing the target to the pending value.
+    Setting,
+    /// Logging in to the target with the pending value.
+    Testing,
     Propagating,
     Promoting,
     Retiring,
@@ -43,9 +61,11 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Idle,
         Phase::Generating,
+        Phase::Setting,
+        Phase::Testing,
         Phase::Propagating,
         Phase::Promoting,
         Phase::Retiring,
@@ -57,6 +77,8 @@ impl Phase {
         match self {
             Phase::Idle => "Idle",
             Phase::Generating => "Generating",
+            Phase::Setting => "Setting",
+            Phase::Testing => "Testing",
             Phase::Propagating => "Propagating",
             Phase::Promoting => "Promoting",
             Phase::Retiring => "Retiring",
@@ -130,6 +152,32 @@ pub enum RotationEvent {
     RolledBack {
         secret: String,
         version: String,
+    },
+    /// The target took the pending value.
+    TargetSet {
+        role: String,
+    },
+    /// A login with the pending value worked.
+    TargetTested {
+        role: String,
+    },
+    /// A Setting or Testing attempt failed; after [`TARGET_ATTEMPTS`] the
+    /// rotation rolls back.
+    TargetFailed {
+        phase: Phase,
+        failure: TargetFailure,
+        attempt: u32,
+        rolling_back: bool,
+    },
+    /// RollingBack put the target back as the store has it.
+    TargetRestored {
+        role: String,
+    },
+    /// singleUser: from the password change to the last acknowledgement,
+    /// consumers held a password the database refused.
+    SingleUserWindow {
+        role: String,
+        millis: u64,
     },
     /// The policy cannot rotate (its spec, or its store as it is now);
     /// nothing is done until that changes. Every problem is listed.
@@ -209,6 +257,11 @@ impl RotationEvent {
             RotationEvent::Promoted { .. } => "Promoted",
             RotationEvent::Retired { .. } => "Retired",
             RotationEvent::RolledBack { .. } => "RolledBack",
+            RotationEvent::TargetSet { .. } => "TargetSet",
+            RotationEvent::TargetTested { .. } => "TargetTested",
+            RotationEvent::TargetFailed { failure, .. } => failure.reason(),
+            RotationEvent::TargetRestored { .. } => "TargetRestored",
+            RotationEvent::SingleUserWindow { .. } => "SingleUserWindow",
             RotationEvent::Blocked { reason, .. } => reason.as_str(),
         }
     }
@@ -217,6 +270,7 @@ impl RotationEvent {
         match self {
             RotationEvent::AckTimeout { .. }
             | RotationEvent::RolledBack { .. }
+            | RotationEvent::TargetFailed { .. }
             | RotationEvent::Blocked { .. } => Severity::Warning,
             _ => Severity::Normal,
         }
@@ -255,6 +309,27 @@ impl RotationEvent {
             RotationEvent::RolledBack { secret, version } => {
                 format!("pending version {version} of {secret} retired")
             }
+            RotationEvent::TargetSet { role } => format!("password of role {role} set"),
+            RotationEvent::TargetTested { role } => format!("login as role {role} works"),
+            RotationEvent::TargetFailed {
+                phase,
+                failure,
+                attempt,
+                rolling_back,
+            } => format!(
+                "{phase} failed ({failure}), attempt {attempt} of {TARGET_ATTEMPTS}; {}",
+                if *rolling_back {
+                    "rolling back"
+                } else {
+                    "retrying"
+                }
+            ),
+            RotationEvent::TargetRestored { role } => {
+                format!("role {role} put back as the store has it")
+            }
+            RotationEvent::SingleUserWindow { role, millis } => format!(
+                "role {role}: {millis} ms from the password change to the last acknowledgement"
+            ),
             RotationEvent::Blocked { problems, .. } => {
                 format!("not rotating until fixed: {}", problems.join("; "))
             }
@@ -334,6 +409,8 @@ pub struct Inputs<'a> {
     pub consumers: &'a dyn Consumers,
     /// For generated values and schedule jitter.
     pub rng: &'a dyn Random,
+    /// The system to change, when the policy has a target.
+    pub target: Option<&'a dyn Target>,
 }
 
 impl Inputs<'_> {
@@ -481,12 +558,18 @@ pub async fn step(
     store: &dyn Store,
     consumers: &dyn Consumers,
 ) -> Result<Step> {
+    let postgres = policy.target.as_ref().map(|t| Postgres {
+        host: t.host.clone(),
+        port: t.port,
+        dbname: t.dbname.clone(),
+    });
     let inputs = Inputs {
         policy,
         now,
         store,
         consumers,
         rng: &SystemRandom::new(),
+        target: postgres.as_ref().map(|p| p as &dyn Target),
     };
     step_with(&inputs, current, rotate_now).await
 }
@@ -501,6 +584,8 @@ pub async fn step_with(
     match Phase::of(current)? {
         Phase::Idle => idle(i, status, rotate_now).await,
         Phase::Generating => generating(i, status).await,
+        Phase::Setting => setting(i, status).await,
+        Phase::Testing => testing(i, status).await,
         Phase::Propagating => propagating(i, status).await,
         Phase::Promoting => promoting(i, status).await,
         Phase::Retiring => retiring(i, status).await,
@@ -578,7 +663,7 @@ async fn generating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> R
     let version = match adopted {
         Some(v) => v,
         None => {
-            let value = generate(&i.policy.generator, i.rng)?;
+            let value = new_value(i).await?;
             match i.store.write(secret, &value, WriteAs::Pending).await {
                 Ok(v) => v,
                 Err(e) if e.is_not_found() => {
@@ -603,13 +688,220 @@ async fn generating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> R
     };
     status.pending_version = Some(version.0.clone());
     status.consumers.clear();
-    enter(&mut status, Phase::Propagating, now);
+    status.target_attempts = None;
+    status.target_set_at = None;
+    let next = if i.policy.target.is_some() {
+        Phase::Setting
+    } else {
+        Phase::Propagating
+    };
+    enter(&mut status, next, now);
     Ok(
         Step::new(status, Duration::ZERO).event(RotationEvent::Staged {
             secret: secret.to_owned(),
             version: version.0,
         }),
     )
+}
+
+/// How many times Setting and Testing are tried before rolling back.
+pub const TARGET_ATTEMPTS: u32 = 5;
+
+/// A new value: the generator's, or with a target the JSON object of the
+/// role the strategy picks, with a generated password.
+async fn new_value(i: &Inputs<'_>) -> Result<Zeroizing<Vec<u8>>> {
+    let password = generate(&i.policy.generator, i.rng)?;
+    let Some(t) = &i.policy.target else {
+        return Ok(password);
+    };
+    let secret = i.secret();
+    let current = match i.store.read(secret, &Selector::Current).await {
+        Ok(f) => DbSecret::from_bytes(f.value.expose_secret())?,
+        Err(e) if e.is_not_found() => {
+            return Err(Error::TargetValue(format!(
+                "{secret} does not exist: write its first value (the JSON object of a role that logs in) before rotating it"
+            )));
+        }
+        Err(e) => return Err(Error::Store(e)),
+    };
+    let password = String::from_utf8(password.to_vec()).map_err(|_| {
+        Error::TargetValue("the generator made a password that is not UTF-8".to_owned())
+    })?;
+    DbSecret {
+        username: t.strategy.next_role(Some(&current.username)).to_owned(),
+        password,
+        host: t.host.clone(),
+        port: t.port,
+        dbname: t.dbname.clone(),
+    }
+    .to_bytes()
+}
+
+/// The pending value, parsed.
+async fn pending_value(
+    i: &Inputs<'_>,
+    status: &SecretRotationPolicyStatus,
+    phase: Phase,
+) -> Result<DbSecret> {
+    let version = VersionId(pending(status, phase)?);
+    let f = i
+        .store
+        .read(i.secret(), &Selector::Version(version))
+        .await?;
+    DbSecret::from_bytes(f.value.expose_secret())
+}
+
+/// The admin credential from the store, or why it cannot be used.
+async fn admin(i: &Inputs<'_>) -> Result<Result<Credential, TargetFailure>> {
+    let Some(t) = &i.policy.target else {
+        return Ok(Err(TargetFailure::BadAdminSecret));
+    };
+    match i.store.read(&t.admin_secret_name, &Selector::Current).await {
+        Ok(f) => Ok(admin_credential(f.value.expose_secret())),
+        Err(e) if e.is_not_found() => Ok(Err(TargetFailure::BadAdminSecret)),
+        Err(e) => Err(Error::Store(e)),
+    }
+}
+
+/// Waits out the backoff after a failed target attempt: `Some` step while
+/// the next attempt is not due.
+fn backing_off(i: &Inputs<'_>, status: &SecretRotationPolicyStatus) -> Option<Duration> {
+    let attempts = status.target_attempts?;
+    let due = since(status, i.now) + crate::standalone::retry::Retry::wait_after(attempts);
+    due.duration_since(i.now).ok().filter(|d| !d.is_zero())
+}
+
+/// A failed Setting or Testing attempt: try again after the backoff, or
+/// after [`TARGET_ATTEMPTS`] roll back with `Degraded` naming the reason.
+fn target_failed(
+    i: &Inputs<'_>,
+    mut status: SecretRotationPolicyStatus,
+    phase: Phase,
+    failure: TargetFailure,
+) -> Step {
+    let now = i.now;
+    let attempt = status.target_attempts.unwrap_or(0) + 1;
+    let rolling_back = attempt >= TARGET_ATTEMPTS;
+    let step = if rolling_back {
+        status.target_attempts = None;
+        set_condition(
+            &mut status,
+            "Degraded",
+            true,
+            failure.reason(),
+            &format!("{phase} failed {attempt} times ({failure}); rolled back"),
+            now,
+        );
+        enter(&mut status, Phase::RollingBack, now);
+        Step::new(status, Duration::ZERO)
+    } else {
+        status.target_attempts = Some(attempt);
+        enter(&mut status, phase, now);
+        Step::new(status, crate::standalone::retry::Retry::wait_after(attempt))
+    };
+    step.event(RotationEvent::TargetFailed {
+        phase,
+        failure,
+        attempt,
+        rolling_back,
+    })
+}
+
+/// Setting: logs in to the target as the admin and sets the pending
+/// password on the pending value's role.
+async fn setting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let now = i.now;
+    let Some(target) = i.target else {
+        enter(&mut status, Phase::Propagating, now);
+        return Ok(Step::new(status, Duration::ZERO));
+    };
+    if let Some(wait) = backing_off(i, &status) {
+        return Ok(Step::new(status, wait));
+    }
+    let new = pending_value(i, &status, Phase::Setting)
+        .await?
+        .credential();
+    let result = match admin(i).await? {
+        Ok(admin) => target.set(&admin, &new).await,
+        Err(f) => Err(f),
+    };
+    match result {
+        Ok(()) => {
+            status.target_attempts = None;
+            status.target_set_at = Some(rfc3339(now));
+            enter(&mut status, Phase::Testing, now);
+            Ok(Step::new(status, Duration::ZERO)
+                .event(RotationEvent::TargetSet { role: new.username }))
+        }
+        Err(f) => Ok(target_failed(i, status, Phase::Setting, f)),
+    }
+}
+
+/// Testing: logs in to the target with the pending value.
+async fn testing(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+    let now = i.now;
+    let Some(target) = i.target else {
+        enter(&mut status, Phase::Propagating, now);
+        return Ok(Step::new(status, Duration::ZERO));
+    };
+    if let Some(wait) = backing_off(i, &status) {
+        return Ok(Step::new(status, wait));
+    }
+    let new = pending_value(i, &status, Phase::Testing)
+        .await?
+        .credential();
+    match target.test(&new).await {
+        Ok(()) => {
+            status.target_attempts = None;
+            status.consumers.clear();
+            enter(&mut status, Phase::Propagating, now);
+            Ok(Step::new(status, Duration::ZERO)
+                .event(RotationEvent::TargetTested { role: new.username }))
+        }
+        Err(f) => Ok(target_failed(i, status, Phase::Testing, f)),
+    }
+}
+
+/// RollingBack's half on the target, when Setting changed it: singleUser's
+/// role gets CURRENT's password back; alternatingUsers' idle role gets a
+/// fresh random password nobody holds, so the retired pending one stops
+/// working.
+async fn restore_target(
+    i: &Inputs<'_>,
+    status: &SecretRotationPolicyStatus,
+) -> Result<Option<RotationEvent>> {
+    let (Some(target), Some(spec)) = (i.target, &i.policy.target) else {
+        return Ok(None);
+    };
+    if status.target_set_at.is_none() || status.pending_version.is_none() {
+        return Ok(None);
+    }
+    let role = pending_value(i, status, Phase::RollingBack)
+        .await?
+        .username
+        .clone();
+    let restored = match &spec.strategy {
+        Strategy::SingleUser(_) => {
+            let f = i.store.read(i.secret(), &Selector::Current).await?;
+            DbSecret::from_bytes(f.value.expose_secret())?.credential()
+        }
+        Strategy::AlternatingUsers(_) => {
+            let password = generate(&i.policy.generator, i.rng)?;
+            let password = String::from_utf8(password.to_vec()).map_err(|_| {
+                Error::TargetValue("the generator made a password that is not UTF-8".to_owned())
+            })?;
+            Credential {
+                username: role.clone(),
+                password: SecretString::from(password),
+            }
+        }
+    };
+    let admin = admin(i).await?.map_err(Error::TargetRollback)?;
+    target
+        .set(&admin, &restored)
+        .await
+        .map_err(Error::TargetRollback)?;
+    Ok(Some(RotationEvent::TargetRestored { role }))
 }
 
 /// Propagating: asks the consumers to serve the pending version and
@@ -702,11 +994,23 @@ async fn promoting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Re
     if !degraded {
         set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
     }
+    let window = match (&i.policy.target, parse_time(&status.target_set_at.take())) {
+        (Some(t), Some(set_at)) => match &t.strategy {
+            Strategy::SingleUser(role) => Some(RotationEvent::SingleUserWindow {
+                role: role.clone(),
+                millis: u64::try_from(now.duration_since(set_at).unwrap_or_default().as_millis())
+                    .unwrap_or(u64::MAX),
+            }),
+            Strategy::AlternatingUsers(_) => None,
+        },
+        _ => None,
+    };
     enter(&mut status, Phase::Retiring, now);
     let mut step = Step::new(status, i.policy.grace_period).event(RotationEvent::Promoted {
         secret: secret.to_owned(),
         version: pending,
     });
+    step.events.extend(window);
     step.finished = Some((
         if degraded {
             Outcome::Degraded
@@ -749,6 +1053,11 @@ async fn rolling_back(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) ->
     let (now, secret) = (i.now, i.secret());
     let _ = i.consumers.refresh(secret, None).await;
     let mut events = Vec::new();
+    if let Some(restored) = restore_target(i, &status).await? {
+        events.push(restored);
+    }
+    status.target_set_at = None;
+    status.target_attempts = None;
     if let Some(pending) = status.pending_version.take() {
         match i.store.retire(secret, &VersionId(pending.clone())).await {
             Ok(()) => events.push(RotationEvent::RolledBack {

@@ -20,6 +20,7 @@ pub struct RotationMetrics {
     failures: Family<Labels, Counter>,
     /// No labels; present once the controller manages the certificate.
     certificate_expiry: Family<Labels, Gauge>,
+    single_user_window: Histogram,
 }
 
 /// Every result [`RotationMetrics::finished`] counts: each starts at 0, so
@@ -40,6 +41,12 @@ impl Default for RotationMetrics {
         for result in RESULTS {
             let _ = rotations.get_or_create(&vec![("result".to_owned(), result.to_owned())]);
         }
+        let single_user_window = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register(
+            "rotation_single_user_window_seconds",
+            "singleUser targets: from the password change to promotion, while consumers hold a dead password",
+            single_user_window.clone(),
+        );
         registry.register(
             "rotations",
             "Finished rotations by result: success, degraded, rolled_back",
@@ -78,6 +85,7 @@ impl Default for RotationMetrics {
             ack_time,
             pending,
             failures,
+            single_user_window,
         }
     }
 }
@@ -95,6 +103,10 @@ impl RotationMetrics {
     /// The serving certificate this replica serves expires at `unix`.
     pub fn serving_certificate_expires(&self, unix: i64) {
         self.certificate_expiry.get_or_create(&vec![]).set(unix);
+    }
+
+    pub fn single_user_window(&self, seconds: f64) {
+        self.single_user_window.observe(seconds);
     }
 
     pub fn acknowledged(&self, seconds: f64) {
@@ -182,6 +194,21 @@ mod tests {
         assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
         assert!(
             text.contains("\nrotor_rotation_duration_seconds_count 0\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_single_user_window_is_a_histogram() {
+        let m = RotationMetrics::default();
+        m.single_user_window(0.25);
+        let text = m.encode();
+        assert!(
+            text.contains("\nrotor_rotation_single_user_window_seconds_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nrotor_rotation_single_user_window_seconds_sum 0.25\n"),
             "{text}"
         );
     }

@@ -7,4 +7,5 @@ pub mod machine;
 pub mod metrics;
 pub mod reconciler;
 pub mod schedule;
+pub mod target;
 pub mod validate;

@@ -18,7 +18,9 @@ use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
 use super::consumers::{ConsumerIndex, PodConsumers};
-use super::machine::{Blocked, Phase, Severity, blocked, ready_blocked, step, unblocked};
+use super::machine::{
+    Blocked, Phase, RotationEvent, Severity, blocked, ready_blocked, step, unblocked,
+};
 use super::metrics::RotationMetrics;
 use super::validate::{Mode, Policy};
 
@@ -40,7 +42,7 @@ pub trait StoreFactory: Send + Sync {
 /// What a reconcile works with: a valid policy and its store, or why the
 /// policy cannot rotate.
 pub enum Assessed {
-    Ready(Policy, Arc<dyn Store>),
+    Ready(Box<Policy>, Arc<dyn Store>),
     Blocked {
         /// The spec's problem first, as it is checked first.
         reason: Blocked,
@@ -58,7 +60,7 @@ pub fn assess(
 ) -> Result<Assessed> {
     let store_problem = |e: &Error| store_blocked(e).map(|reason| (reason, e.to_string()));
     match (checked, store) {
-        (Ok(policy), Ok(store)) => Ok(Assessed::Ready(policy, store)),
+        (Ok(policy), Ok(store)) => Ok(Assessed::Ready(Box::new(policy), store)),
         (Ok(_), Err(e)) => match store_problem(&e) {
             Some((reason, problem)) => Ok(Assessed::Blocked {
                 reason,
@@ -224,6 +226,9 @@ pub async fn reconcile(
     }
     let reference = policy.object_ref(&());
     for e in s.events {
+        if let RotationEvent::SingleUserWindow { millis, .. } = e {
+            ctx.metrics.single_user_window(millis as f64 / 1000.0);
+        }
         let event = Event {
             type_: match e.severity() {
                 Severity::Normal => EventType::Normal,

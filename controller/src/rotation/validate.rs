@@ -9,10 +9,13 @@
 
 use std::time::Duration;
 
-use rotor_crds::api::{Generator, MAX_CRON_LEN, OnTimeout, Schedule, SecretRotationPolicySpec};
+use rotor_crds::api::{
+    Generator, MAX_CRON_LEN, OnTimeout, Schedule, SecretRotationPolicySpec, Target,
+};
 use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL, MIN_INTERVAL_STANDALONE};
 
 use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
+use super::target::TargetSpec;
 use crate::{Error, Result};
 
 /// Where a policy runs, which sets the shortest interval it may ask for.
@@ -45,6 +48,8 @@ pub struct Policy {
     pub grace_period: Duration,
     pub on_timeout: OnTimeout,
     pub paused: bool,
+    /// The system whose credential the rotation changes.
+    pub target: Option<TargetSpec>,
 }
 
 impl Policy {
@@ -68,6 +73,10 @@ impl Policy {
             .map_err(|p| out.extend(p))
             .ok();
         check_generator(&spec.generator, &mut out);
+        let target = spec
+            .target
+            .as_ref()
+            .and_then(|t| check_target(t, &spec.generator, &mut out));
         let staged = &spec.strategy.staged;
         let mut duration = |field: &str, value: &str| {
             parse_duration(field, value)
@@ -111,6 +120,7 @@ impl Policy {
                 grace_period,
                 on_timeout: staged.on_timeout,
                 paused: spec.paused,
+                target,
             }),
             _ => Err(out),
         }
@@ -120,6 +130,27 @@ impl Policy {
     pub fn parse(spec: &SecretRotationPolicySpec, mode: Mode) -> Result<Self> {
         Self::check(spec, mode).map_err(Error::InvalidPolicy)
     }
+}
+
+/// A target needs a password generator whose symbols keep a PostgreSQL
+/// string literal simple: no quote, backslash or whitespace.
+fn check_target(t: &Target, generator: &Generator, out: &mut Vec<String>) -> Option<TargetSpec> {
+    let Some(pg) = &t.postgresql else {
+        out.push("spec.target: set postgresql".to_owned());
+        return None;
+    };
+    match &generator.password {
+        Some(p) if p.symbols.contains(['\'', '\\', '"']) => out.push(format!(
+            "spec.generator.password.symbols {:?}: with a target, expected no quote or backslash",
+            p.symbols
+        )),
+        Some(_) => {}
+        None => out.push(
+            "spec.generator: with a target, expected password (randomBytes and keyPair are not database passwords)"
+                .to_owned(),
+        ),
+    }
+    TargetSpec::check(pg, out)
 }
 
 fn hh_mm(value: &str) -> Option<u64> {

@@ -31,6 +31,16 @@ impl Retry {
         }
     }
 
+    /// The wait after the `failures`-th failure in a row (1-based): the
+    /// same schedule, for retries counted in a status.
+    pub fn wait_after(failures: u32) -> Duration {
+        let mut waits = Self::new().waits;
+        (1..failures.max(1)).for_each(|_| {
+            waits.next();
+        });
+        waits.next().unwrap_or(CAP)
+    }
+
     /// Records a failure at `now`: returns how long until the next attempt.
     pub fn failed(&mut self, now: Instant) -> Duration {
         let wait = self.waits.next().unwrap_or(CAP);

@@ -96,6 +96,11 @@ pub struct SecretRotationPolicySpec {
     pub generator: Generator,
     #[serde(default)]
     pub strategy: Strategy,
+    /// The system that checks the secret, changed before consumers see the
+    /// new value. With a target the secret's value is a JSON object
+    /// (`username`, `password`, `host`, `port`, `dbname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
     /// Sidecars to notify, for standalone mode (`http://host:port`); in a
     /// cluster the controller finds consumer pods by their annotations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -233,6 +238,66 @@ pub enum KeyAlgorithm {
     EcdsaP256,
 }
 
+/// Exactly one target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.postgresql)").message("set postgresql"))]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql: Option<PostgresTarget>,
+}
+
+/// A PostgreSQL server whose role passwords the rotation sets, over plain
+/// TCP (TLS is not built yet: use a loopback or otherwise private network).
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresTarget {
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 253").message("host must be 1-253 characters"))]
+    pub host: String,
+    #[serde(default = "default_pg_port")]
+    #[x_kube(validation = kube::core::Rule::new("self >= 1 && self <= 65535").message("port must be 1 to 65535"))]
+    pub port: u32,
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 63").message("dbname must be 1-63 characters"))]
+    pub dbname: String,
+    /// A secret in the same store whose value is a JSON object with
+    /// `username` and `password` of a role allowed to ALTER ROLE.
+    #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 255").message("adminSecretName must be 1-255 characters"))]
+    pub admin_secret_name: String,
+    pub strategy: PostgresStrategy,
+}
+
+fn default_pg_port() -> u32 {
+    5432
+}
+
+/// Exactly one PostgreSQL strategy.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.alternatingUsers) != has(self.singleUser)").message("set exactly one of alternatingUsers and singleUser"))]
+pub struct PostgresStrategy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alternating_users: Option<AlternatingUsers>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_user: Option<SingleUser>,
+}
+
+/// Two roles with the same grants; each rotation sets a new password on
+/// the one not in use, so the previous one keeps working until the next.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.roles.size() == 2 && self.roles[0] != self.roles[1]").message("roles must name two different roles"))]
+pub struct AlternatingUsers {
+    pub roles: Vec<String>,
+}
+
+/// One role whose password changes in place: consumers holding the old
+/// password fail to log in until they have the new one.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SingleUser {
+    pub role: String,
+}
+
 /// How a new version goes live.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -295,7 +360,7 @@ pub enum OnTimeout {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRotationPolicyStatus {
-    /// Idle, Generating, Staged, Propagating, Promoting, Retiring, RollingBack.
+    /// Idle, Generating, Setting, Testing, Propagating, Promoting, Retiring, RollingBack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -313,6 +378,13 @@ pub struct SecretRotationPolicyStatus {
     pub phase_since: Option<String>,
     #[serde(default)]
     pub consumers: Vec<ConsumerStatus>,
+    /// Failed attempts at the current target phase (Setting or Testing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_attempts: Option<u32>,
+    /// When the target accepted the pending value (RFC 3339): the start of
+    /// a singleUser window in which consumers hold a dead password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_set_at: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

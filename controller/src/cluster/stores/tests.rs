@@ -60,6 +60,7 @@ fn policy(store: &str, secret: &str) -> SecretRotationPolicy {
                 key_pair: None,
             },
             strategy: Default::default(),
+            target: None,
             sidecars: vec![],
             paused: false,
         },

@@ -75,6 +75,7 @@ fn spec(on_timeout: OnTimeout) -> SecretRotationPolicySpec {
                 on_timeout,
             },
         },
+        target: None,
         sidecars: vec![],
         paused: false,
     }
@@ -516,6 +517,7 @@ impl Rig {
             store,
             consumers: &self.consumers,
             rng: &self.rng,
+            target: None,
         }
     }
 
@@ -553,6 +555,8 @@ fn phase_strings_round_trip() {
     let wire = [
         "Idle",
         "Generating",
+        "Setting",
+        "Testing",
         "Propagating",
         "Promoting",
         "Retiring",
@@ -1022,4 +1026,377 @@ fn an_invalid_spec_is_a_condition_and_one_warning_not_a_retry() {
     );
     assert!(again.events.is_empty());
     assert_eq!(again.status, step.status);
+}
+
+// ---- Rotation with a target (Setting, Testing, rollback), on a fake. ----
+
+use std::collections::HashMap;
+
+use super::super::target::{Credential as TargetCredential, DbSecret, TargetFailure};
+
+/// A database in memory: role → password, a scripted number of failures
+/// per step, and the admin password it accepts.
+struct FakeDb {
+    roles: Mutex<HashMap<String, String>>,
+    admin_password: String,
+    set_failures: Mutex<Vec<TargetFailure>>,
+    test_failures: Mutex<Vec<TargetFailure>>,
+}
+
+impl FakeDb {
+    fn new(roles: &[(&str, &str)]) -> Self {
+        Self {
+            roles: Mutex::new(
+                roles
+                    .iter()
+                    .map(|(r, p)| (r.to_string(), p.to_string()))
+                    .collect(),
+            ),
+            admin_password: "admin-pw".into(),
+            set_failures: Mutex::default(),
+            test_failures: Mutex::default(),
+        }
+    }
+
+    fn password(&self, role: &str) -> Option<String> {
+        self.roles.lock().unwrap().get(role).cloned()
+    }
+}
+
+#[async_trait]
+impl Target for FakeDb {
+    async fn set(
+        &self,
+        admin: &TargetCredential,
+        new: &TargetCredential,
+    ) -> Result<(), TargetFailure> {
+        if let Some(f) = self.set_failures.lock().unwrap().pop() {
+            return Err(f);
+        }
+        if admin.password.expose_secret() != self.admin_password {
+            return Err(TargetFailure::AdminLoginFailed);
+        }
+        let mut roles = self.roles.lock().unwrap();
+        match roles.get_mut(&new.username) {
+            Some(p) => {
+                *p = new.password.expose_secret().to_owned();
+                Ok(())
+            }
+            None => Err(TargetFailure::NoSuchRole),
+        }
+    }
+
+    async fn test(&self, new: &TargetCredential) -> Result<(), TargetFailure> {
+        if let Some(f) = self.test_failures.lock().unwrap().pop() {
+            return Err(f);
+        }
+        match self.roles.lock().unwrap().get(&new.username) {
+            Some(p) if p == new.password.expose_secret() => Ok(()),
+            _ => Err(TargetFailure::TestLoginFailed),
+        }
+    }
+}
+
+fn pg_spec(strategy: rotor_crds::api::PostgresStrategy) -> Policy {
+    let mut s = spec(OnTimeout::Rollback);
+    s.target = Some(rotor_crds::api::Target {
+        postgresql: Some(rotor_crds::api::PostgresTarget {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            dbname: "shop".into(),
+            admin_secret_name: "app/db-admin".into(),
+            strategy,
+        }),
+    });
+    Policy::parse(&s, Mode::Standalone).unwrap()
+}
+
+fn alternating() -> Policy {
+    pg_spec(rotor_crds::api::PostgresStrategy {
+        alternating_users: Some(rotor_crds::api::AlternatingUsers {
+            roles: vec!["app_a".into(), "app_b".into()],
+        }),
+        single_user: None,
+    })
+}
+
+fn single() -> Policy {
+    pg_spec(rotor_crds::api::PostgresStrategy {
+        alternating_users: None,
+        single_user: Some(rotor_crds::api::SingleUser { role: "app".into() }),
+    })
+}
+
+/// A store whose `app/db` is role `role` with password `password`, and an
+/// admin secret with `admin`'s password.
+fn db_store(role: &str, password: &str, admin: &str) -> (tempfile::TempDir, LocalStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::new(
+        dir.path().join("s.rotor"),
+        Arc::new(KeyFileKek::from_bytes(&[9; 32])),
+    );
+    let v = format!(
+        r#"{{"username":"{role}","password":"{password}","host":"127.0.0.1","port":5432,"dbname":"shop"}}"#
+    );
+    s.put("app/db", v.as_bytes(), WriteAs::Current).unwrap();
+    let a = format!(r#"{{"username":"admin","password":"{admin}"}}"#);
+    s.put("app/db-admin", a.as_bytes(), WriteAs::Current)
+        .unwrap();
+    (dir, s)
+}
+
+async fn value(store: &LocalStore, selector: Selector) -> DbSecret {
+    let f = Store::read(store, "app/db", &selector).await.unwrap();
+    DbSecret::from_bytes(f.value.expose_secret()).unwrap()
+}
+
+/// One step with the fake database.
+async fn db_step(
+    policy: &Policy,
+    status: &SecretRotationPolicyStatus,
+    now: SystemTime,
+    store: &LocalStore,
+    db: &FakeDb,
+) -> Step {
+    let c = fake(&["pod-a"], &[]);
+    let rng = Seeded::new(7);
+    let i = Inputs {
+        policy,
+        now,
+        store,
+        consumers: &c,
+        rng: &rng,
+        target: Some(db),
+    };
+    step_with(&i, status, false).await.unwrap()
+}
+
+#[tokio::test]
+async fn alternating_users_sets_and_tests_the_idle_role_before_consumers_see_it() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut seen = Vec::new();
+    for expected in [
+        Phase::Setting,
+        Phase::Testing,
+        Phase::Propagating,
+        Phase::Promoting,
+        Phase::Retiring,
+    ] {
+        let s = db_step(&policy, &status, t0(), &store, &db).await;
+        seen.extend(s.events.iter().map(|e| e.reason()));
+        status = s.status;
+        assert_eq!(phase(&status), expected);
+    }
+    assert_eq!(
+        seen,
+        [
+            "Staged",
+            "TargetSet",
+            "TargetTested",
+            "Acknowledged",
+            "Promoted"
+        ]
+    );
+    let current = value(&store, Selector::Current).await;
+    assert_eq!(current.username, "app_b", "the role not in use");
+    assert_eq!(
+        db.password("app_b").as_deref(),
+        Some(current.password.as_str())
+    );
+    assert_eq!(
+        db.password("app_a").as_deref(),
+        Some("old-a"),
+        "the previous role keeps working"
+    );
+    // The next rotation goes back to app_a.
+    enter(&mut status, Phase::Generating, t0());
+    let s = db_step(&policy, &status, t0(), &store, &db).await;
+    assert_eq!(
+        value(&store, Selector::Stage(Stage::Pending))
+            .await
+            .username,
+        "app_a"
+    );
+    assert_eq!(phase(&s.status), Phase::Setting);
+}
+
+#[tokio::test]
+async fn a_wrong_admin_credential_retries_with_backoff_then_rolls_back_with_nothing_changed() {
+    let (_d, store) = db_store("app_a", "old-a", "not-the-admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    status = db_step(&policy, &status, t0(), &store, &db).await.status;
+    let pending = status.pending_version.clone().unwrap();
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for attempt in 1..=TARGET_ATTEMPTS {
+        let s = db_step(&policy, &status, now, &store, &db).await;
+        assert_eq!(
+            s.events,
+            [RotationEvent::TargetFailed {
+                phase: Phase::Setting,
+                failure: TargetFailure::AdminLoginFailed,
+                attempt,
+                rolling_back: attempt == TARGET_ATTEMPTS,
+            }]
+        );
+        status = s.status;
+        if attempt < TARGET_ATTEMPTS {
+            waits.push(s.requeue.as_secs());
+            // Before the backoff is over, nothing is tried.
+            let early = db_step(&policy, &status, now + s.requeue / 2, &store, &db).await;
+            assert!(early.events.is_empty());
+            assert_eq!(early.status.target_attempts, Some(attempt));
+            now += s.requeue;
+        }
+    }
+    assert_eq!(waits, [1, 2, 4, 8]);
+    assert_eq!(phase(&status), Phase::RollingBack);
+    assert_eq!(
+        cond(&status, "Degraded").unwrap().reason,
+        "AdminLoginFailed"
+    );
+    let s = db_step(&policy, &status, now, &store, &db).await;
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(s.finished.map(|f| f.0), Some(Outcome::RolledBack));
+    assert!(
+        s.events.iter().all(|e| e.reason() != "TargetRestored"),
+        "never set: nothing to restore"
+    );
+    assert!(
+        Store::read(&store, "app/db", &Selector::Version(VersionId(pending)))
+            .await
+            .is_err(),
+        "the pending version is retired"
+    );
+    assert_eq!(value(&store, Selector::Current).await.username, "app_a");
+    assert_eq!(db.password("app_a").as_deref(), Some("old-a"));
+    assert_eq!(db.password("app_b").as_deref(), Some("old-b"));
+}
+
+#[tokio::test]
+async fn a_role_that_does_not_exist_rolls_back_naming_the_reason() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a")]);
+    let policy = alternating();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut now = t0();
+    for _ in 0..=TARGET_ATTEMPTS {
+        let s = db_step(&policy, &status, now, &store, &db).await;
+        now += s.requeue;
+        status = s.status;
+    }
+    assert_eq!(phase(&status), Phase::RollingBack);
+    assert_eq!(cond(&status, "Degraded").unwrap().reason, "NoSuchRole");
+    let s = db_step(&policy, &status, now, &store, &db).await;
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert_eq!(db.password("app_a").as_deref(), Some("old-a"));
+}
+
+#[tokio::test]
+async fn single_user_test_failure_puts_the_current_password_back() {
+    let (_d, store) = db_store("app", "old", "admin-pw");
+    let db = FakeDb::new(&[("app", "old")]);
+    *db.test_failures.lock().unwrap() = vec![TargetFailure::TestLoginFailed; 5];
+    let policy = single();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut now = t0();
+    let mut reasons = Vec::new();
+    while phase(&status) != Phase::Idle {
+        let s = db_step(&policy, &status, now, &store, &db).await;
+        reasons.extend(s.events.iter().map(|e| e.reason()));
+        now += s.requeue;
+        status = s.status;
+    }
+    assert_eq!(
+        reasons,
+        [
+            "Staged",
+            "TargetSet",
+            "TestLoginFailed",
+            "TestLoginFailed",
+            "TestLoginFailed",
+            "TestLoginFailed",
+            "TestLoginFailed",
+            "TargetRestored",
+            "RolledBack"
+        ]
+    );
+    assert_eq!(
+        db.password("app").as_deref(),
+        Some("old"),
+        "CURRENT's password again"
+    );
+    assert_eq!(value(&store, Selector::Current).await.password, "old");
+    assert_eq!(status.target_set_at, None);
+}
+
+#[tokio::test]
+async fn single_user_reports_the_window_from_the_change_to_promotion() {
+    let (_d, store) = db_store("app", "old", "admin-pw");
+    let db = FakeDb::new(&[("app", "old")]);
+    let policy = single();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut events = Vec::new();
+    let mut now = t0();
+    while phase(&status) != Phase::Retiring {
+        let s = db_step(&policy, &status, now, &store, &db).await;
+        events.extend(s.events);
+        status = s.status;
+        now += secs(2);
+    }
+    // Set at t0+2s, promoted at t0+8s (Testing, Propagating, Promoting).
+    assert!(events.contains(&RotationEvent::SingleUserWindow {
+        role: "app".into(),
+        millis: 6000
+    }));
+    let current = value(&store, Selector::Current).await;
+    assert_eq!(
+        db.password("app").as_deref(),
+        Some(current.password.as_str())
+    );
+}
+
+#[tokio::test]
+async fn no_password_reaches_an_event_or_the_status() {
+    let (_d, store) = db_store("app", "canary-old-9f2c", "admin-canary-77");
+    let db = FakeDb::new(&[("app", "canary-old-9f2c")]);
+    let mut db = db;
+    db.admin_password = "admin-canary-77".into();
+    *db.test_failures.lock().unwrap() = vec![TargetFailure::TestLoginFailed; 5];
+    let policy = single();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut now = t0();
+    let mut text = String::new();
+    let mut new_passwords = Vec::new();
+    while phase(&status) != Phase::Idle {
+        let s = db_step(&policy, &status, now, &store, &db).await;
+        if let Some(p) = db.password("app") {
+            new_passwords.push(p);
+        }
+        for e in &s.events {
+            text.push_str(&format!("{e:?} {} {}\n", e.reason(), e.message()));
+        }
+        text.push_str(&serde_json::to_string(&s.status).unwrap());
+        text.push_str(&format!("{:?}", s.status));
+        now += s.requeue;
+        status = s.status;
+    }
+    for secret in new_passwords
+        .iter()
+        .map(String::as_str)
+        .chain(["canary-old-9f2c", "admin-canary-77"])
+    {
+        assert!(!text.contains(secret), "a password leaked");
+    }
 }

@@ -49,6 +49,7 @@ fn policy() -> SecretRotationPolicy {
                 key_pair: None,
             },
             strategy: Strategy::default(),
+            target: None,
             sidecars: vec![],
             paused: false,
         },
