@@ -226,6 +226,19 @@ async fn a_cluster_store_wires_vault_kubernetes_auth() {
     assert!(volumes.contains("\"audience\":\"vault\""), "{volumes}");
 }
 
+/// The sidecar's projected token carries the audience the store's Vault
+/// role expects (`auth.kubernetes.audience`), not always "vault".
+#[tokio::test]
+async fn the_sidecars_token_has_the_stores_vault_audience() {
+    let review = include_str!("fixtures/cluster-store.json").replace("shared-vault", "prod-vault");
+    let (_, v) = call(&review).await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+    let pod = patched(&review, &v);
+    let volumes = pod["spec"]["volumes"].to_string();
+    assert!(volumes.contains("\"audience\":\"vault-prod\""), "{volumes}");
+    assert!(!volumes.contains("\"audience\":\"vault\""), "{volumes}");
+}
+
 #[tokio::test]
 async fn every_deny_case_names_the_problem() {
     for (fixture, expected) in [

@@ -473,7 +473,7 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
                     format!("--vault-auth-mount={}", k.mount_path),
                     format!("--vault-jwt-file={CREDS_PATH}/sa/token"),
                 ]);
-                volumes.push(token_volume("rotor-sa-token", "vault"));
+                volumes.push(token_volume("rotor-sa-token", k.audience()));
                 mounts.push(mount("rotor-sa-token", &format!("{CREDS_PATH}/sa"), true));
             } else if let Some(a) = &v.auth.app_role {
                 args.extend([
