@@ -128,6 +128,10 @@ enum Command {
         /// A Vault token file for Vault stores.
         #[arg(long, env = "ROTOR_VAULT_TOKEN_FILE")]
         vault_token_file: Option<PathBuf>,
+        /// Plain-HTTP address of /metrics (finished rotations by result,
+        /// failed steps, build and process metrics); none by default.
+        #[arg(long, env = "ROTOR_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
@@ -445,12 +449,25 @@ async fn run(command: Command) -> anyhow::Result<()> {
             policies,
             state,
             vault_token_file,
+            metrics_addr,
         } => {
             let state = state.unwrap_or_else(|| policies.join(".state"));
+            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            if let Some(addr) = metrics_addr {
+                // Bound before anything starts: an address in use fails at once.
+                let listener = crate::cluster::metrics_server::bind(addr).await?;
+                tracing::info!(%addr, "serving /metrics");
+                tokio::spawn(crate::cluster::metrics_server::serve(
+                    listener,
+                    addr,
+                    metrics.clone(),
+                ));
+            }
             let options = crate::standalone::Options {
                 policies,
                 state,
                 vault_token_file,
+                metrics,
             };
             crate::standalone::run(options, shutdown_signal()).await?;
         }

@@ -14,6 +14,7 @@ use rotor_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::rotation::machine::{Phase, step};
+use crate::rotation::metrics::RotationMetrics;
 use crate::rotation::validate::{Mode, Policy};
 
 use crate::sidecar_push::HttpSidecars;
@@ -38,6 +39,9 @@ pub struct Options {
     pub state: PathBuf,
     /// Vault token for stores whose auth is a Secret reference.
     pub vault_token_file: Option<PathBuf>,
+    /// Where finished rotations and failed steps are counted (what
+    /// `--metrics-addr` serves).
+    pub metrics: Arc<RotationMetrics>,
 }
 
 /// Policies and stores read from the directory.
@@ -224,6 +228,11 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
             match result {
                 Ok(s) => {
                     retries.remove(&policy.name_any());
+                    if let Some((outcome, duration)) = &s.finished {
+                        options
+                            .metrics
+                            .finished(outcome.as_str(), duration.as_secs_f64());
+                    }
                     for e in &s.events {
                         let (reason, message) = (e.reason(), e.message());
                         tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
@@ -236,6 +245,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {
+                    options.metrics.reconcile_failed("standalone", &e);
                     let retry_in = retries
                         .entry(policy.name_any())
                         .or_insert_with(retry::Retry::new)

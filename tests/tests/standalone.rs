@@ -44,9 +44,11 @@ fn an_invalid_edit_is_logged_once_and_the_last_good_policy_keeps_rotating() {
     std::fs::write(policies.join("policy.yaml"), policy("interval")).unwrap();
     let state = dir.path().join("state");
     let log = dir.path().join("controller.log");
+    let metrics_port = rotor_fixtures::net::free_port();
     let mut child = rotor_e2e::command("rotor-controller")
         .args(["standalone", "--policies"])
         .arg(&policies)
+        .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
         .arg("--state")
         .arg(&state)
         .env("ROTOR_LOG_FORMAT", "text")
@@ -62,6 +64,18 @@ fn an_invalid_edit_is_logged_once_and_the_last_good_policy_keeps_rotating() {
         "{}",
         read_log()
     );
+
+    // /metrics counts the finished rotations (the counter each waited for).
+    let counted = rotor_e2e::wait_until(30, || {
+        rotor_e2e::http(metrics_port, "GET", "/metrics", "").is_some_and(|(code, text)| {
+            code == 200
+                && text.lines().any(|l| {
+                    l.starts_with("rotor_rotations_total{result=\"success\"}")
+                        && l.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) >= Some(1.0)
+                })
+        })
+    });
+    assert!(counted, "no rotation counted on /metrics: {}", read_log());
 
     // The edit: a misspelt field.
     std::fs::write(policies.join("policy.yaml"), policy("intervall")).unwrap();
