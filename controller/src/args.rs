@@ -115,8 +115,9 @@ enum Command {
         rotator_service_account: String,
     },
     /// Rotate without Kubernetes: SecretRotationPolicy and RotorStore
-    /// objects from YAML files, status in JSON files, and the sidecars each
-    /// policy lists as its consumers.
+    /// objects from YAML files, status in JSON files, and the sidecars
+    /// connected over the channel (TLS, a token file shared with them) as
+    /// the consumers.
     Standalone {
         /// A directory of YAML files with SecretRotationPolicy and
         /// RotorStore objects.
@@ -132,6 +133,8 @@ enum Command {
         /// failed steps, build and process metrics); none by default.
         #[arg(long, env = "ROTOR_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        channel: StandaloneChannelArgs,
     },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
@@ -154,6 +157,40 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// Standalone's channel: where sidecars dial, and what they must hold.
+#[derive(Debug, clap::Args)]
+struct StandaloneChannelArgs {
+    /// Where sidecars dial the controller (TLS and HTTP/2, the token
+    /// required): loopback by default; another address needs its name in
+    /// the certificate (it is added for a specific IP, --channel-name for
+    /// DNS names).
+    #[arg(long, env = "ROTOR_CHANNEL_ADDR", default_value = "127.0.0.1:9466")]
+    channel_addr: SocketAddr,
+    /// Where the channel's CA (`ca.crt`, what sidecars pass as
+    /// --controller-ca), serving certificate and key are kept, made at the
+    /// first start (default: <state>/channel).
+    #[arg(long, env = "ROTOR_CHANNEL_DIR", value_name = "DIR")]
+    channel_dir: Option<PathBuf>,
+    /// The token file shared with the sidecars (their --channel-token):
+    /// whoever holds it may stream as any pod. Made (mode 0640) when
+    /// missing; refused when others may read it (default:
+    /// <channel-dir>/token).
+    #[arg(long, env = "ROTOR_CHANNEL_TOKEN", value_name = "FILE")]
+    channel_token: Option<PathBuf>,
+    /// Another DNS name or IP address sidecars dial the channel by (for
+    /// the serving certificate); repeatable.
+    #[arg(long = "channel-name", value_name = "NAME")]
+    channel_names: Vec<String>,
+    /// Channel connections open at once, admitted or not; more are closed
+    /// at once and counted (rotor_channel_refused{reason="tooManyStreams"}).
+    #[arg(long, env = "ROTOR_CHANNEL_MAX_CONNECTIONS", default_value_t = 10_000)]
+    channel_max_connections: usize,
+    /// Longest time from a frame's first byte to its last: a sidecar that
+    /// trickles bytes is cut off after it.
+    #[arg(long, env = "ROTOR_CHANNEL_FRAME_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    channel_frame_timeout: std::time::Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -450,9 +487,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             state,
             vault_token_file,
             metrics_addr,
+            channel,
         } => {
+            let StandaloneChannelArgs {
+                channel_addr,
+                channel_dir,
+                channel_token,
+                channel_names,
+                channel_max_connections,
+                channel_frame_timeout,
+            } = channel;
             let state = state.unwrap_or_else(|| policies.join(".state"));
-            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            let channel_dir = channel_dir.unwrap_or_else(|| state.join("channel"));
+            let channel_metrics = crate::channel::ChannelMetrics::default();
+            let metrics = Arc::new(
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_channel(&channel_metrics),
+            );
             if let Some(addr) = metrics_addr {
                 // Bound before anything starts: an address in use fails at once.
                 let listener = crate::cluster::metrics_server::bind(addr).await?;
@@ -468,6 +519,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 state,
                 vault_token_file,
                 metrics,
+                channel: crate::standalone::channel::ChannelOptions {
+                    addr: channel_addr,
+                    token: channel_token.unwrap_or_else(|| channel_dir.join("token")),
+                    dir: channel_dir,
+                    names: channel_names,
+                    limits: crate::channel::Limits {
+                        max_connections: channel_max_connections,
+                        frame: channel_frame_timeout,
+                        ..crate::channel::Limits::default()
+                    },
+                },
+                channel_metrics,
             };
             crate::standalone::run(options, shutdown_signal()).await?;
         }

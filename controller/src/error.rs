@@ -130,6 +130,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Standalone's channel cannot be set up: the flag and what is wrong.
+    #[error("{flag}: {problem}")]
+    Channel { flag: &'static str, problem: String },
+
     /// A listening address that cannot be bound.
     #[error("cannot listen on {addr} ({flag}): {source}")]
     Listen {
@@ -181,6 +185,7 @@ impl Error {
             Error::AwsRoleMissing { .. } => "store_spec",
             Error::StoreNotResolved(_) | Error::StoreRefused(_) => "store_not_resolved",
             Error::File { .. } => "file",
+            Error::Channel { .. } => "channel",
             Error::Listen { .. } | Error::Serve { .. } => "listen",
             Error::Tls { .. } => "tls",
         }

@@ -1,7 +1,8 @@
 //! Standalone mode: rotation without Kubernetes. Policies and stores come
 //! from YAML files, each policy's status lives in a JSON file in the state
-//! directory (so a restart resumes), and consumers are the sidecars each
-//! policy lists, reached over HTTP.
+//! directory (so a restart resumes), and consumers are the sidecars
+//! connected over the channel ([`channel`]), which they dial with a token
+//! file shared with the controller.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,10 +18,10 @@ use crate::rotation::machine::{Phase, step};
 use crate::rotation::metrics::RotationMetrics;
 use crate::rotation::validate::{Mode, Policy};
 
-use crate::sidecar_push::HttpSidecars;
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
+pub mod channel;
 pub(crate) mod retry;
 
 /// The rotate-now annotation: a new value triggers one rotation.
@@ -42,6 +43,10 @@ pub struct Options {
     /// Where finished rotations and failed steps are counted (what
     /// `--metrics-addr` serves).
     pub metrics: Arc<RotationMetrics>,
+    /// The channel the sidecars dial.
+    pub channel: channel::ChannelOptions,
+    /// Counts the channel's streams, refusals and cut-offs.
+    pub channel_metrics: crate::channel::ChannelMetrics,
 }
 
 /// Policies and stores read from the directory.
@@ -60,10 +65,16 @@ fn load(dir: &Path) -> Result<Loaded> {
     for doc in crate::manifests::documents(dir, "--policies")? {
         match doc.kind.as_str() {
             "SecretRotationPolicy" => match doc.parse_strict::<SecretRotationPolicy>() {
-                Ok(p) => match Policy::check(&p.spec, Mode::Standalone) {
-                    Ok(valid) => out.policies.push((p, valid)),
-                    Err(found) => problems.extend(found.iter().map(|e| doc.problem(e))),
-                },
+                Ok(p) => {
+                    let sidecars = channel::check_sidecars(&p.spec.sidecars);
+                    match Policy::check(&p.spec, Mode::Standalone) {
+                        Ok(valid) if sidecars.is_empty() => out.policies.push((p, valid)),
+                        Ok(_) => problems.extend(sidecars.iter().map(|e| doc.problem(e))),
+                        Err(found) => problems.extend(
+                            found.iter().chain(&sidecars).map(|e| doc.problem(e)),
+                        ),
+                    }
+                }
                 Err(e) => problems.push(e.to_string()),
             },
             "RotorStore" | "ClusterRotorStore" => {
@@ -142,7 +153,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         });
     }
     // Checked in full before the state directory or any store is touched.
-    let mut loaded = load(&options.policies)?;
+    let loaded = load(&options.policies)?;
     tracing::info!(
         dir = %options.policies.display(),
         policies = ?loaded.policies.iter().map(|(p, _)| p.name_any()).collect::<Vec<_>>(),
@@ -154,8 +165,31 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         path: options.state.clone(),
         source,
     })?;
+    let channel = channel::Channel::set_up(options.channel, options.channel_metrics).await?;
+    let hub = channel.server.hub.clone();
+    tracing::info!(addr = ?channel.local_addr(), "channel: serving sidecar streams");
+    let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
+    let channel_task = tokio::spawn(channel.serve(async move {
+        let _ = channel_stopped.await;
+    }));
+    let result = rotate(&options.policies, &options.state, options.vault_token_file.as_deref(), &options.metrics, &hub, loaded, shutdown).await;
+    let _ = stop_channel.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), channel_task).await;
+    result
+}
+
+/// The rotation loop: steps every policy until `shutdown` resolves.
+async fn rotate(
+    policies: &Path,
+    state_dir: &Path,
+    vault_token_file: Option<&Path>,
+    metrics: &RotationMetrics,
+    hub: &crate::channel::Hub,
+    mut loaded: Loaded,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let reach = Reach::Standalone {
-        vault_token_file: options.vault_token_file.clone(),
+        vault_token_file: vault_token_file.map(Path::to_owned),
     };
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
     // Policies whose last step failed, and when each is tried again.
@@ -166,10 +200,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let mut invalid: Option<String> = None;
     tokio::pin!(shutdown);
     loop {
-        match load(&options.policies) {
+        match load(&policies) {
             Ok(fresh) => {
                 if invalid.take().is_some() {
-                    tracing::info!(dir = %options.policies.display(), "policy files valid again; using them");
+                    tracing::info!(dir = %policies.display(), "policy files valid again; using them");
                 }
                 loaded = fresh;
             }
@@ -197,7 +231,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     None => Err(Error::StoreNotResolved(format!(
                         "policy {}: store {store_name:?} is not defined in {}",
                         policy.name_any(),
-                        options.policies.display()
+                        policies.display()
                     ))),
                     Some(provider) => crate::store_from_spec::build(store_name, provider, &reach)
                         .await
@@ -206,11 +240,17 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                         }),
                 },
             };
-            let path = state_path(&options.state, policy);
+            let path = state_path(&state_dir, policy);
             let mut state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
             let rotate_now = token.is_some() && token != state.rotate_now_handled;
-            let consumers = HttpSidecars::new(policy.spec.sidecars.clone());
+            let consumers = channel::consumers(
+                hub,
+                &policy.spec.sidecars,
+                store_name,
+                &valid.secret_name,
+                channel::ack_deadline(&state.status, valid.ack_timeout, SystemTime::now()),
+            );
             let result = match store {
                 Ok(store) => {
                     step(
@@ -229,8 +269,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                 Ok(s) => {
                     retries.remove(&policy.name_any());
                     if let Some((outcome, duration)) = &s.finished {
-                        options
-                            .metrics
+                        metrics
                             .finished(outcome.as_str(), duration.as_secs_f64());
                     }
                     for e in &s.events {
@@ -245,7 +284,7 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {
-                    options.metrics.reconcile_failed("standalone", &e);
+                    metrics.reconcile_failed("standalone", &e);
                     let retry_in = retries
                         .entry(policy.name_any())
                         .or_insert_with(retry::Retry::new)

@@ -51,9 +51,10 @@ pub struct Args {
     #[arg(long, env = "ROTOR_ADMIN_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::ADMIN_PORT)), value_parser = parse_socket_addr)]
     admin_addr: SocketAddr,
 
-    /// Address of POST /v1/refresh, written as --admin-addr is. Loopback
-    /// unless the controller must reach it from outside the pod
-    /// (`$(ROTOR_POD_IP):9465` works with an IPv6 pod IP too).
+    /// Address of POST /v1/refresh, written as --admin-addr is: a
+    /// loopback address (127.0.0.1 or [::1]) only, since the port is not
+    /// authenticated; the controller reaches the sidecar over the channel
+    /// (--controller-addr). Another address is refused at start.
     #[arg(long, env = "ROTOR_PUSH_ADDR", default_value_t = SocketAddr::from((Ipv4Addr::LOCALHOST, defaults::PUSH_PORT)), value_parser = parse_socket_addr)]
     push_addr: SocketAddr,
 
@@ -194,6 +195,7 @@ impl Args {
             channel,
             log: _,
         } = self;
+        check_push_addr(push_addr)?;
         let inherited = crate::reload::inheritable_descriptors();
         if !inherited.is_empty() {
             tracing::warn!(
@@ -362,6 +364,19 @@ fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
     })
 }
 
+/// The push port is not authenticated: it listens on loopback only.
+fn check_push_addr(addr: SocketAddr) -> anyhow::Result<()> {
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "--push-addr {addr}: {} is not a loopback address, and the push port is not \
+         authenticated; expected 127.0.0.1:PORT or [::1]:PORT (the controller reaches the \
+         sidecar over the channel it dials, --controller-addr)",
+        addr.ip()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -406,6 +421,24 @@ mod tests {
             assert!(
                 err.contains(problem) && err.contains("[fd00::10]:9465"),
                 "{value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_push_addr_beyond_loopback_is_refused_naming_the_flag() {
+        for ok in ["127.0.0.1:9465", "[::1]:9465", "127.0.0.2:1"] {
+            super::check_push_addr(ok.parse().unwrap()).unwrap();
+        }
+        for bad in ["0.0.0.0:9465", "10.0.0.1:9465", "[::]:9465", "[fd00::10]:9465"] {
+            let err = super::check_push_addr(bad.parse().unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("--push-addr {bad}: "))
+                    && err.contains("is not a loopback address")
+                    && err.contains("expected 127.0.0.1:PORT or [::1]:PORT"),
+                "{err}"
             );
         }
     }

@@ -415,6 +415,7 @@ fn not_applied(request: RequestId, secret: String, why: &str) -> Ack {
 
 /// The engine's reply to a one-secret push as an acknowledgement.
 fn ack_of(request: RequestId, secret: String, reply: PushReply) -> Ack {
+    let digest = reply.digest;
     let served = reply.secrets.into_iter().find(|s| s.name == secret);
     let (version, error) = served.map(|s| (s.version, s.error)).unwrap_or_default();
     let error = match (reply.refused, error) {
@@ -430,7 +431,7 @@ fn ack_of(request: RequestId, secret: String, reply: PushReply) -> Ack {
         request,
         secret,
         version,
-        digest: None,
+        digest,
         reload: if error.is_none() {
             ReloadResult::Reloaded
         } else {
@@ -506,6 +507,7 @@ mod tests {
     fn an_engine_reply_becomes_a_typed_ack() {
         use crate::push::PushAck;
         let ok = PushReply {
+            digest: Some("sha256:ab".into()),
             ok: true,
             refused: None,
             secrets: vec![PushAck {
@@ -516,9 +518,11 @@ mod tests {
         };
         let ack = ack_of(RequestId(3), "db".into(), ok);
         assert_eq!(ack.version.as_deref(), Some("4"));
+        assert_eq!(ack.digest.as_deref(), Some("sha256:ab"));
         assert_eq!(ack.reload, ReloadResult::Reloaded);
         assert!(ack.error.is_none());
         let refused = PushReply {
+            digest: None,
             ok: false,
             refused: Some("only PENDING".into()),
             secrets: vec![PushAck {
@@ -531,6 +535,7 @@ mod tests {
         assert_eq!(ack.error.unwrap().kind, ErrorKind::PinRefused);
         assert_eq!(ack.reload, ReloadResult::Failed);
         let failed = PushReply {
+            digest: None,
             ok: false,
             refused: None,
             secrets: vec![],

@@ -40,6 +40,11 @@ pub struct PushReply {
     #[serde(rename = "error", skip_serializing_if = "Option::is_none", default)]
     pub refused: Option<String>,
     pub secrets: Vec<PushAck>,
+    /// A digest of the files served after the push
+    /// ([`crate::writer::AtomicWriter::digest`]); the channel's ack carries
+    /// it, the HTTP reply does not.
+    #[serde(skip)]
+    pub digest: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -221,6 +221,15 @@ impl AtomicWriter {
         self.repairs.clone()
     }
 
+    /// A digest of the files served, as this writer wrote or found them:
+    /// SHA-256 over each file's name and the digest of its mode and
+    /// content, in name order, written `sha256:<hex>`. `None` before the
+    /// writer wrote or read a served directory.
+    pub fn digest(&self) -> Option<String> {
+        let (_, inventory) = self.known.as_ref()?;
+        Some(digest_of_files(inventory))
+    }
+
     /// Writes `files` as one change, unless every file already holds this
     /// content and mode. Files not in `files` disappear. The report says
     /// which files changed and whether `..data` was swapped.
@@ -866,6 +875,34 @@ fn digest_of(mode: u32, data: &[u8]) -> Digest {
     ctx.update(&(data.len() as u64).to_be_bytes());
     ctx.update(data);
     ctx.finish().as_ref().try_into().expect("32-byte digest")
+}
+
+/// [`AtomicWriter::digest`] of an inventory.
+fn digest_of_files(inventory: &Inventory) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, digest) in inventory {
+        ctx.update(&(name.len() as u64).to_be_bytes());
+        ctx.update(name.as_bytes());
+        ctx.update(digest);
+    }
+    let hex: String = ctx
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
+/// [`AtomicWriter::digest`] of files as a peer would compute it from
+/// their names, modes and contents.
+pub fn digest_of_served(files: &[(String, u32, Vec<u8>)]) -> String {
+    digest_of_files(
+        &files
+            .iter()
+            .map(|(name, mode, data)| (name.clone(), digest_of(*mode, data)))
+            .collect(),
+    )
 }
 
 fn inventory_of(files: &[FileSpec]) -> Inventory {

@@ -549,25 +549,6 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
     ]
     .into();
     std::fs::write(&annotations, rotor_sidecar::downward::format(&map)).unwrap();
-    let (admin, push) = (free_port(), free_port());
-    let sidecar = Killed(
-        Command::new(release_bin("rotor-sidecar"))
-            .arg("--annotations")
-            .arg(&annotations)
-            .arg("--out-dir")
-            .arg(out.path())
-            .arg(format!("--local-store={}", path.display()))
-            .arg(format!("--key={}", key.display()))
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .args(["--push-addr", &format!("127.0.0.1:{push}")])
-            .env("ROTOR_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(wait_until(30, || http(admin, "GET", "/readyz", "")
-        .is_some_and(|(s, _)| s == 200)));
     let policies = work.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
@@ -579,25 +560,54 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
         ),
     )
     .unwrap();
-    std::fs::write(
-        policies.join("policy.yaml"),
-        format!(
-            "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1s}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 1s, gracePeriod: 1s, onTimeout: Rollback}}}}\n  sidecars: [\"http://127.0.0.1:{push}\"]\n",
-        ),
-    )
-    .unwrap();
+    // The controller first: the sidecar reads its channel's CA and token.
+    let channel_port = free_port();
+    let channel = work.path().join("state/channel");
     let controller = Killed(
         Command::new(release_bin("rotor-controller"))
             .args(["standalone", "--policies"])
             .arg(&policies)
             .arg("--state")
             .arg(work.path().join("state"))
+            .args(["--channel-addr", &format!("127.0.0.1:{channel_port}")])
             .env("ROTOR_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(work.path().join("controller.log")).unwrap())
             .spawn()
             .unwrap(),
     );
+    assert!(wait_until(30, || channel.join("ca.crt").is_file()
+        && std::net::TcpStream::connect(("127.0.0.1", channel_port)).is_ok()));
+    let (admin, push) = (free_port(), free_port());
+    let sidecar = Killed(
+        Command::new(release_bin("rotor-sidecar"))
+            .arg("--annotations")
+            .arg(&annotations)
+            .arg("--out-dir")
+            .arg(out.path())
+            .arg(format!("--local-store={}", path.display()))
+            .arg(format!("--key={}", key.display()))
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .args(["--push-addr", &format!("127.0.0.1:{push}")])
+            .args(["--controller-addr", &format!("localhost:{channel_port}")])
+            .arg("--controller-ca")
+            .arg(channel.join("ca.crt"))
+            .arg("--channel-token")
+            .arg(channel.join("token"))
+            .args(["--pod-namespace", "default", "--pod-name", "soak"])
+            .env("ROTOR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(30, || http(admin, "GET", "/readyz", "")
+        .is_some_and(|(s, _)| s == 200)));
+    std::fs::write(
+        policies.join("policy.yaml"),
+        "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {name: db, namespace: default}\nspec:\n  storeRef: {name: main}\n  secretName: app/db\n  schedule: {interval: 1s}\n  generator: {password: {length: 24, minDigits: 2}}\n  strategy: {staged: {ackTimeout: 1s, gracePeriod: 1s, onTimeout: Rollback}}\n  sidecars: [default/soak]\n",
+    )
+    .unwrap();
     let first = store.current_version("app/db").unwrap();
     assert!(
         wait_until(30, || store.current_version("app/db").unwrap() > first),

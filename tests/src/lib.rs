@@ -1,11 +1,13 @@
 //! Harness for Rotor's end-to-end tests: finds the workspace's binaries and
 //! runs them as real processes. `tests/run` builds the binaries first.
 
+pub mod channel_peer;
 pub mod cluster;
 pub mod conformance;
 pub mod kubelet;
 pub mod pod;
 pub mod servers;
+pub mod standalone;
 pub mod tools;
 
 use std::path::PathBuf;
@@ -55,6 +57,10 @@ pub fn command(name: &str) -> Command {
     ] {
         cmd.env_remove(var);
     }
+    // `rotor-controller standalone` serves the channel on a fixed port by
+    // default; tests run side by side, so theirs take a free one unless a
+    // test names it (`--channel-addr` wins over the variable).
+    cmd.env("ROTOR_CHANNEL_ADDR", "127.0.0.1:0");
     cmd
 }
 

@@ -1,6 +1,7 @@
 //! Scheduled rotation end to end, with real processes: `rotor-controller
-//! standalone` and three `rotor-sidecar`s, on the local store, on OpenBao
-//! and on moto. The rotation reaches every sidecar, the acknowledgements are
+//! standalone` and three `rotor-sidecar`s dialing it over the channel, on
+//! the local store, on OpenBao and on moto. The rotation reaches every
+//! sidecar, the acknowledgements are
 //! recorded, the previous version is retired after the grace period, and a
 //! sidecar that never acknowledges triggers the rollback or a degraded
 //! promotion, as the policy says.
@@ -9,8 +10,9 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 
 use rotor_e2e::pod::Pod;
+use rotor_e2e::standalone::Standalone;
 use rotor_e2e::servers::{Bao, Moto};
-use rotor_e2e::{command, free_port, wait_until};
+use rotor_e2e::{command, wait_until};
 use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::{LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
 
@@ -111,7 +113,7 @@ impl Drop for Killed {
 struct Run {
     pods: Vec<Pod>,
     state: std::path::PathBuf,
-    _controller: Killed,
+    _controller: Standalone,
     _dir: tempfile::TempDir,
 }
 
@@ -125,17 +127,36 @@ impl Run {
     }
 }
 
-async fn start(backend: &Backend, extra_sidecars: &[String], on_timeout: &str) -> Run {
+/// The controller first (its channel's CA and token are what the sidecars
+/// read), then three sidecars connected to it, then the policy, which
+/// waits for those pods and `extra_pods` (never connected).
+async fn start(backend: &Backend, extra_pods: &[String], on_timeout: &str) -> Run {
     backend
         .store
         .write("app/db", b"initial-value", WriteAs::Current)
         .await
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("store.yaml"), &backend.store_yaml).unwrap();
+    let state = dir.path().join("state");
+    let controller = Standalone::start(
+        &policies,
+        &state,
+        &dir.path().join("controller.log"),
+        &backend.controller_args,
+        &backend.env,
+    );
     let mut pods = Vec::new();
-    for _ in 0..3 {
+    let mut names = Vec::new();
+    for i in 0..3 {
         let mut pod = Pod::new();
         pod.store_args = backend.sidecar_args.iter().map(Into::into).collect();
         pod.envs = backend.env.clone();
+        pod.envs
+            .extend(controller.sidecar_env("default", &format!("pod-{i}")));
+        names.push(format!("default/pod-{i}"));
         pod.annotate(&[
             ("rotor.dev/secret.db", "app/db"),
             ("rotor.dev/refresh", "1h"),
@@ -143,36 +164,20 @@ async fn start(backend: &Backend, extra_sidecars: &[String], on_timeout: &str) -
         pod.start();
         pods.push(pod);
     }
-    let mut urls: Vec<String> = pods
-        .iter()
-        .map(|p| format!("http://127.0.0.1:{}", p.push))
-        .collect();
-    urls.extend(extra_sidecars.iter().cloned());
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("store.yaml"), &backend.store_yaml).unwrap();
+    assert!(
+        controller.wait_streams(3, 20),
+        "the sidecars did not connect: {}",
+        controller.log_text()
+    );
+    names.extend(extra_pods.iter().cloned());
     std::fs::write(
         policies.join("policy.yaml"),
         format!(
             "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 3s, gracePeriod: 2s, onTimeout: {on_timeout}}}}}\n  sidecars: [{}]\n",
-            urls.join(", ")
+            names.join(", ")
         ),
     )
     .unwrap();
-    let state = dir.path().join("state");
-    let mut cmd = command("rotor-controller");
-    cmd.args(["standalone", "--policies"])
-        .arg(&policies)
-        .arg("--state")
-        .arg(&state)
-        .args(&backend.controller_args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap());
-    for (k, v) in &backend.env {
-        cmd.env(k, v);
-    }
-    let controller = Killed(cmd.spawn().unwrap());
     Run {
         pods,
         state,
@@ -250,7 +255,8 @@ async fn rotation_reaches_every_sidecar(backend: Backend) {
 }
 
 async fn a_silent_sidecar(backend: Backend, on_timeout: &str) {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    // A pod the policy waits for whose sidecar never connects.
+    let dead = "default/silent".to_owned();
     let run = start(&backend, std::slice::from_ref(&dead), on_timeout).await;
     assert!(
         wait_until(30, || run.status()["conditions"].as_array().is_some_and(

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rotor_e2e::pod::Pod;
-use rotor_e2e::{command, free_port, wait_until};
+use rotor_e2e::standalone::Standalone;
+use rotor_e2e::{free_port, wait_until};
 use rotor_envelope::ExposeSecret;
 use rotor_store::{LocalStore, Selector, WriteAs};
 
@@ -210,22 +211,13 @@ impl App {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The controller, the sidecar and the app, on one local store.
 struct Rig {
     pg: Postgres,
     pod: Pod,
     store: LocalStore,
     dir: tempfile::TempDir,
-    _controller: Killed,
+    _controller: Standalone,
 }
 
 impl Rig {
@@ -267,7 +259,6 @@ impl Rig {
             ("rotor.dev/secret.db", "app/db"),
             ("rotor.dev/refresh", "1h"),
         ]);
-        pod.start();
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
@@ -280,29 +271,34 @@ impl Rig {
             ),
         )
         .unwrap();
+        // The controller first: the sidecar dials it over the channel.
+        let controller = Standalone::start(
+            &policies,
+            &dir.path().join("state"),
+            &dir.path().join("controller.log"),
+            &[],
+            &[],
+        );
+        pod.envs.extend(controller.sidecar_env("default", "app"));
+        pod.start();
+        assert!(
+            controller.wait_streams(1, 20),
+            "the sidecar did not connect: {}",
+            controller.log_text()
+        );
         let rig_policy = |n: u32| {
             format!(
-                "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default, annotations: {{rotor.dev/rotate-now: 'r{n}'}}}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 10s, gracePeriod: 1s}}}}\n  target:\n    postgresql: {{host: 127.0.0.1, port: {}, dbname: shop, adminSecretName: app/db-admin, strategy: {{alternatingUsers: {{roles: {roles}}}}}}}\n  sidecars: ['http://127.0.0.1:{}']\n",
+                "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default, annotations: {{rotor.dev/rotate-now: 'r{n}'}}}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 10s, gracePeriod: 1s}}}}\n  target:\n    postgresql: {{host: 127.0.0.1, port: {}, dbname: shop, adminSecretName: app/db-admin, strategy: {{alternatingUsers: {{roles: {roles}}}}}}}\n  sidecars: ['default/app']\n",
                 port.unwrap_or(pg.port),
-                pod.push
             )
         };
         std::fs::write(policies.join("policy.yaml"), rig_policy(0)).unwrap();
-        let controller = command("rotor-controller")
-            .args(["standalone", "--policies"])
-            .arg(&policies)
-            .arg("--state")
-            .arg(dir.path().join("state"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("controller.log")).unwrap())
-            .spawn()
-            .unwrap();
         Self {
             pg,
             pod,
             store,
             dir,
-            _controller: Killed(controller),
+            _controller: controller,
         }
     }
 

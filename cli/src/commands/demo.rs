@@ -3,8 +3,11 @@
 //! A temporary key and local store, a sidecar writing to tmpfs, a small app
 //! that reads its secret file and reloads on SIGHUP, and the rotation
 //! controller in standalone mode with a policy that rotates every few
-//! seconds: it generates a new version, stages it as pending, pushes it to
-//! the sidecar (the file swaps, the app reloads without a restart), records
+//! seconds. The sidecar dials the controller over the channel (TLS with the
+//! controller's own CA, a token file they share, both on loopback): the
+//! controller generates a new version, stages it as pending, sends it to
+//! the sidecar over its stream (the file swaps, the app reloads without a
+//! restart), records
 //! the sidecar's acknowledgement, promotes the version, and retires the old
 //! one after a grace period. The demo prints each phase from the
 //! controller's status.
@@ -25,6 +28,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 const SECRET: &str = "demo/db-password";
 const FILE: &str = "db-password";
+/// The pod the demo's sidecar says it is, and the policy waits for.
+const POD_NAMESPACE: &str = "demo";
+const POD_NAME: &str = "app";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -143,8 +149,8 @@ struct OutputClosed;
 /// drops undo all of it.
 #[derive(Default)]
 struct Demo {
-    /// Stopped in reverse order of start: the controller, the app, then the
-    /// sidecar (which wipes its files on SIGTERM).
+    /// Stopped in reverse order of start: the app, the sidecar (which
+    /// wipes its files on SIGTERM), then the controller.
     children: Vec<(Role, Child)>,
     logs: Vec<(Role, PathBuf)>,
     /// The key, the store, the logs and the controller's state.
@@ -268,12 +274,56 @@ impl Demo {
         std::fs::write(&annotations, rotor_sidecar::downward::format(&pod))?;
 
         let exe = std::env::current_exe().context("cannot find the rotor executable")?;
+        let policies = work.join("policies");
+        std::fs::create_dir_all(&policies)?;
+        std::fs::write(
+            policies.join("demo.yaml"),
+            policy_yaml(&store_path, &key_path, every.max(2)),
+        )?;
+        let state = work.join("state");
+        let channel = work.join("channel");
+        // Started first: it makes the CA and the token the sidecar reads.
+        let mut attempt = 0;
+        let channel_port = loop {
+            attempt += 1;
+            let port = free_port()?;
+            let log = work.join("controller.log");
+            self.spawn(
+                Role::Controller,
+                Command::new(&exe)
+                    .args(["controller", "standalone", "--policies"])
+                    .arg(&policies)
+                    .arg("--state")
+                    .arg(&state)
+                    .args(["--channel-addr", &format!("127.0.0.1:{port}")])
+                    .arg("--channel-dir")
+                    .arg(&channel)
+                    .stdout(Stdio::null()),
+                Some(log.clone()),
+            )?;
+            match wait_channel(port, &channel, self.child(Role::Controller)).await? {
+                None => break port,
+                Some(_) if attempt < 5 && port_taken(&log) => {
+                    self.children.retain(|(role, _)| *role != Role::Controller);
+                    self.logs.retain(|(role, _)| *role != Role::Controller);
+                }
+                Some(status) => return Ok(End::Exited(Role::Controller, status)),
+            }
+        };
+        say(&format!(
+            "rotation controller (standalone) rotates {SECRET:?} every {}s; status in {}; \
+             sidecars dial it on 127.0.0.1:{channel_port} (TLS, the token in {})",
+            every.max(2),
+            state.display(),
+            channel.join("token").display()
+        ))?;
+
         let sidecar_log = work.join("sidecar.log");
         // The ports are picked here and bound by the sidecar: when another
         // process takes one in between, the sidecar exits saying so, and it
         // starts again on fresh ports.
         let mut attempt = 0;
-        let (admin_port, push_port) = loop {
+        let admin_port = loop {
             attempt += 1;
             let (admin_port, push_port) = (free_port()?, free_port()?);
             self.spawn(
@@ -286,13 +336,19 @@ impl Demo {
                     .args(["--key".as_ref(), key_path.as_os_str()])
                     .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
                     .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                    .args(["--controller-addr", &format!("localhost:{channel_port}")])
+                    .arg("--controller-ca")
+                    .arg(channel.join("ca.crt"))
+                    .arg("--channel-token")
+                    .arg(channel.join("token"))
+                    .args(["--pod-namespace", POD_NAMESPACE, "--pod-name", POD_NAME])
                     .arg("--wipe-on-exit")
                     .env_remove("ROTOR_LOG_FORMAT")
                     .stdout(Stdio::null()),
                 Some(sidecar_log.clone()),
             )?;
             match wait_ready(admin_port, self.child(Role::Sidecar)).await? {
-                None => break (admin_port, push_port),
+                None => break admin_port,
                 Some(_) if attempt < 5 && port_taken(&sidecar_log) => {
                     self.children.retain(|(role, _)| *role != Role::Sidecar);
                     self.logs.retain(|(role, _)| *role != Role::Sidecar);
@@ -322,29 +378,6 @@ impl Demo {
         let mut app_lines =
             BufReader::new(self.child(Role::App).stdout.take().expect("piped")).lines();
         say("the app reads the file and reloads on SIGHUP; press Ctrl-C to stop")?;
-
-        let policies = work.join("policies");
-        std::fs::create_dir_all(&policies)?;
-        std::fs::write(
-            policies.join("demo.yaml"),
-            policy_yaml(&store_path, &key_path, every.max(2), push_port),
-        )?;
-        let state = work.join("state");
-        self.spawn(
-            Role::Controller,
-            Command::new(&exe)
-                .args(["controller", "standalone", "--policies"])
-                .arg(&policies)
-                .arg("--state")
-                .arg(&state)
-                .stdout(Stdio::null()),
-            Some(work.join("controller.log")),
-        )?;
-        say(&format!(
-            "rotation controller (standalone) rotates {SECRET:?} every {}s; status in {}",
-            every.max(2),
-            state.display()
-        ))?;
 
         let deadline = duration.map(|s| Instant::now() + Duration::from_secs(s));
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -421,7 +454,7 @@ fn last_problem(log: &Path) -> Option<String> {
 
 /// The demo's store and rotation policy, as `rotor-controller standalone`
 /// reads them.
-fn policy_yaml(store: &Path, key: &Path, every: u64, push_port: u16) -> String {
+fn policy_yaml(store: &Path, key: &Path, every: u64) -> String {
     [
         "apiVersion: rotor.dev/v1alpha1".to_owned(),
         "kind: RotorStore".to_owned(),
@@ -448,7 +481,8 @@ fn policy_yaml(store: &Path, key: &Path, every: u64, push_port: u16) -> String {
             "  strategy: {{staged: {{ackTimeout: {}s, gracePeriod: 2s, onTimeout: Rollback}}}}",
             every.min(10)
         ),
-        format!("  sidecars: [\"http://127.0.0.1:{push_port}\"]"),
+        // The pod a rotation waits for: the sidecar's stream.
+        format!("  sidecars: [\"{POD_NAMESPACE}/{POD_NAME}\"]"),
     ]
     .join("\n")
         + "\n"
@@ -498,6 +532,30 @@ async fn wait_ready(
     bail!("the sidecar was not ready within 5 s")
 }
 
+/// Waits for the controller's channel: its CA and token written and its
+/// port listening. `None` when ready, the exit status if it exited first.
+async fn wait_channel(
+    port: u16,
+    dir: &Path,
+    controller: &mut Child,
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    for _ in 0..400 {
+        if dir.join("ca.crt").is_file()
+            && dir.join("token").is_file()
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        {
+            return Ok(None);
+        }
+        if let Some(status) = controller.try_wait()? {
+            return Ok(Some(status));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("the controller's channel was not up within 10 s")
+}
+
 /// One line about the rotation's state, from the controller's status file.
 fn describe(path: &Path) -> Option<String> {
     let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
@@ -519,7 +577,7 @@ fn describe(path: &Path) -> Option<String> {
     Some(match s["phase"].as_str()? {
         "Generating" => "rotation due: generating a new value".to_owned(),
         "Propagating" => format!(
-            "version {} staged as PENDING; pushing it to the sidecar",
+            "version {} staged as PENDING; sending it to the sidecar over its stream",
             text("pendingVersion")
         ),
         "Promoting" => format!("{}; promoting", acks.join(", ")),

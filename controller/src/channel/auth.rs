@@ -187,6 +187,12 @@ impl Authority for SharedToken {
                 "the token is not the controller's shared token",
             ));
         }
+        if hello.pod.namespace.is_empty() || hello.pod.name.is_empty() {
+            return Err(Problem::new(
+                ErrorKind::Malformed,
+                "the hello names no pod: start the sidecar with --pod-namespace and --pod-name",
+            ));
+        }
         Ok(Admitted {
             identity: Identity {
                 namespace: hello.pod.namespace.clone(),

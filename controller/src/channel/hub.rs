@@ -239,6 +239,17 @@ impl Hub {
             .collect()
     }
 
+    /// The pods with a stream whose admission `serves` accepts (standalone
+    /// matches a policy's secret and store this way).
+    pub fn pods_where(&self, serves: impl Fn(&Admitted) -> bool) -> Vec<String> {
+        self.lock()
+            .pods
+            .iter()
+            .filter(|(_, s)| s.iter().any(|r| serves(&r.admitted)))
+            .map(|(pod, _)| pod.clone())
+            .collect()
+    }
+
     /// `namespace/pod` of every connected pod.
     pub fn connected(&self) -> BTreeSet<String> {
         self.lock().pods.keys().cloned().collect()

@@ -9,6 +9,15 @@ use rotor_channel::ErrorKind;
 
 type Labels = Vec<(String, String)>;
 
+/// One open stream in `rotor_channel_streams`, until dropped.
+pub struct OpenStream(Gauge);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct ChannelMetrics {
     streams: Gauge,
@@ -36,12 +45,11 @@ impl ChannelMetrics {
         );
     }
 
-    pub fn opened(&self) {
+    /// Counts a stream open until the guard is dropped, however the
+    /// stream ends (its task may be dropped with its connection).
+    pub fn opened(&self) -> OpenStream {
         self.streams.inc();
-    }
-
-    pub fn closed(&self) {
-        self.streams.dec();
+        OpenStream(self.streams.clone())
     }
 
     pub fn refused(&self, kind: ErrorKind) {

@@ -223,13 +223,13 @@ impl Server {
                 return;
             }
         };
-        self.metrics.opened();
+        let open = self.metrics.opened();
         tracing::info!(%peer, pod, "channel: stream admitted");
         let ended = self
             .run(registration.id(), &pod, &mut reader, &writer, requests)
             .await;
         drop(registration);
-        self.metrics.closed();
+        drop(open);
         match ended {
             Ok(()) => tracing::info!(pod, "channel: stream ended"),
             Err(CutOff(problem)) => {

@@ -130,6 +130,12 @@ impl RotationMetrics {
     }
 
     /// Adds the webhook's admission metrics to this exposition.
+    /// Adds the channel's streams, refusals and cut-offs.
+    pub fn with_channel(mut self, channel: &crate::channel::ChannelMetrics) -> Self {
+        channel.register(self.registry.sub_registry_with_prefix("rotor"));
+        self
+    }
+
     pub fn with_admission(mut self, admission: &crate::webhook::metrics::AdmissionMetrics) -> Self {
         admission.register(self.registry.sub_registry_with_prefix("rotor"));
         self

@@ -56,7 +56,9 @@ impl Engine {
             }
         }
         if !refused.is_empty() {
+            let digest = self.writer.digest();
             let _ = reply.send(PushReply {
+                digest,
                 ok: false,
                 refused: Some(
                     "refused: a pin may name only the store's PENDING version of a secret; nothing was changed"
@@ -120,6 +122,7 @@ impl Engine {
             failed |= mismatch;
         }
         let _ = reply.send(PushReply {
+            digest: self.writer.digest(),
             ok: written && !failed,
             refused: None,
             secrets: acks,

@@ -284,6 +284,36 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
     task.await.unwrap();
 }
 
+/// What a file served holds, as a peer computes the files' digest.
+fn served_file(f: &Fixture, name: &str) -> (String, u32, Vec<u8>) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = f.out.path().join(name);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+    (name.to_owned(), mode, std::fs::read(&path).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_reply_carries_the_digest_of_the_files_it_serves() {
+    let f = fixture();
+    f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    let before = crate::writer::digest_of_served(&[served_file(&f, "db")]);
+    let pending = f.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    let reply = push(&tx, vec![pin("db", &pending.version.to_string())]).await;
+    assert!(reply.ok, "{reply:?}");
+    let after = crate::writer::digest_of_served(&[served_file(&f, "db")]);
+    assert_eq!(reply.digest.as_deref(), Some(after.as_str()));
+    assert_ne!(before, after, "the digest follows the files");
+    assert!(after.starts_with("sha256:") && after.len() == 7 + 64);
+    // A refused pin still says what is served.
+    let reply = push(&tx, vec![pin("db", "7")]).await;
+    assert_eq!(reply.digest.as_deref(), Some(after.as_str()));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
 fn pin(name: &str, version: &str) -> PushSecret {
     PushSecret {
         name: name.into(),

@@ -97,6 +97,7 @@ fn engine() -> mpsc::Sender<PushRequest> {
                 })
                 .collect();
             let _ = request.reply.send(PushReply {
+                digest: Some("sha256:served".into()),
                 ok: true,
                 refused: None,
                 secrets,
@@ -265,4 +266,104 @@ async fn a_non_leader_refuses_streams_with_a_typed_error() {
     );
     task.abort();
     let _ = running.stop.send(());
+}
+
+#[tokio::test]
+async fn a_sidecar_that_aborts_its_stream_is_dropped_promptly() {
+    let running = start(Limits::default()).await;
+    let (c, _token) = client(&running, "shared-token", "web-1", &["shop/db"]);
+    let stream = tokio::spawn(c.run(engine(), std::future::pending()));
+    let hub = running.server.hub.clone();
+    eventually("the stream to be admitted", || {
+        hub.connected().contains("shop/web-1")
+    })
+    .await;
+    // The ack carries the digest of the files the sidecar serves.
+    let ack = hub
+        .ask(
+            "shop/web-1",
+            crate::channel::hub::Request::Pin {
+                secret: "shop/db".into(),
+                version: "4".into(),
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ack.digest.as_deref(), Some("sha256:served"));
+    stream.abort();
+    // Well within the idle deadline (100 s) and the keep-alive (30 s).
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        eventually("the aborted stream to be dropped", || hub.connected().is_empty()),
+    )
+    .await
+    .expect("dropped promptly");
+    assert_eq!(running.server.metrics.open_streams(), 0);
+}
+
+/// A request body a test feeds by hand: frames, or an error that makes
+/// the client reset the stream while its connection stays up.
+struct HandBody(mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>);
+
+impl hyper::body::Body for HandBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|f| f.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
+
+#[tokio::test]
+async fn a_sidecar_that_resets_its_stream_is_dropped_promptly() {
+    let running = start(Limits::default()).await;
+    let tls = rotor_sidecar::channel::tls_config(running.ca.path()).unwrap();
+    let tcp = TcpStream::connect(running.addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+    let connection = tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel(4);
+    let hello = Upstream::Hello(Hello {
+        pod: PodClaims {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: String::new(),
+        },
+        store: "vault".into(),
+        secrets: vec!["shop/db".into()],
+    });
+    tx.send(Ok(rotor_channel::encode(&hello).unwrap())).await.unwrap();
+    let request = hyper::Request::post(format!("https://localhost{}", rotor_channel::PATH))
+        .header(hyper::header::AUTHORIZATION, "Bearer shared-token")
+        .body(HandBody(rx))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let hub = running.server.hub.clone();
+    eventually("the stream to be admitted", || {
+        hub.connected().contains("shop/web-1")
+    })
+    .await;
+    tx.send(Err(std::io::Error::other("abort"))).await.unwrap();
+    drop(response);
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        eventually("the reset stream to be dropped", || hub.connected().is_empty()),
+    )
+    .await
+    .expect("dropped promptly");
+    assert!(!connection.is_finished(), "the connection stays up");
+    connection.abort();
 }
