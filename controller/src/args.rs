@@ -501,8 +501,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let channel_dir = channel_dir.unwrap_or_else(|| state.join("channel"));
             let channel_metrics = crate::channel::ChannelMetrics::default();
             let metrics = Arc::new(
-                crate::rotation::metrics::RotationMetrics::default()
-                    .with_channel(&channel_metrics),
+                crate::rotation::metrics::RotationMetrics::default().with_channel(&channel_metrics),
             );
             if let Some(addr) = metrics_addr {
                 // Bound before anything starts: an address in use fails at once.

@@ -70,9 +70,9 @@ fn load(dir: &Path) -> Result<Loaded> {
                     match Policy::check(&p.spec, Mode::Standalone) {
                         Ok(valid) if sidecars.is_empty() => out.policies.push((p, valid)),
                         Ok(_) => problems.extend(sidecars.iter().map(|e| doc.problem(e))),
-                        Err(found) => problems.extend(
-                            found.iter().chain(&sidecars).map(|e| doc.problem(e)),
-                        ),
+                        Err(found) => {
+                            problems.extend(found.iter().chain(&sidecars).map(|e| doc.problem(e)))
+                        }
                     }
                 }
                 Err(e) => problems.push(e.to_string()),
@@ -172,7 +172,16 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let channel_task = tokio::spawn(channel.serve(async move {
         let _ = channel_stopped.await;
     }));
-    let result = rotate(&options.policies, &options.state, options.vault_token_file.as_deref(), &options.metrics, &hub, loaded, shutdown).await;
+    let result = rotate(
+        &options.policies,
+        &options.state,
+        options.vault_token_file.as_deref(),
+        &options.metrics,
+        &hub,
+        loaded,
+        shutdown,
+    )
+    .await;
     let _ = stop_channel.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), channel_task).await;
     result
@@ -269,8 +278,7 @@ async fn rotate(
                 Ok(s) => {
                     retries.remove(&policy.name_any());
                     if let Some((outcome, duration)) = &s.finished {
-                        metrics
-                            .finished(outcome.as_str(), duration.as_secs_f64());
+                        metrics.finished(outcome.as_str(), duration.as_secs_f64());
                     }
                     for e in &s.events {
                         let (reason, message) = (e.reason(), e.message());

@@ -430,7 +430,12 @@ mod tests {
         for ok in ["127.0.0.1:9465", "[::1]:9465", "127.0.0.2:1"] {
             super::check_push_addr(ok.parse().unwrap()).unwrap();
         }
-        for bad in ["0.0.0.0:9465", "10.0.0.1:9465", "[::]:9465", "[fd00::10]:9465"] {
+        for bad in [
+            "0.0.0.0:9465",
+            "10.0.0.1:9465",
+            "[::]:9465",
+            "[fd00::10]:9465",
+        ] {
             let err = super::check_push_addr(bad.parse().unwrap())
                 .unwrap_err()
                 .to_string();

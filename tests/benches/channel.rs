@@ -80,8 +80,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -103,7 +109,13 @@ struct Load {
     last_ack: Arc<Mutex<Option<Instant>>>,
 }
 
-fn load(rt: &tokio::runtime::Runtime, addr: SocketAddr, ca: PathBuf, token: String, n: usize) -> Load {
+fn load(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    ca: PathBuf,
+    token: String,
+    n: usize,
+) -> Load {
     let load = Load {
         connected: Arc::new(AtomicUsize::new(0)),
         first_pin: Arc::new(Mutex::new(None)),
@@ -220,8 +232,11 @@ fn main() {
             *load.last_ack.lock().unwrap() = None;
             let started = Instant::now();
             std::fs::write(policies.join("policy.yaml"), policy(100, round)).unwrap();
-            assert!(wait_until(60, || matches!(phase(&state).as_str(), "Retiring" | "Promoting")
-                || (phase(&state) == "Idle" && load.last_ack.lock().unwrap().is_some())));
+            assert!(wait_until(60, || matches!(
+                phase(&state).as_str(),
+                "Retiring" | "Promoting"
+            ) || (phase(&state) == "Idle"
+                && load.last_ack.lock().unwrap().is_some())));
             whole.push(started.elapsed());
             let first = load.first_pin.lock().unwrap().unwrap();
             let last = load.last_ack.lock().unwrap().unwrap();
@@ -294,7 +309,10 @@ fn main() {
     }
 
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    println!("\n{:width$}  value", "channel benchmark (release controller, load generator peers)");
+    println!(
+        "\n{:width$}  value",
+        "channel benchmark (release controller, load generator peers)"
+    );
     for (k, v) in rows {
         println!("{k:width$}  {v}");
     }

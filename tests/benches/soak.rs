@@ -577,7 +577,8 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
             .unwrap(),
     );
     assert!(wait_until(30, || channel.join("ca.crt").is_file()
-        && std::net::TcpStream::connect(("127.0.0.1", channel_port)).is_ok()));
+        && std::net::TcpStream::connect(("127.0.0.1", channel_port))
+            .is_ok()));
     let (admin, push) = (free_port(), free_port());
     let sidecar = Killed(
         Command::new(release_bin("rotor-sidecar"))

@@ -94,8 +94,7 @@ impl Stream {
             let _ = connection.await;
         });
         let (tx, body) = HandBody::new();
-        let mut request =
-            hyper::Request::post(format!("https://localhost{}", rotor_channel::PATH));
+        let mut request = hyper::Request::post(format!("https://localhost{}", rotor_channel::PATH));
         if let Some(token) = token {
             request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }

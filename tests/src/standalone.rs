@@ -87,7 +87,10 @@ impl Standalone {
     pub fn sidecar_env(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
         vec![
             ("ROTOR_CONTROLLER_ADDR".into(), self.addr()),
-            ("ROTOR_CONTROLLER_CA".into(), self.ca().display().to_string()),
+            (
+                "ROTOR_CONTROLLER_CA".into(),
+                self.ca().display().to_string(),
+            ),
             (
                 "ROTOR_CHANNEL_TOKEN".into(),
                 self.token().display().to_string(),
@@ -112,9 +115,7 @@ impl Standalone {
 
     /// Waits up to `secs` for `rotor_channel_streams` to be `n`.
     pub fn wait_streams(&self, n: usize, secs: u64) -> bool {
-        wait_until(secs, || {
-            self.metric("rotor_channel_streams") == n as f64
-        })
+        wait_until(secs, || self.metric("rotor_channel_streams") == n as f64)
     }
 
     pub fn log_text(&self) -> String {

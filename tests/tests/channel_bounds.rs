@@ -41,7 +41,9 @@ impl Rig {
         KeyFileKek::generate(&key, false).unwrap();
         let path = dir.path().join("store.rotor");
         let store = LocalStore::new(&path, Arc::new(KeyFileKek::load(&key).unwrap()));
-        store.put("app/db", CANARY.as_bytes(), WriteAs::Current).unwrap();
+        store
+            .put("app/db", CANARY.as_bytes(), WriteAs::Current)
+            .unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(
@@ -93,13 +95,15 @@ impl Rig {
     }
 
     fn refused(&self, reason: &str) -> f64 {
-        self.controller
-            .metric(&format!("rotor_channel_refused_total{{reason=\"{reason}\"}}"))
+        self.controller.metric(&format!(
+            "rotor_channel_refused_total{{reason=\"{reason}\"}}"
+        ))
     }
 
     fn cut_off(&self, reason: &str) -> f64 {
-        self.controller
-            .metric(&format!("rotor_channel_cut_off_total{{reason=\"{reason}\"}}"))
+        self.controller.metric(&format!(
+            "rotor_channel_cut_off_total{{reason=\"{reason}\"}}"
+        ))
     }
 
     fn status(&self) -> serde_json::Value {
@@ -112,8 +116,14 @@ impl Rig {
 
     fn no_canary_in_log(&self) {
         let log = self.controller.log_text();
-        assert!(!log.contains(CANARY), "the controller logged a secret value");
-        assert!(!log.contains(self.token.trim()), "the controller logged the token");
+        assert!(
+            !log.contains(CANARY),
+            "the controller logged a secret value"
+        );
+        assert!(
+            !log.contains(self.token.trim()),
+            "the controller logged the token"
+        );
     }
 }
 
@@ -145,6 +155,9 @@ fn problem_of(message: Option<Downstream>) -> rotor_channel::Problem {
 #[test]
 fn without_the_token_a_peer_gets_nothing() {
     let rig = Rig::start(&[]);
+    // The start-up probe's bare TCP connection counts as a failed TLS
+    // handshake: count from here.
+    let before = rig.refused("unauthenticated");
     runtime().block_on(async {
         for token in [None, Some("guessed-token-of-the-right-shape-0123456789")] {
             let mut s = Stream::hello(
@@ -161,11 +174,15 @@ fn without_the_token_a_peer_gets_nothing() {
             assert!(s.next().await.is_none(), "more than the refusal");
         }
     });
-    assert!(wait_until(10, || rig.refused("unauthenticated") == 2.0));
+    assert!(wait_until(10, || rig.refused("unauthenticated") == before + 2.0));
     assert_eq!(rig.controller.metric("rotor_channel_streams"), 0.0);
     // A peer that does not trust the controller's CA, or speaks no TLS,
     // gets nowhere either.
-    assert!(rig.controller.log_text().contains("channel: stream refused"));
+    assert!(
+        rig.controller
+            .log_text()
+            .contains("channel: stream refused")
+    );
     rig.no_canary_in_log();
 }
 
@@ -204,10 +221,13 @@ fn huge_frames_are_refused_or_cut_off_and_memory_stays_bounded() {
             held.push(s);
         }
     });
-    assert!(wait_until(10, || rig.refused("tooLarge") == f64::from(peers / 2)
+    assert!(wait_until(10, || rig.refused("tooLarge")
+        == f64::from(peers / 2)
         && rig.cut_off("tooLarge") == f64::from(peers / 2)));
     let after = rss_kib(pid);
-    eprintln!("controller RSS {before} KiB before, {after} KiB after {peers} peers announcing 1 GiB frames");
+    eprintln!(
+        "controller RSS {before} KiB before, {after} KiB after {peers} peers announcing 1 GiB frames"
+    );
     // Generous: the frames announced add up to 16 GiB.
     assert!(
         after < before + 64 * 1024,
@@ -298,7 +318,8 @@ fn the_ack_timeout_fires_on_time_whatever_the_consumer_does_and_sigterm_stops_it
     let answered = Arc::new(AtomicUsize::new(0));
     // A consumer that starts an ack for each pin and trickles it, and one
     // that holds half a frame: neither ever acknowledges.
-    let (mut slow, stuck) = rt.block_on(async { (rig.stream("slow").await, rig.stream("stuck").await) });
+    let (mut slow, stuck) =
+        rt.block_on(async { (rig.stream("slow").await, rig.stream("stuck").await) });
     stuck_half_frame(&rt, &stuck);
     let seen = answered.clone();
     rt.spawn(async move {
@@ -345,9 +366,15 @@ fn the_ack_timeout_fires_on_time_whatever_the_consumer_does_and_sigterm_stops_it
     assert!(degraded, "{}", rig.status());
     // On time: the 2 s timeout plus a step, not the consumers' pace.
     assert!(took < Duration::from_secs(8), "{took:?}");
-    assert!(answered.load(Ordering::SeqCst) >= 1, "no pin reached the consumer");
+    assert!(
+        answered.load(Ordering::SeqCst) >= 1,
+        "no pin reached the consumer"
+    );
     let message = rig.status()["conditions"].to_string();
-    assert!(message.contains("default/slow") && message.contains("default/stuck"), "{message}");
+    assert!(
+        message.contains("default/slow") && message.contains("default/stuck"),
+        "{message}"
+    );
     // SIGTERM with both still connected and mid-frame.
     let stopping = Instant::now();
     rotor_e2e::signal(&rig.controller.child, "TERM");
@@ -408,7 +435,9 @@ mod against_a_real_sidecar {
             generated.key_pem.as_bytes(),
         )
         .unwrap();
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let streams = Arc::new(AtomicUsize::new(0));
         let counted = streams.clone();
@@ -435,13 +464,21 @@ mod against_a_real_sidecar {
 
     /// Welcomes the sidecar, then misbehaves; keeps the request body (the
     /// sidecar's frames) until the stream ends.
-    async fn misbehave(writer: mpsc::Sender<Bytes>, how: Misbehave, request: hyper::Request<Incoming>) {
+    async fn misbehave(
+        writer: mpsc::Sender<Bytes>,
+        how: Misbehave,
+        request: hyper::Request<Incoming>,
+    ) {
         let _body = request.into_body();
         let welcome = Downstream::Welcome(rotor_channel::Welcome {
             pod: "default/app".into(),
             heartbeat_secs: 30,
         });
-        if writer.send(rotor_channel::encode(&welcome).unwrap()).await.is_err() {
+        if writer
+            .send(rotor_channel::encode(&welcome).unwrap())
+            .await
+            .is_err()
+        {
             return;
         }
         let raw = |bytes: Bytes| {
@@ -461,11 +498,13 @@ mod against_a_real_sidecar {
             }
             Misbehave::Trickle => {
                 let ping = rotor_channel::encode(&Downstream::Ping).unwrap();
+                // A byte a second: a whole ping takes ~19 s, past the
+                // sidecar's 10 s frame deadline.
                 for byte in ping.iter().cycle() {
                     if !raw(Bytes::copy_from_slice(&[*byte])).await {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }
@@ -474,15 +513,33 @@ mod against_a_real_sidecar {
 
     fn sidecar_against(fake: &Fake) -> (Pod, tempfile::TempDir) {
         let token = tempfile::tempdir().unwrap();
-        std::fs::write(token.path().join("token"), "fake-controller-token-0123456789abcdef").unwrap();
+        std::fs::write(
+            token.path().join("token"),
+            "fake-controller-token-0123456789abcdef",
+        )
+        .unwrap();
         let mut pod = Pod::new();
         let store = pod.use_local_store();
-        store.put("app/db", CANARY.as_bytes(), WriteAs::Current).unwrap();
-        pod.annotate(&[("rotor.dev/secret.db", "app/db"), ("rotor.dev/refresh", "1h")]);
+        store
+            .put("app/db", CANARY.as_bytes(), WriteAs::Current)
+            .unwrap();
+        pod.annotate(&[
+            ("rotor.dev/secret.db", "app/db"),
+            ("rotor.dev/refresh", "1h"),
+        ]);
         pod.envs = vec![
-            ("ROTOR_CONTROLLER_ADDR".into(), format!("localhost:{}", fake.addr.port())),
-            ("ROTOR_CONTROLLER_CA".into(), fake.ca.path().display().to_string()),
-            ("ROTOR_CHANNEL_TOKEN".into(), token.path().join("token").display().to_string()),
+            (
+                "ROTOR_CONTROLLER_ADDR".into(),
+                format!("localhost:{}", fake.addr.port()),
+            ),
+            (
+                "ROTOR_CONTROLLER_CA".into(),
+                fake.ca.path().display().to_string(),
+            ),
+            (
+                "ROTOR_CHANNEL_TOKEN".into(),
+                token.path().join("token").display().to_string(),
+            ),
             ("ROTOR_POD_NAMESPACE".into(), "default".into()),
             ("ROTOR_POD_NAME".into(), "app".into()),
         ];
@@ -504,15 +561,17 @@ mod against_a_real_sidecar {
         assert!(log().contains(cut_off), "{}", log());
         // It kept serving its files and stays ready.
         assert_eq!(pod.read("db").as_deref(), Some(CANARY));
-        assert!(
-            rotor_e2e::http(pod.admin, "GET", "/readyz", "").is_some_and(|(s, _)| s == 200)
-        );
+        assert!(rotor_e2e::http(pod.admin, "GET", "/readyz", "").is_some_and(|(s, _)| s == 200));
         assert!(!log().contains(CANARY), "the sidecar logged a secret value");
     }
 
     #[test]
     fn a_sidecar_cuts_off_a_controller_sending_a_huge_frame() {
-        check(Misbehave::HugeFrame, "frame of 1073741824 bytes refused", 30);
+        check(
+            Misbehave::HugeFrame,
+            "frame of 1073741824 bytes refused",
+            30,
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 
 use rotor_e2e::pod::Pod;
-use rotor_e2e::standalone::Standalone;
 use rotor_e2e::servers::{Bao, Moto};
+use rotor_e2e::standalone::Standalone;
 use rotor_e2e::{command, wait_until};
 use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::{LocalStore, Selector, Store, VaultAuth, VaultConfig, VaultStore, WriteAs};

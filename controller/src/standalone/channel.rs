@@ -113,7 +113,11 @@ impl Channel {
 /// The names the serving certificate covers: loopback, the address the
 /// channel is bound to when it is a specific one, and `extra`.
 fn certificate_names(addr: SocketAddr, extra: Vec<String>) -> Vec<String> {
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     if !addr.ip().is_unspecified() && !addr.ip().is_loopback() {
         names.push(addr.ip().to_string());
     }
@@ -219,9 +223,8 @@ fn certificate(dir: &Path, names: &[String], now: i64) -> Result<TlsAcceptor> {
     crate::certs::write(dir, &generated)?;
     let validity = crate::certs::Validity {
         issued: now,
-        not_after: now.saturating_add(
-            i64::try_from(lifetimes.serving.as_secs()).unwrap_or(i64::MAX / 4),
-        ),
+        not_after: now
+            .saturating_add(i64::try_from(lifetimes.serving.as_secs()).unwrap_or(i64::MAX / 4)),
     };
     let recorded = Recorded {
         names: names.to_vec(),
@@ -276,9 +279,9 @@ pub fn consumers<'a>(
     deadline: Duration,
 ) -> StreamConsumers<'a> {
     let mut pods: BTreeSet<String> = listed.iter().cloned().collect();
-    pods.extend(hub.pods_where(|a| {
-        a.secrets.contains(secret) && (a.store.is_empty() || a.store == store)
-    }));
+    pods.extend(
+        hub.pods_where(|a| a.secrets.contains(secret) && (a.store.is_empty() || a.store == store)),
+    );
     StreamConsumers {
         hub,
         pods: pods.into_iter().collect(),
@@ -320,7 +323,9 @@ mod tests {
             "web-2".into(),
         ]);
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[0].starts_with("spec.sidecars[1] \"http://127.0.0.1:9465\" is a push URL"));
+        assert!(
+            problems[0].starts_with("spec.sidecars[1] \"http://127.0.0.1:9465\" is a push URL")
+        );
         assert!(problems[0].contains("--controller-addr"));
         assert!(problems[1].starts_with("spec.sidecars[2] \"web-2\" is not namespace/name"));
     }

@@ -295,7 +295,9 @@ async fn a_sidecar_that_aborts_its_stream_is_dropped_promptly() {
     // Well within the idle deadline (100 s) and the keep-alive (30 s).
     tokio::time::timeout(
         Duration::from_secs(3),
-        eventually("the aborted stream to be dropped", || hub.connected().is_empty()),
+        eventually("the aborted stream to be dropped", || {
+            hub.connected().is_empty()
+        }),
     )
     .await
     .expect("dropped promptly");
@@ -328,12 +330,11 @@ async fn a_sidecar_that_resets_its_stream_is_dropped_promptly() {
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     let connection = tokio::spawn(connection);
     let (tx, rx) = mpsc::channel(4);
     let hello = Upstream::Hello(Hello {
@@ -345,7 +346,9 @@ async fn a_sidecar_that_resets_its_stream_is_dropped_promptly() {
         store: "vault".into(),
         secrets: vec!["shop/db".into()],
     });
-    tx.send(Ok(rotor_channel::encode(&hello).unwrap())).await.unwrap();
+    tx.send(Ok(rotor_channel::encode(&hello).unwrap()))
+        .await
+        .unwrap();
     let request = hyper::Request::post(format!("https://localhost{}", rotor_channel::PATH))
         .header(hyper::header::AUTHORIZATION, "Bearer shared-token")
         .body(HandBody(rx))
@@ -360,7 +363,9 @@ async fn a_sidecar_that_resets_its_stream_is_dropped_promptly() {
     drop(response);
     tokio::time::timeout(
         Duration::from_secs(3),
-        eventually("the reset stream to be dropped", || hub.connected().is_empty()),
+        eventually("the reset stream to be dropped", || {
+            hub.connected().is_empty()
+        }),
     )
     .await
     .expect("dropped promptly");
