@@ -1,7 +1,7 @@
 //! The sidecars' push endpoint as rotation's consumers: `POST
 //! /v1/refresh` to each sidecar over HTTP, and its answer as an [`Ack`].
-//! Standalone mode pushes to the URLs a policy lists; in a cluster,
-//! `rotation::consumers` pushes to the pods of the consumer index.
+//! In a cluster, `rotation::consumers` pushes to the pods of the consumer
+//! index; standalone mode uses the channel instead (`standalone::channel`).
 
 use std::time::Duration;
 

@@ -209,7 +209,7 @@ async fn rotate(
     let mut invalid: Option<String> = None;
     tokio::pin!(shutdown);
     loop {
-        match load(&policies) {
+        match load(policies) {
             Ok(fresh) => {
                 if invalid.take().is_some() {
                     tracing::info!(dir = %policies.display(), "policy files valid again; using them");
@@ -249,7 +249,7 @@ async fn rotate(
                         }),
                 },
             };
-            let path = state_path(&state_dir, policy);
+            let path = state_path(state_dir, policy);
             let mut state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
             let rotate_now = token.is_some() && token != state.rotate_now_handled;

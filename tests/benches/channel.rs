@@ -26,9 +26,16 @@ use rotor_e2e::channel_peer::{Stream, frame, hello, tls};
 use rotor_e2e::standalone::metric_in;
 use rotor_e2e::{free_port, http, wait_until};
 
+/// The controller next to the bench's profile directory, or in
+/// `ROTOR_BENCH_BIN_DIR` (a release build, when the bench itself runs as a
+/// debug build: `cargo test --bench channel`).
 fn release_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    let dir = match std::env::var_os("ROTOR_BENCH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => exe.parent().and_then(Path::parent).unwrap().to_owned(),
+    };
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is not built; run `cargo build --release --bins -p rotor-controller` first",
@@ -311,7 +318,10 @@ fn main() {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     println!(
         "\n{:width$}  value",
-        "channel benchmark (release controller, load generator peers)"
+        format!(
+            "channel benchmark ({}, load generator peers)",
+            release_bin("rotor-controller").display()
+        )
     );
     for (k, v) in rows {
         println!("{k:width$}  {v}");

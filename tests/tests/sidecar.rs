@@ -885,9 +885,8 @@ fn not_current_is_exported_while_a_pin_holds() {
     waits_for(0.0);
 }
 
-/// With an IPv6 pod IP, `--push-addr=$(ROTOR_POD_IP):9465` expands to a
-/// bare IPv6 address and a port (`fd00::10:9465`): the sidecar takes it,
-/// and the bracketed form, and answers on `[::1]`.
+/// The push port listens on loopback only; IPv6 loopback is taken bare
+/// (`::1:9465`, as an expanded `$(VAR):PORT` gives it) or bracketed.
 #[test]
 fn listens_on_ipv6_loopback_with_or_without_brackets() {
     let mut pod = Local::new();
@@ -906,6 +905,28 @@ fn listens_on_ipv6_loopback_with_or_without_brackets() {
     assert!(http(pod.push, "POST", "/v1/refresh", "").is_none());
     assert!(http(pod.admin, "GET", "/readyz", "").is_none());
     assert!(pod.stop().success());
+}
+
+/// The webhook no longer injects `--push-addr=$(ROTOR_POD_IP):9465`, and
+/// a push address beyond loopback (a pod IP, bare IPv6 as the expansion
+/// gives it, or every address) is refused at start, naming the flag, what
+/// is wrong and what is expected, before the store is read.
+#[test]
+fn a_push_addr_beyond_loopback_is_refused_at_start() {
+    for host in ["fd00::10", "10.0.0.7", "0.0.0.0"] {
+        let mut pod = Local::new();
+        pod.push_host = host.into();
+        let status = pod.command().status().unwrap();
+        assert!(!status.success(), "{host}");
+        let log = std::fs::read_to_string(pod.log()).unwrap();
+        assert!(
+            log.contains("--push-addr ")
+                && log.contains(&format!("{host} is not a loopback address"))
+                && log.contains("expected 127.0.0.1:PORT or [::1]:PORT"),
+            "{host}: {log}"
+        );
+        assert!(pod.read("db").is_none(), "{host}: files written");
+    }
 }
 
 /// The number of lines of `log` reporting invalid annotations.
