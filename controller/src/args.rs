@@ -177,7 +177,7 @@ struct StandaloneChannelArgs {
     /// whoever holds it may stream as any pod. Made (mode 0640) when
     /// missing; refused when others may read it (default:
     /// <channel-dir>/token).
-    #[arg(long, env = "ROTOR_CHANNEL_TOKEN", value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     channel_token: Option<PathBuf>,
     /// Another DNS name or IP address sidecars dial the channel by (for
     /// the serving certificate); repeatable.
