@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod help;
 pub mod kubelet;
 pub mod pod;
 pub mod servers;
