@@ -253,7 +253,6 @@ fn command_lines(text: &str) -> Vec<String> {
         if let Some(at) = current.find("<<") {
             let word = current[at + 2..]
                 .trim_start_matches('-')
-                .trim()
                 .split_whitespace()
                 .next()
                 .unwrap_or("")
