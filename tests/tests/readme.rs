@@ -18,7 +18,9 @@
 //! subcommands and flags its `--help` shows, every `helm --set` only keys of
 //! the chart's values.yaml, and every path into the clone it names must
 //! exist. Links to other files and to the README's own headings must
-//! resolve, except the docs other work adds ([`PENDING_DOCS`]).
+//! resolve, except the docs other work adds ([`PENDING_DOCS`]). The YAML
+//! the README shows (`yaml` blocks, `<<'YAML'` heredocs) must parse as the
+//! API types of its kind: Rotor's CRDs, Pods, NetworkPolicies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -527,4 +529,87 @@ fn the_readme_links_resolve() {
             assert!(anchors.contains(anchor), "docs/development.md: dead {link}");
         }
     }
+}
+
+/// The YAML documents the README shows: its `yaml` blocks and the heredoc
+/// bodies of its shell blocks (`<<'YAML'`), with the README line each
+/// starts near.
+fn yaml_documents(readme: &str) -> Vec<(usize, String)> {
+    let mut documents = Vec::new();
+    let mut current: Option<(usize, String, &str)> = None;
+    for (n, line) in readme.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some((start, text, end)) = current.as_mut() {
+            if trimmed == *end {
+                documents.push((*start, std::mem::take(text)));
+                current = None;
+            } else {
+                text.push_str(line);
+                text.push('\n');
+            }
+        } else if trimmed == "```yaml" {
+            current = Some((n + 1, String::new(), "```"));
+        } else if trimmed.ends_with("<<'YAML'") {
+            current = Some((n + 1, String::new(), "YAML"));
+        }
+    }
+    documents
+}
+
+#[test]
+fn the_readme_yaml_is_what_the_api_takes() {
+    use rotor_crds::api::{ClusterRotorStore, RotorStore, SecretRotationPolicy};
+    let readme = readme();
+    let mut problems = Vec::new();
+    let mut kinds = BTreeMap::<String, usize>::new();
+    for (line, text) in yaml_documents(&readme) {
+        // Indented blocks (inside a list item) keep their indentation.
+        let indent = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.len() - l.trim_start().len())
+            .min()
+            .unwrap_or(0);
+        let text: String = text
+            .lines()
+            .map(|l| l.get(indent..).unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for document in text.split("\n---") {
+            let value: serde_json::Value = match serde_yaml_ng::from_str(document) {
+                Ok(value) => value,
+                Err(e) => {
+                    problems.push(format!("README.md:{line}: not YAML: {e}"));
+                    continue;
+                }
+            };
+            let Some(kind) = value["kind"].as_str().map(str::to_owned) else {
+                continue; // a fragment, such as a policy's spec.target
+            };
+            let parsed = match kind.as_str() {
+                "RotorStore" => serde_json::from_value::<RotorStore>(value).map(drop),
+                "ClusterRotorStore" => serde_json::from_value::<ClusterRotorStore>(value).map(drop),
+                "SecretRotationPolicy" => {
+                    serde_json::from_value::<SecretRotationPolicy>(value).map(drop)
+                }
+                "Pod" => serde_json::from_value::<k8s_openapi::api::core::v1::Pod>(value).map(drop),
+                "NetworkPolicy" => {
+                    serde_json::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(value)
+                        .map(drop)
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = parsed {
+                problems.push(format!("README.md:{line}: {kind}: {e}"));
+            }
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(
+        kinds.get("RotorStore").is_some_and(|n| *n >= 4),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains_key("Pod"), "{kinds:?}");
+    assert!(kinds.contains_key("NetworkPolicy"), "{kinds:?}");
 }
