@@ -7,8 +7,9 @@
 //!   of one group run in order, as one `bash -euo pipefail` script, in a
 //!   fresh scratch directory that links the clone's top-level entries (so
 //!   `controller/tests/fixtures` and `examples/` resolve), with the
-//!   workspace's binaries first on `PATH` and `TMPDIR` inside the scratch
-//!   directory. The script must succeed and print what [`EXPECTED`] says.
+//!   workspace's binaries first on `PATH`, then the packaging tools
+//!   (`helm`, `crane`: `tests/tools/build`), `TMPDIR` and Helm's homes
+//!   inside the scratch directory. The script must succeed and print what [`EXPECTED`] says.
 //! - `<!-- test: check -->`: needs something this test does not run (cargo,
 //!   a long-running server on a fixed port, the image build).
 //! - `<!-- test: cluster -->`: needs a cluster, a registry or Vault.
@@ -30,8 +31,9 @@ use rotor_e2e::help::{Help, help_of};
 use rotor_e2e::{bin, wait_until, workspace_root};
 
 /// What each group's run prints on stdout, at least.
-const EXPECTED: [(&str, &str); 4] = [
+const EXPECTED: [(&str, &str); 5] = [
     ("demo", "the sidecar acknowledged version 2"),
+    ("helm", "kind: MutatingWebhookConfiguration"),
     ("sidecar", "s3cret"),
     ("migrate", "rotor.dev/secret.db-password: shop/db-password"),
     ("local-store", "PREVIOUS"),
@@ -163,8 +165,9 @@ fn run_group(group: &str, script: &str) -> String {
     std::fs::create_dir(&tmp).unwrap();
     let bin_dir = bin("rotor").parent().unwrap().to_owned();
     let path = format!(
-        "{}:{}",
+        "{}:{}:{}",
         bin_dir.display(),
+        rotor_e2e::tools::dir().display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let stdout = dir.join("stdout.txt");
@@ -174,6 +177,10 @@ fn run_group(group: &str, script: &str) -> String {
         .current_dir(dir)
         .env("PATH", path)
         .env("TMPDIR", &tmp)
+        .env("HELM_CACHE_HOME", tmp.join("helm-cache"))
+        .env("HELM_CONFIG_HOME", tmp.join("helm-config"))
+        .env("HELM_DATA_HOME", tmp.join("helm-data"))
+        .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).unwrap())
         .stderr(std::fs::File::create(&stderr).unwrap());
