@@ -31,8 +31,9 @@ use rotor_e2e::help::{Help, help_of};
 use rotor_e2e::{bin, wait_until, workspace_root};
 
 /// What each group's run prints on stdout, at least.
-const EXPECTED: [(&str, &str); 5] = [
+const EXPECTED: [(&str, &str); 6] = [
     ("demo", "the sidecar acknowledged version 2"),
+    ("help", "Usage: rotor store put"),
     ("helm", "kind: MutatingWebhookConfiguration"),
     ("sidecar", "s3cret"),
     ("migrate", "rotor.dev/secret.db-password: shop/db-password"),
