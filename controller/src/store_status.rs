@@ -113,30 +113,27 @@ fn status_for(
 ) -> RotorStoreStatus {
     let ready = problems.is_empty();
     let status = if ready { "True" } else { "False" };
-    let last_transition_time = current
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-        });
+    let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
+    Condition {
+        type_: "Ready".to_owned(),
+        status: status.to_owned(),
+        reason: if ready { StoreReason::Valid } else { reason }
+            .as_str()
+            .to_owned(),
+        message: if ready {
+            "the store's settings are complete".to_owned()
+        } else {
+            problems.join("; ")
+        },
+        last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string(),
+        observed_generation: generation,
+    }
+    .set_in(&mut conditions);
     RotorStoreStatus {
         // A spec without exactly one provider reports none.
         provider: provider.view().ok().map(|k| k.name().to_owned()),
-        conditions: vec![Condition {
-            type_: "Ready".to_owned(),
-            status: status.to_owned(),
-            reason: if ready { StoreReason::Valid } else { reason }
-                .as_str()
-                .to_owned(),
-            message: if ready {
-                "the store's settings are complete".to_owned()
-            } else {
-                problems.join("; ")
-            },
-            last_transition_time,
-            observed_generation: generation,
-        }],
+        conditions,
         observed_generation: generation,
     }
 }

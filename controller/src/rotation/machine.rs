@@ -435,26 +435,15 @@ fn set_condition(
     message: &str,
     now: SystemTime,
 ) {
-    let value = if on { "True" } else { "False" };
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-        Some(c) => {
-            if c.status != value {
-                c.last_transition_time = rfc3339(now);
-            }
-            c.status = value.to_owned();
-            c.reason = reason.to_owned();
-            c.message = message.to_owned();
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.to_owned(),
-            status: value.to_owned(),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-            last_transition_time: rfc3339(now),
-            observed_generation: None,
-        }),
+    Condition {
+        type_: type_.to_owned(),
+        status: if on { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: rfc3339(now),
+        observed_generation: None,
     }
+    .set_in(&mut status.conditions);
 }
 
 /// The step for a policy that cannot rotate: a spec
