@@ -21,9 +21,10 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
-    /// The controller's CA bundle (`--controller-ca`) cannot be used.
-    #[error("--controller-ca {}: {problem}", path.display())]
-    Channel { path: PathBuf, problem: String },
+    /// The controller's CA bundle (`--controller-ca` or
+    /// `--controller-ca-pem`) cannot be used; `origin` names which.
+    #[error("{origin}: {problem}")]
+    Channel { origin: String, problem: String },
 
     /// `--once` could not write the files: the cause, after a bounded
     /// retry of retryable failures, or at once for a permanent one.

@@ -24,14 +24,16 @@ impl Consumers for Fake {
         self.calls.lock().unwrap().push(version.map(str::to_owned));
         self.names
             .iter()
-            .map(|n| Ack {
-                consumer: n.clone(),
-                version: if self.stuck.contains(n) {
-                    Some("old".into())
-                } else {
-                    version.map(str::to_owned)
-                },
-                error: None,
+            .map(|n| {
+                Ack::answered(
+                    n.clone(),
+                    if self.stuck.contains(n) {
+                        Some("old".into())
+                    } else {
+                        version.map(str::to_owned)
+                    },
+                    None,
+                )
             })
             .collect()
     }
