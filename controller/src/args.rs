@@ -320,10 +320,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let index = StoreIndex::from_dir(&stores)?;
             tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
-            let controller_addr = format!(
-                "rotor-webhook.rotor-system.svc:{}",
-                rotor_channel::PORT
-            );
+            let controller_addr = format!("rotor-webhook.rotor-system.svc:{}", rotor_channel::PORT);
             let state = Arc::new(WebhookState::new(
                 Arc::new(RwLock::new(index)),
                 serve.inject_config(controller_addr),
@@ -379,9 +376,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // Bound first: an address in use is an error before anything runs.
             let metrics_listener = crate::cluster::metrics_server::bind(metrics_addr).await?;
-            let channel_listener = tokio::net::TcpListener::bind(channel_addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("--channel-addr {channel_addr}: cannot listen: {e}"))?;
+            let channel_listener =
+                tokio::net::TcpListener::bind(channel_addr)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("--channel-addr {channel_addr}: cannot listen: {e}")
+                    })?;
             let owner = crate::cluster::owner::owner_reference(
                 client.clone(),
                 &namespace,
@@ -447,10 +447,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leader.clone(),
                 owner,
             ));
-            let inject = serve.inject_config(format!(
-                "{service}.{namespace}.svc:{}",
-                channel_addr.port()
-            ));
+            let inject =
+                serve.inject_config(format!("{service}.{namespace}.svc:{}", channel_addr.port()));
             let consumers = Arc::new(RwLock::new(
                 crate::rotation::consumers::ConsumerIndex::default(),
             ));
@@ -467,11 +465,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .acceptor()
                 .map_err(|e| anyhow::anyhow!("the channel's TLS: {e}"))?;
             tracing::info!(addr = %channel_addr, "channel listening (TLS, HTTP/2)");
-            tokio::spawn(channel.clone().serve(
-                channel_listener,
-                acceptor,
-                std::future::pending(),
-            ));
+            tokio::spawn(
+                channel
+                    .clone()
+                    .serve(channel_listener, acceptor, std::future::pending()),
+            );
             tokio::spawn(crate::cluster::watch::keep_consumers_fresh(
                 client.clone(),
                 consumers.clone(),

@@ -180,7 +180,10 @@ fn the_channel_flags_and_env_are_the_sidecars() {
             "{name}"
         );
     }
-    let ca = env.iter().find(|e| e.name == "ROTOR_CONTROLLER_CA_PEM").unwrap();
+    let ca = env
+        .iter()
+        .find(|e| e.name == "ROTOR_CONTROLLER_CA_PEM")
+        .unwrap();
     assert_eq!(
         ca.value.as_deref(),
         Some(canonical_pem(ca_pem().as_bytes()).unwrap().as_str())

@@ -682,7 +682,10 @@ async fn the_sidecar_dials_the_controller_and_listens_on_no_pod_ip() {
     let (_, v) = call(review).await;
     let pod = patched(review, &v);
     let args = sidecar_args(&pod);
-    assert!(!args.iter().any(|a| a.starts_with("--push-addr")), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--push-addr")),
+        "{args:?}"
+    );
     assert!(
         args.contains(&"--controller-addr=rotor-webhook.rotor-system.svc:9466".to_owned()),
         "{args:?}"
@@ -702,7 +705,10 @@ async fn the_sidecar_dials_the_controller_and_listens_on_no_pod_ip() {
             .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
     };
     assert_eq!(field("ROTOR_POD_NAME"), Some("metadata.name".into()));
-    assert_eq!(field("ROTOR_POD_NAMESPACE"), Some("metadata.namespace".into()));
+    assert_eq!(
+        field("ROTOR_POD_NAMESPACE"),
+        Some("metadata.namespace".into())
+    );
     assert_eq!(field("ROTOR_POD_UID"), Some("metadata.uid".into()));
     assert_eq!(field("ROTOR_POD_IP"), None);
     let ca = env
@@ -712,7 +718,10 @@ async fn the_sidecar_dials_the_controller_and_listens_on_no_pod_ip() {
         .as_str()
         .unwrap();
     assert!(ca.starts_with("-----BEGIN CERTIFICATE-----\n"), "{ca}");
-    assert!(!ca.contains('\r') && ca.ends_with("-----END CERTIFICATE-----\n"), "{ca}");
+    assert!(
+        !ca.contains('\r') && ca.ends_with("-----END CERTIFICATE-----\n"),
+        "{ca}"
+    );
     let volume = pod["spec"]["volumes"]
         .as_array()
         .unwrap()
@@ -723,10 +732,13 @@ async fn the_sidecar_dials_the_controller_and_listens_on_no_pod_ip() {
     assert_eq!(token["audience"], "rotor.dev/channel");
     assert_eq!(token["expirationSeconds"], 600);
     assert!(
-        sidecar["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"]
-            == "rotor-channel-token"
-            && m["mountPath"] == "/var/run/rotor/channel"
-            && m["readOnly"] == true)
+        sidecar["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "rotor-channel-token"
+                && m["mountPath"] == "/var/run/rotor/channel"
+                && m["readOnly"] == true)
     );
     // App containers never mount the token.
     for c in pod["spec"]["containers"].as_array().unwrap() {

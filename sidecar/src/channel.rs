@@ -571,7 +571,11 @@ mod tests {
             pod_uid: "u".into(),
         };
         // The PEM text wins over the (missing) file.
-        assert!(Client::from_args(&args(Some(&pem)), "s".into(), vec![]).unwrap().is_some());
+        assert!(
+            Client::from_args(&args(Some(&pem)), "s".into(), vec![])
+                .unwrap()
+                .is_some()
+        );
         let err = Client::from_args(&args(Some("no certificate")), "s".into(), vec![])
             .err()
             .unwrap()
@@ -581,7 +585,10 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.starts_with("--controller-ca /nonexistent/ca.crt: "), "{err}");
+        assert!(
+            err.starts_with("--controller-ca /nonexistent/ca.crt: "),
+            "{err}"
+        );
     }
 
     #[test]

@@ -252,9 +252,11 @@ impl Consumers for StreamConsumers<'_> {
                 },
             };
             match self.hub.ask(pod, request, self.deadline).await {
-                Ok(ack) => {
-                    machine::Ack::answered(pod.clone(), ack.version, ack.error.map(|p| p.to_string()))
-                }
+                Ok(ack) => machine::Ack::answered(
+                    pod.clone(),
+                    ack.version,
+                    ack.error.map(|p| p.to_string()),
+                ),
                 Err(why) => machine::Ack::unanswered(pod.clone(), why),
             }
         });

@@ -80,7 +80,12 @@ impl Reloading {
 
 impl ResolvesServerCert for Reloading {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().expect("channel certificate lock").clone())
+        Some(
+            self.current
+                .read()
+                .expect("channel certificate lock")
+                .clone(),
+        )
     }
 }
 

@@ -206,7 +206,10 @@ mod tests {
         let mut classic = pod("classic", "10.0.0.8", "Running", ANN);
         classic.spec = injected_pod(false).spec;
         i.apply(&classic);
-        assert_eq!(i.consumers("shop", "vault", "shop/db"), vec!["shop/classic"]);
+        assert_eq!(
+            i.consumers("shop", "vault", "shop/db"),
+            vec!["shop/classic"]
+        );
     }
 
     /// A running injected pod is a consumer before its sidecar connects

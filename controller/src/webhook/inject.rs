@@ -71,8 +71,11 @@ impl CaSource {
             ),
             CaSource::Pem(pem) => (pem.as_bytes().to_vec(), "the CA bundle".to_owned()),
         };
-        canonical_pem(&pem)
-            .map_err(|e| format!("{origin}: {e}; expected the PEM CA bundle of the controller's serving certificate"))
+        canonical_pem(&pem).map_err(|e| {
+            format!(
+                "{origin}: {e}; expected the PEM CA bundle of the controller's serving certificate"
+            )
+        })
     }
 }
 
