@@ -74,6 +74,10 @@ async fn dial(
     }
 }
 
+/// A refusal case: its name, the token, the pod claimed, the secrets
+/// asked for, the refusal's kind and a phrase of its message.
+type Case<'a> = (&'a str, String, &'a str, Vec<&'a str>, ErrorKind, &'a str);
+
 #[tokio::test]
 async fn streams_are_refused_for_bad_tokens_and_undeclared_secrets() {
     let plane = installed();
@@ -111,7 +115,7 @@ async fn streams_are_refused_for_bad_tokens_and_undeclared_secrets() {
     .await;
     assert!(ok.is_none(), "{ok:?}\n{}", controller.log());
 
-    let cases: Vec<(&str, String, &str, Vec<&str>, ErrorKind, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // A token for Vault, not for the channel.
         (
             "wrong audience",

@@ -903,7 +903,12 @@ async fn propagating_records_each_consumers_state() {
     r.consumers.absent = vec!["pod-a".into(), "pod-absent".into()];
     let i = r.at(t0() + secs(1), &store);
     let s = propagating(&i, s.status.clone()).await.unwrap();
-    let a = s.status.consumers.iter().find(|c| c.name == "pod-a").unwrap();
+    let a = s
+        .status
+        .consumers
+        .iter()
+        .find(|c| c.name == "pod-a")
+        .unwrap();
     assert_eq!(a.state, Some(ConsumerState::Acknowledged));
     assert_eq!(a.acknowledged_version.as_deref(), Some("2"));
 }
