@@ -984,14 +984,14 @@ async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> 
                 status.consumers.last_mut().expect("just pushed")
             }
         };
-        entry.state = Some(match ack.state(&pending) {
+        entry.state = match ack.state(&pending) {
             // An earlier answer acknowledged it; a later failure to answer
             // again does not take that back.
             _ if entry.acknowledged_version.as_deref() == Some(&pending) => {
                 ConsumerState::Acknowledged
             }
             state => state,
-        });
+        };
         if ack.version.as_deref() == Some(pending.as_str())
             && entry.acknowledged_version.as_deref() != Some(&pending)
         {

@@ -405,16 +405,19 @@ pub struct ConsumerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<String>,
     /// How the consumer answered the last request of the rotation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<ConsumerState>,
+    #[serde(default)]
+    pub state: ConsumerState,
 }
 
 /// How a consumer answered rotation's last request.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum ConsumerState {
     /// It serves the pending version.
     Acknowledged,
     /// It answered, but does not serve the pending version (yet).
+    #[default]
     Waiting,
     /// It answered with an error (the pin was refused or not applied).
     Failed,

@@ -894,7 +894,7 @@ async fn propagating_records_each_consumers_state() {
             .consumers
             .iter()
             .find(|c| c.name == name)
-            .and_then(|c| c.state)
+            .map(|c| c.state)
     };
     assert_eq!(state("pod-a"), Some(ConsumerState::Acknowledged));
     assert_eq!(state("pod-stuck"), Some(ConsumerState::Waiting));
@@ -909,7 +909,7 @@ async fn propagating_records_each_consumers_state() {
         .iter()
         .find(|c| c.name == "pod-a")
         .unwrap();
-    assert_eq!(a.state, Some(ConsumerState::Acknowledged));
+    assert_eq!(a.state, ConsumerState::Acknowledged);
     assert_eq!(a.acknowledged_version.as_deref(), Some("2"));
 }
 
