@@ -1,7 +1,7 @@
 //! The sidecars' push endpoint as rotation's consumers: `POST
 //! /v1/refresh` to each sidecar over HTTP, and its answer as an [`Ack`].
 //! Standalone mode pushes to the URLs a policy lists; in a cluster,
-//! `rotation::consumers` pushes to the pods of the consumer index.
+//! rotation reaches pods over the channel (`channel::StreamConsumers`).
 
 use std::time::Duration;
 
@@ -29,11 +29,7 @@ impl HttpSidecars {
     }
 
     async fn one(&self, url: &str, body: Bytes) -> Ack {
-        let fail = |e: String| Ack {
-            consumer: url.to_owned(),
-            version: None,
-            error: Some(e),
-        };
+        let fail = |e: String| Ack::answered(url.to_owned(), None, Some(e));
         let request =
             match hyper::Request::post(format!("{}/v1/refresh", url.trim_end_matches('/')))
                 .header("content-type", "application/json")
@@ -54,14 +50,14 @@ impl HttpSidecars {
             Err(e) => return fail(e.to_string()),
         };
         let reply: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-        Ack {
-            consumer: url.to_owned(),
-            version: reply["secrets"][0]["version"].as_str().map(str::to_owned),
-            error: reply["secrets"][0]["error"]
+        Ack::answered(
+            url.to_owned(),
+            reply["secrets"][0]["version"].as_str().map(str::to_owned),
+            reply["secrets"][0]["error"]
                 .as_str()
                 .or(reply["error"].as_str())
                 .map(str::to_owned),
-        }
+        )
     }
 }
 

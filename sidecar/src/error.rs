@@ -44,9 +44,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The controller's CA bundle (`--controller-ca`) cannot be used.
-    #[error("--controller-ca {}: {problem}", path.display())]
-    Channel { path: PathBuf, problem: String },
+    /// The controller's CA bundle (`--controller-ca` or
+    /// `--controller-ca-pem`) cannot be used; `origin` names which.
+    #[error("{origin}: {problem}")]
+    Channel { origin: String, problem: String },
 
     /// `--once` met a problem no retry fixes (a template that does not
     /// render, a secret the store refuses): it stops at once.

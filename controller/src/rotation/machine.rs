@@ -31,7 +31,9 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ring::rand::SystemRandom;
-use rotor_crds::api::{Condition, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus};
+use rotor_crds::api::{
+    Condition, ConsumerState, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus,
+};
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -363,6 +365,65 @@ pub struct Ack {
     pub consumer: String,
     pub version: Option<String>,
     pub error: Option<String>,
+    /// Why no answer came, when none did.
+    pub unanswered: Option<Unanswered>,
+}
+
+/// Why a consumer gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The pod's sidecar has no stream to the controller.
+    NotConnected,
+    /// The pod's stream does not serve the secret.
+    NotServed,
+    /// No acknowledgement within the deadline, or the stream ended first.
+    Timeout,
+}
+
+impl Unanswered {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unanswered::NotConnected => {
+                "not connected: the pod's sidecar has no stream to the controller"
+            }
+            Unanswered::NotServed => "the pod's stream does not serve this secret",
+            Unanswered::Timeout => "no acknowledgement in time",
+        }
+    }
+}
+
+impl Ack {
+    /// What `consumer` answered.
+    pub fn answered(consumer: String, version: Option<String>, error: Option<String>) -> Self {
+        Self {
+            consumer,
+            version,
+            error,
+            unanswered: None,
+        }
+    }
+
+    /// No answer from `consumer`, for `why`.
+    pub fn unanswered(consumer: String, why: Unanswered) -> Self {
+        Self {
+            consumer,
+            version: None,
+            error: Some(why.as_str().to_owned()),
+            unanswered: Some(why),
+        }
+    }
+
+    /// The consumer's state in a rotation to `pending`.
+    pub fn state(&self, pending: &str) -> ConsumerState {
+        match self.unanswered {
+            _ if self.version.as_deref() == Some(pending) => ConsumerState::Acknowledged,
+            Some(Unanswered::NotConnected) => ConsumerState::NotConnected,
+            Some(Unanswered::Timeout) => ConsumerState::Timeout,
+            Some(Unanswered::NotServed) => ConsumerState::Failed,
+            None if self.error.is_some() => ConsumerState::Failed,
+            None => ConsumerState::Waiting,
+        }
+    }
 }
 
 /// The consumers of a secret: sidecars listed in the policy (standalone) or
@@ -911,6 +972,14 @@ async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> 
                 });
                 status.consumers.last_mut().expect("just pushed")
             }
+        };
+        entry.state = match ack.state(&pending) {
+            // An earlier answer acknowledged it; a later failure to answer
+            // again does not take that back.
+            _ if entry.acknowledged_version.as_deref() == Some(&pending) => {
+                ConsumerState::Acknowledged
+            }
+            state => state,
         };
         if ack.version.as_deref() == Some(pending.as_str())
             && entry.acknowledged_version.as_deref() != Some(&pending)

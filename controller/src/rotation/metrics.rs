@@ -135,6 +135,12 @@ impl RotationMetrics {
         self
     }
 
+    /// Adds the channel's metrics (`rotor_channel_*`).
+    pub fn with_channel(mut self, channel: &crate::channel::ChannelMetrics) -> Self {
+        channel.register(self.registry.sub_registry_with_prefix("rotor"));
+        self
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -17,14 +17,14 @@ use kube::{Client, Resource, ResourceExt};
 use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
-use super::consumers::{ConsumerIndex, PodConsumers};
+use super::consumers::ConsumerIndex;
 use super::machine::{
     Blocked, Phase, RotationEvent, Severity, blocked, ready_blocked, step, unblocked,
 };
 use super::metrics::RotationMetrics;
 use super::validate::{Mode, Policy};
 
-use crate::sidecar_push::HttpSidecars;
+use crate::channel::{Hub, StreamConsumers};
 use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
 use crate::store_status::FIELD_MANAGER;
@@ -110,7 +110,10 @@ pub struct RotationContext {
     pub client: Client,
     pub stores: Arc<dyn StoreFactory>,
     pub consumers: Arc<RwLock<ConsumerIndex>>,
-    pub http: Arc<HttpSidecars>,
+    /// The sidecars' streams, through which consumers are asked.
+    pub hub: Arc<Hub>,
+    /// How long each consumer has to acknowledge one request.
+    pub ack_deadline: Duration,
     pub leader: Arc<AtomicBool>,
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
@@ -147,9 +150,10 @@ pub async fn reconcile(
                     &policy.spec.store_ref.name,
                     &policy.spec.secret_name,
                 );
-            let consumers = PodConsumers {
+            let consumers = StreamConsumers {
+                hub: &ctx.hub,
                 pods,
-                http: ctx.http.clone(),
+                deadline: ctx.ack_deadline,
             };
             let mut current = status.clone();
             unblocked(&mut current, now);

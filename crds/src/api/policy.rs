@@ -404,4 +404,26 @@ pub struct ConsumerStatus {
     pub acknowledged_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<String>,
+    /// How the consumer answered the last request of the rotation.
+    #[serde(default)]
+    pub state: ConsumerState,
+}
+
+/// How a consumer answered rotation's last request.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum ConsumerState {
+    /// It serves the pending version.
+    Acknowledged,
+    /// It answered, but does not serve the pending version (yet).
+    #[default]
+    Waiting,
+    /// It answered with an error (the pin was refused or not applied).
+    Failed,
+    /// No acknowledgement came in time, or the stream ended first.
+    Timeout,
+    /// A running injected pod whose sidecar holds no stream to the
+    /// controller: it counts as not acknowledged.
+    NotConnected,
 }

@@ -15,6 +15,8 @@ use crate::rotation::validate::Mode;
 struct Fake {
     names: Vec<String>,
     stuck: Vec<String>,
+    /// Consumers whose sidecar has no stream.
+    absent: Vec<String>,
     calls: Mutex<Vec<Option<String>>>,
 }
 
@@ -24,14 +26,19 @@ impl Consumers for Fake {
         self.calls.lock().unwrap().push(version.map(str::to_owned));
         self.names
             .iter()
-            .map(|n| Ack {
-                consumer: n.clone(),
-                version: if self.stuck.contains(n) {
-                    Some("old".into())
-                } else {
-                    version.map(str::to_owned)
-                },
-                error: None,
+            .map(|n| {
+                if self.absent.contains(n) {
+                    return Ack::unanswered(n.clone(), Unanswered::NotConnected);
+                }
+                Ack::answered(
+                    n.clone(),
+                    if self.stuck.contains(n) {
+                        Some("old".into())
+                    } else {
+                        version.map(str::to_owned)
+                    },
+                    None,
+                )
             })
             .collect()
     }
@@ -41,6 +48,7 @@ fn fake(names: &[&str], stuck: &[&str]) -> Fake {
     Fake {
         names: names.iter().map(|s| s.to_string()).collect(),
         stuck: stuck.iter().map(|s| s.to_string()).collect(),
+        absent: Vec::new(),
         calls: Mutex::default(),
     }
 }
@@ -862,6 +870,47 @@ async fn propagating_waits_until_the_ack_timeout_then_does_what_the_policy_says(
         );
         assert!(degraded.message.contains("pod-stuck"));
     }
+}
+
+/// Each consumer's state is recorded: the pod whose sidecar has no
+/// stream is NotConnected and holds the rotation back; one that answers
+/// with another version is Waiting.
+#[tokio::test]
+async fn propagating_records_each_consumers_state() {
+    let (_d, store) = store();
+    let mut r = Rig::new(
+        OnTimeout::Rollback,
+        &["pod-a", "pod-stuck", "pod-absent"],
+        &["pod-stuck"],
+    );
+    r.consumers.absent = vec!["pod-absent".into()];
+    let i = r.at(t0(), &store);
+    let s = propagating(&i, in_phase(Phase::Propagating, t0()))
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Propagating);
+    let state = |name: &str| {
+        s.status
+            .consumers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.state)
+    };
+    assert_eq!(state("pod-a"), Some(ConsumerState::Acknowledged));
+    assert_eq!(state("pod-stuck"), Some(ConsumerState::Waiting));
+    assert_eq!(state("pod-absent"), Some(ConsumerState::NotConnected));
+    // An acknowledgement stands when the pod later does not answer.
+    r.consumers.absent = vec!["pod-a".into(), "pod-absent".into()];
+    let i = r.at(t0() + secs(1), &store);
+    let s = propagating(&i, s.status.clone()).await.unwrap();
+    let a = s
+        .status
+        .consumers
+        .iter()
+        .find(|c| c.name == "pod-a")
+        .unwrap();
+    assert_eq!(a.state, ConsumerState::Acknowledged);
+    assert_eq!(a.acknowledged_version.as_deref(), Some("2"));
 }
 
 #[tokio::test]
