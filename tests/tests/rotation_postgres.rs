@@ -344,7 +344,8 @@ async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-const ROTATIONS: u32 = 6;
+/// Alternating-users rotations the pooled app runs through.
+const ROTATIONS: u32 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
@@ -387,15 +388,35 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
             .await,
             "the app never picked up rotation {n}"
         );
-        // The credential the app held two rotations ago, for the role now
-        // in use, was replaced: nobody holds a working old password.
+        // Idle means Retiring's finish ran: the role not in use has a
+        // password nobody holds, so no credential the app (or the store's
+        // first value) ever held for it logs in, and of the app's
+        // credentials only the current one works.
         let held = app.held.lock().unwrap().clone();
-        if held.len() >= 3 {
-            let (user, old) = &held[held.len() - 3];
-            assert_eq!(user, &current.username);
+        let idle = if current.username == "app_a" {
+            "app_b"
+        } else {
+            "app_a"
+        };
+        for (user, old) in held.iter().filter(|(u, _)| u == idle) {
             assert!(
                 login(rig.pg.port, user, old).await.is_err(),
-                "an old password still works"
+                "rotation {n}: a password of {idle}, the role not in use, still works"
+            );
+        }
+        let initial = if idle == "app_a" {
+            "initial-a-canary-31f0"
+        } else {
+            "initial-b-canary-8e22"
+        };
+        assert!(login(rig.pg.port, idle, initial).await.is_err());
+        for (user, old) in held
+            .iter()
+            .filter(|(u, p)| u == &current.username && p != &current.password)
+        {
+            assert!(
+                login(rig.pg.port, user, old).await.is_err(),
+                "rotation {n}: an old password of {user} still works"
             );
         }
     }

@@ -118,7 +118,7 @@ async fn until(
     target: Phase,
 ) -> SecretRotationPolicyStatus {
     for _ in 0..10 {
-        status = step(spec, &status, now, false, store, c)
+        status = step(spec, &status, now, false, store, c, None)
             .await
             .unwrap()
             .status;
@@ -142,6 +142,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -151,7 +152,9 @@ async fn every_transition_of_a_successful_rotation() {
         "never rotated: due at once"
     );
     assert_eq!(s.status.current_version.as_deref(), Some("1"));
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
@@ -159,7 +162,9 @@ async fn every_transition_of_a_successful_rotation() {
         1,
         "staged, not promoted"
     );
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Promoting);
     assert!(
         s.status
@@ -168,7 +173,9 @@ async fn every_transition_of_a_successful_rotation() {
             .all(|x| x.acknowledged_version.as_deref() == Some("2"))
     );
     assert_eq!(s.status.consumers.len(), 3);
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Retiring);
     assert_eq!(
         (
@@ -192,6 +199,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -204,6 +212,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -219,6 +228,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -267,6 +277,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             false,
             &store,
             &c,
+            None,
         )
         .await
         .unwrap()
@@ -280,6 +291,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             false,
             &store,
             &c,
+            None,
         )
         .await
         .unwrap()
@@ -312,7 +324,7 @@ async fn a_crash_after_writing_the_value_adopts_it() {
     store
         .put("app/db", b"written-before-the-crash", WriteAs::Pending)
         .unwrap();
-    let s = step(&spec, &generating, now, false, &store, &c)
+    let s = step(&spec, &generating, now, false, &store, &c, None)
         .await
         .unwrap();
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
@@ -339,23 +351,31 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             Phase::Propagating,
         )
         .await;
-        let waiting = step(&spec, &s, t0 + Duration::from_secs(10), false, &store, &c)
-            .await
-            .unwrap();
+        let waiting = step(
+            &spec,
+            &s,
+            t0 + Duration::from_secs(10),
+            false,
+            &store,
+            &c,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             phase(&waiting.status),
             Phase::Propagating,
             "blocked while a consumer has not acknowledged"
         );
         let late = t0 + Duration::from_secs(31);
-        let s = step(&spec, &waiting.status, late, false, &store, &c)
+        let s = step(&spec, &waiting.status, late, false, &store, &c, None)
             .await
             .unwrap()
             .status;
         let degraded = cond(&s, "Degraded").unwrap();
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("pod-stuck"), "{degraded:?}");
-        let s = step(&spec, &s, late, false, &store, &c)
+        let s = step(&spec, &s, late, false, &store, &c, None)
             .await
             .unwrap()
             .status;
@@ -393,12 +413,15 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
     assert_eq!(phase(&s.status), Phase::Idle);
     assert_eq!(cond(&s.status, "Ready").unwrap().reason, "Paused");
-    let s = step(&spec, &s.status, now, true, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, now, true, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Generating);
 }
 
@@ -518,6 +541,7 @@ impl Rig {
             consumers: &self.consumers,
             rng: &self.rng,
             target: None,
+            receiver: None,
         }
     }
 
@@ -600,7 +624,7 @@ async fn an_unknown_phase_is_refused_without_touching_the_store() {
         ..Default::default()
     };
     let p = policy(OnTimeout::Rollback);
-    let err = step(&p, &status, t0(), true, &broken, &c)
+    let err = step(&p, &status, t0(), true, &broken, &c, None)
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "unknown_phase");
@@ -1106,7 +1130,9 @@ fn pg_spec(strategy: rotor_crds::api::PostgresStrategy) -> Policy {
             dbname: "shop".into(),
             admin_secret_name: "app/db-admin".into(),
             strategy,
+            tls: None,
         }),
+        https: None,
     });
     Policy::parse(&s, Mode::Standalone).unwrap()
 }
@@ -1167,6 +1193,7 @@ async fn db_step(
         consumers: &c,
         rng: &rng,
         target: Some(db),
+        receiver: None,
     };
     step_with(&i, status, false).await.unwrap()
 }
@@ -1399,4 +1426,96 @@ async fn no_password_reaches_an_event_or_the_status() {
     {
         assert!(!text.contains(secret), "a password leaked");
     }
+}
+
+/// Steps from Generating to Retiring with the fake database.
+async fn to_retiring(
+    policy: &Policy,
+    store: &LocalStore,
+    db: &FakeDb,
+) -> SecretRotationPolicyStatus {
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    while phase(&status) != Phase::Retiring {
+        status = db_step(policy, &status, t0(), store, db).await.status;
+    }
+    status
+}
+
+#[tokio::test]
+async fn alternating_users_gives_the_retired_role_a_password_nobody_holds() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let status = to_retiring(&policy, &store, &db).await;
+    let previous = value(
+        &store,
+        Selector::Version(VersionId(status.previous_version.clone().unwrap())),
+    )
+    .await;
+    // Another seed than the rotation's: each db_step starts from seed 7.
+    let (c, rng) = (fake(&["pod-a"], &[]), Seeded::new(8));
+    let i = Inputs {
+        policy: &policy,
+        now: t0() + secs(86_400),
+        store: &store,
+        consumers: &c,
+        rng: &rng,
+        target: Some(&db),
+        receiver: None,
+    };
+    let s = step_with(&i, &status, false).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    let reasons: Vec<_> = s.events.iter().map(|e| e.reason()).collect();
+    assert_eq!(reasons, ["TargetFinished", "Retired"]);
+    let now_a = db.password("app_a").unwrap();
+    assert_ne!(now_a, "old-a", "the retired role's password changed");
+    assert_ne!(now_a, previous.password);
+    let current = value(&store, Selector::Current).await;
+    assert_ne!(now_a, current.password, "nobody is given it");
+    assert_eq!(
+        db.password("app_b").as_deref(),
+        Some(current.password.as_str())
+    );
+    for e in &s.events {
+        assert!(!e.message().contains(&now_a));
+    }
+}
+
+#[tokio::test]
+async fn a_failed_finish_retries_then_retires_degraded_with_the_role_unchanged() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let mut status = to_retiring(&policy, &store, &db).await;
+    *db.set_failures.lock().unwrap() = vec![TargetFailure::Unreachable; TARGET_ATTEMPTS as usize];
+    let later = t0() + secs(86_400);
+    for attempt in 1..TARGET_ATTEMPTS {
+        let s = db_step(&policy, &status, later, &store, &db).await;
+        assert_eq!(phase(&s.status), Phase::Retiring, "attempt {attempt}");
+        assert_eq!(s.status.target_attempts, Some(attempt));
+        assert_eq!(
+            s.requeue,
+            crate::standalone::retry::Retry::wait_after(attempt)
+        );
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].reason(), "TargetUnreachable");
+        status = s.status;
+    }
+    let s = db_step(&policy, &status, later, &store, &db).await;
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert!(s.status.target_attempts.is_none());
+    let degraded = s
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "TargetUnreachable")
+    );
+    assert!(s.events.iter().any(|e| e.message().contains("giving up")));
+    assert!(s.events.iter().any(|e| e.reason() == "Retired"));
+    assert_eq!(db.password("app_a").as_deref(), Some("old-a"));
 }
