@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod kubelet;
 pub mod pod;
+pub mod postgres;
 pub mod servers;
 pub mod tools;
 
