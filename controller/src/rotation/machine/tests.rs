@@ -1519,3 +1519,161 @@ async fn a_failed_finish_retries_then_retires_degraded_with_the_role_unchanged()
     assert!(s.events.iter().any(|e| e.reason() == "Retired"));
     assert_eq!(db.password("app_a").as_deref(), Some("old-a"));
 }
+
+// ---- The HTTPS target's steps, on a fake receiver. ----
+
+use super::super::target::https::{Receiver, RotationCall, RotationStep};
+
+/// A receiver that records each call (step, version, value) and fails
+/// the steps it is told to, `failures` times each.
+#[derive(Default)]
+struct FakeReceiver {
+    calls: Mutex<Vec<(RotationStep, String, Option<String>)>>,
+    failing: Mutex<Vec<(RotationStep, TargetFailure)>>,
+}
+
+#[async_trait]
+impl Receiver for FakeReceiver {
+    fn url(&self) -> &str {
+        "https://rotate.example/hook"
+    }
+
+    async fn call(&self, call: &RotationCall) -> Result<(), TargetFailure> {
+        self.calls.lock().unwrap().push((
+            call.step,
+            call.client_request_token.clone(),
+            call.secret_string.clone(),
+        ));
+        let mut failing = self.failing.lock().unwrap();
+        match failing.iter().position(|(s, _)| *s == call.step) {
+            Some(i) => Err(failing.remove(i).1),
+            None => Ok(()),
+        }
+    }
+}
+
+fn https_policy() -> Policy {
+    let mut s = spec(OnTimeout::Rollback);
+    s.target = Some(rotor_crds::api::Target {
+        postgresql: None,
+        https: Some(rotor_crds::api::HttpsTarget {
+            url: "https://rotate.example/hook".into(),
+            ca_bundle: None,
+            timeout: None,
+        }),
+    });
+    Policy::parse(&s, Mode::Standalone).unwrap()
+}
+
+async fn https_step(
+    policy: &Policy,
+    status: &SecretRotationPolicyStatus,
+    now: SystemTime,
+    store: &LocalStore,
+    receiver: &FakeReceiver,
+) -> Step {
+    let (c, rng) = (fake(&["pod-a"], &[]), Seeded::new(7));
+    let i = Inputs {
+        policy,
+        now,
+        store,
+        consumers: &c,
+        rng: &rng,
+        target: None,
+        receiver: Some(receiver),
+    };
+    step_with(&i, status, false).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_https_target_gets_set_test_and_finish_in_aws_order() {
+    let (_d, store) = store();
+    let receiver = FakeReceiver::default();
+    let policy = https_policy();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut reasons = Vec::new();
+    for now in [t0(), t0(), t0(), t0(), t0(), t0() + secs(86_400)] {
+        let s = https_step(&policy, &status, now, &store, &receiver).await;
+        reasons.extend(s.events.iter().map(|e| e.reason()));
+        status = s.status;
+    }
+    assert_eq!(phase(&status), Phase::Idle);
+    assert_eq!(
+        reasons,
+        [
+            "Staged",
+            "TargetSet",
+            "TargetTested",
+            "Acknowledged",
+            "Promoted",
+            "TargetFinished",
+            "Retired"
+        ]
+    );
+    let current = Store::read(&store, "app/db", &Selector::Current)
+        .await
+        .unwrap();
+    let value = String::from_utf8(current.value.expose_secret().to_vec()).unwrap();
+    let calls = receiver.calls.lock().unwrap();
+    let steps: Vec<_> = calls.iter().map(|c| c.0).collect();
+    assert_eq!(
+        steps,
+        [RotationStep::Set, RotationStep::Test, RotationStep::Finish]
+    );
+    for (step, version, v) in calls.iter() {
+        assert_eq!(version, &current.version.0);
+        let expected = (*step != RotationStep::Finish).then(|| value.clone());
+        assert_eq!(v, &expected, "{step:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_https_test_failure_rolls_back_and_sets_current_again() {
+    let (_d, store) = store();
+    let receiver = FakeReceiver::default();
+    *receiver.failing.lock().unwrap() =
+        vec![(RotationStep::Test, TargetFailure::Rejected(500)); TARGET_ATTEMPTS as usize];
+    let policy = https_policy();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut now = t0();
+    let mut reasons = Vec::new();
+    while reasons.last() != Some(&"RolledBack") {
+        let s = https_step(&policy, &status, now, &store, &receiver).await;
+        reasons.extend(s.events.iter().map(|e| e.reason()));
+        now += s.requeue;
+        status = s.status;
+        assert!(reasons.len() < 20, "{reasons:?}");
+    }
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "TargetRejected").count(),
+        5
+    );
+    assert!(reasons.contains(&"TargetRestored"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("HTTP 500"),
+        "{}",
+        degraded.message
+    );
+    let current = Store::read(&store, "app/db", &Selector::Current)
+        .await
+        .unwrap();
+    assert_eq!(current.value.expose_secret(), b"initial");
+    let calls = receiver.calls.lock().unwrap();
+    let last = calls.last().unwrap();
+    assert_eq!(
+        (last.0, last.1.as_str(), last.2.as_deref()),
+        (
+            RotationStep::Set,
+            current.version.0.as_str(),
+            Some("initial")
+        ),
+        "the receiver is set back to CURRENT"
+    );
+}
