@@ -189,6 +189,7 @@ impl Drop for Killed {
 struct Rig {
     dir: tempfile::TempDir,
     store: LocalStore,
+    metrics_port: u16,
     _controller: Killed,
 }
 
@@ -224,9 +225,11 @@ impl Rig {
             ),
         )
         .unwrap();
+        let metrics_port = rotor_e2e::free_port();
         let controller = command("rotor-controller")
             .args(["standalone", "--policies"])
             .arg(&policies)
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .arg("--state")
             .arg(dir.path().join("state"))
             .arg("--https-target-token-file")
@@ -238,6 +241,7 @@ impl Rig {
         Self {
             dir,
             store,
+            metrics_port,
             _controller: Killed(controller),
         }
     }
@@ -330,8 +334,11 @@ async fn a_rotation_calls_set_test_and_finish_with_the_rotators_token() {
         }
     }
     assert_eq!(receiver.state.seen.lock().unwrap().refused, 0);
-    // Canary: neither value is in the controller's log or the status.
-    let text = format!("{}{}", rig.log(), rig.status());
+    // Canary: neither value nor the token is in the controller's log, the
+    // status or /metrics (which counted the rotation).
+    let (_, metrics) = rotor_e2e::http(rig.metrics_port, "GET", "/metrics", "").unwrap();
+    assert!(metrics.contains("rotor_rotation"), "{metrics}");
+    let text = format!("{}{}{metrics}", rig.log(), rig.status());
     assert!(!text.contains(&current) && !text.contains(INITIAL));
     assert!(!text.contains(&token), "the token leaked");
 }
