@@ -97,8 +97,9 @@ pub struct SecretRotationPolicySpec {
     #[serde(default)]
     pub strategy: Strategy,
     /// The system that checks the secret, changed before consumers see the
-    /// new value. With a target the secret's value is a JSON object
-    /// (`username`, `password`, `host`, `port`, `dbname`).
+    /// new value. With a postgresql target the secret's value is a JSON
+    /// object (`username`, `password`, `host`, `port`, `dbname`); an https
+    /// target gets the generator's value as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
     /// Sidecars to notify, for standalone mode (`http://host:port`); in a

@@ -194,7 +194,8 @@ impl<'a> Https<'a> {
         let mut auth =
             hyper::header::HeaderValue::from_str(&bearer).map_err(|_| TargetFailure::NoIdentity)?;
         auth.set_sensitive(true);
-        let request = hyper::Request::post(self.uri.clone())
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = hyper::Request::post(path)
             .header(
                 hyper::header::HOST,
                 self.uri.authority().map_or(host, |a| a.as_str()),
