@@ -359,7 +359,7 @@ async fn a_token_for_another_audience_is_refused_and_rolls_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_answering_500_rolls_back_and_is_set_back_to_current() {
+async fn a_receiver_answering_500_rolls_back_with_nothing_to_restore() {
     let plane = ControlPlane::shared();
     let ns = tenant(plane).await;
     let receiver = TestReceiver::start(plane, &ns, Answer::Fail500).await;
