@@ -193,6 +193,7 @@ pub struct DbSecret {
     pub password: String,
 }
 
+/// A child process killed and reaped on drop.
 pub struct Killed(pub Child);
 
 impl Drop for Killed {
@@ -334,6 +335,7 @@ impl Rig {
     }
 }
 
+/// Polls `cond` every 50 ms for up to `secs` seconds.
 pub async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < deadline {

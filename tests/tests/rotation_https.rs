@@ -15,7 +15,7 @@
 //! - in a cluster, the controller's rotator identity
 //!   (`cluster::identity::Rotator`) sends a token the receiver accepts.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use rotor_controller::rotation::target::https::{
 };
 use rotor_e2e::cluster::{ControlPlane, new_ca, server_cert};
 use rotor_e2e::command;
+use rotor_e2e::postgres::{Killed, wait_for};
 use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::{LocalStore, Selector, WriteAs};
 
@@ -175,15 +176,6 @@ impl TestReceiver {
     }
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `rotor-controller standalone` with one policy on a local store whose
 /// target is `receiver`, sending the token in `token`.
 struct Rig {
@@ -284,17 +276,6 @@ impl Rig {
         assert_eq!(self.current(), INITIAL);
         assert!(self.log().contains(reason), "the failure is logged");
     }
-}
-
-async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    cond()
 }
 
 /// A namespace with the rotator account.

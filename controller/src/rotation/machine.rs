@@ -23,7 +23,11 @@
 //! times with the standalone retry schedule between attempts; consumers
 //! see the value only in Propagating. RollingBack then puts the target
 //! back: singleUser gets CURRENT's password again, alternatingUsers' idle
-//! role gets a random password nobody holds.
+//! role gets a random password nobody holds, an HTTPS receiver gets
+//! `setSecret` with CURRENT. Retiring, after the grace period, runs the
+//! finish step (finishSecret): alternatingUsers' role no longer in use gets
+//! a random password nobody holds; a receiver gets `finishSecret`. A failed
+//! finish is retried, then leaves `Degraded` without undoing the promotion.
 
 use std::fmt;
 use std::str::FromStr;
