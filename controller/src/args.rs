@@ -137,6 +137,12 @@ enum Command {
         /// failed steps, build and process metrics); none by default.
         #[arg(long, env = "ROTOR_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// The bearer token https rotation targets receive: a file re-read
+        /// for every call (e.g. a projected ServiceAccount token whose
+        /// audience is the receiver's URL). Without it, https targets fail
+        /// with TargetNoIdentity.
+        #[arg(long, env = "ROTOR_HTTPS_TARGET_TOKEN_FILE")]
+        https_target_token_file: Option<PathBuf>,
     },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
@@ -487,11 +493,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client,
                 stores: Arc::new(crate::cluster::stores::ClusterStores::new(
                     stores.clone(),
-                    rotators,
+                    rotators.clone(),
                 )),
                 consumers,
                 hub: channel.hub.clone(),
                 ack_deadline: std::time::Duration::from_secs(5),
+                rotators: Some(rotators),
                 leader,
                 metrics: metrics.clone(),
             });
@@ -512,6 +519,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             state,
             vault_token_file,
             metrics_addr,
+            https_target_token_file,
         } => {
             let state = state.unwrap_or_else(|| policies.join(".state"));
             let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
@@ -530,6 +538,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 state,
                 vault_token_file,
                 metrics,
+                https_target_token: https_target_token_file.map(rotor_store::TokenFile::new),
             };
             crate::standalone::run(options, shutdown_signal()).await?;
         }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rotation::machine::{Phase, step};
 use crate::rotation::metrics::RotationMetrics;
+use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::{Mode, Policy};
 
 use crate::sidecar_push::HttpSidecars;
@@ -42,6 +43,8 @@ pub struct Options {
     /// Where finished rotations and failed steps are counted (what
     /// `--metrics-addr` serves).
     pub metrics: Arc<RotationMetrics>,
+    /// What https rotation targets receive as the caller's token.
+    pub https_target_token: Option<rotor_store::TokenFile>,
 }
 
 /// Policies and stores read from the directory.
@@ -220,6 +223,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                         rotate_now,
                         &*store,
                         &consumers,
+                        options
+                            .https_target_token
+                            .as_ref()
+                            .map(|t| t as &dyn CallerToken),
                     )
                     .await
                 }

@@ -111,16 +111,32 @@ async fn measure(n: usize) -> Vec<Duration> {
     for _ in 0..5 {
         let mut status = SecretRotationPolicyStatus::default();
         // Idle -> Generating (rotate now).
-        status = step(&spec, &status, SystemTime::now(), true, &store, &consumers)
+        status = step(
+            &spec,
+            &status,
+            SystemTime::now(),
+            true,
+            &store,
+            &consumers,
+            None,
+        )
+        .await
+        .unwrap()
+        .status;
+        let started = Instant::now();
+        loop {
+            status = step(
+                &spec,
+                &status,
+                SystemTime::now(),
+                false,
+                &store,
+                &consumers,
+                None,
+            )
             .await
             .unwrap()
             .status;
-        let started = Instant::now();
-        loop {
-            status = step(&spec, &status, SystemTime::now(), false, &store, &consumers)
-                .await
-                .unwrap()
-                .status;
             if status.phase.as_deref() == Some(Phase::Promoting.as_str()) {
                 break;
             }
@@ -139,6 +155,7 @@ async fn measure(n: usize) -> Vec<Duration> {
                 false,
                 &store,
                 &consumers,
+                None,
             )
             .await
             .unwrap()

@@ -563,7 +563,18 @@ impl Pki {
     }
 }
 
-fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+/// A serving certificate for `names` (DNS names or IP addresses) signed by
+/// `ca`: its PEM and its key's PEM.
+pub fn server_cert(ca: &rcgen::Certificate, ca_key: &KeyPair, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, ca, ca_key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A self-signed CA named `name`, and its key.
+pub fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);

@@ -22,6 +22,7 @@ use super::machine::{
     Blocked, Phase, RotationEvent, Severity, blocked, ready_blocked, step, unblocked,
 };
 use super::metrics::RotationMetrics;
+use super::target::https::CallerToken;
 use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
@@ -114,6 +115,8 @@ pub struct RotationContext {
     pub hub: Arc<Hub>,
     /// How long each consumer has to acknowledge one request.
     pub ack_deadline: Duration,
+    /// Whose tokens https targets receive: the namespace's rotator.
+    pub rotators: Option<crate::cluster::identity::Rotators>,
     pub leader: Arc<AtomicBool>,
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
@@ -157,7 +160,13 @@ pub async fn reconcile(
             };
             let mut current = status.clone();
             unblocked(&mut current, now);
-            match step(&valid, &current, now, rotate_now, &*store, &consumers).await {
+            let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
+            let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
+            match step(
+                &valid, &current, now, rotate_now, &*store, &consumers, caller,
+            )
+            .await
+            {
                 Ok(s) => Ok(s),
                 // The store refused the controller: as much the policy's
                 // problem as a path `paths` forbids.

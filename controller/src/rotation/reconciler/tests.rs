@@ -79,6 +79,7 @@ fn context(client: Client, leader: bool) -> (Arc<RotationContext>, tempfile::Tem
         consumers: Arc::default(),
         hub: Arc::new(Hub::new(2)),
         ack_deadline: Duration::from_millis(100),
+        rotators: None,
         leader: Arc::new(AtomicBool::new(leader)),
         metrics: Arc::default(),
     };
@@ -217,6 +218,7 @@ fn with_stores(ctx: Arc<RotationContext>, stores: Arc<dyn StoreFactory>) -> Arc<
         consumers,
         hub,
         ack_deadline,
+        rotators,
         leader,
         metrics,
         recorder,
@@ -228,6 +230,7 @@ fn with_stores(ctx: Arc<RotationContext>, stores: Arc<dyn StoreFactory>) -> Arc<
         consumers,
         hub,
         ack_deadline,
+        rotators,
         leader,
         metrics,
         recorder,
