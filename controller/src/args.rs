@@ -351,7 +351,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await;
             let admission = crate::webhook::metrics::AdmissionMetrics::default();
             let metrics = Arc::new(
-                crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_admission(&admission)
+                    .with_reconcilers(&crate::rotation::metrics::Reconciler::CLUSTER),
             );
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if self_managed_certs {
@@ -452,7 +454,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             metrics_addr,
         } => {
             let state = state.unwrap_or_else(|| policies.join(".state"));
-            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            let metrics = Arc::new(
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_reconcilers(&[crate::rotation::metrics::Reconciler::Standalone]),
+            );
             if let Some(addr) = metrics_addr {
                 // Bound before anything starts: an address in use fails at once.
                 let listener = crate::cluster::metrics_server::bind(addr).await?;
