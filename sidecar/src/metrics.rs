@@ -7,6 +7,11 @@
 //! is labelled by its order of first use in this process (`secret="#1"`),
 //! and `rotor_secret_served` has `version="-"`: every series (staleness,
 //! errors, not-current) is still there for alerts, but names no secret.
+//!
+//! The counters alerts take `increase()` of start at 0: a secret's fetch
+//! errors for every reason from the moment it is tracked ([`Metrics::track`]),
+//! each configured reload action's success and failure
+//! ([`Metrics::track_reload`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

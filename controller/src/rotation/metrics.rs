@@ -1,7 +1,10 @@
 //! The controller's metrics: rotations by result, rotation duration, time
-//! until every consumer acknowledged, consumers still pending, and failed
-//! reconciles by controller and error kind (`Error::metric_label`); beside
-//! them, the build and process metrics every Rotor binary exports.
+//! until every consumer acknowledged, consumers still pending, each
+//! policy's next rotation, and failed reconciles by controller and error
+//! kind (`Error::metric_label`); beside them, the build and process
+//! metrics every Rotor binary exports. The counters start at 0 for every
+//! result, and for every error kind of each reconciler the process runs
+//! ([`RotationMetrics::with_reconcilers`]).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
