@@ -242,7 +242,9 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     }
                     state.status = s.status;
                     write_state(&path, &state)?;
-                    options.metrics.next_rotation(&policy.name_any(), &state.status);
+                    options
+                        .metrics
+                        .next_rotation(&policy.name_any(), &state.status);
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {

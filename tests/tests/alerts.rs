@@ -165,8 +165,7 @@ fn a_sidecar_exports_every_secret_and_reload_counter_at_zero_from_readiness() {
     let mut last = String::new();
     let moved = wait_until(10, || {
         last = scrape(pod.admin);
-        fetch_error_zeros("c").iter().all(|l| has_line(&last, l))
-            && !last.contains("secret=\"b\"")
+        fetch_error_zeros("c").iter().all(|l| has_line(&last, l)) && !last.contains("secret=\"b\"")
     });
     assert!(moved, "secret c's zero series never appeared:\n{last}");
     for line in fetch_error_zeros("a") {
@@ -270,9 +269,16 @@ fn standalone_exports_every_failure_kind_at_zero_and_the_next_rotation() {
         (now + 3000.0..now + 3700.0).contains(&next),
         "{next} vs {now}"
     );
-    for kind in ["unreachable", "integrity", "invalid_policy", "inotify", "kube"] {
-        let line =
-            format!("rotor_reconcile_failures_total{{controller=\"standalone\",error=\"{kind}\"}} 0");
+    for kind in [
+        "unreachable",
+        "integrity",
+        "invalid_policy",
+        "inotify",
+        "kube",
+    ] {
+        let line = format!(
+            "rotor_reconcile_failures_total{{controller=\"standalone\",error=\"{kind}\"}} 0"
+        );
         assert!(has_line(&text, &line), "no `{line}` in\n{text}");
     }
     for result in ["success", "degraded", "rolled_back"] {
@@ -292,9 +298,9 @@ async fn every_metric_the_rules_use_is_exported_by_the_real_binaries() {
     let mut run = String::new();
     let served = eventually(60, || {
         let text = http(controller.metrics_port, "GET", "/metrics", "").map(|(_, t)| t);
-        let done = text.as_deref().is_some_and(|t| {
-            has_samples(t, "rotor_webhook_certificate_expiry_timestamp_seconds")
-        });
+        let done = text
+            .as_deref()
+            .is_some_and(|t| has_samples(t, "rotor_webhook_certificate_expiry_timestamp_seconds"));
         run = text.unwrap_or_default();
         async move { done }
     })

@@ -418,9 +418,7 @@ fn every_changed_value_reaches_the_objects() {
         assert!(exprs.contains(threshold), "{threshold:?} not in {exprs}");
     }
     assert!(
-        !template(&[], &[])
-            .unwrap()
-            .contains("kind: PrometheusRule"),
+        !template(&[], &[]).unwrap().contains("kind: PrometheusRule"),
         "the alert rules are off by default"
     );
 

@@ -169,7 +169,11 @@ impl RotationMetrics {
 
     /// The policy's next rotation as its status says (`nextRotation`);
     /// nothing while it has none.
-    pub fn next_rotation(&self, policy: &str, status: &rotor_crds::api::SecretRotationPolicyStatus) {
+    pub fn next_rotation(
+        &self,
+        policy: &str,
+        status: &rotor_crds::api::SecretRotationPolicyStatus,
+    ) {
         let labels = vec![("policy".to_owned(), policy.to_owned())];
         let unix = status
             .next_rotation
@@ -301,7 +305,9 @@ mod tests {
         m.next_rotation("app/db", &status);
         let text = m.encode();
         assert!(
-            text.contains("\nrotor_rotation_next_timestamp_seconds{policy=\"app/db\"} 1893456000\n"),
+            text.contains(
+                "\nrotor_rotation_next_timestamp_seconds{policy=\"app/db\"} 1893456000\n"
+            ),
             "{text}"
         );
         status.next_rotation = None;
