@@ -399,7 +399,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default()
                     .with_admission(&admission)
-                    .with_channel(&channel_metrics),
+                    .with_channel(&channel_metrics)
+                    .with_reconcilers(&crate::rotation::metrics::Reconciler::CLUSTER),
             );
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if self_managed_certs {
@@ -522,7 +523,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             https_target_token_file,
         } => {
             let state = state.unwrap_or_else(|| policies.join(".state"));
-            let metrics = Arc::new(crate::rotation::metrics::RotationMetrics::default());
+            let metrics = Arc::new(
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_reconcilers(&[crate::rotation::metrics::Reconciler::Standalone]),
+            );
             if let Some(addr) = metrics_addr {
                 // Bound before anything starts: an address in use fails at once.
                 let listener = crate::cluster::metrics_server::bind(addr).await?;

@@ -160,6 +160,38 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The labels [`Error::metric_label`] returns itself; with those of
+    /// the errors it wraps ([`Error::metric_labels`]), every one.
+    const OWN_METRIC_LABELS: [&'static str; 17] = [
+        "kube",
+        "certs",
+        "invalid_policy",
+        "unknown_phase",
+        "no_pending_version",
+        "random",
+        "target_value",
+        "target_rollback",
+        "key_generation",
+        "manifest",
+        "store_spec",
+        "rotator_missing",
+        "rotator_token",
+        "store_not_resolved",
+        "file",
+        "listen",
+        "tls",
+    ];
+
+    /// Every label [`Error::metric_label`] returns, those of the watcher,
+    /// the stores and the envelope included: a counter by error kind starts
+    /// at 0 for each, so an `increase()` alert sees the first one.
+    pub fn metric_labels() -> std::collections::BTreeSet<&'static str> {
+        let mut all = rotor_store::Error::metric_labels();
+        all.extend(Self::OWN_METRIC_LABELS);
+        all.extend(rotor_watch::Error::METRIC_LABELS);
+        all
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Watch(e) => e.metric_label(),
@@ -184,5 +216,27 @@ impl Error {
             Error::Listen { .. } | Error::Serve { .. } => "listen",
             Error::Tls { .. } => "tls",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn metric_labels_lists_every_label() {
+        let own: std::collections::BTreeSet<String> = Error::OWN_METRIC_LABELS
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(
+            own,
+            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        );
+        let all = Error::metric_labels();
+        assert!(
+            all.contains("inotify") && all.contains("unreachable") && all.contains("key_file"),
+            "{all:?}"
+        );
     }
 }

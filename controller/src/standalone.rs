@@ -249,10 +249,15 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
                     }
                     state.status = s.status;
                     write_state(&path, &state)?;
+                    options
+                        .metrics
+                        .next_rotation(&policy.name_any(), &state.status);
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {
-                    options.metrics.reconcile_failed("standalone", &e);
+                    options
+                        .metrics
+                        .reconcile_failed(crate::rotation::metrics::Reconciler::Standalone, &e);
                     let retry_in = retries
                         .entry(policy.name_any())
                         .or_insert_with(retry::Retry::new)

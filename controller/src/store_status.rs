@@ -221,13 +221,17 @@ pub fn error_policy_cluster(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.reconcile_failed("clusterrotorstore", error);
+    ctx.metrics.reconcile_failed(
+        crate::rotation::metrics::Reconciler::ClusterRotorStore,
+        error,
+    );
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
 
 pub fn error_policy(store: Arc<RotorStore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed("rotorstore", error);
+    ctx.metrics
+        .reconcile_failed(crate::rotation::metrics::Reconciler::RotorStore, error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }

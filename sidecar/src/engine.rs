@@ -329,7 +329,13 @@ impl Engine {
             self.shared.metrics.forget(&name);
         }
         for name in wanted {
-            self.tracked.entry(name).or_insert_with(Tracked::new);
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.tracked.entry(name) {
+                self.shared.metrics.track(entry.key());
+                entry.insert(Tracked::new());
+            }
+        }
+        for action in &self.contract.reload {
+            self.shared.metrics.track_reload(action.kind());
         }
     }
 

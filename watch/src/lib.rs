@@ -49,6 +49,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Every label [`Error::metric_label`] returns.
+    pub const METRIC_LABELS: [&'static str; 2] = ["inotify", "watch"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Init(_) => "inotify",

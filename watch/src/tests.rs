@@ -104,3 +104,19 @@ async fn only_the_named_entries_count() {
     // CREATE and CLOSE_WRITE of the file; the log is not counted.
     assert_eq!(watch.settled().await.unwrap().events, 2);
 }
+
+#[test]
+fn metric_labels_lists_every_label() {
+    let io = || std::io::Error::other("test");
+    let labels: Vec<&str> = [
+        Error::Init(io()),
+        Error::Watch {
+            dir: "/nowhere".into(),
+            source: io(),
+        },
+    ]
+    .iter()
+    .map(Error::metric_label)
+    .collect();
+    assert_eq!(labels, Error::METRIC_LABELS);
+}

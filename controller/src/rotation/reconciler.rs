@@ -226,6 +226,8 @@ pub async fn reconcile(
         })
         .count();
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
+    ctx.metrics
+        .next_rotation(&format!("{namespace}/{name}"), &status);
     let propagating = Some(Phase::Propagating.as_str());
     if before.as_deref() == propagating && status.phase.as_deref() != propagating {
         let since = status
@@ -264,7 +266,10 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<RotationContext>,
 ) -> Action {
-    ctx.metrics.reconcile_failed("secretrotationpolicy", error);
+    ctx.metrics.reconcile_failed(
+        crate::rotation::metrics::Reconciler::SecretRotationPolicy,
+        error,
+    );
     tracing::warn!(name = %policy.name_any(), error = %error, "rotation step failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }
