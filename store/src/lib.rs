@@ -16,6 +16,7 @@
 //! The file format is documented in [`local`].
 
 pub mod aws;
+pub mod backoff;
 mod backend;
 mod error;
 pub mod kubernetes;
