@@ -424,10 +424,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(crate::cluster::stores::ClusterStores::new(
-                    stores.clone(),
-                    rotators,
-                )),
+                stores: Arc::new(
+                    crate::cluster::stores::ClusterStores::new(stores.clone(), rotators)
+                        .with_metrics(metrics.stores.clone()),
+                ),
                 consumers,
                 http: Arc::new(crate::sidecar_push::HttpSidecars::new(vec![])),
                 leader,

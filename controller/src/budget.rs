@@ -80,29 +80,38 @@ impl Limit {
         }
     }
 
-    /// A store's `spec.budget`, checked: each problem names its field.
+    /// A store's `spec.budget`, checked ([`problems`]).
     pub fn from_spec(store: &str, budget: &StoreBudget) -> Result<Self> {
-        let invalid = |problem: String| Error::InvalidBudget {
-            store: store.to_owned(),
-            problem,
-        };
-        if budget.requests_per_second == 0 {
-            return Err(invalid(
-                "spec.budget.requestsPerSecond is 0; expected at least 1 request a second".into(),
-            ));
-        }
-        let burst = budget.burst.unwrap_or(budget.requests_per_second);
-        if burst == 0 {
-            return Err(invalid(
-                "spec.budget.burst is 0; expected at least 1 (or leave it unset for requestsPerSecond)"
-                    .into(),
-            ));
+        let problems = problems(budget);
+        if !problems.is_empty() {
+            return Err(Error::InvalidBudget {
+                store: store.to_owned(),
+                problem: problems.join("; "),
+            });
         }
         Ok(Self {
             per_second: budget.requests_per_second,
-            burst,
+            burst: budget.burst.unwrap_or(budget.requests_per_second),
         })
     }
+}
+
+/// What is wrong with a `spec.budget`, each problem naming its field and
+/// what is expected (the store status reconcilers report them too).
+pub fn problems(budget: &StoreBudget) -> Vec<String> {
+    let mut out = Vec::new();
+    if budget.requests_per_second == 0 {
+        out.push(
+            "spec.budget.requestsPerSecond is 0; expected at least 1 request a second".to_owned(),
+        );
+    }
+    if budget.burst == Some(0) {
+        out.push(
+            "spec.budget.burst is 0; expected at least 1 (or leave it unset for requestsPerSecond)"
+                .to_owned(),
+        );
+    }
+    out
 }
 
 /// The limits of one store's calls.

@@ -35,7 +35,9 @@ use crate::store_index::StoreKind;
 pub const MAX_CONCURRENT_CHECKS: usize = 16;
 
 /// A store as a tenant uses it: the subscribing pod's namespace (whose
-/// identity the checks use) and the store's kind and name.
+/// identity the checks use) and the store's kind and name. The kind is
+/// what the hub resolved; `ClusterStores` resolves the name again through
+/// the store index, as for the namespace's pods.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StoreRef {
     pub namespace: String,
@@ -70,10 +72,14 @@ pub struct VersionChanged {
 }
 
 /// The stores the detector checks, each as its tenant and within its
-/// budget.
+/// budget. In a cluster: `cluster::stores::ClusterStores`, which resolves
+/// the store through the store index (refusing a secret the tenant may
+/// not read), logs in as the namespace's rotator, and shares the store's
+/// limiter with rotation.
 #[async_trait]
 pub trait DetectStores: Send + Sync {
-    async fn store(&self, store: &StoreRef) -> Result<Arc<dyn Store>>;
+    /// `store` as its namespace may use it for `secret`.
+    async fn store_for(&self, store: &StoreRef, secret: &str) -> Result<Arc<dyn Store>>;
 }
 
 type Key = (StoreRef, String);
@@ -230,7 +236,7 @@ impl Detector {
     }
 
     async fn check(&self, (store, secret): &Key) -> Result<VersionId> {
-        let client = self.stores.store(store).await?;
+        let client = self.stores.store_for(store, secret).await?;
         Ok(client.current_version(secret).await?)
     }
 }

@@ -28,7 +28,7 @@ struct Fixed(Arc<dyn Store>);
 
 #[async_trait]
 impl DetectStores for Fixed {
-    async fn store(&self, _: &StoreRef) -> rotor_controller::Result<Arc<dyn Store>> {
+    async fn store_for(&self, _: &StoreRef, _: &str) -> rotor_controller::Result<Arc<dyn Store>> {
         Ok(self.0.clone())
     }
 }

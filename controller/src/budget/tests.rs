@@ -32,6 +32,8 @@ fn a_budget_that_cannot_work_is_refused_naming_the_field() {
     assert_eq!(err.metric_label(), "store_spec");
     let err = Limit::from_spec("ns/s", &spec(5, Some(0))).unwrap_err();
     assert!(err.to_string().contains("spec.budget.burst is 0"), "{err}");
+    // Both at once: both named, as the store's Ready condition says them.
+    assert_eq!(problems(&spec(0, Some(0))).len(), 2);
     assert_eq!(
         Limit::from_spec("ns/s", &spec(5, None)).unwrap(),
         Limit {

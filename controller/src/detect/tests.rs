@@ -60,7 +60,7 @@ struct OneStore(Arc<Versions>);
 
 #[async_trait]
 impl DetectStores for OneStore {
-    async fn store(&self, _: &StoreRef) -> Result<Arc<dyn Store>> {
+    async fn store_for(&self, _: &StoreRef, _: &str) -> Result<Arc<dyn Store>> {
         Ok(self.0.clone())
     }
 }
