@@ -203,14 +203,20 @@ impl Detector {
             .buffer_unordered(MAX_CONCURRENT_CHECKS)
             .collect()
             .await;
+        let finished = Instant::now();
         for ((store, secret), result) in results {
             let Some(target) = targets.get_mut(&(store.clone(), secret.clone())) else {
                 continue;
             };
-            // Next due one interval after this one was due; after a late
-            // round, one interval from now (no catching up in a burst).
+            // Next due one interval after this one was due; after a round
+            // that ran past that (a budget or throttling wait), one
+            // interval after it finished: no catching up in a burst.
             let next = target.due + target.every;
-            target.due = if next > now { next } else { now + target.every };
+            target.due = if next > finished {
+                next
+            } else {
+                finished + target.every
+            };
             self.checks.send_modify(|n| *n += 1);
             match result {
                 Ok(version) if target.last.as_ref() != Some(&version) => {
@@ -242,4 +248,4 @@ impl Detector {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

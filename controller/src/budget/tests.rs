@@ -1,9 +1,10 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use rotor_crds::api::{AwsProvider, KubernetesProvider};
 use rotor_store::backoff::Fixed;
 
 use super::*;
+use crate::detect::tests::Versions;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -116,41 +117,6 @@ async fn calls_wait_for_the_budget() {
     }
 }
 
-/// A store that answers "throttled" to its first `throttle` checks.
-struct Throttling {
-    throttle: usize,
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl Store for Throttling {
-    fn describe(&self) -> String {
-        "fake".into()
-    }
-    async fn read(&self, _: &str, _: &Selector) -> rotor_store::Result<Fetched> {
-        unreachable!("the test only checks versions")
-    }
-    async fn current_version(&self, name: &str) -> rotor_store::Result<VersionId> {
-        if self.calls.fetch_add(1, Ordering::SeqCst) < self.throttle {
-            return Err(rotor_store::Error::Throttled {
-                store: "fake".into(),
-                name: name.into(),
-                detail: "ThrottlingException: Rate exceeded".into(),
-            });
-        }
-        Ok(VersionId("v1".to_owned()))
-    }
-    async fn write(&self, _: &str, _: &[u8], _: WriteAs) -> rotor_store::Result<VersionId> {
-        unreachable!()
-    }
-    async fn promote(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
-        unreachable!()
-    }
-    async fn retire(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
-        unreachable!()
-    }
-}
-
 fn scrape(metrics: &StoreMetrics) -> String {
     let mut registry = Registry::default();
     metrics.register(registry.sub_registry_with_prefix("rotor"));
@@ -166,11 +132,11 @@ fn scrape(metrics: &StoreMetrics) -> String {
 async fn throttling_answers_slow_the_calls_and_are_counted() {
     let metrics = StoreMetrics::default();
     let limiter = Arc::new(Limiter::new(Budget::Unlimited, Box::new(Fixed(1.0))));
+    let versions = Versions::default();
+    versions.set("db", 1);
+    versions.throttle.store(3, Ordering::SeqCst);
     let store = BudgetedStore::new(
-        Arc::new(Throttling {
-            throttle: 3,
-            calls: AtomicUsize::new(0),
-        }),
+        Arc::new(versions),
         limiter.clone(),
         metrics.clone(),
         "ns/s",

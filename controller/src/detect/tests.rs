@@ -7,22 +7,24 @@ use super::*;
 const S: Duration = Duration::from_secs(1);
 
 /// A store whose versions the test sets, counting version checks per
-/// secret; it has no values to read.
+/// secret; it has no values to read. Its first `throttle` checks answer
+/// "throttled", as AWS's `ThrottlingException` does.
 #[derive(Default)]
-struct Versions {
+pub(crate) struct Versions {
     current: Mutex<BTreeMap<String, u64>>,
     checks: Mutex<BTreeMap<String, u64>>,
+    pub(crate) throttle: std::sync::atomic::AtomicUsize,
 }
 
 impl Versions {
-    fn set(&self, secret: &str, version: u64) {
+    pub(crate) fn set(&self, secret: &str, version: u64) {
         self.current
             .lock()
             .unwrap()
             .insert(secret.to_owned(), version);
     }
 
-    fn checks(&self, secret: &str) -> u64 {
+    pub(crate) fn checks(&self, secret: &str) -> u64 {
         self.checks.lock().unwrap().get(secret).copied().unwrap_or(0)
     }
 }
@@ -37,6 +39,21 @@ impl Store for Versions {
     }
     async fn current_version(&self, name: &str) -> rotor_store::Result<VersionId> {
         *self.checks.lock().unwrap().entry(name.to_owned()).or_default() += 1;
+        let throttled = self
+            .throttle
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok();
+        if throttled {
+            return Err(rotor_store::Error::Throttled {
+                store: "fake".into(),
+                name: name.into(),
+                detail: "ThrottlingException: Rate exceeded".into(),
+            });
+        }
         let current = self.current.lock().unwrap().get(name).copied();
         current
             .map(VersionId::from)
@@ -56,7 +73,7 @@ impl Store for Versions {
     }
 }
 
-struct OneStore(Arc<Versions>);
+struct OneStore(Arc<dyn Store>);
 
 #[async_trait]
 impl DetectStores for OneStore {
@@ -94,7 +111,7 @@ async fn each_secret_is_checked_once_per_its_shortest_interval() {
     let store = Arc::new(Versions::default());
     store.set("db", 1);
     store.set("api", 7);
-    let detector = Detector::new(Arc::new(OneStore(store.clone())));
+    let detector = Detector::new(Arc::new(OneStore(store.clone() as Arc<dyn Store>)));
     let mut checks = detector.checks();
     let (subs_tx, subs) = watch::channel(vec![
         sub("db", 5 * S),
@@ -150,7 +167,7 @@ async fn each_secret_is_checked_once_per_its_shortest_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_check_is_tried_again_at_the_next_interval() {
     let store = Arc::new(Versions::default());
-    let detector = Detector::new(Arc::new(OneStore(store.clone())));
+    let detector = Detector::new(Arc::new(OneStore(store.clone() as Arc<dyn Store>)));
     let mut checks = detector.checks();
     let (_subs_tx, subs) = watch::channel(vec![sub("late", S)]);
     let (tx, mut events) = mpsc::channel(16);
@@ -160,4 +177,53 @@ async fn a_failed_check_is_tried_again_at_the_next_interval() {
     store.set("late", 1);
     let event = events.recv().await.unwrap();
     assert_eq!((event.version, event.previous), (VersionId::from(1), None));
+}
+
+/// A store that throttles: the checks slow down (1 s, 2 s, 4 s holds,
+/// the jitter fixed at its top) instead of keeping their pace, each
+/// throttling answer is counted, and the change made meanwhile still
+/// comes out, once.
+#[tokio::test(start_paused = true)]
+async fn a_throttling_store_slows_the_checks_and_no_change_is_lost() {
+    use crate::budget::{Budget, BudgetedStore, Limiter, StoreMetrics};
+    let versions = Arc::new(Versions::default());
+    versions.set("db", 1);
+    let metrics = StoreMetrics::default();
+    let budgeted = BudgetedStore::new(
+        versions.clone(),
+        Arc::new(Limiter::new(
+            Budget::Unlimited,
+            Box::new(rotor_store::backoff::Fixed(1.0)),
+        )),
+        metrics.clone(),
+        "team-a/vault",
+    );
+    let detector = Detector::new(Arc::new(OneStore(Arc::new(budgeted))));
+    let (_subs_tx, subs) = watch::channel(vec![sub("db", S)]);
+    let (tx, mut events) = mpsc::channel(16);
+    let start = Instant::now();
+    tokio::spawn(detector.run(subs, tx));
+    assert_eq!(events.recv().await.unwrap().version, VersionId::from(1));
+
+    versions
+        .throttle
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    versions.set("db", 2);
+    let event = events.recv().await.unwrap();
+    // Throttled at 1 s (held to 2 s), 2 s (to 4 s), 4 s (to 8 s); answered
+    // at 8 s. Unthrottled, the change would have been seen at 1 s.
+    assert_eq!(start.elapsed(), 8 * S);
+    assert_eq!(versions.checks("db"), 5);
+    assert_eq!(
+        (event.version, event.previous),
+        (VersionId::from(2), Some(VersionId::from(1)))
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("store_throttled_total{store=\"team-a/vault\"} 3"),
+        "{text}"
+    );
 }
