@@ -158,7 +158,11 @@ impl Detector {
         events: mpsc::Sender<VersionChanged>,
     ) {
         let mut targets = BTreeMap::new();
-        plan(&mut targets, &subscriptions.borrow_and_update(), Instant::now());
+        plan(
+            &mut targets,
+            &subscriptions.borrow_and_update(),
+            Instant::now(),
+        );
         loop {
             let next = targets.values().map(|t: &Target| t.due).min();
             let sleep = async {

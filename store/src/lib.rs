@@ -16,8 +16,8 @@
 //! The file format is documented in [`local`].
 
 pub mod aws;
-pub mod backoff;
 mod backend;
+pub mod backoff;
 mod error;
 pub mod kubernetes;
 pub mod local;

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rotor_controller::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
-use rotor_controller::detect::{
-    DetectStores, Detector, StoreRef, Subscription, VersionChanged,
-};
+use rotor_controller::detect::{DetectStores, Detector, StoreRef, Subscription, VersionChanged};
 use rotor_controller::store_index::StoreKind;
 use rotor_e2e::servers::{Bao, Moto};
 use rotor_store::backoff::SystemRandom;
@@ -83,10 +81,13 @@ async fn detect(
     let started = Instant::now();
     let task = tokio::spawn(detector.run(subs, tx));
     let per_round = SECRETS.len() as u64;
-    tokio::time::timeout(Duration::from_secs(30), checks.wait_for(|n| *n >= per_round))
-        .await
-        .expect("the first round")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        checks.wait_for(|n| *n >= per_round),
+    )
+    .await
+    .expect("the first round")
+    .unwrap();
     write().await;
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -146,14 +147,16 @@ fn assert_one_check_per_secret_per_interval(
 async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_read() {
     let bao = Bao::start_audited();
     for secret in SECRETS {
-        bao.api("POST", &format!("secret/data/{secret}"), r#"{"data":{"v":"1"}}"#);
+        bao.api(
+            "POST",
+            &format!("secret/data/{secret}"),
+            r#"{"data":{"v":"1"}}"#,
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "root").unwrap();
-    let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token)))
-        .await
-        .unwrap();
+    let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
     let before = bao.audited_requests().len();
 
     let (events, checks, ran) = detect(Arc::new(store), async || {
@@ -197,7 +200,10 @@ async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
     let writer = moto.store().await;
 
     let (events, checks, ran) = detect(Arc::new(store), async || {
-        writer.write(SECRETS[0], b"2", WriteAs::Current).await.unwrap();
+        writer
+            .write(SECRETS[0], b"2", WriteAs::Current)
+            .await
+            .unwrap();
     })
     .await;
 
@@ -210,8 +216,9 @@ async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
     };
     let calls: Vec<String> = recording.iter().map(target).collect();
     assert!(
-        !calls.iter().any(|c| c.ends_with(".GetSecretValue")
-            || c.ends_with(".BatchGetSecretValue")),
+        !calls
+            .iter()
+            .any(|c| c.ends_with(".GetSecretValue") || c.ends_with(".BatchGetSecretValue")),
         "a value was read: {calls:?}"
     );
     let described = per_secret(
@@ -219,10 +226,8 @@ async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
             .iter()
             .filter(|e| target(e) == "secretsmanager.DescribeSecret")
             .map(|e| {
-                let body: serde_json::Value = serde_json::from_str(
-                    e["body"].as_str().unwrap_or("{}"),
-                )
-                .unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_str(e["body"].as_str().unwrap_or("{}")).unwrap_or_default();
                 format!("id:{}", body["SecretId"].as_str().unwrap_or(""))
             }),
         "id:",
@@ -230,7 +235,10 @@ async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
     // The writer's PutSecretValue needs no DescribeSecret: every one
     // recorded is the detector's.
     assert_eq!(
-        calls.iter().filter(|c| c.ends_with(".PutSecretValue")).count(),
+        calls
+            .iter()
+            .filter(|c| c.ends_with(".PutSecretValue"))
+            .count(),
         1,
         "{calls:?}"
     );

@@ -88,7 +88,10 @@ impl Sidecar {
         let store = pod.use_local_store();
         pod.run_as = Some((UID, UID));
         store.put("db", b"v1", WriteAs::Current).unwrap();
-        pod.annotate(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "200ms")]);
+        pod.annotate(&[
+            ("rotor.dev/secret.db", "db"),
+            ("rotor.dev/refresh", "200ms"),
+        ]);
         pod.give_files_to(UID, UID);
         Self { pod, store }
     }
@@ -143,7 +146,10 @@ fn more_sidecars_than_the_inotify_limit_all_serve() {
         SIDECARS - FREE,
         "fallbacks per sidecar: {fallbacks:?}"
     );
-    assert!(fallbacks.iter().all(|f| *f == 0.0 || *f == 1.0), "{fallbacks:?}");
+    assert!(
+        fallbacks.iter().all(|f| *f == 0.0 || *f == 1.0),
+        "{fallbacks:?}"
+    );
     for sidecar in &polling {
         let log = sidecar.log();
         let warnings = log

@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use std::os::unix::fs::MetadataExt;
 pub use inotify::WatchMask;
 use inotify::{EventStream, Inotify};
+use std::os::unix::fs::MetadataExt;
 
 /// Errors of the watcher. They name the directory and carry the system's
 /// error.

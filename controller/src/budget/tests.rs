@@ -53,8 +53,14 @@ fn defaults_follow_the_providers_published_quotas() {
     );
     let aws = aws();
     let budget = Budget::of("s", None, ProviderKind::Aws(&aws)).unwrap();
-    assert_eq!(budget.limit(CallClass::Check), Some(Limit::per_second(40_000)));
-    assert_eq!(budget.limit(CallClass::Read), Some(Limit::per_second(10_000)));
+    assert_eq!(
+        budget.limit(CallClass::Check),
+        Some(Limit::per_second(40_000))
+    );
+    assert_eq!(
+        budget.limit(CallClass::Read),
+        Some(Limit::per_second(10_000))
+    );
     assert_eq!(budget.limit(CallClass::Write), Some(Limit::per_second(50)));
     // A budget set applies to every call, AWS's included.
     let set = Budget::of("s", Some(&spec(20, Some(40))), ProviderKind::Aws(&aws)).unwrap();
@@ -135,12 +141,7 @@ async fn throttling_answers_slow_the_calls_and_are_counted() {
     let versions = Versions::default();
     versions.set("db", 1);
     versions.throttle.store(3, Ordering::SeqCst);
-    let store = BudgetedStore::new(
-        Arc::new(versions),
-        limiter.clone(),
-        metrics.clone(),
-        "ns/s",
-    );
+    let store = BudgetedStore::new(Arc::new(versions), limiter.clone(), metrics.clone(), "ns/s");
     assert!(
         scrape(&metrics).contains("rotor_store_throttled_total{store=\"ns/s\"} 0"),
         "{}",

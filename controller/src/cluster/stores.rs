@@ -38,12 +38,15 @@ pub struct ClusterStores {
     /// or provider replaces it, a refusal removes it.
     cache: tokio::sync::Mutex<BTreeMap<CacheKey, Built>>,
     /// One limiter per store object, kept while its revision is the same.
-    limiters: std::sync::Mutex<BTreeMap<(StoreKind, String), (Revision, Arc<Limiter>)>>,
+    limiters: std::sync::Mutex<BTreeMap<StoreObject, (Revision, Arc<Limiter>)>>,
     metrics: StoreMetrics,
 }
 
 /// Whose store a cache entry is: the policy's namespace and the store.
 type CacheKey = (String, StoreKind, String);
+
+/// A store object: its kind and name.
+type StoreObject = (StoreKind, String);
 
 /// A built store and what it was built from.
 struct Built {

@@ -25,7 +25,12 @@ impl Versions {
     }
 
     pub(crate) fn checks(&self, secret: &str) -> u64 {
-        self.checks.lock().unwrap().get(secret).copied().unwrap_or(0)
+        self.checks
+            .lock()
+            .unwrap()
+            .get(secret)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -38,7 +43,12 @@ impl Store for Versions {
         panic!("the detector read a value")
     }
     async fn current_version(&self, name: &str) -> rotor_store::Result<VersionId> {
-        *self.checks.lock().unwrap().entry(name.to_owned()).or_default() += 1;
+        *self
+            .checks
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default() += 1;
         let throttled = self
             .throttle
             .fetch_update(
@@ -124,7 +134,7 @@ async fn each_secret_is_checked_once_per_its_shortest_interval() {
     let task = tokio::spawn(detector.run(subs, tx));
 
     // The first round: both seen for the first time.
-    let mut first = vec![events.recv().await.unwrap(), events.recv().await.unwrap()];
+    let mut first = [events.recv().await.unwrap(), events.recv().await.unwrap()];
     first.sort_by(|a, b| a.secret.cmp(&b.secret));
     assert_eq!(
         first
@@ -153,10 +163,16 @@ async fn each_secret_is_checked_once_per_its_shortest_interval() {
 
     // The 2 s subscriber goes: db is checked every 3 s from then on; api
     // is gone with its only subscriber.
-    subs_tx.send(vec![sub("db", 5 * S), sub("db", 3 * S)]).unwrap();
+    subs_tx
+        .send(vec![sub("db", 5 * S), sub("db", 3 * S)])
+        .unwrap();
     let (db, api, at) = (store.checks("db"), store.checks("api"), *checks.borrow());
     until_checks(&mut checks, at + 3).await;
-    assert_eq!(store.checks("api"), api, "a secret nobody wants was checked");
+    assert_eq!(
+        store.checks("api"),
+        api,
+        "a secret nobody wants was checked"
+    );
     assert_eq!(store.checks("db"), db + 3);
     drop(subs_tx);
     task.await.unwrap();
