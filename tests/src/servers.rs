@@ -422,6 +422,20 @@ impl Moto {
     }
 }
 
+/// A request moto recorded ([`Moto::recording`]): its body as text.
+pub fn recorded_body(entry: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let body = entry["body"].as_str().unwrap_or_default();
+    if entry["body_encoded"].as_bool() == Some(true) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        body.to_owned()
+    }
+}
+
 /// A Secrets Manager store client for `endpoint` in `us-east-1`, with the
 /// static credentials moto takes.
 pub async fn aws_store(endpoint: String) -> rotor_store::AwsStore {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use rotor_controller::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
 use rotor_controller::detect::{DetectStores, Detector, StoreRef, Subscription, VersionChanged};
 use rotor_controller::store_index::StoreKind;
-use rotor_e2e::servers::{Bao, Moto};
+use rotor_e2e::servers::{Bao, Moto, recorded_body};
 use rotor_store::backoff::SystemRandom;
 use rotor_store::{Store, VaultAuth, VaultConfig, VaultStore, WriteAs};
 use tokio::sync::{mpsc, watch};
@@ -227,7 +227,7 @@ async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
             .filter(|e| target(e) == "secretsmanager.DescribeSecret")
             .map(|e| {
                 let body: serde_json::Value =
-                    serde_json::from_str(e["body"].as_str().unwrap_or("{}")).unwrap_or_default();
+                    serde_json::from_str(&recorded_body(e)).expect("a JSON body");
                 format!("id:{}", body["SecretId"].as_str().unwrap_or(""))
             }),
         "id:",
