@@ -189,6 +189,67 @@ async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_rea
     assert_one_check_per_secret_per_interval(&metadata, checks, ran, &events);
 }
 
+/// A policy that grants data only (no `secret/metadata/*`): the checks
+/// fall back to data reads, as the sidecar's do, still once per secret
+/// per interval; the metadata endpoint is tried only at the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_data_only_policy_openbao_sees_one_data_read_per_secret_per_interval() {
+    let bao = Bao::start_audited();
+    for secret in SECRETS {
+        bao.api(
+            "POST",
+            &format!("secret/data/{secret}"),
+            r#"{"data":{"v":"1"}}"#,
+        );
+    }
+    bao.api(
+        "PUT",
+        "sys/policies/acl/data-only",
+        &serde_json::json!({"policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})
+            .to_string(),
+    );
+    let created: serde_json::Value = serde_json::from_str(&bao.api(
+        "POST",
+        "auth/token/create",
+        r#"{"policies":["data-only"],"no_default_policy":true}"#,
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, created["auth"]["client_token"].as_str().unwrap()).unwrap();
+    let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
+    let before = bao.audited_requests().len();
+
+    let (events, checks, ran) = detect(Arc::new(store), async || {
+        bao.api(
+            "POST",
+            &format!("secret/data/{}", SECRETS[0]),
+            r#"{"data":{"v":"2"}}"#,
+        );
+    })
+    .await;
+
+    let requests: Vec<(String, String)> = bao.audited_requests().split_off(before);
+    let tried: usize = requests
+        .iter()
+        .filter(|(_, p)| p.starts_with("secret/metadata/"))
+        .count();
+    // Each secret of the first round may try it (they run at once), and
+    // try again once after refreshing the token.
+    assert!(
+        (1..=2 * SECRETS.len()).contains(&tried),
+        "{tried} metadata requests"
+    );
+    let data = per_secret(
+        requests
+            .iter()
+            .filter(|(op, _)| op == "read")
+            .map(|(_, p)| p.clone()),
+        "secret/data/",
+    );
+    assert_one_check_per_secret_per_interval(&data, checks, ran, &events);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_sees_describe_secret_only_once_per_secret_per_interval() {
     let moto = Moto::start();
