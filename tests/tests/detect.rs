@@ -143,32 +143,64 @@ fn assert_one_check_per_secret_per_interval(
     assert_ne!(Some(&changed[0].version), changed[0].previous.as_ref());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_read() {
-    let bao = Bao::start_audited();
-    for secret in SECRETS {
-        bao.api(
-            "POST",
-            &format!("secret/data/{secret}"),
-            r#"{"data":{"v":"1"}}"#,
-        );
-    }
+/// Detection as the holder of `token` against `bao` (whose secrets are
+/// seeded first): the events, checks and run time, and the `(operation,
+/// path)` of every request OpenBao saw meanwhile.
+async fn detect_on_bao(
+    bao: &Bao,
+    token: &str,
+) -> (Vec<VersionChanged>, u64, Duration, Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "root").unwrap();
-    let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let store = VaultStore::new(VaultConfig::new(
+        bao.addr(),
+        VaultAuth::TokenFile(token_file),
+    ))
+    .unwrap();
     let before = bao.audited_requests().len();
-
     let (events, checks, ran) = detect(Arc::new(store), async || {
-        bao.api(
-            "POST",
-            &format!("secret/data/{}", SECRETS[0]),
-            r#"{"data":{"v":"2"}}"#,
-        );
+        seed(bao, SECRETS[0], "2");
     })
     .await;
+    (
+        events,
+        checks,
+        ran,
+        bao.audited_requests().split_off(before),
+    )
+}
 
-    let requests: Vec<(String, String)> = bao.audited_requests().split_off(before);
+/// An audited OpenBao holding version 1 of every secret.
+fn seeded_bao() -> Bao {
+    let bao = Bao::start_audited();
+    for secret in SECRETS {
+        seed(&bao, secret, "1");
+    }
+    bao
+}
+
+fn seed(bao: &Bao, secret: &str, value: &str) {
+    let body = serde_json::json!({"data": {"v": value}}).to_string();
+    bao.api("POST", &format!("secret/data/{secret}"), &body);
+}
+
+/// Reads by the secret they went to, under `prefix`.
+fn reads_under(requests: &[(String, String)], prefix: &str) -> BTreeMap<String, u64> {
+    per_secret(
+        requests
+            .iter()
+            .filter(|(op, _)| op == "read")
+            .map(|(_, p)| p.clone()),
+        prefix,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_read() {
+    let bao = seeded_bao();
+    let (events, checks, ran, requests) = detect_on_bao(&bao, "root").await;
+
     // The test's own write is the only data request.
     let data: Vec<&(String, String)> = requests
         .iter()
@@ -179,13 +211,7 @@ async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_rea
         [&("update".to_owned(), format!("secret/data/{}", SECRETS[0]))],
         "a value was read"
     );
-    let metadata = per_secret(
-        requests
-            .iter()
-            .filter(|(op, _)| op == "read")
-            .map(|(_, p)| p.clone()),
-        "secret/metadata/",
-    );
+    let metadata = reads_under(&requests, "secret/metadata/");
     assert_one_check_per_secret_per_interval(&metadata, checks, ran, &events);
 }
 
@@ -194,14 +220,7 @@ async fn openbao_sees_one_metadata_read_per_secret_per_interval_and_no_value_rea
 /// per interval; the metadata endpoint is tried only at the start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_data_only_policy_openbao_sees_one_data_read_per_secret_per_interval() {
-    let bao = Bao::start_audited();
-    for secret in SECRETS {
-        bao.api(
-            "POST",
-            &format!("secret/data/{secret}"),
-            r#"{"data":{"v":"1"}}"#,
-        );
-    }
+    let bao = seeded_bao();
     bao.api(
         "PUT",
         "sys/policies/acl/data-only",
@@ -214,22 +233,9 @@ async fn with_a_data_only_policy_openbao_sees_one_data_read_per_secret_per_inter
         r#"{"policies":["data-only"],"no_default_policy":true}"#,
     ))
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, created["auth"]["client_token"].as_str().unwrap()).unwrap();
-    let store = VaultStore::new(VaultConfig::new(bao.addr(), VaultAuth::TokenFile(token))).unwrap();
-    let before = bao.audited_requests().len();
+    let token = created["auth"]["client_token"].as_str().unwrap();
+    let (events, checks, ran, requests) = detect_on_bao(&bao, token).await;
 
-    let (events, checks, ran) = detect(Arc::new(store), async || {
-        bao.api(
-            "POST",
-            &format!("secret/data/{}", SECRETS[0]),
-            r#"{"data":{"v":"2"}}"#,
-        );
-    })
-    .await;
-
-    let requests: Vec<(String, String)> = bao.audited_requests().split_off(before);
     let tried: usize = requests
         .iter()
         .filter(|(_, p)| p.starts_with("secret/metadata/"))
@@ -240,13 +246,7 @@ async fn with_a_data_only_policy_openbao_sees_one_data_read_per_secret_per_inter
         (1..=2 * SECRETS.len()).contains(&tried),
         "{tried} metadata requests"
     );
-    let data = per_secret(
-        requests
-            .iter()
-            .filter(|(op, _)| op == "read")
-            .map(|(_, p)| p.clone()),
-        "secret/data/",
-    );
+    let data = reads_under(&requests, "secret/data/");
     assert_one_check_per_secret_per_interval(&data, checks, ran, &events);
 }
 
