@@ -492,10 +492,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(crate::cluster::stores::ClusterStores::new(
-                    stores.clone(),
-                    rotators.clone(),
-                )),
+                stores: Arc::new(
+                    crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
+                        .with_metrics(metrics.stores.clone()),
+                ),
                 consumers,
                 hub: channel.hub.clone(),
                 ack_deadline: std::time::Duration::from_secs(5),

@@ -64,6 +64,11 @@ pub enum Error {
         source: rotor_crds::api::NotOneProvider,
     },
 
+    /// A store's `spec.budget` that cannot be used; the problem names the
+    /// field and what is expected.
+    #[error("store {store:?}: {problem}")]
+    InvalidBudget { store: String, problem: String },
+
     /// A store this mode cannot build (a provider it cannot reach, or
     /// credentials it does not hold).
     #[error("store {store:?}: {reason}")]
@@ -206,7 +211,9 @@ impl Error {
             Error::TargetRollback(_) => "target_rollback",
             Error::KeyGeneration(_) => "key_generation",
             Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
-            Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
+            Error::Provider { .. }
+            | Error::UnsupportedStore { .. }
+            | Error::InvalidBudget { .. } => "store_spec",
             Error::KeyFile { source, .. } => source.metric_label(),
             Error::RotatorMissing { .. } => "rotator_missing",
             Error::RotatorToken { .. } => "rotator_token",

@@ -149,7 +149,8 @@ fn status_patch(kind: StoreKind, status: &RotorStoreStatus) -> Patch<serde_json:
 pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
-    let problems = problems(&store.spec.provider);
+    let mut problems = problems(&store.spec.provider);
+    problems.extend(store.spec.budget.iter().flat_map(crate::budget::problems));
     let status = status_for(
         &store.spec.provider,
         &problems,
@@ -176,6 +177,7 @@ pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Acti
 pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let name = store.name_any();
     let mut problems = problems(&store.spec.provider);
+    problems.extend(store.spec.budget.iter().flat_map(crate::budget::problems));
     let selector = &store.spec.allowed_namespaces;
     if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && selector

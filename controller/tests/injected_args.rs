@@ -90,6 +90,7 @@ fn injected(
         name: "s".into(),
         provider,
         allow_exec_reload: false,
+        budget: None,
     };
     let injected = inject(&pod, &contract, &store, config).unwrap().pod;
     let spec = injected.spec.unwrap();

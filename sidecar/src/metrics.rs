@@ -53,6 +53,7 @@ pub struct Metrics {
     writes: Counter,
     repairs: Counter,
     config_errors: Counter,
+    inotify_fallbacks: Counter,
     change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
     /// Last successful fetch per secret, for staleness at scrape time.
     successes: Mutex<BTreeMap<String, SystemTime>>,
@@ -89,6 +90,7 @@ impl Metrics {
         let writes = Counter::default();
         let repairs = Counter::default();
         let config_errors = Counter::default();
+        let inotify_fallbacks = Counter::default();
         let change_to_file =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
         registry.register(
@@ -144,6 +146,12 @@ impl Metrics {
             config_errors.clone(),
         );
         registry.register(
+            "inotify_fallbacks",
+            "Watches that could not get an inotify instance or watch (the uid's inotify limits \
+             used up) and check their file on a timer instead",
+            inotify_fallbacks.clone(),
+        );
+        registry.register(
             "change_to_file_seconds",
             "From a version's creation in the store (poll) or a push request (push) to its file being written",
             change_to_file.clone(),
@@ -160,6 +168,7 @@ impl Metrics {
             writes,
             repairs,
             config_errors,
+            inotify_fallbacks,
             change_to_file,
             successes: Mutex::default(),
             served_versions: Mutex::default(),
@@ -301,6 +310,11 @@ impl Metrics {
         if total > seen {
             self.repairs.inc_by(total - seen);
         }
+    }
+
+    /// A watch fell back to polling (see `watch::FALLBACK_POLL`).
+    pub fn inotify_fallback(&self) {
+        self.inotify_fallbacks.inc();
     }
 
     pub fn config_error(&self) {

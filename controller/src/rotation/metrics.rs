@@ -25,6 +25,8 @@ pub struct RotationMetrics {
     /// No labels; present once the controller manages the certificate.
     certificate_expiry: Family<Labels, Gauge>,
     single_user_window: Histogram,
+    /// Requests to stores and their throttling (`crate::budget`).
+    pub stores: crate::budget::StoreMetrics,
 }
 
 /// The reconcilers whose failures are counted, by their `controller`
@@ -117,7 +119,10 @@ impl Default for RotationMetrics {
             "When the self-managed serving certificate this replica serves expires (Unix seconds)",
             certificate_expiry.clone(),
         );
+        let stores = crate::budget::StoreMetrics::default();
+        stores.register(registry);
         Self {
+            stores,
             certificate_expiry,
             registry: root,
             rotations,
