@@ -59,6 +59,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
                 name: format!("ns-{}/app-{i}-{c}", i % 500),
                 acknowledged_version: Some("12".into()),
                 acknowledged_at: Some("2026-11-01T02:13:01Z".into()),
+                state: rotor_crds::api::ConsumerState::Acknowledged,
             })
             .collect(),
         ..SecretRotationPolicyStatus::default()

@@ -75,6 +75,11 @@ enum Command {
         /// Plain-HTTP address of /metrics.
         #[arg(long, env = "ROTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
         metrics_addr: SocketAddr,
+        /// The address sidecars' streams come in on (TLS with the serving
+        /// certificate, HTTP/2). `[::]` takes IPv4 and IPv6 connections;
+        /// on a node without IPv6 use `0.0.0.0:9466`.
+        #[arg(long, env = "ROTOR_CHANNEL_ADDR", default_value = "[::]:9466")]
+        channel_addr: SocketAddr,
         /// This replica's name in the leader Lease (the pod name).
         #[arg(long, env = "ROTOR_IDENTITY", default_value = "rotor-controller")]
         identity: String,
@@ -135,6 +140,12 @@ enum Command {
         metrics_addr: Option<SocketAddr>,
         #[command(flatten)]
         channel: StandaloneChannelArgs,
+        /// The bearer token https rotation targets receive: a file re-read
+        /// for every call (e.g. a projected ServiceAccount token whose
+        /// audience is the receiver's URL). Without it, https targets fail
+        /// with TargetNoIdentity.
+        #[arg(long, env = "ROTOR_HTTPS_TARGET_TOKEN_FILE")]
+        https_target_token_file: Option<PathBuf>,
     },
     /// Write a self-signed CA and a serving certificate for the webhook's
     /// Service into a directory (ca.crt, tls.crt, tls.key).
@@ -204,6 +215,17 @@ struct ServeArgs {
     /// The serving key (PEM).
     #[arg(long, env = "ROTOR_TLS_KEY", default_value = "/etc/rotor/tls/tls.key")]
     tls_key: PathBuf,
+    /// The CA bundle of the serving certificate (PEM), which injected
+    /// sidecars verify the controller's stream port with; re-read at each
+    /// injection. Default: ca.crt beside --tls-cert.
+    #[arg(long, env = "ROTOR_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// The address injected sidecars dial for their stream to the
+    /// controller, `host:port`. Default (`run`): the Service's DNS name,
+    /// `<--service>.<--namespace>.svc`, and the port of --channel-addr;
+    /// (`webhook`): rotor-webhook.rotor-system.svc:9466.
+    #[arg(long, env = "ROTOR_SIDECAR_CONTROLLER_ADDR")]
+    sidecar_controller_addr: Option<String>,
     /// The sidecar image to inject.
     #[arg(
         long,
@@ -266,8 +288,23 @@ fn quantity(text: &str) -> Result<String, String> {
 }
 
 impl ServeArgs {
-    fn inject_config(&self) -> InjectConfig {
+    /// The injection settings; `controller_addr` is what sidecars dial
+    /// unless --sidecar-controller-addr says otherwise.
+    fn inject_config(&self, controller_addr: String) -> InjectConfig {
+        let ca = self.tls_ca.clone().unwrap_or_else(|| {
+            self.tls_cert
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("ca.crt")
+        });
         InjectConfig {
+            channel: Some(crate::webhook::inject::ChannelInjection {
+                controller_addr: self
+                    .sidecar_controller_addr
+                    .clone()
+                    .unwrap_or(controller_addr),
+                ca: crate::webhook::inject::CaSource::File(ca),
+            }),
             image: self.sidecar_image.clone(),
             mount_path: self.mount_path.clone(),
             native_sidecar: !self.classic_sidecar,
@@ -326,9 +363,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let index = StoreIndex::from_dir(&stores)?;
             tracing::info!(stores = index.len(), dir = %stores.display(), "stores loaded from files");
+            let controller_addr = format!("rotor-webhook.rotor-system.svc:{}", rotor_channel::PORT);
             let state = Arc::new(WebhookState::new(
                 Arc::new(RwLock::new(index)),
-                serve.inject_config(),
+                serve.inject_config(controller_addr),
             ));
             let metrics = state.metrics.clone();
             let metrics_served = async move {
@@ -358,6 +396,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             webhook_configuration,
             service_account,
             metrics_addr,
+            channel_addr,
             identity,
             lease_duration,
             cert_lifetime,
@@ -380,6 +419,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             };
             // Bound first: an address in use is an error before anything runs.
             let metrics_listener = crate::cluster::metrics_server::bind(metrics_addr).await?;
+            let channel_listener =
+                tokio::net::TcpListener::bind(channel_addr)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("--channel-addr {channel_addr}: cannot listen: {e}")
+                    })?;
             let owner = crate::cluster::owner::owner_reference(
                 client.clone(),
                 &namespace,
@@ -387,8 +432,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             )
             .await;
             let admission = crate::webhook::metrics::AdmissionMetrics::default();
+            let channel_metrics = crate::channel::ChannelMetrics::default();
             let metrics = Arc::new(
-                crate::rotation::metrics::RotationMetrics::default().with_admission(&admission),
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_admission(&admission)
+                    .with_channel(&channel_metrics)
+                    .with_reconcilers(&crate::rotation::metrics::Reconciler::CLUSTER),
             );
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             if self_managed_certs {
@@ -442,10 +491,29 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 leader.clone(),
                 owner,
             ));
-            let inject = serve.inject_config();
-            let consumers = Arc::new(RwLock::new(crate::rotation::consumers::ConsumerIndex::new(
-                inject.push_port,
-            )));
+            let inject =
+                serve.inject_config(format!("{service}.{namespace}.svc:{}", channel_addr.port()));
+            let consumers = Arc::new(RwLock::new(
+                crate::rotation::consumers::ConsumerIndex::default(),
+            ));
+            let channel = crate::channel::cluster::server(
+                client.clone(),
+                stores.clone(),
+                leader.clone(),
+                channel_metrics,
+            );
+            let channel_tls = crate::channel::tls::Reloading::load(&serve.tls_cert, &serve.tls_key)
+                .map_err(|e| anyhow::anyhow!("the channel's TLS certificate: {e}"))?;
+            channel_tls.spawn_reloader(serve.tls_cert.clone(), serve.tls_key.clone())?;
+            let acceptor = channel_tls
+                .acceptor()
+                .map_err(|e| anyhow::anyhow!("the channel's TLS: {e}"))?;
+            tracing::info!(addr = %channel_addr, "channel listening (TLS, HTTP/2)");
+            tokio::spawn(
+                channel
+                    .clone()
+                    .serve(channel_listener, acceptor, std::future::pending()),
+            );
             tokio::spawn(crate::cluster::watch::keep_consumers_fresh(
                 client.clone(),
                 consumers.clone(),
@@ -461,12 +529,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(crate::cluster::stores::ClusterStores::new(
-                    stores.clone(),
-                    rotators,
-                )),
+                stores: Arc::new(
+                    crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
+                        .with_metrics(metrics.stores.clone()),
+                ),
                 consumers,
-                http: Arc::new(crate::sidecar_push::HttpSidecars::new(vec![])),
+                hub: channel.hub.clone(),
+                ack_deadline: std::time::Duration::from_secs(5),
+                rotators: Some(rotators),
                 leader,
                 metrics: metrics.clone(),
             });
@@ -488,6 +558,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             vault_token_file,
             metrics_addr,
             channel,
+            https_target_token_file,
         } => {
             let StandaloneChannelArgs {
                 channel_addr,
@@ -501,7 +572,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let channel_dir = channel_dir.unwrap_or_else(|| state.join("channel"));
             let channel_metrics = crate::channel::ChannelMetrics::default();
             let metrics = Arc::new(
-                crate::rotation::metrics::RotationMetrics::default().with_channel(&channel_metrics),
+                crate::rotation::metrics::RotationMetrics::default()
+                    .with_channel(&channel_metrics)
+                    .with_reconcilers(&[crate::rotation::metrics::Reconciler::Standalone]),
             );
             if let Some(addr) = metrics_addr {
                 // Bound before anything starts: an address in use fails at once.
@@ -530,6 +603,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 },
                 channel_metrics,
+                https_target_token: https_target_token_file.map(rotor_store::TokenFile::new),
             };
             crate::standalone::run(options, shutdown_signal()).await?;
         }
@@ -600,7 +674,7 @@ mod tests {
 
     #[test]
     fn the_defaults_inject_what_inject_config_defaults_to() {
-        let config = serve(&[]).unwrap().inject_config();
+        let config = serve(&[]).unwrap().inject_config("c.ns.svc:9466".into());
         let default = InjectConfig::default();
         assert_eq!(config.pull_policy, default.pull_policy);
         assert_eq!(config.resources, default.resources);
@@ -623,7 +697,7 @@ mod tests {
             "--sidecar-refresh=5m",
         ])
         .unwrap()
-        .inject_config();
+        .inject_config("c.ns.svc:9466".into());
         assert_eq!(config.pull_policy, "IfNotPresent");
         assert_eq!(config.resources.cpu_request, "10m");
         assert_eq!(config.resources.memory_request, "20Mi");

@@ -64,6 +64,11 @@ pub enum Error {
         source: rotor_crds::api::NotOneProvider,
     },
 
+    /// A store's `spec.budget` that cannot be used; the problem names the
+    /// field and what is expected.
+    #[error("store {store:?}: {problem}")]
+    InvalidBudget { store: String, problem: String },
+
     /// A store this mode cannot build (a provider it cannot reach, or
     /// credentials it does not hold).
     #[error("store {store:?}: {reason}")]
@@ -164,6 +169,38 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The labels [`Error::metric_label`] returns itself; with those of
+    /// the errors it wraps ([`Error::metric_labels`]), every one.
+    const OWN_METRIC_LABELS: [&'static str; 17] = [
+        "kube",
+        "certs",
+        "invalid_policy",
+        "unknown_phase",
+        "no_pending_version",
+        "random",
+        "target_value",
+        "target_rollback",
+        "key_generation",
+        "manifest",
+        "store_spec",
+        "rotator_missing",
+        "rotator_token",
+        "store_not_resolved",
+        "file",
+        "listen",
+        "tls",
+    ];
+
+    /// Every label [`Error::metric_label`] returns, those of the watcher,
+    /// the stores and the envelope included: a counter by error kind starts
+    /// at 0 for each, so an `increase()` alert sees the first one.
+    pub fn metric_labels() -> std::collections::BTreeSet<&'static str> {
+        let mut all = rotor_store::Error::metric_labels();
+        all.extend(Self::OWN_METRIC_LABELS);
+        all.extend(rotor_watch::Error::METRIC_LABELS);
+        all
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Watch(e) => e.metric_label(),
@@ -178,7 +215,9 @@ impl Error {
             Error::TargetRollback(_) => "target_rollback",
             Error::KeyGeneration(_) => "key_generation",
             Error::Manifest { .. } | Error::InvalidManifests { .. } => "manifest",
-            Error::Provider { .. } | Error::UnsupportedStore { .. } => "store_spec",
+            Error::Provider { .. }
+            | Error::UnsupportedStore { .. }
+            | Error::InvalidBudget { .. } => "store_spec",
             Error::KeyFile { source, .. } => source.metric_label(),
             Error::RotatorMissing { .. } => "rotator_missing",
             Error::RotatorToken { .. } => "rotator_token",
@@ -189,5 +228,27 @@ impl Error {
             Error::Listen { .. } | Error::Serve { .. } => "listen",
             Error::Tls { .. } => "tls",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn metric_labels_lists_every_label() {
+        let own: std::collections::BTreeSet<String> = Error::OWN_METRIC_LABELS
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(
+            own,
+            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        );
+        let all = Error::metric_labels();
+        assert!(
+            all.contains("inotify") && all.contains("unreachable") && all.contains("key_file"),
+            "{all:?}"
+        );
     }
 }

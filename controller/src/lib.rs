@@ -9,25 +9,29 @@
 //!   shared by the webhook and rotation.
 //! - [`store_status`]: the RotorStore and ClusterRotorStore status
 //!   reconcilers.
+//! - [`budget`]: a call budget per store (token buckets, throttling
+//!   backoff, request metrics).
+//! - [`detect`]: change detection once per (store, secret), for the
+//!   channel's hub.
 //! - [`store_from_spec`]: a store built from a provider spec, for rotation.
 //! - [`rotation`]: generators, schedules, the state machine, the
 //!   SecretRotationPolicy reconciler.
 //! - [`channel`]: the sidecars' authenticated streams, and rotation's
 //!   consumers over them.
-//! - [`sidecar_push`]: sidecars reached over HTTP as rotation's consumers.
 //! - [`standalone`]: rotation without Kubernetes.
 //! - [`cluster`]: the in-cluster jobs (watches, certificate, metrics).
 //! - [`certs`]: self-managed CA and serving certificate.
 
 mod args;
+pub mod budget;
 pub mod certs;
 pub mod channel;
 pub mod cluster;
+pub mod detect;
 mod error;
 pub mod manifests;
 pub mod pod_injection;
 pub mod rotation;
-pub mod sidecar_push;
 pub mod standalone;
 pub mod store_from_spec;
 pub mod store_index;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rotation::machine::{Phase, step};
 use crate::rotation::metrics::RotationMetrics;
+use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::{Mode, Policy};
 
 use crate::store_from_spec::Reach;
@@ -47,6 +48,8 @@ pub struct Options {
     pub channel: channel::ChannelOptions,
     /// Counts the channel's streams, refusals and cut-offs.
     pub channel_metrics: crate::channel::ChannelMetrics,
+    /// What https rotation targets receive as the caller's token.
+    pub https_target_token: Option<rotor_store::TokenFile>,
 }
 
 /// Policies and stores read from the directory.
@@ -175,7 +178,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let result = rotate(
         &options.policies,
         &options.state,
-        options.vault_token_file.as_deref(),
+        Credentials {
+            vault_token_file: options.vault_token_file.as_deref(),
+            https_target_token: options.https_target_token.as_ref(),
+        },
         &options.metrics,
         &hub,
         loaded,
@@ -187,18 +193,25 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     result
 }
 
+/// What standalone mode presents on the tenants' behalf: the Vault token
+/// its stores log in with, and the token https targets receive.
+struct Credentials<'a> {
+    vault_token_file: Option<&'a Path>,
+    https_target_token: Option<&'a rotor_store::TokenFile>,
+}
+
 /// The rotation loop: steps every policy until `shutdown` resolves.
 async fn rotate(
     policies: &Path,
     state_dir: &Path,
-    vault_token_file: Option<&Path>,
+    credentials: Credentials<'_>,
     metrics: &RotationMetrics,
     hub: &crate::channel::Hub,
     mut loaded: Loaded,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let reach = Reach::Standalone {
-        vault_token_file: vault_token_file.map(Path::to_owned),
+        vault_token_file: credentials.vault_token_file.map(Path::to_owned),
     };
     let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
     // Policies whose last step failed, and when each is tried again.
@@ -269,6 +282,9 @@ async fn rotate(
                         rotate_now,
                         &*store,
                         &consumers,
+                        credentials
+                            .https_target_token
+                            .map(|t| t as &dyn CallerToken),
                     )
                     .await
                 }
@@ -289,10 +305,11 @@ async fn rotate(
                     }
                     state.status = s.status;
                     write_state(&path, &state)?;
+                    metrics.next_rotation(&policy.name_any(), &state.status);
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {
-                    metrics.reconcile_failed("standalone", &e);
+                    metrics.reconcile_failed(crate::rotation::metrics::Reconciler::Standalone, &e);
                     let retry_in = retries
                         .entry(policy.name_any())
                         .or_insert_with(retry::Retry::new)

@@ -62,6 +62,8 @@ pub struct Resolved {
     pub provider: Provider,
     /// The store's owner lets pods run `exec:` reload actions.
     pub allow_exec_reload: bool,
+    /// The store's `spec.budget` (see `crate::budget`).
+    pub budget: Option<rotor_crds::api::StoreBudget>,
 }
 
 /// Which object of a store's kind and name a [`Resolved`] store came from:
@@ -301,6 +303,7 @@ impl StoreIndex {
                 name: store.to_owned(),
                 provider: entry.spec.provider.clone(),
                 allow_exec_reload: entry.spec.allow_exec_reload,
+                budget: entry.spec.budget.clone(),
             };
             return Ok((resolved, entry.revision.clone()));
         }
@@ -344,6 +347,7 @@ impl StoreIndex {
             name: store.to_owned(),
             provider: spec.provider.clone(),
             allow_exec_reload: spec.allow_exec_reload,
+            budget: spec.budget.clone(),
         };
         Ok((resolved, entry.revision.clone()))
     }

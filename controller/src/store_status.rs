@@ -113,30 +113,27 @@ fn status_for(
 ) -> RotorStoreStatus {
     let ready = problems.is_empty();
     let status = if ready { "True" } else { "False" };
-    let last_transition_time = current
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-        });
+    let mut conditions = current.map(|s| s.conditions.clone()).unwrap_or_default();
+    Condition {
+        type_: "Ready".to_owned(),
+        status: status.to_owned(),
+        reason: if ready { StoreReason::Valid } else { reason }
+            .as_str()
+            .to_owned(),
+        message: if ready {
+            "the store's settings are complete".to_owned()
+        } else {
+            problems.join("; ")
+        },
+        last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string(),
+        observed_generation: generation,
+    }
+    .set_in(&mut conditions);
     RotorStoreStatus {
         // A spec without exactly one provider reports none.
         provider: provider.view().ok().map(|k| k.name().to_owned()),
-        conditions: vec![Condition {
-            type_: "Ready".to_owned(),
-            status: status.to_owned(),
-            reason: if ready { StoreReason::Valid } else { reason }
-                .as_str()
-                .to_owned(),
-            message: if ready {
-                "the store's settings are complete".to_owned()
-            } else {
-                problems.join("; ")
-            },
-            last_transition_time,
-            observed_generation: generation,
-        }],
+        conditions,
         observed_generation: generation,
     }
 }
@@ -152,7 +149,8 @@ fn status_patch(kind: StoreKind, status: &RotorStoreStatus) -> Patch<serde_json:
 pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = store.namespace().unwrap_or_default();
     let name = store.name_any();
-    let problems = problems(&store.spec.provider);
+    let mut problems = problems(&store.spec.provider);
+    problems.extend(store.spec.budget.iter().flat_map(crate::budget::problems));
     let status = status_for(
         &store.spec.provider,
         &problems,
@@ -179,6 +177,7 @@ pub async fn reconcile(store: Arc<RotorStore>, ctx: Arc<Context>) -> Result<Acti
 pub async fn reconcile_cluster(store: Arc<ClusterRotorStore>, ctx: Arc<Context>) -> Result<Action> {
     let name = store.name_any();
     let mut problems = problems(&store.spec.provider);
+    problems.extend(store.spec.budget.iter().flat_map(crate::budget::problems));
     let selector = &store.spec.allowed_namespaces;
     if selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
         && selector
@@ -224,13 +223,17 @@ pub fn error_policy_cluster(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    ctx.metrics.reconcile_failed("clusterrotorstore", error);
+    ctx.metrics.reconcile_failed(
+        crate::rotation::metrics::Reconciler::ClusterRotorStore,
+        error,
+    );
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }
 
 pub fn error_policy(store: Arc<RotorStore>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed("rotorstore", error);
+    ctx.metrics
+        .reconcile_failed(crate::rotation::metrics::Reconciler::RotorStore, error);
     tracing::warn!(name = %store.name_any(), error = %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(30))
 }

@@ -7,12 +7,35 @@ use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodSpec};
 use kube::api::ObjectMeta;
 use rotor_controller::store_index::{self, Resolved};
 use rotor_controller::webhook::InjectConfig;
-use rotor_controller::webhook::inject::{INIT, POD_IP_ENV, SIDECAR, inject};
+use rotor_controller::webhook::inject::{
+    CaSource, ChannelInjection, INIT, SIDECAR, canonical_pem, inject,
+};
 use rotor_crds::api::Provider;
 use rotor_crds::defaults;
 use rotor_sidecar::store_args::{StoreKind, VaultAuthMethod};
 
-const POD_IP: &str = "10.0.0.7";
+/// A CA bundle as the controller holds it (one per test run).
+fn ca_pem() -> String {
+    static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        rcgen::generate_simple_self_signed(vec!["rotor-webhook.rotor-system.svc".to_owned()])
+            .unwrap()
+            .cert
+            .pem()
+    })
+    .clone()
+}
+
+/// The default settings, with the channel as `run` injects it.
+fn with_channel() -> InjectConfig {
+    InjectConfig {
+        channel: Some(ChannelInjection {
+            controller_addr: "rotor-webhook.rotor-system.svc:9466".into(),
+            ca: CaSource::Pem(ca_pem()),
+        }),
+        ..InjectConfig::default()
+    }
+}
 
 fn provider(yaml: &str) -> Provider {
     serde_yaml_ng::from_str(yaml).unwrap()
@@ -51,7 +74,7 @@ fn pod(run_as_user: Option<i64>) -> Pod {
 }
 
 /// The sidecar containers the webhook injects for `provider`, their
-/// args as the kubelet passes them (the pod IP expanded), parsed.
+/// args parsed.
 fn injected(
     provider: Provider,
     config: &InjectConfig,
@@ -67,6 +90,7 @@ fn injected(
         name: "s".into(),
         provider,
         allow_exec_reload: false,
+        budget: None,
     };
     let injected = inject(&pod, &contract, &store, config).unwrap().pod;
     let spec = injected.spec.unwrap();
@@ -76,11 +100,7 @@ fn injected(
         .chain(spec.containers)
         .filter(|c| c.name == SIDECAR || c.name == INIT)
         .map(|c| {
-            let argv = c
-                .args
-                .iter()
-                .flatten()
-                .map(|a| a.replace(&format!("$({POD_IP_ENV})"), POD_IP));
+            let argv = c.args.iter().flatten().cloned();
             let parsed = rotor_sidecar::Args::try_parse_from(
                 std::iter::once("rotor-sidecar".to_owned()).chain(argv),
             )
@@ -117,13 +137,60 @@ fn the_common_flags_parse_to_the_shared_defaults() {
         assert_mounted(container, args.out_dir());
         assert_mounted(container, args.annotations());
         assert_eq!(args.admin_addr().port(), defaults::ADMIN_PORT);
-        assert_eq!(
-            args.push_addr(),
-            format!("{POD_IP}:{}", defaults::PUSH_PORT).parse().unwrap()
-        );
+        // No --push-addr: the push port is the sidecar's loopback default.
+        assert!(args.push_addr().ip().is_loopback());
         assert_eq!(args.default_file_mode(), mode);
         assert!(!args.once());
     }
+}
+
+/// The channel's flags parse, the token file is on a mounted projected
+/// token of Rotor's audience, and every env var the webhook adds for it is
+/// one the sidecar reads (the CA bundle, the pod's name, namespace, uid).
+#[test]
+fn the_channel_flags_and_env_are_the_sidecars() {
+    use clap::CommandFactory as _;
+    let parsed = injected(provider("kubernetes: {}"), &with_channel(), Some(1000));
+    let (container, args) = &parsed[0];
+    let channel = args.channel();
+    assert_eq!(
+        channel.controller_addr.as_deref(),
+        Some("rotor-webhook.rotor-system.svc:9466")
+    );
+    assert_mounted(container, &channel.channel_token);
+    let sidecar_env: Vec<String> = rotor_sidecar::Args::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let env = container.env.as_ref().unwrap();
+    for (name, field) in [
+        ("ROTOR_CONTROLLER_CA_PEM", None),
+        ("ROTOR_POD_NAME", Some("metadata.name")),
+        ("ROTOR_POD_NAMESPACE", Some("metadata.namespace")),
+        ("ROTOR_POD_UID", Some("metadata.uid")),
+    ] {
+        assert!(sidecar_env.iter().any(|e| e == name), "{name}");
+        let var = env.iter().find(|e| e.name == name).expect(name);
+        assert_eq!(
+            var.value_from
+                .as_ref()
+                .and_then(|f| f.field_ref.as_ref())
+                .map(|f| f.field_path.as_str()),
+            field,
+            "{name}"
+        );
+    }
+    let ca = env
+        .iter()
+        .find(|e| e.name == "ROTOR_CONTROLLER_CA_PEM")
+        .unwrap();
+    assert_eq!(
+        ca.value.as_deref(),
+        Some(canonical_pem(ca_pem().as_bytes()).unwrap().as_str())
+    );
+    // The sidecar accepts the injected bundle.
+    rotor_sidecar::channel::tls_config_pem(ca.value.as_ref().unwrap().as_bytes(), "env").unwrap();
 }
 
 #[test]

@@ -8,6 +8,7 @@ use base64::Engine as _;
 use http_body_util::BodyExt;
 use rotor_controller::store_index::StoreIndex;
 use rotor_controller::webhook::InjectConfig;
+use rotor_controller::webhook::inject::{CaSource, ChannelInjection};
 use rotor_controller::webhook::server::{WebhookState, router};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -41,8 +42,32 @@ async fn call_with(config: InjectConfig, body: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&bytes).unwrap())
 }
 
+/// The controller's CA bundle, the same for every call of a test run,
+/// written as a user might (CRLF line ends, blank lines around).
+fn ca_pem() -> &'static str {
+    static CA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let pem = rcgen::generate_simple_self_signed(vec!["rotor-webhook.rotor-system.svc".into()])
+            .unwrap()
+            .cert
+            .pem();
+        format!("\n{}\n\n", pem.replace('\n', "\r\n"))
+    })
+}
+
+/// The default settings with the channel, as `rotor-controller run` has.
+fn with_channel() -> InjectConfig {
+    InjectConfig {
+        channel: Some(ChannelInjection {
+            controller_addr: "rotor-webhook.rotor-system.svc:9466".into(),
+            ca: CaSource::Pem(ca_pem().to_owned()),
+        }),
+        ..InjectConfig::default()
+    }
+}
+
 async fn call(body: &str) -> (u16, Value) {
-    call_with(InjectConfig::default(), body).await
+    call_with(with_channel(), body).await
 }
 
 /// The review's pod with the response's patch applied.
@@ -648,23 +673,98 @@ async fn rotor_names_are_reserved() {
     assert!(v["response"]["patch"].is_null(), "{v}");
 }
 
+/// No push port on the pod IP: the sidecar dials the controller, with
+/// the CA bundle in canonical PEM, a 600 s projected token of Rotor's
+/// audience, and the pod's name, namespace and uid from the downward API.
 #[tokio::test]
-async fn the_push_port_listens_on_the_pod_ip_only() {
+async fn the_sidecar_dials_the_controller_and_listens_on_no_pod_ip() {
     let review = include_str!("fixtures/inject.json");
     let (_, v) = call(review).await;
     let pod = patched(review, &v);
     let args = sidecar_args(&pod);
     assert!(
-        args.contains(&"--push-addr=$(ROTOR_POD_IP):9465".to_owned()),
+        !args.iter().any(|a| a.starts_with("--push-addr")),
         "{args:?}"
     );
-    let env = &pod["spec"]["initContainers"][0]["env"];
     assert!(
-        env.as_array()
+        args.contains(&"--controller-addr=rotor-webhook.rotor-system.svc:9466".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--channel-token=/var/run/rotor/channel/token".to_owned()),
+        "{args:?}"
+    );
+    let sidecar = &pod["spec"]["initContainers"][0];
+    let ports: Vec<&Value> = sidecar["ports"].as_array().unwrap().iter().collect();
+    assert_eq!(ports.len(), 1, "only the admin port: {ports:?}");
+    assert_eq!(ports[0]["name"], "admin");
+    let env = sidecar["env"].as_array().unwrap();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone())
+    };
+    assert_eq!(field("ROTOR_POD_NAME"), Some("metadata.name".into()));
+    assert_eq!(
+        field("ROTOR_POD_NAMESPACE"),
+        Some("metadata.namespace".into())
+    );
+    assert_eq!(field("ROTOR_POD_UID"), Some("metadata.uid".into()));
+    assert_eq!(field("ROTOR_POD_IP"), None);
+    let ca = env
+        .iter()
+        .find(|e| e["name"] == "ROTOR_CONTROLLER_CA_PEM")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----\n"), "{ca}");
+    assert!(
+        !ca.contains('\r') && ca.ends_with("-----END CERTIFICATE-----\n"),
+        "{ca}"
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "rotor-channel-token")
+        .unwrap();
+    let token = &volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(token["audience"], "rotor.dev/channel");
+    assert_eq!(token["expirationSeconds"], 600);
+    assert!(
+        sidecar["volumeMounts"]
+            .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["name"] == "ROTOR_POD_IP"
-                && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"),
-        "{env}"
+            .any(|m| m["name"] == "rotor-channel-token"
+                && m["mountPath"] == "/var/run/rotor/channel"
+                && m["readOnly"] == true)
     );
+    // App containers never mount the token.
+    for c in pod["spec"]["containers"].as_array().unwrap() {
+        assert!(
+            !c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| m["name"] == "rotor-channel-token"),
+            "{c}"
+        );
+    }
+}
+
+/// A controller whose CA bundle cannot be read refuses to inject, saying
+/// which file, rather than injecting a sidecar that can never connect.
+#[tokio::test]
+async fn an_unreadable_ca_bundle_is_a_denial_naming_the_file() {
+    let config = InjectConfig {
+        channel: Some(ChannelInjection {
+            controller_addr: "c:9466".into(),
+            ca: CaSource::File("/nonexistent/rotor/ca.crt".into()),
+        }),
+        ..InjectConfig::default()
+    };
+    let (_, v) = call_with(config, include_str!("fixtures/inject.json")).await;
+    let message = denial(&v);
+    assert!(message.contains("/nonexistent/rotor/ca.crt"), "{message}");
 }

@@ -65,6 +65,20 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Every label [`Error::metric_label`] returns: a counter by reason
+    /// starts at 0 for each, so an `increase()` alert sees the first one.
+    pub const METRIC_LABELS: [&'static str; 9] = [
+        "malformed",
+        "unsupported_version",
+        "key_unavailable",
+        "unwrap_failed",
+        "integrity",
+        "key_file",
+        "kek",
+        "random",
+        "too_large",
+    ];
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -78,5 +92,20 @@ impl Error {
             Error::Random => "random",
             Error::TooLarge { .. } => "too_large",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn metric_labels_lists_every_label() {
+        let listed: std::collections::BTreeSet<String> =
+            Error::METRIC_LABELS.iter().map(|l| l.to_string()).collect();
+        assert_eq!(
+            listed,
+            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        );
     }
 }

@@ -125,6 +125,10 @@ impl Args {
         self.push_addr
     }
 
+    pub fn channel(&self) -> &crate::channel::ChannelArgs {
+        &self.channel
+    }
+
     pub fn once(&self) -> bool {
         self.once
     }

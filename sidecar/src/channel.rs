@@ -45,6 +45,11 @@ pub struct ChannelArgs {
     )]
     pub controller_ca: PathBuf,
 
+    /// The same CA bundle as PEM text (the webhook injects it this way);
+    /// used instead of --controller-ca when set.
+    #[arg(long, env = "ROTOR_CONTROLLER_CA_PEM", hide_env_values = true)]
+    pub controller_ca_pem: Option<String>,
+
     /// The token presented to the controller: the projected ServiceAccount
     /// token with Rotor's audience, or standalone's shared token file.
     /// Re-read at every dial.
@@ -154,7 +159,10 @@ impl Client {
         let Some(addr) = args.controller_addr.clone() else {
             return Ok(None);
         };
-        let tls = tls_config(&args.controller_ca)?;
+        let tls = match &args.controller_ca_pem {
+            Some(pem) => tls_config_pem(pem.as_bytes(), "--controller-ca-pem")?,
+            None => tls_config(&args.controller_ca)?,
+        };
         Ok(Some(Self {
             addr,
             tls,
@@ -461,13 +469,23 @@ fn read_token(path: &std::path::Path) -> Result<secrecy::SecretString, String> {
 
 /// A TLS client trusting only the CAs in `ca` (PEM), speaking HTTP/2.
 pub fn tls_config(ca: &std::path::Path) -> crate::Result<Arc<rustls::ClientConfig>> {
+    let origin = format!("--controller-ca {}", ca.display());
+    let pem = std::fs::read(ca).map_err(|e| crate::Error::Channel {
+        origin: origin.clone(),
+        problem: e.to_string(),
+    })?;
+    tls_config_pem(&pem, &origin)
+}
+
+/// A TLS client trusting only the CAs in `pem`, which `origin` names in
+/// errors, speaking HTTP/2.
+pub fn tls_config_pem(pem: &[u8], origin: &str) -> crate::Result<Arc<rustls::ClientConfig>> {
     let bad = |problem: String| crate::Error::Channel {
-        path: ca.to_owned(),
+        origin: origin.to_owned(),
         problem,
     };
-    let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
         roots
             .add(cert)
@@ -542,6 +560,40 @@ mod tests {
         };
         let ack = ack_of(RequestId(5), "db".into(), failed);
         assert_eq!(ack.error.unwrap().kind, ErrorKind::NotApplied);
+    }
+
+    #[test]
+    fn the_ca_as_pem_text_is_used_and_a_bad_one_names_its_flag() {
+        let generated = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+        let pem = generated.cert.pem();
+        let args = |pem: Option<&str>| ChannelArgs {
+            controller_addr: Some("rotor.rotor-system.svc:9466".into()),
+            controller_ca: "/nonexistent/ca.crt".into(),
+            controller_ca_pem: pem.map(str::to_owned),
+            channel_token: "/nonexistent/token".into(),
+            pod_name: "a".into(),
+            pod_namespace: "shop".into(),
+            pod_uid: "u".into(),
+        };
+        // The PEM text wins over the (missing) file.
+        assert!(
+            Client::from_args(&args(Some(&pem)), "s".into(), vec![])
+                .unwrap()
+                .is_some()
+        );
+        let err = Client::from_args(&args(Some("no certificate")), "s".into(), vec![])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("--controller-ca-pem: "), "{err}");
+        let err = Client::from_args(&args(None), "s".into(), vec![])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("--controller-ca /nonexistent/ca.crt: "),
+            "{err}"
+        );
     }
 
     #[test]

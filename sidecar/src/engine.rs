@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use self::backoff::{Backoff, Random, Retry, SystemRandom, spread};
 use self::change::{Change, observe, observe_current};
 pub use self::shared::Shared;
+use crate::OnceProblem;
 use crate::push::PushRequest;
 use crate::reload::Reloader;
 use crate::writer::AtomicWriter;
@@ -177,10 +178,13 @@ impl Engine {
                 return Err(crate::Error::Once(problem));
             }
             if tried >= attempts {
-                return Err(crate::Error::Once(format!(
-                    "gave up after {tried} attempts: {}",
-                    retryable.unwrap_or_else(|| "the files could not be written".to_owned())
-                )));
+                return Err(crate::Error::OnceGaveUp {
+                    attempts: tried,
+                    problem: retryable.unwrap_or_else(|| OnceProblem {
+                        secret: None,
+                        problem: "the files could not be written".to_owned(),
+                    }),
+                });
             }
             let next = self.next_due();
             tokio::time::sleep_until(next).await;
@@ -188,18 +192,29 @@ impl Engine {
     }
 
     /// (the first permanent problem, the first retryable one).
-    fn once_problems(&self) -> (Option<String>, Option<String>) {
+    fn once_problems(&self) -> (Option<OnceProblem>, Option<OnceProblem>) {
         if let Some(e) = &self.render_error {
-            return (Some(e.clone()), None);
+            let problem = OnceProblem {
+                secret: None,
+                problem: e.clone(),
+            };
+            return (Some(problem), None);
         }
         let mut retryable = None;
         for (name, t) in &self.tracked {
             match &t.last_error {
                 Some((e, false)) if t.value.is_none() => {
-                    return (Some(format!("secret {name:?}: {e}")), None);
+                    let problem = OnceProblem {
+                        secret: Some(name.clone()),
+                        problem: e.clone(),
+                    };
+                    return (Some(problem), None);
                 }
                 Some((e, true)) if retryable.is_none() => {
-                    retryable = Some(format!("secret {name:?}: {e}"))
+                    retryable = Some(OnceProblem {
+                        secret: Some(name.clone()),
+                        problem: e.clone(),
+                    })
                 }
                 _ => {}
             }
@@ -314,7 +329,13 @@ impl Engine {
             self.shared.metrics.forget(&name);
         }
         for name in wanted {
-            self.tracked.entry(name).or_insert_with(Tracked::new);
+            if let std::collections::btree_map::Entry::Vacant(entry) = self.tracked.entry(name) {
+                self.shared.metrics.track(entry.key());
+                entry.insert(Tracked::new());
+            }
+        }
+        for action in &self.contract.reload {
+            self.shared.metrics.track_reload(action.kind());
         }
     }
 

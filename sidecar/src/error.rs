@@ -18,17 +18,63 @@ pub enum Error {
     #[error("file {file:?}: {problem}")]
     Render { file: String, problem: String },
 
-    #[error("{0}")]
-    Config(String),
+    /// A store flag is missing for the store kind asked for.
+    #[error("{flag} is required {when}")]
+    MissingFlag {
+        flag: &'static str,
+        when: &'static str,
+    },
 
-    /// The controller's CA bundle (`--controller-ca`) cannot be used.
-    #[error("--controller-ca {}: {problem}", path.display())]
-    Channel { path: PathBuf, problem: String },
+    /// The store's key file cannot be used.
+    #[error(transparent)]
+    Key(#[from] rotor_envelope::Error),
 
-    /// `--once` could not write the files: the cause, after a bounded
-    /// retry of retryable failures, or at once for a permanent one.
+    /// The Kubernetes API cannot be configured (no in-cluster config and
+    /// no kubeconfig).
+    #[error("cannot reach the Kubernetes API (in-cluster config or kubeconfig): {0}")]
+    KubeConfig(#[source] kube::Error),
+
+    /// A file the sidecar writes for itself (not a secret's) cannot be
+    /// written.
+    #[error("cannot write {what} to {}: {source}", path.display())]
+    OwnFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The controller's CA bundle (`--controller-ca` or
+    /// `--controller-ca-pem`) cannot be used; `origin` names which.
+    #[error("{origin}: {problem}")]
+    Channel { origin: String, problem: String },
+
+    /// `--once` met a problem no retry fixes (a template that does not
+    /// render, a secret the store refuses): it stops at once.
     #[error("--once: {0}")]
-    Once(String),
+    Once(OnceProblem),
+
+    /// `--once` retried retryable failures (a store unreachable or
+    /// throttled) `attempts` times and gave up.
+    #[error("--once: gave up after {attempts} attempts: {problem}")]
+    OnceGaveUp { attempts: u32, problem: OnceProblem },
+}
+
+/// Why `--once` could not write the files: the secret concerned, when one
+/// is, and the problem, which names no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnceProblem {
+    pub secret: Option<String>,
+    pub problem: String,
+}
+
+impl std::fmt::Display for OnceProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.secret {
+            Some(secret) => write!(f, "secret {secret:?}: {}", self.problem),
+            None => f.write_str(&self.problem),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -40,9 +86,13 @@ impl Error {
             Error::Annotations { .. } | Error::Contract(_) => "annotations",
             Error::Store(e) => e.metric_label(),
             Error::Render { .. } => "render",
-            Error::Config(_) => "config",
+            Error::MissingFlag { .. } => "config",
+            Error::Key(_) => "key",
+            Error::KubeConfig(_) => "kube_config",
+            Error::OwnFile { .. } => "own_file",
             Error::Channel { .. } => "channel",
             Error::Once(_) => "once",
+            Error::OnceGaveUp { .. } => "once_gave_up",
         }
     }
 }

@@ -28,4 +28,4 @@ pub mod watch;
 pub mod writer;
 
 pub use args::Args;
-pub use error::{Error, Result};
+pub use error::{Error, OnceProblem, Result};

@@ -7,6 +7,11 @@
 //! is labelled by its order of first use in this process (`secret="#1"`),
 //! and `rotor_secret_served` has `version="-"`: every series (staleness,
 //! errors, not-current) is still there for alerts, but names no secret.
+//!
+//! The counters alerts take `increase()` of start at 0: a secret's fetch
+//! errors for every reason from the moment it is tracked ([`Metrics::track`]),
+//! each configured reload action's success and failure
+//! ([`Metrics::track_reload`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -20,6 +25,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// The `result` of `rotor_reload_total`: success, then failure.
+const RELOAD_RESULTS: [&str; 2] = ["success", "failure"];
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -45,6 +53,7 @@ pub struct Metrics {
     writes: Counter,
     repairs: Counter,
     config_errors: Counter,
+    inotify_fallbacks: Counter,
     change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
     /// Last successful fetch per secret, for staleness at scrape time.
     successes: Mutex<BTreeMap<String, SystemTime>>,
@@ -81,6 +90,7 @@ impl Metrics {
         let writes = Counter::default();
         let repairs = Counter::default();
         let config_errors = Counter::default();
+        let inotify_fallbacks = Counter::default();
         let change_to_file =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(change_histogram);
         registry.register(
@@ -136,6 +146,12 @@ impl Metrics {
             config_errors.clone(),
         );
         registry.register(
+            "inotify_fallbacks",
+            "Watches that could not get an inotify instance or watch (the uid's inotify limits \
+             used up) and check their file on a timer instead",
+            inotify_fallbacks.clone(),
+        );
+        registry.register(
             "change_to_file_seconds",
             "From a version's creation in the store (poll) or a push request (push) to its file being written",
             change_to_file.clone(),
@@ -152,6 +168,7 @@ impl Metrics {
             writes,
             repairs,
             config_errors,
+            inotify_fallbacks,
             change_to_file,
             successes: Mutex::default(),
             served_versions: Mutex::default(),
@@ -239,7 +256,32 @@ impl Metrics {
         self.last_success.remove(&labels(&[("secret", &label)]));
         self.staleness.remove(&labels(&[("secret", &label)]));
         self.not_current.remove(&labels(&[("secret", &label)]));
+        for reason in rotor_store::Error::metric_labels() {
+            self.fetch_errors
+                .remove(&labels(&[("secret", &label), ("reason", reason)]));
+        }
         self.ids.lock().expect("metrics lock").0.remove(secret);
+    }
+
+    /// Exports `secret`'s fetch-error counters at 0 for every reason (a
+    /// store's error kinds, [`rotor_store::Error::metric_labels`]), so an
+    /// `increase()` alert sees the first failure.
+    pub fn track(&self, secret: &str) {
+        let label = self.secret_label(secret);
+        for reason in rotor_store::Error::metric_labels() {
+            let _ = self
+                .fetch_errors
+                .get_or_create(&labels(&[("secret", &label), ("reason", reason)]));
+        }
+    }
+
+    /// Exports the reload counters of an action kind at 0 for each result.
+    pub fn track_reload(&self, kind: &str) {
+        for result in RELOAD_RESULTS {
+            let _ = self
+                .reloads
+                .get_or_create(&labels(&[("action", kind), ("result", result)]));
+        }
     }
 
     pub fn fetch_error(&self, secret: &str, reason: &str) {
@@ -252,7 +294,7 @@ impl Metrics {
     }
 
     pub fn reload(&self, kind: &str, ok: bool) {
-        let result = if ok { "success" } else { "failure" };
+        let result = RELOAD_RESULTS[usize::from(!ok)];
         self.reloads
             .get_or_create(&labels(&[("action", kind), ("result", result)]))
             .inc();
@@ -268,6 +310,11 @@ impl Metrics {
         if total > seen {
             self.repairs.inc_by(total - seen);
         }
+    }
+
+    /// A watch fell back to polling (see `watch::FALLBACK_POLL`).
+    pub fn inotify_fallback(&self) {
+        self.inotify_fallbacks.inc();
     }
 
     pub fn config_error(&self) {
@@ -344,5 +391,30 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// A tracked secret has every reason at 0 before its first failure, a
+    /// reload action both results; a forgotten secret loses its series.
+    #[test]
+    fn tracked_secrets_and_reload_actions_start_at_zero() {
+        let m = Metrics::new(true);
+        m.track("db");
+        m.track("gone");
+        m.track_reload("signal");
+        m.fetch_error("db", "unreachable");
+        m.forget("gone");
+        let text = m.encode();
+        for reason in rotor_store::Error::metric_labels() {
+            let value = if reason == "unreachable" { 1 } else { 0 };
+            let series = format!(
+                "rotor_secret_fetch_errors_total{{secret=\"db\",reason=\"{reason}\"}} {value}\n"
+            );
+            assert!(text.contains(&series), "{series} missing in {text}");
+        }
+        assert!(!text.contains("secret=\"gone\""), "{text}");
+        for result in ["success", "failure"] {
+            let series = format!("rotor_reload_total{{action=\"signal\",result=\"{result}\"}} 0\n");
+            assert!(text.contains(&series), "{series} missing in {text}");
+        }
     }
 }

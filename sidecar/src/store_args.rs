@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{
@@ -121,16 +120,17 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     /// Builds the store the flags describe.
-    pub async fn build(&self) -> anyhow::Result<Arc<dyn Store>> {
+    pub async fn build(&self) -> crate::Result<Arc<dyn Store>> {
         Ok(match self.store_kind {
             StoreKind::Local => {
-                let path = self.local_store.clone().context(
-                    "--local-store (ROTOR_LOCAL_STORE) is required with --store-kind local",
-                )?;
-                let key = self
-                    .key
-                    .as_ref()
-                    .context("--key (ROTOR_KEY) is required with --store-kind local")?;
+                let path = self.local_store.clone().ok_or(crate::Error::MissingFlag {
+                    flag: "--local-store (ROTOR_LOCAL_STORE)",
+                    when: "with --store-kind local",
+                })?;
+                let key = self.key.as_ref().ok_or(crate::Error::MissingFlag {
+                    flag: "--key (ROTOR_KEY)",
+                    when: "with --store-kind local",
+                })?;
                 let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::load(key)?);
                 Arc::new(LocalStore::new(path, kek))
             }
@@ -142,11 +142,14 @@ impl StoreArgs {
                         "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
                     )
                     .map(|s| s.trim().to_owned())
-                    .context("--kubernetes-namespace (ROTOR_KUBERNETES_NAMESPACE) is required outside a pod")?,
+                    .map_err(|_| crate::Error::MissingFlag {
+                        flag: "--kubernetes-namespace (ROTOR_KUBERNETES_NAMESPACE)",
+                        when: "outside a pod",
+                    })?,
                 };
                 let client = kube::Client::try_default()
                     .await
-                    .context("cannot reach the Kubernetes API (in-cluster config or kubeconfig)")?;
+                    .map_err(crate::Error::KubeConfig)?;
                 Arc::new(rotor_store::KubeStore::new(client, &namespace))
             }
             StoreKind::Aws => Arc::new(
@@ -161,11 +164,11 @@ impl StoreArgs {
         })
     }
 
-    pub fn vault_config(&self) -> anyhow::Result<VaultConfig> {
-        let addr = self
-            .vault_addr
-            .clone()
-            .context("--vault-addr (ROTOR_VAULT_ADDR) is required with --store-kind vault")?;
+    pub fn vault_config(&self) -> crate::Result<VaultConfig> {
+        let addr = self.vault_addr.clone().ok_or(crate::Error::MissingFlag {
+            flag: "--vault-addr (ROTOR_VAULT_ADDR)",
+            when: "with --store-kind vault",
+        })?;
         let auth = match self.vault_auth {
             VaultAuthMethod::Token => VaultAuth::TokenFile(self.vault_token_file.clone()),
             VaultAuthMethod::Kubernetes => VaultAuth::Kubernetes {
@@ -173,9 +176,10 @@ impl StoreArgs {
                     .vault_auth_mount
                     .clone()
                     .unwrap_or_else(|| "kubernetes".to_owned()),
-                role: self.vault_role.clone().context(
-                    "--vault-role (ROTOR_VAULT_ROLE) is required with --vault-auth kubernetes",
-                )?,
+                role: self.vault_role.clone().ok_or(crate::Error::MissingFlag {
+                    flag: "--vault-role (ROTOR_VAULT_ROLE)",
+                    when: "with --vault-auth kubernetes",
+                })?,
                 jwt: std::sync::Arc::new(rotor_store::TokenFile::new(&self.vault_jwt_file)),
             },
             VaultAuthMethod::Approle => VaultAuth::AppRole {
@@ -186,11 +190,16 @@ impl StoreArgs {
                 role_id: self
                     .vault_role_id
                     .clone()
-                    .context("--vault-role-id is required with --vault-auth approle")?,
-                secret_id_path: self
-                    .vault_secret_id_file
-                    .clone()
-                    .context("--vault-secret-id-file is required with --vault-auth approle")?,
+                    .ok_or(crate::Error::MissingFlag {
+                        flag: "--vault-role-id",
+                        when: "with --vault-auth approle",
+                    })?,
+                secret_id_path: self.vault_secret_id_file.clone().ok_or(
+                    crate::Error::MissingFlag {
+                        flag: "--vault-secret-id-file",
+                        when: "with --vault-auth approle",
+                    },
+                )?,
             },
         };
         let mut config = VaultConfig::new(addr, auth);
@@ -198,8 +207,10 @@ impl StoreArgs {
         config.ca_cert = self.vault_ca_cert.clone();
         if let Some(pem) = &self.vault_ca_pem {
             let path = std::env::temp_dir().join("rotor-vault-ca.pem");
-            std::fs::write(&path, pem).with_context(|| {
-                format!("cannot write the Vault CA bundle to {}", path.display())
+            std::fs::write(&path, pem).map_err(|source| crate::Error::OwnFile {
+                what: "the Vault CA bundle",
+                path: path.clone(),
+                source,
             })?;
             config.ca_cert = Some(path);
         }

@@ -7,6 +7,12 @@
 //! the volume's directory, or the file itself replaced or written. Other
 //! files in that directory (a log, say) are ignored, so reading the file
 //! again can never feed on what the sidecar writes.
+//!
+//! Without inotify (the uid's `fs.inotify.max_user_instances` or
+//! `max_user_watches` used up, by other sidecars or any process of that
+//! uid on the node) the file is checked every [`FALLBACK_POLL`] instead:
+//! the sidecar warns once, counts it in `rotor_inotify_fallbacks_total`,
+//! and serves as before. See `docs/node-limits.md`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -32,6 +38,11 @@ pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// at least one byte: 5 times [`MAX_ANNOTATIONS_BYTES`] holds any file of a
 /// pod Kubernetes admitted.
 pub const MAX_FILE_BYTES: usize = 5 * MAX_ANNOTATIONS_BYTES;
+
+/// How often the annotations file's `..data` link is checked when inotify
+/// is not available: a `readlink` and a `stat`, cheap enough to keep the
+/// delay of an annotation change near the kubelet's own.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
 
 /// Reads the annotations file, at most [`MAX_FILE_BYTES`] of it.
 fn read(path: &Path) -> Result<String> {
@@ -99,7 +110,7 @@ pub fn spawn(
     shared: Arc<Shared>,
     debounce: Duration,
 ) -> Result<watch::Receiver<PodSecrets>> {
-    let mut changes = DirWatch::parent_of(
+    let mut changes = DirWatch::file_or_poll(
         &path,
         WatchMask::CREATE
             | WatchMask::MOVED_TO
@@ -107,12 +118,23 @@ pub fn spawn(
             | WatchMask::MODIFY
             | WatchMask::DELETE,
         debounce,
+        FALLBACK_POLL,
     )
     .map_err(|e| Error::Annotations {
         path: path.clone(),
         problem: format!("cannot watch its directory with inotify ({})", e.io()),
-    })?
-    .only(DirWatch::kubelet_names(&path));
+    })?;
+    if let Some(cause) = changes.fallback() {
+        shared.metrics.inotify_fallback();
+        tracing::warn!(
+            path = %path.display(),
+            error = %cause,
+            reason = cause.metric_label(),
+            every = ?FALLBACK_POLL,
+            "inotify is not available (the uid's inotify limits are used up); \
+             checking the annotations file's ..data link on a timer instead"
+        );
+    }
     let (tx, rx) = watch::channel(initial.clone());
     tokio::spawn(async move {
         let mut current = initial;

@@ -133,6 +133,35 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The labels [`Error::metric_label`] returns itself; with the
+    /// envelope's ([`Error::metric_labels`]), every one it can return.
+    const OWN_METRIC_LABELS: [&'static str; 14] = [
+        "store_missing",
+        "io",
+        "corrupt",
+        "replayed",
+        "not_found",
+        "invalid_input",
+        "conflict",
+        "permission_denied",
+        "auth",
+        "token",
+        "unreachable",
+        "throttled",
+        "malformed",
+        "config",
+    ];
+
+    /// Every label [`Error::metric_label`] returns, the envelope's
+    /// included: a counter by reason starts at 0 for each, so an
+    /// `increase()` alert sees the first one.
+    pub fn metric_labels() -> std::collections::BTreeSet<&'static str> {
+        Self::OWN_METRIC_LABELS
+            .into_iter()
+            .chain(rotor_envelope::Error::METRIC_LABELS)
+            .collect()
+    }
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -179,5 +208,27 @@ impl Error {
                 | Error::VersionRemoved { .. }
                 | Error::StageNotFound { .. }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn metric_labels_lists_every_label() {
+        let own: std::collections::BTreeSet<String> = Error::OWN_METRIC_LABELS
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        assert_eq!(
+            own,
+            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        );
+        let all = Error::metric_labels();
+        assert!(
+            all.contains("unreachable") && all.contains("integrity"),
+            "{all:?}"
+        );
     }
 }

@@ -17,6 +17,7 @@
 
 pub mod aws;
 mod backend;
+pub mod backoff;
 mod error;
 pub mod kubernetes;
 pub mod local;

@@ -563,7 +563,18 @@ impl Pki {
     }
 }
 
-fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
+/// A serving certificate for `names` (DNS names or IP addresses) signed by
+/// `ca`: its PEM and its key's PEM.
+pub fn server_cert(ca: &rcgen::Certificate, ca_key: &KeyPair, names: &[&str]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, ca, ca_key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A self-signed CA named `name`, and its key.
+pub fn new_ca(name: &str) -> (rcgen::Certificate, KeyPair) {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.distinguished_name.push(DnType::CommonName, name);
@@ -616,6 +627,69 @@ pub fn point_webhook_at(plane: &ControlPlane, port: u16) {
     ]);
 }
 
+/// The stand-in for the controller Service's channel port (kube-proxy):
+/// one loopback port that forwards each connection to the next replica
+/// that accepts it, in turn, as a Service spreads connections over its
+/// endpoints. Every [`Controller`] of this test process registers its
+/// channel port here, and the webhook injects this address, so a sidecar
+/// refused with NotLeader re-dials and lands on another replica.
+pub struct ChannelService {
+    pub port: u16,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl ChannelService {
+    /// The process's one Service, started on first use.
+    pub fn shared() -> &'static ChannelService {
+        static SERVICE: OnceLock<ChannelService> = OnceLock::new();
+        SERVICE.get_or_init(|| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let backends: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>> =
+                std::sync::Arc::default();
+            let list = backends.clone();
+            std::thread::spawn(move || {
+                let mut next = 0usize;
+                for client in listener.incoming().flatten() {
+                    let candidates = list.lock().unwrap().clone();
+                    let upstream = (0..candidates.len()).find_map(|i| {
+                        let addr = candidates[(next + i) % candidates.len()];
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()
+                    });
+                    next = next.wrapping_add(1);
+                    let Some(upstream) = upstream else { continue };
+                    pipe(client, upstream);
+                }
+            });
+            ChannelService { port, backends }
+        })
+    }
+
+    /// `host:port` sidecars dial.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn add(&self, backend: std::net::SocketAddr) {
+        self.backends.lock().unwrap().push(backend);
+    }
+}
+
+/// Copies bytes both ways between `a` and `b` until either side closes.
+fn pipe(a: std::net::TcpStream, b: std::net::TcpStream) {
+    let copy = |mut from: std::net::TcpStream, mut to: std::net::TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        });
+    };
+    if let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) {
+        copy(a, b2);
+        copy(b, a2);
+    }
+}
+
 /// `rotor-controller run` out of cluster, authenticated as its own
 /// ServiceAccount (a TokenRequest token), so `deploy/`'s RBAC is what the
 /// API server enforces. Its webhook serves on 127.0.0.1 with a
@@ -624,6 +698,8 @@ pub struct Controller {
     pub identity: String,
     pub webhook_port: u16,
     pub metrics_port: u16,
+    /// Where this replica's channel listens (behind [`ChannelService`]).
+    pub channel_port: u16,
     pub dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
@@ -662,6 +738,9 @@ impl Controller {
         let tls = dir.path().join("tls");
         std::fs::create_dir_all(&tls).unwrap();
         let metrics_port = free_port();
+        let channel_port = free_port();
+        let service = ChannelService::shared();
+        service.add(([127, 0, 0, 1], channel_port).into());
         let child = crate::command("rotor-controller")
             .arg("run")
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
@@ -670,6 +749,8 @@ impl Controller {
             .arg(format!("--tls-key={}", tls.join("tls.key").display()))
             .arg(format!("--listen=127.0.0.1:{webhook_port}"))
             .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+            .arg(format!("--channel-addr=127.0.0.1:{channel_port}"))
+            .arg(format!("--sidecar-controller-addr={}", service.addr()))
             .arg(format!("--identity={identity}"))
             .args(extra)
             .envs(env.iter().copied())
@@ -685,6 +766,7 @@ impl Controller {
             identity: identity.to_owned(),
             webhook_port,
             metrics_port,
+            channel_port,
             dir,
             child: Some(child),
         }
@@ -906,4 +988,92 @@ pub fn kv_metadata(bao: &crate::servers::Bao, secret: &str) -> (usize, serde_jso
         meta["data"]["versions"].as_object().unwrap().len(),
         meta["data"]["custom_metadata"].clone(),
     )
+}
+
+/// A pod reading `secret` from the RotorStore `vault` as `db-password`.
+pub fn consumer_pod(name: &str, secret: &str) -> k8s_openapi::api::core::v1::Pod {
+    app_pod(
+        name,
+        &[
+            ("rotor.dev/inject", "true"),
+            ("rotor.dev/store", "vault"),
+            ("rotor.dev/secret.db-password", secret),
+        ],
+    )
+}
+
+/// A fresh namespace (named from `prefix`) with an `app` and a rotator
+/// account, `bao` holding the secret `<ns>/db` with Kubernetes auth for
+/// both, and the RotorStore `vault`; the namespace and the secret's name.
+pub async fn vault_store_namespace(
+    plane: &ControlPlane,
+    bao: &crate::servers::Bao,
+    prefix: &str,
+) -> (String, String) {
+    let ns = plane.namespace(prefix).await;
+    plane.service_account(&ns, "app").await;
+    plane.service_account(&ns, ROTATOR).await;
+    vault_kubernetes_auth(plane, bao, "app", &["app", ROTATOR], &[&ns]).await;
+    let secret = format!("{ns}/db");
+    bao.api(
+        "POST",
+        &format!("secret/data/{secret}"),
+        r#"{"data":{"value":"initial-password"}}"#,
+    );
+    let store: rotor_crds::api::RotorStore = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rotor.dev/v1alpha1",
+        "kind": "RotorStore",
+        "metadata": { "name": "vault" },
+        "spec": { "provider": { "vault": {
+            "server": bao.addr(),
+            "mount": "secret",
+            "auth": { "kubernetes": { "role": "app" } },
+        } } },
+    }))
+    .unwrap();
+    Api::<rotor_crds::api::RotorStore>::namespaced(plane.client().await, &ns)
+        .create(&PostParams::default(), &store)
+        .await
+        .unwrap();
+    (ns, secret)
+}
+
+/// One replica named `identity` that serves the webhook and holds the
+/// leader Lease.
+pub async fn lone_leader(plane: &ControlPlane, identity: &str) -> Controller {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = plane.client().await;
+    let webhook_port = free_port();
+    point_webhook_at(plane, webhook_port);
+    let controller =
+        Controller::start_at(plane, identity, webhook_port, &["--lease-duration=4s"]).await;
+    let led = eventually(30, || async {
+        Api::<Lease>::namespaced(client.clone(), "rotor-system")
+            .get_opt("rotor-controller-leader")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .as_deref()
+            == Some(identity)
+    })
+    .await;
+    assert!(led, "{identity} never took the Lease: {}", controller.log());
+    controller
+}
+
+/// Creates `pod` through the webhook (retried while the webhook starts)
+/// and returns it as stored.
+pub async fn admit_pod(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    pod: k8s_openapi::api::core::v1::Pod,
+    controller: &Controller,
+) -> k8s_openapi::api::core::v1::Pod {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let admitted = eventually(30, || async {
+        pods.create(&PostParams::default(), &pod).await.is_ok()
+    })
+    .await;
+    assert!(admitted, "{name} was not admitted: {}", controller.log());
+    pods.get(&name).await.unwrap()
 }

@@ -10,7 +10,10 @@
 //!   with the projection's audience), the API credentials, Secret volumes;
 //! - starts the real `rotor-sidecar` with the args and env the webhook
 //!   injected, with mount paths mapped to those directories and `0.0.0.0`
-//!   to the pod's IP.
+//!   to the pod's IP; the pod's own loopback is its IP too (the sidecar's
+//!   loopback push port goes there, `ROTOR_PUSH_ADDR`, so pods on this
+//!   machine do not collide). The sidecar dials the controller through
+//!   [`crate::cluster::ChannelService`], the address the webhook injects.
 //!
 //! What it does not do: run the app, pull images, enforce the
 //! securityContext, or refresh the downward-API file by itself
@@ -147,6 +150,10 @@ impl RunningPod {
             .and_then(|p| p.parse().ok())
             .expect("an --admin-addr");
         env.extend(container_env);
+        env.push((
+            "ROTOR_PUSH_ADDR".into(),
+            format!("{ip}:{}", rotor_crds::defaults::PUSH_PORT),
+        ));
         running.args = args;
         running.env = env;
 
@@ -326,7 +333,7 @@ fn expand(arg: &str, env: &[(String, String)]) -> String {
 }
 
 /// The container's env: plain values, and `metadata.name`,
-/// `metadata.namespace` and `status.podIP` field refs.
+/// `metadata.namespace`, `metadata.uid` and `status.podIP` field refs.
 fn container_env(c: &Container, pod: &Pod, ip: &str) -> Vec<(String, String)> {
     c.env
         .iter()
@@ -337,6 +344,7 @@ fn container_env(c: &Container, pod: &Pod, ip: &str) -> Vec<(String, String)> {
                 (None, Some(from)) => match from.field_ref.as_ref()?.field_path.as_str() {
                     "metadata.name" => pod.name_any(),
                     "metadata.namespace" => pod.namespace().unwrap_or_default(),
+                    "metadata.uid" => pod.uid().unwrap_or_default(),
                     "status.podIP" => ip.to_owned(),
                     _ => return None,
                 },

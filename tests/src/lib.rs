@@ -4,8 +4,10 @@
 pub mod channel_peer;
 pub mod cluster;
 pub mod conformance;
+pub mod help;
 pub mod kubelet;
 pub mod pod;
+pub mod postgres;
 pub mod servers;
 pub mod standalone;
 pub mod tools;

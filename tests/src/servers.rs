@@ -217,14 +217,58 @@ impl Bao {
         Self::start_with(false)
     }
 
+    /// A dev server whose every request is written to its audit log
+    /// ([`Bao::audited_requests`]): what the store saw, counted by the
+    /// store. OpenBao enables an audit device through the API only when
+    /// its configuration allows it, hence the one-line config file.
+    pub fn start_audited() -> Self {
+        let bao = Self::start_with_config(false, Some("unsafe_allow_api_audit_creation = true\n"));
+        let log = bao.audit_log();
+        bao.api(
+            "PUT",
+            "sys/audit/file",
+            &serde_json::json!({"type": "file", "options": {"file_path": log}}).to_string(),
+        );
+        bao
+    }
+
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// The `(operation, path)` of every request in the audit log so far
+    /// (empty without [`Bao::start_audited`]).
+    pub fn audited_requests(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "request")
+            .map(|e| {
+                let op = e["request"]["operation"].as_str().unwrap_or("").to_owned();
+                let path = e["request"]["path"].as_str().unwrap_or("").to_owned();
+                (op, path)
+            })
+            .collect()
+    }
+
     /// A dev server with TLS (`-dev-tls`); its CA is [`Bao::ca`].
     pub fn start_tls() -> Self {
         Self::start_with(true)
     }
 
     fn start_with(tls: bool) -> Self {
+        Self::start_with_config(tls, None)
+    }
+
+    fn start_with_config(tls: bool, config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().to_owned();
+        let config = config.map(|text| {
+            let path = home.join("config.hcl");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let certs = home.join("tls");
         let ca = ca_of(&home);
         let spawn = move |port: u16| {
@@ -234,6 +278,9 @@ impl Bao {
                 std::fs::create_dir_all(&certs).unwrap();
                 cmd.arg("-dev-tls")
                     .arg(format!("-dev-tls-cert-dir={}", certs.display()));
+            }
+            if let Some(config) = &config {
+                cmd.arg(format!("-config={}", config.display()));
             }
             cmd.arg(format!("-dev-listen-address=127.0.0.1:{port}"))
                 .env("HOME", &home);
@@ -372,6 +419,20 @@ impl Moto {
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).expect("a recorded request"))
             .collect()
+    }
+}
+
+/// A request moto recorded ([`Moto::recording`]): its body as text.
+pub fn recorded_body(entry: &serde_json::Value) -> String {
+    use base64::Engine as _;
+    let body = entry["body"].as_str().unwrap_or_default();
+    if entry["body_encoded"].as_bool() == Some(true) {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        String::from_utf8_lossy(&bytes).into_owned()
+    } else {
+        body.to_owned()
     }
 }
 

@@ -1,4 +1,5 @@
 //! The packaging tools the image and chart tests run, `crane` and `helm`,
+//! and `promtool`, which checks and unit-tests the chart's alert rules,
 //! built from their Go modules by `tests/tools/build` into a cache outside
 //! the clone (once; later runs find them there).
 
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-/// The directory with `crane`, `helm` and `cargo-cyclonedx`:
+/// The directory with `crane`, `helm`, `promtool` and `cargo-cyclonedx`:
 /// `ROTOR_TOOLS_DIR` when it holds them, else what `tests/tools/build`
 /// prints (building what is missing).
 pub fn dir() -> &'static PathBuf {
@@ -15,6 +16,7 @@ pub fn dir() -> &'static PathBuf {
         if let Some(dir) = std::env::var_os("ROTOR_TOOLS_DIR").map(PathBuf::from)
             && dir.join("crane").exists()
             && dir.join("helm").exists()
+            && dir.join("promtool").exists()
         {
             return dir;
         }
@@ -36,7 +38,7 @@ pub fn dir() -> &'static PathBuf {
     })
 }
 
-/// The path of `crane` or `helm`.
+/// The path of `crane`, `helm` or `promtool`.
 pub fn tool(name: &str) -> PathBuf {
     let path = dir().join(name);
     assert!(path.exists(), "{} is missing", path.display());

@@ -405,6 +405,23 @@ fn every_changed_value_reaches_the_objects() {
             .is_null()
     );
 
+    // The alert rules, with every threshold and their labels as set.
+    let rules = &all["PrometheusRule/rotor-system/rotor"];
+    assert_eq!(rules["metadata"]["labels"]["release"], "prometheus");
+    let exprs = serde_yaml_ng::to_string(&rules["spec"]).unwrap();
+    for threshold in [
+        "> 0.5\n",
+        "< 45 * 86400\n",
+        "> 7200\n",
+        "rotor_secret_staleness_seconds > 300\n",
+    ] {
+        assert!(exprs.contains(threshold), "{threshold:?} not in {exprs}");
+    }
+    assert!(
+        !template(&[], &[]).unwrap().contains("kind: PrometheusRule"),
+        "the alert rules are off by default"
+    );
+
     let token_rule = all["ClusterRole//rotor-controller"]["rules"]
         .as_sequence()
         .unwrap()

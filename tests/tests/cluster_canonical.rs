@@ -69,6 +69,9 @@ fn pod(name: &str) -> Pod {
         "kind": "Pod",
         "metadata": { "name": name, "annotations": annotations },
         "spec": {
+            // What the ServiceAccount admission plugin (off in the harness)
+            // sets; the channel's projected token needs it.
+            "serviceAccountName": "default",
             "securityContext": { "runAsUser": 1000, "runAsGroup": 1000 },
             "containers": [{ "name": "app", "image": "example/app:1" }],
         },

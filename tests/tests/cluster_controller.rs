@@ -26,6 +26,9 @@ fn pod(name: &str, annotations: &[(&str, &str)], run_as_user: Option<i64>) -> Po
         "kind": "Pod",
         "metadata": { "name": name, "annotations": annotations },
         "spec": {
+            // What the ServiceAccount admission plugin (off in the harness)
+            // sets; the channel's projected token needs it.
+            "serviceAccountName": "default",
             "containers": [{
                 "name": "app",
                 "image": "nginx:1.27",

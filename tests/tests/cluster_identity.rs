@@ -24,7 +24,7 @@ use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, eventually, installed, jwt_claims, vault_kubernetes_role,
 };
 use rotor_e2e::free_port;
-use rotor_e2e::servers::{Bao, Moto};
+use rotor_e2e::servers::{Bao, Moto, recorded_body};
 use rotor_fixtures::http_recorder::HttpRecorder;
 use rotor_store::{Store, WriteAs};
 
@@ -266,21 +266,6 @@ fn percent_decode(v: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
-
-/// A recorded request's body as text.
-fn recorded_body(entry: &serde_json::Value) -> String {
-    use base64::Engine as _;
-    let body = entry["body"].as_str().unwrap_or_default();
-    if entry["body_encoded"].as_bool() == Some(true) {
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .unwrap();
-        String::from_utf8_lossy(&bytes).into_owned()
-    } else {
-        body.to_owned()
-    }
-}
-
 /// The access key id a SigV4 Authorization header names.
 fn access_key(entry: &serde_json::Value) -> Option<String> {
     let auth = entry["headers"]["Authorization"].as_str()?;

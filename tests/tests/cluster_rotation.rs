@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use rotor_crds::api::{RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
-    Controller, ROTATOR, app_pod, event_reasons, eventually, installed, kv_metadata,
+    Controller, ROTATOR, consumer_pod, event_reasons, eventually, installed, kv_metadata,
     point_webhook_at, vault_kubernetes_auth,
 };
 use rotor_e2e::kubelet::RunningPod;
@@ -25,17 +25,6 @@ async fn lease_holder(client: &kube::Client) -> Option<String> {
         .ok()
         .flatten()
         .and_then(|l| l.spec?.holder_identity)
-}
-
-fn consumer_pod(name: &str, secret: &str) -> Pod {
-    app_pod(
-        name,
-        &[
-            ("rotor.dev/inject", "true"),
-            ("rotor.dev/store", "vault"),
-            ("rotor.dev/secret.db-password", secret),
-        ],
-    )
 }
 
 #[tokio::test]

@@ -253,8 +253,17 @@ fn the_injected_pod_passes_checkov_pod_checks() {
             "namespace": "shop", "operation": "CREATE", "userInfo": {}, "object": pod.clone()
         }
     });
+    // With the channel as `run` injects it (token volume, CA, identity).
+    let ca = rcgen::generate_simple_self_signed(vec!["rotor-webhook.rotor-system.svc".into()])
+        .unwrap()
+        .cert
+        .pem();
     let config = rotor_controller::webhook::InjectConfig {
         image: "ghcr.io/rotor-dev/rotor-sidecar@sha256:1111111111111111111111111111111111111111111111111111111111111111".into(),
+        channel: Some(rotor_controller::webhook::inject::ChannelInjection {
+            controller_addr: "rotor-webhook.rotor-system.svc:9466".into(),
+            ca: rotor_controller::webhook::inject::CaSource::Pem(ca),
+        }),
         ..Default::default()
     };
     let (status, reply) =

@@ -6,147 +6,14 @@
 //! never fails a login or a query, and a wrong admin credential rolls back
 //! with nothing changed.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rotor_e2e::pod::Pod;
-use rotor_e2e::standalone::Standalone;
-use rotor_e2e::{free_port, wait_until};
+use rotor_e2e::free_port;
+use rotor_e2e::postgres::{DbSecret, Rig, ServerTls, alternating, login, wait_for};
 use rotor_envelope::ExposeSecret;
-use rotor_store::{LocalStore, Selector, WriteAs};
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-/// A PostgreSQL server in a temporary directory, password (SCRAM) logins
-/// over TCP, trust only on its own Unix socket; stopped on drop.
-struct Postgres {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
-}
-
-impl Postgres {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = |args: &[&str]| {
-            let status = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "{args:?} failed");
-        };
-        // PostgreSQL refuses root: the directory belongs to postgres.
-        assert!(
-            Command::new("chown")
-                .arg("postgres")
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        );
-        run(&[
-            &format!("{PG_BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "pg",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-        ]);
-        let port = free_port();
-        let child = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/postgres"), "-D"])
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("postgres.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let pg = Self { dir, port, child };
-        assert!(
-            wait_until(30, || std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()),
-            "postgres did not start"
-        );
-        pg
-    }
-
-    /// Runs `sql` as the superuser over the Unix socket, once the server
-    /// accepts logins (it refuses them while it starts up), within 30 s.
-    async fn admin_sql(&self, sql: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            let attempt = tokio_postgres::Config::new()
-                .host_path(self.dir.path())
-                .port(self.port)
-                .user("pg")
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await;
-            match attempt {
-                Ok((client, conn)) => {
-                    tokio::spawn(conn);
-                    break client;
-                }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("postgres never accepted a login: {e}\n{}", self.log()),
-            }
-        };
-        // One at a time: CREATE DATABASE refuses an implicit transaction.
-        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
-            client.batch_execute(statement).await.unwrap();
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok();
-        if let Some(pid) = pid.as_deref().and_then(|p| p.lines().next()) {
-            let _ = Command::new("kill").arg(pid).status();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A login as `user`/`password` and one query.
-async fn login(
-    port: u16,
-    user: &str,
-    password: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname("shop")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(conn);
-    client.batch_execute("SELECT 1").await?;
-    Ok(client)
-}
-
-#[derive(serde::Deserialize, Clone, PartialEq)]
-struct DbSecret {
-    username: String,
-    password: String,
-}
+use rotor_store::Selector;
 
 /// The app: a pool of two connections, rebuilt when the secret file
 /// changes, and a query on each every 20 ms. Counts every failure and
@@ -211,136 +78,8 @@ impl App {
     }
 }
 
-/// The controller, the sidecar and the app, on one local store.
-struct Rig {
-    pg: Postgres,
-    pod: Pod,
-    store: LocalStore,
-    dir: tempfile::TempDir,
-    _controller: Standalone,
-}
-
-impl Rig {
-    async fn start(admin_password: &str) -> Self {
-        Self::start_with(admin_password, None, "[app_a, app_b]").await
-    }
-
-    /// With the target's port replaced by `port` and its roles by `roles`.
-    async fn start_with(admin_password: &str, port: Option<u16>, roles: &str) -> Self {
-        let pg = Postgres::start();
-        pg.admin_sql(
-            "ALTER ROLE pg PASSWORD 'pg-admin-canary-5d1a'; \
-             CREATE DATABASE shop; \
-             CREATE ROLE app_a LOGIN PASSWORD 'initial-a-canary-31f0'; \
-             CREATE ROLE app_b LOGIN PASSWORD 'initial-b-canary-8e22';",
-        )
-        .await;
-        let mut pod = Pod::new();
-        let store = pod.use_local_store();
-        store
-            .put(
-                "app/db",
-                format!(
-                    r#"{{"username":"app_a","password":"initial-a-canary-31f0","host":"127.0.0.1","port":{},"dbname":"shop"}}"#,
-                    pg.port
-                )
-                .as_bytes(),
-                WriteAs::Current,
-            )
-            .unwrap();
-        store
-            .put(
-                "app/db-admin",
-                format!(r#"{{"username":"pg","password":"{admin_password}"}}"#).as_bytes(),
-                WriteAs::Current,
-            )
-            .unwrap();
-        pod.annotate(&[
-            ("rotor.dev/secret.db", "app/db"),
-            ("rotor.dev/refresh", "1h"),
-        ]);
-        let dir = tempfile::tempdir().unwrap();
-        let policies = dir.path().join("policies");
-        std::fs::create_dir_all(&policies).unwrap();
-        std::fs::write(
-            policies.join("store.yaml"),
-            format!(
-                "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {{name: main}}\nspec:\n  provider:\n    local: {{path: {}, keyPath: {}}}\n",
-                pod.work.path().join("store.rotor").display(),
-                pod.work.path().join("kek").display()
-            ),
-        )
-        .unwrap();
-        // The controller first: the sidecar dials it over the channel.
-        let controller = Standalone::start(
-            &policies,
-            &dir.path().join("state"),
-            &dir.path().join("controller.log"),
-            &[],
-            &[],
-        );
-        pod.envs.extend(controller.sidecar_env("default", "app"));
-        pod.start();
-        assert!(
-            controller.wait_streams(1, 20),
-            "the sidecar did not connect: {}",
-            controller.log_text()
-        );
-        let rig_policy = |n: u32| {
-            format!(
-                "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {{name: db, namespace: default, annotations: {{rotor.dev/rotate-now: 'r{n}'}}}}\nspec:\n  storeRef: {{name: main}}\n  secretName: app/db\n  schedule: {{interval: 1h}}\n  generator: {{password: {{length: 24, minDigits: 2}}}}\n  strategy: {{staged: {{ackTimeout: 10s, gracePeriod: 1s}}}}\n  target:\n    postgresql: {{host: 127.0.0.1, port: {}, dbname: shop, adminSecretName: app/db-admin, strategy: {{alternatingUsers: {{roles: {roles}}}}}}}\n  sidecars: ['default/app']\n",
-                port.unwrap_or(pg.port),
-            )
-        };
-        std::fs::write(policies.join("policy.yaml"), rig_policy(0)).unwrap();
-        Self {
-            pg,
-            pod,
-            store,
-            dir,
-            _controller: controller,
-        }
-    }
-
-    fn status(&self) -> serde_json::Value {
-        std::fs::read(self.dir.path().join("state/default.db.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .map(|v| v["status"].clone())
-            .unwrap_or_default()
-    }
-
-    /// Asks for rotation `n` with a new rotate-now token.
-    fn rotate(&self, n: u32) {
-        let path = self.dir.path().join("policies/policy.yaml");
-        let yaml = std::fs::read_to_string(&path).unwrap();
-        let yaml = yaml.replace(&format!("'r{}'", n - 1), &format!("'r{n}'"));
-        std::fs::write(path, yaml).unwrap();
-    }
-
-    /// The store's CURRENT value, as text.
-    fn current_text(&self) -> String {
-        let f = self.store.get("app/db", Selector::Current).unwrap();
-        String::from_utf8(f.value.expose_secret().to_vec()).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
-    }
-}
-
-async fn wait_for(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    cond()
-}
-
-const ROTATIONS: u32 = 6;
+/// Alternating-users rotations the pooled app runs through.
+const ROTATIONS: u32 = 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
@@ -383,15 +122,35 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
             .await,
             "the app never picked up rotation {n}"
         );
-        // The credential the app held two rotations ago, for the role now
-        // in use, was replaced: nobody holds a working old password.
+        // Idle means Retiring's finish ran: the role not in use has a
+        // password nobody holds, so no credential the app (or the store's
+        // first value) ever held for it logs in, and of the app's
+        // credentials only the current one works.
         let held = app.held.lock().unwrap().clone();
-        if held.len() >= 3 {
-            let (user, old) = &held[held.len() - 3];
-            assert_eq!(user, &current.username);
+        let idle = if current.username == "app_a" {
+            "app_b"
+        } else {
+            "app_a"
+        };
+        for (user, old) in held.iter().filter(|(u, _)| u == idle) {
             assert!(
                 login(rig.pg.port, user, old).await.is_err(),
-                "an old password still works"
+                "rotation {n}: a password of {idle}, the role not in use, still works"
+            );
+        }
+        let initial = if idle == "app_a" {
+            "initial-a-canary-31f0"
+        } else {
+            "initial-b-canary-8e22"
+        };
+        assert!(login(rig.pg.port, idle, initial).await.is_err());
+        for (user, old) in held
+            .iter()
+            .filter(|(u, p)| u == &current.username && p != &current.password)
+        {
+            assert!(
+                login(rig.pg.port, user, old).await.is_err(),
+                "rotation {n}: an old password of {user} still works"
             );
         }
     }
@@ -492,4 +251,73 @@ async fn an_unreachable_database_rolls_back_and_changes_nothing() {
 async fn a_role_that_does_not_exist_rolls_back_and_changes_nothing() {
     let rig = Rig::start_with("pg-admin-canary-5d1a", None, "[app_a, app_missing]").await;
     rolls_back_with(&rig, "NoSuchRole").await;
+}
+
+/// A test CA, a server certificate for 127.0.0.1 it signed, and the
+/// target's `tls` field trusting `trusted` (PEM).
+fn tls_rig_parts(trusted: Option<&str>) -> (ServerTls, String) {
+    let (ca, ca_key) = rotor_e2e::cluster::new_ca("rotor postgres test CA");
+    let (cert, key) = rotor_e2e::cluster::server_cert(&ca, &ca_key, &["127.0.0.1"]);
+    let bundle = trusted.map_or_else(|| ca.pem(), str::to_owned);
+    let yaml = format!(
+        ", tls: {{mode: Require, caBundle: {}}}",
+        serde_json::to_string(&bundle).unwrap()
+    );
+    (
+        ServerTls {
+            cert,
+            key,
+            ssl_only: false,
+        },
+        yaml,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_over_tls_verifies_the_server_against_the_targets_ca() {
+    let (mut tls, yaml) = tls_rig_parts(None);
+    // TCP logins without TLS are refused, so a rotation proves TLS.
+    tls.ssl_only = true;
+    let rig = Rig::start_full(
+        "pg-admin-canary-5d1a",
+        None,
+        &alternating("[app_a, app_b]"),
+        Some(&tls),
+        &yaml,
+    )
+    .await;
+    assert!(
+        wait_for(60, || {
+            let s = rig.status();
+            s["phase"] == "Idle" && s["previousVersion"].is_string()
+        })
+        .await,
+        "no rotation over TLS: {}\n{}",
+        rig.status(),
+        rig.log()
+    );
+    let current: DbSecret = serde_json::from_str(&rig.current_text()).unwrap();
+    assert_eq!(current.username, "app_b");
+    assert!(
+        login(rig.pg.port, "app_b", &current.password)
+            .await
+            .is_err(),
+        "the server refuses logins without TLS"
+    );
+    assert!(!rig.log().contains(&current.password));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_from_another_ca_rolls_back_naming_tls() {
+    let (other, _) = rotor_e2e::cluster::new_ca("not the server's CA");
+    let (tls, yaml) = tls_rig_parts(Some(&other.pem()));
+    let rig = Rig::start_full(
+        "pg-admin-canary-5d1a",
+        None,
+        &alternating("[app_a, app_b]"),
+        Some(&tls),
+        &yaml,
+    )
+    .await;
+    rolls_back_with(&rig, "TargetTlsFailed").await;
 }

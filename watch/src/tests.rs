@@ -104,3 +104,90 @@ async fn only_the_named_entries_count() {
     // CREATE and CLOSE_WRITE of the file; the log is not counted.
     assert_eq!(watch.settled().await.unwrap().events, 2);
 }
+
+#[test]
+fn metric_labels_lists_every_label() {
+    let io = || std::io::Error::other("test");
+    let labels: Vec<&str> = [
+        Error::Init(io()),
+        Error::Watch {
+            dir: "/nowhere".into(),
+            source: io(),
+        },
+    ]
+    .iter()
+    .map(Error::metric_label)
+    .collect();
+    assert_eq!(labels, Error::METRIC_LABELS);
+}
+
+/// A cause for a polling watch in tests: what inotify answers a user past
+/// `max_user_instances`.
+fn out_of_instances() -> Error {
+    Error::Init(std::io::Error::from_raw_os_error(
+        rustix::io::Errno::MFILE.raw_os_error(),
+    ))
+}
+
+#[test]
+fn only_inotify_limits_are_limits() {
+    assert!(out_of_instances().is_limit());
+    let no_space = Error::Watch {
+        dir: "d".into(),
+        source: std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+    };
+    assert!(no_space.is_limit());
+    let missing = Error::Watch {
+        dir: "d".into(),
+        source: std::io::ErrorKind::NotFound.into(),
+    };
+    assert!(!missing.is_limit());
+}
+
+/// Without inotify, the kubelet's swap of `..data` is seen at the next
+/// check, once; nothing is reported while nothing changes, and a file
+/// replaced in place (outside a cluster) is seen too.
+#[tokio::test(start_paused = true)]
+async fn polling_sees_the_data_link_swap_and_the_file_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("annotations");
+    std::fs::write(&file, "a").unwrap();
+    std::os::unix::fs::symlink("..2026_1", dir.path().join("..data")).unwrap();
+    let every = Duration::from_secs(1);
+    let mut watch = DirWatch::polling(&file, every, out_of_instances());
+    assert_eq!(watch.fallback().map(Error::metric_label), Some("inotify"));
+
+    // Nothing changes: no change within several checks.
+    let quiet = tokio::time::timeout(every * 5, watch.settled()).await;
+    assert!(quiet.is_err(), "reported a change that did not happen");
+
+    // The kubelet's swap.
+    std::os::unix::fs::symlink("..2026_2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(watch.settled().await, Some(Settled { events: 1 }));
+    assert!(started.elapsed() <= every, "seen later than one check");
+    let quiet = tokio::time::timeout(every * 3, watch.settled()).await;
+    assert!(quiet.is_err(), "one swap reported twice");
+
+    // The file replaced by a rename, as the tests' fake kubelet does.
+    let tmp = dir.path().join("annotations.tmp");
+    std::fs::write(&tmp, "b").unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    assert_eq!(watch.settled().await, Some(Settled { events: 1 }));
+}
+
+/// With inotify available, `file_or_poll` watches with it; a missing
+/// directory is still an error, not a silent poll.
+#[tokio::test]
+async fn file_or_poll_uses_inotify_when_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("annotations");
+    let watch =
+        DirWatch::file_or_poll(&file, CHANGES, Duration::ZERO, Duration::from_secs(1)).unwrap();
+    assert!(watch.fallback().is_none());
+    let missing = dir.path().join("missing").join("annotations");
+    let err = DirWatch::file_or_poll(&missing, CHANGES, Duration::ZERO, Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(err.io().kind(), std::io::ErrorKind::NotFound);
+}

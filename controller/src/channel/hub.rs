@@ -15,6 +15,7 @@ use rotor_channel::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::auth::Admitted;
+pub use crate::rotation::machine::Unanswered;
 use crate::rotation::machine::{self, Consumers};
 
 /// What rotation asks of one consumer.
@@ -52,29 +53,6 @@ impl Request {
                     version,
                 })
             }
-        }
-    }
-}
-
-/// Why a request got no acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Unanswered {
-    /// The pod has no stream to this controller.
-    NotConnected,
-    /// The stream does not serve the secret.
-    NotServed,
-    /// No acknowledgement within the deadline, or the stream ended first.
-    Timeout,
-}
-
-impl Unanswered {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Unanswered::NotConnected => {
-                "not connected: the pod's sidecar has no stream to the controller"
-            }
-            Unanswered::NotServed => "the pod's stream does not serve this secret",
-            Unanswered::Timeout => "no acknowledgement in time",
         }
     }
 }
@@ -285,16 +263,12 @@ impl Consumers for StreamConsumers<'_> {
                 },
             };
             match self.hub.ask(pod, request, self.deadline).await {
-                Ok(ack) => machine::Ack {
-                    consumer: pod.clone(),
-                    version: ack.version,
-                    error: ack.error.map(|p| p.to_string()),
-                },
-                Err(why) => machine::Ack {
-                    consumer: pod.clone(),
-                    version: None,
-                    error: Some(why.as_str().to_owned()),
-                },
+                Ok(ack) => machine::Ack::answered(
+                    pod.clone(),
+                    ack.version,
+                    ack.error.map(|p| p.to_string()),
+                ),
+                Err(why) => machine::Ack::unanswered(pod.clone(), why),
             }
         });
         futures_util::future::join_all(asks).await

@@ -7,11 +7,15 @@
 //!   bounded in size, rate, count and time.
 //! - [`hub`]: the admitted streams by pod; rotation's consumers over them.
 //! - [`metrics`]: streams open, refused and cut off.
+//! - [`tls`]: the serving certificate, reloaded when it is renewed.
+//! - [`cluster`]: the server as `rotor-controller run` builds it.
 
 pub mod auth;
+pub mod cluster;
 pub mod hub;
 pub mod metrics;
 pub mod server;
+pub mod tls;
 
 pub use hub::{Hub, StreamConsumers};
 pub use metrics::ChannelMetrics;

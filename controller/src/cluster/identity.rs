@@ -205,6 +205,21 @@ impl TokenSource for RotatorTokens {
     }
 }
 
+/// An https rotation target receives a token of the rotator whose audience
+/// is the target's URL.
+#[async_trait::async_trait]
+impl crate::rotation::target::https::CallerToken for Rotator {
+    async fn token(
+        &self,
+        audience: &str,
+    ) -> Result<SecretString, crate::rotation::target::TargetFailure> {
+        self.tokens(audience).token_now().await.map_err(|error| {
+            tracing::warn!(namespace = %self.namespace, %audience, %error, "no rotator token for an https target");
+            crate::rotation::target::TargetFailure::NoIdentity
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::Method;

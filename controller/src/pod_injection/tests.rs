@@ -30,6 +30,7 @@ pub(crate) fn injected_pod(native_sidecar: bool) -> Pod {
             }),
         },
         allow_exec_reload: false,
+        budget: None,
     };
     let config = InjectConfig {
         native_sidecar,

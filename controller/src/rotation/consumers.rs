@@ -1,41 +1,31 @@
-//! The consumer index: which pods read which secret from which store,
-//! from their `rotor.dev/` annotations; only pods whose spec holds the
-//! sidecar as the webhook injects it ([`injected`]) count. A plain struct with `apply` /
-//! `delete` / `reset` ([`IndexResource`]), unit-tested without an API.
+//! The consumer index: which running pods read which secret from which
+//! store, from their `rotor.dev/` annotations; only pods whose spec holds
+//! the sidecar as the webhook injects it ([`injected`]) count. A plain
+//! struct with `apply` / `delete` / `reset` ([`IndexResource`]),
+//! unit-tested without an API. Rotation asks these pods over their
+//! streams (`channel::StreamConsumers`); one whose sidecar holds no stream
+//! counts as not acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use rotor_crds::annotations;
 
-use super::machine::{Ack, Consumers};
 use crate::cluster::watch::IndexResource;
 use crate::pod_injection::injected;
-use crate::sidecar_push::HttpSidecars;
 
 /// (namespace, store, secret).
 type SecretKey = (String, String, String);
 /// (namespace, pod).
 type PodKey = (String, String);
 
-/// (namespace, store, secret) → pod name → push URL.
-#[derive(Debug, Clone)]
+/// (namespace, store, secret) → pod names.
+#[derive(Debug, Clone, Default)]
 pub struct ConsumerIndex {
-    /// The sidecars' push port, where the URLs point.
-    push_port: u16,
-    by_secret: BTreeMap<SecretKey, BTreeMap<String, String>>,
+    by_secret: BTreeMap<SecretKey, BTreeSet<String>>,
     /// The secret keys each pod is listed under, for deletes.
     by_pod: BTreeMap<PodKey, BTreeSet<SecretKey>>,
-}
-
-/// Pods whose sidecars listen on the default push port.
-impl Default for ConsumerIndex {
-    fn default() -> Self {
-        Self::new(rotor_crds::defaults::PUSH_PORT)
-    }
 }
 
 /// Pods are watched: a relist replaces the whole index.
@@ -53,7 +43,7 @@ impl IndexResource<Pod> for ConsumerIndex {
     }
 
     fn reset(&mut self, all: &[Pod]) {
-        *self = Self::new(self.push_port);
+        *self = Self::default();
         for pod in all {
             self.insert(pod.namespace().unwrap_or_default(), pod.name_any(), pod);
         }
@@ -61,23 +51,13 @@ impl IndexResource<Pod> for ConsumerIndex {
 }
 
 impl ConsumerIndex {
-    /// An empty index of sidecars that listen on `push_port`.
-    pub fn new(push_port: u16) -> Self {
-        Self {
-            push_port,
-            by_secret: BTreeMap::new(),
-            by_pod: BTreeMap::new(),
-        }
-    }
-
     /// Adds a pod that is not in the index, if it is running and its spec
     /// holds Rotor's sidecar.
     fn insert(&mut self, ns: String, name: String, pod: &Pod) {
-        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-        let Some(ip) = ip.filter(|_| running) else {
+        if !running {
             return;
-        };
+        }
         // Only a pod Rotor injected has a sidecar to acknowledge; a pod
         // that merely says so in its annotations would stall rotations.
         if injected(pod).is_none() {
@@ -94,14 +74,13 @@ impl ConsumerIndex {
         let Some(store) = contract.store.clone() else {
             return;
         };
-        let url = format!("http://{ip}:{}", self.push_port);
         let mut keys = BTreeSet::new();
         for secret in contract.secret_names() {
             let key = (ns.clone(), store.clone(), secret.to_owned());
             self.by_secret
                 .entry(key.clone())
                 .or_default()
-                .insert(name.clone(), url.clone());
+                .insert(name.clone());
             keys.insert(key);
         }
         self.by_pod.insert((ns, name), keys);
@@ -121,41 +100,16 @@ impl ConsumerIndex {
         }
     }
 
-    /// `namespace/pod` → push URL for the consumers of one secret.
-    pub fn consumers(&self, namespace: &str, store: &str, secret: &str) -> Vec<(String, String)> {
+    /// `namespace/pod` of each consumer of one secret.
+    pub fn consumers(&self, namespace: &str, store: &str, secret: &str) -> Vec<String> {
         self.by_secret
             .get(&(namespace.to_owned(), store.to_owned(), secret.to_owned()))
-            .map(|m| {
-                m.iter()
-                    .map(|(pod, url)| (format!("{namespace}/{pod}"), url.clone()))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|pod| format!("{namespace}/{pod}")).collect())
             .unwrap_or_default()
     }
 
     pub fn pods(&self) -> usize {
         self.by_pod.len()
-    }
-}
-
-/// The consumer pods of one secret, reached over their push endpoints.
-pub struct PodConsumers {
-    pub pods: Vec<(String, String)>,
-    pub http: Arc<HttpSidecars>,
-}
-
-#[async_trait]
-impl Consumers for PodConsumers {
-    async fn refresh(&self, secret: &str, version: Option<&str>) -> Vec<Ack> {
-        let urls: Vec<String> = self.pods.iter().map(|(_, u)| u.clone()).collect();
-        let acks = self.http.refresh_urls(&urls, secret, version).await;
-        acks.into_iter()
-            .zip(&self.pods)
-            .map(|(mut ack, (name, _))| {
-                ack.consumer = name.clone();
-                ack
-            })
-            .collect()
     }
 }
 
@@ -200,17 +154,14 @@ mod tests {
 
     #[test]
     fn indexes_running_injected_pods_by_store_and_secret() {
-        let mut i = ConsumerIndex::new(9465);
+        let mut i = ConsumerIndex::default();
         i.apply(&pod("a", "10.0.0.1", "Running", ANN));
         i.apply(&pod("b", "10.0.0.2", "Running", ANN));
         i.apply(&pod("pending", "10.0.0.3", "Pending", ANN));
         i.apply(&pod("plain", "10.0.0.4", "Running", &[("app", "x")]));
         assert_eq!(
             i.consumers("shop", "vault", "shop/db"),
-            vec![
-                ("shop/a".to_owned(), "http://10.0.0.1:9465".to_owned()),
-                ("shop/b".to_owned(), "http://10.0.0.2:9465".to_owned())
-            ]
+            vec!["shop/a".to_owned(), "shop/b".to_owned()]
         );
         assert_eq!(i.consumers("shop", "vault", "shop/api").len(), 2);
         assert!(i.consumers("shop", "other", "shop/db").is_empty());
@@ -226,17 +177,14 @@ mod tests {
     }
 
     #[test]
-    fn a_relist_replaces_every_pod_and_keeps_the_port() {
-        let mut i = ConsumerIndex::new(9999);
+    fn a_relist_replaces_every_pod() {
+        let mut i = ConsumerIndex::default();
         i.apply(&pod("gone", "10.0.0.9", "Running", ANN));
         i.reset(&[
             pod("a", "10.0.0.1", "Running", ANN),
             pod("pending", "10.0.0.3", "Pending", ANN),
         ]);
-        assert_eq!(
-            i.consumers("shop", "vault", "shop/db"),
-            vec![("shop/a".to_owned(), "http://10.0.0.1:9999".to_owned())]
-        );
+        assert_eq!(i.consumers("shop", "vault", "shop/db"), vec!["shop/a"]);
         assert_eq!(i.pods(), 1);
         // A pod that stops running leaves the index.
         i.apply(&pod("a", "10.0.0.1", "Succeeded", ANN));
@@ -249,7 +197,7 @@ mod tests {
     /// every rotation of the secret.
     #[test]
     fn only_pods_holding_the_injected_sidecar_are_consumers() {
-        let mut i = ConsumerIndex::new(9465);
+        let mut i = ConsumerIndex::default();
         let mut decoy = pod("decoy", "10.0.0.7", "Running", ANN);
         decoy.spec = plain().spec;
         i.apply(&decoy);
@@ -260,17 +208,18 @@ mod tests {
         i.apply(&classic);
         assert_eq!(
             i.consumers("shop", "vault", "shop/db"),
-            vec![("shop/classic".to_owned(), "http://10.0.0.8:9465".to_owned())]
+            vec!["shop/classic"]
         );
     }
 
+    /// A running injected pod is a consumer before its sidecar connects
+    /// (and without an IP): rotation then sees it as not connected.
     #[test]
-    fn the_default_port_is_the_sidecars() {
+    fn a_running_pod_counts_without_an_ip() {
         let mut i = ConsumerIndex::default();
-        i.apply(&pod("a", "10.0.0.1", "Running", ANN));
-        assert_eq!(
-            i.consumers("shop", "vault", "shop/api")[0].1,
-            format!("http://10.0.0.1:{}", rotor_crds::defaults::PUSH_PORT)
-        );
+        let mut p = pod("a", "", "Running", ANN);
+        p.status.as_mut().unwrap().pod_ip = None;
+        i.apply(&p);
+        assert_eq!(i.consumers("shop", "vault", "shop/api"), vec!["shop/a"]);
     }
 }

@@ -23,7 +23,11 @@
 //! times with the standalone retry schedule between attempts; consumers
 //! see the value only in Propagating. RollingBack then puts the target
 //! back: singleUser gets CURRENT's password again, alternatingUsers' idle
-//! role gets a random password nobody holds.
+//! role gets a random password nobody holds, an HTTPS receiver gets
+//! `setSecret` with CURRENT. Retiring, after the grace period, runs the
+//! finish step (finishSecret): alternatingUsers' role no longer in use gets
+//! a random password nobody holds; a receiver gets `finishSecret`. A failed
+//! finish is retried, then leaves `Degraded` without undoing the promotion.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,14 +35,18 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ring::rand::SystemRandom;
-use rotor_crds::api::{Condition, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus};
+use rotor_crds::api::{
+    Condition, ConsumerState, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus,
+};
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::generate::{Random, generate};
-use super::target::postgres::Postgres;
-use super::target::{Credential, DbSecret, Strategy, Target, TargetFailure, admin_credential};
+use super::target::https::{CallerToken, Https, Receiver, RotationCall, RotationStep};
+use super::target::{
+    Credential, DbSecret, Strategy, Target, TargetFailure, TargetSpec, admin_credential,
+};
 use super::validate::Policy;
 use crate::{Error, Result};
 
@@ -173,6 +181,10 @@ pub enum RotationEvent {
     TargetRestored {
         role: String,
     },
+    /// Retiring gave the role no longer in use a password nobody holds.
+    TargetFinished {
+        role: String,
+    },
     /// singleUser: from the password change to the last acknowledgement,
     /// consumers held a password the database refused.
     SingleUserWindow {
@@ -261,6 +273,7 @@ impl RotationEvent {
             RotationEvent::TargetTested { .. } => "TargetTested",
             RotationEvent::TargetFailed { failure, .. } => failure.reason(),
             RotationEvent::TargetRestored { .. } => "TargetRestored",
+            RotationEvent::TargetFinished { .. } => "TargetFinished",
             RotationEvent::SingleUserWindow { .. } => "SingleUserWindow",
             RotationEvent::Blocked { reason, .. } => reason.as_str(),
         }
@@ -320,12 +333,17 @@ impl RotationEvent {
                 "{phase} failed ({failure}), attempt {attempt} of {TARGET_ATTEMPTS}; {}",
                 if *rolling_back {
                     "rolling back"
+                } else if *attempt >= TARGET_ATTEMPTS {
+                    "giving up: the previous credential works until the next rotation"
                 } else {
                     "retrying"
                 }
             ),
             RotationEvent::TargetRestored { role } => {
                 format!("role {role} put back as the store has it")
+            }
+            RotationEvent::TargetFinished { role } => {
+                format!("role {role} no longer in use: given a password nobody holds")
             }
             RotationEvent::SingleUserWindow { role, millis } => format!(
                 "role {role}: {millis} ms from the password change to the last acknowledgement"
@@ -363,6 +381,65 @@ pub struct Ack {
     pub consumer: String,
     pub version: Option<String>,
     pub error: Option<String>,
+    /// Why no answer came, when none did.
+    pub unanswered: Option<Unanswered>,
+}
+
+/// Why a consumer gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// The pod's sidecar has no stream to the controller.
+    NotConnected,
+    /// The pod's stream does not serve the secret.
+    NotServed,
+    /// No acknowledgement within the deadline, or the stream ended first.
+    Timeout,
+}
+
+impl Unanswered {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unanswered::NotConnected => {
+                "not connected: the pod's sidecar has no stream to the controller"
+            }
+            Unanswered::NotServed => "the pod's stream does not serve this secret",
+            Unanswered::Timeout => "no acknowledgement in time",
+        }
+    }
+}
+
+impl Ack {
+    /// What `consumer` answered.
+    pub fn answered(consumer: String, version: Option<String>, error: Option<String>) -> Self {
+        Self {
+            consumer,
+            version,
+            error,
+            unanswered: None,
+        }
+    }
+
+    /// No answer from `consumer`, for `why`.
+    pub fn unanswered(consumer: String, why: Unanswered) -> Self {
+        Self {
+            consumer,
+            version: None,
+            error: Some(why.as_str().to_owned()),
+            unanswered: Some(why),
+        }
+    }
+
+    /// The consumer's state in a rotation to `pending`.
+    pub fn state(&self, pending: &str) -> ConsumerState {
+        match self.unanswered {
+            _ if self.version.as_deref() == Some(pending) => ConsumerState::Acknowledged,
+            Some(Unanswered::NotConnected) => ConsumerState::NotConnected,
+            Some(Unanswered::Timeout) => ConsumerState::Timeout,
+            Some(Unanswered::NotServed) => ConsumerState::Failed,
+            None if self.error.is_some() => ConsumerState::Failed,
+            None => ConsumerState::Waiting,
+        }
+    }
 }
 
 /// The consumers of a secret: sidecars listed in the policy (standalone) or
@@ -409,8 +486,10 @@ pub struct Inputs<'a> {
     pub consumers: &'a dyn Consumers,
     /// For generated values and schedule jitter.
     pub rng: &'a dyn Random,
-    /// The system to change, when the policy has a target.
+    /// The database to change, when the policy has a postgresql target.
     pub target: Option<&'a dyn Target>,
+    /// The receiver to call, when the policy has an https target.
+    pub receiver: Option<&'a dyn Receiver>,
 }
 
 impl Inputs<'_> {
@@ -435,26 +514,15 @@ fn set_condition(
     message: &str,
     now: SystemTime,
 ) {
-    let value = if on { "True" } else { "False" };
-    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) if c.status == value && c.reason == reason && c.message == message => {}
-        Some(c) => {
-            if c.status != value {
-                c.last_transition_time = rfc3339(now);
-            }
-            c.status = value.to_owned();
-            c.reason = reason.to_owned();
-            c.message = message.to_owned();
-        }
-        None => status.conditions.push(Condition {
-            type_: type_.to_owned(),
-            status: value.to_owned(),
-            reason: reason.to_owned(),
-            message: message.to_owned(),
-            last_transition_time: rfc3339(now),
-            observed_generation: None,
-        }),
+    Condition {
+        type_: type_.to_owned(),
+        status: if on { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        last_transition_time: rfc3339(now),
+        observed_generation: None,
     }
+    .set_in(&mut status.conditions);
 }
 
 /// The step for a policy that cannot rotate: a spec
@@ -557,12 +625,10 @@ pub async fn step(
     rotate_now: bool,
     store: &dyn Store,
     consumers: &dyn Consumers,
+    caller: Option<&dyn CallerToken>,
 ) -> Result<Step> {
-    let postgres = policy.target.as_ref().map(|t| Postgres {
-        host: t.host.clone(),
-        port: t.port,
-        dbname: t.dbname.clone(),
-    });
+    let postgres = policy.postgres().map(TargetSpec::connect).transpose()?;
+    let https = policy.https().map(|h| Https::new(h, caller)).transpose()?;
     let inputs = Inputs {
         policy,
         now,
@@ -570,6 +636,7 @@ pub async fn step(
         consumers,
         rng: &SystemRandom::new(),
         target: postgres.as_ref().map(|p| p as &dyn Target),
+        receiver: https.as_ref().map(|h| h as &dyn Receiver),
     };
     step_with(&inputs, current, rotate_now).await
 }
@@ -711,7 +778,7 @@ pub const TARGET_ATTEMPTS: u32 = 5;
 /// role the strategy picks, with a generated password.
 async fn new_value(i: &Inputs<'_>) -> Result<Zeroizing<Vec<u8>>> {
     let password = generate(&i.policy.generator, i.rng)?;
-    let Some(t) = &i.policy.target else {
+    let Some(t) = i.policy.postgres() else {
         return Ok(password);
     };
     let secret = i.secret();
@@ -753,7 +820,7 @@ async fn pending_value(
 
 /// The admin credential from the store, or why it cannot be used.
 async fn admin(i: &Inputs<'_>) -> Result<Result<Credential, TargetFailure>> {
-    let Some(t) = &i.policy.target else {
+    let Some(t) = i.policy.postgres() else {
         return Ok(Err(TargetFailure::BadAdminSecret));
     };
     match i.store.read(&t.admin_secret_name, &Selector::Current).await {
@@ -811,27 +878,36 @@ fn target_failed(
 /// password on the pending value's role.
 async fn setting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
     let now = i.now;
-    let Some(target) = i.target else {
+    if i.target.is_none() && i.receiver.is_none() {
         enter(&mut status, Phase::Propagating, now);
         return Ok(Step::new(status, Duration::ZERO));
-    };
+    }
     if let Some(wait) = backing_off(i, &status) {
         return Ok(Step::new(status, wait));
     }
-    let new = pending_value(i, &status, Phase::Setting)
-        .await?
-        .credential();
-    let result = match admin(i).await? {
-        Ok(admin) => target.set(&admin, &new).await,
-        Err(f) => Err(f),
+    let (result, role) = match (i.receiver, i.target) {
+        (Some(receiver), _) => {
+            let call = pending_call(i, &status, RotationStep::Set).await?;
+            (receiver.call(&call).await, receiver.url().to_owned())
+        }
+        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
+        (None, Some(target)) => {
+            let new = pending_value(i, &status, Phase::Setting)
+                .await?
+                .credential();
+            let result = match admin(i).await? {
+                Ok(admin) => target.set(&admin, &new).await,
+                Err(f) => Err(f),
+            };
+            (result, new.username.clone())
+        }
     };
     match result {
         Ok(()) => {
             status.target_attempts = None;
             status.target_set_at = Some(rfc3339(now));
             enter(&mut status, Phase::Testing, now);
-            Ok(Step::new(status, Duration::ZERO)
-                .event(RotationEvent::TargetSet { role: new.username }))
+            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetSet { role }))
         }
         Err(f) => Ok(target_failed(i, status, Phase::Setting, f)),
     }
@@ -840,23 +916,32 @@ async fn setting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Resu
 /// Testing: logs in to the target with the pending value.
 async fn testing(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
     let now = i.now;
-    let Some(target) = i.target else {
+    if i.target.is_none() && i.receiver.is_none() {
         enter(&mut status, Phase::Propagating, now);
         return Ok(Step::new(status, Duration::ZERO));
-    };
+    }
     if let Some(wait) = backing_off(i, &status) {
         return Ok(Step::new(status, wait));
     }
-    let new = pending_value(i, &status, Phase::Testing)
-        .await?
-        .credential();
-    match target.test(&new).await {
+    let (result, role) = match (i.receiver, i.target) {
+        (Some(receiver), _) => {
+            let call = pending_call(i, &status, RotationStep::Test).await?;
+            (receiver.call(&call).await, receiver.url().to_owned())
+        }
+        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
+        (None, Some(target)) => {
+            let new = pending_value(i, &status, Phase::Testing)
+                .await?
+                .credential();
+            (target.test(&new).await, new.username.clone())
+        }
+    };
+    match result {
         Ok(()) => {
             status.target_attempts = None;
             status.consumers.clear();
             enter(&mut status, Phase::Propagating, now);
-            Ok(Step::new(status, Duration::ZERO)
-                .event(RotationEvent::TargetTested { role: new.username }))
+            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetTested { role }))
         }
         Err(f) => Ok(target_failed(i, status, Phase::Testing, f)),
     }
@@ -870,12 +955,15 @@ async fn restore_target(
     i: &Inputs<'_>,
     status: &SecretRotationPolicyStatus,
 ) -> Result<Option<RotationEvent>> {
-    let (Some(target), Some(spec)) = (i.target, &i.policy.target) else {
-        return Ok(None);
-    };
     if status.target_set_at.is_none() || status.pending_version.is_none() {
         return Ok(None);
     }
+    if let Some(receiver) = i.receiver {
+        return restore_receiver(i, receiver).await;
+    }
+    let (Some(target), Some(spec)) = (i.target, i.policy.postgres()) else {
+        return Ok(None);
+    };
     let role = pending_value(i, status, Phase::RollingBack)
         .await?
         .username
@@ -885,16 +973,10 @@ async fn restore_target(
             let f = i.store.read(i.secret(), &Selector::Current).await?;
             DbSecret::from_bytes(f.value.expose_secret())?.credential()
         }
-        Strategy::AlternatingUsers(_) => {
-            let password = generate(&i.policy.generator, i.rng)?;
-            let password = String::from_utf8(password.to_vec()).map_err(|_| {
-                Error::TargetValue("the generator made a password that is not UTF-8".to_owned())
-            })?;
-            Credential {
-                username: role.clone(),
-                password: SecretString::from(password),
-            }
-        }
+        Strategy::AlternatingUsers(_) => Credential {
+            username: role.clone(),
+            password: random_password(i)?,
+        },
     };
     let admin = admin(i).await?.map_err(Error::TargetRollback)?;
     target
@@ -902,6 +984,133 @@ async fn restore_target(
         .await
         .map_err(Error::TargetRollback)?;
     Ok(Some(RotationEvent::TargetRestored { role }))
+}
+
+/// Retiring's half on the target (AWS's finishSecret), once every
+/// consumer has served the promoted version for the grace period:
+/// alternatingUsers gives the role no longer in use a fresh random
+/// password nobody holds, so after each rotation only the current
+/// credential logs in (sessions already open stay open). singleUser has
+/// nothing to do.
+async fn finish_target(
+    i: &Inputs<'_>,
+    status: &SecretRotationPolicyStatus,
+) -> Result<Result<Option<RotationEvent>, TargetFailure>> {
+    if let (Some(receiver), Some(current)) = (i.receiver, &status.current_version) {
+        let call = RotationCall {
+            step: RotationStep::Finish,
+            secret_id: i.secret().to_owned(),
+            client_request_token: current.clone(),
+            secret_string: None,
+        };
+        return Ok(receiver.call(&call).await.map(|()| {
+            Some(RotationEvent::TargetFinished {
+                role: receiver.url().to_owned(),
+            })
+        }));
+    }
+    let (Some(target), Some(spec), Some(previous), Some(current)) = (
+        i.target,
+        i.policy.postgres(),
+        &status.previous_version,
+        &status.current_version,
+    ) else {
+        return Ok(Ok(None));
+    };
+    if matches!(spec.strategy, Strategy::SingleUser(_)) {
+        return Ok(Ok(None));
+    }
+    let role_of = |version: &str| {
+        let version = VersionId(version.to_owned());
+        async move {
+            match i.store.read(i.secret(), &Selector::Version(version)).await {
+                Ok(f) => Ok(Some(
+                    DbSecret::from_bytes(f.value.expose_secret())?
+                        .username
+                        .clone(),
+                )),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(Error::Store(e)),
+            }
+        }
+    };
+    let (Some(old), Some(now_used)) = (role_of(previous).await?, role_of(current).await?) else {
+        return Ok(Ok(None));
+    };
+    if old == now_used {
+        return Ok(Ok(None));
+    }
+    let retired = Credential {
+        username: old.clone(),
+        password: random_password(i)?,
+    };
+    let result = match admin(i).await? {
+        Ok(admin) => target.finish(&admin, &retired).await,
+        Err(f) => Err(f),
+    };
+    Ok(result.map(|()| Some(RotationEvent::TargetFinished { role: old })))
+}
+
+/// A generated password nobody is given.
+fn random_password(i: &Inputs<'_>) -> Result<SecretString> {
+    let password = generate(&i.policy.generator, i.rng)?;
+    String::from_utf8(password.to_vec())
+        .map(SecretString::from)
+        .map_err(|_| {
+            Error::TargetValue("the generator made a password that is not UTF-8".to_owned())
+        })
+}
+
+/// A `setSecret`/`testSecret` call with the pending version's value.
+async fn pending_call(
+    i: &Inputs<'_>,
+    status: &SecretRotationPolicyStatus,
+    step: RotationStep,
+) -> Result<RotationCall> {
+    let version = pending(status, Phase::Setting)?;
+    let f = i
+        .store
+        .read(i.secret(), &Selector::Version(VersionId(version.clone())))
+        .await?;
+    Ok(RotationCall {
+        step,
+        secret_id: i.secret().to_owned(),
+        client_request_token: version,
+        secret_string: Some(value_text(f.value.expose_secret())?),
+    })
+}
+
+/// A value as the text an HTTPS call carries.
+fn value_text(value: &[u8]) -> Result<String> {
+    String::from_utf8(value.to_vec()).map_err(|_| {
+        Error::TargetValue(
+            "an https target carries the value as text: use a generator whose values are UTF-8 (password or keyPair)"
+                .to_owned(),
+        )
+    })
+}
+
+/// RollingBack on an HTTPS target: `setSecret` again with CURRENT's
+/// version and value, so the receiver's system is back where the store is.
+async fn restore_receiver(
+    i: &Inputs<'_>,
+    receiver: &dyn Receiver,
+) -> Result<Option<RotationEvent>> {
+    let f = match i.store.read(i.secret(), &Selector::Current).await {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(Error::Store(e)),
+    };
+    let call = RotationCall {
+        step: RotationStep::Set,
+        secret_id: i.secret().to_owned(),
+        client_request_token: f.version.0.clone(),
+        secret_string: Some(value_text(f.value.expose_secret())?),
+    };
+    receiver.call(&call).await.map_err(Error::TargetRollback)?;
+    Ok(Some(RotationEvent::TargetRestored {
+        role: receiver.url().to_owned(),
+    }))
 }
 
 /// Propagating: asks the consumers to serve the pending version and
@@ -922,6 +1131,14 @@ async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> 
                 });
                 status.consumers.last_mut().expect("just pushed")
             }
+        };
+        entry.state = match ack.state(&pending) {
+            // An earlier answer acknowledged it; a later failure to answer
+            // again does not take that back.
+            _ if entry.acknowledged_version.as_deref() == Some(&pending) => {
+                ConsumerState::Acknowledged
+            }
+            state => state,
         };
         if ack.version.as_deref() == Some(pending.as_str())
             && entry.acknowledged_version.as_deref() != Some(&pending)
@@ -994,7 +1211,10 @@ async fn promoting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Re
     if !degraded {
         set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
     }
-    let window = match (&i.policy.target, parse_time(&status.target_set_at.take())) {
+    let window = match (
+        i.policy.postgres(),
+        parse_time(&status.target_set_at.take()),
+    ) {
         (Some(t), Some(set_at)) => match &t.strategy {
             Strategy::SingleUser(role) => Some(RotationEvent::SingleUserWindow {
                 role: role.clone(),
@@ -1031,6 +1251,36 @@ async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Res
         return Ok(Step::new(status, wait));
     }
     let mut events = Vec::new();
+    match finish_target(i, &status).await? {
+        Ok(finished) => events.extend(finished),
+        Err(failure) => {
+            let attempt = status.target_attempts.unwrap_or(0) + 1;
+            let event = RotationEvent::TargetFailed {
+                phase: Phase::Retiring,
+                failure,
+                attempt,
+                rolling_back: false,
+            };
+            if attempt < TARGET_ATTEMPTS {
+                status.target_attempts = Some(attempt);
+                let wait = crate::standalone::retry::Retry::wait_after(attempt);
+                return Ok(Step::new(status, wait).event(event));
+            }
+            status.target_attempts = None;
+            set_condition(
+                &mut status,
+                "Degraded",
+                true,
+                failure.reason(),
+                &format!(
+                    "Retiring failed {attempt} times ({failure}); the previous credential works until the next rotation"
+                ),
+                now,
+            );
+            events.push(event);
+        }
+    }
+    status.target_attempts = None;
     if let Some(previous) = &status.previous_version {
         match i.store.retire(secret, &VersionId(previous.clone())).await {
             Ok(()) => events.push(RotationEvent::Retired {

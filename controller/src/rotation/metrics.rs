@@ -1,7 +1,10 @@
 //! The controller's metrics: rotations by result, rotation duration, time
-//! until every consumer acknowledged, consumers still pending, and failed
-//! reconciles by controller and error kind (`Error::metric_label`); beside
-//! them, the build and process metrics every Rotor binary exports.
+//! until every consumer acknowledged, consumers still pending, each
+//! policy's next rotation, and failed reconciles by controller and error
+//! kind (`Error::metric_label`); beside them, the build and process
+//! metrics every Rotor binary exports. The counters start at 0 for every
+//! result, and for every error kind of each reconciler the process runs
+//! ([`RotationMetrics::with_reconcilers`]).
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,10 +20,42 @@ pub struct RotationMetrics {
     duration: Histogram,
     ack_time: Histogram,
     pending: Family<Labels, Gauge>,
+    next_rotation: Family<Labels, Gauge>,
     failures: Family<Labels, Counter>,
     /// No labels; present once the controller manages the certificate.
     certificate_expiry: Family<Labels, Gauge>,
     single_user_window: Histogram,
+    /// Requests to stores and their throttling (`crate::budget`).
+    pub stores: crate::budget::StoreMetrics,
+}
+
+/// The reconcilers whose failures are counted, by their `controller`
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciler {
+    SecretRotationPolicy,
+    ClusterRotorStore,
+    RotorStore,
+    /// `rotor-controller standalone`: a policy file's rotation.
+    Standalone,
+}
+
+impl Reconciler {
+    /// The reconcilers `rotor-controller run` starts.
+    pub const CLUSTER: [Self; 3] = [
+        Self::SecretRotationPolicy,
+        Self::ClusterRotorStore,
+        Self::RotorStore,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SecretRotationPolicy => "secretrotationpolicy",
+            Self::ClusterRotorStore => "clusterrotorstore",
+            Self::RotorStore => "rotorstore",
+            Self::Standalone => "standalone",
+        }
+    }
 }
 
 /// Every result [`RotationMetrics::finished`] counts: each starts at 0, so
@@ -36,6 +71,7 @@ impl Default for RotationMetrics {
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let pending = Family::<Labels, Gauge>::default();
+        let next_rotation = Family::<Labels, Gauge>::default();
         let failures = Family::<Labels, Counter>::default();
         let certificate_expiry = Family::<Labels, Gauge>::default();
         for result in RESULTS {
@@ -68,6 +104,12 @@ impl Default for RotationMetrics {
             pending.clone(),
         );
         registry.register(
+            "rotation_next_timestamp_seconds",
+            "When each policy's next rotation is due (Unix seconds); in the past while a rotation \
+             is due or in flight",
+            next_rotation.clone(),
+        );
+        registry.register(
             "reconcile_failures",
             "Failed reconciles by controller and error kind",
             failures.clone(),
@@ -77,17 +119,28 @@ impl Default for RotationMetrics {
             "When the self-managed serving certificate this replica serves expires (Unix seconds)",
             certificate_expiry.clone(),
         );
+        let stores = crate::budget::StoreMetrics::default();
+        stores.register(registry);
         Self {
+            stores,
             certificate_expiry,
             registry: root,
             rotations,
             duration,
             ack_time,
             pending,
+            next_rotation,
             failures,
             single_user_window,
         }
     }
+}
+
+fn failure_labels(controller: Reconciler, kind: &str) -> Labels {
+    vec![
+        ("controller".to_owned(), controller.label().to_owned()),
+        ("error".to_owned(), kind.to_owned()),
+    ]
 }
 
 impl RotationMetrics {
@@ -119,25 +172,60 @@ impl RotationMetrics {
             .set(count as i64);
     }
 
+    /// The policy's next rotation as its status says (`nextRotation`);
+    /// nothing while it has none.
+    pub fn next_rotation(
+        &self,
+        policy: &str,
+        status: &rotor_crds::api::SecretRotationPolicyStatus,
+    ) {
+        let labels = vec![("policy".to_owned(), policy.to_owned())];
+        let unix = status
+            .next_rotation
+            .as_deref()
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        match unix {
+            Some(unix) => {
+                let secs = i64::try_from(unix.as_secs()).unwrap_or(i64::MAX);
+                self.next_rotation.get_or_create(&labels).set(secs);
+            }
+            None => {
+                self.next_rotation.remove(&labels);
+            }
+        }
+    }
+
     /// Counts a failed reconcile of `controller` by the error's kind.
-    pub fn reconcile_failed(&self, controller: &str, error: &crate::Error) {
+    pub fn reconcile_failed(&self, controller: Reconciler, error: &crate::Error) {
         self.failures
-            .get_or_create(&vec![
-                ("controller".to_owned(), controller.to_owned()),
-                ("error".to_owned(), error.metric_label().to_owned()),
-            ])
+            .get_or_create(&failure_labels(controller, error.metric_label()))
             .inc();
     }
 
-    /// Adds the webhook's admission metrics to this exposition.
-    /// Adds the channel's streams, refusals and cut-offs.
-    pub fn with_channel(mut self, channel: &crate::channel::ChannelMetrics) -> Self {
-        channel.register(self.registry.sub_registry_with_prefix("rotor"));
+    /// Exports the failure counters of `controllers` at 0 for every error
+    /// kind ([`crate::Error::metric_labels`]), so an `increase()` alert
+    /// sees the first failure.
+    pub fn with_reconcilers(self, controllers: &[Reconciler]) -> Self {
+        for &controller in controllers {
+            for kind in crate::Error::metric_labels() {
+                let _ = self
+                    .failures
+                    .get_or_create(&failure_labels(controller, kind));
+            }
+        }
         self
     }
 
+    /// Adds the webhook's admission metrics to this exposition.
     pub fn with_admission(mut self, admission: &crate::webhook::metrics::AdmissionMetrics) -> Self {
         admission.register(self.registry.sub_registry_with_prefix("rotor"));
+        self
+    }
+
+    /// Adds the channel's metrics (`rotor_channel_*`).
+    pub fn with_channel(mut self, channel: &crate::channel::ChannelMetrics) -> Self {
+        channel.register(self.registry.sub_registry_with_prefix("rotor"));
         self
     }
 
@@ -157,8 +245,8 @@ mod tests {
     fn failed_reconciles_are_counted_by_controller_and_error_kind() {
         let metrics = RotationMetrics::default();
         let error = crate::Error::StoreNotResolved("no such store".into());
-        metrics.reconcile_failed("rotorstore", &error);
-        metrics.reconcile_failed("rotorstore", &error);
+        metrics.reconcile_failed(Reconciler::RotorStore, &error);
+        metrics.reconcile_failed(Reconciler::RotorStore, &error);
         let text = metrics.encode();
         assert!(
             text.contains(
@@ -193,6 +281,20 @@ mod tests {
     }
 
     #[test]
+    fn every_error_kind_of_each_reconciler_started_starts_at_zero() {
+        let text = RotationMetrics::default()
+            .with_reconcilers(&[Reconciler::Standalone])
+            .encode();
+        for kind in crate::Error::metric_labels() {
+            let series = format!(
+                "rotor_reconcile_failures_total{{controller=\"standalone\",error=\"{kind}\"}} 0\n"
+            );
+            assert!(text.contains(&series), "{series} missing in {text}");
+        }
+        assert!(!text.contains("controller=\"rotorstore\""), "{text}");
+    }
+
+    #[test]
     fn the_build_and_process_metrics_sit_beside_the_rotation_ones() {
         let text = RotationMetrics::default().encode();
         assert!(text.contains("rotor_build_info{version=\""), "{text}");
@@ -202,6 +304,26 @@ mod tests {
             text.contains("\nrotor_rotation_duration_seconds_count 0\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_next_rotation_is_exported_per_policy_while_the_status_has_one() {
+        let m = RotationMetrics::default();
+        let mut status = rotor_crds::api::SecretRotationPolicyStatus {
+            next_rotation: Some("2030-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        m.next_rotation("app/db", &status);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "\nrotor_rotation_next_timestamp_seconds{policy=\"app/db\"} 1893456000\n"
+            ),
+            "{text}"
+        );
+        status.next_rotation = None;
+        m.next_rotation("app/db", &status);
+        assert!(!m.encode().contains("policy=\"app/db\""), "{}", m.encode());
     }
 
     #[test]

@@ -17,14 +17,15 @@ use kube::{Client, Resource, ResourceExt};
 use rotor_crds::api::SecretRotationPolicy;
 use rotor_store::Store;
 
-use super::consumers::{ConsumerIndex, PodConsumers};
+use super::consumers::ConsumerIndex;
 use super::machine::{
     Blocked, Phase, RotationEvent, Severity, blocked, ready_blocked, step, unblocked,
 };
 use super::metrics::RotationMetrics;
+use super::target::https::CallerToken;
 use super::validate::{Mode, Policy};
 
-use crate::sidecar_push::HttpSidecars;
+use crate::channel::{Hub, StreamConsumers};
 use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
 use crate::store_status::FIELD_MANAGER;
@@ -110,7 +111,12 @@ pub struct RotationContext {
     pub client: Client,
     pub stores: Arc<dyn StoreFactory>,
     pub consumers: Arc<RwLock<ConsumerIndex>>,
-    pub http: Arc<HttpSidecars>,
+    /// The sidecars' streams, through which consumers are asked.
+    pub hub: Arc<Hub>,
+    /// How long each consumer has to acknowledge one request.
+    pub ack_deadline: Duration,
+    /// Whose tokens https targets receive: the namespace's rotator.
+    pub rotators: Option<crate::cluster::identity::Rotators>,
     pub leader: Arc<AtomicBool>,
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
@@ -147,13 +153,20 @@ pub async fn reconcile(
                     &policy.spec.store_ref.name,
                     &policy.spec.secret_name,
                 );
-            let consumers = PodConsumers {
+            let consumers = StreamConsumers {
+                hub: &ctx.hub,
                 pods,
-                http: ctx.http.clone(),
+                deadline: ctx.ack_deadline,
             };
             let mut current = status.clone();
             unblocked(&mut current, now);
-            match step(&valid, &current, now, rotate_now, &*store, &consumers).await {
+            let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
+            let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
+            match step(
+                &valid, &current, now, rotate_now, &*store, &consumers, caller,
+            )
+            .await
+            {
                 Ok(s) => Ok(s),
                 // The store refused the controller: as much the policy's
                 // problem as a path `paths` forbids.
@@ -213,6 +226,8 @@ pub async fn reconcile(
         })
         .count();
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
+    ctx.metrics
+        .next_rotation(&format!("{namespace}/{name}"), &status);
     let propagating = Some(Phase::Propagating.as_str());
     if before.as_deref() == propagating && status.phase.as_deref() != propagating {
         let since = status
@@ -251,7 +266,10 @@ pub fn error_policy(
     error: &Error,
     ctx: Arc<RotationContext>,
 ) -> Action {
-    ctx.metrics.reconcile_failed("secretrotationpolicy", error);
+    ctx.metrics.reconcile_failed(
+        crate::rotation::metrics::Reconciler::SecretRotationPolicy,
+        error,
+    );
     tracing::warn!(name = %policy.name_any(), error = %error, "rotation step failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }

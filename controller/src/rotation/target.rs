@@ -10,12 +10,14 @@
 //! AWS's database secrets are, so `rotor.dev/template.*` can build a
 //! connection string from it.
 
+pub mod https;
 pub mod postgres;
+pub mod tls;
 
 use std::fmt;
 
 use async_trait::async_trait;
-use rotor_crds::api::{PostgresStrategy, PostgresTarget};
+use rotor_crds::api::{PostgresStrategy, PostgresTarget, PostgresTlsMode, Target as TargetCrd};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -53,6 +55,16 @@ pub enum TargetFailure {
     TestLoginFailed,
     /// The admin secret is missing or not `{"username","password"}`.
     BadAdminSecret,
+    /// TLS failed: the server's certificate did not verify against the
+    /// target's CA (or does not name its host), or the handshake broke off.
+    TlsFailed,
+    /// HTTPS: no token to call with (standalone without
+    /// `--https-target-token-file`, or the TokenRequest failed).
+    NoIdentity,
+    /// HTTPS: the receiver answered this status, not 2xx.
+    Rejected(u16),
+    /// HTTPS: no answer within the target's timeout.
+    TimedOut,
     /// Anything else the server answered.
     Other,
 }
@@ -67,6 +79,10 @@ impl TargetFailure {
             TargetFailure::NotAllowed => "NotAllowed",
             TargetFailure::TestLoginFailed => "TestLoginFailed",
             TargetFailure::BadAdminSecret => "BadAdminSecret",
+            TargetFailure::TlsFailed => "TargetTlsFailed",
+            TargetFailure::NoIdentity => "TargetNoIdentity",
+            TargetFailure::Rejected(_) => "TargetRejected",
+            TargetFailure::TimedOut => "TargetTimedOut",
             TargetFailure::Other => "TargetError",
         }
     }
@@ -74,7 +90,10 @@ impl TargetFailure {
 
 impl fmt::Display for TargetFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.reason())
+        match self {
+            TargetFailure::Rejected(status) => write!(f, "{} (HTTP {status})", self.reason()),
+            _ => f.write_str(self.reason()),
+        }
     }
 }
 
@@ -85,13 +104,11 @@ pub trait Target: Send + Sync {
     async fn set(&self, admin: &Credential, new: &Credential) -> Result<(), TargetFailure>;
     /// Logs in as `new` and runs a query.
     async fn test(&self, new: &Credential) -> Result<(), TargetFailure>;
-    /// After promotion; nothing for PostgreSQL's strategies.
-    async fn finish(
-        &self,
-        _admin: &Credential,
-        _current: &Credential,
-    ) -> Result<(), TargetFailure> {
-        Ok(())
+    /// After the grace period (alternatingUsers): gives the role no longer
+    /// in use, `retired`, a password nobody holds. Sessions already open
+    /// stay open; new logins with the old password fail.
+    async fn finish(&self, admin: &Credential, retired: &Credential) -> Result<(), TargetFailure> {
+        self.set(admin, retired).await
     }
 }
 
@@ -128,6 +145,57 @@ pub struct TargetSpec {
     pub dbname: String,
     pub admin_secret_name: String,
     pub strategy: Strategy,
+    pub tls_mode: PostgresTlsMode,
+    /// PEM CA certificates, checked; `None`: the public web's roots.
+    pub ca_bundle: Option<String>,
+}
+
+impl TargetSpec {
+    /// The target to connect to.
+    pub fn connect(&self) -> Result<postgres::Postgres> {
+        let tls = tls::client_config(
+            "spec.target.postgresql.tls.caBundle",
+            self.ca_bundle.as_deref(),
+        )
+        .map_err(Error::TargetValue)?;
+        Ok(postgres::Postgres {
+            host: self.host.clone(),
+            port: self.port,
+            dbname: self.dbname.clone(),
+            ssl_mode: match self.tls_mode {
+                PostgresTlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                PostgresTlsMode::Require => tokio_postgres::config::SslMode::Require,
+            },
+            tls,
+        })
+    }
+}
+
+/// A checked `spec.target`: the system a rotation changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyTarget {
+    Postgres(TargetSpec),
+    Https(https::HttpsSpec),
+}
+
+impl PolicyTarget {
+    /// The checked target, or every problem, each naming its field.
+    pub fn check(t: &TargetCrd, out: &mut Vec<String>) -> Option<Self> {
+        match t {
+            TargetCrd {
+                postgresql: Some(pg),
+                https: None,
+            } => TargetSpec::check(pg, out).map(PolicyTarget::Postgres),
+            TargetCrd {
+                postgresql: None,
+                https: Some(h),
+            } => https::HttpsSpec::check(h, out).map(PolicyTarget::Https),
+            _ => {
+                out.push("spec.target: set exactly one of postgresql and https".to_owned());
+                None
+            }
+        }
+    }
 }
 
 /// PostgreSQL's limit on identifiers.
@@ -195,13 +263,23 @@ impl TargetSpec {
                 None
             }
         };
+        let tls = t.tls.clone().unwrap_or_default();
+        let bundle_ok = match &tls.ca_bundle {
+            Some(pem) => tls::parse_bundle(&format!("{f}.tls.caBundle"), pem)
+                .map_err(|e| out.push(e))
+                .is_ok(),
+            None => true,
+        };
         Some(Self {
             host: t.host.clone(),
             port: port?,
             dbname: t.dbname.clone(),
             admin_secret_name: t.admin_secret_name.clone(),
             strategy: strategy?,
+            tls_mode: tls.mode,
+            ca_bundle: tls.ca_bundle.filter(|_| bundle_ok),
         })
+        .filter(|_| bundle_ok)
     }
 }
 

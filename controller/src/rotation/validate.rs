@@ -15,7 +15,7 @@ use rotor_crds::api::{
 use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL, MIN_INTERVAL_STANDALONE};
 
 use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
-use super::target::TargetSpec;
+use super::target::PolicyTarget;
 use crate::{Error, Result};
 
 /// Where a policy runs, which sets the shortest interval it may ask for.
@@ -49,7 +49,7 @@ pub struct Policy {
     pub on_timeout: OnTimeout,
     pub paused: bool,
     /// The system whose credential the rotation changes.
-    pub target: Option<TargetSpec>,
+    pub target: Option<PolicyTarget>,
 }
 
 impl Policy {
@@ -130,27 +130,42 @@ impl Policy {
     pub fn parse(spec: &SecretRotationPolicySpec, mode: Mode) -> Result<Self> {
         Self::check(spec, mode).map_err(Error::InvalidPolicy)
     }
+
+    /// The PostgreSQL target, if that is the policy's target.
+    pub fn postgres(&self) -> Option<&super::target::TargetSpec> {
+        match &self.target {
+            Some(PolicyTarget::Postgres(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The HTTPS target, if that is the policy's target.
+    pub fn https(&self) -> Option<&super::target::https::HttpsSpec> {
+        match &self.target {
+            Some(PolicyTarget::Https(t)) => Some(t),
+            _ => None,
+        }
+    }
 }
 
-/// A target needs a password generator whose symbols keep a PostgreSQL
-/// string literal simple: no quote, backslash or whitespace.
-fn check_target(t: &Target, generator: &Generator, out: &mut Vec<String>) -> Option<TargetSpec> {
-    let Some(pg) = &t.postgresql else {
-        out.push("spec.target: set postgresql".to_owned());
-        return None;
-    };
-    match &generator.password {
-        Some(p) if p.symbols.contains(['\'', '\\', '"']) => out.push(format!(
-            "spec.generator.password.symbols {:?}: with a target, expected no quote or backslash",
-            p.symbols
-        )),
-        Some(_) => {}
-        None => out.push(
-            "spec.generator: with a target, expected password (randomBytes and keyPair are not database passwords)"
-                .to_owned(),
-        ),
+/// A PostgreSQL target needs a password generator whose symbols keep a
+/// string literal simple: no quote, backslash or whitespace. An HTTPS
+/// target takes any generator's value.
+fn check_target(t: &Target, generator: &Generator, out: &mut Vec<String>) -> Option<PolicyTarget> {
+    if t.postgresql.is_some() {
+        match &generator.password {
+            Some(p) if p.symbols.contains(['\'', '\\', '"']) => out.push(format!(
+                "spec.generator.password.symbols {:?}: with a postgresql target, expected no quote or backslash",
+                p.symbols
+            )),
+            Some(_) => {}
+            None => out.push(
+                "spec.generator: with a postgresql target, expected password (randomBytes and keyPair are not database passwords)"
+                    .to_owned(),
+            ),
+        }
     }
-    TargetSpec::check(pg, out)
+    PolicyTarget::check(t, out)
 }
 
 fn hh_mm(value: &str) -> Option<u64> {

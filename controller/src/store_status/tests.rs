@@ -39,6 +39,7 @@ fn store(provider: Provider) -> RotorStore {
         RotorStoreSpec {
             provider,
             allow_exec_reload: false,
+            budget: None,
         },
     );
     s.metadata.namespace = Some("shop".into());
@@ -159,6 +160,7 @@ async fn a_cluster_store_without_namespaces_or_paths_says_so() {
             allowed_namespaces: Default::default(),
             paths: vec![],
             allow_exec_reload: false,
+            budget: None,
         },
     );
     let verify = status_patch(
@@ -203,6 +205,7 @@ async fn cluster_store_status(
                 patterns: vec!["{namespace}/*".into()],
             }],
             allow_exec_reload: false,
+            budget: None,
         },
     );
     store.status = status;

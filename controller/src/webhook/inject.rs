@@ -25,8 +25,81 @@ pub use crate::pod_injection::{
     INIT, PODINFO_PATH, PODINFO_VOLUME, SCRATCH_VOLUME, SECRETS_VOLUME, SIDECAR,
 };
 const CREDS_PATH: &str = "/var/run/secrets/rotor";
-/// The sidecar's env var with the pod's IP, for `--push-addr`.
-pub const POD_IP_ENV: &str = "ROTOR_POD_IP";
+/// The projected token the sidecar presents on the channel.
+pub const CHANNEL_TOKEN_VOLUME: &str = "rotor-channel-token";
+/// Where the sidecar mounts [`CHANNEL_TOKEN_VOLUME`].
+pub const CHANNEL_TOKEN_PATH: &str = "/var/run/rotor/channel";
+/// The channel token's lifetime: the API server's minimum, so a token
+/// that leaves the pod is of use for minutes at most (the kubelet renews
+/// it at 80 %).
+pub const CHANNEL_TOKEN_SECONDS: i64 = 600;
+/// The sidecar's env var with the controller's CA bundle (PEM).
+pub const CONTROLLER_CA_ENV: &str = "ROTOR_CONTROLLER_CA_PEM";
+
+/// How injected sidecars reach the controller's channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInjection {
+    /// `host:port` the sidecar dials (the controller Service's DNS name).
+    pub controller_addr: String,
+    /// The CA bundle of the controller's serving certificate.
+    pub ca: CaSource,
+}
+
+/// Where the controller's CA bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// Read at each injection (it changes when the CA is replaced).
+    File(std::path::PathBuf),
+    /// Fixed PEM text (tests).
+    Pem(String),
+}
+
+impl CaSource {
+    /// The bundle in canonical PEM (each certificate re-encoded, in order),
+    /// so that the same certificates are always the same text and a
+    /// second pass over a pod changes nothing.
+    pub fn canonical(&self) -> Result<String, String> {
+        let (pem, origin) = match self {
+            CaSource::File(path) => (
+                std::fs::read(path).map_err(|e| {
+                    format!(
+                        "the controller cannot read its CA bundle {} for the sidecar's channel: {e}",
+                        path.display()
+                    )
+                })?,
+                path.display().to_string(),
+            ),
+            CaSource::Pem(pem) => (pem.as_bytes().to_vec(), "the CA bundle".to_owned()),
+        };
+        canonical_pem(&pem).map_err(|e| {
+            format!(
+                "{origin}: {e}; expected the PEM CA bundle of the controller's serving certificate"
+            )
+        })
+    }
+}
+
+/// `pem`'s certificates, each as 64-column base64 between PEM markers.
+pub fn canonical_pem(pem: &[u8]) -> Result<String, String> {
+    use base64::Engine as _;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut out = String::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    if out.is_empty() {
+        return Err("holds no certificate".to_owned());
+    }
+    Ok(out)
+}
 
 /// How pods are injected; from the controller's flags.
 #[derive(Debug, Clone)]
@@ -40,7 +113,8 @@ pub struct InjectConfig {
     /// The tmpfs `sizeLimit`.
     pub size_limit: String,
     pub admin_port: u16,
-    pub push_port: u16,
+    /// How the sidecar reaches the controller; `None`: it only polls.
+    pub channel: Option<ChannelInjection>,
     /// The sidecar's `imagePullPolicy`.
     pub pull_policy: String,
     /// The sidecar's resource requests and limits.
@@ -79,7 +153,7 @@ impl Default for InjectConfig {
             native_sidecar: true,
             size_limit: "1Mi".to_owned(),
             admin_port: defaults::ADMIN_PORT,
-            push_port: defaults::PUSH_PORT,
+            channel: None,
             pull_policy: "Always".to_owned(),
             resources: SidecarResources::default(),
             default_refresh: None,
@@ -108,15 +182,22 @@ pub fn inject(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let spec = pod.spec.as_mut().ok_or("the pod has no spec")?;
     let user = SidecarUser::for_pod(spec, contract)?;
-    let (store_args, store_env, store_volumes, store_mounts) = store_wiring(store, &namespace)?;
+    let (mut store_args, mut store_env, mut store_volumes, mut store_mounts) =
+        store_wiring(store, &namespace)?;
+    if let Some(channel) = &config.channel {
+        let (args, env, volume, mount) = channel_wiring(channel)?;
+        store_args.extend(args);
+        store_env.extend(env);
+        store_volumes.push(volume);
+        store_mounts.push(mount);
+    }
 
+    // No --push-addr: the push port stays on the sidecar's loopback; the
+    // controller reaches the sidecar over the stream the sidecar dials.
     let mut args = vec![
         annotations_arg(),
         format!("--out-dir={}", config.mount_path),
         format!("--admin-addr=0.0.0.0:{}", config.admin_port),
-        // Only the pod IP, where the rotation controller reaches it; the
-        // kubelet expands $(ROTOR_POD_IP) from the env below.
-        format!("--push-addr=$({POD_IP_ENV}):{}", config.push_port),
     ];
     if let Some(mode) = user.default_file_mode() {
         args.push(format!("--default-file-mode={mode:04o}"));
@@ -128,15 +209,11 @@ pub fn inject(
         mount(SCRATCH_VOLUME, "/tmp", false),
     ];
     mounts.extend(store_mounts);
-    let mut env = vec![
-        EnvVar {
-            name: "ROTOR_LOG_FORMAT".into(),
-            value: Some("json".into()),
-            ..EnvVar::default()
-        },
-        field_env("ROTOR_POD", "metadata.name"),
-        field_env(POD_IP_ENV, "status.podIP"),
-    ];
+    let mut env = vec![EnvVar {
+        name: "ROTOR_LOG_FORMAT".into(),
+        value: Some("json".into()),
+        ..EnvVar::default()
+    }];
     env.extend(store_env);
     let sidecar = Container {
         name: SIDECAR.into(),
@@ -144,10 +221,7 @@ pub fn inject(
         image_pull_policy: Some(config.pull_policy.clone()),
         args: Some(args.clone()),
         env: Some(env.clone()),
-        ports: Some(vec![
-            port("admin", config.admin_port),
-            port("push", config.push_port),
-        ]),
+        ports: Some(vec![port("admin", config.admin_port)]),
         volume_mounts: Some(mounts.clone()),
         security_context: Some(hardened(user.uid(), user.gid())),
         resources: Some(resources(&config.resources)),
@@ -473,7 +547,7 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
                     format!("--vault-auth-mount={}", k.mount_path),
                     format!("--vault-jwt-file={CREDS_PATH}/sa/token"),
                 ]);
-                volumes.push(token_volume("rotor-sa-token", k.audience()));
+                volumes.push(token_volume("rotor-sa-token", k.audience(), 3600));
                 mounts.push(mount("rotor-sa-token", &format!("{CREDS_PATH}/sa"), true));
             } else if let Some(a) = &v.auth.app_role {
                 args.extend([
@@ -522,7 +596,7 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
                     "AWS_WEB_IDENTITY_TOKEN_FILE",
                     &format!("{CREDS_PATH}/aws/token"),
                 ));
-                volumes.push(token_volume("rotor-aws-token", "sts.amazonaws.com"));
+                volumes.push(token_volume("rotor-aws-token", "sts.amazonaws.com", 3600));
                 mounts.push(mount("rotor-aws-token", &format!("{CREDS_PATH}/aws"), true));
             }
         }
@@ -611,6 +685,37 @@ fn store_wiring(store: &Resolved, namespace: &str) -> Result<Wiring, String> {
     Ok((args, env, volumes, mounts))
 }
 
+/// The channel's flags, env, token volume and its mount: the controller's
+/// address and CA bundle, the pod's name, namespace and uid from the
+/// downward API (claims the controller checks against the token's
+/// review), and a projected ServiceAccount token for Rotor's audience.
+fn channel_wiring(
+    channel: &ChannelInjection,
+) -> Result<(Vec<String>, Vec<EnvVar>, Volume, VolumeMount), String> {
+    let ca = channel.ca.canonical()?;
+    let args = vec![
+        format!("--controller-addr={}", channel.controller_addr),
+        format!("--channel-token={CHANNEL_TOKEN_PATH}/token"),
+    ];
+    let env = vec![
+        plain_env(CONTROLLER_CA_ENV, &ca),
+        field_env("ROTOR_POD_NAME", "metadata.name"),
+        field_env("ROTOR_POD_NAMESPACE", "metadata.namespace"),
+        field_env("ROTOR_POD_UID", "metadata.uid"),
+    ];
+    let volume = token_volume(
+        CHANNEL_TOKEN_VOLUME,
+        rotor_channel::AUDIENCE,
+        CHANNEL_TOKEN_SECONDS,
+    );
+    Ok((
+        args,
+        env,
+        volume,
+        mount(CHANNEL_TOKEN_VOLUME, CHANNEL_TOKEN_PATH, true),
+    ))
+}
+
 fn field_env(name: &str, field_path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -633,14 +738,14 @@ fn plain_env(name: &str, value: &str) -> EnvVar {
     }
 }
 
-fn token_volume(name: &str, audience: &str) -> Volume {
+fn token_volume(name: &str, audience: &str, seconds: i64) -> Volume {
     Volume {
         name: name.into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![VolumeProjection {
                 service_account_token: Some(ServiceAccountTokenProjection {
                     audience: Some(audience.into()),
-                    expiration_seconds: Some(3600),
+                    expiration_seconds: Some(seconds),
                     path: "token".into(),
                 }),
                 ..VolumeProjection::default()

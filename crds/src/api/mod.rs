@@ -55,3 +55,65 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
+
+impl Condition {
+    /// Puts this condition in place of the one of its type in `conditions`
+    /// (or adds it): the one writer of conditions for every kind. Its
+    /// `lastTransitionTime` is used only when the type is new or its status
+    /// changes; otherwise the time of the last transition is kept, as
+    /// Kubernetes' `meta.SetStatusCondition` does.
+    pub fn set_in(mut self, conditions: &mut Vec<Condition>) {
+        match conditions.iter_mut().find(|c| c.type_ == self.type_) {
+            Some(c) => {
+                if c.status == self.status {
+                    self.last_transition_time = std::mem::take(&mut c.last_transition_time);
+                }
+                *c = self;
+            }
+            None => conditions.push(self),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Condition;
+
+    fn ready(status: &str, reason: &str, at: &str) -> Condition {
+        Condition {
+            type_: "Ready".to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message: String::new(),
+            last_transition_time: at.to_owned(),
+            observed_generation: None,
+        }
+    }
+
+    #[test]
+    fn the_transition_time_moves_only_when_the_status_changes() {
+        let mut conditions = Vec::new();
+        ready("False", "StoreNotFound", "2026-01-01T00:00:00Z").set_in(&mut conditions);
+        assert_eq!(conditions.len(), 1);
+
+        // Same status, new reason: the reason changes, the time stays.
+        ready("False", "InvalidSpec", "2026-01-02T00:00:00Z").set_in(&mut conditions);
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].reason, "InvalidSpec");
+        assert_eq!(conditions[0].last_transition_time, "2026-01-01T00:00:00Z");
+
+        // A new status is a transition.
+        ready("True", "Valid", "2026-01-03T00:00:00Z").set_in(&mut conditions);
+        assert_eq!(conditions[0].status, "True");
+        assert_eq!(conditions[0].last_transition_time, "2026-01-03T00:00:00Z");
+
+        // Another type is added beside it, not in its place.
+        Condition {
+            type_: "Degraded".to_owned(),
+            ..ready("False", "Acknowledged", "2026-01-04T00:00:00Z")
+        }
+        .set_in(&mut conditions);
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[0].last_transition_time, "2026-01-03T00:00:00Z");
+    }
+}

@@ -97,12 +97,16 @@ pub struct SecretRotationPolicySpec {
     #[serde(default)]
     pub strategy: Strategy,
     /// The system that checks the secret, changed before consumers see the
-    /// new value. With a target the secret's value is a JSON object
-    /// (`username`, `password`, `host`, `port`, `dbname`).
+    /// new value. With a postgresql target the secret's value is a JSON
+    /// object (`username`, `password`, `host`, `port`, `dbname`); an https
+    /// target gets the generator's value as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
-    /// Sidecars to notify, for standalone mode (`http://host:port`); in a
-    /// cluster the controller finds consumer pods by their annotations.
+    /// Standalone mode only: the pods (`namespace/name`, as their sidecars
+    /// introduce themselves on the channel) a rotation waits for, connected
+    /// or not; every connected sidecar serving the secret is a consumer
+    /// too. In a cluster the consumers are the injected pods whose
+    /// annotations name the secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sidecars: Vec<String>,
     /// Stop scheduling rotations; an in-flight rotation still finishes.
@@ -241,14 +245,36 @@ pub enum KeyAlgorithm {
 /// Exactly one target.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.postgresql)").message("set postgresql"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.postgresql) != has(self.https)").message("set exactly one of postgresql and https"))]
 pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postgresql: Option<PostgresTarget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https: Option<HttpsTarget>,
 }
 
-/// A PostgreSQL server whose role passwords the rotation sets, over plain
-/// TCP (TLS is not built yet: use a loopback or otherwise private network).
+/// A receiver for systems Rotor does not know: the controller POSTs AWS's
+/// rotation steps (`setSecret`, `testSecret`, `finishSecret`) to `url` as
+/// JSON, with a bearer token of the namespace's rotator ServiceAccount
+/// whose audience is `url`. The secret's value is the generator's, as is.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpsTarget {
+    #[x_kube(validation = kube::core::Rule::new("self.startsWith('https://') && self.size() <= 2048").message("url must be an https:// URL of at most 2048 characters"))]
+    pub url: String,
+    /// PEM certificates of the CAs that sign the receiver's certificate;
+    /// without it, the public web's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// How long one call may take, e.g. `10s` (the default); 1s to 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A PostgreSQL server whose role passwords the rotation sets. The
+/// connection uses TLS when the server offers it (`tls.mode: require`
+/// refuses one that does not), and the server's certificate is verified
+/// against `tls.caBundle` (default: the public web's roots).
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresTarget {
@@ -264,6 +290,33 @@ pub struct PostgresTarget {
     #[x_kube(validation = kube::core::Rule::new("self.size() > 0 && self.size() <= 255").message("adminSecretName must be 1-255 characters"))]
     pub admin_secret_name: String,
     pub strategy: PostgresStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PostgresTls>,
+}
+
+/// TLS to a PostgreSQL target.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresTls {
+    /// `Prefer` (the default) uses TLS when the server offers it and plain
+    /// TCP when it does not; `Require` refuses a server without TLS.
+    #[serde(default)]
+    pub mode: PostgresTlsMode,
+    /// PEM certificates of the CAs that sign the server's certificate
+    /// (whose names must include `host`); without it, the public web's
+    /// roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+}
+
+/// When a PostgreSQL target's connection uses TLS.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum PostgresTlsMode {
+    #[default]
+    Prefer,
+    Require,
 }
 
 fn default_pg_port() -> u32 {
@@ -404,4 +457,26 @@ pub struct ConsumerStatus {
     pub acknowledged_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<String>,
+    /// How the consumer answered the last request of the rotation.
+    #[serde(default)]
+    pub state: ConsumerState,
+}
+
+/// How a consumer answered rotation's last request.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum ConsumerState {
+    /// It serves the pending version.
+    Acknowledged,
+    /// It answered, but does not serve the pending version (yet).
+    #[default]
+    Waiting,
+    /// It answered with an error (the pin was refused or not applied).
+    Failed,
+    /// No acknowledgement came in time, or the stream ended first.
+    Timeout,
+    /// A running injected pod whose sidecar holds no stream to the
+    /// controller: it counts as not acknowledged.
+    NotConnected,
 }

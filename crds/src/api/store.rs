@@ -31,6 +31,28 @@ pub struct RotorStoreSpec {
     /// file. Off unless the store's owner turns it on.
     #[serde(default)]
     pub allow_exec_reload: bool,
+    /// How many requests a second the controller may send this store.
+    /// Unset: the provider's published quotas (AWS Secrets Manager:
+    /// DescribeSecret 40,000, GetSecretValue 10,000, writes 50 a second);
+    /// no limit for Vault, Kubernetes and the local store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<StoreBudget>,
+}
+
+/// A call budget: a token bucket of `burst` requests refilled at
+/// `requestsPerSecond`. It bounds every request the controller sends the
+/// store (change checks, rotation); a throttling answer slows it further.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.requestsPerSecond >= 1").message("budget.requestsPerSecond must be at least 1").field_path(".requestsPerSecond"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.burst) || self.burst >= 1").message("budget.burst must be at least 1").field_path(".burst"))]
+pub struct StoreBudget {
+    /// Requests a second, at least 1.
+    pub requests_per_second: u32,
+    /// Requests at once after a quiet spell (the bucket's size), at least
+    /// 1. Default: requestsPerSecond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// A store for many namespaces: those its `allowedNamespaces` selector
@@ -64,6 +86,10 @@ pub struct ClusterRotorStoreSpec {
     /// Let pods of this store run `exec:` reload actions (see RotorStore).
     #[serde(default)]
     pub allow_exec_reload: bool,
+    /// How many requests a second the controller may send this store (see
+    /// RotorStore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<StoreBudget>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

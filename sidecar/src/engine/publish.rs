@@ -39,7 +39,7 @@ impl Engine {
         let report = match written {
             Ok(report) => report,
             Err(e) => {
-                tracing::error!(error = %e, "writing failed; not ready until a write works again");
+                tracing::error!(error = %e, kind = e.metric_label(), "writing failed; not ready until a write works again");
                 self.unwritten = true;
                 self.shared.set_writes_failing(true);
                 return false;

@@ -2,6 +2,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use std::fs::File;
+use std::io::Read;
+
+use super::inventory::digest_of;
+use super::names::{DATA_TMP, is_data_dir_name};
 use super::*;
 
 /// A scratch directory on tmpfs when the machine has one.

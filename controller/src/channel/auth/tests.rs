@@ -216,3 +216,78 @@ async fn reviews_are_cached_until_the_token_expires() {
     }
     assert_eq!(expired.inner.0.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// The fake clock of [`an_expired_token_is_refused_once_its_review_lapses`],
+/// in seconds since the epoch.
+static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_000_000);
+
+fn fake_now() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(CLOCK.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+/// The API server as it treats a token that expires at `exp`: accepted
+/// before, refused after (as TokenReview answers an expired token).
+struct ExpiringAt(u64);
+
+#[async_trait]
+impl Reviewer for ExpiringAt {
+    async fn review(&self, _: &SecretString) -> Result<Review, Problem> {
+        let now = CLOCK.load(std::sync::atomic::Ordering::SeqCst);
+        let status = if now < self.0 {
+            TokenReviewStatus {
+                authenticated: Some(true),
+                audiences: Some(vec![rotor_channel::AUDIENCE.to_owned()]),
+                user: Some(UserInfo {
+                    username: Some("system:serviceaccount:shop:app".into()),
+                    extra: Some(
+                        [
+                            (POD_NAME.to_owned(), vec!["app-1".to_owned()]),
+                            (POD_UID.to_owned(), vec!["uid-1".to_owned()]),
+                        ]
+                        .into(),
+                    ),
+                    ..UserInfo::default()
+                }),
+                ..TokenReviewStatus::default()
+            }
+        } else {
+            TokenReviewStatus {
+                authenticated: Some(false),
+                error: Some("[invalid bearer token, service account token has expired]".into()),
+                ..TokenReviewStatus::default()
+            }
+        };
+        review_of(
+            status,
+            rotor_channel::AUDIENCE,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(self.0),
+        )
+    }
+}
+
+/// An expired token: admitted while it is valid (and cached until its
+/// `exp`), refused once the clock passes `exp`, because the cached answer
+/// lapses and the API server refuses the token; the refusal says why and
+/// never holds the token.
+#[tokio::test]
+async fn an_expired_token_is_refused_once_its_review_lapses() {
+    let exp = CLOCK.load(std::sync::atomic::Ordering::SeqCst) + 600;
+    let authority = ClusterAuthority {
+        reviewer: CachedReviewer {
+            now: fake_now,
+            ..CachedReviewer::new(ExpiringAt(exp), 16)
+        },
+        pods: FakePods(Some(facts("uid-1"))),
+        stores: stores(),
+    };
+    let token = SecretString::from("header.payload-canary.signature");
+    let hello = hello("app-1", &["shop/db"]);
+    authority.admit(&token, &hello).await.unwrap();
+    CLOCK.store(exp - 1, std::sync::atomic::Ordering::SeqCst);
+    authority.admit(&token, &hello).await.unwrap();
+    CLOCK.store(exp + 1, std::sync::atomic::Ordering::SeqCst);
+    let refused = authority.admit(&token, &hello).await.unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Unauthenticated);
+    assert!(refused.message.contains("expired"), "{refused}");
+    assert!(!refused.message.contains("payload-canary"), "{refused}");
+}

@@ -219,3 +219,46 @@ async fn kinds_rotation_cannot_reach_are_unsupported() {
         Refusal::SecretAuth { .. }
     ));
 }
+
+/// One limiter per store object: reused while its revision holds (every
+/// namespace of a ClusterRotorStore shares its budget), new with a new
+/// revision; a budget that cannot work is refused naming its field.
+#[tokio::test]
+async fn the_limiter_is_the_store_objects_and_follows_its_revision() {
+    let stores = stores();
+    let resolved = |budget: Option<rotor_crds::api::StoreBudget>| Resolved {
+        kind: StoreKind::Cluster,
+        name: "shared".into(),
+        provider: shared(1, "u1").spec.provider,
+        allow_exec_reload: false,
+        budget,
+    };
+    let revision = |generation| Revision {
+        uid: Some("u1".into()),
+        generation: Some(generation),
+    };
+    let first = stores.limiter(&resolved(None), &revision(1)).unwrap();
+    let again = stores.limiter(&resolved(None), &revision(1)).unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    let budget = rotor_crds::api::StoreBudget {
+        requests_per_second: 5,
+        burst: None,
+    };
+    let next = stores
+        .limiter(&resolved(Some(budget.clone())), &revision(2))
+        .unwrap();
+    assert!(!Arc::ptr_eq(&first, &next));
+    let zero = rotor_crds::api::StoreBudget {
+        requests_per_second: 0,
+        ..budget
+    };
+    let err = stores
+        .limiter(&resolved(Some(zero)), &revision(3))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("spec.budget.requestsPerSecond is 0"),
+        "{err}"
+    );
+}

@@ -15,6 +15,8 @@ use crate::rotation::validate::Mode;
 struct Fake {
     names: Vec<String>,
     stuck: Vec<String>,
+    /// Consumers whose sidecar has no stream.
+    absent: Vec<String>,
     calls: Mutex<Vec<Option<String>>>,
 }
 
@@ -24,14 +26,19 @@ impl Consumers for Fake {
         self.calls.lock().unwrap().push(version.map(str::to_owned));
         self.names
             .iter()
-            .map(|n| Ack {
-                consumer: n.clone(),
-                version: if self.stuck.contains(n) {
-                    Some("old".into())
-                } else {
-                    version.map(str::to_owned)
-                },
-                error: None,
+            .map(|n| {
+                if self.absent.contains(n) {
+                    return Ack::unanswered(n.clone(), Unanswered::NotConnected);
+                }
+                Ack::answered(
+                    n.clone(),
+                    if self.stuck.contains(n) {
+                        Some("old".into())
+                    } else {
+                        version.map(str::to_owned)
+                    },
+                    None,
+                )
             })
             .collect()
     }
@@ -41,6 +48,7 @@ fn fake(names: &[&str], stuck: &[&str]) -> Fake {
     Fake {
         names: names.iter().map(|s| s.to_string()).collect(),
         stuck: stuck.iter().map(|s| s.to_string()).collect(),
+        absent: Vec::new(),
         calls: Mutex::default(),
     }
 }
@@ -118,7 +126,7 @@ async fn until(
     target: Phase,
 ) -> SecretRotationPolicyStatus {
     for _ in 0..10 {
-        status = step(spec, &status, now, false, store, c)
+        status = step(spec, &status, now, false, store, c, None)
             .await
             .unwrap()
             .status;
@@ -142,6 +150,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -151,7 +160,9 @@ async fn every_transition_of_a_successful_rotation() {
         "never rotated: due at once"
     );
     assert_eq!(s.status.current_version.as_deref(), Some("1"));
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
@@ -159,7 +170,9 @@ async fn every_transition_of_a_successful_rotation() {
         1,
         "staged, not promoted"
     );
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Promoting);
     assert!(
         s.status
@@ -168,7 +181,9 @@ async fn every_transition_of_a_successful_rotation() {
             .all(|x| x.acknowledged_version.as_deref() == Some("2"))
     );
     assert_eq!(s.status.consumers.len(), 3);
-    let s = step(&spec, &s.status, t0, false, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Retiring);
     assert_eq!(
         (
@@ -192,6 +207,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -204,6 +220,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -219,6 +236,7 @@ async fn every_transition_of_a_successful_rotation() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
@@ -267,6 +285,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             false,
             &store,
             &c,
+            None,
         )
         .await
         .unwrap()
@@ -280,6 +299,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             false,
             &store,
             &c,
+            None,
         )
         .await
         .unwrap()
@@ -312,7 +332,7 @@ async fn a_crash_after_writing_the_value_adopts_it() {
     store
         .put("app/db", b"written-before-the-crash", WriteAs::Pending)
         .unwrap();
-    let s = step(&spec, &generating, now, false, &store, &c)
+    let s = step(&spec, &generating, now, false, &store, &c, None)
         .await
         .unwrap();
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
@@ -339,23 +359,31 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             Phase::Propagating,
         )
         .await;
-        let waiting = step(&spec, &s, t0 + Duration::from_secs(10), false, &store, &c)
-            .await
-            .unwrap();
+        let waiting = step(
+            &spec,
+            &s,
+            t0 + Duration::from_secs(10),
+            false,
+            &store,
+            &c,
+            None,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             phase(&waiting.status),
             Phase::Propagating,
             "blocked while a consumer has not acknowledged"
         );
         let late = t0 + Duration::from_secs(31);
-        let s = step(&spec, &waiting.status, late, false, &store, &c)
+        let s = step(&spec, &waiting.status, late, false, &store, &c, None)
             .await
             .unwrap()
             .status;
         let degraded = cond(&s, "Degraded").unwrap();
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("pod-stuck"), "{degraded:?}");
-        let s = step(&spec, &s, late, false, &store, &c)
+        let s = step(&spec, &s, late, false, &store, &c, None)
             .await
             .unwrap()
             .status;
@@ -393,12 +421,15 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
         false,
         &store,
         &c,
+        None,
     )
     .await
     .unwrap();
     assert_eq!(phase(&s.status), Phase::Idle);
     assert_eq!(cond(&s.status, "Ready").unwrap().reason, "Paused");
-    let s = step(&spec, &s.status, now, true, &store, &c).await.unwrap();
+    let s = step(&spec, &s.status, now, true, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Generating);
 }
 
@@ -518,6 +549,7 @@ impl Rig {
             consumers: &self.consumers,
             rng: &self.rng,
             target: None,
+            receiver: None,
         }
     }
 
@@ -600,7 +632,7 @@ async fn an_unknown_phase_is_refused_without_touching_the_store() {
         ..Default::default()
     };
     let p = policy(OnTimeout::Rollback);
-    let err = step(&p, &status, t0(), true, &broken, &c)
+    let err = step(&p, &status, t0(), true, &broken, &c, None)
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "unknown_phase");
@@ -864,6 +896,47 @@ async fn propagating_waits_until_the_ack_timeout_then_does_what_the_policy_says(
     }
 }
 
+/// Each consumer's state is recorded: the pod whose sidecar has no
+/// stream is NotConnected and holds the rotation back; one that answers
+/// with another version is Waiting.
+#[tokio::test]
+async fn propagating_records_each_consumers_state() {
+    let (_d, store) = store();
+    let mut r = Rig::new(
+        OnTimeout::Rollback,
+        &["pod-a", "pod-stuck", "pod-absent"],
+        &["pod-stuck"],
+    );
+    r.consumers.absent = vec!["pod-absent".into()];
+    let i = r.at(t0(), &store);
+    let s = propagating(&i, in_phase(Phase::Propagating, t0()))
+        .await
+        .unwrap();
+    assert_eq!(phase(&s.status), Phase::Propagating);
+    let state = |name: &str| {
+        s.status
+            .consumers
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.state)
+    };
+    assert_eq!(state("pod-a"), Some(ConsumerState::Acknowledged));
+    assert_eq!(state("pod-stuck"), Some(ConsumerState::Waiting));
+    assert_eq!(state("pod-absent"), Some(ConsumerState::NotConnected));
+    // An acknowledgement stands when the pod later does not answer.
+    r.consumers.absent = vec!["pod-a".into(), "pod-absent".into()];
+    let i = r.at(t0() + secs(1), &store);
+    let s = propagating(&i, s.status.clone()).await.unwrap();
+    let a = s
+        .status
+        .consumers
+        .iter()
+        .find(|c| c.name == "pod-a")
+        .unwrap();
+    assert_eq!(a.state, ConsumerState::Acknowledged);
+    assert_eq!(a.acknowledged_version.as_deref(), Some("2"));
+}
+
 #[tokio::test]
 async fn propagating_without_a_pending_version_is_an_error() {
     let (_d, store) = store();
@@ -1106,7 +1179,9 @@ fn pg_spec(strategy: rotor_crds::api::PostgresStrategy) -> Policy {
             dbname: "shop".into(),
             admin_secret_name: "app/db-admin".into(),
             strategy,
+            tls: None,
         }),
+        https: None,
     });
     Policy::parse(&s, Mode::Standalone).unwrap()
 }
@@ -1167,6 +1242,7 @@ async fn db_step(
         consumers: &c,
         rng: &rng,
         target: Some(db),
+        receiver: None,
     };
     step_with(&i, status, false).await.unwrap()
 }
@@ -1399,4 +1475,254 @@ async fn no_password_reaches_an_event_or_the_status() {
     {
         assert!(!text.contains(secret), "a password leaked");
     }
+}
+
+/// Steps from Generating to Retiring with the fake database.
+async fn to_retiring(
+    policy: &Policy,
+    store: &LocalStore,
+    db: &FakeDb,
+) -> SecretRotationPolicyStatus {
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    while phase(&status) != Phase::Retiring {
+        status = db_step(policy, &status, t0(), store, db).await.status;
+    }
+    status
+}
+
+#[tokio::test]
+async fn alternating_users_gives_the_retired_role_a_password_nobody_holds() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let status = to_retiring(&policy, &store, &db).await;
+    let previous = value(
+        &store,
+        Selector::Version(VersionId(status.previous_version.clone().unwrap())),
+    )
+    .await;
+    // Another seed than the rotation's: each db_step starts from seed 7.
+    let (c, rng) = (fake(&["pod-a"], &[]), Seeded::new(8));
+    let i = Inputs {
+        policy: &policy,
+        now: t0() + secs(86_400),
+        store: &store,
+        consumers: &c,
+        rng: &rng,
+        target: Some(&db),
+        receiver: None,
+    };
+    let s = step_with(&i, &status, false).await.unwrap();
+    assert_eq!(phase(&s.status), Phase::Idle);
+    let reasons: Vec<_> = s.events.iter().map(|e| e.reason()).collect();
+    assert_eq!(reasons, ["TargetFinished", "Retired"]);
+    let now_a = db.password("app_a").unwrap();
+    assert_ne!(now_a, "old-a", "the retired role's password changed");
+    assert_ne!(now_a, previous.password);
+    let current = value(&store, Selector::Current).await;
+    assert_ne!(now_a, current.password, "nobody is given it");
+    assert_eq!(
+        db.password("app_b").as_deref(),
+        Some(current.password.as_str())
+    );
+    for e in &s.events {
+        assert!(!e.message().contains(&now_a));
+    }
+}
+
+#[tokio::test]
+async fn a_failed_finish_retries_then_retires_degraded_with_the_role_unchanged() {
+    let (_d, store) = db_store("app_a", "old-a", "admin-pw");
+    let db = FakeDb::new(&[("app_a", "old-a"), ("app_b", "old-b")]);
+    let policy = alternating();
+    let mut status = to_retiring(&policy, &store, &db).await;
+    *db.set_failures.lock().unwrap() = vec![TargetFailure::Unreachable; TARGET_ATTEMPTS as usize];
+    let later = t0() + secs(86_400);
+    for attempt in 1..TARGET_ATTEMPTS {
+        let s = db_step(&policy, &status, later, &store, &db).await;
+        assert_eq!(phase(&s.status), Phase::Retiring, "attempt {attempt}");
+        assert_eq!(s.status.target_attempts, Some(attempt));
+        assert_eq!(
+            s.requeue,
+            crate::standalone::retry::Retry::wait_after(attempt)
+        );
+        assert_eq!(s.events.len(), 1);
+        assert_eq!(s.events[0].reason(), "TargetUnreachable");
+        status = s.status;
+    }
+    let s = db_step(&policy, &status, later, &store, &db).await;
+    assert_eq!(phase(&s.status), Phase::Idle);
+    assert!(s.status.target_attempts.is_none());
+    let degraded = s
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "TargetUnreachable")
+    );
+    assert!(s.events.iter().any(|e| e.message().contains("giving up")));
+    assert!(s.events.iter().any(|e| e.reason() == "Retired"));
+    assert_eq!(db.password("app_a").as_deref(), Some("old-a"));
+}
+
+// ---- The HTTPS target's steps, on a fake receiver. ----
+
+use super::super::target::https::{Receiver, RotationCall, RotationStep};
+
+/// A receiver that records each call (step, version, value) and fails
+/// the steps it is told to, `failures` times each.
+#[derive(Default)]
+struct FakeReceiver {
+    calls: Mutex<Vec<(RotationStep, String, Option<String>)>>,
+    failing: Mutex<Vec<(RotationStep, TargetFailure)>>,
+}
+
+#[async_trait]
+impl Receiver for FakeReceiver {
+    fn url(&self) -> &str {
+        "https://rotate.example/hook"
+    }
+
+    async fn call(&self, call: &RotationCall) -> Result<(), TargetFailure> {
+        self.calls.lock().unwrap().push((
+            call.step,
+            call.client_request_token.clone(),
+            call.secret_string.clone(),
+        ));
+        let mut failing = self.failing.lock().unwrap();
+        match failing.iter().position(|(s, _)| *s == call.step) {
+            Some(i) => Err(failing.remove(i).1),
+            None => Ok(()),
+        }
+    }
+}
+
+fn https_policy() -> Policy {
+    let mut s = spec(OnTimeout::Rollback);
+    s.target = Some(rotor_crds::api::Target {
+        postgresql: None,
+        https: Some(rotor_crds::api::HttpsTarget {
+            url: "https://rotate.example/hook".into(),
+            ca_bundle: None,
+            timeout: None,
+        }),
+    });
+    Policy::parse(&s, Mode::Standalone).unwrap()
+}
+
+async fn https_step(
+    policy: &Policy,
+    status: &SecretRotationPolicyStatus,
+    now: SystemTime,
+    store: &LocalStore,
+    receiver: &FakeReceiver,
+) -> Step {
+    let (c, rng) = (fake(&["pod-a"], &[]), Seeded::new(7));
+    let i = Inputs {
+        policy,
+        now,
+        store,
+        consumers: &c,
+        rng: &rng,
+        target: None,
+        receiver: Some(receiver),
+    };
+    step_with(&i, status, false).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_https_target_gets_set_test_and_finish_in_aws_order() {
+    let (_d, store) = store();
+    let receiver = FakeReceiver::default();
+    let policy = https_policy();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut reasons = Vec::new();
+    for now in [t0(), t0(), t0(), t0(), t0(), t0() + secs(86_400)] {
+        let s = https_step(&policy, &status, now, &store, &receiver).await;
+        reasons.extend(s.events.iter().map(|e| e.reason()));
+        status = s.status;
+    }
+    assert_eq!(phase(&status), Phase::Idle);
+    assert_eq!(
+        reasons,
+        [
+            "Staged",
+            "TargetSet",
+            "TargetTested",
+            "Acknowledged",
+            "Promoted",
+            "TargetFinished",
+            "Retired"
+        ]
+    );
+    let current = Store::read(&store, "app/db", &Selector::Current)
+        .await
+        .unwrap();
+    let value = String::from_utf8(current.value.expose_secret().to_vec()).unwrap();
+    let calls = receiver.calls.lock().unwrap();
+    let steps: Vec<_> = calls.iter().map(|c| c.0).collect();
+    assert_eq!(
+        steps,
+        [RotationStep::Set, RotationStep::Test, RotationStep::Finish]
+    );
+    for (step, version, v) in calls.iter() {
+        assert_eq!(version, &current.version.0);
+        let expected = (*step != RotationStep::Finish).then(|| value.clone());
+        assert_eq!(v, &expected, "{step:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_https_test_failure_rolls_back_and_sets_current_again() {
+    let (_d, store) = store();
+    let receiver = FakeReceiver::default();
+    *receiver.failing.lock().unwrap() =
+        vec![(RotationStep::Test, TargetFailure::Rejected(500)); TARGET_ATTEMPTS as usize];
+    let policy = https_policy();
+    let mut status = in_phase(Phase::Generating, t0());
+    status.pending_version = None;
+    let mut now = t0();
+    let mut reasons = Vec::new();
+    while reasons.last() != Some(&"RolledBack") {
+        let s = https_step(&policy, &status, now, &store, &receiver).await;
+        reasons.extend(s.events.iter().map(|e| e.reason()));
+        now += s.requeue;
+        status = s.status;
+        assert!(reasons.len() < 20, "{reasons:?}");
+    }
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "TargetRejected").count(),
+        5
+    );
+    assert!(reasons.contains(&"TargetRestored"));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(
+        degraded.message.contains("HTTP 500"),
+        "{}",
+        degraded.message
+    );
+    let current = Store::read(&store, "app/db", &Selector::Current)
+        .await
+        .unwrap();
+    assert_eq!(current.value.expose_secret(), b"initial");
+    let calls = receiver.calls.lock().unwrap();
+    let last = calls.last().unwrap();
+    assert_eq!(
+        (last.0, last.1.as_str(), last.2.as_deref()),
+        (
+            RotationStep::Set,
+            current.version.0.as_str(),
+            Some("initial")
+        ),
+        "the receiver is set back to CURRENT"
+    );
 }

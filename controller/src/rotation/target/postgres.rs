@@ -1,4 +1,6 @@
-//! The PostgreSQL target, over `tokio-postgres` and plain TCP. `set` logs
+//! The PostgreSQL target, over `tokio-postgres`, with TLS when the server
+//! offers it (or always, with `tls.mode: Require`), verified by
+//! [`super::tls`]. `set` logs
 //! in as the admin and runs `ALTER ROLE "role" PASSWORD '…'`: PostgreSQL
 //! cannot bind a parameter there, so the password goes as a literal quoted
 //! by [`super::quote_literal`], and the statement is never logged by Rotor.
@@ -10,20 +12,26 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
+use tokio_postgres::Client;
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
+use super::tls::{MakeRustls, is_handshake_failure};
 use super::{Credential, Target, TargetFailure, quote_ident, quote_literal};
 
 /// The bound on one connection plus its statement.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A PostgreSQL server at `host:port`, database `dbname`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Postgres {
     pub host: String,
     pub port: u16,
     pub dbname: String,
+    /// `Prefer` or `Require`.
+    pub ssl_mode: SslMode,
+    /// Verifies the server's certificate.
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// What a failed login or statement means, `login` being what a refused
@@ -39,6 +47,7 @@ fn classify(e: &tokio_postgres::Error, login: TargetFailure) -> TargetFailure {
         Some(c) if *c == SqlState::UNDEFINED_OBJECT => TargetFailure::NoSuchRole,
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => TargetFailure::NotAllowed,
         Some(_) => TargetFailure::Other,
+        None if is_handshake_failure(e) => TargetFailure::TlsFailed,
         None => TargetFailure::Unreachable,
     }
 }
@@ -57,9 +66,10 @@ impl Postgres {
             .user(&who.username)
             .password(who.password.expose_secret())
             .application_name("rotor-rotation")
+            .ssl_mode(self.ssl_mode)
             .connect_timeout(TIMEOUT);
         let (client, connection) = config
-            .connect(NoTls)
+            .connect(MakeRustls(self.tls.clone()))
             .await
             .map_err(|e| classify(&e, login))?;
         tokio::spawn(async move {

@@ -1,0 +1,182 @@
+//! How long to wait before calling a store again: exponential backoff
+//! with equal jitter, drawn from a random source passed in so that tests
+//! can fix it. The sidecar backs off a failing secret with it, the
+//! controller a throttled store.
+//!
+//! The backoff uses *equal* jitter: the delay after `n` failures in a row is
+//! drawn uniformly from `[d/2, d]`, where `d = base · 2ⁿ` capped at `cap`.
+//! Full jitter (`[0, d]`) spreads many clients failing at once best, but
+//! can draw a delay near zero; linkerd2-proxy's exp-backoff adds a random
+//! share of `d` on top instead, which can exceed `d` until the cap. Here
+//! each secret backs off on its own, and the cap is the refresh interval
+//! (so an outage costs no more requests than polling): a floor of half
+//! the delay keeps a failing store from a burst of quick retries, and the
+//! other half still spreads pods that failed together.
+
+use std::time::Duration;
+
+use ring::rand::SecureRandom;
+
+/// A source of uniform random fractions.
+pub trait Random: Send + Sync {
+    /// A fraction in `[0, 1]`.
+    fn fraction(&mut self) -> f64;
+}
+
+/// The operating system's random source (ring's `SystemRandom`). When it
+/// fails, which it does not on Linux, the fraction is one half.
+#[derive(Debug, Default)]
+pub struct SystemRandom;
+
+impl Random for SystemRandom {
+    fn fraction(&mut self) -> f64 {
+        let mut bytes = [0u8; 4];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            return 0.5;
+        }
+        f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
+    }
+}
+
+/// Exponential backoff: `base` doubling per failure up to `cap`, with
+/// equal jitter (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self { base, cap }
+    }
+
+    /// The delay before the next check after `failures` failures in a row
+    /// (1 for the first): in `[d/2, d]`, `d = min(base · 2^failures, cap)`.
+    pub fn delay(&self, failures: u32, random: &mut dyn Random) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.cap);
+        exp / 2 + (exp / 2).mul_f64(random.fraction().clamp(0.0, 1.0))
+    }
+}
+
+/// One secret's failures in a row: what its backoff grows with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    failures: u32,
+}
+
+impl Retry {
+    /// Counts a failure; returns the delay before the next check.
+    pub fn failed(&mut self, backoff: Backoff, random: &mut dyn Random) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        backoff.delay(self.failures, random)
+    }
+
+    /// A check succeeded: the next failure starts from `base` again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// A seeded random source (SplitMix64): reproducible draws, for tests.
+pub struct Seeded(pub u64);
+
+impl Random for Seeded {
+    fn fraction(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A random source that always draws the same fraction, for tests.
+pub struct Fixed(pub f64);
+
+impl Random for Fixed {
+    fn fraction(&mut self) -> f64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn backoff() -> Backoff {
+        Backoff::new(100 * MS, 5_000 * MS)
+    }
+
+    #[test]
+    fn every_delay_is_within_half_and_all_of_the_exponential() {
+        let mut random = Seeded(7);
+        for failures in 1..=20 {
+            let exp = (100 * MS * (1 << failures.min(16))).min(5_000 * MS);
+            for _ in 0..200 {
+                let d = backoff().delay(failures, &mut random);
+                assert!(
+                    d >= exp / 2 && d <= exp,
+                    "{failures}: {d:?} outside [{:?}, {exp:?}]",
+                    exp / 2
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_ends_of_the_jitter_are_half_and_all() {
+        assert_eq!(backoff().delay(1, &mut Fixed(0.0)), 100 * MS);
+        assert_eq!(backoff().delay(1, &mut Fixed(1.0)), 200 * MS);
+        assert_eq!(backoff().delay(1, &mut Fixed(0.5)), 150 * MS);
+    }
+
+    #[test]
+    fn the_delay_doubles_per_failure_until_the_cap() {
+        let delays: Vec<Duration> = (1..=8)
+            .map(|n| backoff().delay(n, &mut Fixed(1.0)))
+            .collect();
+        assert_eq!(
+            delays,
+            [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000].map(|ms| ms * MS)
+        );
+        // Far past the cap, no overflow.
+        assert_eq!(backoff().delay(u32::MAX, &mut Fixed(1.0)), 5_000 * MS);
+        assert_eq!(backoff().delay(u32::MAX, &mut Fixed(0.0)), 2_500 * MS);
+    }
+
+    #[test]
+    fn a_success_resets_the_growth() {
+        let mut retry = Retry::default();
+        let mut random = Fixed(1.0);
+        let grown: Vec<Duration> = (0..3)
+            .map(|_| retry.failed(backoff(), &mut random))
+            .collect();
+        assert_eq!(grown, [200 * MS, 400 * MS, 800 * MS]);
+        assert_eq!(retry.failures(), 3);
+        retry.reset();
+        assert_eq!(retry.failures(), 0);
+        assert_eq!(retry.failed(backoff(), &mut random), 200 * MS);
+    }
+
+    #[test]
+    fn the_seeded_source_is_uniform_enough_to_spread() {
+        let mut random = Seeded(42);
+        let draws: Vec<f64> = (0..10_000).map(|_| random.fraction()).collect();
+        assert!(draws.iter().all(|f| (0.0..=1.0).contains(f)));
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+        // Same seed, same draws: the tests that use it are repeatable.
+        assert_eq!(Seeded(42).fraction(), draws[0]);
+    }
+}
