@@ -208,6 +208,23 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for counters that start at 0 for each.
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::Unauthenticated,
+        ErrorKind::Forbidden,
+        ErrorKind::UndeclaredSecret,
+        ErrorKind::NotLeader,
+        ErrorKind::TooLarge,
+        ErrorKind::RateLimited,
+        ErrorKind::TooManyStreams,
+        ErrorKind::Timeout,
+        ErrorKind::Malformed,
+        ErrorKind::PinRefused,
+        ErrorKind::NotApplied,
+        ErrorKind::ShuttingDown,
+        ErrorKind::Internal,
+    ];
+
     /// The kind as the wire, logs and metrics spell it.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -240,5 +257,40 @@ impl ErrorKind {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorKind;
+
+    /// Where `kind` is in [`ErrorKind::ALL`]: an exhaustive match, so a new
+    /// kind does not compile until it is listed.
+    fn position(kind: ErrorKind) -> usize {
+        match kind {
+            ErrorKind::Unauthenticated => 0,
+            ErrorKind::Forbidden => 1,
+            ErrorKind::UndeclaredSecret => 2,
+            ErrorKind::NotLeader => 3,
+            ErrorKind::TooLarge => 4,
+            ErrorKind::RateLimited => 5,
+            ErrorKind::TooManyStreams => 6,
+            ErrorKind::Timeout => 7,
+            ErrorKind::Malformed => 8,
+            ErrorKind::PinRefused => 9,
+            ErrorKind::NotApplied => 10,
+            ErrorKind::ShuttingDown => 11,
+            ErrorKind::Internal => 12,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_kind_once() {
+        for (i, kind) in ErrorKind::ALL.iter().enumerate() {
+            assert_eq!(position(*kind), i, "{kind}");
+        }
+        let names: std::collections::BTreeSet<_> =
+            ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
     }
 }

@@ -171,7 +171,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The labels [`Error::metric_label`] returns itself; with those of
     /// the errors it wraps ([`Error::metric_labels`]), every one.
-    const OWN_METRIC_LABELS: [&'static str; 17] = [
+    const OWN_METRIC_LABELS: [&'static str; 18] = [
         "kube",
         "certs",
         "invalid_policy",
@@ -189,6 +189,7 @@ impl Error {
         "file",
         "listen",
         "tls",
+        "channel",
     ];
 
     /// Every label [`Error::metric_label`] returns, those of the watcher,

@@ -26,8 +26,13 @@ pub struct ChannelMetrics {
 }
 
 impl ChannelMetrics {
-    /// Registers the metrics in `registry` (under its prefix).
+    /// Registers the metrics in `registry` (under its prefix), every
+    /// reason's counters at 0 so that an `increase()` alert sees the first.
     pub fn register(&self, registry: &mut Registry) {
+        for kind in ErrorKind::ALL {
+            let _ = self.refused.get_or_create(&reason(kind));
+            let _ = self.cut_off.get_or_create(&reason(kind));
+        }
         registry.register(
             "channel_streams",
             "Sidecar streams open and admitted",
@@ -53,32 +58,59 @@ impl ChannelMetrics {
     }
 
     pub fn refused(&self, kind: ErrorKind) {
-        self.refused
-            .get_or_create(&vec![("reason".to_owned(), kind.as_str().to_owned())])
-            .inc();
+        self.refused.get_or_create(&reason(kind)).inc();
     }
 
     pub fn cut_off(&self, kind: ErrorKind) {
-        self.cut_off
-            .get_or_create(&vec![("reason".to_owned(), kind.as_str().to_owned())])
-            .inc();
+        self.cut_off.get_or_create(&reason(kind)).inc();
     }
 
     /// How many streams were refused for `kind` (tests wait on it).
     pub fn refused_count(&self, kind: ErrorKind) -> u64 {
-        self.refused
-            .get_or_create(&vec![("reason".to_owned(), kind.as_str().to_owned())])
-            .get()
+        self.refused.get_or_create(&reason(kind)).get()
     }
 
     /// How many streams were cut off for `kind`.
     pub fn cut_off_count(&self, kind: ErrorKind) -> u64 {
-        self.cut_off
-            .get_or_create(&vec![("reason".to_owned(), kind.as_str().to_owned())])
-            .get()
+        self.cut_off.get_or_create(&reason(kind)).get()
     }
 
     pub fn open_streams(&self) -> i64 {
         self.streams.get()
+    }
+}
+
+fn reason(kind: ErrorKind) -> Labels {
+    vec![("reason".to_owned(), kind.as_str().to_owned())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_starts_at_zero() {
+        let metrics = ChannelMetrics::default();
+        let mut registry = Registry::with_prefix("rotor");
+        metrics.register(&mut registry);
+        metrics.refused(ErrorKind::Forbidden);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for kind in ErrorKind::ALL {
+            let refused = if kind == ErrorKind::Forbidden { 1 } else { 0 };
+            let reason = kind.as_str();
+            assert!(
+                text.contains(&format!(
+                    "rotor_channel_refused_total{{reason=\"{reason}\"}} {refused}\n"
+                )),
+                "{text}"
+            );
+            assert!(
+                text.contains(&format!(
+                    "rotor_channel_cut_off_total{{reason=\"{reason}\"}} 0\n"
+                )),
+                "{text}"
+            );
+        }
     }
 }
