@@ -11,7 +11,6 @@ use rotor_store::{LocalStore, Selector, WriteAs};
 
 use crate::pod::Pod;
 use crate::standalone::Standalone;
-use crate::{free_port, wait_until};
 
 pub use rotor::postgres::cluster::ServerTls;
 use rotor::postgres::cluster::{Cluster, find_bin_dir};
