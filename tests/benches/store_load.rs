@@ -343,19 +343,17 @@ fn start_sidecars(
     let written = |s: &VaultSidecar| (0..SECRETS).all(|i| s.read(&format!("s{i}")).is_some());
     for _ in 0..3 {
         wait_until(120, || {
-            sidecars
-                .iter_mut()
-                .all(|s| s.exited() || written(s))
+            sidecars.iter_mut().all(|s| s.exited() || written(s))
         });
         let mut again = false;
-        for i in 0..n {
-            if sidecars[i].exited() {
+        for (i, sidecar) in sidecars.iter_mut().enumerate() {
+            if sidecar.exited() {
                 assert!(
-                    sidecars[i].log().contains("already in use"),
+                    sidecar.log().contains("already in use"),
                     "sidecar {i} exited: {}",
-                    sidecars[i].log()
+                    sidecar.log()
                 );
-                sidecars[i] = launch(i);
+                *sidecar = launch(i);
                 again = true;
             }
         }

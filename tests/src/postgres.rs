@@ -28,7 +28,8 @@ impl Postgres {
     /// With the server binaries found as `rotor demo --postgres` finds
     /// them; `tests/install-tools` installs Debian's.
     pub fn start_tls(tls: Option<&ServerTls>) -> Self {
-        let bin = find_bin_dir(None).unwrap_or_else(|e| panic!("{e:#} (tests/install-tools installs it)"));
+        let bin = find_bin_dir(None)
+            .unwrap_or_else(|e| panic!("{e:#} (tests/install-tools installs it)"));
         let cluster = Cluster::start(&bin, tls).unwrap_or_else(|e| panic!("{e:#}"));
         Self {
             port: cluster.port(),

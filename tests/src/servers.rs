@@ -283,7 +283,10 @@ impl Bao {
     /// Empties the audit log; OpenBao appends, so it writes on from the
     /// start.
     pub fn truncate_audit(&self) {
-        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(self.audit_log()) {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.audit_log())
+        {
             let _ = f.set_len(0);
         }
     }

@@ -346,7 +346,10 @@ fn the_postgres_demo_alternates_roles_and_no_query_fails() {
         .find_map(|l| l.split(" writes ").nth(1))
         .and_then(|l| l.split(' ').next())
         .unwrap();
-    assert!(!std::path::Path::new(out_dir).exists(), "{out_dir} left behind");
+    assert!(
+        !std::path::Path::new(out_dir).exists(),
+        "{out_dir} left behind"
+    );
 }
 
 /// A directory without PostgreSQL's server binaries: the demo says which

@@ -55,7 +55,12 @@ pub struct DemoArgs {
     /// With --postgres: where PostgreSQL's server binaries (initdb,
     /// postgres) are (default: found in PATH, /usr/lib/postgresql/*/bin or
     /// /usr/pgsql-*/bin).
-    #[arg(long, value_name = "DIR", env = "ROTOR_POSTGRES_BIN_DIR", requires = "postgres")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "ROTOR_POSTGRES_BIN_DIR",
+        requires = "postgres"
+    )]
     postgres_bin_dir: Option<PathBuf>,
     /// With --postgres: stop after this many rotations [default: 3].
     #[arg(long, value_name = "N", requires = "postgres", value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -96,7 +101,11 @@ impl DemoArgs {
             Ok(End::Finished | End::Interrupted) => {
                 let _ = say(&format!(
                     "stopped; the key, the store{} and the files are removed",
-                    if postgres { ", the PostgreSQL cluster" } else { "" }
+                    if postgres {
+                        ", the PostgreSQL cluster"
+                    } else {
+                        ""
+                    }
                 ));
                 Ok(())
             }
@@ -521,7 +530,10 @@ impl Demo {
                     .args(["--key".as_ref(), s.key.as_os_str()])
                     .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
                     .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-                    .args(["--controller-addr", &format!("localhost:{}", s.channel_port)])
+                    .args([
+                        "--controller-addr",
+                        &format!("localhost:{}", s.channel_port),
+                    ])
                     .arg("--controller-ca")
                     .arg(s.channel.join("ca.crt"))
                     .arg("--channel-token")
@@ -717,8 +729,9 @@ fn describe(path: &Path) -> Option<String> {
             acks.join(", "),
             text("previousVersion")
         ),
-        "Setting" => "setting the new password on the target's role (ALTER ROLE, as the admin)"
-            .to_owned(),
+        "Setting" => {
+            "setting the new password on the target's role (ALTER ROLE, as the admin)".to_owned()
+        }
         "Testing" => "testing a login with the new password".to_owned(),
         "RollingBack" => "the sidecar did not acknowledge in time: rolling back".to_owned(),
         _ => format!(

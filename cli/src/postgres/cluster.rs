@@ -58,7 +58,7 @@ pub fn find_bin_dir(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
                 Some((version, e.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versions.into_iter().map(|(_, dir)| dir));
     }
     candidates.into_iter().find(|d| holds(d)).with_context(|| {
