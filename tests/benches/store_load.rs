@@ -28,7 +28,9 @@
 //!
 //! The same settings as arguments: `-- --n 10,50 --refresh 1,5 --modes
 //! polling,central --idle 30 --writes 5`. The default run (N = 10, 50, 200;
-//! 1 s and 5 s; both modes; 30 s idle; 5 writes) takes about 15 minutes.
+//! 1 s and 5 s; both modes; 30 s idle, at least 10 × refresh so that
+//! connected sidecars' safety-net polls fall in it at their rate; 5
+//! writes) takes about 15 minutes.
 //! At N = 200 the sidecars pass the per-uid inotify instance limit (128 by
 //! default) and use the `..data` timer fallback.
 
@@ -238,7 +240,9 @@ fn measure(bao: &mut Bao, mode: Mode, n: usize, refresh: Duration, config: &Conf
     let bao_cpu = CpuWindow::start(bao_pid);
     let controller_cpu = controller.as_ref().map(|c| CpuWindow::start(c.child.id()));
     let sidecar_cpu = CpuWindow::start(sidecars[0].child.id());
-    std::thread::sleep(config.idle);
+    // At least one safety-net cycle of connected sidecars (10 × refresh),
+    // so that their polls are in the window at their rate.
+    std::thread::sleep(config.idle.max(refresh * 10));
     let requests = bao.audited_since(mark);
     let elapsed = started.elapsed().as_secs_f64();
     let row_controller = controller.as_ref().zip(controller_cpu).map(|(c, cpu)| {

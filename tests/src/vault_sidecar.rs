@@ -97,7 +97,9 @@ impl VaultSidecar {
 
 impl Drop for VaultSidecar {
     fn drop(&mut self) {
-        crate::signal(&self.child, "TERM");
+        if !self.exited() {
+            crate::signal(&self.child, "TERM");
+        }
         let _ = self.child.wait();
     }
 }

@@ -54,13 +54,8 @@ pub struct DemoArgs {
     postgres: bool,
     /// With --postgres: where PostgreSQL's server binaries (initdb,
     /// postgres) are (default: found in PATH, /usr/lib/postgresql/*/bin or
-    /// /usr/pgsql-*/bin).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "ROTOR_POSTGRES_BIN_DIR",
-        requires = "postgres"
-    )]
+    /// /usr/pgsql-*/bin); ignored without --postgres.
+    #[arg(long, value_name = "DIR", env = "ROTOR_POSTGRES_BIN_DIR")]
     postgres_bin_dir: Option<PathBuf>,
     /// With --postgres: stop after this many rotations [default: 3].
     #[arg(long, value_name = "N", requires = "postgres", value_parser = clap::value_parser!(u32).range(1..=100))]

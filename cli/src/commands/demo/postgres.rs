@@ -80,17 +80,17 @@ impl Demo {
         cluster.admin_sql(&sql).await?;
         // `b`'s password is for nobody: the first rotation replaces it.
         drop(b);
-        let secret = Zeroizing::new(
-            serde_json::json!({
-                "username": ROLES[0], "password": *a, "host": "127.0.0.1",
-                "port": port, "dbname": DBNAME,
-            })
-            .to_string(),
-        );
+        // Built as text, never as a JSON value: the passwords stay in
+        // buffers that are wiped (hex needs no escaping).
+        let secret = Zeroizing::new(format!(
+            r#"{{"username":"{}","password":"{}","host":"127.0.0.1","port":{port},"dbname":"{DBNAME}"}}"#,
+            ROLES[0], *a
+        ));
         let first = store.put(SECRET, secret.as_bytes(), WriteAs::Current)?;
-        let admin_secret = Zeroizing::new(
-            serde_json::json!({"username": SUPERUSER, "password": *admin}).to_string(),
-        );
+        let admin_secret = Zeroizing::new(format!(
+            r#"{{"username":"{SUPERUSER}","password":"{}"}}"#,
+            *admin
+        ));
         store.put(ADMIN_SECRET, admin_secret.as_bytes(), WriteAs::Current)?;
         say(&format!(
             "PostgreSQL on 127.0.0.1:{port}, database {DBNAME:?}, login roles {} and {}; \
