@@ -371,3 +371,42 @@ fn the_postgres_demo_names_missing_server_binaries() {
     );
     assert!(stdout.is_empty(), "{stdout}");
 }
+
+/// Ctrl-C during `rotor demo --postgres` stops the cluster with the rest:
+/// nothing listens on its port afterwards, and the demo exits cleanly.
+#[test]
+fn ctrl_c_stops_the_postgres_demo_and_its_cluster() {
+    use std::io::BufRead;
+    let mut child = command("rotor")
+        .args(["demo", "--postgres", "--rotations", "100", "--every", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("app: a pool of")) {
+        let line = lines.next().expect("the demo stopped early").unwrap();
+        seen.push(line);
+    }
+    let port: u16 = seen
+        .iter()
+        .find_map(|l| l.split("PostgreSQL on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {seen:?}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    rotor_e2e::signal(&child, "INT");
+    // Drain stdout so the demo never blocks on a full pipe.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("the PostgreSQL cluster")),
+        "{rest:?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "PostgreSQL still listens on {port}"
+    );
+}
