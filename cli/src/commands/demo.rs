@@ -11,6 +11,9 @@
 //! the sidecar's acknowledgement, promotes the version, and retires the old
 //! one after a grace period. The demo prints each phase from the
 //! controller's status.
+//!
+//! With `--postgres` ([`postgres`]) the secret is a real PostgreSQL login
+//! rotated with alternating users, under an app holding a connection pool.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
