@@ -148,7 +148,8 @@ impl Budget {
         })
     }
 
-    fn limit(&self, class: CallClass) -> Option<Limit> {
+    /// The limit on calls of `class`; `None`: unlimited.
+    pub fn limit(&self, class: CallClass) -> Option<Limit> {
         match (self, class) {
             (Budget::Unlimited, _) => None,
             (Budget::All(limit), _) => Some(*limit),

@@ -57,6 +57,7 @@ async fn dial(
             },
             store: "vault".into(),
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            refresh_ms: 0,
         },
         limits: ClientLimits::default(),
     };

@@ -26,6 +26,7 @@ impl Engine {
                 .map(|name| PushSecret {
                     name: name.clone(),
                     version: None,
+                    announced: None,
                 })
                 .collect()
         } else {
@@ -98,7 +99,15 @@ impl Engine {
                 // No version, or CURRENT named (refusals returned above).
                 _ => {
                     t.pin = None;
-                    self.check(&s.name).await
+                    match &s.announced {
+                        // Announced by the controller, which checked the
+                        // version: one read, or none if it is served.
+                        Some(v) if t.version.as_ref().is_some_and(|x| x.0 == *v) => {
+                            Check::Unchanged
+                        }
+                        Some(_) => self.fetch(&s.name).await,
+                        None => self.check(&s.name).await,
+                    }
                 }
             };
             self.schedule(&s.name, outcome);

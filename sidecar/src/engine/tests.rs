@@ -238,6 +238,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "db".into(),
             version: Some(pending.version.to_string()),
+            announced: None,
         }],
     )
     .await;
@@ -262,6 +263,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "db".into(),
             version: None,
+            announced: None,
         }],
     )
     .await;
@@ -273,6 +275,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "other".into(),
             version: None,
+            announced: None,
         }],
     )
     .await;
@@ -318,6 +321,7 @@ fn pin(name: &str, version: &str) -> PushSecret {
     PushSecret {
         name: name.into(),
         version: Some(version.into()),
+        announced: None,
     }
 }
 
@@ -325,6 +329,7 @@ fn follow(name: &str) -> PushSecret {
     PushSecret {
         name: name.into(),
         version: None,
+        announced: None,
     }
 }
 

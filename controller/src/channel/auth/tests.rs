@@ -66,6 +66,7 @@ fn hello(name: &str, secrets: &[&str]) -> Hello {
         },
         store: "vault".into(),
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        refresh_ms: 0,
     }
 }
 
