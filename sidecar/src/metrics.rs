@@ -155,7 +155,7 @@ impl Metrics {
         );
         let channel_connected = Gauge::default();
         registry.register(
-            "channel_connected",
+            "sidecar_channel_connected",
             "1 while the stream to the controller is up, else 0",
             channel_connected.clone(),
         );
@@ -164,7 +164,7 @@ impl Metrics {
             let _ = polls.get_or_create(&labels(&[("interval", interval)]));
         }
         registry.register(
-            "polls",
+            "sidecar_polls",
             "Version checks of a secret on the sidecar's own timer: at its refresh interval, or at \
              the safety-net interval while the controller detects changes for it",
             polls.clone(),

@@ -676,3 +676,120 @@ async fn not_current_while_the_store_cannot_be_read_and_gone_with_the_annotation
     stop.send(()).unwrap();
     task.await.unwrap();
 }
+
+/// A store in memory: one secret whose CURRENT version the test sets,
+/// counting version checks and reads.
+#[derive(Default)]
+struct Counting {
+    version: std::sync::Mutex<u64>,
+    checks: AtomicUsize,
+    reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+    async fn read(&self, _: &str, _: &Selector) -> rotor_store::Result<Fetched> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let v = *self.version.lock().unwrap();
+        Ok(Fetched {
+            version: VersionId::from(v),
+            created_at: None,
+            value: Plaintext::from(format!("{CANARY}-{v}").into_bytes()),
+        })
+    }
+    async fn current_version(&self, _: &str) -> rotor_store::Result<VersionId> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        Ok(VersionId::from(*self.version.lock().unwrap()))
+    }
+    async fn write(&self, _: &str, _: &[u8], _: WriteAs) -> rotor_store::Result<VersionId> {
+        unreachable!()
+    }
+    async fn promote(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        unreachable!()
+    }
+    async fn retire(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        unreachable!()
+    }
+}
+
+/// While the controller detects changes (`Link::Up { detects: true }`) a
+/// 1 s refresh polls every 10 s; when the stream drops, the poll the safety
+/// net held back is due at once, then every second again.
+#[tokio::test(start_paused = true)]
+async fn a_detected_secret_is_polled_as_a_safety_net_and_at_its_refresh_when_the_link_drops() {
+    let f = fixture();
+    let store = Arc::new(Counting::default());
+    *store.version.lock().unwrap() = 1;
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1s")]);
+    let mut engine = f.engine(c.clone());
+    engine.store = store.clone();
+    let (link_tx, link) = watch::channel(Link::Down);
+    let (task, _cfg, _tx, stop) = start(engine.with_link(link), c);
+    // The first fetch reads; no check before it.
+    polls(&f, 0, 1).await;
+    assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+    link_tx.send_replace(Link::Up { detects: true });
+    let checks = || store.checks.load(Ordering::SeqCst);
+    let start = Instant::now();
+    // Up to 10 s (less the spread) after the first fetch, no poll.
+    tokio::time::sleep(Duration::from_millis(8_900)).await;
+    assert_eq!(checks(), 0, "polled while the controller detects");
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(checks(), 1, "the safety-net poll");
+    // 5 s after it, the stream drops: its held-back poll is due now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(checks(), 1);
+    let dropped = Instant::now();
+    link_tx.send_replace(Link::Down);
+    until("the re-armed poll", || checks() == 2).await;
+    assert!(Instant::now() - dropped < Duration::from_millis(100));
+    // Then at the refresh again.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    assert_eq!(checks(), 3);
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(
+        f.shared
+            .metrics
+            .encode()
+            .contains("rotor_sidecar_polls_total{interval=\"safety_net\"} 1"),
+        "{}",
+        f.shared.metrics.encode()
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// An announced version is read at once, without a version check; one
+/// already served costs nothing.
+#[tokio::test]
+async fn an_announced_version_is_fetched_with_one_read() {
+    let f = fixture();
+    let store = Arc::new(Counting::default());
+    *store.version.lock().unwrap() = 1;
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let mut engine = f.engine(c.clone());
+    engine.store = store.clone();
+    let (task, _cfg, tx, stop) = start(engine, c);
+    until("first write", || f.read("db").is_some()).await;
+    *store.version.lock().unwrap() = 2;
+    let announce = |v: &str| PushSecret {
+        name: "db".into(),
+        version: None,
+        announced: Some(v.into()),
+    };
+    let reply = push(&tx, vec![announce("2")]).await;
+    assert!(reply.ok);
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("2"));
+    assert_eq!(f.read("db").unwrap(), format!("{CANARY}-2"));
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+    let reply = push(&tx, vec![announce("2")]).await;
+    assert!(reply.ok);
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
