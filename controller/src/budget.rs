@@ -114,6 +114,16 @@ pub fn problems(budget: &StoreBudget) -> Vec<String> {
     out
 }
 
+/// Requests a sidecar's fetch of CURRENT costs the store: Vault/OpenBao
+/// reads the metadata (where Rotor's CURRENT label is) and then the
+/// version's data; AWS one `GetSecretValue`; the others one read.
+pub fn requests_per_fetch(provider: ProviderKind) -> u32 {
+    match provider {
+        ProviderKind::Vault(_) => 2,
+        ProviderKind::Aws(_) | ProviderKind::Kubernetes(_) | ProviderKind::Local(_) => 1,
+    }
+}
+
 /// The limits of one store's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
@@ -145,6 +155,18 @@ impl Budget {
             ProviderKind::Vault(_) | ProviderKind::Kubernetes(_) | ProviderKind::Local(_) => {
                 Budget::Unlimited
             }
+        })
+    }
+
+    /// How many sidecar fetches a second fit in the read budget of a
+    /// store of `provider`: a fetch of CURRENT is [`requests_per_fetch`]
+    /// requests. `None`: unlimited.
+    pub fn fetch_limit(&self, provider: ProviderKind) -> Option<Limit> {
+        let limit = self.limit(CallClass::Read)?;
+        let cost = requests_per_fetch(provider);
+        Some(Limit {
+            per_second: (limit.per_second / cost).max(1),
+            burst: (limit.burst / cost).max(1),
         })
     }
 

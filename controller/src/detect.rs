@@ -90,10 +90,11 @@ pub trait DetectStores: Send + Sync {
         true
     }
 
-    /// The store's budget for value reads, which the fan-out of a change
-    /// paces the sidecars' fetches by (`crate::channel::fanout`); `None`:
+    /// How many sidecar fetches a second the store's budget allows
+    /// ([`crate::budget::Budget::fetch_limit`]), which the fan-out of a
+    /// change paces the sidecars by (`crate::channel::fanout`); `None`:
     /// unlimited.
-    fn read_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
+    fn fetch_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
         let _ = (store, secret);
         None
     }

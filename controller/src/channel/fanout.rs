@@ -4,7 +4,7 @@
 //! announced (`versionAvailable`) to every stream subscribed to it.
 //!
 //! Announcements go out in waves paced by the store's read budget
-//! ([`DetectStores::read_limit`], `spec.budget` or the provider's quota):
+//! ([`DetectStores::fetch_limit`], `spec.budget` or the provider's quota):
 //! each announced sidecar fetches the value once, so a wave holds as many
 //! streams as the store's token bucket has reads for. One bucket per store
 //! object is shared by every change of it, so two secrets changing at once
@@ -138,7 +138,7 @@ impl Fanout {
         if waiting.is_empty() {
             return;
         }
-        let limit = self.stores.read_limit(&store, &secret);
+        let limit = self.stores.fetch_limit(&store, &secret);
         let bound = last_wave_after(waiting.len(), limit);
         tracing::info!(
             %store, %secret, %version, previous = ?previous.map(|v| v.0),

@@ -21,7 +21,7 @@ use rotor_crds::api::{Provider, SecretRotationPolicy};
 use rotor_store::Store;
 
 use crate::Result;
-use crate::budget::{Budget, BudgetedStore, CallClass, Limit, Limiter, StoreMetrics};
+use crate::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
 use crate::cluster::identity::Rotators;
 use crate::detect::{DetectStores, StoreRef};
 use crate::rotation::reconciler::StoreFactory;
@@ -188,7 +188,7 @@ impl DetectStores for ClusterStores {
         self.resolve(&store.namespace, &store.name, secret).await
     }
 
-    fn read_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
+    fn fetch_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
         let (resolved, _) = self
             .index
             .read()
@@ -198,7 +198,7 @@ impl DetectStores for ClusterStores {
         let provider = resolved.provider.view().ok()?;
         Budget::of(&resolved.name, resolved.budget.as_ref(), provider)
             .ok()?
-            .limit(CallClass::Read)
+            .fetch_limit(provider)
     }
 }
 

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use rotor_crds::api::{Provider, ProviderKind, StoreBudget};
 use rotor_store::Store;
 
-use crate::budget::{Budget, BudgetedStore, CallClass, Limit, Limiter, StoreMetrics};
+use crate::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
 use crate::detect::{DetectStores, StoreRef};
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
@@ -117,10 +117,9 @@ impl DetectStores for StandaloneStores {
             .is_some_and(|s| !matches!(s.provider.view(), Ok(ProviderKind::Kubernetes(_)) | Err(_)))
     }
 
-    fn read_limit(&self, store: &StoreRef, _secret: &str) -> Option<Limit> {
-        self.spec(&store.name)?
-            .budget(&store.name)
-            .ok()?
-            .limit(CallClass::Read)
+    fn fetch_limit(&self, store: &StoreRef, _secret: &str) -> Option<Limit> {
+        let spec = self.spec(&store.name)?;
+        let provider = spec.provider.view().ok()?;
+        spec.budget(&store.name).ok()?.fetch_limit(provider)
     }
 }

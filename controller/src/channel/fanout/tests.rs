@@ -116,7 +116,7 @@ impl DetectStores for Budgeted {
     async fn store_for(&self, _: &StoreRef, _: &str) -> crate::Result<Arc<dyn Store>> {
         unreachable!("the fan-out checks nothing")
     }
-    fn read_limit(&self, _: &StoreRef, _: &str) -> Option<Limit> {
+    fn fetch_limit(&self, _: &StoreRef, _: &str) -> Option<Limit> {
         Some(limit(2, 2))
     }
 }
