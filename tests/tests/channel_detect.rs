@@ -266,6 +266,9 @@ fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
     );
     let spread = fetched.iter().cloned().fold(f64::MIN, f64::max)
         - fetched.iter().cloned().fold(f64::MAX, f64::min);
+    eprintln!(
+        "{N} sidecars: at most {most_in_a_second} of their requests in a second, first to last {spread:.2} s"
+    );
     // Five waves a second apart: at least 3 s from the first read to the
     // last.
     assert!(spread >= 3.0, "the reads took only {spread:.2} s");
@@ -287,7 +290,7 @@ fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
 }
 
 /// A loopback proxy in front of OpenBao that answers every request with
-/// HTTP 429 while `throttle` is set (dropping its open connections when it
+/// HTTP 429 and OpenBao's rate-limit error while `throttle` is set (dropping its open connections when it
 /// is set), and forwards otherwise.
 async fn throttling_proxy(upstream: SocketAddr, throttle: Arc<AtomicBool>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -316,9 +319,13 @@ async fn throttling_proxy(upstream: SocketAddr, throttle: Arc<AtomicBool>) -> So
                 if throttle.load(Ordering::SeqCst) {
                     let mut buf = [0u8; 4096];
                     let _ = client.read(&mut buf).await;
-                    let _ = client
-                        .write_all(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                        .await;
+                    // What Vault and OpenBao answer over a rate-limit quota.
+                    let body = r#"{"errors":["request path \"secret/metadata/app/db\": rate limit quota exceeded"]}"#;
+                    let answer = format!(
+                        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = client.write_all(answer.as_bytes()).await;
                     return;
                 }
                 let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
