@@ -223,7 +223,11 @@ fn seconds_of(time: &str) -> f64 {
     let Some((date, clock)) = time.trim_end_matches('Z').split_once('T') else {
         return 0.0;
     };
-    let day: f64 = date.rsplit('-').next().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    let day: f64 = date
+        .rsplit('-')
+        .next()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
     let mut parts = clock.split(':').map(|p| p.parse::<f64>().unwrap_or(0.0));
     let (h, m, s) = (
         parts.next().unwrap_or(0.0),

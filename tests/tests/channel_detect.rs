@@ -120,7 +120,8 @@ impl Rig {
         for (i, pod) in self.pods.iter().enumerate() {
             let expected = format!(r#"{{"v":"{value}"}}"#);
             assert!(
-                wait_until(secs, || pod.read("db").as_deref() == Some(expected.as_str())),
+                wait_until(secs, || pod.read("db").as_deref()
+                    == Some(expected.as_str())),
                 "pod-{i} serves {:?}, not {value}: {}\n{}",
                 pod.read("db"),
                 std::fs::read_to_string(pod.log()).unwrap_or_default(),
@@ -175,9 +176,7 @@ fn a_change_reaches_connected_sidecars_with_one_read_each_and_no_poll() {
     let before = rig.bao.audited().len();
     write(&rig.bao, "2");
     rig.wait_everywhere("2", 30);
-    let announced = rig
-        .controller()
-        .metric("rotor_channel_announced_total");
+    let announced = rig.controller().metric("rotor_channel_announced_total");
     let requests = rig.bao.audited().split_off(before);
 
     assert_eq!(announced, 5.0, "{}", rig.controller().log_text());
@@ -248,16 +247,29 @@ fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
     write(&rig.bao, "2");
     rig.wait_everywhere("2", 60);
     let requests = rig.bao.audited().split_off(before);
-    assert_eq!(reads(&requests, SIDECARS, "data").len(), N, "one fetch per sidecar");
+    assert_eq!(
+        reads(&requests, SIDECARS, "data").len(),
+        N,
+        "one fetch per sidecar"
+    );
     let fetched: Vec<f64> = requests
         .iter()
         .filter(|r| r.token == SIDECARS)
         .map(|r| r.at)
         .collect();
-    assert_eq!(fetched.len(), 2 * N, "two requests per fetch: {requests:#?}");
+    assert_eq!(
+        fetched.len(),
+        2 * N,
+        "two requests per fetch: {requests:#?}"
+    );
     let most_in_a_second = fetched
         .iter()
-        .map(|start| fetched.iter().filter(|t| **t >= *start && **t < start + 1.0).count())
+        .map(|start| {
+            fetched
+                .iter()
+                .filter(|t| **t >= *start && **t < start + 1.0)
+                .count()
+        })
         .max()
         .unwrap();
     assert!(
