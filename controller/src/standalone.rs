@@ -202,8 +202,10 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let result = rotate(
         &options.policies,
         &options.state,
-        options.https_target_token.as_ref(),
-        &stores,
+        Outside {
+            stores: &stores,
+            https_target_token: options.https_target_token.as_ref(),
+        },
         &options.metrics,
         &hub,
         loaded,
@@ -216,17 +218,27 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     result
 }
 
+/// What rotation reaches outside the controller: the stores (shared with
+/// the change detector) and the token https targets receive.
+struct Outside<'a> {
+    stores: &'a StandaloneStores,
+    https_target_token: Option<&'a rotor_store::TokenFile>,
+}
+
 /// The rotation loop: steps every policy until `shutdown` resolves.
 async fn rotate(
     policies: &Path,
     state_dir: &Path,
-    https_target_token: Option<&rotor_store::TokenFile>,
-    stores: &StandaloneStores,
+    outside: Outside<'_>,
     metrics: &RotationMetrics,
     hub: &crate::channel::Hub,
     mut loaded: Loaded,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    let Outside {
+        stores,
+        https_target_token,
+    } = outside;
     // Policies whose last step failed, and when each is tried again.
     let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
     // The problem last logged: an invalid edit is logged once, and the

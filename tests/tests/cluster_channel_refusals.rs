@@ -60,6 +60,7 @@ async fn dial(
             refresh_ms: 0,
         },
         limits: ClientLimits::default(),
+        link: tokio::sync::watch::Sender::new(Default::default()),
     };
     let (push, _requests) = tokio::sync::mpsc::channel(4);
     let mut welcomed = false;

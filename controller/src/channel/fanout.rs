@@ -3,16 +3,16 @@
 //! version the detector sees change (not its first look at a secret) is
 //! announced (`versionAvailable`) to every stream subscribed to it.
 //!
-//! Announcements go out in waves paced by the store's read budget
-//! ([`DetectStores::fetch_limit`], `spec.budget` or the provider's quota):
-//! each announced sidecar fetches the value once, so a wave holds as many
-//! streams as the store's token bucket has reads for. One bucket per store
-//! object is shared by every change of it, so two secrets changing at once
-//! do not double the rate. A wave leaves at once, the next every
-//! [`WAVE_EVERY`]; the last of `n` streams is told within
-//! [`last_wave_after`] (`ceil((n - burst) / rate)` seconds) of the change
-//! being seen, so it serves the new version within the detection interval
-//! plus that bound plus one fetch.
+//! Announcements go out in waves paced by the store's budget in fetches
+//! ([`DetectStores::fetch_limit`]: `spec.budget` or the provider's quota
+//! for reads, over what one fetch of CURRENT costs): each announced
+//! sidecar fetches once, so a wave holds as many streams as the store's
+//! bucket has fetches for. One bucket per store object is shared by every
+//! change of it, so two secrets changing at once do not double the rate.
+//! A wave leaves at once, the next every [`WAVE_EVERY`]; the last of `n`
+//! streams is told within [`last_wave_after`] (`ceil((n - burst) / rate)`
+//! seconds) of the change being seen, so it serves the new version within
+//! the detection interval plus that bound plus one fetch.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -143,7 +143,8 @@ impl Fanout {
         tracing::info!(
             %store, %secret, %version, previous = ?previous.map(|v| v.0),
             streams = waiting.len(),
-            reads_per_second = limit.map(|l| l.per_second),
+            fetches_per_second = limit.map(|l| l.per_second),
+            fetch_burst = limit.map(|l| l.burst),
             last_wave_within_secs = bound.as_secs(),
             "new version detected; announcing it in waves"
         );

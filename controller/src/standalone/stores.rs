@@ -34,12 +34,15 @@ impl StoreSpec {
     }
 }
 
+/// A built store and the spec it was built from.
+type Built = (StoreSpec, Arc<dyn Store>);
+
 /// The stores of the policy files, built on first use.
 pub struct StandaloneStores {
     reach: Reach,
     specs: RwLock<BTreeMap<String, StoreSpec>>,
     /// Each built store with the spec it was built from.
-    built: tokio::sync::Mutex<BTreeMap<String, (StoreSpec, Arc<dyn Store>)>>,
+    built: tokio::sync::Mutex<BTreeMap<String, Built>>,
     metrics: StoreMetrics,
 }
 

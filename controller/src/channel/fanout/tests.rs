@@ -58,7 +58,13 @@ async fn waves_carry_what_the_bucket_holds_each_second() {
     }
     assert_eq!(
         waves,
-        [(0 * S, 10), (S, 10), (2 * S, 10), (3 * S, 10), (4 * S, 10)]
+        [
+            (Duration::ZERO, 10),
+            (S, 10),
+            (2 * S, 10),
+            (3 * S, 10),
+            (4 * S, 10)
+        ]
     );
     assert_eq!(last_wave_after(50, Some(budget)), 4 * S);
     // A burst above the rate: the first wave is the burst.
@@ -165,7 +171,7 @@ async fn a_change_is_announced_in_waves_within_the_budget() {
         arrivals.push(Instant::now() - start);
     }
     arrivals.sort();
-    assert_eq!(arrivals, [0 * S, 0 * S, S, S, 2 * S]);
+    assert_eq!(arrivals, [Duration::ZERO, Duration::ZERO, S, S, 2 * S]);
     assert_eq!(metrics.waves(), 3);
     // Only the change was announced: nothing more in any inbox.
     for inbox in &mut inboxes {
