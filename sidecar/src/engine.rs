@@ -170,29 +170,39 @@ impl Engine {
         self.link.as_ref().map_or(Link::Down, |l| *l.borrow())
     }
 
-    /// The stream came up or went down: every secret not in backoff is due
-    /// one interval after its last look at the new interval (so a poll that
-    /// the safety net held back is due at once when the stream drops).
+    /// The stream came up or went down. Up (detected): every secret is
+    /// checked once now, which catches a change made before the
+    /// controller's first look at it; the polls after that are the safety
+    /// net's. Otherwise every secret is due one refresh after its last
+    /// look, so a poll the safety net held back is due at once when the
+    /// stream drops. Secrets in backoff keep their retry.
     fn relink(&mut self, link: Link) {
         self.shared
             .metrics
             .channel_connected(matches!(link, Link::Up { .. }));
+        let safety_net = link.safety_net(false);
         tracing::info!(
             ?link,
-            "polling {}",
-            if link.safety_net(false) {
-                "as a safety net only: the controller announces changes"
+            safety_net,
+            "channel link changed; {}",
+            if safety_net {
+                "polling only as a safety net: the controller announces changes"
             } else {
-                "at the refresh interval"
+                "polling at the refresh interval"
             }
         );
-        let refresh = self.contract.refresh;
+        let (refresh, now) = (self.contract.refresh, Instant::now());
         for (name, t) in &mut self.tracked {
             if t.retry.failures() > 0 || t.value.is_none() {
                 continue;
             }
             let interval = link.poll_interval(refresh, self.watchers.contains_key(name));
-            t.next_poll = t.looked_at + spread(interval, &mut *self.random);
+            let due = if safety_net {
+                now
+            } else {
+                t.looked_at + spread(interval, &mut *self.random)
+            };
+            t.next_poll = t.next_poll.min(due);
         }
     }
 

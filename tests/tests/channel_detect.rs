@@ -101,6 +101,15 @@ impl Rig {
                 std::fs::read_to_string(pod.log()).unwrap_or_default()
             );
         }
+        // Each sidecar made the poll that was due when its stream came up;
+        // from here on it polls only as a safety net.
+        for pod in &rig.pods {
+            assert!(
+                wait_until(30, || sidecar_metric(pod, SAFETY_NET_POLLS) >= 1.0),
+                "{}",
+                std::fs::read_to_string(pod.log()).unwrap_or_default()
+            );
+        }
         // The controller has seen version 1: the next write is a change.
         assert!(wait_until(30, || !reads(
             &rig.bao.audited(),
@@ -242,7 +251,9 @@ fn a_stopped_controller_leaves_sidecars_fresh_through_their_own_polling() {
 #[test]
 fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
     const N: usize = 50;
-    let rig = Rig::start(N, "2s", "  budget: {requestsPerSecond: 20, burst: 20}\n");
+    // A 5 s refresh: the 50 s safety net stays out of the way while the
+    // 50 sidecars start one after another.
+    let rig = Rig::start(N, "5s", "  budget: {requestsPerSecond: 20, burst: 20}\n");
     let before = rig.bao.audited().len();
     write(&rig.bao, "2");
     rig.wait_everywhere("2", 60);
@@ -257,9 +268,9 @@ fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
         .filter(|r| r.token == SIDECARS)
         .map(|r| r.at)
         .collect();
-    assert_eq!(
-        fetched.len(),
-        2 * N,
+    // Two requests per fetch, and any safety-net poll that fell due.
+    assert!(
+        fetched.len() >= 2 * N,
         "two requests per fetch: {requests:#?}"
     );
     let most_in_a_second = fetched

@@ -71,6 +71,12 @@ async fn the_leader_detects_a_change_and_announces_it_to_the_connected_pods() {
     })
     .await;
     assert!(connected, "{}\n{}", controller.log(), running[0].log());
+    // Each made the poll that was due when its stream came up.
+    let polled = eventually(30, || async {
+        running.iter().all(|p| sidecar_metric(p, POLLS[1]) >= 1.0)
+    })
+    .await;
+    assert!(polled, "{}", running[0].log());
     // The leader has checked the secret once (as the namespace's rotator).
     let store = format!("store=\"{ns}/vault\"");
     let checked = eventually(30, || async {

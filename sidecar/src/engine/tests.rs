@@ -716,8 +716,9 @@ impl Store for Counting {
 }
 
 /// While the controller detects changes (`Link::Up { detects: true }`) a
-/// 1 s refresh polls every 10 s; when the stream drops, the poll the safety
-/// net held back is due at once, then every second again.
+/// 1 s refresh is checked once when the link comes up (a change made before
+/// the controller's first look), then every 10 s; when the stream drops,
+/// the poll the safety net held back is due at once, then every second.
 #[tokio::test(start_paused = true)]
 async fn a_detected_secret_is_polled_as_a_safety_net_and_at_its_refresh_when_the_link_drops() {
     let f = fixture();
@@ -730,31 +731,32 @@ async fn a_detected_secret_is_polled_as_a_safety_net_and_at_its_refresh_when_the
     let (task, _cfg, _tx, stop) = start(engine.with_link(link), c);
     // The first fetch reads; no check before it.
     polls(&f, 0, 1).await;
+    let start = Instant::now();
     assert_eq!(store.reads.load(Ordering::SeqCst), 1);
     link_tx.send_replace(Link::Up { detects: true });
     let checks = || store.checks.load(Ordering::SeqCst);
-    let start = Instant::now();
-    // Up to 10 s (less the spread) after the first fetch, no poll.
-    tokio::time::sleep(Duration::from_millis(8_900)).await;
-    assert_eq!(checks(), 0, "polled while the controller detects");
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    assert_eq!(checks(), 1, "the safety-net poll");
+    let at = |ms: u64| tokio::time::sleep_until(start + Duration::from_millis(ms));
+    until("the check on connecting", || checks() == 1).await;
+    assert!(Instant::now() - start < Duration::from_millis(100));
+    // Then none for 9 s (10 s less the spread).
+    at(8_950).await;
+    assert_eq!(checks(), 1, "polled while the controller detects");
+    at(10_150).await;
+    assert_eq!(checks(), 2, "the safety-net poll");
     // 5 s after it, the stream drops: its held-back poll is due now.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(checks(), 1);
-    let dropped = Instant::now();
+    at(15_050).await;
+    assert_eq!(checks(), 2);
     link_tx.send_replace(Link::Down);
-    until("the re-armed poll", || checks() == 2).await;
-    assert!(Instant::now() - dropped < Duration::from_millis(100));
+    until("the re-armed poll", || checks() == 3).await;
+    assert!(Instant::now() - start < Duration::from_millis(15_200));
     // Then at the refresh again.
-    tokio::time::sleep(Duration::from_millis(1_050)).await;
-    assert_eq!(checks(), 3);
-    assert!(start.elapsed() < Duration::from_secs(20));
+    at(16_150).await;
+    assert_eq!(checks(), 4);
     assert!(
         f.shared
             .metrics
             .encode()
-            .contains("rotor_sidecar_polls_total{interval=\"safety_net\"} 1"),
+            .contains("rotor_sidecar_polls_total{interval=\"safety_net\"} 2"),
         "{}",
         f.shared.metrics.encode()
     );
@@ -790,6 +792,41 @@ async fn an_announced_version_is_fetched_with_one_read() {
     assert!(reply.ok);
     assert_eq!(store.reads.load(Ordering::SeqCst), 2);
     assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// An announcement of CURRENT does not undo a rotation's pin: the pod
+/// keeps serving PENDING until the rotation releases it.
+#[tokio::test]
+async fn an_announcement_leaves_a_pin_in_place() {
+    let f = fixture();
+    let v1 = f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    let pending = f.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    assert!(
+        push(&tx, vec![pin("db", &pending.version.to_string())])
+            .await
+            .ok
+    );
+    assert_eq!(f.read("db").as_deref(), Some("v2"));
+    let reply = push(
+        &tx,
+        vec![PushSecret {
+            name: "db".into(),
+            version: None,
+            announced: Some(v1.version.to_string()),
+        }],
+    )
+    .await;
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("2"));
+    assert_eq!(f.read("db").as_deref(), Some("v2"));
+    // A release returns to CURRENT.
+    assert!(push(&tx, vec![follow("db")]).await.ok);
+    assert_eq!(f.read("db").as_deref(), Some("v1"));
     let _ = stop.send(());
     task.await.unwrap();
 }
