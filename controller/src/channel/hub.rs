@@ -81,24 +81,29 @@ pub struct Hub {
     subscriptions: watch::Sender<Vec<Subscription>>,
 }
 
-/// The detector's subscriptions of admitted streams: each secret of each
-/// stream whose changes the controller detects, at the pod's refresh.
+/// The detector's subscriptions of admitted streams: each secret of a
+/// store some stream whose changes the controller detects reads, once, at
+/// the shortest refresh asked for it (all the detector uses), so the list
+/// is as long as the distinct secrets, not the streams.
 pub fn subscriptions_of<'a>(streams: impl IntoIterator<Item = &'a Admitted>) -> Vec<Subscription> {
-    let mut out: Vec<Subscription> = streams
+    let mut shortest: BTreeMap<(StoreRef, &'a str), Duration> = BTreeMap::new();
+    for a in streams.into_iter().filter(|a| a.detects) {
+        let store = store_ref(a);
+        for secret in &a.secrets {
+            shortest
+                .entry((store.clone(), secret.as_str()))
+                .and_modify(|r| *r = (*r).min(a.refresh))
+                .or_insert(a.refresh);
+        }
+    }
+    shortest
         .into_iter()
-        .filter(|a| a.detects)
-        .flat_map(|a| {
-            let store = store_ref(a);
-            a.secrets.iter().map(move |secret| Subscription {
-                store: store.clone(),
-                secret: secret.clone(),
-                refresh: a.refresh,
-            })
+        .map(|((store, secret), refresh)| Subscription {
+            store,
+            secret: secret.to_owned(),
+            refresh,
         })
-        .collect();
-    out.sort_by(|a, b| (&a.store, &a.secret, a.refresh).cmp(&(&b.store, &b.secret, b.refresh)));
-    out.dedup();
-    out
+        .collect()
 }
 
 /// The store an admitted stream reads, as the detector names it.

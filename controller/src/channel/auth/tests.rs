@@ -103,6 +103,17 @@ async fn the_pod_of_the_token_reading_what_it_declares_is_admitted() {
     .unwrap();
     assert_eq!(admitted.identity, identity());
     assert!(admitted.secrets.contains("shop/db"));
+    // The pod's own refresh (its annotation's default here), whatever the
+    // hello says; the store as the index resolved it, detected (local).
+    assert_eq!(admitted.refresh, annotations::DEFAULT_REFRESH);
+    assert_eq!(admitted.kind, StoreKind::Namespaced);
+    assert!(admitted.detects);
+    let mut claims = hello("web-1", &["shop/db"]);
+    claims.refresh_ms = 100;
+    let admitted = admit(reviewed(), Some(facts("uid-1")), &claims)
+        .await
+        .unwrap();
+    assert_eq!(admitted.refresh, annotations::DEFAULT_REFRESH);
 }
 
 #[tokio::test]
