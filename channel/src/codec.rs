@@ -114,6 +114,7 @@ mod tests {
             },
             store: "vault".into(),
             secrets: vec!["shop/db".into(), "shop/api".into()],
+            refresh_ms: 0,
         })
     }
 

@@ -68,6 +68,13 @@ pub struct Hello {
     /// The store paths of the secrets the pod reads (its
     /// `rotor.dev/secret.*` annotations).
     pub secrets: Vec<String>,
+    /// The sidecar's refresh interval in milliseconds (its
+    /// `rotor.dev/refresh`): how often the controller checks these secrets
+    /// for it. A cluster controller takes it from the pod's annotation
+    /// instead; standalone refuses one outside `rotor.dev/refresh`'s
+    /// bounds (100 ms to 24 h). 0: not said (the default, 30 s).
+    #[serde(default)]
+    pub refresh_ms: u64,
 }
 
 /// The pod a sidecar says it runs in. Claims only: the controller takes
@@ -90,6 +97,11 @@ pub struct Welcome {
     /// How often the controller pings; the sidecar's read deadline is a
     /// few of these.
     pub heartbeat_secs: u64,
+    /// Whether the controller checks this stream's secrets for changes and
+    /// sends `versionAvailable` when one changes. Only then may the sidecar
+    /// poll them at its safety-net interval while the stream is up.
+    #[serde(default)]
+    pub detects: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -500,7 +500,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 client.clone(),
                 stores.clone(),
                 leader.clone(),
-                channel_metrics,
+                channel_metrics.clone(),
             );
             let channel_tls = crate::channel::tls::Reloading::load(&serve.tls_cert, &serve.tls_key)
                 .map_err(|e| anyhow::anyhow!("the channel's TLS certificate: {e}"))?;
@@ -520,6 +520,21 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ));
             let rotators =
                 crate::cluster::identity::Rotators::new(client.clone(), rotator_service_account);
+            // One set of stores (and limiters) for rotation and detection.
+            let cluster_stores = Arc::new(
+                crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
+                    .with_metrics(metrics.stores.clone()),
+            );
+            // Only the leader admits streams, so only it has subscriptions
+            // to check and streams to tell.
+            tokio::spawn(
+                crate::channel::fanout::Fanout::new(
+                    channel.hub.clone(),
+                    cluster_stores.clone(),
+                    channel_metrics,
+                )
+                .run(),
+            );
             let ctx = Arc::new(crate::rotation::reconciler::RotationContext {
                 recorder: kube::runtime::events::Recorder::new(
                     client.clone(),
@@ -529,10 +544,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     },
                 ),
                 client,
-                stores: Arc::new(
-                    crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
-                        .with_metrics(metrics.stores.clone()),
-                ),
+                stores: cluster_stores,
                 consumers,
                 hub: channel.hub.clone(),
                 ack_deadline: std::time::Duration::from_secs(5),

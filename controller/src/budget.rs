@@ -114,6 +114,16 @@ pub fn problems(budget: &StoreBudget) -> Vec<String> {
     out
 }
 
+/// Requests a sidecar's fetch of CURRENT costs the store: Vault/OpenBao
+/// reads the metadata (where Rotor's CURRENT label is) and then the
+/// version's data; AWS one `GetSecretValue`; the others one read.
+pub fn requests_per_fetch(provider: ProviderKind) -> u32 {
+    match provider {
+        ProviderKind::Vault(_) => 2,
+        ProviderKind::Aws(_) | ProviderKind::Kubernetes(_) | ProviderKind::Local(_) => 1,
+    }
+}
+
 /// The limits of one store's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
@@ -148,7 +158,20 @@ impl Budget {
         })
     }
 
-    fn limit(&self, class: CallClass) -> Option<Limit> {
+    /// How many sidecar fetches a second fit in the read budget of a
+    /// store of `provider`: a fetch of CURRENT is [`requests_per_fetch`]
+    /// requests. `None`: unlimited.
+    pub fn fetch_limit(&self, provider: ProviderKind) -> Option<Limit> {
+        let limit = self.limit(CallClass::Read)?;
+        let cost = requests_per_fetch(provider);
+        Some(Limit {
+            per_second: (limit.per_second / cost).max(1),
+            burst: (limit.burst / cost).max(1),
+        })
+    }
+
+    /// The limit on calls of `class`; `None`: unlimited.
+    pub fn limit(&self, class: CallClass) -> Option<Limit> {
         match (self, class) {
             (Budget::Unlimited, _) => None,
             (Budget::All(limit), _) => Some(*limit),

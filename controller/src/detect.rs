@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::Result;
+use crate::budget::Limit;
 use crate::store_index::StoreKind;
 
 /// How many checks run at once; the store's budget bounds them further.
@@ -80,6 +81,23 @@ pub struct VersionChanged {
 pub trait DetectStores: Send + Sync {
     /// `store` as its namespace may use it for `secret`.
     async fn store_for(&self, store: &StoreRef, secret: &str) -> Result<Arc<dyn Store>>;
+
+    /// Whether changes of `store` are detected here (standalone: a store
+    /// the controller defines, not a Kubernetes one). A cluster's
+    /// admission decides from the resolved store instead.
+    fn detects(&self, store: &StoreRef) -> bool {
+        let _ = store;
+        true
+    }
+
+    /// How many sidecar fetches a second the store's budget allows
+    /// ([`crate::budget::Budget::fetch_limit`]), which the fan-out of a
+    /// change paces the sidecars by (`crate::channel::fanout`); `None`:
+    /// unlimited.
+    fn fetch_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
+        let _ = (store, secret);
+        None
+    }
 }
 
 type Key = (StoreRef, String);

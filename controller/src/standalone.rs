@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
-use rotor_crds::api::{Provider, RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
-use rotor_store::Store;
+use rotor_crds::api::{RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::rotation::machine::{Phase, step};
@@ -24,6 +23,9 @@ use crate::{Error, Result};
 
 pub mod channel;
 pub(crate) mod retry;
+pub mod stores;
+
+use stores::{StandaloneStores, StoreSpec};
 
 /// The rotate-now annotation: a new value triggers one rotation.
 pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
@@ -55,7 +57,7 @@ pub struct Options {
 /// Policies and stores read from the directory.
 struct Loaded {
     policies: Vec<(SecretRotationPolicy, Policy)>,
-    stores: BTreeMap<String, Provider>,
+    stores: BTreeMap<String, StoreSpec>,
 }
 
 fn load(dir: &Path) -> Result<Loaded> {
@@ -83,16 +85,22 @@ fn load(dir: &Path) -> Result<Loaded> {
             "RotorStore" | "ClusterRotorStore" => {
                 let parsed = if doc.kind == "RotorStore" {
                     doc.parse_strict::<RotorStore>()
-                        .map(|s| (s.name_any(), s.spec.provider))
+                        .map(|s| (s.name_any(), s.spec.provider, s.spec.budget))
                 } else {
                     doc.parse_strict::<rotor_crds::api::ClusterRotorStore>()
-                        .map(|s| (s.name_any(), s.spec.provider))
+                        .map(|s| (s.name_any(), s.spec.provider, s.spec.budget))
                 };
                 match parsed {
-                    Ok((name, provider)) => {
-                        let found = crate::store_status::problems(&provider);
+                    Ok((name, provider, budget)) => {
+                        let mut found = crate::store_status::problems(&provider);
+                        found.extend(
+                            budget
+                                .as_ref()
+                                .map(crate::budget::problems)
+                                .unwrap_or_default(),
+                        );
                         if found.is_empty() {
-                            out.stores.insert(name, provider);
+                            out.stores.insert(name, StoreSpec { provider, budget });
                         } else {
                             problems.extend(found.iter().map(|e| doc.problem(e)));
                         }
@@ -168,8 +176,24 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         path: options.state.clone(),
         source,
     })?;
-    let channel = channel::Channel::set_up(options.channel, options.channel_metrics).await?;
+    let stores = Arc::new(StandaloneStores::new(
+        Reach::Standalone {
+            vault_token_file: options.vault_token_file.clone(),
+        },
+        options.metrics.stores.clone(),
+    ));
+    stores.set(loaded.stores.clone());
+    let channel = channel::Channel::set_up(
+        options.channel,
+        options.channel_metrics.clone(),
+        stores.clone(),
+    )
+    .await?;
     let hub = channel.server.hub.clone();
+    let detection = tokio::spawn(
+        crate::channel::fanout::Fanout::new(hub.clone(), stores.clone(), options.channel_metrics)
+            .run(),
+    );
     tracing::info!(addr = ?channel.local_addr(), "channel: serving sidecar streams");
     let (stop_channel, channel_stopped) = tokio::sync::oneshot::channel::<()>();
     let channel_task = tokio::spawn(channel.serve(async move {
@@ -178,8 +202,8 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
     let result = rotate(
         &options.policies,
         &options.state,
-        Credentials {
-            vault_token_file: options.vault_token_file.as_deref(),
+        Outside {
+            stores: &stores,
             https_target_token: options.https_target_token.as_ref(),
         },
         &options.metrics,
@@ -188,15 +212,16 @@ pub async fn run(options: Options, shutdown: impl std::future::Future<Output = (
         shutdown,
     )
     .await;
+    detection.abort();
     let _ = stop_channel.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), channel_task).await;
     result
 }
 
-/// What standalone mode presents on the tenants' behalf: the Vault token
-/// its stores log in with, and the token https targets receive.
-struct Credentials<'a> {
-    vault_token_file: Option<&'a Path>,
+/// What rotation reaches outside the controller: the stores (shared with
+/// the change detector) and the token https targets receive.
+struct Outside<'a> {
+    stores: &'a StandaloneStores,
     https_target_token: Option<&'a rotor_store::TokenFile>,
 }
 
@@ -204,16 +229,16 @@ struct Credentials<'a> {
 async fn rotate(
     policies: &Path,
     state_dir: &Path,
-    credentials: Credentials<'_>,
+    outside: Outside<'_>,
     metrics: &RotationMetrics,
     hub: &crate::channel::Hub,
     mut loaded: Loaded,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let reach = Reach::Standalone {
-        vault_token_file: credentials.vault_token_file.map(Path::to_owned),
-    };
-    let mut stores: BTreeMap<String, Arc<dyn Store>> = BTreeMap::new();
+    let Outside {
+        stores,
+        https_target_token,
+    } = outside;
     // Policies whose last step failed, and when each is tried again.
     let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
     // The problem last logged: an invalid edit is logged once, and the
@@ -228,6 +253,7 @@ async fn rotate(
                     tracing::info!(dir = %policies.display(), "policy files valid again; using them");
                 }
                 loaded = fresh;
+                stores.set(loaded.stores.clone());
             }
             Err(error) => {
                 let text = error.to_string();
@@ -247,21 +273,13 @@ async fn rotate(
                 }
             }
             let store_name = &policy.spec.store_ref.name;
-            let store = match stores.get(store_name) {
-                Some(s) => Ok(s.clone()),
-                None => match loaded.stores.get(store_name) {
-                    None => Err(Error::StoreNotResolved(format!(
-                        "policy {}: store {store_name:?} is not defined in {}",
-                        policy.name_any(),
-                        policies.display()
-                    ))),
-                    Some(provider) => crate::store_from_spec::build(store_name, provider, &reach)
-                        .await
-                        .inspect(|s| {
-                            stores.insert(store_name.clone(), s.clone());
-                        }),
-                },
-            };
+            let store = stores.get(store_name).await.unwrap_or_else(|| {
+                Err(Error::StoreNotResolved(format!(
+                    "policy {}: store {store_name:?} is not defined in {}",
+                    policy.name_any(),
+                    policies.display()
+                )))
+            });
             let path = state_path(state_dir, policy);
             let mut state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
@@ -282,9 +300,7 @@ async fn rotate(
                         rotate_now,
                         &*store,
                         &consumers,
-                        credentials
-                            .https_target_token
-                            .map(|t| t as &dyn CallerToken),
+                        https_target_token.map(|t| t as &dyn CallerToken),
                     )
                     .await
                 }

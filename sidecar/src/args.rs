@@ -283,7 +283,11 @@ impl Args {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
+            contract.refresh,
         )?;
+        if let Some(client) = &client {
+            engine = engine.with_link(client.link.subscribe());
+        }
         if let Some(client) = client {
             let stop = stopped();
             servers.push(tokio::spawn(async move {

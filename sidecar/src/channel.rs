@@ -23,10 +23,10 @@ use rotor_channel::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::engine::backoff::{Backoff, Random, Retry, SystemRandom};
+use crate::engine::backoff::{Backoff, Link, Random, Retry, SystemRandom};
 use crate::push::{PushBody, PushReply, PushRequest, PushSecret};
 
 /// Where the controller is and how to prove who the pod is.
@@ -116,6 +116,9 @@ pub struct Client {
     pub token: PathBuf,
     pub hello: Hello,
     pub limits: ClientLimits,
+    /// Whether a stream is up and the controller detects changes for it
+    /// (the engine polls as a safety net only then).
+    pub link: watch::Sender<Link>,
 }
 
 /// Why a stream could not be set up or ended.
@@ -150,11 +153,12 @@ impl From<rotor_channel::Error> for Ended {
 
 impl Client {
     /// The client `args` describe for a pod reading `secrets` from
-    /// `store`; `None` without `--controller-addr`.
+    /// `store` every `refresh`; `None` without `--controller-addr`.
     pub fn from_args(
         args: &ChannelArgs,
         store: String,
         secrets: Vec<String>,
+        refresh: Duration,
     ) -> crate::Result<Option<Self>> {
         let Some(addr) = args.controller_addr.clone() else {
             return Ok(None);
@@ -175,8 +179,10 @@ impl Client {
                 },
                 store,
                 secrets,
+                refresh_ms: u64::try_from(refresh.as_millis()).unwrap_or(u64::MAX),
             },
             limits: ClientLimits::default(),
+            link: watch::Sender::new(Link::Down),
         }))
     }
 
@@ -204,6 +210,7 @@ impl Client {
                 () = &mut shutdown => return,
                 ended = self.stream(&push, &mut welcomed) => ended,
             };
+            self.link.send_replace(Link::Down);
             if welcomed {
                 retry.reset();
             }
@@ -291,9 +298,13 @@ impl Client {
                 tracing::info!(
                     addr = self.addr,
                     pod = welcome.pod,
+                    detects = welcome.detects,
                     "channel: connected to the controller"
                 );
                 *welcomed = true;
+                self.link.send_replace(Link::Up {
+                    detects: welcome.detects,
+                });
             }
             Ok(Some(Downstream::Error(problem))) => return Ended::Refused(problem),
             Ok(Some(_)) => {
@@ -360,9 +371,13 @@ impl Client {
                         }
                         Downstream::Pin(p) => (p.request, p.secret, Some(p.version)),
                         Downstream::Release(r) => (r.request, r.secret, None),
-                        Downstream::VersionAvailable(v) => (v.request, v.secret, None),
+                        Downstream::VersionAvailable(v) => {
+                            let ack = self.apply(push, Asked { request: v.request, secret: v.secret, version: None, announced: Some(v.version) }).await;
+                            writer.send(&Upstream::Ack(ack)).await?;
+                            continue;
+                        }
                     };
-                    let ack = self.apply(push, request, secret, version).await;
+                    let ack = self.apply(push, Asked { request, secret, version, announced: None }).await;
                     writer.send(&Upstream::Ack(ack)).await?;
                 }
                 _ = ping.tick() => writer.send(&Upstream::Ping).await?,
@@ -372,19 +387,20 @@ impl Client {
 
     /// Hands one request to the engine, as a push, and turns its reply
     /// into an acknowledgement.
-    async fn apply(
-        &self,
-        push: &mpsc::Sender<PushRequest>,
-        request: RequestId,
-        secret: String,
-        version: Option<String>,
-    ) -> Ack {
+    async fn apply(&self, push: &mpsc::Sender<PushRequest>, asked: Asked) -> Ack {
+        let Asked {
+            request,
+            secret,
+            version,
+            announced,
+        } = asked;
         let (reply, answer) = oneshot::channel();
         let push_request = PushRequest {
             body: PushBody {
                 secrets: vec![PushSecret {
                     name: secret.clone(),
                     version,
+                    announced,
                 }],
             },
             received: Instant::now(),
@@ -401,6 +417,16 @@ impl Client {
             Err(_) => not_applied(request, secret, "the request was not applied in time"),
         }
     }
+}
+
+/// One request of the controller, as the engine takes it.
+struct Asked {
+    request: RequestId,
+    secret: String,
+    /// A pin (`None`: serve CURRENT).
+    version: Option<String>,
+    /// A new CURRENT version announced.
+    announced: Option<String>,
 }
 
 fn connection_ended(result: Result<(), hyper::Error>) -> Ended {
@@ -577,16 +603,26 @@ mod tests {
         };
         // The PEM text wins over the (missing) file.
         assert!(
-            Client::from_args(&args(Some(&pem)), "s".into(), vec![])
-                .unwrap()
-                .is_some()
-        );
-        let err = Client::from_args(&args(Some("no certificate")), "s".into(), vec![])
-            .err()
+            Client::from_args(
+                &args(Some(&pem)),
+                "s".into(),
+                vec![],
+                Duration::from_secs(30)
+            )
             .unwrap()
-            .to_string();
+            .is_some()
+        );
+        let err = Client::from_args(
+            &args(Some("no certificate")),
+            "s".into(),
+            vec![],
+            Duration::from_secs(30),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(err.starts_with("--controller-ca-pem: "), "{err}");
-        let err = Client::from_args(&args(None), "s".into(), vec![])
+        let err = Client::from_args(&args(None), "s".into(), vec![], Duration::from_secs(30))
             .err()
             .unwrap()
             .to_string();

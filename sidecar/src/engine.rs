@@ -28,7 +28,7 @@ use rotor_store::{Fetched, Selector, Stage, Store, VersionId};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use self::backoff::{Backoff, Random, Retry, SystemRandom, spread};
+use self::backoff::{Backoff, Link, Random, Retry, SystemRandom, spread};
 use self::change::{Change, observe, observe_current};
 pub use self::shared::Shared;
 use crate::OnceProblem;
@@ -68,6 +68,8 @@ struct Tracked {
     created_at: Option<SystemTime>,
     pin: Option<(VersionId, Instant)>,
     next_poll: Instant,
+    /// When it was last scheduled (after a look at the store).
+    looked_at: Instant,
     retry: Retry,
     missing: bool,
     /// The last fetch failure, for `--once`: its text (with causes) and
@@ -83,6 +85,7 @@ impl Tracked {
             created_at: None,
             pin: None,
             next_poll: Instant::now(),
+            looked_at: Instant::now(),
             retry: Retry::default(),
             missing: false,
             last_error: None,
@@ -122,6 +125,9 @@ pub struct Engine {
     watchers: BTreeMap<String, tokio::task::JoinHandle<()>>,
     /// What the backoff and the poll spread draw from.
     random: Box<dyn Random>,
+    /// The stream to the controller, which sets the poll interval
+    /// ([`Link::poll_interval`]); `None`: no stream (`Link::Down`).
+    link: Option<watch::Receiver<Link>>,
 }
 
 impl Engine {
@@ -147,9 +153,57 @@ impl Engine {
             nudges: mpsc::channel(64),
             watchers: BTreeMap::new(),
             random: Box::new(SystemRandom),
+            link: None,
         };
         engine.sync_tracked();
         engine
+    }
+
+    /// The same engine polling as `link` says: only as a safety net while
+    /// the controller detects changes for it, at its refresh otherwise.
+    pub fn with_link(mut self, link: watch::Receiver<Link>) -> Self {
+        self.link = Some(link);
+        self
+    }
+
+    fn current_link(&self) -> Link {
+        self.link.as_ref().map_or(Link::Down, |l| *l.borrow())
+    }
+
+    /// The stream came up or went down. Up (detected): every secret is
+    /// checked once now, which catches a change made before the
+    /// controller's first look at it; the polls after that are the safety
+    /// net's. Otherwise every secret is due one refresh after its last
+    /// look, so a poll the safety net held back is due at once when the
+    /// stream drops. Secrets in backoff keep their retry.
+    fn relink(&mut self, link: Link) {
+        self.shared
+            .metrics
+            .channel_connected(matches!(link, Link::Up { .. }));
+        let safety_net = link.safety_net(false);
+        tracing::info!(
+            ?link,
+            safety_net,
+            "channel link changed; {}",
+            if safety_net {
+                "polling only as a safety net: the controller announces changes"
+            } else {
+                "polling at the refresh interval"
+            }
+        );
+        let (refresh, now) = (self.contract.refresh, Instant::now());
+        for (name, t) in &mut self.tracked {
+            if t.retry.failures() > 0 || t.value.is_none() {
+                continue;
+            }
+            let interval = link.poll_interval(refresh, self.watchers.contains_key(name));
+            let due = if safety_net {
+                now
+            } else {
+                t.looked_at + spread(interval, &mut *self.random)
+            };
+            t.next_poll = t.next_poll.min(due);
+        }
     }
 
     /// The same engine drawing its jitter from `random` (tests fix it).
@@ -245,6 +299,18 @@ impl Engine {
                 } => match changed {
                     Ok(contract) => self.apply_contract(contract).await,
                     Err(_) => config = None,
+                },
+                linked = async {
+                    match self.link.as_mut() {
+                        Some(rx) => rx.changed().await.map(|()| *rx.borrow_and_update()),
+                        None => std::future::pending().await,
+                    }
+                } => match linked {
+                    Ok(link) => self.relink(link),
+                    Err(_) => {
+                        self.link = None;
+                        self.relink(Link::Down);
+                    }
                 },
                 Some(request) = push.recv() => self.handle_push(request).await,
                 Some(name) = self.nudges.1.recv() => {
@@ -385,7 +451,14 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         let mut changed = false;
+        let link = self.current_link();
         for name in &due {
+            let interval = if link.safety_net(self.watchers.contains_key(name)) {
+                "safety_net"
+            } else {
+                "refresh"
+            };
+            self.shared.metrics.polled(interval);
             let outcome = self.check(name).await;
             self.schedule(name, outcome);
             changed |= outcome == Check::Changed;
@@ -398,6 +471,16 @@ impl Engine {
 
     /// Checks one secret and fetches it if it changed.
     async fn check(&mut self, name: &str) -> Check {
+        self.look(name, false).await
+    }
+
+    /// Fetches one secret without checking its version first (the
+    /// controller announced a new one).
+    async fn fetch(&mut self, name: &str) -> Check {
+        self.look(name, true).await
+    }
+
+    async fn look(&mut self, name: &str, skip_version_check: bool) -> Check {
         let now = Instant::now();
         let t = self.tracked.get_mut(name).expect("tracked");
         if t.pin
@@ -411,7 +494,7 @@ impl Engine {
             t.pin = None;
         }
         let pinned = t.pin.as_ref().map(|(v, _)| v.clone());
-        if t.value.is_some() {
+        if t.value.is_some() && !skip_version_check {
             // Cheap check first.
             match self.store.current_version(name).await {
                 Ok(current) => {
@@ -444,13 +527,13 @@ impl Engine {
                     "pinned version is no longer PENDING; following CURRENT again"
                 );
                 self.tracked.get_mut(name).expect("tracked").pin = None;
-                Box::pin(self.check(name)).await
+                Box::pin(self.look(name, skip_version_check)).await
             }
             Ok(fetched) => self.install(name, fetched),
             Err(e) if e.is_not_found() && pinned.is_some() => {
                 tracing::warn!(secret = name, error = %e, "pinned version is no longer PENDING; following CURRENT again");
                 self.tracked.get_mut(name).expect("tracked").pin = None;
-                Box::pin(self.check(name)).await
+                Box::pin(self.look(name, skip_version_check)).await
             }
             Err(e) => self.failed(name, e),
         }
@@ -524,6 +607,9 @@ impl Engine {
     fn schedule(&mut self, name: &str, outcome: Check) {
         let ok = outcome != Check::Failed;
         let refresh = self.contract.refresh;
+        let interval = self
+            .current_link()
+            .poll_interval(refresh, self.watchers.contains_key(name));
         let backoff = Backoff::new(
             self.options.backoff_base,
             self.options.backoff_cap.min(refresh),
@@ -535,11 +621,12 @@ impl Engine {
             .not_current(name, t.pin.is_some() || lagging);
         let delay = if ok {
             t.retry.reset();
-            spread(refresh, &mut *self.random)
+            spread(interval, &mut *self.random)
         } else {
             t.retry.failed(backoff, &mut *self.random)
         };
-        t.next_poll = Instant::now() + delay;
+        t.looked_at = Instant::now();
+        t.next_poll = t.looked_at + delay;
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Metrics {
     repairs: Counter,
     config_errors: Counter,
     inotify_fallbacks: Counter,
+    channel_connected: Gauge,
+    polls: Family<Labels, Counter>,
     change_to_file: Family<Labels, Histogram, fn() -> Histogram>,
     /// Last successful fetch per secret, for staleness at scrape time.
     successes: Mutex<BTreeMap<String, SystemTime>>,
@@ -151,6 +153,22 @@ impl Metrics {
              used up) and check their file on a timer instead",
             inotify_fallbacks.clone(),
         );
+        let channel_connected = Gauge::default();
+        registry.register(
+            "sidecar_channel_connected",
+            "1 while the stream to the controller is up, else 0",
+            channel_connected.clone(),
+        );
+        let polls = Family::<Labels, Counter>::default();
+        for interval in ["refresh", "safety_net"] {
+            let _ = polls.get_or_create(&labels(&[("interval", interval)]));
+        }
+        registry.register(
+            "sidecar_polls",
+            "Version checks of a secret on the sidecar's own timer: at its refresh interval, or at \
+             the safety-net interval while the controller detects changes for it",
+            polls.clone(),
+        );
         registry.register(
             "change_to_file_seconds",
             "From a version's creation in the store (poll) or a push request (push) to its file being written",
@@ -169,6 +187,8 @@ impl Metrics {
             repairs,
             config_errors,
             inotify_fallbacks,
+            channel_connected,
+            polls,
             change_to_file,
             successes: Mutex::default(),
             served_versions: Mutex::default(),
@@ -315,6 +335,19 @@ impl Metrics {
     /// A watch fell back to polling (see `watch::FALLBACK_POLL`).
     pub fn inotify_fallback(&self) {
         self.inotify_fallbacks.inc();
+    }
+
+    /// Whether the stream to the controller is up.
+    pub fn channel_connected(&self, up: bool) {
+        self.channel_connected.set(i64::from(up));
+    }
+
+    /// A secret polled on the sidecar's own timer, at `interval`
+    /// (`refresh` or `safety_net`).
+    pub fn polled(&self, interval: &str) {
+        self.polls
+            .get_or_create(&labels(&[("interval", interval)]))
+            .inc();
     }
 
     pub fn config_error(&self) {

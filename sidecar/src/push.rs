@@ -28,6 +28,11 @@ pub struct PushSecret {
     /// Without a version, CURRENT is served (and a pin released).
     #[serde(default)]
     pub version: Option<String>,
+    /// A new CURRENT version the controller announced (the channel's
+    /// `versionAvailable`; never from HTTP): read at once without the
+    /// version check, unless it is already served.
+    #[serde(skip)]
+    pub announced: Option<String>,
 }
 
 /// The acknowledgement: the version now served for each secret.

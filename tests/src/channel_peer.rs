@@ -59,6 +59,7 @@ pub fn hello(namespace: &str, name: &str, secrets: &[&str]) -> Upstream {
         },
         store: String::new(),
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        refresh_ms: 0,
     })
 }
 

@@ -209,6 +209,39 @@ impl Drop for ServerProcess {
     }
 }
 
+/// One request in OpenBao's audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audited {
+    /// `read`, `update`, `create`, `list`…
+    pub operation: String,
+    pub path: String,
+    /// The token's display name (`root`, `token-<name>`).
+    pub token: String,
+    /// When OpenBao logged it, in seconds (of the month, enough to order
+    /// and space requests within a test).
+    pub at: f64,
+}
+
+/// `2026-12-05T22:40:01.123456789Z` as seconds since the start of its
+/// month; 0 when it is not such a time.
+fn seconds_of(time: &str) -> f64 {
+    let Some((date, clock)) = time.trim_end_matches('Z').split_once('T') else {
+        return 0.0;
+    };
+    let day: f64 = date
+        .rsplit('-')
+        .next()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0.0);
+    let mut parts = clock.split(':').map(|p| p.parse::<f64>().unwrap_or(0.0));
+    let (h, m, s) = (
+        parts.next().unwrap_or(0.0),
+        parts.next().unwrap_or(0.0),
+        parts.next().unwrap_or(0.0),
+    );
+    ((day * 24.0 + h) * 60.0 + m) * 60.0 + s
+}
+
 /// An OpenBao dev server with root token `root`.
 pub struct Bao {
     pub port: u16,
@@ -289,6 +322,42 @@ impl Bao {
         {
             let _ = f.set_len(0);
         }
+    }
+
+    /// Every request in the audit log so far, with who sent it and when
+    /// (empty without [`Bao::start_audited`]).
+    pub fn audited(&self) -> Vec<Audited> {
+        std::fs::read_to_string(self.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["type"] == "request")
+            .map(|e| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+                Audited {
+                    operation: text(&e["request"]["operation"]),
+                    path: text(&e["request"]["path"]),
+                    token: text(&e["auth"]["display_name"]),
+                    at: seconds_of(e["time"].as_str().unwrap_or("")),
+                }
+            })
+            .collect()
+    }
+
+    /// A token with the root policy whose requests the audit log shows as
+    /// `token-<name>` ([`Audited::token`]), so a test tells apart who sent
+    /// each request.
+    pub fn named_token(&self, name: &str) -> String {
+        let created: serde_json::Value = serde_json::from_str(&self.api(
+            "POST",
+            "auth/token/create",
+            &serde_json::json!({"policies": ["root"], "display_name": name}).to_string(),
+        ))
+        .unwrap();
+        created["auth"]["client_token"]
+            .as_str()
+            .expect("a token")
+            .to_owned()
     }
 
     /// A dev server with TLS (`-dev-tls`); its CA is [`Bao::ca`].

@@ -473,6 +473,7 @@ mod against_a_real_sidecar {
         let welcome = Downstream::Welcome(rotor_channel::Welcome {
             pod: "default/app".into(),
             heartbeat_secs: 30,
+            detects: false,
         });
         if writer
             .send(rotor_channel::encode(&welcome).unwrap())

@@ -57,8 +57,10 @@ async fn dial(
             },
             store: "vault".into(),
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            refresh_ms: 0,
         },
         limits: ClientLimits::default(),
+        link: tokio::sync::watch::Sender::new(Default::default()),
     };
     let (push, _requests) = tokio::sync::mpsc::channel(4);
     let mut welcomed = false;

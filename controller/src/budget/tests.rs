@@ -172,3 +172,40 @@ async fn throttling_answers_slow_the_calls_and_are_counted() {
     // Answered: the next throttling starts from the base again.
     assert_eq!(limiter.throttled(), 1_000 * MS);
 }
+
+/// The fan-out paces fetches, and a Vault fetch of CURRENT is two
+/// requests (metadata, then data): half as many fetches as requests.
+#[test]
+fn fetches_a_second_are_the_read_budget_over_a_fetchs_requests() {
+    let vault: rotor_crds::api::VaultProvider = serde_json::from_value(serde_json::json!({
+        "server": "http://127.0.0.1:8200",
+        "auth": {"tokenSecretRef": {"name": "t", "key": "token"}}
+    }))
+    .unwrap();
+    let set = Budget::of("s", Some(&spec(20, Some(30))), ProviderKind::Vault(&vault)).unwrap();
+    assert_eq!(
+        set.fetch_limit(ProviderKind::Vault(&vault)),
+        Some(Limit {
+            per_second: 10,
+            burst: 15
+        })
+    );
+    let aws = aws();
+    let quota = Budget::of("s", None, ProviderKind::Aws(&aws)).unwrap();
+    assert_eq!(
+        quota.fetch_limit(ProviderKind::Aws(&aws)),
+        Some(Limit::per_second(AWS_GET_SECRET_VALUE_TPS))
+    );
+    assert_eq!(
+        Budget::of("s", None, ProviderKind::Vault(&vault))
+            .unwrap()
+            .fetch_limit(ProviderKind::Vault(&vault)),
+        None
+    );
+    // A budget of one request a second still lets one fetch through.
+    let one = Budget::of("s", Some(&spec(1, None)), ProviderKind::Vault(&vault)).unwrap();
+    assert_eq!(
+        one.fetch_limit(ProviderKind::Vault(&vault)),
+        Some(Limit::per_second(1))
+    );
+}

@@ -12,7 +12,7 @@
 //! Refusals name the pod and the reason, never the token.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -20,7 +20,10 @@ use rotor_channel::{ErrorKind, Hello, Problem};
 use rotor_crds::annotations::{self, PodSecrets};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::store_index::SharedStoreIndex;
+use rotor_crds::api::ProviderKind;
+
+use crate::detect::{DetectStores, StoreRef};
+use crate::store_index::{SharedStoreIndex, StoreKind};
 
 /// The pod a token was issued for, as the API server says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,16 @@ pub struct Admitted {
     /// The secrets the stream serves: those the hello named, each declared
     /// by the pod's annotations.
     pub secrets: BTreeSet<String>,
+    /// How the pod's namespace reaches `store`: a RotorStore of its own or
+    /// a ClusterRotorStore (standalone: always `Namespaced`).
+    pub kind: StoreKind,
+    /// The pod's refresh interval (`rotor.dev/refresh`): how often the
+    /// change detector checks these secrets for it.
+    pub refresh: Duration,
+    /// Whether the controller checks these secrets for changes and tells
+    /// the stream (`crate::detect`); not for Kubernetes Secrets stores,
+    /// whose sidecars watch them.
+    pub detects: bool,
 }
 
 /// Admits or refuses a stream.
@@ -148,28 +161,66 @@ impl<R: Reviewer, P: Pods> Authority for ClusterAuthority<R, P> {
             &hello.store,
             &secrets,
         );
-        if let Err(why) = resolved {
-            return Err(forbidden(why));
-        }
+        let resolved = resolved.map_err(forbidden)?;
+        let detects = !matches!(
+            resolved.provider.view(),
+            Ok(ProviderKind::Kubernetes(_)) | Err(_)
+        );
         Ok(Admitted {
             identity,
             store: hello.store.clone(),
             secrets: hello.secrets.iter().cloned().collect(),
+            kind: resolved.kind,
+            refresh: facts.secrets.refresh,
+            detects,
         })
     }
 }
 
 /// Standalone's trust model: whoever holds the token file shared by the
-/// controller and its sidecars is trusted to say which pod it is and what
-/// it reads.
+/// controller and its sidecars is trusted to say which pod it is, what it
+/// reads and how often (its refresh, within `rotor.dev/refresh`'s bounds).
 pub struct SharedToken {
     token: SecretString,
+    /// The stores the controller checks for changes, by name; `None`: none.
+    detected: Option<Arc<dyn DetectStores>>,
 }
 
 impl SharedToken {
     pub fn new(token: SecretString) -> Self {
-        Self { token }
+        Self {
+            token,
+            detected: None,
+        }
     }
+
+    /// Streams reading a store `stores` can check are told the controller
+    /// detects their changes ([`Admitted::detects`]).
+    pub fn detecting(mut self, stores: Arc<dyn DetectStores>) -> Self {
+        self.detected = Some(stores);
+        self
+    }
+}
+
+/// A hello's refresh interval: 0 is the default, else within
+/// `rotor.dev/refresh`'s bounds.
+pub fn hello_refresh(hello: &Hello) -> Result<Duration, Problem> {
+    if hello.refresh_ms == 0 {
+        return Ok(annotations::DEFAULT_REFRESH);
+    }
+    let refresh = Duration::from_millis(hello.refresh_ms);
+    if !(annotations::MIN_REFRESH..=annotations::MAX_REFRESH).contains(&refresh) {
+        return Err(Problem::new(
+            ErrorKind::Malformed,
+            format!(
+                "the hello's refreshMs is {}; expected {} to {} (rotor.dev/refresh's bounds)",
+                hello.refresh_ms,
+                annotations::MIN_REFRESH.as_millis(),
+                annotations::MAX_REFRESH.as_millis()
+            ),
+        ));
+    }
+    Ok(refresh)
 }
 
 #[async_trait]
@@ -193,14 +244,25 @@ impl Authority for SharedToken {
                 "the hello names no pod: start the sidecar with --pod-namespace and --pod-name",
             ));
         }
+        let refresh = hello_refresh(hello)?;
+        let identity = Identity {
+            namespace: hello.pod.namespace.clone(),
+            pod: hello.pod.name.clone(),
+            uid: hello.pod.uid.clone(),
+        };
+        let store = StoreRef {
+            namespace: identity.namespace.clone(),
+            kind: StoreKind::Namespaced,
+            name: hello.store.clone(),
+        };
+        let detects = self.detected.as_ref().is_some_and(|d| d.detects(&store));
         Ok(Admitted {
-            identity: Identity {
-                namespace: hello.pod.namespace.clone(),
-                pod: hello.pod.name.clone(),
-                uid: hello.pod.uid.clone(),
-            },
+            identity,
             store: hello.store.clone(),
             secrets: hello.secrets.iter().cloned().collect(),
+            kind: StoreKind::Namespaced,
+            refresh,
+            detects,
         })
     }
 }

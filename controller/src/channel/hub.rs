@@ -12,9 +12,10 @@ use async_trait::async_trait;
 use rotor_channel::{
     Ack, Downstream, ErrorKind, Pin, Problem, Release, RequestId, VersionAvailable,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::auth::Admitted;
+use crate::detect::{StoreRef, Subscription};
 pub use crate::rotation::machine::Unanswered;
 use crate::rotation::machine::{self, Consumers};
 
@@ -75,6 +76,43 @@ pub struct Hub {
     streams_per_pod: usize,
     next: AtomicU64,
     inner: Mutex<Inner>,
+    /// What the change detector checks: the admitted streams'
+    /// subscriptions, sent again whenever a stream comes or goes.
+    subscriptions: watch::Sender<Vec<Subscription>>,
+}
+
+/// The detector's subscriptions of admitted streams: each secret of a
+/// store some stream whose changes the controller detects reads, once, at
+/// the shortest refresh asked for it (all the detector uses), so the list
+/// is as long as the distinct secrets, not the streams.
+pub fn subscriptions_of<'a>(streams: impl IntoIterator<Item = &'a Admitted>) -> Vec<Subscription> {
+    let mut shortest: BTreeMap<(StoreRef, &'a str), Duration> = BTreeMap::new();
+    for a in streams.into_iter().filter(|a| a.detects) {
+        let store = store_ref(a);
+        for secret in &a.secrets {
+            shortest
+                .entry((store.clone(), secret.as_str()))
+                .and_modify(|r| *r = (*r).min(a.refresh))
+                .or_insert(a.refresh);
+        }
+    }
+    shortest
+        .into_iter()
+        .map(|((store, secret), refresh)| Subscription {
+            store,
+            secret: secret.to_owned(),
+            refresh,
+        })
+        .collect()
+}
+
+/// The store an admitted stream reads, as the detector names it.
+fn store_ref(admitted: &Admitted) -> StoreRef {
+    StoreRef {
+        namespace: admitted.identity.namespace.clone(),
+        kind: admitted.kind,
+        name: admitted.store.clone(),
+    }
 }
 
 /// A stream's place in the hub; dropping it unregisters the stream and
@@ -104,6 +142,7 @@ impl Drop for Registration<'_> {
         // Dropping the senders fails the waiters at once.
         let stream = self.stream;
         inner.waiting.retain(|_, (s, _)| *s != stream);
+        self.hub.publish(&inner);
     }
 }
 
@@ -113,7 +152,43 @@ impl Hub {
             streams_per_pod,
             next: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
+            subscriptions: watch::Sender::new(Vec::new()),
         }
+    }
+
+    /// The detector's subscriptions ([`subscriptions_of`] the admitted
+    /// streams), kept up to date as streams come and go.
+    pub fn subscriptions(&self) -> watch::Receiver<Vec<Subscription>> {
+        self.subscriptions.subscribe()
+    }
+
+    /// Sends the subscriptions of the streams in `inner`, if they changed.
+    fn publish(&self, inner: &Inner) {
+        let now = subscriptions_of(inner.pods.values().flatten().map(|r| &r.admitted));
+        self.subscriptions.send_if_modified(|old| {
+            let changed = *old != now;
+            if changed {
+                *old = now;
+            }
+            changed
+        });
+    }
+
+    /// The pods whose newest stream subscribes to `secret` of `store`
+    /// (those a change of it is announced to).
+    pub fn subscribed(&self, store: &StoreRef, secret: &str) -> Vec<String> {
+        self.lock()
+            .pods
+            .iter()
+            .filter(|(_, streams)| {
+                streams.last().is_some_and(|r| {
+                    r.admitted.detects
+                        && r.admitted.secrets.contains(secret)
+                        && store_ref(&r.admitted) == *store
+                })
+            })
+            .map(|(pod, _)| pod.clone())
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -149,6 +224,7 @@ impl Hub {
             admitted,
             requests,
         });
+        self.publish(&inner);
         Ok(Registration {
             hub: self,
             pod,

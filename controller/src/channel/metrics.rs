@@ -23,6 +23,9 @@ pub struct ChannelMetrics {
     streams: Gauge,
     refused: Family<Labels, Counter>,
     cut_off: Family<Labels, Counter>,
+    waves: Counter,
+    announced: Counter,
+    pending: Gauge,
 }
 
 impl ChannelMetrics {
@@ -48,6 +51,38 @@ impl ChannelMetrics {
             "Admitted streams the controller cut off, by reason",
             self.cut_off.clone(),
         );
+        registry.register(
+            "channel_announce_waves",
+            "Waves of versionAvailable released, each sized by the store's read budget",
+            self.waves.clone(),
+        );
+        registry.register(
+            "channel_announced",
+            "versionAvailable messages released to streams",
+            self.announced.clone(),
+        );
+        registry.register(
+            "channel_announce_pending",
+            "versionAvailable messages waiting for their wave",
+            self.pending.clone(),
+        );
+    }
+
+    /// `n` announcements wait for their waves.
+    pub fn announce_planned(&self, n: usize) {
+        self.pending.inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A wave of `n` announcements was released.
+    pub fn wave_released(&self, n: usize) {
+        self.waves.inc();
+        self.announced.inc_by(n as u64);
+        self.pending.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Waves released so far.
+    pub fn waves(&self) -> u64 {
+        self.waves.get()
     }
 
     /// Counts a stream open until the guard is dropped, however the

@@ -8,10 +8,13 @@
 //! - [`hub`]: the admitted streams by pod; rotation's consumers over them.
 //! - [`metrics`]: streams open, refused and cut off.
 //! - [`tls`]: the serving certificate, reloaded when it is renewed.
+//! - [`fanout`]: the change detector over the streams, announcing each new
+//!   version in waves within the store's budget.
 //! - [`cluster`]: the server as `rotor-controller run` builds it.
 
 pub mod auth;
 pub mod cluster;
+pub mod fanout;
 pub mod hub;
 pub mod metrics;
 pub mod server;

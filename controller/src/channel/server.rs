@@ -213,6 +213,7 @@ impl Server {
             }
         };
         let pod = admitted.identity.key();
+        let detects = admitted.detects;
         let (requests_tx, requests) = mpsc::channel(8);
         let registration = match self.hub.register(admitted, requests_tx) {
             Ok(r) => r,
@@ -226,7 +227,14 @@ impl Server {
         let open = self.metrics.opened();
         tracing::info!(%peer, pod, "channel: stream admitted");
         let ended = self
-            .run(registration.id(), &pod, &mut reader, &writer, requests)
+            .run(
+                registration.id(),
+                &pod,
+                detects,
+                &mut reader,
+                &writer,
+                requests,
+            )
             .await;
         drop(registration);
         drop(open);
@@ -289,6 +297,7 @@ impl Server {
         &self,
         stream: u64,
         pod: &str,
+        detects: bool,
         reader: &mut Reader,
         writer: &Writer,
         mut requests: mpsc::Receiver<Downstream>,
@@ -297,6 +306,7 @@ impl Server {
             .send(&Downstream::Welcome(Welcome {
                 pod: pod.to_owned(),
                 heartbeat_secs: self.limits.heartbeat.as_secs(),
+                detects,
             }))
             .await?;
         reader.set_idle(self.limits.idle);

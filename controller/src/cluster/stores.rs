@@ -21,7 +21,7 @@ use rotor_crds::api::{Provider, SecretRotationPolicy};
 use rotor_store::Store;
 
 use crate::Result;
-use crate::budget::{Budget, BudgetedStore, Limiter, StoreMetrics};
+use crate::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
 use crate::cluster::identity::Rotators;
 use crate::detect::{DetectStores, StoreRef};
 use crate::rotation::reconciler::StoreFactory;
@@ -186,6 +186,19 @@ impl StoreFactory for ClusterStores {
 impl DetectStores for ClusterStores {
     async fn store_for(&self, store: &StoreRef, secret: &str) -> Result<Arc<dyn Store>> {
         self.resolve(&store.namespace, &store.name, secret).await
+    }
+
+    fn fetch_limit(&self, store: &StoreRef, secret: &str) -> Option<Limit> {
+        let (resolved, _) = self
+            .index
+            .read()
+            .expect("index lock")
+            .lookup(&store.namespace, &store.name, &[secret])
+            .ok()?;
+        let provider = resolved.provider.view().ok()?;
+        Budget::of(&resolved.name, resolved.budget.as_ref(), provider)
+            .ok()?
+            .fetch_limit(provider)
     }
 }
 

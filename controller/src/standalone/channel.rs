@@ -29,6 +29,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::channel::auth::SharedToken;
 use crate::channel::server::tls_acceptor;
 use crate::channel::{ChannelMetrics, Hub, Limits, Server, StreamConsumers};
+use crate::detect::DetectStores;
 use crate::rotation::machine::Phase;
 use crate::{Error, Result};
 
@@ -67,7 +68,13 @@ pub struct Channel {
 impl Channel {
     /// Reads or makes the token and the certificate, then binds the
     /// address; every failure names its flag.
-    pub async fn set_up(options: ChannelOptions, metrics: ChannelMetrics) -> Result<Self> {
+    /// Streams reading a store `detected` checks are told so in their
+    /// welcome.
+    pub async fn set_up(
+        options: ChannelOptions,
+        metrics: ChannelMetrics,
+        detected: Arc<dyn DetectStores>,
+    ) -> Result<Self> {
         let ChannelOptions {
             addr,
             dir,
@@ -87,7 +94,7 @@ impl Channel {
             })?;
         let server = Arc::new(Server {
             hub: Arc::new(Hub::new(limits.streams_per_pod)),
-            authority: Arc::new(SharedToken::new(token)),
+            authority: Arc::new(SharedToken::new(token).detecting(detected)),
             limits,
             metrics,
             leader: None,

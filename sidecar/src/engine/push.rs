@@ -26,6 +26,7 @@ impl Engine {
                 .map(|name| PushSecret {
                     name: name.clone(),
                     version: None,
+                    announced: None,
                 })
                 .collect()
         } else {
@@ -96,10 +97,20 @@ impl Engine {
                     continue;
                 }
                 // No version, or CURRENT named (refusals returned above).
-                _ => {
-                    t.pin = None;
-                    self.check(&s.name).await
-                }
+                _ => match &s.announced {
+                    // A new CURRENT the controller checked: one read, or
+                    // none when it is served. A pin (a rotation's PENDING)
+                    // stands: the rotation releases it, or it ends when its
+                    // version stops being PENDING.
+                    Some(v) if t.pin.is_some() || t.version.as_ref().is_some_and(|x| x.0 == *v) => {
+                        Check::Unchanged
+                    }
+                    Some(_) => self.fetch(&s.name).await,
+                    None => {
+                        t.pin = None;
+                        self.check(&s.name).await
+                    }
+                },
             };
             self.schedule(&s.name, outcome);
             failed |= matches!(outcome, Check::Failed | Check::Refused);

@@ -238,6 +238,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "db".into(),
             version: Some(pending.version.to_string()),
+            announced: None,
         }],
     )
     .await;
@@ -262,6 +263,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "db".into(),
             version: None,
+            announced: None,
         }],
     )
     .await;
@@ -273,6 +275,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         vec![PushSecret {
             name: "other".into(),
             version: None,
+            announced: None,
         }],
     )
     .await;
@@ -318,6 +321,7 @@ fn pin(name: &str, version: &str) -> PushSecret {
     PushSecret {
         name: name.into(),
         version: Some(version.into()),
+        announced: None,
     }
 }
 
@@ -325,6 +329,7 @@ fn follow(name: &str) -> PushSecret {
     PushSecret {
         name: name.into(),
         version: None,
+        announced: None,
     }
 }
 
@@ -669,5 +674,159 @@ async fn not_current_while_the_store_cannot_be_read_and_gone_with_the_annotation
     })
     .await;
     stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+/// A store in memory: one secret whose CURRENT version the test sets,
+/// counting version checks and reads.
+#[derive(Default)]
+struct Counting {
+    version: std::sync::Mutex<u64>,
+    checks: AtomicUsize,
+    reads: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+    async fn read(&self, _: &str, _: &Selector) -> rotor_store::Result<Fetched> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        let v = *self.version.lock().unwrap();
+        Ok(Fetched {
+            version: VersionId::from(v),
+            created_at: None,
+            value: Plaintext::from(format!("{CANARY}-{v}").into_bytes()),
+        })
+    }
+    async fn current_version(&self, _: &str) -> rotor_store::Result<VersionId> {
+        self.checks.fetch_add(1, Ordering::SeqCst);
+        Ok(VersionId::from(*self.version.lock().unwrap()))
+    }
+    async fn write(&self, _: &str, _: &[u8], _: WriteAs) -> rotor_store::Result<VersionId> {
+        unreachable!()
+    }
+    async fn promote(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        unreachable!()
+    }
+    async fn retire(&self, _: &str, _: &VersionId) -> rotor_store::Result<()> {
+        unreachable!()
+    }
+}
+
+/// While the controller detects changes (`Link::Up { detects: true }`) a
+/// 1 s refresh is checked once when the link comes up (a change made before
+/// the controller's first look), then every 10 s; when the stream drops,
+/// the poll the safety net held back is due at once, then every second.
+#[tokio::test(start_paused = true)]
+async fn a_detected_secret_is_polled_as_a_safety_net_and_at_its_refresh_when_the_link_drops() {
+    let f = fixture();
+    let store = Arc::new(Counting::default());
+    *store.version.lock().unwrap() = 1;
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1s")]);
+    let mut engine = f.engine(c.clone());
+    engine.store = store.clone();
+    let (link_tx, link) = watch::channel(Link::Down);
+    let (task, _cfg, _tx, stop) = start(engine.with_link(link), c);
+    // The first fetch reads; no check before it.
+    polls(&f, 0, 1).await;
+    let start = Instant::now();
+    assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+    link_tx.send_replace(Link::Up { detects: true });
+    let checks = || store.checks.load(Ordering::SeqCst);
+    let at = |ms: u64| tokio::time::sleep_until(start + Duration::from_millis(ms));
+    until("the check on connecting", || checks() == 1).await;
+    assert!(Instant::now() - start < Duration::from_millis(100));
+    // Then none for 9 s (10 s less the spread).
+    at(8_950).await;
+    assert_eq!(checks(), 1, "polled while the controller detects");
+    at(10_150).await;
+    assert_eq!(checks(), 2, "the safety-net poll");
+    // 5 s after it, the stream drops: its held-back poll is due now.
+    at(15_050).await;
+    assert_eq!(checks(), 2);
+    link_tx.send_replace(Link::Down);
+    until("the re-armed poll", || checks() == 3).await;
+    assert!(Instant::now() - start < Duration::from_millis(15_200));
+    // Then at the refresh again.
+    at(16_150).await;
+    assert_eq!(checks(), 4);
+    assert!(
+        f.shared
+            .metrics
+            .encode()
+            .contains("rotor_sidecar_polls_total{interval=\"safety_net\"} 2"),
+        "{}",
+        f.shared.metrics.encode()
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// An announced version is read at once, without a version check; one
+/// already served costs nothing.
+#[tokio::test]
+async fn an_announced_version_is_fetched_with_one_read() {
+    let f = fixture();
+    let store = Arc::new(Counting::default());
+    *store.version.lock().unwrap() = 1;
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let mut engine = f.engine(c.clone());
+    engine.store = store.clone();
+    let (task, _cfg, tx, stop) = start(engine, c);
+    until("first write", || f.read("db").is_some()).await;
+    *store.version.lock().unwrap() = 2;
+    let announce = |v: &str| PushSecret {
+        name: "db".into(),
+        version: None,
+        announced: Some(v.into()),
+    };
+    let reply = push(&tx, vec![announce("2")]).await;
+    assert!(reply.ok);
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("2"));
+    assert_eq!(f.read("db").unwrap(), format!("{CANARY}-2"));
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+    let reply = push(&tx, vec![announce("2")]).await;
+    assert!(reply.ok);
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.checks.load(Ordering::SeqCst), 0);
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// An announcement of CURRENT does not undo a rotation's pin: the pod
+/// keeps serving PENDING until the rotation releases it.
+#[tokio::test]
+async fn an_announcement_leaves_a_pin_in_place() {
+    let f = fixture();
+    let v1 = f.store.put("db", b"v1", WriteAs::Current).unwrap();
+    let c = contract(&[("rotor.dev/secret.db", "db"), ("rotor.dev/refresh", "1h")]);
+    let (task, _cfg, tx, stop) = start(f.engine(c.clone()), c);
+    until("first write", || f.read("db").is_some()).await;
+    let pending = f.store.put("db", b"v2", WriteAs::Pending).unwrap();
+    assert!(
+        push(&tx, vec![pin("db", &pending.version.to_string())])
+            .await
+            .ok
+    );
+    assert_eq!(f.read("db").as_deref(), Some("v2"));
+    let reply = push(
+        &tx,
+        vec![PushSecret {
+            name: "db".into(),
+            version: None,
+            announced: Some(v1.version.to_string()),
+        }],
+    )
+    .await;
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(reply.secrets[0].version.as_deref(), Some("2"));
+    assert_eq!(f.read("db").as_deref(), Some("v2"));
+    // A release returns to CURRENT.
+    assert!(push(&tx, vec![follow("db")]).await.ok);
+    assert_eq!(f.read("db").as_deref(), Some("v1"));
+    let _ = stop.send(());
     task.await.unwrap();
 }

@@ -66,6 +66,7 @@ fn hello(name: &str, secrets: &[&str]) -> Hello {
         },
         store: "vault".into(),
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        refresh_ms: 0,
     }
 }
 
@@ -102,6 +103,17 @@ async fn the_pod_of_the_token_reading_what_it_declares_is_admitted() {
     .unwrap();
     assert_eq!(admitted.identity, identity());
     assert!(admitted.secrets.contains("shop/db"));
+    // The pod's own refresh (its annotation's default here), whatever the
+    // hello says; the store as the index resolved it, detected (local).
+    assert_eq!(admitted.refresh, annotations::DEFAULT_REFRESH);
+    assert_eq!(admitted.kind, StoreKind::Namespaced);
+    assert!(admitted.detects);
+    let mut claims = hello("web-1", &["shop/db"]);
+    claims.refresh_ms = 100;
+    let admitted = admit(reviewed(), Some(facts("uid-1")), &claims)
+        .await
+        .unwrap();
+    assert_eq!(admitted.refresh, annotations::DEFAULT_REFRESH);
 }
 
 #[tokio::test]
@@ -290,4 +302,50 @@ async fn an_expired_token_is_refused_once_its_review_lapses() {
     assert_eq!(refused.kind, ErrorKind::Unauthenticated);
     assert!(refused.message.contains("expired"), "{refused}");
     assert!(!refused.message.contains("payload-canary"), "{refused}");
+}
+
+/// Standalone trusts the hello's refresh within `rotor.dev/refresh`'s
+/// bounds, and says a store it detects in the admission.
+#[tokio::test]
+async fn the_shared_token_takes_a_bounded_refresh_and_says_what_it_detects() {
+    struct Detects;
+    #[async_trait]
+    impl DetectStores for Detects {
+        async fn store_for(
+            &self,
+            _: &StoreRef,
+            _: &str,
+        ) -> crate::Result<Arc<dyn rotor_store::Store>> {
+            unreachable!()
+        }
+        fn detects(&self, store: &StoreRef) -> bool {
+            store.name == "vault"
+        }
+    }
+    let token = SecretString::from("t".repeat(40));
+    let authority = SharedToken::new(token.clone()).detecting(Arc::new(Detects));
+    let mut h = hello("a", &["db"]);
+    let admitted = authority.admit(&token, &h).await.unwrap();
+    assert_eq!(admitted.refresh, annotations::DEFAULT_REFRESH);
+    assert!(admitted.detects);
+    h.refresh_ms = 5_000;
+    let admitted = authority.admit(&token, &h).await.unwrap();
+    assert_eq!(admitted.refresh, Duration::from_secs(5));
+    h.store = "k8s".into();
+    assert!(!authority.admit(&token, &h).await.unwrap().detects);
+    for bad in [50, 25 * 3600 * 1000] {
+        h.refresh_ms = bad;
+        let problem = authority.admit(&token, &h).await.unwrap_err();
+        assert_eq!(problem.kind, ErrorKind::Malformed);
+        assert!(problem.message.contains("refreshMs"), "{problem}");
+    }
+    // Without detection, nothing is detected.
+    h = hello("a", &["db"]);
+    assert!(
+        !SharedToken::new(token.clone())
+            .admit(&token, &h)
+            .await
+            .unwrap()
+            .detects
+    );
 }

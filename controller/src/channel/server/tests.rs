@@ -75,8 +75,10 @@ fn client(
             },
             store: "vault".into(),
             secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            refresh_ms: 0,
         },
         limits: ClientLimits::default(),
+        link: tokio::sync::watch::Sender::new(Default::default()),
     };
     (client, file)
 }
@@ -345,6 +347,7 @@ async fn a_sidecar_that_resets_its_stream_is_dropped_promptly() {
         },
         store: "vault".into(),
         secrets: vec!["shop/db".into()],
+        refresh_ms: 0,
     });
     tx.send(Ok(rotor_channel::encode(&hello).unwrap()))
         .await
