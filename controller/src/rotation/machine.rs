@@ -30,7 +30,6 @@
 //! finish is retried, then leaves `Degraded` without undoing the promotion.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -50,72 +49,11 @@ use super::target::{
 use super::validate::Policy;
 use crate::{Error, Result};
 
-/// Where a rotation is. On the wire (`status.phase`) it is the string of
-/// [`Phase::as_str`]; a missing phase is [`Phase::Idle`], and a string no
-/// variant has is [`Error::UnknownPhase`]: the step refuses to guess and
-/// leaves the status as it is, so the controller that wrote it can go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Idle,
-    Generating,
-    /// Changing the target to the pending value.
-    Setting,
-    /// Logging in to the target with the pending value.
-    Testing,
-    Propagating,
-    Promoting,
-    Retiring,
-    RollingBack,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 8] = [
-        Phase::Idle,
-        Phase::Generating,
-        Phase::Setting,
-        Phase::Testing,
-        Phase::Propagating,
-        Phase::Promoting,
-        Phase::Retiring,
-        Phase::RollingBack,
-    ];
-
-    /// The `status.phase` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "Idle",
-            Phase::Generating => "Generating",
-            Phase::Setting => "Setting",
-            Phase::Testing => "Testing",
-            Phase::Propagating => "Propagating",
-            Phase::Promoting => "Promoting",
-            Phase::Retiring => "Retiring",
-            Phase::RollingBack => "RollingBack",
-        }
-    }
-
-    /// The phase of `status`; `Idle` when it has none.
-    pub fn of(status: &SecretRotationPolicyStatus) -> Result<Self> {
-        status.phase.as_deref().map_or(Ok(Phase::Idle), str::parse)
-    }
-}
-
-impl FromStr for Phase {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| Error::UnknownPhase(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where a rotation is: `status.phase`, typed in the API
+/// (`rotor_crds::api::Phase`); a missing phase is [`Phase::Idle`]. A phase
+/// string no variant has is refused when the status is read (and by the
+/// CRD's schema when it is written).
+pub use rotor_crds::api::Phase;
 
 /// Whether an event is routine or needs a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -593,7 +531,7 @@ pub fn unblocked(status: &mut SecretRotationPolicyStatus, now: SystemTime) {
 }
 
 fn enter(status: &mut SecretRotationPolicyStatus, phase: Phase, now: SystemTime) {
-    status.phase = Some(phase.as_str().to_owned());
+    status.phase = Some(phase);
     status.phase_since = Some(rfc3339(now));
     set_condition(
         status,
@@ -648,7 +586,7 @@ pub async fn step_with(
     rotate_now: bool,
 ) -> Result<Step> {
     let status = current.clone();
-    match Phase::of(current)? {
+    match Phase::of(current) {
         Phase::Idle => idle(i, status, rotate_now).await,
         Phase::Generating => generating(i, status).await,
         Phase::Setting => setting(i, status).await,

@@ -195,8 +195,7 @@ pub async fn reconcile(
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
     // A rotate-now request is handled once a rotation has started.
-    let idle = Some(Phase::Idle.as_str());
-    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != idle {
+    status.rotate_now_handled = if rotate_now && status.phase != Some(Phase::Idle) {
         token
     } else {
         policy
@@ -228,8 +227,8 @@ pub async fn reconcile(
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
     ctx.metrics
         .next_rotation(&format!("{namespace}/{name}"), &status);
-    let propagating = Some(Phase::Propagating.as_str());
-    if before.as_deref() == propagating && status.phase.as_deref() != propagating {
+    let propagating = Some(Phase::Propagating);
+    if before == propagating && status.phase != propagating {
         let since = status
             .phase_since
             .as_ref()

@@ -4,9 +4,11 @@
 //! a test fails when the committed copy drifts.
 
 mod policy;
+mod serving;
 mod store;
 
 pub use policy::*;
+pub use serving::*;
 pub use store::*;
 
 use kube::CustomResourceExt;

@@ -2,7 +2,7 @@ use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, ServingCounts};
 use crate::durations::{
     self, MIN_ACK_TIMEOUT, MIN_INTERVAL, cel_is_duration, cel_seconds, rule_at_least,
     rule_is_duration,
@@ -80,6 +80,7 @@ fn waits_within_interval() -> Rule {
     status = "SecretRotationPolicyStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.currentVersion"}"#,
+    printcolumn = r#"{"name":"Serving","type":"string","description":"Consumers serving the current version / all consumers","jsonPath":".status.servingSummary"}"#,
     printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
@@ -413,9 +414,9 @@ pub enum OnTimeout {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRotationPolicyStatus {
-    /// Idle, Generating, Setting, Testing, Propagating, Promoting, Retiring, RollingBack.
+    /// Where the rotation is; none yet is `Idle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +432,13 @@ pub struct SecretRotationPolicyStatus {
     pub phase_since: Option<String>,
     #[serde(default)]
     pub consumers: Vec<ConsumerStatus>,
+    /// How many consumers serve the current, pending, previous or an
+    /// older version, from their last acknowledgements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingCounts>,
+    /// `serving` as `current/total` (the `SERVING` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_summary: Option<String>,
     /// Failed attempts at the current target phase (Setting or Testing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_attempts: Option<u32>,
@@ -460,6 +468,16 @@ pub struct ConsumerStatus {
     /// How the consumer answered the last request of the rotation.
     #[serde(default)]
     pub state: ConsumerState,
+    /// The version the consumer serves, as its sidecar last acknowledged
+    /// any request (in a rotation or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_version: Option<String>,
+    /// The digest of the files the sidecar wrote for that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_digest: Option<String>,
+    /// When that acknowledgement came (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<String>,
 }
 
 /// How a consumer answered rotation's last request.
@@ -479,4 +497,66 @@ pub enum ConsumerState {
     /// A running injected pod whose sidecar holds no stream to the
     /// controller: it counts as not acknowledged.
     NotConnected,
+}
+
+/// Where a rotation is (`status.phase`).
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema,
+)]
+pub enum Phase {
+    /// No rotation in flight.
+    #[default]
+    Idle,
+    /// Writing a new PENDING version.
+    Generating,
+    /// Changing the target to the pending value.
+    Setting,
+    /// Logging in to the target with the pending value.
+    Testing,
+    /// Asking every consumer to serve the pending version.
+    Propagating,
+    /// Making the pending version CURRENT.
+    Promoting,
+    /// Retiring the previous version after the grace period.
+    Retiring,
+    /// Moving consumers back to CURRENT and retiring the pending version.
+    RollingBack,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Idle,
+        Phase::Generating,
+        Phase::Setting,
+        Phase::Testing,
+        Phase::Propagating,
+        Phase::Promoting,
+        Phase::Retiring,
+        Phase::RollingBack,
+    ];
+
+    /// The `status.phase` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "Idle",
+            Phase::Generating => "Generating",
+            Phase::Setting => "Setting",
+            Phase::Testing => "Testing",
+            Phase::Propagating => "Propagating",
+            Phase::Promoting => "Promoting",
+            Phase::Retiring => "Retiring",
+            Phase::RollingBack => "RollingBack",
+        }
+    }
+
+    /// The phase of `status`; `Idle` when it has none.
+    pub fn of(status: &SecretRotationPolicyStatus) -> Self {
+        status.phase.unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
