@@ -306,8 +306,17 @@ async fn rotate(
                         state.rotate_now_handled = token;
                     }
                     state.status = s.status;
+                    crate::serving::fill(
+                        &mut state.status,
+                        &consumers.pods,
+                        &valid.secret_name,
+                        hub.served(),
+                    );
                     write_state(&path, &state)?;
                     metrics.next_rotation(&policy.name_any(), &state.status);
+                    if let Some(counts) = &state.status.serving {
+                        metrics.serving(&policy.name_any(), counts);
+                    }
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {

@@ -26,6 +26,7 @@ use super::target::https::CallerToken;
 use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
+use crate::serving;
 use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
 use crate::store_status::FIELD_MANAGER;
@@ -142,20 +143,20 @@ pub async fn reconcile(
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
     let before = status.phase.clone();
     let now = SystemTime::now();
+    let pods = ctx
+        .consumers
+        .read()
+        .expect("consumer index lock")
+        .consumers(
+            &namespace,
+            &policy.spec.store_ref.name,
+            &policy.spec.secret_name,
+        );
     let stepped = match assess(checked, store)? {
         Assessed::Ready(valid, store) => {
-            let pods = ctx
-                .consumers
-                .read()
-                .expect("consumer index lock")
-                .consumers(
-                    &namespace,
-                    &policy.spec.store_ref.name,
-                    &policy.spec.secret_name,
-                );
             let consumers = StreamConsumers {
                 hub: &ctx.hub,
-                pods,
+                pods: pods.clone(),
                 deadline: ctx.ack_deadline,
             };
             let mut current = status.clone();
@@ -194,6 +195,12 @@ pub async fn reconcile(
     };
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
+    serving::fill(
+        &mut status,
+        &pods,
+        &policy.spec.secret_name,
+        ctx.hub.served(),
+    );
     // A rotate-now request is handled once a rotation has started.
     status.rotate_now_handled = if rotate_now && status.phase != Some(Phase::Idle) {
         token
@@ -225,6 +232,9 @@ pub async fn reconcile(
         })
         .count();
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
+    if let Some(counts) = &status.serving {
+        ctx.metrics.serving(&format!("{namespace}/{name}"), counts);
+    }
     ctx.metrics
         .next_rotation(&format!("{namespace}/{name}"), &status);
     let propagating = Some(Phase::Propagating);

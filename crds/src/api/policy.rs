@@ -416,6 +416,7 @@ pub enum OnTimeout {
 pub struct SecretRotationPolicyStatus {
     /// Where the rotation is; none yet is `Idle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "phase_schema")]
     pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
@@ -553,6 +554,18 @@ impl Phase {
     pub fn of(status: &SecretRotationPolicyStatus) -> Self {
         status.phase.unwrap_or_default()
     }
+}
+
+/// `status.phase` as a structural schema: a nullable string, one of
+/// [`Phase::ALL`] (the schema schemars derives for an optional enum is an
+/// `anyOf` the API server refuses).
+fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Where the rotation is; none yet is `Idle`.",
+        "type": "string",
+        "nullable": true,
+        "enum": Phase::ALL.map(Phase::as_str),
+    })
 }
 
 impl std::fmt::Display for Phase {
