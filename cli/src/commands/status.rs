@@ -27,7 +27,12 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The namespace of the policies (default: the kubeconfig context's).
-    #[arg(long, short = 'n', value_name = "NAMESPACE", conflicts_with = "all_namespaces")]
+    #[arg(
+        long,
+        short = 'n',
+        value_name = "NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
     namespace: Option<String>,
     /// Every namespace's policies.
     #[arg(long, short = 'A')]
@@ -118,7 +123,9 @@ pub fn table_rows(rows: &[Row], all_namespaces: bool, now: SystemTime) -> Vec<Ve
                 pod.to_owned(),
                 dash(&r.version),
                 r.class.clone(),
-                r.digest.as_deref().map_or_else(|| "-".to_owned(), short_digest),
+                r.digest
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), short_digest),
                 r.reported_at
                     .as_deref()
                     .map_or_else(|| "-".to_owned(), |t| ago(t, now)),
@@ -174,8 +181,18 @@ impl StatusArgs {
                 if all_namespaces {
                     header.push("NAMESPACE");
                 }
-                header.extend(["POLICY", "POD", "VERSION", "CLASS", "DIGEST", "ACKNOWLEDGED"]);
-                table::print(&header, &table_rows(&rows, all_namespaces, SystemTime::now()));
+                header.extend([
+                    "POLICY",
+                    "POD",
+                    "VERSION",
+                    "CLASS",
+                    "DIGEST",
+                    "ACKNOWLEDGED",
+                ]);
+                table::print(
+                    &header,
+                    &table_rows(&rows, all_namespaces, SystemTime::now()),
+                );
             }
         }
         Ok(())

@@ -141,7 +141,7 @@ pub async fn reconcile(
     let status = policy.status.clone().unwrap_or_default();
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
-    let before = status.phase.clone();
+    let before = status.phase;
     let now = SystemTime::now();
     let pods = ctx
         .consumers
