@@ -8,12 +8,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
 use tokio::sync::Notify;
 
 use crate::rotation::machine::rfc3339;
+
+impl Inner {
+    /// `pod` is connected: no longer among the gone.
+    fn back(&mut self, pod: &str) {
+        if let Some(since) = self.by_pod.get_mut(pod).and_then(|p| p.gone_since.take()) {
+            self.gone.remove(&(since, pod.to_owned()));
+        }
+    }
+}
 
 /// What one pod last said it serves of one secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +35,32 @@ pub struct Report {
 /// (namespace, secret): the policies a change concerns.
 pub type Concerned = (String, String);
 
+/// How long the reports of a pod whose last stream ended are kept: the
+/// pod still serves what it last wrote, and a rotation that starts
+/// meanwhile shows it so.
+pub const KEEP_DISCONNECTED: Duration = Duration::from_secs(3600);
+
+/// The most disconnected pods whose reports are kept; the longest gone
+/// are dropped first.
+pub const MAX_DISCONNECTED: usize = 10_000;
+
+#[derive(Default)]
+struct Pod {
+    /// Secret → its last report.
+    reports: BTreeMap<String, Report>,
+    /// When its last stream ended; `None` while connected.
+    gone_since: Option<SystemTime>,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// `namespace/pod` → secret → its last report. Bounded by the
-    /// connected pods (a pod's reports go with its last stream) and the
-    /// secrets each was admitted for.
-    by_pod: BTreeMap<String, BTreeMap<String, Report>>,
+    /// `namespace/pod` → its reports. Bounded by the connected pods, the
+    /// secrets each was admitted for, and [`MAX_DISCONNECTED`] pods gone
+    /// for less than [`KEEP_DISCONNECTED`].
+    by_pod: BTreeMap<String, Pod>,
+    /// (gone since, pod) of each disconnected pod in `by_pod`, oldest
+    /// first.
+    gone: BTreeSet<(SystemTime, String)>,
     /// Changed since [`Served::changes`] last took them.
     dirty: BTreeSet<Concerned>,
 }
@@ -63,7 +92,8 @@ impl Served {
         at: SystemTime,
     ) {
         let mut inner = self.lock();
-        let reports = inner.by_pod.entry(pod.to_owned()).or_default();
+        inner.back(pod);
+        let reports = &mut inner.by_pod.entry(pod.to_owned()).or_default().reports;
         let changed = reports
             .get(secret)
             .is_none_or(|r| r.version != version || r.digest != digest);
@@ -84,15 +114,37 @@ impl Served {
         }
     }
 
-    /// Drops `pod`'s reports (its last stream ended); a policy's status
-    /// keeps what the pod last reported.
-    pub fn forget(&self, pod: &str) {
-        self.lock().by_pod.remove(pod);
+    /// `pod` holds a stream again.
+    pub fn connected(&self, pod: &str) {
+        self.lock().back(pod);
+    }
+
+    /// `pod`'s last stream ended at `now`: its reports are kept for
+    /// [`KEEP_DISCONNECTED`], and those of pods gone longer (or beyond
+    /// [`MAX_DISCONNECTED`]) are dropped.
+    pub fn disconnected(&self, pod: &str, now: SystemTime) {
+        let mut inner = self.lock();
+        inner.back(pod);
+        if let Some(p) = inner.by_pod.get_mut(pod) {
+            p.gone_since = Some(now);
+            inner.gone.insert((now, pod.to_owned()));
+        }
+        let cutoff = now
+            .checked_sub(KEEP_DISCONNECTED)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        while let Some((since, _)) = inner.gone.first() {
+            if *since >= cutoff && inner.gone.len() <= MAX_DISCONNECTED {
+                break;
+            }
+            if let Some((_, name)) = inner.gone.pop_first() {
+                inner.by_pod.remove(&name);
+            }
+        }
     }
 
     /// What `pod` last reported about `secret`.
     pub fn report(&self, pod: &str, secret: &str) -> Option<Report> {
-        self.lock().by_pod.get(pod)?.get(secret).cloned()
+        self.lock().by_pod.get(pod)?.reports.get(secret).cloned()
     }
 
     /// Waits for changes, then takes every (namespace, secret) changed
@@ -112,10 +164,13 @@ impl Served {
 /// counts `status.serving`. Between rotations (`Idle`) the list becomes
 /// exactly `pods`, the policy's consumers now (a new pod is added, a gone
 /// one dropped); during one, the state machine owns the list and only
-/// the serving fields change. A consumer without a report keeps what it
-/// last reported.
+/// the serving fields change. A consumer without a report here (its
+/// stream ended, or the controller restarted) keeps what it last reported
+/// in `before`, the status as it was read (a rotation's start empties the
+/// list).
 pub fn fill(
     status: &mut SecretRotationPolicyStatus,
+    before: &[ConsumerStatus],
     pods: &[String],
     secret: &str,
     served: &Served,
@@ -139,6 +194,12 @@ pub fn fill(
             c.serving_version = report.version;
             c.serving_digest = report.digest;
             c.reported_at = Some(rfc3339(report.at));
+        } else if c.reported_at.is_none()
+            && let Some(was) = before.iter().find(|b| b.name == c.name)
+        {
+            c.serving_version.clone_from(&was.serving_version);
+            c.serving_digest.clone_from(&was.serving_digest);
+            c.reported_at.clone_from(&was.reported_at);
         }
     }
     status.count_serving();
@@ -199,7 +260,7 @@ mod tests {
                 ..ConsumerStatus::default()
             })
             .collect();
-        fill(&mut s, &pods(&["a", "b", "c"]), "shop/db", &served);
+        fill(&mut s, &[], &pods(&["a", "b", "c"]), "shop/db", &served);
         assert_eq!(
             s.serving,
             Some(ServingCounts {
@@ -235,6 +296,7 @@ mod tests {
         served.record("shop/new", "shop/db", Some("1".into()), None, at(1));
         fill(
             &mut s,
+            &[],
             &pods(&["kept", "new", "silent"]),
             "shop/db",
             &served,
@@ -257,9 +319,36 @@ mod tests {
             name: "shop/gone".into(),
             ..ConsumerStatus::default()
         }];
-        fill(&mut r, &pods(&["new"]), "shop/db", &served);
+        fill(&mut r, &[], &pods(&["new"]), "shop/db", &served);
         assert_eq!(r.consumers.len(), 1);
         assert_eq!(r.serving_summary.as_deref(), Some("0/1"));
+    }
+
+    /// A rotation's start empties `status.consumers`; a pod whose stream
+    /// has ended since it last answered keeps that answer.
+    #[test]
+    fn a_disconnected_pod_keeps_what_it_last_reported() {
+        let served = Served::default();
+        served.record("shop/on", "shop/db", Some("4".into()), None, at(9));
+        let before = vec![ConsumerStatus {
+            name: "shop/off".into(),
+            serving_version: Some("3".into()),
+            serving_digest: Some("d3".into()),
+            reported_at: Some(rfc3339(at(1))),
+            ..ConsumerStatus::default()
+        }];
+        let mut s = rotating(Phase::Propagating);
+        s.consumers = pods(&["on", "off"])
+            .into_iter()
+            .map(|name| ConsumerStatus {
+                name,
+                ..ConsumerStatus::default()
+            })
+            .collect();
+        fill(&mut s, &before, &pods(&["on", "off"]), "shop/db", &served);
+        assert_eq!(s.consumers[1].serving_digest.as_deref(), Some("d3"));
+        assert_eq!(s.serving_summary.as_deref(), Some("1/2"));
+        assert_eq!(s.serving.unwrap().pending, 1);
     }
 
     #[tokio::test]
@@ -301,7 +390,39 @@ mod tests {
             served.changes().await,
             BTreeSet::from([("shop".to_owned(), "shop/db".to_owned())])
         );
-        served.forget("shop/a");
+    }
+
+    #[test]
+    fn a_disconnected_pods_reports_are_kept_for_a_while_and_bounded() {
+        let served = Served::default();
+        served.record("shop/a", "shop/db", Some("3".into()), None, at(0));
+        served.record("shop/b", "shop/db", Some("3".into()), None, at(0));
+        served.disconnected("shop/a", at(10));
+        assert!(
+            served.report("shop/a", "shop/db").is_some(),
+            "kept at first"
+        );
+        // Another pod leaving an hour later sweeps it out; a connected one
+        // stays however old its report.
+        served.disconnected(
+            "shop/c",
+            at(10) + KEEP_DISCONNECTED + Duration::from_secs(1),
+        );
         assert_eq!(served.report("shop/a", "shop/db"), None);
+        assert!(served.report("shop/b", "shop/db").is_some());
+        // Back before the sweep: kept.
+        served.disconnected("shop/b", at(20));
+        served.connected("shop/b");
+        served.disconnected("shop/x", at(20) + KEEP_DISCONNECTED * 2);
+        assert!(served.report("shop/b", "shop/db").is_some());
+        // At most MAX_DISCONNECTED gone pods, the longest gone dropped.
+        for i in 0..=MAX_DISCONNECTED as u64 {
+            let pod = format!("shop/p{i}");
+            served.record(&pod, "shop/db", None, None, at(0));
+            served.disconnected(&pod, at(100) + Duration::from_millis(i));
+        }
+        assert_eq!(served.report("shop/p0", "shop/db"), None);
+        assert!(served.report("shop/p1", "shop/db").is_some());
+        assert!(served.report("shop/b", "shop/db").is_some());
     }
 }

@@ -305,9 +305,10 @@ async fn rotate(
                     if rotate_now && s.status.phase != Some(Phase::Idle) {
                         state.rotate_now_handled = token;
                     }
-                    state.status = s.status;
+                    let before = std::mem::replace(&mut state.status, s.status);
                     crate::serving::fill(
                         &mut state.status,
+                        &before.consumers,
                         &consumers.pods,
                         &valid.secret_name,
                         hub.served(),

@@ -114,7 +114,9 @@ impl Drop for Registration<'_> {
             streams.retain(|s| s.stream != self.stream);
             if streams.is_empty() {
                 inner.pods.remove(&self.pod);
-                self.hub.served.forget(&self.pod);
+                self.hub
+                    .served
+                    .disconnected(&self.pod, std::time::SystemTime::now());
             }
         }
         // Dropping the senders fails the waiters at once.
@@ -166,6 +168,7 @@ impl Hub {
             admitted,
             requests,
         });
+        self.served.connected(&pod);
         Ok(Registration {
             hub: self,
             pod,

@@ -197,6 +197,11 @@ pub async fn reconcile(
     status.observed_generation = policy.metadata.generation;
     serving::fill(
         &mut status,
+        &policy
+            .status
+            .as_ref()
+            .map(|s| s.consumers.as_slice())
+            .unwrap_or_default(),
         &pods,
         &policy.spec.secret_name,
         ctx.hub.served(),
