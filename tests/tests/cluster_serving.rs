@@ -1,8 +1,9 @@
 //! Which pod serves which version, on a real API server: two injected
 //! consumers (real `rotor-sidecar`s on the channel) of one policy. After
 //! a rotation both serve CURRENT; with one sidecar stopped, the next
-//! rotation pins the other to PENDING, and `rotor status`, `status.serving`
-//! and the `SERVING` column show exactly one pod on PENDING; once the
+//! rotation pins the other to PENDING, and `rotor status`, `status.serving`,
+//! the `SERVING` column and `rotor_consumers_serving` show exactly one pod
+//! on PENDING; once the
 //! stopped sidecar is back and the version promoted, all serve CURRENT.
 
 use k8s_openapi::api::core::v1::Pod;
@@ -173,6 +174,29 @@ async fn rotor_status_shows_one_pod_on_pending_during_a_rotation() {
     let pending = s.pending_version.clone().unwrap();
     assert_eq!(s.serving_summary.as_deref(), Some("1/2"));
     assert_eq!(serving_column(plane, &ns), "1/2");
+    // The same counts on /metrics, every class present.
+    let gauge = |class: &str, n: u32| {
+        format!("rotor_consumers_serving{{policy=\"{ns}/db\",version_class=\"{class}\"}} {n}")
+    };
+    let expected = [
+        gauge("current", 1),
+        gauge("pending", 1),
+        gauge("previous", 0),
+        gauge("older", 0),
+        gauge("unknown", 0),
+    ];
+    let metrics = || {
+        rotor_e2e::http(controller.metrics_port, "GET", "/metrics", "")
+            .map(|(_, text)| text)
+            .unwrap_or_default()
+    };
+    // Set right after the status is saved: wait for it.
+    let exported = eventually(10, || async {
+        let text = metrics();
+        expected.iter().all(|line| text.lines().any(|l| l == line))
+    })
+    .await;
+    assert!(exported, "not all of {expected:#?}:\n{}", metrics());
 
     let rows = table(&rotor_status(plane, &ns, &[]));
     let on_pending: Vec<_> = rows.iter().filter(|r| r.2 == "PENDING").collect();
