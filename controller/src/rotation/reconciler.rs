@@ -197,7 +197,7 @@ pub async fn reconcile(
     status.observed_generation = policy.metadata.generation;
     serving::fill(
         &mut status,
-        &policy
+        policy
             .status
             .as_ref()
             .map(|s| s.consumers.as_slice())
