@@ -10,7 +10,7 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rotor_crds::api::{
-    ClusterRotorStore, Condition, Phase, RotorStore, SecretRotationPolicy,
+    ClusterRotorStore, Phase, PolicyCondition as Condition, RotorStore, SecretRotationPolicy,
     SecretRotationPolicyStatus,
 };
 use rotor_e2e::cluster::{

@@ -35,7 +35,8 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use ring::rand::SystemRandom;
 use rotor_crds::api::{
-    Condition, ConsumerState, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus,
+    ConsumerState, ConsumerStatus, OnTimeout, PolicyCondition, PolicyReason,
+    SecretRotationPolicyStatus,
 };
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
@@ -169,23 +170,28 @@ impl Blocked {
         Blocked::RotatorMissing,
     ];
 
-    /// The condition's and the Event's reason.
-    pub fn as_str(self) -> &'static str {
+    /// The `Ready` condition's reason.
+    pub fn reason(self) -> PolicyReason {
         match self {
-            Blocked::InvalidSpec => "InvalidSpec",
-            Blocked::StoreNotFound => "StoreNotFound",
-            Blocked::StoreUnsupported => "StoreUnsupported",
-            Blocked::NotAllowed => "NotAllowed",
-            Blocked::StoreDenied => "StoreDenied",
-            Blocked::RotatorMissing => "RotatorMissing",
+            Blocked::InvalidSpec => PolicyReason::InvalidSpec,
+            Blocked::StoreNotFound => PolicyReason::StoreNotFound,
+            Blocked::StoreUnsupported => PolicyReason::StoreUnsupported,
+            Blocked::NotAllowed => PolicyReason::NotAllowed,
+            Blocked::StoreDenied => PolicyReason::StoreDenied,
+            Blocked::RotatorMissing => PolicyReason::RotatorMissing,
         }
     }
 
+    /// The condition's and the Event's reason, as a string.
+    pub fn as_str(self) -> &'static str {
+        self.reason().as_str()
+    }
+
     /// The reason a `Ready` condition carries, if it is one of these.
-    fn of(condition: &Condition) -> Option<Self> {
+    fn of(condition: &PolicyCondition) -> Option<Self> {
         Blocked::ALL
             .into_iter()
-            .find(|b| condition.status == "False" && b.as_str() == condition.reason)
+            .find(|b| condition.status == "False" && b.reason() == condition.reason)
     }
 }
 
@@ -448,14 +454,14 @@ fn set_condition(
     status: &mut SecretRotationPolicyStatus,
     type_: &str,
     on: bool,
-    reason: &str,
+    reason: PolicyReason,
     message: &str,
     now: SystemTime,
 ) {
-    Condition {
+    PolicyCondition {
         type_: type_.to_owned(),
         status: if on { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
+        reason,
         message: message.to_owned(),
         last_transition_time: rfc3339(now),
         observed_generation: None,
@@ -482,7 +488,7 @@ pub fn blocked(
         &mut status,
         "Ready",
         false,
-        reason.as_str(),
+        reason.reason(),
         &problems.join("; "),
         now,
     );
@@ -523,7 +529,7 @@ pub fn unblocked(status: &mut SecretRotationPolicyStatus, now: SystemTime) {
             status,
             "Ready",
             true,
-            "Resumed",
+            PolicyReason::Resumed,
             "the spec and the store allow rotation again",
             now,
         );
@@ -537,7 +543,7 @@ fn enter(status: &mut SecretRotationPolicyStatus, phase: Phase, now: SystemTime)
         status,
         "Rotating",
         phase != Phase::Idle,
-        phase.as_str(),
+        phase.into(),
         "",
         now,
     );
@@ -627,7 +633,7 @@ async fn idle(
             &mut status,
             "Ready",
             true,
-            "Paused",
+            PolicyReason::Paused,
             "rotation is paused",
             now,
         );
@@ -644,7 +650,7 @@ async fn idle(
             &mut status,
             "Ready",
             true,
-            "Scheduled",
+            PolicyReason::Scheduled,
             &format!("next rotation at {}", rfc3339(next)),
             now,
         );
@@ -793,7 +799,7 @@ fn target_failed(
             &mut status,
             "Degraded",
             true,
-            failure.reason(),
+            failure.condition(),
             &format!("{phase} failed {attempt} times ({failure}); rolled back"),
             now,
         );
@@ -1108,12 +1114,12 @@ async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> 
     let on_timeout = i.policy.on_timeout;
     let (reason, message, next) = match on_timeout {
         OnTimeout::Promote => (
-            "AckTimeout",
+            PolicyReason::AckTimeout,
             format!("promoted without acknowledgement from {who}"),
             Phase::Promoting,
         ),
         OnTimeout::Rollback => (
-            "RolledBack",
+            PolicyReason::RolledBack,
             format!("rolled back: no acknowledgement from {who}"),
             Phase::RollingBack,
         ),
@@ -1142,12 +1148,18 @@ async fn promoting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Re
     let started = parse_time(&status.next_rotation).unwrap_or(now);
     status.last_rotation = Some(rfc3339(now));
     status.next_rotation = Some(rfc3339(i.policy.schedule.next(Some(now), now, i.rng)?));
-    let degraded = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "AckTimeout");
+    let degraded = status.conditions.iter().any(|c| {
+        c.type_ == "Degraded" && c.status == "True" && c.reason == PolicyReason::AckTimeout
+    });
     if !degraded {
-        set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
+        set_condition(
+            &mut status,
+            "Degraded",
+            false,
+            PolicyReason::Acknowledged,
+            "",
+            now,
+        );
     }
     let window = match (
         i.policy.postgres(),
@@ -1209,7 +1221,7 @@ async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Res
                 &mut status,
                 "Degraded",
                 true,
-                failure.reason(),
+                failure.condition(),
                 &format!(
                     "Retiring failed {attempt} times ({failure}); the previous credential works until the next rotation"
                 ),

@@ -448,7 +448,7 @@ pub struct SecretRotationPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_set_at: Option<String>,
     #[serde(default)]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<PolicyCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The last `rotor.dev/rotate-now` annotation value acted on. Kept in
@@ -571,5 +571,234 @@ fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 impl std::fmt::Display for Phase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A SecretRotationPolicy's condition (`Ready`, `Rotating`, `Degraded`).
+pub type PolicyCondition = Condition<PolicyReason>;
+
+/// The reason of a SecretRotationPolicy's condition, stored as the
+/// variant's name.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum PolicyReason {
+    // `Ready`.
+    /// The spec has problems the CRD's CEL rules did not catch.
+    InvalidSpec,
+    /// No RotorStore of that name in the namespace, and no
+    /// ClusterRotorStore.
+    StoreNotFound,
+    /// A store rotation cannot use.
+    StoreUnsupported,
+    /// A ClusterRotorStore that does not allow the namespace or path; or
+    /// (`Degraded`) a target that refused the admin role.
+    NotAllowed,
+    /// The store refused the login or the secret's path.
+    StoreDenied,
+    /// The namespace has no rotator ServiceAccount.
+    RotatorMissing,
+    /// The spec and the store allow rotation again.
+    Resumed,
+    /// `spec.paused`.
+    Paused,
+    /// Waiting for the next rotation.
+    Scheduled,
+    // `Rotating`: the phase.
+    Idle,
+    Generating,
+    Setting,
+    Testing,
+    Propagating,
+    Promoting,
+    Retiring,
+    RollingBack,
+    // `Degraded`.
+    /// Every consumer acknowledged.
+    Acknowledged,
+    /// Promoted without every acknowledgement.
+    AckTimeout,
+    /// Rolled back: no acknowledgement from every consumer, or a target
+    /// that kept failing.
+    RolledBack,
+    TargetUnreachable,
+    AdminLoginFailed,
+    NoSuchRole,
+    TestLoginFailed,
+    BadAdminSecret,
+    TargetTlsFailed,
+    TargetNoIdentity,
+    TargetRejected,
+    TargetTimedOut,
+    TargetError,
+}
+
+impl PolicyReason {
+    pub const ALL: [PolicyReason; 30] = [
+        PolicyReason::InvalidSpec,
+        PolicyReason::StoreNotFound,
+        PolicyReason::StoreUnsupported,
+        PolicyReason::NotAllowed,
+        PolicyReason::StoreDenied,
+        PolicyReason::RotatorMissing,
+        PolicyReason::Resumed,
+        PolicyReason::Paused,
+        PolicyReason::Scheduled,
+        PolicyReason::Idle,
+        PolicyReason::Generating,
+        PolicyReason::Setting,
+        PolicyReason::Testing,
+        PolicyReason::Propagating,
+        PolicyReason::Promoting,
+        PolicyReason::Retiring,
+        PolicyReason::RollingBack,
+        PolicyReason::Acknowledged,
+        PolicyReason::AckTimeout,
+        PolicyReason::RolledBack,
+        PolicyReason::TargetUnreachable,
+        PolicyReason::AdminLoginFailed,
+        PolicyReason::NoSuchRole,
+        PolicyReason::TestLoginFailed,
+        PolicyReason::BadAdminSecret,
+        PolicyReason::TargetTlsFailed,
+        PolicyReason::TargetNoIdentity,
+        PolicyReason::TargetRejected,
+        PolicyReason::TargetTimedOut,
+        PolicyReason::TargetError,
+    ];
+
+    /// The stored string (and the Event reason where one matches).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyReason::InvalidSpec => "InvalidSpec",
+            PolicyReason::StoreNotFound => "StoreNotFound",
+            PolicyReason::StoreUnsupported => "StoreUnsupported",
+            PolicyReason::NotAllowed => "NotAllowed",
+            PolicyReason::StoreDenied => "StoreDenied",
+            PolicyReason::RotatorMissing => "RotatorMissing",
+            PolicyReason::Resumed => "Resumed",
+            PolicyReason::Paused => "Paused",
+            PolicyReason::Scheduled => "Scheduled",
+            PolicyReason::Idle => "Idle",
+            PolicyReason::Generating => "Generating",
+            PolicyReason::Setting => "Setting",
+            PolicyReason::Testing => "Testing",
+            PolicyReason::Propagating => "Propagating",
+            PolicyReason::Promoting => "Promoting",
+            PolicyReason::Retiring => "Retiring",
+            PolicyReason::RollingBack => "RollingBack",
+            PolicyReason::Acknowledged => "Acknowledged",
+            PolicyReason::AckTimeout => "AckTimeout",
+            PolicyReason::RolledBack => "RolledBack",
+            PolicyReason::TargetUnreachable => "TargetUnreachable",
+            PolicyReason::AdminLoginFailed => "AdminLoginFailed",
+            PolicyReason::NoSuchRole => "NoSuchRole",
+            PolicyReason::TestLoginFailed => "TestLoginFailed",
+            PolicyReason::BadAdminSecret => "BadAdminSecret",
+            PolicyReason::TargetTlsFailed => "TargetTlsFailed",
+            PolicyReason::TargetNoIdentity => "TargetNoIdentity",
+            PolicyReason::TargetRejected => "TargetRejected",
+            PolicyReason::TargetTimedOut => "TargetTimedOut",
+            PolicyReason::TargetError => "TargetError",
+        }
+    }
+}
+
+impl From<Phase> for PolicyReason {
+    /// The `Rotating` condition's reason is the phase.
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Idle => PolicyReason::Idle,
+            Phase::Generating => PolicyReason::Generating,
+            Phase::Setting => PolicyReason::Setting,
+            Phase::Testing => PolicyReason::Testing,
+            Phase::Propagating => PolicyReason::Propagating,
+            Phase::Promoting => PolicyReason::Promoting,
+            Phase::Retiring => PolicyReason::Retiring,
+            Phase::RollingBack => PolicyReason::RollingBack,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for PolicyReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for PolicyReason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    /// Conditions stored while reasons were free strings read back as the
+    /// same reasons, and are written back as the same strings.
+    #[test]
+    fn every_reason_reads_and_writes_its_old_string() {
+        let strings = [
+            "InvalidSpec",
+            "StoreNotFound",
+            "StoreUnsupported",
+            "NotAllowed",
+            "StoreDenied",
+            "RotatorMissing",
+            "Resumed",
+            "Paused",
+            "Scheduled",
+            "Idle",
+            "Generating",
+            "Setting",
+            "Testing",
+            "Propagating",
+            "Promoting",
+            "Retiring",
+            "RollingBack",
+            "Acknowledged",
+            "AckTimeout",
+            "RolledBack",
+            "TargetUnreachable",
+            "AdminLoginFailed",
+            "NoSuchRole",
+            "TestLoginFailed",
+            "BadAdminSecret",
+            "TargetTlsFailed",
+            "TargetNoIdentity",
+            "TargetRejected",
+            "TargetTimedOut",
+            "TargetError",
+        ];
+        for s in strings {
+            let stored = serde_json::json!({
+                "conditions": [{
+                    "type": "Degraded", "status": "True", "reason": s,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }],
+            });
+            let status: SecretRotationPolicyStatus = serde_json::from_value(stored).unwrap();
+            let reason = status.conditions[0].reason;
+            assert_eq!(reason.as_str(), s);
+            assert_eq!(reason, s);
+            assert_eq!(serde_json::to_value(reason).unwrap(), s);
+        }
+        let distinct: std::collections::BTreeSet<&str> =
+            PolicyReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(distinct, strings.into_iter().collect());
+        for p in Phase::ALL {
+            assert_eq!(PolicyReason::from(p).as_str(), p.as_str());
+        }
+        let unknown = serde_json::from_value::<SecretRotationPolicyStatus>(serde_json::json!({
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "Whatever",
+                             "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+        }));
+        assert!(unknown.is_err());
     }
 }

@@ -112,7 +112,10 @@ fn phase(s: &SecretRotationPolicyStatus) -> Phase {
     Phase::of(s)
 }
 
-fn cond<'a>(s: &'a SecretRotationPolicyStatus, t: &str) -> Option<&'a Condition> {
+fn cond<'a>(
+    s: &'a SecretRotationPolicyStatus,
+    t: &str,
+) -> Option<&'a rotor_crds::api::PolicyCondition> {
     s.conditions.iter().find(|c| c.type_ == t)
 }
 
@@ -983,7 +986,14 @@ async fn promoting_makes_the_pending_version_current() {
     assert_eq!(s.events[0].message(), "version 2 of app/db is current");
     assert_eq!(r.calls(), &[None]);
     // After an ack timeout with onTimeout: Promote, the rotation is degraded.
-    set_condition(&mut status, "Degraded", true, "AckTimeout", "x", now);
+    set_condition(
+        &mut status,
+        "Degraded",
+        true,
+        rotor_crds::api::PolicyReason::AckTimeout,
+        "x",
+        now,
+    );
     let (_d2, store) = self::store();
     store.put("app/db", b"next", WriteAs::Pending).unwrap();
     let i = r.at(now, &store);
