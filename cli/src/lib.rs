@@ -2,6 +2,7 @@
 
 mod args;
 mod commands;
+pub mod postgres;
 mod table;
 
 pub use args::Args;

@@ -11,13 +11,14 @@
 //! 5 s intervals), idle CPU seconds per hour with [`MANY`] secrets at 1 s,
 //! and Rotor's push path.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rotor_e2e::figures::{mb, ms, uniform};
 use rotor_e2e::servers::{Bao, venv_bin};
-use rotor_e2e::{bin, free_port, http, wait_until};
+use rotor_e2e::vault_sidecar::{Launch, VaultSidecar};
+use rotor_e2e::{http, wait_until};
 use rotor_fixtures::procfs::{rss_kib, ticks_per_second};
 
 const CHANGES: usize = 30;
@@ -94,30 +95,55 @@ fn seed(bao: &Bao, n: usize) {
     }
 }
 
-struct Running {
-    child: Child,
-    out: tempfile::TempDir,
-    _work: tempfile::TempDir,
-    push_port: u16,
+/// A running OpenBao Agent or rotor-sidecar; stopped on drop.
+enum Running {
+    Agent {
+        child: Child,
+        out: tempfile::TempDir,
+        _work: tempfile::TempDir,
+    },
+    Rotor(VaultSidecar),
+}
+
+impl Running {
+    fn out(&self) -> &Path {
+        match self {
+            Running::Agent { out, .. } => out.path(),
+            Running::Rotor(s) => s.out.path(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Running::Agent { child, .. } => child.id(),
+            Running::Rotor(s) => s.child.id(),
+        }
+    }
+
+    fn push_port(&self) -> u16 {
+        match self {
+            Running::Agent { .. } => unreachable!("OpenBao Agent has no push"),
+            Running::Rotor(s) => s.push_port,
+        }
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
+        if let Running::Agent { child, .. } = self {
+            let _ = Command::new("kill").arg(child.id().to_string()).status();
+            let _ = child.wait();
+        }
     }
 }
 
 fn launch(bao: &Bao, tool: Tool, n: usize, interval: Duration) -> Running {
-    let work = tempfile::tempdir().unwrap();
-    let out = tempfile::tempdir_in("/dev/shm").unwrap();
-    let token = work.path().join("token");
-    std::fs::write(&token, "root").unwrap();
-    let push_port = free_port();
-    let child = match tool {
+    match tool {
         Tool::Agent => {
+            let work = tempfile::tempdir().unwrap();
+            let token = work.path().join("token");
+            std::fs::write(&token, "root").unwrap();
+            let out = tempfile::tempdir_in("/dev/shm").unwrap();
             let mut hcl = format!(
                 "vault {{ address = \"{}\" }}\nauto_auth {{ method \"token_file\" {{ config = {{ token_file_path = \"{}\" }} }} }}\ntemplate_config {{ static_secret_render_interval = \"{}s\" }}\n",
                 bao.addr(),
@@ -132,50 +158,33 @@ fn launch(bao: &Bao, tool: Tool, n: usize, interval: Duration) -> Running {
             }
             let config = work.path().join("agent.hcl");
             std::fs::write(&config, hcl).unwrap();
-            Command::new(venv_bin("bao"))
+            let child = Command::new(venv_bin("bao"))
                 .args(["agent", &format!("-config={}", config.display())])
                 .env("HOME", work.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap()
+                .unwrap();
+            Running::Agent {
+                child,
+                out,
+                _work: work,
+            }
         }
         Tool::Rotor => {
-            let mut map = BTreeMap::new();
-            for i in 0..n {
-                map.insert(
-                    format!("rotor.dev/secret.s{i:03}"),
-                    format!("bench/s{i:03}"),
-                );
-            }
-            map.insert(
-                "rotor.dev/refresh".into(),
-                humantime::format_duration(interval).to_string(),
-            );
-            let annotations = work.path().join("annotations");
-            std::fs::write(&annotations, rotor_sidecar::downward::format(&map)).unwrap();
-            Command::new(bin("rotor-sidecar"))
-                .arg("--annotations")
-                .arg(&annotations)
-                .arg("--out-dir")
-                .arg(out.path())
-                .args(["--store-kind", "vault", "--vault-addr", &bao.addr()])
-                .arg("--vault-token-file")
-                .arg(&token)
-                .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
-                .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-                .env("ROTOR_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+            let secrets: Vec<(String, String)> = (0..n)
+                .map(|i| (format!("s{i:03}"), format!("bench/s{i:03}")))
+                .collect();
+            let sidecar = VaultSidecar::launch(&Launch {
+                addr: &bao.addr(),
+                token: "root",
+                secrets: &secrets,
+                refresh: interval,
+                store: None,
+                env: &[],
+            });
+            Running::Rotor(sidecar)
         }
-    };
-    Running {
-        child,
-        out,
-        _work: work,
-        push_port,
     }
 }
 
@@ -190,18 +199,18 @@ fn measure_start_and_rss(bao: &Bao, tool: Tool, n: usize) -> (Duration, u64) {
     let t = Instant::now();
     let run = launch(bao, tool, n, Duration::from_secs(1));
     assert!(
-        wait_until(30, || all_rendered(run.out.path(), n)),
+        wait_until(30, || all_rendered(run.out(), n)),
         "first render never happened"
     );
     let start = t.elapsed();
     std::thread::sleep(Duration::from_secs(5));
-    (start, rss_kib(run.child.id()))
+    (start, rss_kib(run.pid()))
 }
 
 fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Duration> {
     let run = launch(bao, tool, 1, interval);
-    assert!(wait_until(30, || all_rendered(run.out.path(), 1)));
-    let file: PathBuf = run.out.path().join("s000");
+    assert!(wait_until(30, || all_rendered(run.out(), 1)));
+    let file: PathBuf = run.out().join("s000");
     let mut times = Vec::new();
     for i in 0..CHANGES {
         // Land each change at a uniformly random point of the poll cycle,
@@ -216,7 +225,7 @@ fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Dur
             &format!(r#"{{"data":{{"value":"{want}"}}}}"#),
         );
         if push {
-            let (status, _) = http(run.push_port, "POST", "/v1/refresh", "").unwrap();
+            let (status, _) = http(run.push_port(), "POST", "/v1/refresh", "").unwrap();
             assert_eq!(status, 200);
         }
         while std::fs::read_to_string(&file).ok().as_deref() != Some(want.as_str()) {
@@ -234,36 +243,14 @@ fn propagation(bao: &Bao, tool: Tool, interval: Duration, push: bool) -> Vec<Dur
 
 fn idle_cpu(bao: &Bao, tool: Tool) -> f64 {
     let run = launch(bao, tool, MANY, Duration::from_secs(1));
-    assert!(wait_until(30, || all_rendered(run.out.path(), MANY)));
+    assert!(wait_until(30, || all_rendered(run.out(), MANY)));
     std::thread::sleep(Duration::from_secs(3));
     let window = Duration::from_secs(20);
     let cpu_ticks = |pid| rotor_fixtures::procfs::cpu_ticks(pid).expect("a running tool");
-    let before = cpu_ticks(run.child.id());
+    let before = cpu_ticks(run.pid());
     std::thread::sleep(window);
-    let used = (cpu_ticks(run.child.id()) - before) as f64 / ticks_per_second();
+    let used = (cpu_ticks(run.pid()) - before) as f64 / ticks_per_second();
     used * 3600.0 / window.as_secs_f64()
-}
-
-/// A uniform random number in [0, 1).
-fn uniform() -> f64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    // One round of splitmix64 over the clock: plenty for spreading samples.
-    let mut z = u64::from(nanos).wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn mb(kib: u64) -> String {
-    format!("{:.1} MB", kib as f64 / 1024.0)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
 fn stats(t: &[Duration]) -> String {

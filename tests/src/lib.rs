@@ -4,6 +4,7 @@
 pub mod channel_peer;
 pub mod cluster;
 pub mod conformance;
+pub mod figures;
 pub mod help;
 pub mod kubelet;
 pub mod pod;
@@ -11,6 +12,7 @@ pub mod postgres;
 pub mod servers;
 pub mod standalone;
 pub mod tools;
+pub mod vault_sidecar;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

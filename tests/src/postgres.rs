@@ -3,7 +3,7 @@
 //! `ssl=on`), and a rig of `rotor-controller standalone` with a
 //! `postgresql` target, one `rotor-sidecar` and the local store.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use rotor_envelope::ExposeSecret;
@@ -11,181 +11,60 @@ use rotor_store::{LocalStore, Selector, WriteAs};
 
 use crate::pod::Pod;
 use crate::standalone::Standalone;
-use crate::{free_port, wait_until};
 
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+pub use rotor::postgres::cluster::ServerTls;
+use rotor::postgres::cluster::{Cluster, find_bin_dir};
+use rotor::postgres::pool::Credential;
 
-/// A PostgreSQL server in a temporary directory, password (SCRAM) logins
-/// over TCP, trust only on its own Unix socket; stopped on drop.
+/// A PostgreSQL server in a temporary directory (the cluster `rotor demo
+/// --postgres` starts too), password (SCRAM) logins over TCP, trust only
+/// on its own Unix socket; stopped on drop.
 pub struct Postgres {
-    pub dir: tempfile::TempDir,
     pub port: u16,
-    child: Child,
-}
-
-/// A server certificate and key for PostgreSQL's `ssl=on`.
-pub struct ServerTls {
-    pub cert: String,
-    pub key: String,
-    /// pg_hba.conf allows TCP logins over TLS only (`hostssl`).
-    pub ssl_only: bool,
+    cluster: Cluster,
 }
 
 impl Postgres {
+    /// With the server binaries found as `rotor demo --postgres` finds
+    /// them; `tests/install-tools` installs Debian's.
     pub fn start_tls(tls: Option<&ServerTls>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let run = |args: &[&str]| {
-            let status = Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .args(args)
-                .stdout(Stdio::null())
-                .status()
-                .unwrap();
-            assert!(status.success(), "{args:?} failed");
-        };
-        // PostgreSQL refuses root: the directory belongs to postgres.
-        assert!(
-            Command::new("chown")
-                .arg("postgres")
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        );
-        run(&[
-            &format!("{PG_BIN}/initdb"),
-            "-D",
-            data.to_str().unwrap(),
-            "-U",
-            "pg",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-        ]);
-        let port = free_port();
-        let mut ssl = Vec::new();
-        if tls.is_some_and(|t| t.ssl_only) {
-            let hba = data.join("pg_hba.conf");
-            let text = std::fs::read_to_string(&hba).unwrap();
-            let text: String = text
-                .lines()
-                .map(|l| match l.strip_prefix("host ") {
-                    Some(rest) => format!("hostssl {rest}\n"),
-                    None => format!("{l}\n"),
-                })
-                .collect();
-            std::fs::write(&hba, text).unwrap();
+        let bin = find_bin_dir(None)
+            .unwrap_or_else(|e| panic!("{e:#} (tests/install-tools installs it)"));
+        let cluster = Cluster::start(&bin, tls).unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            port: cluster.port(),
+            cluster,
         }
-        if let Some(t) = tls {
-            // The key must belong to the server's user, mode 0600.
-            for (name, pem) in [("server.crt", &t.cert), ("server.key", &t.key)] {
-                let path = dir.path().join(name);
-                std::fs::write(&path, pem).unwrap();
-                std::fs::set_permissions(
-                    &path,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
-                )
-                .unwrap();
-                assert!(
-                    Command::new("chown")
-                        .arg("postgres")
-                        .arg(&path)
-                        .status()
-                        .unwrap()
-                        .success()
-                );
-            }
-            ssl = vec![
-                "-c".to_owned(),
-                "ssl=on".to_owned(),
-                "-c".to_owned(),
-                format!("ssl_cert_file={}", dir.path().join("server.crt").display()),
-                "-c".to_owned(),
-                format!("ssl_key_file={}", dir.path().join("server.key").display()),
-            ];
-        }
-        let child = Command::new("runuser")
-            .args(["-u", "postgres", "--", &format!("{PG_BIN}/postgres"), "-D"])
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(&ssl)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("postgres.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let pg = Self { dir, port, child };
-        assert!(
-            wait_until(30, || std::net::TcpStream::connect(("127.0.0.1", port))
-                .is_ok()),
-            "postgres did not start"
-        );
-        pg
     }
 
     /// Runs `sql` as the superuser over the Unix socket, once the server
-    /// accepts logins (it refuses them while it starts up), within 30 s.
+    /// accepts logins, within 30 s.
     pub async fn admin_sql(&self, sql: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let client = loop {
-            let attempt = tokio_postgres::Config::new()
-                .host_path(self.dir.path())
-                .port(self.port)
-                .user("pg")
-                .dbname("postgres")
-                .connect(tokio_postgres::NoTls)
-                .await;
-            match attempt {
-                Ok((client, conn)) => {
-                    tokio::spawn(conn);
-                    break client;
-                }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("postgres never accepted a login: {e}\n{}", self.log()),
-            }
-        };
-        // One at a time: CREATE DATABASE refuses an implicit transaction.
-        for statement in sql.split(';').filter(|s| !s.trim().is_empty()) {
-            client.batch_execute(statement).await.unwrap();
+        if let Err(e) = self.cluster.admin_sql(sql).await {
+            panic!("{e:#}\n{}", self.log());
         }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        self.cluster.log()
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).ok();
-        if let Some(pid) = pid.as_deref().and_then(|p| p.lines().next()) {
-            let _ = Command::new("kill").arg(pid).status();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A login as `user`/`password` and one query.
+/// A login as `user`/`password` to the database `shop` and one query.
 pub async fn login(
     port: u16,
     user: &str,
     password: &str,
 ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname("shop")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(conn);
-    client.batch_execute("SELECT 1").await?;
-    Ok(client)
+    Credential {
+        username: user.to_owned(),
+        password: password.to_owned().into(),
+        host: "127.0.0.1".to_owned(),
+        port,
+        dbname: "shop".to_owned(),
+    }
+    .login()
+    .await
 }
 
 #[derive(serde::Deserialize, Clone, PartialEq)]

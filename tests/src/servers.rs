@@ -147,6 +147,11 @@ impl ServerProcess {
         server
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Spawns on `port`; the log of a child that exited before it was ready.
     fn spawn_on(&mut self, port: u16) -> Result<(), String> {
         let mut child = (self.spawn)(port)
@@ -250,6 +255,40 @@ impl Bao {
                 (op, path)
             })
             .collect()
+    }
+
+    /// The audit log's length now: a mark for [`Bao::audited_since`].
+    pub fn audit_mark(&self) -> u64 {
+        std::fs::metadata(self.audit_log()).map_or(0, |m| m.len())
+    }
+
+    /// How many requests the audit log records after `mark`, read as a
+    /// stream (a busy server's log grows by hundreds of MB an hour).
+    pub fn audited_since(&self, mark: u64) -> u64 {
+        use std::io::{BufRead, Seek};
+        let Ok(mut file) = std::fs::File::open(self.audit_log()) else {
+            return 0;
+        };
+        if file.seek(std::io::SeekFrom::Start(mark)).is_err() {
+            return 0;
+        }
+        std::io::BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+            .filter(|e| e["type"] == "request")
+            .count() as u64
+    }
+
+    /// Empties the audit log; OpenBao appends, so it writes on from the
+    /// start.
+    pub fn truncate_audit(&self) {
+        if let Ok(f) = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.audit_log())
+        {
+            let _ = f.set_len(0);
+        }
     }
 
     /// A dev server with TLS (`-dev-tls`); its CA is [`Bao::ca`].

@@ -287,3 +287,126 @@ fn a_closed_pipe_is_a_clean_exit_twenty_times_out_of_twenty() {
         failures.len()
     );
 }
+
+/// `rotor demo --postgres`, as the README shows it: a real PostgreSQL
+/// (Debian's, which `tests/install-tools` installs; without it the demo
+/// fails, and so does this test), two roles alternating, an app with a
+/// pool that never fails a query, and nothing left running afterwards.
+#[test]
+fn the_postgres_demo_alternates_roles_and_no_query_fails() {
+    let out = command("rotor")
+        .args(["demo", "--postgres", "--rotations", "3", "--every", "3"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Each rotation moves the app to the other role, with no failure.
+    let rotations: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" of 3: version "))
+        .collect();
+    assert_eq!(rotations.len(), 3, "{stdout}");
+    for (line, role) in rotations.iter().zip(["demo_b", "demo_a", "demo_b"]) {
+        assert!(
+            line.contains(&format!("the app's queries run as {role};")),
+            "{line}\n{stdout}"
+        );
+        assert!(line.ends_with(" 0 failed"), "{line}");
+        let ok: u64 = line
+            .split("since the last rotation ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no query count in {line:?}"));
+        assert!(ok > 0, "{line}");
+    }
+    // The role left idle takes none of the app's old passwords.
+    assert_eq!(
+        stdout
+            .matches("no password the app held for it logs in any more")
+            .count(),
+        3,
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the sidecar's SIGUSR1") || stdout.contains("seen changed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("3 rotations,"), "{stdout}");
+    // The cluster is stopped: nothing listens on its port any more.
+    let port: u16 = stdout
+        .split("PostgreSQL on 127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {stdout}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let out_dir = stdout
+        .lines()
+        .find_map(|l| l.split(" writes ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .unwrap();
+    assert!(
+        !std::path::Path::new(out_dir).exists(),
+        "{out_dir} left behind"
+    );
+}
+
+/// A directory without PostgreSQL's server binaries: the demo says which
+/// are missing and what it expected, and starts nothing.
+#[test]
+fn the_postgres_demo_names_missing_server_binaries() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = command("rotor")
+        .args(["demo", "--postgres", "--postgres-bin-dir"])
+        .arg(empty.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("no initdb or postgres there")
+            && stderr.contains("PostgreSQL's server binaries"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// Ctrl-C during `rotor demo --postgres` stops the cluster with the rest:
+/// nothing listens on its port afterwards, and the demo exits cleanly.
+#[test]
+fn ctrl_c_stops_the_postgres_demo_and_its_cluster() {
+    use std::io::BufRead;
+    let mut child = command("rotor")
+        .args(["demo", "--postgres", "--rotations", "100", "--every", "3"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("app: a pool of")) {
+        let line = lines.next().expect("the demo stopped early").unwrap();
+        seen.push(line);
+    }
+    let port: u16 = seen
+        .iter()
+        .find_map(|l| l.split("PostgreSQL on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split(',').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {seen:?}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    rotor_e2e::signal(&child, "INT");
+    // Drain stdout so the demo never blocks on a full pipe.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("the PostgreSQL cluster")),
+        "{rest:?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "PostgreSQL still listens on {port}"
+    );
+}

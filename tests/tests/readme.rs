@@ -31,8 +31,9 @@ use rotor_e2e::help::{Help, help_of};
 use rotor_e2e::{bin, wait_until, workspace_root};
 
 /// What each group's run prints on stdout, at least.
-const EXPECTED: [(&str, &str); 6] = [
+const EXPECTED: [(&str, &str); 7] = [
     ("demo", "the sidecar acknowledged version 2"),
+    ("postgres-demo", "2 rotations,"),
     ("help", "Usage: rotor store put"),
     ("helm", "kind: MutatingWebhookConfiguration"),
     ("sidecar", "s3cret"),

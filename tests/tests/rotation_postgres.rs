@@ -6,76 +6,20 @@
 //! never fails a login or a query, and a wrong admin credential rolls back
 //! with nothing changed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rotor::postgres::pool::PoolApp;
 use rotor_e2e::free_port;
 use rotor_e2e::postgres::{DbSecret, Rig, ServerTls, alternating, login, wait_for};
 use rotor_envelope::ExposeSecret;
 use rotor_store::Selector;
 
 /// The app: a pool of two connections, rebuilt when the secret file
-/// changes, and a query on each every 20 ms. Counts every failure and
-/// keeps every credential it held.
-struct App {
-    failures: Arc<AtomicU64>,
-    queries: Arc<AtomicU64>,
-    held: Arc<Mutex<Vec<(String, String)>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl App {
-    fn start(port: u16, file: std::path::PathBuf) -> Self {
-        let app = Self {
-            failures: Arc::default(),
-            queries: Arc::default(),
-            held: Arc::default(),
-            stop: Arc::default(),
-        };
-        let (failures, queries, held, stop) = (
-            app.failures.clone(),
-            app.queries.clone(),
-            app.held.clone(),
-            app.stop.clone(),
-        );
-        tokio::spawn(async move {
-            let mut current: Option<DbSecret> = None;
-            let mut pool = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let read = std::fs::read(&file)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<DbSecret>(&b).ok());
-                if read.is_some() && read != current {
-                    let s = read.clone().unwrap();
-                    let mut fresh = Vec::new();
-                    for _ in 0..2 {
-                        match login(port, &s.username, &s.password).await {
-                            Ok(c) => fresh.push(c),
-                            Err(_) => {
-                                failures.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    if !fresh.is_empty() {
-                        pool = fresh;
-                        held.lock()
-                            .unwrap()
-                            .push((s.username.clone(), s.password.clone()));
-                        current = read;
-                    }
-                }
-                for c in &pool {
-                    match c.batch_execute("SELECT 1").await {
-                        Ok(()) => queries.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failures.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-        app
-    }
+/// changes, and a query on each every 20 ms (the app `rotor demo
+/// --postgres` runs). Counts every failure and keeps every credential it
+/// held.
+fn start_app(file: std::path::PathBuf) -> PoolApp {
+    PoolApp::start(file, 2, Duration::from_millis(20))
 }
 
 /// Alternating-users rotations the pooled app runs through.
@@ -85,7 +29,7 @@ const ROTATIONS: u32 = 20;
 async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
     let rig = Rig::start("pg-admin-canary-5d1a").await;
     // Rotation r0 starts as soon as the controller reads the policy.
-    let app = App::start(rig.pg.port, rig.pod.out.path().join("db"));
+    let app = start_app(rig.pod.out.path().join("db"));
     let mut currents = Vec::new();
     for n in 0..ROTATIONS {
         if n > 0 {
@@ -117,8 +61,10 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
         )
         .unwrap();
         assert!(
-            wait_for(10, || app.held.lock().unwrap().last().map(|h| &h.1)
-                == Some(&current.password))
+            wait_for(10, || app
+                .held()
+                .last()
+                .is_some_and(|h| h.password.expose_secret() == current.password))
             .await,
             "the app never picked up rotation {n}"
         );
@@ -126,7 +72,11 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
         // password nobody holds, so no credential the app (or the store's
         // first value) ever held for it logs in, and of the app's
         // credentials only the current one works.
-        let held = app.held.lock().unwrap().clone();
+        let held: Vec<(String, String)> = app
+            .held()
+            .iter()
+            .map(|h| (h.username.clone(), h.password.expose_secret().to_owned()))
+            .collect();
         let idle = if current.username == "app_a" {
             "app_b"
         } else {
@@ -154,11 +104,8 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
             );
         }
     }
-    app.stop.store(true, Ordering::Relaxed);
-    let (failures, queries) = (
-        app.failures.load(Ordering::Relaxed),
-        app.queries.load(Ordering::Relaxed),
-    );
+    app.stop();
+    let (failures, queries) = (app.counts().failed, app.counts().queries_ok);
     assert_eq!(
         failures, 0,
         "failed logins or queries across {ROTATIONS} rotations"
@@ -172,8 +119,11 @@ async fn alternating_users_rotations_never_fail_a_login_or_a_query() {
         rig.status(),
         std::fs::read_to_string(rig.pod.log()).unwrap_or_default()
     );
-    for (_, p) in app.held.lock().unwrap().iter() {
-        assert!(!text.contains(p.as_str()), "a password leaked");
+    for h in app.held() {
+        assert!(
+            !text.contains(h.password.expose_secret()),
+            "a password leaked"
+        );
     }
     assert!(!text.contains("pg-admin-canary-5d1a"));
     eprintln!("{queries} queries across {ROTATIONS} rotations, 0 failed");

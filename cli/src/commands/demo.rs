@@ -11,6 +11,9 @@
 //! the sidecar's acknowledgement, promotes the version, and retires the old
 //! one after a grace period. The demo prints each phase from the
 //! controller's status.
+//!
+//! With `--postgres` ([`postgres`]) the secret is a real PostgreSQL login
+//! rotated with alternating users, under an app holding a connection pool.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +30,8 @@ use rotor_store::{LocalStore, WriteAs};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
+
+mod postgres;
 
 const SECRET: &str = "demo/db-password";
 const FILE: &str = "db-password";
@@ -46,6 +51,20 @@ pub struct DemoArgs {
     /// Seconds between rotations.
     #[arg(long, default_value_t = 5)]
     every: u64,
+    /// Rotate a real PostgreSQL login instead: a throwaway cluster on a
+    /// free loopback port, two roles alternating (alternatingUsers), and
+    /// an app holding a connection pool that reconnects on each rotation
+    /// and counts every failed query. Exits 0 only if none failed.
+    #[arg(long, conflicts_with = "duration")]
+    postgres: bool,
+    /// With --postgres: where PostgreSQL's server binaries (initdb,
+    /// postgres) are (default: found in PATH, /usr/lib/postgresql/*/bin or
+    /// /usr/pgsql-*/bin); ignored without --postgres.
+    #[arg(long, value_name = "DIR", env = "ROTOR_POSTGRES_BIN_DIR")]
+    postgres_bin_dir: Option<PathBuf>,
+    /// With --postgres: stop after this many rotations [default: 3].
+    #[arg(long, value_name = "N", requires = "postgres", value_parser = clap::value_parser!(u32).range(1..=100))]
+    rotations: Option<u32>,
 }
 
 impl DemoArgs {
@@ -64,6 +83,7 @@ impl DemoArgs {
     /// ([`die_with_parent`]), and the app, told the directories, removes
     /// them when it outlives the demo.
     async fn run_async(self) -> anyhow::Result<()> {
+        let postgres = self.postgres;
         let mut demo = Demo::default();
         let result = demo.run(self).await;
         // Why a child exited is in its log, which goes with the work
@@ -79,7 +99,14 @@ impl DemoArgs {
         demo.shutdown().await;
         match result {
             Ok(End::Finished | End::Interrupted) => {
-                let _ = say("stopped; the key, the store and the files are removed");
+                let _ = say(&format!(
+                    "stopped; the key, the store{} and the files are removed",
+                    if postgres {
+                        ", the PostgreSQL cluster"
+                    } else {
+                        ""
+                    }
+                ));
                 Ok(())
             }
             Ok(End::Exited(role, status)) => bail!("the {} exited ({status}){why}", role.name()),
@@ -120,6 +147,7 @@ enum Role {
     Sidecar,
     App,
     Controller,
+    Postgres,
 }
 
 impl Role {
@@ -128,6 +156,7 @@ impl Role {
             Role::Sidecar => "sidecar",
             Role::App => "demo app",
             Role::Controller => "controller",
+            Role::Postgres => "PostgreSQL server",
         }
     }
 }
@@ -159,6 +188,8 @@ struct Demo {
     work: Option<tempfile::TempDir>,
     /// The directory under /dev/shm the files go to, unless --dir.
     out: Option<tempfile::TempDir>,
+    /// With --postgres: stopped after every child, since they use it.
+    postgres: Option<crate::postgres::cluster::Cluster>,
 }
 
 impl Demo {
@@ -194,6 +225,11 @@ impl Demo {
                 return Ok(Some((*role, status)));
             }
         }
+        if let Some(pg) = &mut self.postgres
+            && let Some(status) = pg.try_wait()?
+        {
+            return Ok(Some((Role::Postgres, status)));
+        }
         Ok(None)
     }
 
@@ -212,6 +248,10 @@ impl Demo {
         while let Some((_, mut child)) = self.children.pop() {
             terminate(&mut child).await;
         }
+        if let Some(pg) = self.postgres.take() {
+            // Its drop waits up to 10 s for a fast shutdown.
+            let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
+        }
         drop(self.out.take());
         drop(self.work.take());
     }
@@ -221,15 +261,22 @@ impl Demo {
             dir,
             duration,
             every,
+            postgres,
+            postgres_bin_dir,
+            rotations,
         } = args;
+        // Before anything is made: a missing PostgreSQL is the whole error.
+        let postgres_bin = if postgres {
+            Some(crate::postgres::cluster::find_bin_dir(
+                postgres_bin_dir.as_deref(),
+            )?)
+        } else {
+            None
+        };
         // Taken over before the first child starts: a signal during setup
         // stops the demo through its cleanup too. SIGHUP is a closed
         // terminal.
-        let (mut int, mut term, mut hup) = (
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::hangup())?,
-        );
+        let mut signals = Signals::new()?;
         let work = self
             .work
             .insert(tempfile::Builder::new().prefix("rotor-demo-").tempdir()?)
@@ -256,6 +303,19 @@ impl Demo {
         let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::generate(&key_path, false)?);
         let store_path = work.join("store.rotor");
         let store = LocalStore::new(&store_path, kek.clone());
+        if let Some(bin) = postgres_bin {
+            let setup = postgres::Setup {
+                bin,
+                work,
+                out,
+                store,
+                store_path,
+                key_path,
+                every: every.max(2),
+                rotations: rotations.unwrap_or(3),
+            };
+            return self.run_postgres(setup, &mut signals).await;
+        }
         let first = store.put(SECRET, &random_value()?, WriteAs::Current)?;
         say(&format!(
             "local store {} (key {}), secret {SECRET:?} version {}",
@@ -284,33 +344,9 @@ impl Demo {
         )?;
         let state = work.join("state");
         let channel = work.join("channel");
-        // Started first: it makes the CA and the token the sidecar reads.
-        let mut attempt = 0;
-        let channel_port = loop {
-            attempt += 1;
-            let port = free_port()?;
-            let log = work.join("controller.log");
-            self.spawn(
-                Role::Controller,
-                Command::new(&exe)
-                    .args(["controller", "standalone", "--policies"])
-                    .arg(&policies)
-                    .arg("--state")
-                    .arg(&state)
-                    .args(["--channel-addr", &format!("127.0.0.1:{port}")])
-                    .arg("--channel-dir")
-                    .arg(&channel)
-                    .stdout(Stdio::null()),
-                Some(log.clone()),
-            )?;
-            match wait_channel(port, &channel, self.child(Role::Controller)).await? {
-                None => break port,
-                Some(_) if attempt < 5 && port_taken(&log) => {
-                    self.children.retain(|(role, _)| *role != Role::Controller);
-                    self.logs.retain(|(role, _)| *role != Role::Controller);
-                }
-                Some(status) => return Ok(End::Exited(Role::Controller, status)),
-            }
+        let channel_port = match self.start_controller(&exe, &work, &policies).await? {
+            Ok(port) => port,
+            Err(end) => return Ok(end),
         };
         say(&format!(
             "rotation controller (standalone) rotates {SECRET:?} every {}s; status in {}; \
@@ -321,42 +357,18 @@ impl Demo {
         ))?;
 
         let sidecar_log = work.join("sidecar.log");
-        // The ports are picked here and bound by the sidecar: when another
-        // process takes one in between, the sidecar exits saying so, and it
-        // starts again on fresh ports.
-        let mut attempt = 0;
-        let admin_port = loop {
-            attempt += 1;
-            let (admin_port, push_port) = (free_port()?, free_port()?);
-            self.spawn(
-                Role::Sidecar,
-                Command::new(&exe)
-                    .arg("sidecar")
-                    .args(["--annotations".as_ref(), annotations.as_os_str()])
-                    .args(["--out-dir".as_ref(), out.as_os_str()])
-                    .args(["--local-store".as_ref(), store_path.as_os_str()])
-                    .args(["--key".as_ref(), key_path.as_os_str()])
-                    .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-                    .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
-                    .args(["--controller-addr", &format!("localhost:{channel_port}")])
-                    .arg("--controller-ca")
-                    .arg(channel.join("ca.crt"))
-                    .arg("--channel-token")
-                    .arg(channel.join("token"))
-                    .args(["--pod-namespace", POD_NAMESPACE, "--pod-name", POD_NAME])
-                    .arg("--wipe-on-exit")
-                    .env_remove("ROTOR_LOG_FORMAT")
-                    .stdout(Stdio::null()),
-                Some(sidecar_log.clone()),
-            )?;
-            match wait_ready(admin_port, self.child(Role::Sidecar)).await? {
-                None => break admin_port,
-                Some(_) if attempt < 5 && port_taken(&sidecar_log) => {
-                    self.children.retain(|(role, _)| *role != Role::Sidecar);
-                    self.logs.retain(|(role, _)| *role != Role::Sidecar);
-                }
-                Some(status) => return Ok(End::Exited(Role::Sidecar, status)),
-            }
+        let sidecar = Sidecar {
+            annotations: &annotations,
+            out: &out,
+            store: &store_path,
+            key: &key_path,
+            channel_port,
+            channel: &channel,
+            log: &sidecar_log,
+        };
+        let admin_port = match self.start_sidecar(&exe, sidecar).await? {
+            Ok(port) => port,
+            Err(end) => return Ok(end),
         };
         say(&format!(
             "sidecar pid {} writes {} (logs in {}; metrics on http://127.0.0.1:{admin_port}/metrics)",
@@ -392,9 +404,7 @@ impl Demo {
                 }
             };
             tokio::select! {
-                _ = int.recv() => return Ok(End::Interrupted),
-                _ = term.recv() => return Ok(End::Interrupted),
-                _ = hup.recv() => return Ok(End::Interrupted),
+                () = signals.recv() => return Ok(End::Interrupted),
                 () = stop_at => return Ok(End::Finished),
                 line = app_lines.next_line() => match line? {
                     Some(line) => say(&line)?,
@@ -416,6 +426,136 @@ impl Demo {
         }
     }
 }
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal): each stops the demo.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
+}
+
+/// What the demo's sidecar is started with.
+struct Sidecar<'a> {
+    annotations: &'a Path,
+    out: &'a Path,
+    store: &'a Path,
+    key: &'a Path,
+    channel_port: u16,
+    /// The controller's channel directory: its CA and token.
+    channel: &'a Path,
+    log: &'a Path,
+}
+
+impl Demo {
+    /// Starts `rotor controller standalone` on `<work>/policies`, its state
+    /// in `<work>/state` and its channel's CA and token in
+    /// `<work>/channel`, and waits for its channel: the port, or how the
+    /// demo ends when the controller exited.
+    async fn start_controller(
+        &mut self,
+        exe: &Path,
+        work: &Path,
+        policies: &Path,
+    ) -> anyhow::Result<Result<u16, End>> {
+        let (state, channel) = (work.join("state"), work.join("channel"));
+        // Started first: it makes the CA and the token the sidecar reads.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port()?;
+            let log = work.join("controller.log");
+            self.spawn(
+                Role::Controller,
+                Command::new(exe)
+                    .args(["controller", "standalone", "--policies"])
+                    .arg(policies)
+                    .arg("--state")
+                    .arg(&state)
+                    .args(["--channel-addr", &format!("127.0.0.1:{port}")])
+                    .arg("--channel-dir")
+                    .arg(&channel)
+                    .stdout(Stdio::null()),
+                Some(log.clone()),
+            )?;
+            match wait_channel(port, &channel, self.child(Role::Controller)).await? {
+                None => return Ok(Ok(port)),
+                Some(_) if attempt < 5 && port_taken(&log) => {
+                    self.children.retain(|(role, _)| *role != Role::Controller);
+                    self.logs.retain(|(role, _)| *role != Role::Controller);
+                }
+                Some(status) => return Ok(Err(End::Exited(Role::Controller, status))),
+            }
+        }
+    }
+
+    /// Starts the sidecar dialing the controller, and waits until it is
+    /// ready: its admin port, or how the demo ends when it exited.
+    async fn start_sidecar(
+        &mut self,
+        exe: &Path,
+        s: Sidecar<'_>,
+    ) -> anyhow::Result<Result<u16, End>> {
+        // The ports are picked here and bound by the sidecar: when another
+        // process takes one in between, the sidecar exits saying so, and it
+        // starts again on fresh ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (admin_port, push_port) = (free_port()?, free_port()?);
+            self.spawn(
+                Role::Sidecar,
+                Command::new(exe)
+                    .arg("sidecar")
+                    .args(["--annotations".as_ref(), s.annotations.as_os_str()])
+                    .args(["--out-dir".as_ref(), s.out.as_os_str()])
+                    .args(["--local-store".as_ref(), s.store.as_os_str()])
+                    .args(["--key".as_ref(), s.key.as_os_str()])
+                    .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+                    .args(["--push-addr", &format!("127.0.0.1:{push_port}")])
+                    .args([
+                        "--controller-addr",
+                        &format!("localhost:{}", s.channel_port),
+                    ])
+                    .arg("--controller-ca")
+                    .arg(s.channel.join("ca.crt"))
+                    .arg("--channel-token")
+                    .arg(s.channel.join("token"))
+                    .args(["--pod-namespace", POD_NAMESPACE, "--pod-name", POD_NAME])
+                    .arg("--wipe-on-exit")
+                    .env_remove("ROTOR_LOG_FORMAT")
+                    .stdout(Stdio::null()),
+                Some(s.log.to_owned()),
+            )?;
+            match wait_ready(admin_port, self.child(Role::Sidecar)).await? {
+                None => return Ok(Ok(admin_port)),
+                Some(_) if attempt < 5 && port_taken(s.log) => {
+                    self.children.retain(|(role, _)| *role != Role::Sidecar);
+                    self.logs.retain(|(role, _)| *role != Role::Sidecar);
+                }
+                Some(status) => return Ok(Err(End::Exited(Role::Sidecar, status))),
+            }
+        }
+    }
+}
+
 /// Writes one line for the user. A closed stdout (`rotor demo | head`) is
 /// [`OutputClosed`], which stops the demo cleanly instead of a panic.
 fn say(line: &str) -> anyhow::Result<()> {
@@ -586,8 +726,12 @@ fn describe(path: &Path) -> Option<String> {
             acks.join(", "),
             text(&s.previous_version)
         ),
+        Phase::Setting => {
+            "setting the new password on the target's role (ALTER ROLE, as the admin)".to_owned()
+        }
+        Phase::Testing => "testing a login with the new password".to_owned(),
         Phase::RollingBack => "the sidecar did not acknowledge in time: rolling back".to_owned(),
-        Phase::Idle | Phase::Setting | Phase::Testing => format!(
+        Phase::Idle => format!(
             "version {} is CURRENT; version {} retired; next rotation at {}",
             text(&s.current_version),
             text(&s.previous_version),
