@@ -39,6 +39,11 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Show which version each consumer pod of each SecretRotationPolicy
+    /// serves: the version and digest its sidecar acknowledged, the
+    /// version's class (CURRENT, PENDING, PREVIOUS, OLDER) and how long
+    /// ago; read through the API with the kubeconfig.
+    Status(commands::status::StatusArgs),
     /// Run the whole loop on this machine: a local store, a sidecar writing
     /// to tmpfs, and an app that reloads on SIGHUP while versions rotate.
     Demo(commands::demo::DemoArgs),
@@ -89,6 +94,7 @@ impl Args {
             Command::Keygen { out, force } => commands::keygen::run(&out, force),
             Command::Store(args) => args.run(),
             Command::Demo(args) => args.run(),
+            Command::Status(args) => args.run(),
             Command::Crds { out } => write_crds(out.as_deref()),
             Command::DemoApp(args) => args.run(),
             Command::Migrate(args) => return args.run(),

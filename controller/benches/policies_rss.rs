@@ -49,7 +49,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
     p.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
     p.metadata.resource_version = Some(i.to_string());
     p.status = Some(SecretRotationPolicyStatus {
-        phase: Some("Idle".into()),
+        phase: Some(rotor_crds::api::Phase::Idle),
         current_version: Some("12".into()),
         previous_version: Some("11".into()),
         last_rotation: Some("2026-11-01T02:13:00Z".into()),
@@ -60,6 +60,9 @@ fn policy(i: usize) -> SecretRotationPolicy {
                 acknowledged_version: Some("12".into()),
                 acknowledged_at: Some("2026-11-01T02:13:01Z".into()),
                 state: rotor_crds::api::ConsumerState::Acknowledged,
+                serving_version: Some("12".into()),
+                serving_digest: Some(format!("sha256:{:064x}", i * 3 + c)),
+                reported_at: Some("2026-11-01T02:13:01Z".into()),
             })
             .collect(),
         ..SecretRotationPolicyStatus::default()

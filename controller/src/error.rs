@@ -22,10 +22,6 @@ pub enum Error {
     /// field path and what is expected.
     #[error("{}", .0.join("; "))]
     InvalidPolicy(Vec<String>),
-    /// A `status.phase` this controller does not know (say, written by a
-    /// newer one): the step leaves the status alone and retries.
-    #[error("status.phase {0:?} is not a known phase")]
-    UnknownPhase(String),
     /// A status in a phase that needs a pending version without one.
     #[error("{0} without a pending version")]
     NoPendingVersion(crate::rotation::machine::Phase),
@@ -171,11 +167,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The labels [`Error::metric_label`] returns itself; with those of
     /// the errors it wraps ([`Error::metric_labels`]), every one.
-    const OWN_METRIC_LABELS: [&'static str; 18] = [
+    const OWN_METRIC_LABELS: [&'static str; 17] = [
         "kube",
         "certs",
         "invalid_policy",
-        "unknown_phase",
         "no_pending_version",
         "random",
         "target_value",
@@ -209,7 +204,6 @@ impl Error {
             Error::Certs(_) => "certs",
             Error::Store(e) => e.metric_label(),
             Error::InvalidPolicy(_) => "invalid_policy",
-            Error::UnknownPhase(_) => "unknown_phase",
             Error::NoPendingVersion(_) => "no_pending_version",
             Error::Random => "random",
             Error::TargetValue(_) => "target_value",

@@ -18,6 +18,8 @@
 //!   SecretRotationPolicy reconciler.
 //! - [`channel`]: the sidecars' authenticated streams, and rotation's
 //!   consumers over them.
+//! - [`serving`]: which pod serves which version, from the sidecars'
+//!   acknowledgements; a policy's `status.serving`.
 //! - [`standalone`]: rotation without Kubernetes.
 //! - [`cluster`]: the in-cluster jobs (watches, certificate, metrics).
 //! - [`certs`]: self-managed CA and serving certificate.
@@ -32,6 +34,7 @@ mod error;
 pub mod manifests;
 pub mod pod_injection;
 pub mod rotation;
+pub mod serving;
 pub mod standalone;
 pub mod store_from_spec;
 pub mod store_index;

@@ -30,12 +30,14 @@ use stores::{StandaloneStores, StoreSpec};
 /// The rotate-now annotation: a new value triggers one rotation.
 pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
 
+/// One policy's state file in the state directory (what `rotor demo`
+/// reads to tell the story).
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct State {
-    status: SecretRotationPolicyStatus,
+pub struct State {
+    pub status: SecretRotationPolicyStatus,
     #[serde(default)]
-    rotate_now_handled: Option<String>,
+    pub rotate_now_handled: Option<String>,
 }
 
 pub struct Options {
@@ -316,12 +318,22 @@ async fn rotate(
                         let (reason, message) = (e.reason(), e.message());
                         tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
                     }
-                    if rotate_now && s.status.phase.as_deref() != Some(Phase::Idle.as_str()) {
+                    if rotate_now && s.status.phase != Some(Phase::Idle) {
                         state.rotate_now_handled = token;
                     }
-                    state.status = s.status;
+                    let before = std::mem::replace(&mut state.status, s.status);
+                    crate::serving::fill(
+                        &mut state.status,
+                        &before.consumers,
+                        &consumers.pods,
+                        &valid.secret_name,
+                        hub.served(),
+                    );
                     write_state(&path, &state)?;
                     metrics.next_rotation(&policy.name_any(), &state.status);
+                    if let Some(counts) = &state.status.serving {
+                        metrics.serving(&policy.name_any(), counts);
+                    }
                     wake = wake.min(s.requeue);
                 }
                 Err(e) => {

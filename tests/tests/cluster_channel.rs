@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use rotor_crds::api::{ConsumerState, SecretRotationPolicy};
+use rotor_crds::api::{ConsumerState, Phase, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     admit_pod, consumer_pod, events, eventually, installed, lone_leader, vault_store_namespace,
 };
@@ -83,7 +83,7 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
     // pod shown as not connected.
     let midway = eventually(60, || async {
         let s = status().await;
-        s.phase.as_deref() == Some("Propagating")
+        s.phase == Some(Phase::Propagating)
             && ["c1", "c2", "c3"]
                 .iter()
                 .all(|p| state_of(&s, p) == Some(ConsumerState::Acknowledged))
@@ -108,7 +108,7 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
     // rolled back, and the pods serve the old value again.
     let rolled_back = eventually(60, || async {
         let s = status().await;
-        s.phase.as_deref() == Some("Idle")
+        s.phase == Some(Phase::Idle)
             && s.conditions
                 .iter()
                 .any(|c| c.type_ == "Degraded" && c.reason == "RolledBack")
@@ -149,7 +149,7 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
         .unwrap();
     let done = eventually(90, || async {
         let s = status().await;
-        s.phase.as_deref() == Some("Idle")
+        s.phase == Some(Phase::Idle)
             && s.rotate_now_handled.as_deref() == Some("again")
             && s.current_version.is_some()
             && s.consumers.len() == 3

@@ -19,7 +19,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
-use rotor_crds::api::{RotorStore, SecretRotationPolicy};
+use rotor_crds::api::{Phase, RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, eventually, installed, jwt_claims, vault_kubernetes_role,
 };
@@ -80,7 +80,7 @@ async fn wait_rotated(client: &kube::Client, ns: &str, name: &str) -> bool {
     let api: Api<SecretRotationPolicy> = Api::namespaced(client.clone(), ns);
     eventually(90, || async {
         let s = api.get(name).await.unwrap().status.unwrap_or_default();
-        s.phase.as_deref() == Some("Idle") && s.last_rotation.is_some()
+        s.phase == Some(Phase::Idle) && s.last_rotation.is_some()
     })
     .await
 }

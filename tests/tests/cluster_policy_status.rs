@@ -10,7 +10,8 @@
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rotor_crds::api::{
-    ClusterRotorStore, Condition, RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus,
+    ClusterRotorStore, Phase, PolicyCondition as Condition, RotorStore, SecretRotationPolicy,
+    SecretRotationPolicyStatus,
 };
 use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, event_counts, eventually, installed, kv_metadata,
@@ -204,7 +205,7 @@ impl Rig {
     async fn wait_rotated(&self, ns: &str, name: &str) {
         let done = eventually(60, || async {
             let s = self.status(ns, name).await;
-            s.phase.as_deref() == Some("Idle") && s.last_rotation.is_some()
+            s.phase == Some(Phase::Idle) && s.last_rotation.is_some()
         })
         .await;
         let s = self.status(ns, name).await;

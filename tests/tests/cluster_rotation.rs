@@ -8,7 +8,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::{RotorStore, SecretRotationPolicy};
+use rotor_crds::api::{Phase, RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     Controller, ROTATOR, consumer_pod, event_reasons, eventually, installed, kv_metadata,
     point_webhook_at, vault_kubernetes_auth,
@@ -113,7 +113,7 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
     let status = || async { policies.get("db").await.unwrap().status.unwrap_or_default() };
     let midway = eventually(60, || async {
         let s = status().await;
-        s.phase.as_deref() == Some("Propagating")
+        s.phase == Some(Phase::Propagating)
             && s.consumers.iter().any(|c| {
                 c.name == format!("{ns}/c1") && c.acknowledged_version == s.pending_version
             })
@@ -135,7 +135,7 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
 
     let done = eventually(90, || async {
         let s = status().await;
-        s.phase.as_deref() == Some("Idle") && s.current_version.as_deref() == Some(&pending)
+        s.phase == Some(Phase::Idle) && s.current_version.as_deref() == Some(&pending)
     })
     .await;
     let s = status().await;

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ring::rand::SecureRandom;
+use rotor_controller::standalone::State;
+use rotor_crds::api::Phase;
 use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{LocalStore, WriteAs};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -698,45 +700,42 @@ async fn wait_channel(
 
 /// One line about the rotation's state, from the controller's status file.
 fn describe(path: &Path) -> Option<String> {
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let s = &state["status"];
-    let text = |k: &str| s[k].as_str().unwrap_or("-").to_owned();
-    let acks: Vec<String> = s["consumers"]
-        .as_array()
+    let state: State = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let s = &state.status;
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    let acks: Vec<String> = s
+        .consumers
+        .iter()
         .map(|c| {
-            c.iter()
-                .map(|c| {
-                    format!(
-                        "the sidecar acknowledged version {}",
-                        c["acknowledgedVersion"].as_str().unwrap_or("nothing yet")
-                    )
-                })
-                .collect()
+            format!(
+                "the sidecar acknowledged version {}",
+                c.acknowledged_version.as_deref().unwrap_or("nothing yet")
+            )
         })
-        .unwrap_or_default();
-    Some(match s["phase"].as_str()? {
-        "Generating" => "rotation due: generating a new value".to_owned(),
-        "Propagating" => format!(
+        .collect();
+    Some(match s.phase? {
+        Phase::Generating => "rotation due: generating a new value".to_owned(),
+        Phase::Propagating => format!(
             "version {} staged as PENDING; sending it to the sidecar over its stream",
-            text("pendingVersion")
+            text(&s.pending_version)
         ),
-        "Promoting" => format!("{}; promoting", acks.join(", ")),
-        "Retiring" => format!(
+        Phase::Promoting => format!("{}; promoting", acks.join(", ")),
+        Phase::Retiring => format!(
             "version {} promoted to CURRENT ({}); version {} stays PREVIOUS for the grace period",
-            text("currentVersion"),
+            text(&s.current_version),
             acks.join(", "),
-            text("previousVersion")
+            text(&s.previous_version)
         ),
-        "Setting" => {
+        Phase::Setting => {
             "setting the new password on the target's role (ALTER ROLE, as the admin)".to_owned()
         }
-        "Testing" => "testing a login with the new password".to_owned(),
-        "RollingBack" => "the sidecar did not acknowledge in time: rolling back".to_owned(),
-        _ => format!(
+        Phase::Testing => "testing a login with the new password".to_owned(),
+        Phase::RollingBack => "the sidecar did not acknowledge in time: rolling back".to_owned(),
+        Phase::Idle => format!(
             "version {} is CURRENT; version {} retired; next rotation at {}",
-            text("currentVersion"),
-            text("previousVersion"),
-            text("nextRotation")
+            text(&s.current_version),
+            text(&s.previous_version),
+            text(&s.next_rotation)
         ),
     })
 }

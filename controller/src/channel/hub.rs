@@ -2,6 +2,8 @@
 //! acknowledgements. Rotation reaches its consumers through the hub
 //! ([`StreamConsumers`]); each stream's task registers with it, takes the
 //! requests meant for it, and completes them with the sidecar's [`Ack`].
+//! Every answer is also recorded in [`Hub::served`]: which version each
+//! pod serves.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -18,6 +20,7 @@ use super::auth::Admitted;
 use crate::detect::{StoreRef, Subscription};
 pub use crate::rotation::machine::Unanswered;
 use crate::rotation::machine::{self, Consumers};
+use crate::serving::Served;
 
 /// What rotation asks of one consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,16 +67,28 @@ struct Registered {
     requests: mpsc::Sender<Downstream>,
 }
 
+/// A request sent and not answered yet.
+struct Waiter {
+    stream: u64,
+    /// `namespace/pod`.
+    pod: String,
+    /// The secret the request is about (what the answer is recorded
+    /// under, whatever the answer says).
+    secret: String,
+    tx: oneshot::Sender<Ack>,
+}
+
 #[derive(Default)]
 struct Inner {
     /// `namespace/pod` → its streams, oldest first.
     pods: BTreeMap<String, Vec<Registered>>,
-    waiting: HashMap<RequestId, (u64, oneshot::Sender<Ack>)>,
+    waiting: HashMap<RequestId, Waiter>,
 }
 
 /// The connected streams.
 pub struct Hub {
     streams_per_pod: usize,
+    served: Served,
     next: AtomicU64,
     inner: Mutex<Inner>,
     /// What the change detector checks: the admitted streams'
@@ -137,11 +152,14 @@ impl Drop for Registration<'_> {
             streams.retain(|s| s.stream != self.stream);
             if streams.is_empty() {
                 inner.pods.remove(&self.pod);
+                self.hub
+                    .served
+                    .disconnected(&self.pod, std::time::SystemTime::now());
             }
         }
         // Dropping the senders fails the waiters at once.
         let stream = self.stream;
-        inner.waiting.retain(|_, (s, _)| *s != stream);
+        inner.waiting.retain(|_, w| w.stream != stream);
         self.hub.publish(&inner);
     }
 }
@@ -150,6 +168,7 @@ impl Hub {
     pub fn new(streams_per_pod: usize) -> Self {
         Self {
             streams_per_pod,
+            served: Served::default(),
             next: AtomicU64::new(1),
             inner: Mutex::new(Inner::default()),
             subscriptions: watch::Sender::new(Vec::new()),
@@ -224,6 +243,7 @@ impl Hub {
             admitted,
             requests,
         });
+        self.served.connected(&pod);
         self.publish(&inner);
         Ok(Registration {
             hub: self,
@@ -232,17 +252,34 @@ impl Hub {
         })
     }
 
-    /// Completes a request with the sidecar's answer. An ack for a request
-    /// this stream was not sent is ignored (and said so by `false`).
+    /// Which version each pod serves, from the answers so far.
+    pub fn served(&self) -> &Served {
+        &self.served
+    }
+
+    /// Completes a request with the sidecar's answer, and records what the
+    /// pod now serves. An ack for a request this stream was not sent is
+    /// ignored (and said so by `false`).
     pub fn complete(&self, stream: u64, ack: Ack) -> bool {
         let mut inner = self.lock();
         match inner.waiting.get(&ack.request) {
-            Some((s, _)) if *s == stream => {}
+            Some(w) if w.stream == stream => {}
             _ => return false,
         }
-        let Some((_, tx)) = inner.waiting.remove(&ack.request) else {
+        let Some(Waiter {
+            pod, secret, tx, ..
+        }) = inner.waiting.remove(&ack.request)
+        else {
             return false;
         };
+        drop(inner);
+        self.served.record(
+            &pod,
+            &secret,
+            ack.version.clone(),
+            ack.digest.clone(),
+            std::time::SystemTime::now(),
+        );
         tx.send(ack).is_ok()
     }
 
@@ -264,8 +301,14 @@ impl Hub {
             if !stream.admitted.secrets.contains(request.secret()) {
                 return Err(Unanswered::NotServed);
             }
-            let (stream_id, sender) = (stream.stream, stream.requests.clone());
-            inner.waiting.insert(id, (stream_id, tx));
+            let waiter = Waiter {
+                stream: stream.stream,
+                pod: pod.to_owned(),
+                secret: request.secret().to_owned(),
+                tx,
+            };
+            let sender = stream.requests.clone();
+            inner.waiting.insert(id, waiter);
             sender
         };
         let result = tokio::time::timeout(deadline, async {

@@ -1,6 +1,7 @@
 //! Runs the SecretRotationPolicy reconciler (`rotation::reconciler`) as a
 //! kube Controller, re-checking the policies a store or namespace change
-//! concerns as soon as the store index has it.
+//! concerns as soon as the store index has it, and those whose consumers
+//! now serve another version (`serving::Served::changes`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use kube::runtime::{Controller, watcher};
 use rotor_crds::api::SecretRotationPolicy;
 
 use super::watch::IndexChanges;
+use crate::serving::Concerned;
 use crate::store_index::Touched;
 
 /// Runs the rotation controller until shutdown. Each change of the store
@@ -28,11 +30,20 @@ pub async fn run_rotation(
         watcher::Config::default(),
     );
     let policies = controller.store();
+    let served_policies = policies.clone();
     let requeue = futures_util::stream::unfold(changes, |changes| async move {
         let touched = changes.next().await;
         Some((touched, changes))
     })
     .flat_map(move |touched| futures_util::stream::iter(concerned(&touched, &policies.state())));
+    let served = futures_util::stream::unfold(ctx.hub.clone(), |hub| async move {
+        let changed = hub.served().changes().await;
+        Some((changed, hub))
+    })
+    .flat_map(move |changed| {
+        futures_util::stream::iter(serving_changed(&changed, &served_policies.state()))
+    });
+    let requeue = futures_util::stream::select(requeue, served);
     controller
         .reconcile_on(requeue)
         .shutdown_on_signal()
@@ -67,6 +78,24 @@ pub fn concerned(
                 Touched::ClusterStore { name } => name == store,
                 Touched::Namespace { name } => *name == namespace,
             })
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .collect()
+}
+
+/// The policies of the (namespace, secret) pairs whose consumers now
+/// serve another version or digest.
+pub fn serving_changed(
+    changed: &BTreeSet<Concerned>,
+    policies: &[Arc<SecretRotationPolicy>],
+) -> Vec<ObjectRef<SecretRotationPolicy>> {
+    policies
+        .iter()
+        .filter(|p| {
+            changed.contains(&(
+                p.namespace().unwrap_or_default(),
+                p.spec.secret_name.clone(),
+            ))
         })
         .map(|p| ObjectRef::from_obj(p.as_ref()))
         .collect()
@@ -107,6 +136,20 @@ mod tests {
         refs.into_iter()
             .map(|r| format!("{}/{}", r.namespace.unwrap_or_default(), r.name))
             .collect()
+    }
+
+    #[test]
+    fn a_pod_serving_another_version_requeues_the_policies_of_its_secret() {
+        let policies = [
+            policy("team-a", "db", "shared"),
+            policy("team-a", "api", "own"),
+            policy("team-b", "db", "shared"),
+        ];
+        let changed = BTreeSet::from([("team-a".to_owned(), "team-a/db".to_owned())]);
+        assert_eq!(names(serving_changed(&changed, &policies)), ["team-a/db"]);
+        // The same secret path in another namespace is another policy's.
+        let elsewhere = BTreeSet::from([("team-b".to_owned(), "team-a/db".to_owned())]);
+        assert!(serving_changed(&elsewhere, &policies).is_empty());
     }
 
     #[test]

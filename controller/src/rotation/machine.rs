@@ -30,13 +30,13 @@
 //! finish is retried, then leaves `Degraded` without undoing the promotion.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use ring::rand::SystemRandom;
 use rotor_crds::api::{
-    Condition, ConsumerState, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus,
+    ConsumerState, ConsumerStatus, OnTimeout, PolicyCondition, PolicyReason,
+    SecretRotationPolicyStatus,
 };
 use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
@@ -50,72 +50,11 @@ use super::target::{
 use super::validate::Policy;
 use crate::{Error, Result};
 
-/// Where a rotation is. On the wire (`status.phase`) it is the string of
-/// [`Phase::as_str`]; a missing phase is [`Phase::Idle`], and a string no
-/// variant has is [`Error::UnknownPhase`]: the step refuses to guess and
-/// leaves the status as it is, so the controller that wrote it can go on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Idle,
-    Generating,
-    /// Changing the target to the pending value.
-    Setting,
-    /// Logging in to the target with the pending value.
-    Testing,
-    Propagating,
-    Promoting,
-    Retiring,
-    RollingBack,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 8] = [
-        Phase::Idle,
-        Phase::Generating,
-        Phase::Setting,
-        Phase::Testing,
-        Phase::Propagating,
-        Phase::Promoting,
-        Phase::Retiring,
-        Phase::RollingBack,
-    ];
-
-    /// The `status.phase` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Idle => "Idle",
-            Phase::Generating => "Generating",
-            Phase::Setting => "Setting",
-            Phase::Testing => "Testing",
-            Phase::Propagating => "Propagating",
-            Phase::Promoting => "Promoting",
-            Phase::Retiring => "Retiring",
-            Phase::RollingBack => "RollingBack",
-        }
-    }
-
-    /// The phase of `status`; `Idle` when it has none.
-    pub fn of(status: &SecretRotationPolicyStatus) -> Result<Self> {
-        status.phase.as_deref().map_or(Ok(Phase::Idle), str::parse)
-    }
-}
-
-impl FromStr for Phase {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Phase::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| Error::UnknownPhase(s.to_owned()))
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where a rotation is: `status.phase`, typed in the API
+/// (`rotor_crds::api::Phase`); a missing phase is [`Phase::Idle`]. A phase
+/// string no variant has is refused when the status is read (and by the
+/// CRD's schema when it is written).
+pub use rotor_crds::api::Phase;
 
 /// Whether an event is routine or needs a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,23 +170,28 @@ impl Blocked {
         Blocked::RotatorMissing,
     ];
 
-    /// The condition's and the Event's reason.
-    pub fn as_str(self) -> &'static str {
+    /// The `Ready` condition's reason.
+    pub fn reason(self) -> PolicyReason {
         match self {
-            Blocked::InvalidSpec => "InvalidSpec",
-            Blocked::StoreNotFound => "StoreNotFound",
-            Blocked::StoreUnsupported => "StoreUnsupported",
-            Blocked::NotAllowed => "NotAllowed",
-            Blocked::StoreDenied => "StoreDenied",
-            Blocked::RotatorMissing => "RotatorMissing",
+            Blocked::InvalidSpec => PolicyReason::InvalidSpec,
+            Blocked::StoreNotFound => PolicyReason::StoreNotFound,
+            Blocked::StoreUnsupported => PolicyReason::StoreUnsupported,
+            Blocked::NotAllowed => PolicyReason::NotAllowed,
+            Blocked::StoreDenied => PolicyReason::StoreDenied,
+            Blocked::RotatorMissing => PolicyReason::RotatorMissing,
         }
     }
 
+    /// The condition's and the Event's reason, as a string.
+    pub fn as_str(self) -> &'static str {
+        self.reason().as_str()
+    }
+
     /// The reason a `Ready` condition carries, if it is one of these.
-    fn of(condition: &Condition) -> Option<Self> {
+    fn of(condition: &PolicyCondition) -> Option<Self> {
         Blocked::ALL
             .into_iter()
-            .find(|b| condition.status == "False" && b.as_str() == condition.reason)
+            .find(|b| condition.status == "False" && b.reason() == condition.reason)
     }
 }
 
@@ -510,14 +454,14 @@ fn set_condition(
     status: &mut SecretRotationPolicyStatus,
     type_: &str,
     on: bool,
-    reason: &str,
+    reason: PolicyReason,
     message: &str,
     now: SystemTime,
 ) {
-    Condition {
+    PolicyCondition {
         type_: type_.to_owned(),
         status: if on { "True" } else { "False" }.to_owned(),
-        reason: reason.to_owned(),
+        reason,
         message: message.to_owned(),
         last_transition_time: rfc3339(now),
         observed_generation: None,
@@ -544,7 +488,7 @@ pub fn blocked(
         &mut status,
         "Ready",
         false,
-        reason.as_str(),
+        reason.reason(),
         &problems.join("; "),
         now,
     );
@@ -585,7 +529,7 @@ pub fn unblocked(status: &mut SecretRotationPolicyStatus, now: SystemTime) {
             status,
             "Ready",
             true,
-            "Resumed",
+            PolicyReason::Resumed,
             "the spec and the store allow rotation again",
             now,
         );
@@ -593,13 +537,13 @@ pub fn unblocked(status: &mut SecretRotationPolicyStatus, now: SystemTime) {
 }
 
 fn enter(status: &mut SecretRotationPolicyStatus, phase: Phase, now: SystemTime) {
-    status.phase = Some(phase.as_str().to_owned());
+    status.phase = Some(phase);
     status.phase_since = Some(rfc3339(now));
     set_condition(
         status,
         "Rotating",
         phase != Phase::Idle,
-        phase.as_str(),
+        phase.into(),
         "",
         now,
     );
@@ -648,7 +592,7 @@ pub async fn step_with(
     rotate_now: bool,
 ) -> Result<Step> {
     let status = current.clone();
-    match Phase::of(current)? {
+    match Phase::of(current) {
         Phase::Idle => idle(i, status, rotate_now).await,
         Phase::Generating => generating(i, status).await,
         Phase::Setting => setting(i, status).await,
@@ -689,7 +633,7 @@ async fn idle(
             &mut status,
             "Ready",
             true,
-            "Paused",
+            PolicyReason::Paused,
             "rotation is paused",
             now,
         );
@@ -706,7 +650,7 @@ async fn idle(
             &mut status,
             "Ready",
             true,
-            "Scheduled",
+            PolicyReason::Scheduled,
             &format!("next rotation at {}", rfc3339(next)),
             now,
         );
@@ -855,7 +799,7 @@ fn target_failed(
             &mut status,
             "Degraded",
             true,
-            failure.reason(),
+            failure.condition(),
             &format!("{phase} failed {attempt} times ({failure}); rolled back"),
             now,
         );
@@ -1170,12 +1114,12 @@ async fn propagating(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> 
     let on_timeout = i.policy.on_timeout;
     let (reason, message, next) = match on_timeout {
         OnTimeout::Promote => (
-            "AckTimeout",
+            PolicyReason::AckTimeout,
             format!("promoted without acknowledgement from {who}"),
             Phase::Promoting,
         ),
         OnTimeout::Rollback => (
-            "RolledBack",
+            PolicyReason::RolledBack,
             format!("rolled back: no acknowledgement from {who}"),
             Phase::RollingBack,
         ),
@@ -1204,12 +1148,18 @@ async fn promoting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Re
     let started = parse_time(&status.next_rotation).unwrap_or(now);
     status.last_rotation = Some(rfc3339(now));
     status.next_rotation = Some(rfc3339(i.policy.schedule.next(Some(now), now, i.rng)?));
-    let degraded = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == "AckTimeout");
+    let degraded = status.conditions.iter().any(|c| {
+        c.type_ == "Degraded" && c.status == "True" && c.reason == PolicyReason::AckTimeout
+    });
     if !degraded {
-        set_condition(&mut status, "Degraded", false, "Acknowledged", "", now);
+        set_condition(
+            &mut status,
+            "Degraded",
+            false,
+            PolicyReason::Acknowledged,
+            "",
+            now,
+        );
     }
     let window = match (
         i.policy.postgres(),
@@ -1271,7 +1221,7 @@ async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Res
                 &mut status,
                 "Degraded",
                 true,
-                failure.reason(),
+                failure.condition(),
                 &format!(
                     "Retiring failed {attempt} times ({failure}); the previous credential works until the next rotation"
                 ),

@@ -1,5 +1,6 @@
 //! The controller's metrics: rotations by result, rotation duration, time
-//! until every consumer acknowledged, consumers still pending, each
+//! until every consumer acknowledged, consumers still pending, consumers
+//! by the class of the version they serve, each
 //! policy's next rotation, and failed reconciles by controller and error
 //! kind (`Error::metric_label`); beside them, the build and process
 //! metrics every Rotor binary exports. The counters start at 0 for every
@@ -20,6 +21,7 @@ pub struct RotationMetrics {
     duration: Histogram,
     ack_time: Histogram,
     pending: Family<Labels, Gauge>,
+    serving: Family<Labels, Gauge>,
     next_rotation: Family<Labels, Gauge>,
     failures: Family<Labels, Counter>,
     /// No labels; present once the controller manages the certificate.
@@ -71,6 +73,7 @@ impl Default for RotationMetrics {
         let duration = Histogram::new(exponential_buckets(0.01, 2.0, 20));
         let ack_time = Histogram::new(exponential_buckets(0.001, 2.0, 20));
         let pending = Family::<Labels, Gauge>::default();
+        let serving = Family::<Labels, Gauge>::default();
         let next_rotation = Family::<Labels, Gauge>::default();
         let failures = Family::<Labels, Counter>::default();
         let certificate_expiry = Family::<Labels, Gauge>::default();
@@ -104,6 +107,12 @@ impl Default for RotationMetrics {
             pending.clone(),
         );
         registry.register(
+            "consumers_serving",
+            "Consumers by the class of the version they serve (current, pending, previous, older, \
+             unknown), per policy",
+            serving.clone(),
+        );
+        registry.register(
             "rotation_next_timestamp_seconds",
             "When each policy's next rotation is due (Unix seconds); in the past while a rotation \
              is due or in flight",
@@ -129,6 +138,7 @@ impl Default for RotationMetrics {
             duration,
             ack_time,
             pending,
+            serving,
             next_rotation,
             failures,
             single_user_window,
@@ -170,6 +180,20 @@ impl RotationMetrics {
         self.pending
             .get_or_create(&vec![("policy".to_owned(), policy.to_owned())])
             .set(count as i64);
+    }
+
+    /// How many of the policy's consumers serve each class of version
+    /// (`status.serving`); every class is set, 0 included.
+    pub fn serving(&self, policy: &str, counts: &rotor_crds::api::ServingCounts) {
+        for class in rotor_crds::api::VersionClass::ALL {
+            let labels = vec![
+                ("policy".to_owned(), policy.to_owned()),
+                ("version_class".to_owned(), class.label().to_owned()),
+            ];
+            self.serving
+                .get_or_create(&labels)
+                .set(i64::from(counts.get(class)));
+        }
     }
 
     /// The policy's next rotation as its status says (`nextRotation`);

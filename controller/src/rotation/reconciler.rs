@@ -26,6 +26,7 @@ use super::target::https::CallerToken;
 use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
+use crate::serving;
 use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
 use crate::store_status::FIELD_MANAGER;
@@ -140,22 +141,22 @@ pub async fn reconcile(
     let status = policy.status.clone().unwrap_or_default();
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
-    let before = status.phase.clone();
+    let before = status.phase;
     let now = SystemTime::now();
+    let pods = ctx
+        .consumers
+        .read()
+        .expect("consumer index lock")
+        .consumers(
+            &namespace,
+            &policy.spec.store_ref.name,
+            &policy.spec.secret_name,
+        );
     let stepped = match assess(checked, store)? {
         Assessed::Ready(valid, store) => {
-            let pods = ctx
-                .consumers
-                .read()
-                .expect("consumer index lock")
-                .consumers(
-                    &namespace,
-                    &policy.spec.store_ref.name,
-                    &policy.spec.secret_name,
-                );
             let consumers = StreamConsumers {
                 hub: &ctx.hub,
-                pods,
+                pods: pods.clone(),
                 deadline: ctx.ack_deadline,
             };
             let mut current = status.clone();
@@ -194,9 +195,19 @@ pub async fn reconcile(
     };
     let mut status = s.status;
     status.observed_generation = policy.metadata.generation;
+    serving::fill(
+        &mut status,
+        policy
+            .status
+            .as_ref()
+            .map(|s| s.consumers.as_slice())
+            .unwrap_or_default(),
+        &pods,
+        &policy.spec.secret_name,
+        ctx.hub.served(),
+    );
     // A rotate-now request is handled once a rotation has started.
-    let idle = Some(Phase::Idle.as_str());
-    status.rotate_now_handled = if rotate_now && status.phase.as_deref() != idle {
+    status.rotate_now_handled = if rotate_now && status.phase != Some(Phase::Idle) {
         token
     } else {
         policy
@@ -226,10 +237,13 @@ pub async fn reconcile(
         })
         .count();
     ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
+    if let Some(counts) = &status.serving {
+        ctx.metrics.serving(&format!("{namespace}/{name}"), counts);
+    }
     ctx.metrics
         .next_rotation(&format!("{namespace}/{name}"), &status);
-    let propagating = Some(Phase::Propagating.as_str());
-    if before.as_deref() == propagating && status.phase.as_deref() != propagating {
+    let propagating = Some(Phase::Propagating);
+    if before == propagating && status.phase != propagating {
         let since = status
             .phase_since
             .as_ref()

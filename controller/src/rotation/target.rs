@@ -17,7 +17,9 @@ pub mod tls;
 use std::fmt;
 
 use async_trait::async_trait;
-use rotor_crds::api::{PostgresStrategy, PostgresTarget, PostgresTlsMode, Target as TargetCrd};
+use rotor_crds::api::{
+    PolicyReason, PostgresStrategy, PostgresTarget, PostgresTlsMode, Target as TargetCrd,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -70,21 +72,26 @@ pub enum TargetFailure {
 }
 
 impl TargetFailure {
-    /// The Event/condition reason and metric label.
-    pub fn reason(self) -> &'static str {
+    /// The `Degraded` condition's reason.
+    pub fn condition(self) -> PolicyReason {
         match self {
-            TargetFailure::Unreachable => "TargetUnreachable",
-            TargetFailure::AdminLoginFailed => "AdminLoginFailed",
-            TargetFailure::NoSuchRole => "NoSuchRole",
-            TargetFailure::NotAllowed => "NotAllowed",
-            TargetFailure::TestLoginFailed => "TestLoginFailed",
-            TargetFailure::BadAdminSecret => "BadAdminSecret",
-            TargetFailure::TlsFailed => "TargetTlsFailed",
-            TargetFailure::NoIdentity => "TargetNoIdentity",
-            TargetFailure::Rejected(_) => "TargetRejected",
-            TargetFailure::TimedOut => "TargetTimedOut",
-            TargetFailure::Other => "TargetError",
+            TargetFailure::Unreachable => PolicyReason::TargetUnreachable,
+            TargetFailure::AdminLoginFailed => PolicyReason::AdminLoginFailed,
+            TargetFailure::NoSuchRole => PolicyReason::NoSuchRole,
+            TargetFailure::NotAllowed => PolicyReason::NotAllowed,
+            TargetFailure::TestLoginFailed => PolicyReason::TestLoginFailed,
+            TargetFailure::BadAdminSecret => PolicyReason::BadAdminSecret,
+            TargetFailure::TlsFailed => PolicyReason::TargetTlsFailed,
+            TargetFailure::NoIdentity => PolicyReason::TargetNoIdentity,
+            TargetFailure::Rejected(_) => PolicyReason::TargetRejected,
+            TargetFailure::TimedOut => PolicyReason::TargetTimedOut,
+            TargetFailure::Other => PolicyReason::TargetError,
         }
+    }
+
+    /// The Event/condition reason and metric label, as a string.
+    pub fn reason(self) -> &'static str {
+        self.condition().as_str()
     }
 }
 

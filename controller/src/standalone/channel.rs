@@ -305,7 +305,7 @@ pub fn ack_deadline(
     now: SystemTime,
 ) -> Duration {
     const FLOOR: Duration = Duration::from_millis(50);
-    if status.phase.as_deref() != Some(Phase::Propagating.as_str()) {
+    if status.phase != Some(Phase::Propagating) {
         return ack_timeout.clamp(FLOOR, Duration::from_secs(5));
     }
     let since = status
@@ -342,7 +342,7 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let since = chrono::DateTime::<chrono::Utc>::from(now - Duration::from_secs(2));
         let status = SecretRotationPolicyStatus {
-            phase: Some("Propagating".into()),
+            phase: Some(Phase::Propagating),
             phase_since: Some(since.to_rfc3339()),
             ..Default::default()
         };

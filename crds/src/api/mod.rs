@@ -4,9 +4,11 @@
 //! a test fails when the committed copy drifts.
 
 mod policy;
+mod serving;
 mod store;
 
 pub use policy::*;
+pub use serving::*;
 pub use store::*;
 
 use kube::CustomResourceExt;
@@ -36,18 +38,20 @@ pub fn crds_yaml() -> String {
     )
 }
 
+// `R` is the reason: typed for a kind whose reasons are a closed set
+// (`PolicyReason`), a string otherwise.
 /// A Kubernetes-style condition.
 #[derive(
     serde::Deserialize, serde::Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
-pub struct Condition {
+pub struct Condition<R = String> {
     /// `Ready`, `Rotating` or `Degraded`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
-    pub reason: String,
+    pub reason: R,
     #[serde(default)]
     pub message: String,
     /// RFC 3339.
@@ -56,13 +60,13 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-impl Condition {
+impl<R> Condition<R> {
     /// Puts this condition in place of the one of its type in `conditions`
     /// (or adds it): the one writer of conditions for every kind. Its
     /// `lastTransitionTime` is used only when the type is new or its status
     /// changes; otherwise the time of the last transition is kept, as
     /// Kubernetes' `meta.SetStatusCondition` does.
-    pub fn set_in(mut self, conditions: &mut Vec<Condition>) {
+    pub fn set_in(mut self, conditions: &mut Vec<Condition<R>>) {
         match conditions.iter_mut().find(|c| c.type_ == self.type_) {
             Some(c) => {
                 if c.status == self.status {

@@ -2,7 +2,7 @@ use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::Condition;
+use super::{Condition, ServingCounts};
 use crate::durations::{
     self, MIN_ACK_TIMEOUT, MIN_INTERVAL, cel_is_duration, cel_seconds, rule_at_least,
     rule_is_duration,
@@ -80,6 +80,7 @@ fn waits_within_interval() -> Rule {
     status = "SecretRotationPolicyStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.currentVersion"}"#,
+    printcolumn = r#"{"name":"Serving","type":"string","description":"Consumers serving the current version / all consumers","jsonPath":".status.servingSummary"}"#,
     printcolumn = r#"{"name":"Degraded","type":"string","jsonPath":".status.conditions[?(@.type==\"Degraded\")].status"}"#,
     printcolumn = r#"{"name":"Last Rotation","type":"date","jsonPath":".status.lastRotation"}"#,
     printcolumn = r#"{"name":"Next Rotation","type":"string","jsonPath":".status.nextRotation"}"#,
@@ -413,9 +414,10 @@ pub enum OnTimeout {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRotationPolicyStatus {
-    /// Idle, Generating, Setting, Testing, Propagating, Promoting, Retiring, RollingBack.
+    /// Where the rotation is; none yet is `Idle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    #[schemars(schema_with = "phase_schema")]
+    pub phase: Option<Phase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +433,13 @@ pub struct SecretRotationPolicyStatus {
     pub phase_since: Option<String>,
     #[serde(default)]
     pub consumers: Vec<ConsumerStatus>,
+    /// How many consumers serve the current, pending, previous or an
+    /// older version, from their last acknowledgements.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<ServingCounts>,
+    /// `serving` as `current/total` (the `SERVING` column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_summary: Option<String>,
     /// Failed attempts at the current target phase (Setting or Testing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_attempts: Option<u32>,
@@ -439,7 +448,7 @@ pub struct SecretRotationPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_set_at: Option<String>,
     #[serde(default)]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<PolicyCondition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The last `rotor.dev/rotate-now` annotation value acted on. Kept in
@@ -460,6 +469,16 @@ pub struct ConsumerStatus {
     /// How the consumer answered the last request of the rotation.
     #[serde(default)]
     pub state: ConsumerState,
+    /// The version the consumer serves, as its sidecar last acknowledged
+    /// any request (in a rotation or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_version: Option<String>,
+    /// The digest of the files the sidecar wrote for that version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving_digest: Option<String>,
+    /// When that acknowledgement came (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_at: Option<String>,
 }
 
 /// How a consumer answered rotation's last request.
@@ -479,4 +498,307 @@ pub enum ConsumerState {
     /// A running injected pod whose sidecar holds no stream to the
     /// controller: it counts as not acknowledged.
     NotConnected,
+}
+
+/// Where a rotation is (`status.phase`).
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, schemars::JsonSchema,
+)]
+pub enum Phase {
+    /// No rotation in flight.
+    #[default]
+    Idle,
+    /// Writing a new PENDING version.
+    Generating,
+    /// Changing the target to the pending value.
+    Setting,
+    /// Logging in to the target with the pending value.
+    Testing,
+    /// Asking every consumer to serve the pending version.
+    Propagating,
+    /// Making the pending version CURRENT.
+    Promoting,
+    /// Retiring the previous version after the grace period.
+    Retiring,
+    /// Moving consumers back to CURRENT and retiring the pending version.
+    RollingBack,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Idle,
+        Phase::Generating,
+        Phase::Setting,
+        Phase::Testing,
+        Phase::Propagating,
+        Phase::Promoting,
+        Phase::Retiring,
+        Phase::RollingBack,
+    ];
+
+    /// The `status.phase` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Idle => "Idle",
+            Phase::Generating => "Generating",
+            Phase::Setting => "Setting",
+            Phase::Testing => "Testing",
+            Phase::Propagating => "Propagating",
+            Phase::Promoting => "Promoting",
+            Phase::Retiring => "Retiring",
+            Phase::RollingBack => "RollingBack",
+        }
+    }
+
+    /// The phase of `status`; `Idle` when it has none.
+    pub fn of(status: &SecretRotationPolicyStatus) -> Self {
+        status.phase.unwrap_or_default()
+    }
+}
+
+/// `status.phase` as a structural schema: a nullable string, one of
+/// [`Phase::ALL`] (the schema schemars derives for an optional enum is an
+/// `anyOf` the API server refuses).
+fn phase_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Where the rotation is; none yet is `Idle`.",
+        "type": "string",
+        "nullable": true,
+        "enum": Phase::ALL.map(Phase::as_str),
+    })
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A SecretRotationPolicy's condition (`Ready`, `Rotating`, `Degraded`).
+pub type PolicyCondition = Condition<PolicyReason>;
+
+/// The reason of a SecretRotationPolicy's condition, stored as the
+/// variant's name.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema)]
+pub enum PolicyReason {
+    // `Ready`.
+    /// The spec has problems the CRD's CEL rules did not catch.
+    InvalidSpec,
+    /// No RotorStore of that name in the namespace, and no
+    /// ClusterRotorStore.
+    StoreNotFound,
+    /// A store rotation cannot use.
+    StoreUnsupported,
+    /// A ClusterRotorStore that does not allow the namespace or path; or
+    /// (`Degraded`) a target that refused the admin role.
+    NotAllowed,
+    /// The store refused the login or the secret's path.
+    StoreDenied,
+    /// The namespace has no rotator ServiceAccount.
+    RotatorMissing,
+    /// The spec and the store allow rotation again.
+    Resumed,
+    /// `spec.paused`.
+    Paused,
+    /// Waiting for the next rotation.
+    Scheduled,
+    // `Rotating`: the phase.
+    Idle,
+    Generating,
+    Setting,
+    Testing,
+    Propagating,
+    Promoting,
+    Retiring,
+    RollingBack,
+    // `Degraded`.
+    /// Every consumer acknowledged.
+    Acknowledged,
+    /// Promoted without every acknowledgement.
+    AckTimeout,
+    /// Rolled back: no acknowledgement from every consumer, or a target
+    /// that kept failing.
+    RolledBack,
+    TargetUnreachable,
+    AdminLoginFailed,
+    NoSuchRole,
+    TestLoginFailed,
+    BadAdminSecret,
+    TargetTlsFailed,
+    TargetNoIdentity,
+    TargetRejected,
+    TargetTimedOut,
+    TargetError,
+}
+
+impl PolicyReason {
+    pub const ALL: [PolicyReason; 30] = [
+        PolicyReason::InvalidSpec,
+        PolicyReason::StoreNotFound,
+        PolicyReason::StoreUnsupported,
+        PolicyReason::NotAllowed,
+        PolicyReason::StoreDenied,
+        PolicyReason::RotatorMissing,
+        PolicyReason::Resumed,
+        PolicyReason::Paused,
+        PolicyReason::Scheduled,
+        PolicyReason::Idle,
+        PolicyReason::Generating,
+        PolicyReason::Setting,
+        PolicyReason::Testing,
+        PolicyReason::Propagating,
+        PolicyReason::Promoting,
+        PolicyReason::Retiring,
+        PolicyReason::RollingBack,
+        PolicyReason::Acknowledged,
+        PolicyReason::AckTimeout,
+        PolicyReason::RolledBack,
+        PolicyReason::TargetUnreachable,
+        PolicyReason::AdminLoginFailed,
+        PolicyReason::NoSuchRole,
+        PolicyReason::TestLoginFailed,
+        PolicyReason::BadAdminSecret,
+        PolicyReason::TargetTlsFailed,
+        PolicyReason::TargetNoIdentity,
+        PolicyReason::TargetRejected,
+        PolicyReason::TargetTimedOut,
+        PolicyReason::TargetError,
+    ];
+
+    /// The stored string (and the Event reason where one matches).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyReason::InvalidSpec => "InvalidSpec",
+            PolicyReason::StoreNotFound => "StoreNotFound",
+            PolicyReason::StoreUnsupported => "StoreUnsupported",
+            PolicyReason::NotAllowed => "NotAllowed",
+            PolicyReason::StoreDenied => "StoreDenied",
+            PolicyReason::RotatorMissing => "RotatorMissing",
+            PolicyReason::Resumed => "Resumed",
+            PolicyReason::Paused => "Paused",
+            PolicyReason::Scheduled => "Scheduled",
+            PolicyReason::Idle => "Idle",
+            PolicyReason::Generating => "Generating",
+            PolicyReason::Setting => "Setting",
+            PolicyReason::Testing => "Testing",
+            PolicyReason::Propagating => "Propagating",
+            PolicyReason::Promoting => "Promoting",
+            PolicyReason::Retiring => "Retiring",
+            PolicyReason::RollingBack => "RollingBack",
+            PolicyReason::Acknowledged => "Acknowledged",
+            PolicyReason::AckTimeout => "AckTimeout",
+            PolicyReason::RolledBack => "RolledBack",
+            PolicyReason::TargetUnreachable => "TargetUnreachable",
+            PolicyReason::AdminLoginFailed => "AdminLoginFailed",
+            PolicyReason::NoSuchRole => "NoSuchRole",
+            PolicyReason::TestLoginFailed => "TestLoginFailed",
+            PolicyReason::BadAdminSecret => "BadAdminSecret",
+            PolicyReason::TargetTlsFailed => "TargetTlsFailed",
+            PolicyReason::TargetNoIdentity => "TargetNoIdentity",
+            PolicyReason::TargetRejected => "TargetRejected",
+            PolicyReason::TargetTimedOut => "TargetTimedOut",
+            PolicyReason::TargetError => "TargetError",
+        }
+    }
+}
+
+impl From<Phase> for PolicyReason {
+    /// The `Rotating` condition's reason is the phase.
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Idle => PolicyReason::Idle,
+            Phase::Generating => PolicyReason::Generating,
+            Phase::Setting => PolicyReason::Setting,
+            Phase::Testing => PolicyReason::Testing,
+            Phase::Propagating => PolicyReason::Propagating,
+            Phase::Promoting => PolicyReason::Promoting,
+            Phase::Retiring => PolicyReason::Retiring,
+            Phase::RollingBack => PolicyReason::RollingBack,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for PolicyReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for PolicyReason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    /// Conditions stored while reasons were free strings read back as the
+    /// same reasons, and are written back as the same strings.
+    #[test]
+    fn every_reason_reads_and_writes_its_old_string() {
+        let strings = [
+            "InvalidSpec",
+            "StoreNotFound",
+            "StoreUnsupported",
+            "NotAllowed",
+            "StoreDenied",
+            "RotatorMissing",
+            "Resumed",
+            "Paused",
+            "Scheduled",
+            "Idle",
+            "Generating",
+            "Setting",
+            "Testing",
+            "Propagating",
+            "Promoting",
+            "Retiring",
+            "RollingBack",
+            "Acknowledged",
+            "AckTimeout",
+            "RolledBack",
+            "TargetUnreachable",
+            "AdminLoginFailed",
+            "NoSuchRole",
+            "TestLoginFailed",
+            "BadAdminSecret",
+            "TargetTlsFailed",
+            "TargetNoIdentity",
+            "TargetRejected",
+            "TargetTimedOut",
+            "TargetError",
+        ];
+        for s in strings {
+            let stored = serde_json::json!({
+                "conditions": [{
+                    "type": "Degraded", "status": "True", "reason": s,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }],
+            });
+            let status: SecretRotationPolicyStatus = serde_json::from_value(stored).unwrap();
+            let reason = status.conditions[0].reason;
+            assert_eq!(reason.as_str(), s);
+            assert_eq!(reason, s);
+            assert_eq!(serde_json::to_value(reason).unwrap(), s);
+        }
+        let distinct: std::collections::BTreeSet<&str> =
+            PolicyReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(distinct, strings.into_iter().collect());
+        for p in Phase::ALL {
+            assert_eq!(PolicyReason::from(p).as_str(), p.as_str());
+        }
+        let unknown = serde_json::from_value::<SecretRotationPolicyStatus>(serde_json::json!({
+            "conditions": [{ "type": "Ready", "status": "True", "reason": "Whatever",
+                             "lastTransitionTime": "2026-01-01T00:00:00Z" }],
+        }));
+        assert!(unknown.is_err());
+    }
 }

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rotor_controller::standalone::State;
+use rotor_crds::api::Phase;
 use rotor_store::{LocalStore, WriteAs};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroizing;
@@ -217,7 +219,7 @@ impl Demo {
                             "rotation {} did not finish within {} s (phase {}); the controller's log in {} says why",
                             done + 1,
                             limit.as_secs(),
-                            now.phase.as_deref().unwrap_or("unknown"),
+                            now.phase.map_or("unknown", Phase::as_str),
                             work.join("controller.log").display()
                         );
                     }
@@ -273,20 +275,19 @@ impl Demo {
 struct Status {
     idle: bool,
     current: Option<String>,
-    phase: Option<String>,
+    phase: Option<Phase>,
 }
 
 fn status_of(path: &Path) -> Status {
-    let state: serde_json::Value = std::fs::read(path)
+    let state: State = std::fs::read(path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    let s = &state["status"];
-    let text = |k: &str| s[k].as_str().map(str::to_owned);
+    let s = state.status;
     Status {
-        idle: s["phase"] == "Idle" && s["previousVersion"].is_string(),
-        current: text("currentVersion"),
-        phase: text("phase"),
+        idle: s.phase == Some(Phase::Idle) && s.previous_version.is_some(),
+        current: s.current_version,
+        phase: s.phase,
     }
 }
 

@@ -145,7 +145,7 @@ async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     // Rotated, and the next rotation scheduled far ahead whatever the wall
     // clock says: only rotate-now starts one.
     p.status = Some(rotor_crds::api::SecretRotationPolicyStatus {
-        phase: Some("Idle".into()),
+        phase: Some(Phase::Idle),
         current_version: Some("1".into()),
         last_rotation: Some("2026-11-24T10:00:00Z".into()),
         next_rotation: Some("2999-01-01T00:00:00Z".into()),
@@ -171,7 +171,7 @@ async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     let mut handled = p;
     handled.status = Some(serde_json::from_value(patches[0].body["status"].clone()).unwrap());
     let mut idle = handled.status.clone().unwrap();
-    idle.phase = Some("Idle".into());
+    idle.phase = Some(Phase::Idle);
     handled.status = Some(idle);
     let (client, seen) = api_server(handled.clone());
     let (ctx, _dir) = context(client, true);
