@@ -249,14 +249,14 @@ impl StoreArgs {
                 table::print(&["VERSION", "STAGES", "CREATED", "SIZE"], &rows);
             }
             StoreCommand::Promote { name, version } => {
-                let meta = store.promote(&name, version)?;
+                let meta = store.promote_number(&name, version)?;
                 println!(
                     "promoted {:?} version {} ({})",
                     meta.name, meta.version, meta.stages
                 );
             }
             StoreCommand::Retire { name, version } => {
-                store.retire(&name, version)?;
+                store.retire_number(&name, version)?;
                 println!("retired {name:?} version {version}");
             }
             StoreCommand::Rewrap { new_key } => {

@@ -256,7 +256,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         "answered before the file was written"
     );
     // A plain push (no version) after a rollback returns to CURRENT.
-    f.store.retire("db", 2).unwrap();
+    f.store.retire_number("db", 2).unwrap();
     let reply = push(
         &tx,
         vec![PushSecret {
@@ -416,7 +416,7 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
     f.store.put("db", b"v2", WriteAs::Pending).unwrap();
     assert!(push(&tx, vec![pin("db", "2")]).await.ok);
     assert_eq!(f.read("db").as_deref(), Some("v2"));
-    f.store.retire("db", 2).unwrap();
+    f.store.retire_number("db", 2).unwrap();
     until("retired pin ends", || f.read("db").as_deref() == Some("v1")).await;
 
     // Replaced by a newer PENDING version: the pin does not follow it.
@@ -432,7 +432,7 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
     // Promoted: the pin ends, and later versions are followed.
     f.store.put("db", b"v5", WriteAs::Pending).unwrap();
     assert!(push(&tx, vec![pin("db", "5")]).await.ok);
-    f.store.promote("db", 5).unwrap();
+    f.store.promote_number("db", 5).unwrap();
     f.store.put("db", b"v6", WriteAs::Current).unwrap();
     until("promoted pin ends", || {
         f.read("db").as_deref() == Some("v6")
