@@ -285,6 +285,7 @@ async fn rotate(
                         credentials
                             .https_target_token
                             .map(|t| t as &dyn CallerToken),
+                        &rotor_store::random::SystemRandom,
                     )
                     .await
                 }

@@ -359,7 +359,7 @@ impl Engine {
             for t in self.tracked.values_mut() {
                 t.next_poll = t
                     .next_poll
-                    .min(Instant::now() + spread(self.contract.refresh, &mut *self.random));
+                    .min(Instant::now() + spread(self.contract.refresh, &*self.random));
             }
         }
         // New secrets are due now; fetch them, then write the new file set.
@@ -535,9 +535,9 @@ impl Engine {
             .not_current(name, t.pin.is_some() || lagging);
         let delay = if ok {
             t.retry.reset();
-            spread(refresh, &mut *self.random)
+            spread(refresh, &*self.random)
         } else {
-            t.retry.failed(backoff, &mut *self.random)
+            t.retry.failed(backoff, &*self.random)
         };
         t.next_poll = Instant::now() + delay;
     }

@@ -22,6 +22,7 @@ mod error;
 pub mod kubernetes;
 pub mod local;
 mod model;
+pub mod random;
 pub mod token_source;
 pub mod transit;
 pub mod vault;

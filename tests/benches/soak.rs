@@ -35,7 +35,7 @@ use rotor_e2e::servers::Bao;
 use rotor_e2e::{free_port, http, tmpfs_dir, wait_until};
 use rotor_envelope::KeyFileKek;
 use rotor_fixtures::procfs;
-use rotor_fixtures::seeded::Lcg;
+use rotor_store::random::Seeded;
 use rotor_store::{LocalStore, WriteAs};
 
 const SECRETS: usize = 100;
@@ -377,7 +377,7 @@ fn sidecar_soak(backend: Backend, duration: Duration) -> Vec<String> {
         "sidecar not ready: {}",
         std::fs::read_to_string(work.path().join("sidecar.log")).unwrap_or_default()
     );
-    let mut rng = Lcg(42);
+    let rng = Seeded::new(42);
     let (stop, changes, loader) = {
         let (local, bao) = (local.clone(), bao.clone());
         load(CHANGE_EVERY, move |n| {

@@ -34,7 +34,6 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use ring::rand::SystemRandom;
 use rotor_crds::api::{
     Condition, ConsumerState, ConsumerStatus, OnTimeout, SecretRotationPolicyStatus,
 };
@@ -42,13 +41,14 @@ use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::generate::{Random, generate};
+use super::generate::generate;
 use super::target::https::{CallerToken, Https, Receiver, RotationCall, RotationStep};
 use super::target::{
     Credential, DbSecret, Strategy, Target, TargetFailure, TargetSpec, admin_credential,
 };
 use super::validate::Policy;
 use crate::{Error, Result};
+use rotor_store::random::Random;
 
 /// Where a rotation is. On the wire (`status.phase`) it is the string of
 /// [`Phase::as_str`]; a missing phase is [`Phase::Idle`], and a string no
@@ -617,7 +617,11 @@ fn pending(status: &SecretRotationPolicyStatus, phase: Phase) -> Result<String> 
         .ok_or(Error::NoPendingVersion(phase))
 }
 
-/// Advances the rotation of one policy by at most one phase.
+/// Advances the rotation of one policy by at most one phase, drawing
+/// generated values and schedule jitter from `rng`.
+// Eight inputs until the one driver of the machine (standalone and the
+// reconciler) passes an `Inputs`; each is a distinct dependency.
+#[allow(clippy::too_many_arguments)]
 pub async fn step(
     policy: &Policy,
     current: &SecretRotationPolicyStatus,
@@ -626,6 +630,7 @@ pub async fn step(
     store: &dyn Store,
     consumers: &dyn Consumers,
     caller: Option<&dyn CallerToken>,
+    rng: &dyn Random,
 ) -> Result<Step> {
     let postgres = policy.postgres().map(TargetSpec::connect).transpose()?;
     let https = policy.https().map(|h| Https::new(h, caller)).transpose()?;
@@ -634,7 +639,7 @@ pub async fn step(
         now,
         store,
         consumers,
-        rng: &SystemRandom::new(),
+        rng,
         target: postgres.as_ref().map(|p| p as &dyn Target),
         receiver: https.as_ref().map(|h| h as &dyn Receiver),
     };

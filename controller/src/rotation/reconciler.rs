@@ -163,7 +163,14 @@ pub async fn reconcile(
             let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
             let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
             match step(
-                &valid, &current, now, rotate_now, &*store, &consumers, caller,
+                &valid,
+                &current,
+                now,
+                rotate_now,
+                &*store,
+                &consumers,
+                caller,
+                &rotor_store::random::SystemRandom,
             )
             .await
             {

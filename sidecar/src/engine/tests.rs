@@ -70,7 +70,7 @@ impl Fixture {
                 ..EngineOptions::default()
             },
         )
-        .with_random(Seeded(7))
+        .with_random(Seeded::new(7))
     }
     fn read(&self, file: &str) -> Option<String> {
         std::fs::read_to_string(self.out.path().join(file)).ok()
@@ -620,7 +620,7 @@ async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
         f.shared.clone(),
         EngineOptions::default(),
     )
-    .with_random(Seeded(11));
+    .with_random(Seeded::new(11));
     let (task, _cfg, _push, stop) = start(engine, c);
     until("first write", || f.read("db").as_deref() == Some("v1")).await;
     f.store.put("db", b"v2", WriteAs::Current).unwrap();

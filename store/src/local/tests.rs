@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use rotor_envelope::{ExposeSecret, KeyFileKek};
-use rotor_fixtures::seeded::Lcg;
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -535,7 +534,7 @@ fn retention_never_drops_a_labelled_version() {
     // every step each labelled version reads by number and by stage, the
     // labels the step set are where it set them, numbers only grow, and the
     // secret holds more than 3 versions only when all of them are labelled.
-    let mut rng = Lcg(7);
+    let rng = crate::random::Seeded::new(7);
     s.set_max_versions(Some("db"), 3).unwrap();
     let mut last_number = 4;
     for step in 0..400 {

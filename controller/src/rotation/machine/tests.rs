@@ -126,7 +126,7 @@ async fn until(
     target: Phase,
 ) -> SecretRotationPolicyStatus {
     for _ in 0..10 {
-        status = step(spec, &status, now, false, store, c, None)
+        status = step(spec, &status, now, false, store, c, None, &Seeded::new(0))
             .await
             .unwrap()
             .status;
@@ -151,6 +151,7 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
+        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -160,9 +161,18 @@ async fn every_transition_of_a_successful_rotation() {
         "never rotated: due at once"
     );
     assert_eq!(s.status.current_version.as_deref(), Some("1"));
-    let s = step(&spec, &s.status, t0, false, &store, &c, None)
-        .await
-        .unwrap();
+    let s = step(
+        &spec,
+        &s.status,
+        t0,
+        false,
+        &store,
+        &c,
+        None,
+        &Seeded::new(0),
+    )
+    .await
+    .unwrap();
     assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
@@ -170,9 +180,18 @@ async fn every_transition_of_a_successful_rotation() {
         1,
         "staged, not promoted"
     );
-    let s = step(&spec, &s.status, t0, false, &store, &c, None)
-        .await
-        .unwrap();
+    let s = step(
+        &spec,
+        &s.status,
+        t0,
+        false,
+        &store,
+        &c,
+        None,
+        &Seeded::new(0),
+    )
+    .await
+    .unwrap();
     assert_eq!(phase(&s.status), Phase::Promoting);
     assert!(
         s.status
@@ -181,9 +200,18 @@ async fn every_transition_of_a_successful_rotation() {
             .all(|x| x.acknowledged_version.as_deref() == Some("2"))
     );
     assert_eq!(s.status.consumers.len(), 3);
-    let s = step(&spec, &s.status, t0, false, &store, &c, None)
-        .await
-        .unwrap();
+    let s = step(
+        &spec,
+        &s.status,
+        t0,
+        false,
+        &store,
+        &c,
+        None,
+        &Seeded::new(0),
+    )
+    .await
+    .unwrap();
     assert_eq!(phase(&s.status), Phase::Retiring);
     assert_eq!(
         (
@@ -208,6 +236,7 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
+        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -221,6 +250,7 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
+        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -237,6 +267,7 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
+        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -286,6 +317,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             &store,
             &c,
             None,
+            &Seeded::new(0),
         )
         .await
         .unwrap()
@@ -300,6 +332,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             &store,
             &c,
             None,
+            &Seeded::new(0),
         )
         .await
         .unwrap()
@@ -332,9 +365,18 @@ async fn a_crash_after_writing_the_value_adopts_it() {
     store
         .put("app/db", b"written-before-the-crash", WriteAs::Pending)
         .unwrap();
-    let s = step(&spec, &generating, now, false, &store, &c, None)
-        .await
-        .unwrap();
+    let s = step(
+        &spec,
+        &generating,
+        now,
+        false,
+        &store,
+        &c,
+        None,
+        &Seeded::new(0),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
         store.history("app/db").unwrap().len(),
@@ -367,6 +409,7 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             &store,
             &c,
             None,
+            &Seeded::new(0),
         )
         .await
         .unwrap();
@@ -376,14 +419,23 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             "blocked while a consumer has not acknowledged"
         );
         let late = t0 + Duration::from_secs(31);
-        let s = step(&spec, &waiting.status, late, false, &store, &c, None)
-            .await
-            .unwrap()
-            .status;
+        let s = step(
+            &spec,
+            &waiting.status,
+            late,
+            false,
+            &store,
+            &c,
+            None,
+            &Seeded::new(0),
+        )
+        .await
+        .unwrap()
+        .status;
         let degraded = cond(&s, "Degraded").unwrap();
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("pod-stuck"), "{degraded:?}");
-        let s = step(&spec, &s, late, false, &store, &c, None)
+        let s = step(&spec, &s, late, false, &store, &c, None, &Seeded::new(0))
             .await
             .unwrap()
             .status;
@@ -422,14 +474,24 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
         &store,
         &c,
         None,
+        &Seeded::new(0),
     )
     .await
     .unwrap();
     assert_eq!(phase(&s.status), Phase::Idle);
     assert_eq!(cond(&s.status, "Ready").unwrap().reason, "Paused");
-    let s = step(&spec, &s.status, now, true, &store, &c, None)
-        .await
-        .unwrap();
+    let s = step(
+        &spec,
+        &s.status,
+        now,
+        true,
+        &store,
+        &c,
+        None,
+        &Seeded::new(0),
+    )
+    .await
+    .unwrap();
     assert_eq!(phase(&s.status), Phase::Generating);
 }
 
@@ -580,7 +642,7 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-use super::super::generate::Seeded;
+use rotor_store::random::Seeded;
 
 #[test]
 fn phase_strings_round_trip() {
@@ -632,7 +694,7 @@ async fn an_unknown_phase_is_refused_without_touching_the_store() {
         ..Default::default()
     };
     let p = policy(OnTimeout::Rollback);
-    let err = step(&p, &status, t0(), true, &broken, &c, None)
+    let err = step(&p, &status, t0(), true, &broken, &c, None, &Seeded::new(0))
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "unknown_phase");
