@@ -11,8 +11,35 @@ pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
 
+    /// rcgen could not build or sign a certificate.
     #[error("certificate generation failed: {0}")]
-    Certs(String),
+    CertGeneration(#[source] rcgen::Error),
+    /// A certificate validity bound no certificate can hold.
+    #[error("certificate generation failed: date {unix}: {source}")]
+    CertDate {
+        unix: i64,
+        #[source]
+        source: time::error::ComponentRange,
+    },
+    /// A certificate or key file cannot be written.
+    #[error("certificate generation failed: {}: {source}", path.display())]
+    CertFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CA promotion with no staged CA.
+    #[error("certificate generation failed: no staged CA to promote")]
+    NoStagedCa,
+    /// The CA Secret holds the CA's certificate but not its key.
+    #[error("certificate generation failed: the CA's key is not in the Secret")]
+    CaKeyMissing,
+    /// The CA Secret lacks a certificate or key Rotor wrote there.
+    #[error("certificate generation failed: Secret {namespace}/{name} is incomplete")]
+    CertSecretIncomplete { namespace: String, name: String },
+    /// The patch of the webhook configuration's CA bundle cannot be built.
+    #[error("certificate generation failed: the webhook's CA bundle patch: {0}")]
+    CaBundlePatch(#[source] serde_json::Error),
 
     #[error(transparent)]
     Store(#[from] rotor_store::Error),
@@ -116,10 +143,13 @@ pub enum Error {
         source: rotor_envelope::Error,
     },
 
-    /// A policy names a store that does not exist or may not be used there;
-    /// the index says which.
-    #[error("{0}")]
-    StoreNotResolved(String),
+    /// A standalone policy names a store its manifests do not define.
+    #[error("policy {policy}: store {store:?} is not defined in {}", manifests.display())]
+    StoreNotDefined {
+        policy: String,
+        store: String,
+        manifests: PathBuf,
+    },
 
     /// A policy in a cluster names a store that is missing or does not
     /// allow its namespace or secret, as the store index has it now.
@@ -206,7 +236,13 @@ impl Error {
         match self {
             Error::Watch(e) => e.metric_label(),
             Error::Kube(_) => "kube",
-            Error::Certs(_) => "certs",
+            Error::CertGeneration(_)
+            | Error::CertDate { .. }
+            | Error::CertFile { .. }
+            | Error::NoStagedCa
+            | Error::CaKeyMissing
+            | Error::CertSecretIncomplete { .. }
+            | Error::CaBundlePatch(_) => "certs",
             Error::Store(e) => e.metric_label(),
             Error::InvalidPolicy(_) => "invalid_policy",
             Error::UnknownPhase(_) => "unknown_phase",
@@ -223,7 +259,7 @@ impl Error {
             Error::RotatorMissing { .. } => "rotator_missing",
             Error::RotatorToken { .. } => "rotator_token",
             Error::AwsRoleMissing { .. } => "store_spec",
-            Error::StoreNotResolved(_) | Error::StoreRefused(_) => "store_not_resolved",
+            Error::StoreNotDefined { .. } | Error::StoreRefused(_) => "store_not_resolved",
             Error::File { .. } => "file",
             Error::Channel { .. } => "channel",
             Error::Listen { .. } | Error::Serve { .. } => "listen",

@@ -250,11 +250,11 @@ async fn rotate(
             let store = match stores.get(store_name) {
                 Some(s) => Ok(s.clone()),
                 None => match loaded.stores.get(store_name) {
-                    None => Err(Error::StoreNotResolved(format!(
-                        "policy {}: store {store_name:?} is not defined in {}",
-                        policy.name_any(),
-                        policies.display()
-                    ))),
+                    None => Err(Error::StoreNotDefined {
+                        policy: policy.name_any(),
+                        store: store_name.clone(),
+                        manifests: policies.to_path_buf(),
+                    }),
                     Some(provider) => crate::store_from_spec::build(store_name, provider, &reach)
                         .await
                         .inspect(|s| {
