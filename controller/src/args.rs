@@ -1,3 +1,6 @@
+//! The controller's command line: its flags and subcommands (`run`, `webhook`,
+//! `certs`, standalone), and how each starts.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,3 +1,5 @@
+//! The controller's one error type, with a `metric_label()` per kind.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -26,7 +26,7 @@ pub mod channel;
 pub(crate) mod retry;
 
 /// The rotate-now annotation: a new value triggers one rotation.
-pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
+pub use rotor_crds::annotations::ROTATE_NOW;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

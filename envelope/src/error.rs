@@ -1,3 +1,6 @@
+//! The envelope crate's one error type; it never carries key material or
+//! plaintext.
+
 use std::path::PathBuf;
 
 /// Errors of the envelope library. None of them ever carries key material or

@@ -1,3 +1,6 @@
+//! The sidecar's command line and its `run`: the engine, the writer, the HTTP
+//! listeners and the channel, started and stopped together.
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,3 +1,6 @@
+//! The sidecar's one error type, with a `metric_label()` per kind; errors name
+//! files, secrets and stores, never values.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

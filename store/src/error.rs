@@ -1,3 +1,6 @@
+//! The stores' one error type, with a `metric_label()` per kind; errors name
+//! the store and the secret, never a value.
+
 use std::path::PathBuf;
 
 use crate::Stage;

@@ -1,3 +1,6 @@
+//! Tests of the file watcher: bare names, kubelet swaps reported once, and
+//! errors.
+
 use std::time::Duration;
 
 use super::*;

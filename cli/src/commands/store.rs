@@ -1,3 +1,6 @@
+//! `rotor store`: administers the embedded local store (put, get, list,
+//! promote, retire, rewrap, retention).
+
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

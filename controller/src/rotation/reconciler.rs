@@ -26,10 +26,10 @@ use super::target::https::CallerToken;
 use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
-use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
-use crate::store_status::FIELD_MANAGER;
 use crate::{Error, Result};
+use rotor_crds::annotations::ROTATE_NOW;
+use rotor_crds::names::FIELD_MANAGER;
 
 /// Builds the store a policy names (from its RotorStore or
 /// ClusterRotorStore), resolved on every call against the store and the

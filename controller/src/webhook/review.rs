@@ -1,3 +1,6 @@
+//! One AdmissionReview answered: read and bounded, validated, injected or
+//! refused, each denial with its reason.
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 

@@ -1,3 +1,6 @@
+//! Tests of the refresh engine over a local store and a tmpfs directory, with a
+//! seeded random source.
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

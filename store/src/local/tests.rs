@@ -1,3 +1,6 @@
+//! Tests of the local store: round trips, stage labels, retention, tampering,
+//! replay, concurrency and the file format.
+
 use std::sync::Arc;
 
 use rotor_envelope::{ExposeSecret, KeyFileKek};

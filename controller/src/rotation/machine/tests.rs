@@ -1,3 +1,6 @@
+//! Tests of the rotation state machine: every phase over fake consumers, stores
+//! and targets, with a seeded random source.
+
 use std::sync::{Arc, Mutex};
 
 use rotor_crds::api::{
