@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod help;
 pub mod kubelet;
 pub mod pod;
+pub mod policy;
 pub mod postgres;
 pub mod servers;
 pub mod standalone;
