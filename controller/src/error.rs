@@ -30,6 +30,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `certs` would replace a CA that clients may trust.
+    #[error(
+        "{} already exists: replacing it breaks every client that trusts the CA in use; pass --force to replace it, or choose another --out",
+        path.display()
+    )]
+    CertsExist { path: PathBuf },
     /// A CA promotion with no staged CA.
     #[error("certificate generation failed: no staged CA to promote")]
     NoStagedCa,
@@ -167,6 +173,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The async runtime cannot start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// `--kubeconfig` cannot be read or used.
+    #[error("--kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     /// Standalone's channel cannot be set up: the flag and what is wrong.
     #[error("{flag}: {problem}")]
     Channel { flag: &'static str, problem: String },
@@ -203,9 +219,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The labels [`Error::metric_label`] returns itself; with those of
     /// the errors it wraps ([`Error::metric_labels`]), every one.
-    const OWN_METRIC_LABELS: [&'static str; 18] = [
+    const OWN_METRIC_LABELS: [&'static str; 19] = [
         "kube",
         "certs",
+        "runtime",
         "invalid_policy",
         "unknown_phase",
         "no_pending_version",
@@ -244,7 +261,10 @@ impl Error {
             | Error::NoStagedCa
             | Error::CaKeyMissing
             | Error::CertSecretIncomplete { .. }
-            | Error::CaBundlePatch(_) => "certs",
+            | Error::CaBundlePatch(_)
+            | Error::CertsExist { .. } => "certs",
+            Error::Runtime(_) => "runtime",
+            Error::Kubeconfig { .. } => "kube",
             Error::Store(e) => e.metric_label(),
             Error::InvalidPolicy(_) => "invalid_policy",
             Error::UnknownPhase(_) => "unknown_phase",
