@@ -12,6 +12,23 @@ use rotor_store::LocalStore;
 use super::*;
 use crate::rotation::validate::Mode;
 
+/// [`super::step`] with a seeded random source, as every test here runs it.
+async fn step(
+    policy: &Policy,
+    current: &SecretRotationPolicyStatus,
+    now: SystemTime,
+    rotate_now: bool,
+    store: &dyn Store,
+    consumers: &dyn Consumers,
+    caller: Option<&dyn CallerToken>,
+) -> Result<Step> {
+    let rng = Seeded::new(0);
+    super::step(
+        policy, current, now, rotate_now, store, consumers, caller, &rng,
+    )
+    .await
+}
+
 /// Consumers that acknowledge what they are asked for, except those listed
 /// as stuck, and record every call.
 #[derive(Default)]
@@ -129,7 +146,7 @@ async fn until(
     target: Phase,
 ) -> SecretRotationPolicyStatus {
     for _ in 0..10 {
-        status = step(spec, &status, now, false, store, c, None, &Seeded::new(0))
+        status = step(spec, &status, now, false, store, c, None)
             .await
             .unwrap()
             .status;
@@ -154,7 +171,6 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
-        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -164,18 +180,9 @@ async fn every_transition_of_a_successful_rotation() {
         "never rotated: due at once"
     );
     assert_eq!(s.status.current_version.as_deref(), Some("1"));
-    let s = step(
-        &spec,
-        &s.status,
-        t0,
-        false,
-        &store,
-        &c,
-        None,
-        &Seeded::new(0),
-    )
-    .await
-    .unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
@@ -183,18 +190,9 @@ async fn every_transition_of_a_successful_rotation() {
         1,
         "staged, not promoted"
     );
-    let s = step(
-        &spec,
-        &s.status,
-        t0,
-        false,
-        &store,
-        &c,
-        None,
-        &Seeded::new(0),
-    )
-    .await
-    .unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Promoting);
     assert!(
         s.status
@@ -203,18 +201,9 @@ async fn every_transition_of_a_successful_rotation() {
             .all(|x| x.acknowledged_version.as_deref() == Some("2"))
     );
     assert_eq!(s.status.consumers.len(), 3);
-    let s = step(
-        &spec,
-        &s.status,
-        t0,
-        false,
-        &store,
-        &c,
-        None,
-        &Seeded::new(0),
-    )
-    .await
-    .unwrap();
+    let s = step(&spec, &s.status, t0, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Retiring);
     assert_eq!(
         (
@@ -239,7 +228,6 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
-        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -253,7 +241,6 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
-        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -270,7 +257,6 @@ async fn every_transition_of_a_successful_rotation() {
         &store,
         &c,
         None,
-        &Seeded::new(0),
     )
     .await
     .unwrap();
@@ -320,7 +306,6 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             &store,
             &c,
             None,
-            &Seeded::new(0),
         )
         .await
         .unwrap()
@@ -335,7 +320,6 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
             &store,
             &c,
             None,
-            &Seeded::new(0),
         )
         .await
         .unwrap()
@@ -368,18 +352,9 @@ async fn a_crash_after_writing_the_value_adopts_it() {
     store
         .put("app/db", b"written-before-the-crash", WriteAs::Pending)
         .unwrap();
-    let s = step(
-        &spec,
-        &generating,
-        now,
-        false,
-        &store,
-        &c,
-        None,
-        &Seeded::new(0),
-    )
-    .await
-    .unwrap();
+    let s = step(&spec, &generating, now, false, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
         store.history("app/db").unwrap().len(),
@@ -412,7 +387,6 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             &store,
             &c,
             None,
-            &Seeded::new(0),
         )
         .await
         .unwrap();
@@ -422,23 +396,14 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             "blocked while a consumer has not acknowledged"
         );
         let late = t0 + Duration::from_secs(31);
-        let s = step(
-            &spec,
-            &waiting.status,
-            late,
-            false,
-            &store,
-            &c,
-            None,
-            &Seeded::new(0),
-        )
-        .await
-        .unwrap()
-        .status;
+        let s = step(&spec, &waiting.status, late, false, &store, &c, None)
+            .await
+            .unwrap()
+            .status;
         let degraded = cond(&s, "Degraded").unwrap();
         assert_eq!(degraded.status, "True");
         assert!(degraded.message.contains("pod-stuck"), "{degraded:?}");
-        let s = step(&spec, &s, late, false, &store, &c, None, &Seeded::new(0))
+        let s = step(&spec, &s, late, false, &store, &c, None)
             .await
             .unwrap()
             .status;
@@ -477,24 +442,14 @@ async fn paused_policies_wait_unless_asked_to_rotate_now() {
         &store,
         &c,
         None,
-        &Seeded::new(0),
     )
     .await
     .unwrap();
     assert_eq!(phase(&s.status), Phase::Idle);
     assert_eq!(cond(&s.status, "Ready").unwrap().reason, "Paused");
-    let s = step(
-        &spec,
-        &s.status,
-        now,
-        true,
-        &store,
-        &c,
-        None,
-        &Seeded::new(0),
-    )
-    .await
-    .unwrap();
+    let s = step(&spec, &s.status, now, true, &store, &c, None)
+        .await
+        .unwrap();
     assert_eq!(phase(&s.status), Phase::Generating);
 }
 
@@ -697,7 +652,7 @@ async fn an_unknown_phase_is_refused_without_touching_the_store() {
         ..Default::default()
     };
     let p = policy(OnTimeout::Rollback);
-    let err = step(&p, &status, t0(), true, &broken, &c, None, &Seeded::new(0))
+    let err = step(&p, &status, t0(), true, &broken, &c, None)
         .await
         .unwrap_err();
     assert_eq!(err.metric_label(), "unknown_phase");
