@@ -13,7 +13,7 @@
 //!   kept so that consumers still holding it keep working until it is
 //!   retired. At most one.
 //!
-//! The file format is documented in [`local`].
+//! The file format is documented in [`local::format`].
 
 pub mod aws;
 mod backend;

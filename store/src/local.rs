@@ -52,21 +52,21 @@
 //!
 //! # File format
 //!
-//! Described in [`format`](self::format).
+//! Described in [`format`](mod@format).
 //!
 //! # Layout
 //!
-//! - [`api`](self::api): the blocking public API (read, write, promote, retire, rewrap).
-//! - [`state`](self::state): the decoded index and retention.
-//! - [`cache`](self::cache): the shared, verified generation and when it is re-read.
-//! - [`mutate`](self::mutate): the writer lock and the atomic replace.
-//! - [`format`](self::format): the file format, its encoder and its streaming parser.
-//! - [`adapter`](self::adapter): the async [`Store`](crate::Store) trait over the blocking API.
+//! - `api`: the blocking public API (read, write, promote, retire, rewrap).
+//! - `state`: the decoded index and retention.
+//! - `cache`: the shared, verified generation and when it is re-read.
+//! - `mutate`: the writer lock and the atomic replace.
+//! - `format`: the file format, its encoder and its streaming parser.
+//! - `adapter`: the async [`Store`](crate::Store) trait over the blocking API.
 
 mod adapter;
 mod api;
 mod cache;
-mod format;
+pub mod format;
 mod mutate;
 mod state;
 

@@ -3,12 +3,12 @@
 //! volumes, and the read-only mount in every app container. Every step adds
 //! only what is missing, so a second pass changes nothing.
 //!
-//! - [`error`]: why a pod is refused ([`InjectError`]), counted by reason.
-//! - [`ca`]: the controller's CA bundle the sidecar trusts on the channel.
-//! - [`user`]: who the sidecar runs as, and so who may read the files.
-//! - [`wiring`]: the store's and the channel's flags, env and volumes.
-//! - [`objects`]: the Kubernetes objects (env, volumes, probes) built here.
-//! - [`compare`]: whether what a pod holds is what Rotor injects.
+//! - `error`: why a pod is refused ([`InjectError`]), counted by reason.
+//! - `ca`: the controller's CA bundle the sidecar trusts on the channel.
+//! - `user`: who the sidecar runs as, and so who may read the files.
+//! - `wiring`: the store's and the channel's flags, env and volumes.
+//! - `objects`: the Kubernetes objects (env, volumes, probes) built here.
+//! - `compare`: whether what a pod holds is what Rotor injects.
 
 mod ca;
 mod compare;
