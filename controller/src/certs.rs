@@ -174,7 +174,7 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// The first of the files [`write`] would replace that already exists in
+/// The first of the files [`write()`] would replace that already exists in
 /// `dir`, if any.
 pub fn existing(dir: &Path) -> Option<std::path::PathBuf> {
     FILES
