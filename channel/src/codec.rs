@@ -167,7 +167,7 @@ mod tests {
         // Byte by byte, as a peer trickling would send it.
         let mut d = Decoder::new(MAX);
         let mut out = Vec::new();
-        for b in frame.iter() {
+        for b in &frame {
             d.push(&[*b]).unwrap();
             if let Some(m) = d.decode::<Upstream>().unwrap() {
                 out.push(m);

@@ -1,3 +1,5 @@
+//! The `rotor` command line: its flags and subcommands, and how each runs.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

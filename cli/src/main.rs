@@ -1,3 +1,5 @@
+//! The `rotor` binary: parses the command line and runs it.
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

@@ -1,3 +1,6 @@
+//! The controller's command line: its flags and subcommands (`run`, `webhook`,
+//! `certs`, standalone), and how each starts.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use clap::{Parser, Subcommand};
 use rotor_telemetry::LogArgs;
 
+use crate::Error;
 use crate::store_index::{SharedStoreIndex, StoreIndex};
 use crate::webhook::InjectConfig;
 use crate::webhook::server::{WebhookState, router, serve_tls};
@@ -342,19 +346,19 @@ impl Args {
             .build()
         {
             Ok(rt) => rt.block_on(run(command)),
-            Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
+            Err(source) => Err(Error::Runtime(source)),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {}", rotor_telemetry::Chain(e.as_ref()));
+                eprintln!("error: {}", rotor_telemetry::Chain(&e));
                 ExitCode::FAILURE
             }
         }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command) -> crate::Result<()> {
     match command {
         Command::Webhook {
             stores,
@@ -409,12 +413,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let client = match kubeconfig {
                 None => kube::Client::try_default().await?,
                 Some(path) => {
-                    let config = kube::config::Kubeconfig::read_from(&path)
-                        .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+                    let config = kube::config::Kubeconfig::read_from(&path).map_err(|source| {
+                        Error::Kubeconfig {
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
                     let options = kube::config::KubeConfigOptions::default();
-                    kube::Client::try_from(
-                        kube::Config::from_custom_kubeconfig(config, &options).await?,
-                    )?
+                    let config = kube::Config::from_custom_kubeconfig(config, &options)
+                        .await
+                        .map_err(|source| Error::Kubeconfig {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    kube::Client::try_from(config)?
                 }
             };
             // Bound first: an address in use is an error before anything runs.
@@ -422,8 +434,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let channel_listener =
                 tokio::net::TcpListener::bind(channel_addr)
                     .await
-                    .map_err(|e| {
-                        anyhow::anyhow!("--channel-addr {channel_addr}: cannot listen: {e}")
+                    .map_err(|source| Error::Listen {
+                        addr: channel_addr,
+                        flag: "--channel-addr",
+                        source,
                     })?;
             let owner = crate::cluster::owner::owner_reference(
                 client.clone(),
@@ -444,7 +458,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let dir = serve
                     .tls_cert
                     .parent()
-                    .ok_or_else(|| anyhow::anyhow!("--tls-cert has no directory"))?
+                    .ok_or_else(|| Error::Channel {
+                        flag: "--tls-cert",
+                        problem: format!("{} has no directory", serve.tls_cert.display()),
+                    })?
                     .to_owned();
                 let mut names = crate::certs::service_names(&service, &namespace);
                 names.extend(cert_hosts);
@@ -503,11 +520,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 channel_metrics.clone(),
             );
             let channel_tls = crate::channel::tls::Reloading::load(&serve.tls_cert, &serve.tls_key)
-                .map_err(|e| anyhow::anyhow!("the channel's TLS certificate: {e}"))?;
+                .map_err(|problem| Error::Channel {
+                    flag: "--tls-cert",
+                    problem: format!("the channel's TLS certificate: {problem}"),
+                })?;
             channel_tls.spawn_reloader(serve.tls_cert.clone(), serve.tls_key.clone())?;
-            let acceptor = channel_tls
-                .acceptor()
-                .map_err(|e| anyhow::anyhow!("the channel's TLS: {e}"))?;
+            let acceptor = channel_tls.acceptor().map_err(|problem| Error::Channel {
+                flag: "--tls-cert",
+                problem: format!("the channel's TLS: {problem}"),
+            })?;
             tracing::info!(addr = %channel_addr, "channel listening (TLS, HTTP/2)");
             tokio::spawn(
                 channel
@@ -627,11 +648,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             force,
         } => {
             if !force && let Some(existing) = crate::certs::existing(&out) {
-                anyhow::bail!(
-                    "{} already exists: replacing it breaks every client that trusts the \
-                     CA in use; pass --force to replace it, or choose another --out",
-                    existing.display()
-                );
+                return Err(Error::CertsExist { path: existing });
             }
             let mut names = crate::certs::service_names(&service, &namespace);
             names.extend(dns_names);
@@ -640,7 +657,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 crate::certs::Lifetimes::default(),
                 crate::certs::now(),
             )?;
-            std::fs::create_dir_all(&out)?;
+            std::fs::create_dir_all(&out).map_err(|source| Error::File {
+                what: "certificate directory",
+                path: out.clone(),
+                source,
+            })?;
             crate::certs::write(&out, &generated)?;
             println!(
                 "wrote ca.crt, tls.crt and tls.key to {} for {}",

@@ -66,12 +66,12 @@ pub struct Generated {
 }
 
 fn fail(e: rcgen::Error) -> Error {
-    Error::Certs(e.to_string())
+    Error::CertGeneration(e)
 }
 
 fn date(unix: i64) -> Result<time::OffsetDateTime> {
     time::OffsetDateTime::from_unix_timestamp(unix)
-        .map_err(|e| Error::Certs(format!("date {unix}: {e}")))
+        .map_err(|source| Error::CertDate { unix, source })
 }
 
 fn seconds(d: Duration) -> i64 {
@@ -174,7 +174,7 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-/// The first of the files [`write`] would replace that already exists in
+/// The first of the files [`write()`] would replace that already exists in
 /// `dir`, if any.
 pub fn existing(dir: &Path) -> Option<std::path::PathBuf> {
     FILES
@@ -201,7 +201,10 @@ pub fn write(dir: &Path, g: &Generated) -> Result<()> {
         .map(|(name, (data, mode))| (name, data, mode))
     {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let io = |e: std::io::Error| Error::Certs(format!("{}: {e}", dir.join(name).display()));
+        let io = |source: std::io::Error| Error::CertFile {
+            path: dir.join(name),
+            source,
+        };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(true)

@@ -1,3 +1,5 @@
+//! The controller's one error type, with a `metric_label()` per kind.
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -11,8 +13,41 @@ pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
 
+    /// rcgen could not build or sign a certificate.
     #[error("certificate generation failed: {0}")]
-    Certs(String),
+    CertGeneration(#[source] rcgen::Error),
+    /// A certificate validity bound no certificate can hold.
+    #[error("certificate generation failed: date {unix}: {source}")]
+    CertDate {
+        unix: i64,
+        #[source]
+        source: time::error::ComponentRange,
+    },
+    /// A certificate or key file cannot be written.
+    #[error("certificate generation failed: {}: {source}", path.display())]
+    CertFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `certs` would replace a CA that clients may trust.
+    #[error(
+        "{} already exists: replacing it breaks every client that trusts the CA in use; pass --force to replace it, or choose another --out",
+        path.display()
+    )]
+    CertsExist { path: PathBuf },
+    /// A CA promotion with no staged CA.
+    #[error("certificate generation failed: no staged CA to promote")]
+    NoStagedCa,
+    /// The CA Secret holds the CA's certificate but not its key.
+    #[error("certificate generation failed: the CA's key is not in the Secret")]
+    CaKeyMissing,
+    /// The CA Secret lacks a certificate or key Rotor wrote there.
+    #[error("certificate generation failed: Secret {namespace}/{name} is incomplete")]
+    CertSecretIncomplete { namespace: String, name: String },
+    /// The patch of the webhook configuration's CA bundle cannot be built.
+    #[error("certificate generation failed: the webhook's CA bundle patch: {0}")]
+    CaBundlePatch(#[source] serde_json::Error),
 
     #[error(transparent)]
     Store(#[from] rotor_store::Error),
@@ -112,10 +147,18 @@ pub enum Error {
         source: rotor_envelope::Error,
     },
 
-    /// A policy names a store that does not exist or may not be used there;
-    /// the index says which.
-    #[error("{0}")]
-    StoreNotResolved(String),
+    /// A standalone policy names a store its manifests do not define.
+    #[error("policy {policy}: store {store:?} is not defined in {}", manifests.display())]
+    StoreNotDefined {
+        policy: String,
+        store: String,
+        manifests: PathBuf,
+    },
+
+    /// A sidecar's stream reads a store the standalone policy files do
+    /// not define, so the controller has nothing to check it with.
+    #[error("store {store:?} is not defined in the policy files")]
+    StoreNotInPolicies { store: String },
 
     /// A policy in a cluster names a store that is missing or does not
     /// allow its namespace or secret, as the store index has it now.
@@ -131,6 +174,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The async runtime cannot start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// `--kubeconfig` cannot be read or used.
+    #[error("--kubeconfig {}: {source}", path.display())]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
     /// Standalone's channel cannot be set up: the flag and what is wrong.
     #[error("{flag}: {problem}")]
     Channel { flag: &'static str, problem: String },
@@ -167,9 +220,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// The labels [`Error::metric_label`] returns itself; with those of
     /// the errors it wraps ([`Error::metric_labels`]), every one.
-    const OWN_METRIC_LABELS: [&'static str; 17] = [
+    const OWN_METRIC_LABELS: [&'static str; 18] = [
         "kube",
         "certs",
+        "runtime",
         "invalid_policy",
         "no_pending_version",
         "random",
@@ -201,7 +255,16 @@ impl Error {
         match self {
             Error::Watch(e) => e.metric_label(),
             Error::Kube(_) => "kube",
-            Error::Certs(_) => "certs",
+            Error::CertGeneration(_)
+            | Error::CertDate { .. }
+            | Error::CertFile { .. }
+            | Error::NoStagedCa
+            | Error::CaKeyMissing
+            | Error::CertSecretIncomplete { .. }
+            | Error::CaBundlePatch(_)
+            | Error::CertsExist { .. } => "certs",
+            Error::Runtime(_) => "runtime",
+            Error::Kubeconfig { .. } => "kube",
             Error::Store(e) => e.metric_label(),
             Error::InvalidPolicy(_) => "invalid_policy",
             Error::NoPendingVersion(_) => "no_pending_version",
@@ -217,7 +280,9 @@ impl Error {
             Error::RotatorMissing { .. } => "rotator_missing",
             Error::RotatorToken { .. } => "rotator_token",
             Error::AwsRoleMissing { .. } => "store_spec",
-            Error::StoreNotResolved(_) | Error::StoreRefused(_) => "store_not_resolved",
+            Error::StoreNotDefined { .. }
+            | Error::StoreNotInPolicies { .. }
+            | Error::StoreRefused(_) => "store_not_resolved",
             Error::File { .. } => "file",
             Error::Channel { .. } => "channel",
             Error::Listen { .. } | Error::Serve { .. } => "listen",
@@ -232,13 +297,9 @@ mod tests {
 
     #[test]
     fn metric_labels_lists_every_label() {
-        let own: std::collections::BTreeSet<String> = Error::OWN_METRIC_LABELS
-            .iter()
-            .map(|l| l.to_string())
-            .collect();
-        assert_eq!(
-            own,
-            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        rotor_fixtures::metric_labels::assert_lists_every_label(
+            &Error::OWN_METRIC_LABELS,
+            include_str!("error.rs"),
         );
         let all = Error::metric_labels();
         assert!(

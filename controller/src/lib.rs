@@ -5,6 +5,7 @@
 //! - [`webhook`]: AdmissionReview in, patch or denial out; served over HTTPS.
 //! - [`pod_injection`]: the names Rotor reserves in a pod, and whether a
 //!   pod holds the sidecar as the webhook injects it.
+//! - [`index`]: the trait of the indexes the watches feed.
 //! - [`store_index`]: RotorStores, ClusterRotorStores and namespace labels,
 //!   shared by the webhook and rotation.
 //! - [`store_status`]: the RotorStore and ClusterRotorStore status
@@ -31,6 +32,7 @@ pub mod channel;
 pub mod cluster;
 pub mod detect;
 mod error;
+pub mod index;
 pub mod manifests;
 pub mod pod_injection;
 pub mod rotation;

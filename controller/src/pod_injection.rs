@@ -30,9 +30,14 @@ pub const ANNOTATIONS_FILE: &str = "annotations";
 /// Every container and volume Rotor injects is named with this prefix.
 pub const RESERVED_PREFIX: &str = "rotor-";
 
-/// The sidecar's `--annotations` flag: the downward-API file it reads.
+/// The downward-API file the sidecar reads the pod's annotations from.
+pub fn annotations_path() -> String {
+    format!("{PODINFO_PATH}/{ANNOTATIONS_FILE}")
+}
+
+/// The sidecar's `--annotations` flag for [`annotations_path`].
 pub fn annotations_arg() -> String {
-    format!("--annotations={PODINFO_PATH}/{ANNOTATIONS_FILE}")
+    rotor_sidecar::flags::annotations_flag(&annotations_path())
 }
 
 /// How the sidecar sits in an injected pod.

@@ -28,7 +28,7 @@ pub mod stores;
 use stores::{StandaloneStores, StoreSpec};
 
 /// The rotate-now annotation: a new value triggers one rotation.
-pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
+pub use rotor_crds::annotations::ROTATE_NOW;
 
 /// One policy's state file in the state directory (what `rotor demo`
 /// reads to tell the story).
@@ -276,11 +276,11 @@ async fn rotate(
             }
             let store_name = &policy.spec.store_ref.name;
             let store = stores.get(store_name).await.unwrap_or_else(|| {
-                Err(Error::StoreNotResolved(format!(
-                    "policy {}: store {store_name:?} is not defined in {}",
-                    policy.name_any(),
-                    policies.display()
-                )))
+                Err(Error::StoreNotDefined {
+                    policy: policy.name_any(),
+                    store: store_name.clone(),
+                    manifests: policies.to_path_buf(),
+                })
             });
             let path = state_path(state_dir, policy);
             let mut state = read_state(&path);
@@ -303,6 +303,7 @@ async fn rotate(
                         &*store,
                         &consumers,
                         https_target_token.map(|t| t as &dyn CallerToken),
+                        &rotor_store::random::SystemRandom,
                     )
                     .await
                 }

@@ -23,7 +23,7 @@ use rotor_crds::api::{
 };
 
 use crate::Result;
-use crate::cluster::watch::IndexResource;
+use crate::index::IndexResource;
 
 /// The store index as the webhook and the rotation reconciler share it:
 /// written by the watches (or loaded once from files), read per request.

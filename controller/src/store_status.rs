@@ -19,7 +19,7 @@ use crate::rotation::metrics::RotationMetrics;
 use crate::store_index::{SecretAuth, StoreKind};
 use crate::{Error, Result};
 
-pub const FIELD_MANAGER: &str = "rotor-controller";
+pub use rotor_crds::names::FIELD_MANAGER;
 
 pub struct Context {
     pub client: Client,

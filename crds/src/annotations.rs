@@ -38,6 +38,8 @@ pub const FILE_OWNER: &str = "rotor.dev/file-owner";
 pub const REFRESH: &str = "rotor.dev/refresh";
 pub const RELOAD: &str = "rotor.dev/reload";
 pub const ON_MISSING: &str = "rotor.dev/on-missing";
+/// On a SecretRotationPolicy (not a pod): a new value triggers one rotation.
+pub const ROTATE_NOW: &str = "rotor.dev/rotate-now";
 /// Set by the webhook after injection. Parsing ignores it; it never lets a
 /// pod skip validation.
 pub const STATUS: &str = "rotor.dev/status";

@@ -1,6 +1,11 @@
 //! Naming rules shared by every part of Rotor: secret names (the same for
 //! every store, so a name that works locally works in Vault and AWS too)
-//! and the file names a pod asks for.
+//! and the file names a pod asks for; and the name the controller writes
+//! under.
+
+/// The controller's server-side-apply field manager, for every status it
+/// writes.
+pub const FIELD_MANAGER: &str = "rotor-controller";
 
 /// A name that breaks a naming rule. Names are never secret, so the error
 /// quotes them.

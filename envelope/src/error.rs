@@ -1,3 +1,6 @@
+//! The envelope crate's one error type; it never carries key material or
+//! plaintext.
+
 use std::path::PathBuf;
 
 /// Errors of the envelope library. None of them ever carries key material or
@@ -101,11 +104,9 @@ mod tests {
 
     #[test]
     fn metric_labels_lists_every_label() {
-        let listed: std::collections::BTreeSet<String> =
-            Error::METRIC_LABELS.iter().map(|l| l.to_string()).collect();
-        assert_eq!(
-            listed,
-            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        rotor_fixtures::metric_labels::assert_lists_every_label(
+            &Error::METRIC_LABELS,
+            include_str!("error.rs"),
         );
     }
 }

@@ -1,3 +1,5 @@
+//! Data keys and the key-encryption-key trait that wraps and unwraps them.
+
 use zeroize::Zeroizing;
 
 use crate::Result;

@@ -1,3 +1,6 @@
+//! Several KEKs under one name: the primary wraps, any unwraps by key id (for
+//! KEK rotation).
+
 use std::sync::Arc;
 
 use crate::{DataKey, Error, Kek, Result};

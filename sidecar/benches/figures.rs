@@ -341,7 +341,7 @@ fn push_latency() -> Vec<(String, String, String)> {
         ),
         (
             "push: store change → acknowledgement received".into(),
-            "".into(),
+            String::new(),
             format!(
                 "p50 {}, p99 {}",
                 ms(pct(&to_ack, 0.5)),

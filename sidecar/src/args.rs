@@ -1,15 +1,18 @@
+//! The sidecar's command line and its `run`: the engine, the writer, the HTTP
+//! listeners and the channel, started and stopped together.
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use rotor_crds::defaults;
 use rotor_telemetry::LogArgs;
 use tokio::sync::mpsc;
 
+use crate::Error;
 use crate::engine::{Engine, EngineOptions, Shared};
 use crate::http::{self, RateLimit};
 use crate::reload::{ReloadPolicy, Reloader};
@@ -174,14 +177,15 @@ impl Args {
         match runtime.block_on(args.run()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "rotor-sidecar failed");
-                eprintln!("error: {}", rotor_telemetry::Chain(e.as_ref()));
+                let chain = rotor_telemetry::Chain(&e).to_string();
+                tracing::error!(error = %chain, kind = e.metric_label(), "rotor-sidecar failed");
+                eprintln!("error: {chain}");
                 ExitCode::FAILURE
             }
         }
     }
 
-    async fn run(self) -> anyhow::Result<()> {
+    async fn run(self) -> crate::Result<()> {
         let Self {
             annotations,
             out_dir,
@@ -257,7 +261,11 @@ impl Args {
         let push_tx_channel = push_tx.clone();
         let admin = tokio::net::TcpListener::bind(admin_addr)
             .await
-            .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
+            .map_err(|source| Error::Listen {
+                flag: "--admin-addr",
+                addr: admin_addr,
+                source,
+            })?;
         let push_router =
             http::push_router(push_tx, RateLimit::new(f64::from(push_rate), push_rate * 2));
         let admin_router = http::admin_router(shared.clone());
@@ -271,7 +279,11 @@ impl Args {
         } else {
             let push = tokio::net::TcpListener::bind(push_addr)
                 .await
-                .with_context(|| format!("--push-addr {push_addr}: cannot listen"))?;
+                .map_err(|source| Error::Listen {
+                    flag: "--push-addr",
+                    addr: push_addr,
+                    source,
+                })?;
             servers.push(tokio::spawn(http::serve(admin, admin_router, stopped())));
             servers.push(tokio::spawn(http::serve(push, push_router, stopped())));
         }
@@ -373,16 +385,11 @@ fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
 }
 
 /// The push port is not authenticated: it listens on loopback only.
-fn check_push_addr(addr: SocketAddr) -> anyhow::Result<()> {
+fn check_push_addr(addr: SocketAddr) -> crate::Result<()> {
     if addr.ip().is_loopback() {
         return Ok(());
     }
-    anyhow::bail!(
-        "--push-addr {addr}: {} is not a loopback address, and the push port is not \
-         authenticated; expected 127.0.0.1:PORT or [::1]:PORT (the controller reaches the \
-         sidecar over the channel it dials, --controller-addr)",
-        addr.ip()
-    )
+    Err(Error::PushNotLoopback { addr })
 }
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ impl Engine {
             let due = if safety_net {
                 now
             } else {
-                t.looked_at + spread(interval, &mut *self.random)
+                t.looked_at + spread(interval, &*self.random)
             };
             t.next_poll = t.next_poll.min(due);
         }
@@ -425,7 +425,7 @@ impl Engine {
             for t in self.tracked.values_mut() {
                 t.next_poll = t
                     .next_poll
-                    .min(Instant::now() + spread(self.contract.refresh, &mut *self.random));
+                    .min(Instant::now() + spread(self.contract.refresh, &*self.random));
             }
         }
         // New secrets are due now; fetch them, then write the new file set.
@@ -621,9 +621,9 @@ impl Engine {
             .not_current(name, t.pin.is_some() || lagging);
         let delay = if ok {
             t.retry.reset();
-            spread(interval, &mut *self.random)
+            spread(interval, &*self.random)
         } else {
-            t.retry.failed(backoff, &mut *self.random)
+            t.retry.failed(backoff, &*self.random)
         };
         t.looked_at = Instant::now();
         t.next_poll = t.looked_at + delay;

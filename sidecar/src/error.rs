@@ -1,3 +1,7 @@
+//! The sidecar's one error type, with a `metric_label()` per kind; errors name
+//! files, secrets and stores, never values.
+
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Errors of the sidecar. They name files, secrets and stores, never values.
@@ -58,6 +62,22 @@ pub enum Error {
     /// throttled) `attempts` times and gave up.
     #[error("--once: gave up after {attempts} attempts: {problem}")]
     OnceGaveUp { attempts: u32, problem: OnceProblem },
+
+    /// A listener the sidecar opens cannot bind.
+    #[error("{flag} {addr}: cannot listen")]
+    Listen {
+        flag: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// `--push-addr` off loopback: the push port is not authenticated.
+    #[error(
+        "--push-addr {addr}: {} is not a loopback address, and the push port is not authenticated; expected 127.0.0.1:PORT or [::1]:PORT (the controller reaches the sidecar over the channel it dials, --controller-addr)",
+        addr.ip()
+    )]
+    PushNotLoopback { addr: SocketAddr },
 }
 
 /// Why `--once` could not write the files: the secret concerned, when one
@@ -93,6 +113,8 @@ impl Error {
             Error::Channel { .. } => "channel",
             Error::Once(_) => "once",
             Error::OnceGaveUp { .. } => "once_gave_up",
+            Error::Listen { .. } => "listen",
+            Error::PushNotLoopback { .. } => "config",
         }
     }
 }

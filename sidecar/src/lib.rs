@@ -12,12 +12,14 @@
 //!   collects acknowledgements through the same engine requests.
 //! - [`watch`]: the annotations file, watched with inotify.
 //! - [`downward`]: the downward-API file format.
+//! - [`flags`]: the sidecar's command line as a typed value, rendered into argv.
 
 mod args;
 pub mod channel;
 pub mod downward;
 pub mod engine;
 mod error;
+pub mod flags;
 pub mod http;
 pub mod metrics;
 pub mod push;

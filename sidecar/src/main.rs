@@ -1,3 +1,5 @@
+//! The `rotor-sidecar` binary: parses the command line and runs it.
+
 use std::process::ExitCode;
 
 #[cfg(feature = "mimalloc")]

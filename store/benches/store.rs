@@ -28,7 +28,7 @@ fn store_ops(c: &mut Criterion) {
         })
     });
     c.bench_function("store_current_version_1000_secrets", |b| {
-        b.iter(|| store.current_version("secret-0500").unwrap())
+        b.iter(|| store.current_number("secret-0500").unwrap())
     });
     let mut group = c.benchmark_group("store_put_1KiB");
     group.sample_size(20);

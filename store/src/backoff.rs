@@ -15,28 +15,9 @@
 
 use std::time::Duration;
 
-use ring::rand::SecureRandom;
-
-/// A source of uniform random fractions.
-pub trait Random: Send + Sync {
-    /// A fraction in `[0, 1]`.
-    fn fraction(&mut self) -> f64;
-}
-
-/// The operating system's random source (ring's `SystemRandom`). When it
-/// fails, which it does not on Linux, the fraction is one half.
-#[derive(Debug, Default)]
-pub struct SystemRandom;
-
-impl Random for SystemRandom {
-    fn fraction(&mut self) -> f64 {
-        let mut bytes = [0u8; 4];
-        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-            return 0.5;
-        }
-        f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
-    }
-}
+// The sources live in `crate::random`; re-exported where backoff users
+// have always found them.
+pub use crate::random::{Fixed, Random, Seeded, SystemRandom};
 
 /// Exponential backoff: `base` doubling per failure up to `cap`, with
 /// equal jitter (see the module docs).
@@ -53,7 +34,7 @@ impl Backoff {
 
     /// The delay before the next check after `failures` failures in a row
     /// (1 for the first): in `[d/2, d]`, `d = min(base · 2^failures, cap)`.
-    pub fn delay(&self, failures: u32, random: &mut dyn Random) -> Duration {
+    pub fn delay(&self, failures: u32, random: &dyn Random) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32 << failures.min(16))
@@ -70,7 +51,7 @@ pub struct Retry {
 
 impl Retry {
     /// Counts a failure; returns the delay before the next check.
-    pub fn failed(&mut self, backoff: Backoff, random: &mut dyn Random) -> Duration {
+    pub fn failed(&mut self, backoff: Backoff, random: &dyn Random) -> Duration {
         self.failures = self.failures.saturating_add(1);
         backoff.delay(self.failures, random)
     }
@@ -82,29 +63,6 @@ impl Retry {
 
     pub fn failures(&self) -> u32 {
         self.failures
-    }
-}
-
-/// A seeded random source (SplitMix64): reproducible draws, for tests.
-pub struct Seeded(pub u64);
-
-impl Random for Seeded {
-    fn fraction(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A random source that always draws the same fraction, for tests.
-pub struct Fixed(pub f64);
-
-impl Random for Fixed {
-    fn fraction(&mut self) -> f64 {
-        self.0
     }
 }
 
@@ -120,11 +78,11 @@ mod tests {
 
     #[test]
     fn every_delay_is_within_half_and_all_of_the_exponential() {
-        let mut random = Seeded(7);
+        let random = Seeded::new(7);
         for failures in 1..=20 {
             let exp = (100 * MS * (1 << failures.min(16))).min(5_000 * MS);
             for _ in 0..200 {
-                let d = backoff().delay(failures, &mut random);
+                let d = backoff().delay(failures, &random);
                 assert!(
                     d >= exp / 2 && d <= exp,
                     "{failures}: {d:?} outside [{:?}, {exp:?}]",
@@ -136,47 +94,43 @@ mod tests {
 
     #[test]
     fn the_ends_of_the_jitter_are_half_and_all() {
-        assert_eq!(backoff().delay(1, &mut Fixed(0.0)), 100 * MS);
-        assert_eq!(backoff().delay(1, &mut Fixed(1.0)), 200 * MS);
-        assert_eq!(backoff().delay(1, &mut Fixed(0.5)), 150 * MS);
+        assert_eq!(backoff().delay(1, &Fixed(0.0)), 100 * MS);
+        assert_eq!(backoff().delay(1, &Fixed(1.0)), 200 * MS);
+        assert_eq!(backoff().delay(1, &Fixed(0.5)), 150 * MS);
     }
 
     #[test]
     fn the_delay_doubles_per_failure_until_the_cap() {
-        let delays: Vec<Duration> = (1..=8)
-            .map(|n| backoff().delay(n, &mut Fixed(1.0)))
-            .collect();
+        let delays: Vec<Duration> = (1..=8).map(|n| backoff().delay(n, &Fixed(1.0))).collect();
         assert_eq!(
             delays,
             [200, 400, 800, 1_600, 3_200, 5_000, 5_000, 5_000].map(|ms| ms * MS)
         );
         // Far past the cap, no overflow.
-        assert_eq!(backoff().delay(u32::MAX, &mut Fixed(1.0)), 5_000 * MS);
-        assert_eq!(backoff().delay(u32::MAX, &mut Fixed(0.0)), 2_500 * MS);
+        assert_eq!(backoff().delay(u32::MAX, &Fixed(1.0)), 5_000 * MS);
+        assert_eq!(backoff().delay(u32::MAX, &Fixed(0.0)), 2_500 * MS);
     }
 
     #[test]
     fn a_success_resets_the_growth() {
         let mut retry = Retry::default();
-        let mut random = Fixed(1.0);
-        let grown: Vec<Duration> = (0..3)
-            .map(|_| retry.failed(backoff(), &mut random))
-            .collect();
+        let random = Fixed(1.0);
+        let grown: Vec<Duration> = (0..3).map(|_| retry.failed(backoff(), &random)).collect();
         assert_eq!(grown, [200 * MS, 400 * MS, 800 * MS]);
         assert_eq!(retry.failures(), 3);
         retry.reset();
         assert_eq!(retry.failures(), 0);
-        assert_eq!(retry.failed(backoff(), &mut random), 200 * MS);
+        assert_eq!(retry.failed(backoff(), &random), 200 * MS);
     }
 
     #[test]
     fn the_seeded_source_is_uniform_enough_to_spread() {
-        let mut random = Seeded(42);
+        let random = Seeded::new(42);
         let draws: Vec<f64> = (0..10_000).map(|_| random.fraction()).collect();
         assert!(draws.iter().all(|f| (0.0..=1.0).contains(f)));
         let mean = draws.iter().sum::<f64>() / draws.len() as f64;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
         // Same seed, same draws: the tests that use it are repeatable.
-        assert_eq!(Seeded(42).fraction(), draws[0]);
+        assert_eq!(Seeded::new(42).fraction(), draws[0]);
     }
 }

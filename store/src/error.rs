@@ -1,3 +1,6 @@
+//! The stores' one error type, with a `metric_label()` per kind; errors name
+//! the store and the secret, never a value.
+
 use std::path::PathBuf;
 
 use crate::Stage;
@@ -217,13 +220,9 @@ mod tests {
 
     #[test]
     fn metric_labels_lists_every_label() {
-        let own: std::collections::BTreeSet<String> = Error::OWN_METRIC_LABELS
-            .iter()
-            .map(|l| l.to_string())
-            .collect();
-        assert_eq!(
-            own,
-            rotor_fixtures::metric_labels::literals(include_str!("error.rs"))
+        rotor_fixtures::metric_labels::assert_lists_every_label(
+            &Error::OWN_METRIC_LABELS,
+            include_str!("error.rs"),
         );
         let all = Error::metric_labels();
         assert!(

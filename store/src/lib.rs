@@ -13,7 +13,7 @@
 //!   kept so that consumers still holding it keep working until it is
 //!   retired. At most one.
 //!
-//! The file format is documented in [`local`].
+//! The file format is documented in [`local::format`].
 
 pub mod aws;
 mod backend;
@@ -22,6 +22,7 @@ mod error;
 pub mod kubernetes;
 pub mod local;
 mod model;
+pub mod random;
 pub mod token_source;
 pub mod transit;
 pub mod vault;

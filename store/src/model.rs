@@ -1,3 +1,6 @@
+//! What every store speaks: stage labels, selectors, version ids, values and
+//! metadata.
+
 use std::fmt;
 use std::str::FromStr;
 use std::time::SystemTime;

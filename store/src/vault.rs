@@ -399,15 +399,12 @@ impl VaultStore {
                 .expect("mount and path are set");
             vaultrs::api::exec_with_result(c, endpoint)
         })?;
-        let data = match response.data {
-            serde_json::Value::Object(map) => map,
-            _ => {
-                return Err(Error::Malformed {
-                    store: self.label.clone(),
-                    name: name.to_owned(),
-                    detail: "the KV v2 data is not a JSON object".to_owned(),
-                });
-            }
+        let serde_json::Value::Object(data) = response.data else {
+            return Err(Error::Malformed {
+                store: self.label.clone(),
+                name: name.to_owned(),
+                detail: "the KV v2 data is not a JSON object".to_owned(),
+            });
         };
         Ok(DataRead {
             version: response.metadata.version,

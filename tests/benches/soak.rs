@@ -35,7 +35,7 @@ use rotor_e2e::servers::Bao;
 use rotor_e2e::{free_port, http, tmpfs_dir, wait_until};
 use rotor_envelope::KeyFileKek;
 use rotor_fixtures::procfs;
-use rotor_fixtures::seeded::Lcg;
+use rotor_store::random::Seeded;
 use rotor_store::{LocalStore, WriteAs};
 
 const SECRETS: usize = 100;
@@ -377,7 +377,7 @@ fn sidecar_soak(backend: Backend, duration: Duration) -> Vec<String> {
         "sidecar not ready: {}",
         std::fs::read_to_string(work.path().join("sidecar.log")).unwrap_or_default()
     );
-    let mut rng = Lcg(42);
+    let rng = Seeded::new(42);
     let (stop, changes, loader) = {
         let (local, bao) = (local.clone(), bao.clone());
         load(CHANGE_EVERY, move |n| {
@@ -609,9 +609,9 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
         "apiVersion: rotor.dev/v1alpha1\nkind: SecretRotationPolicy\nmetadata: {name: db, namespace: default}\nspec:\n  storeRef: {name: main}\n  secretName: app/db\n  schedule: {interval: 1s}\n  generator: {password: {length: 24, minDigits: 2}}\n  strategy: {staged: {ackTimeout: 1s, gracePeriod: 1s, onTimeout: Rollback}}\n  sidecars: [default/soak]\n",
     )
     .unwrap();
-    let first = store.current_version("app/db").unwrap();
+    let first = store.current_number("app/db").unwrap();
     assert!(
-        wait_until(30, || store.current_version("app/db").unwrap() > first),
+        wait_until(30, || store.current_number("app/db").unwrap() > first),
         "no rotation: {}",
         std::fs::read_to_string(work.path().join("controller.log")).unwrap_or_default()
     );
@@ -627,7 +627,7 @@ fn standalone_soak(duration: Duration) -> Vec<String> {
             let info = store.info();
             vec![
                 store
-                    .current_version("app/db")
+                    .current_number("app/db")
                     .map_or_else(|e| e.to_string(), |v| v.to_string()),
                 info.as_ref()
                     .map_or_else(|e| e.to_string(), |i| i.versions.to_string()),

@@ -8,6 +8,7 @@ pub mod figures;
 pub mod help;
 pub mod kubelet;
 pub mod pod;
+pub mod policy;
 pub mod postgres;
 pub mod servers;
 pub mod standalone;

@@ -335,7 +335,7 @@ fn the_ack_timeout_fires_on_time_whatever_the_consumer_does_and_sigterm_stops_it
                     reload: rotor_channel::ReloadResult::Reloaded,
                     error: None,
                 }));
-                for byte in ack.iter() {
+                for byte in &ack {
                     if !slow.send_raw(Bytes::copy_from_slice(&[*byte])).await {
                         return;
                     }

@@ -287,8 +287,8 @@ fn fifty_sidecars_fetching_at_once_stay_within_the_budget() {
         most_in_a_second <= 40,
         "{most_in_a_second} sidecar requests in one second, over the budget's 20 + 20"
     );
-    let spread = fetched.iter().cloned().fold(f64::MIN, f64::max)
-        - fetched.iter().cloned().fold(f64::MAX, f64::min);
+    let spread = fetched.iter().copied().fold(f64::MIN, f64::max)
+        - fetched.iter().copied().fold(f64::MAX, f64::min);
     eprintln!(
         "{N} sidecars: at most {most_in_a_second} of their requests in a second, first to last {spread:.2} s"
     );

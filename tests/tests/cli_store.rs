@@ -306,7 +306,7 @@ fn a_process_killed_mid_write_leaves_a_readable_store() {
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
         let store = env.open();
-        let versions = match store.current_version("victim") {
+        let versions = match store.current_number("victim") {
             Ok(n) => n,
             Err(e) if e.is_not_found() => 0,
             Err(e) => panic!("round {round}: store unreadable after kill -9: {e}"),

@@ -35,7 +35,7 @@ async fn certificates_renew_twice_and_the_ca_rolls_while_every_pod_is_admitted()
         .arg(legacy.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{:?}", out);
+    assert!(out.status.success(), "{out:?}");
     let file = |name: &str| format!("--from-file={name}={}", legacy.path().join(name).display());
     plane.kubectl_ok(&[
         "-n",

@@ -12,6 +12,7 @@ use rotor_e2e::cluster::{
     admit_pod, consumer_pod, events, eventually, installed, lone_leader, vault_store_namespace,
 };
 use rotor_e2e::kubelet::RunningPod;
+use rotor_e2e::policy::PolicyFixture;
 use rotor_e2e::servers::Bao;
 
 #[tokio::test]
@@ -51,21 +52,9 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
     assert!(connected, "{}\n{}", controller.log(), running[0].log());
 
     // The policy waits 20 s for every consumer, then rolls back.
-    let policy: SecretRotationPolicy = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretRotationPolicy",
-        "metadata": { "name": "db" },
-        "spec": {
-            "storeRef": { "name": "vault" },
-            "secretName": secret,
-            "schedule": { "interval": "720h" },
-            "generator": { "password": { "length": 24 } },
-            "strategy": { "staged": {
-                "ackTimeout": "20s", "gracePeriod": "1s", "onTimeout": "Rollback",
-            } },
-        },
-    }))
-    .unwrap();
+    let policy = PolicyFixture::new("db", "vault", &secret)
+        .ack_timeout("20s")
+        .build();
     let policies: Api<SecretRotationPolicy> = Api::namespaced(client.clone(), &ns);
     policies
         .create(&PostParams::default(), &policy)

@@ -24,6 +24,7 @@ use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, eventually, installed, jwt_claims, vault_kubernetes_role,
 };
 use rotor_e2e::free_port;
+use rotor_e2e::policy::PolicyFixture;
 use rotor_e2e::servers::{Bao, Moto, recorded_body};
 use rotor_fixtures::http_recorder::HttpRecorder;
 use rotor_store::{Store, WriteAs};
@@ -53,25 +54,10 @@ async fn create_store(client: &kube::Client, ns: &str, provider: serde_json::Val
 }
 
 async fn create_policy(client: &kube::Client, ns: &str, name: &str, secret: &str) {
-    let policy: SecretRotationPolicy = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretRotationPolicy",
-        "metadata": { "name": name },
-        "spec": {
-            "storeRef": { "name": "store" },
-            "secretName": secret,
-            "schedule": { "interval": "720h" },
-            "generator": { "password": { "length": 24 } },
-            "strategy": { "staged": {
-                "ackTimeout": "1m", "gracePeriod": "1s", "onTimeout": "Promote",
-            } },
-        },
-    }))
-    .unwrap();
-    Api::<SecretRotationPolicy>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
+    PolicyFixture::new(name, "store", secret)
+        .on_timeout("Promote")
+        .create(client, ns)
+        .await;
 }
 
 /// Waits until the policy's rotation has finished once: Idle with a

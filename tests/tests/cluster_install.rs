@@ -118,7 +118,7 @@ fn api_resources_show_the_rotor_names_and_category() {
         .iter()
         .map(|r| (r[0], r[1], r[kind], r[categories]))
         .collect();
-    found.sort();
+    found.sort_unstable();
     assert_eq!(
         found,
         [

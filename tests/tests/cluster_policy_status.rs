@@ -17,6 +17,7 @@ use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, event_counts, eventually, installed, kv_metadata,
     vault_kubernetes_auth,
 };
+use rotor_e2e::policy::PolicyFixture;
 use rotor_e2e::servers::Bao;
 
 /// The label a namespace carries to use the test's ClusterRotorStores.
@@ -130,25 +131,11 @@ impl Rig {
         secret: &str,
         schedule: serde_json::Value,
     ) {
-        let policy: SecretRotationPolicy = serde_json::from_value(serde_json::json!({
-            "apiVersion": "rotor.dev/v1alpha1",
-            "kind": "SecretRotationPolicy",
-            "metadata": { "name": name },
-            "spec": {
-                "storeRef": { "name": store },
-                "secretName": secret,
-                "schedule": schedule,
-                "generator": { "password": { "length": 24 } },
-                "strategy": { "staged": {
-                    "ackTimeout": "1m", "gracePeriod": "0s", "onTimeout": "Rollback",
-                } },
-            },
-        }))
-        .unwrap();
-        self.policies(ns)
-            .create(&PostParams::default(), &policy)
-            .await
-            .unwrap();
+        PolicyFixture::new(name, store, secret)
+            .schedule(schedule)
+            .grace_period("0s")
+            .create(&self.client, ns)
+            .await;
     }
 
     async fn policy(&self, ns: &str, name: &str, store: &str, secret: &str) {

@@ -14,6 +14,7 @@ use rotor_e2e::cluster::{
     point_webhook_at, vault_kubernetes_auth,
 };
 use rotor_e2e::kubelet::RunningPod;
+use rotor_e2e::policy::PolicyFixture;
 use rotor_e2e::servers::Bao;
 
 const LEASE: &str = "rotor-controller-leader";
@@ -88,21 +89,9 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
     // The second pod is Running with its IP, but its sidecar is not up yet.
     let mut c2 = RunningPod::prepare(plane, &ns, "c2", "127.0.0.3").await;
 
-    let policy: SecretRotationPolicy = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rotor.dev/v1alpha1",
-        "kind": "SecretRotationPolicy",
-        "metadata": { "name": "db" },
-        "spec": {
-            "storeRef": { "name": "vault" },
-            "secretName": secret,
-            "schedule": { "interval": "720h" },
-            "generator": { "password": { "length": 24 } },
-            "strategy": { "staged": {
-                "ackTimeout": "3m", "gracePeriod": "1s", "onTimeout": "Rollback",
-            } },
-        },
-    }))
-    .unwrap();
+    let policy = PolicyFixture::new("db", "vault", &secret)
+        .ack_timeout("3m")
+        .build();
     let policies: Api<SecretRotationPolicy> = Api::namespaced(client.clone(), &ns);
     policies
         .create(&PostParams::default(), &policy)

@@ -878,7 +878,7 @@ fn not_current_is_exported_while_a_pin_holds() {
     assert_eq!(status, 200, "{body}");
     waits_for(1.0);
 
-    pod.store.promote("db", 3).unwrap();
+    pod.store.promote_number("db", 3).unwrap();
     let (status, body) = http(pod.push, "POST", "/v1/refresh", "").unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(pod.read("db").as_deref(), Some("next-v3"));

@@ -1,3 +1,6 @@
+//! Tests of the file watcher: bare names, kubelet swaps reported once, and
+//! errors.
+
 use std::time::Duration;
 
 use super::*;
@@ -107,18 +110,10 @@ async fn only_the_named_entries_count() {
 
 #[test]
 fn metric_labels_lists_every_label() {
-    let io = || std::io::Error::other("test");
-    let labels: Vec<&str> = [
-        Error::Init(io()),
-        Error::Watch {
-            dir: "/nowhere".into(),
-            source: io(),
-        },
-    ]
-    .iter()
-    .map(Error::metric_label)
-    .collect();
-    assert_eq!(labels, Error::METRIC_LABELS);
+    rotor_fixtures::metric_labels::assert_lists_every_label(
+        &Error::METRIC_LABELS,
+        include_str!("lib.rs"),
+    );
 }
 
 /// A cause for a polling watch in tests: what inotify answers a user past

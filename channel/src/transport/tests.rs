@@ -1,3 +1,6 @@
+//! Tests of the transport: frames, deadlines and limits over raw bytes, in
+//! paused time.
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -1,3 +1,5 @@
+//! `rotor keygen`: writes a new key-encryption key file.
+
 use std::path::Path;
 
 use rotor_envelope::{Kek, KeyFileKek};

@@ -1,3 +1,5 @@
+//! The `rotor` subcommands, one module each.
+
 pub mod demo;
 pub mod demo_app;
 pub mod keygen;

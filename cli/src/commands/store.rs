@@ -1,3 +1,6 @@
+//! `rotor store`: administers the embedded local store (put, get, list,
+//! promote, retire, rewrap, retention).
+
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,14 +252,14 @@ impl StoreArgs {
                 table::print(&["VERSION", "STAGES", "CREATED", "SIZE"], &rows);
             }
             StoreCommand::Promote { name, version } => {
-                let meta = store.promote(&name, version)?;
+                let meta = store.promote_number(&name, version)?;
                 println!(
                     "promoted {:?} version {} ({})",
                     meta.name, meta.version, meta.stages
                 );
             }
             StoreCommand::Retire { name, version } => {
-                store.retire(&name, version)?;
+                store.retire_number(&name, version)?;
                 println!("retired {name:?} version {version}");
             }
             StoreCommand::Rewrap { new_key } => {

@@ -1,3 +1,6 @@
+//! Tests of the request budget: its spec checks and the limiter's pacing, in
+//! paused time.
+
 use std::sync::atomic::Ordering;
 
 use rotor_crds::api::{AwsProvider, KubernetesProvider};

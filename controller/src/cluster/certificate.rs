@@ -286,10 +286,7 @@ impl Material {
                 self.state.bundle_changed = now;
             }
             Step::PromoteCa => {
-                let next = self
-                    .next
-                    .take()
-                    .ok_or_else(|| Error::Certs("no staged CA to promote".into()))?;
+                let next = self.next.take().ok_or(Error::NoStagedCa)?;
                 self.previous = Some(std::mem::replace(&mut self.signer_cert, next.cert_pem));
                 self.signer_key = Some(next.key_pem);
                 self.state.signer = next.validity;
@@ -309,10 +306,7 @@ impl Material {
     }
 
     fn reissue(&mut self, cfg: &CertConfig, now: i64) -> Result<()> {
-        let key = self
-            .signer_key
-            .as_ref()
-            .ok_or_else(|| Error::Certs("the CA's key is not in the Secret".into()))?;
+        let key = self.signer_key.as_ref().ok_or(Error::CaKeyMissing)?;
         self.serving = issue_serving(cfg, key, self.state.signer, now)?;
         self.state.serving = self.serving.validity;
         self.state.names = cfg.names.clone();
@@ -400,11 +394,9 @@ pub async fn self_managed_certs(
                     .ok()
                     .as_ref()
                     .and_then(Material::read)
-                    .ok_or_else(|| {
-                        Error::Certs(format!(
-                            "Secret {}/{} is incomplete",
-                            cfg.namespace, cfg.secret
-                        ))
+                    .ok_or_else(|| Error::CertSecretIncomplete {
+                        namespace: cfg.namespace.clone(),
+                        name: cfg.secret.clone(),
                     })?,
                 Err(e) => return Err(e.into()),
             }
@@ -459,8 +451,8 @@ async fn set_ca_bundle(
         .enumerate()
         .map(|(i, _)| serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": ca}))
         .collect();
-    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(patch))
-        .map_err(|e| Error::Certs(e.to_string()))?;
+    let patch: json_patch::Patch =
+        serde_json::from_value(serde_json::Value::Array(patch)).map_err(Error::CaBundlePatch)?;
     webhooks
         .patch(
             &cfg.webhook,

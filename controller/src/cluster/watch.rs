@@ -17,15 +17,7 @@ use rotor_crds::api::{ClusterRotorStore, RotorStore};
 use crate::rotation::consumers::ConsumerIndex;
 use crate::store_index::{SharedStoreIndex, Touched};
 
-/// An index fed by a watch on `K`, as linkerd's policy indexes are.
-pub trait IndexResource<K> {
-    /// An object was created or changed.
-    fn apply(&mut self, object: &K);
-    /// An object was deleted.
-    fn delete(&mut self, object: &K);
-    /// A relist completed: `all` replaces every entry of this kind.
-    fn reset(&mut self, all: &[K]);
-}
+pub use crate::index::IndexResource;
 
 /// The store index and a wake-up for its changes: the watches write the
 /// index (which records what they [`Touched`]) and wake the one listener,

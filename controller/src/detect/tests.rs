@@ -1,3 +1,5 @@
+//! Tests of change detection over a store whose versions the test sets.
+
 use std::sync::Mutex;
 
 use rotor_store::{Fetched, Selector, WriteAs};

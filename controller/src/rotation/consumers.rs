@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use rotor_crds::annotations;
 
-use crate::cluster::watch::IndexResource;
+use crate::index::IndexResource;
 use crate::pod_injection::injected;
 
 /// (namespace, store, secret).

@@ -1,13 +1,14 @@
 //! Value generators for rotation. Passwords and random bytes draw from a
-//! [`Random`] source (ring's `SystemRandom` in production, a seeded one in
-//! tests); key pairs from ring's `SystemRandom`, which ring's key
+//! [`Random`] source (`rotor_store::random`: the system's in production, a
+//! seeded one in tests); key pairs from ring's `SystemRandom`, which ring's key
 //! generation requires. Generated values live in `Zeroizing` buffers and
 //! are never logged.
 
 use base64::Engine as _;
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use rotor_crds::api::{Encoding, Generator, KeyAlgorithm, PasswordGenerator};
+use rotor_store::random::Random;
 use zeroize::Zeroizing;
 
 use crate::{Error, Result};
@@ -15,17 +16,6 @@ use crate::{Error, Result};
 const LOWER: &[u8] = b"abcdefghijklmnopqrstuvwxyz";
 const UPPER: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const DIGITS: &[u8] = b"0123456789";
-
-/// A source of random bytes.
-pub trait Random: Send + Sync {
-    fn fill(&self, dest: &mut [u8]) -> Result<()>;
-}
-
-impl Random for SystemRandom {
-    fn fill(&self, dest: &mut [u8]) -> Result<()> {
-        SecureRandom::fill(self, dest).map_err(|_| Error::Random)
-    }
-}
 
 fn invalid(problem: String) -> Error {
     Error::InvalidPolicy(vec![problem])
@@ -42,7 +32,7 @@ pub fn generate(generator: &Generator, rng: &dyn Random) -> Result<Zeroizing<Vec
             ..
         } => {
             let mut bytes = Zeroizing::new(vec![0u8; r.length as usize]);
-            rng.fill(&mut bytes)?;
+            rng.fill(&mut bytes).map_err(|_| Error::Random)?;
             Ok(Zeroizing::new(match r.encoding {
                 Encoding::Base64 => base64::engine::general_purpose::STANDARD
                     .encode(&*bytes)
@@ -69,7 +59,7 @@ fn below(rng: &dyn Random, n: usize) -> Result<usize> {
     let zone = u32::MAX - (u32::MAX % n);
     loop {
         let mut b = [0u8; 4];
-        rng.fill(&mut b)?;
+        rng.fill(&mut b).map_err(|_| Error::Random)?;
         let v = u32::from_le_bytes(b);
         if v < zone {
             return Ok((v % n) as usize);
@@ -171,39 +161,12 @@ fn key_pair(rng: &SystemRandom, algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec
     Ok(Zeroizing::new(json.to_string().into_bytes()))
 }
 
-/// A seeded, reproducible [`Random`] for tests (SplitMix64).
-#[cfg(test)]
-pub(crate) struct Seeded(std::sync::atomic::AtomicU64);
-
-#[cfg(test)]
-impl Seeded {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(std::sync::atomic::AtomicU64::new(seed))
-    }
-}
-
-#[cfg(test)]
-impl Random for Seeded {
-    fn fill(&self, dest: &mut [u8]) -> Result<()> {
-        use std::sync::atomic::Ordering;
-        for chunk in dest.chunks_mut(8) {
-            let mut z = self
-                .0
-                .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-                .wrapping_add(0x9e37_79b9_7f4a_7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ring::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
     use rotor_crds::api::{KeyPairGenerator, RandomBytesGenerator};
+
+    use rotor_store::random::Seeded;
 
     use super::*;
 

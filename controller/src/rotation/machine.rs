@@ -33,7 +33,6 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use ring::rand::SystemRandom;
 use rotor_crds::api::{
     ConsumerState, ConsumerStatus, OnTimeout, PolicyCondition, PolicyReason,
     SecretRotationPolicyStatus,
@@ -42,13 +41,14 @@ use rotor_store::{Selector, Stage, Store, VersionId, WriteAs};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::generate::{Random, generate};
+use super::generate::generate;
 use super::target::https::{CallerToken, Https, Receiver, RotationCall, RotationStep};
 use super::target::{
     Credential, DbSecret, Strategy, Target, TargetFailure, TargetSpec, admin_credential,
 };
 use super::validate::Policy;
 use crate::{Error, Result};
+use rotor_store::random::Random;
 
 /// Where a rotation is: `status.phase`, typed in the API
 /// (`rotor_crds::api::Phase`); a missing phase is [`Phase::Idle`]. A phase
@@ -561,7 +561,11 @@ fn pending(status: &SecretRotationPolicyStatus, phase: Phase) -> Result<String> 
         .ok_or(Error::NoPendingVersion(phase))
 }
 
-/// Advances the rotation of one policy by at most one phase.
+/// Advances the rotation of one policy by at most one phase, drawing
+/// generated values and schedule jitter from `rng`.
+// Eight inputs until the one driver of the machine (standalone and the
+// reconciler) passes an `Inputs`; each is a distinct dependency.
+#[allow(clippy::too_many_arguments)]
 pub async fn step(
     policy: &Policy,
     current: &SecretRotationPolicyStatus,
@@ -570,6 +574,7 @@ pub async fn step(
     store: &dyn Store,
     consumers: &dyn Consumers,
     caller: Option<&dyn CallerToken>,
+    rng: &dyn Random,
 ) -> Result<Step> {
     let postgres = policy.postgres().map(TargetSpec::connect).transpose()?;
     let https = policy.https().map(|h| Https::new(h, caller)).transpose()?;
@@ -578,7 +583,7 @@ pub async fn step(
         now,
         store,
         consumers,
-        rng: &SystemRandom::new(),
+        rng,
         target: postgres.as_ref().map(|p| p as &dyn Target),
         receiver: https.as_ref().map(|h| h as &dyn Receiver),
     };

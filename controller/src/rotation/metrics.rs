@@ -268,7 +268,11 @@ mod tests {
     #[test]
     fn failed_reconciles_are_counted_by_controller_and_error_kind() {
         let metrics = RotationMetrics::default();
-        let error = crate::Error::StoreNotResolved("no such store".into());
+        let error = crate::Error::StoreNotDefined {
+            policy: "db".into(),
+            store: "no-such-store".into(),
+            manifests: "/etc/rotor".into(),
+        };
         metrics.reconcile_failed(Reconciler::RotorStore, &error);
         metrics.reconcile_failed(Reconciler::RotorStore, &error);
         let text = metrics.encode();

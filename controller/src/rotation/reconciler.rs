@@ -27,10 +27,10 @@ use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
 use crate::serving;
-use crate::standalone::ROTATE_NOW;
 use crate::store_index::Refusal;
-use crate::store_status::FIELD_MANAGER;
 use crate::{Error, Result};
+use rotor_crds::annotations::ROTATE_NOW;
+use rotor_crds::names::FIELD_MANAGER;
 
 /// Builds the store a policy names (from its RotorStore or
 /// ClusterRotorStore), resolved on every call against the store and the
@@ -164,7 +164,14 @@ pub async fn reconcile(
             let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
             let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
             match step(
-                &valid, &current, now, rotate_now, &*store, &consumers, caller,
+                &valid,
+                &current,
+                now,
+                rotate_now,
+                &*store,
+                &consumers,
+                caller,
+                &rotor_store::random::SystemRandom,
             )
             .await
             {

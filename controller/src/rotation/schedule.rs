@@ -4,8 +4,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::generate::Random;
 use crate::{Error, Result};
+use rotor_store::random::Random;
 
 fn invalid(problem: String) -> Error {
     Error::InvalidPolicy(vec![problem])
@@ -218,9 +218,9 @@ fn standard_fields(expr: &str) -> Result<(), String> {
 mod tests {
     use rotor_crds::api::Schedule;
 
-    use super::super::generate::Seeded;
     use super::super::validate::Mode;
     use super::*;
+    use rotor_store::random::Seeded;
 
     fn at(s: &str) -> SystemTime {
         humantime::parse_rfc3339(s).unwrap()

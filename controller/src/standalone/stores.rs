@@ -107,10 +107,9 @@ impl StandaloneStores {
 impl DetectStores for StandaloneStores {
     async fn store_for(&self, store: &StoreRef, _secret: &str) -> Result<Arc<dyn Store>> {
         self.get(&store.name).await.unwrap_or_else(|| {
-            Err(Error::StoreNotResolved(format!(
-                "store {:?} is not defined in the policy files",
-                store.name
-            )))
+            Err(Error::StoreNotInPolicies {
+                store: store.name.clone(),
+            })
         })
     }
 

@@ -1,3 +1,6 @@
+//! Tests of the store index: which store a pod or policy resolves to, from
+//! namespaces and stores given as YAML.
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
 use k8s_openapi::api::core::v1::Namespace;

@@ -1,6 +1,8 @@
 //! The webhook's admission metrics: `rotor_admission_requests_total
 //! {operation,result}`, `rotor_admission_duration_seconds` and
-//! `rotor_admission_denials_total{reason}`. Every label value is known in
+//! `rotor_admission_denials_total{reason}`, and for refused injections
+//! `rotor_admission_inject_denials_total{reason}` (an [`InjectReason`]).
+//! Every label value is known in
 //! advance and exported from the start at 0, so an `increase()` alert
 //! catches the first failure.
 
@@ -8,6 +10,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+pub use super::inject::InjectReason;
 
 type Labels = Vec<(&'static str, &'static str)>;
 
@@ -93,8 +97,9 @@ pub enum Denial {
     StoreNotAllowed,
     /// An `exec:` reload on a store that has not allowed them.
     ExecNotAllowed,
-    /// The pod cannot be injected as it is (a reserved name, root user…).
-    CannotInject,
+    /// The pod cannot be injected as it is (a reserved name, root user…);
+    /// counted by reason in the inject denials too.
+    CannotInject(InjectReason),
     /// The review is over one of the webhook's limits (`limits`).
     TooLarge,
     /// The answer would be larger than `server::MAX_ANSWER_BYTES`.
@@ -104,16 +109,32 @@ pub enum Denial {
 }
 
 impl Denial {
-    pub const ALL: [Self; 8] = [
+    /// Every denial but [`Denial::CannotInject`], which [`Denial::all`]
+    /// adds once per [`InjectReason`].
+    const OTHERS: [Self; 7] = [
         Self::InvalidAnnotations,
         Self::AnnotationChanged,
         Self::StoreNotAllowed,
         Self::ExecNotAllowed,
-        Self::CannotInject,
         Self::TooLarge,
         Self::AnswerTooLarge,
         Self::Internal,
     ];
+
+    /// Every denial, a refused injection once per reason.
+    pub fn all() -> impl Iterator<Item = Self> {
+        Self::OTHERS
+            .into_iter()
+            .chain(InjectReason::ALL.map(Self::CannotInject))
+    }
+
+    /// Why an injection was refused, for [`Denial::CannotInject`].
+    pub fn inject_reason(self) -> Option<InjectReason> {
+        match self {
+            Self::CannotInject(reason) => Some(reason),
+            _ => None,
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
@@ -121,7 +142,7 @@ impl Denial {
             Self::AnnotationChanged => "annotation_changed",
             Self::StoreNotAllowed => "store_not_allowed",
             Self::ExecNotAllowed => "exec_not_allowed",
-            Self::CannotInject => "cannot_inject",
+            Self::CannotInject(_) => "cannot_inject",
             Self::TooLarge => "too_large",
             Self::AnswerTooLarge => "answer_too_large",
             Self::Internal => "internal",
@@ -135,26 +156,32 @@ pub struct AdmissionMetrics {
     requests: Family<Labels, Counter>,
     duration: Histogram,
     denials: Family<Labels, Counter>,
+    inject_denials: Family<Labels, Counter>,
 }
 
 impl Default for AdmissionMetrics {
     fn default() -> Self {
         let requests = Family::<Labels, Counter>::default();
         let denials = Family::<Labels, Counter>::default();
+        let inject_denials = Family::<Labels, Counter>::default();
         for op in Operation::ALL {
             for result in Outcome::RESULTS {
                 let _ =
                     requests.get_or_create(&vec![("operation", op.label()), ("result", result)]);
             }
         }
-        for d in Denial::ALL {
+        for d in Denial::all() {
             let _ = denials.get_or_create(&vec![("reason", d.label())]);
+        }
+        for r in InjectReason::ALL {
+            let _ = inject_denials.get_or_create(&vec![("reason", r.label())]);
         }
         Self {
             requests,
             // 1 ms to about 16 s.
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             denials,
+            inject_denials,
         }
     }
 }
@@ -177,6 +204,11 @@ impl AdmissionMetrics {
             "Refused pods, by reason",
             self.denials.clone(),
         );
+        registry.register(
+            "admission_inject_denials",
+            "Pods refused because they cannot be injected as they are, by reason",
+            self.inject_denials.clone(),
+        );
     }
 
     /// Counts one answered review.
@@ -191,6 +223,11 @@ impl AdmissionMetrics {
             self.denials
                 .get_or_create(&vec![("reason", d.label())])
                 .inc();
+            if let Some(r) = d.inject_reason() {
+                self.inject_denials
+                    .get_or_create(&vec![("reason", r.label())])
+                    .inc();
+            }
         }
         self.duration.observe(seconds);
     }
@@ -238,6 +275,29 @@ mod tests {
         assert!(
             text.contains(r#"rotor_admission_denials_total{reason="too_large"} 1"#),
             "{text}"
+        );
+        assert!(
+            text.contains(r#"rotor_admission_inject_denials_total{reason="volume_conflict"} 0"#),
+            "{text}"
+        );
+        m.observe(
+            Operation::Create,
+            Outcome::Denied(Denial::CannotInject(InjectReason::VolumeConflict)),
+            0.01,
+        );
+        let text = m.encode_alone();
+        assert!(
+            text.contains(r#"rotor_admission_inject_denials_total{reason="volume_conflict"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"rotor_admission_denials_total{reason="cannot_inject"} 1"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("rotor_admission_inject_denials_total{")
+                .count(),
+            InjectReason::ALL.len()
         );
         let series = Operation::ALL.len() * Outcome::RESULTS.len();
         assert_eq!(

@@ -1,3 +1,6 @@
+//! One AdmissionReview answered: read and bounded, validated, injected or
+//! refused, each denial with its reason.
+
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 
@@ -146,15 +149,26 @@ fn outcome_of(response: &AdmissionResponse) -> Outcome {
         };
     }
     let reason = response.audit_annotations.get(DENIAL_ANNOTATION);
-    Denial::ALL
-        .into_iter()
-        .find(|d| reason.map(String::as_str) == Some(d.label()))
+    let inject_reason = response
+        .audit_annotations
+        .get(INJECT_DENIAL_ANNOTATION)
+        .map(String::as_str);
+    Denial::all()
+        .find(|d| {
+            reason.map(String::as_str) == Some(d.label())
+                && d.inject_reason().map(|r| r.label()) == inject_reason
+        })
         .map_or(Outcome::Invalid, Outcome::Denied)
 }
 
 /// The audit annotation with a denial's reason (the API server records it
 /// in its audit log as `<webhook>/denial-reason`).
 pub const DENIAL_ANNOTATION: &str = "denial-reason";
+
+/// The audit annotation with a refused injection's [`InjectReason`].
+///
+/// [`InjectReason`]: super::inject::InjectReason
+pub const INJECT_DENIAL_ANNOTATION: &str = "inject-denial-reason";
 
 /// A plain allow for a review that was not read.
 fn allowed_unread() -> AdmissionResponse {
@@ -210,6 +224,11 @@ fn deny(
     response
         .audit_annotations
         .insert(DENIAL_ANNOTATION.to_owned(), reason.label().to_owned());
+    if let Some(r) = reason.inject_reason() {
+        response
+            .audit_annotations
+            .insert(INJECT_DENIAL_ANNOTATION.to_owned(), r.label().to_owned());
+    }
     response.deny(clip(message.as_ref(), MAX_DENY_MESSAGE))
 }
 
@@ -317,8 +336,8 @@ pub fn mutate(
     } = match inject(&pod, &contract, &store, config) {
         Ok(i) => i,
         Err(e) => {
-            tracing::info!(%namespace, pod = %name, error = %e, "denied: cannot inject");
-            return deny(response, Denial::CannotInject, e);
+            tracing::info!(%namespace, pod = %name, error = %e, reason = e.metric_label(), "denied: cannot inject");
+            return deny(response, Denial::CannotInject(e.reason()), e.to_string());
         }
     };
     if vault_injector::asks_injection(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {

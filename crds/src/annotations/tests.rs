@@ -1,3 +1,6 @@
+//! Tests of the annotation contract: valid pods parse, each invalid one names
+//! its annotation and what is expected.
+
 use super::*;
 
 fn p(pairs: &[(&str, &str)]) -> Result<PodSecrets, AnnotationErrors> {

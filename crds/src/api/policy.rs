@@ -1,3 +1,5 @@
+//! The SecretRotationPolicy resource: schedule, generator, targets, status.
+
 use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,6 @@
+//! The RotorStore and ClusterRotorStore resources: where secrets live and how
+//! to reach them.
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

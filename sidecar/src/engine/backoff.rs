@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-pub use rotor_store::backoff::{Backoff, Random, Retry, SystemRandom};
+pub use rotor_store::backoff::{Backoff, Retry};
 #[cfg(test)]
-pub(crate) use rotor_store::backoff::{Fixed, Seeded};
+pub(crate) use rotor_store::random::{Fixed, Seeded};
+pub use rotor_store::random::{Random, SystemRandom};
 
 /// While the controller detects a secret's changes for this sidecar (its
 /// stream is up and the welcome said so), the sidecar polls it only as a
@@ -49,7 +50,7 @@ impl Link {
 }
 
 /// `interval` minus up to 10%, so that polls spread out but never come late.
-pub fn spread(interval: Duration, random: &mut dyn Random) -> Duration {
+pub fn spread(interval: Duration, random: &dyn Random) -> Duration {
     interval - (interval / 10).mul_f64(random.fraction().clamp(0.0, 1.0))
 }
 
@@ -80,11 +81,11 @@ mod tests {
     #[test]
     fn polls_come_up_to_a_tenth_early_never_late() {
         let interval = 1_000 * MS;
-        assert_eq!(spread(interval, &mut Fixed(0.0)), interval);
-        assert_eq!(spread(interval, &mut Fixed(1.0)), 900 * MS);
-        let mut random = Seeded(3);
+        assert_eq!(spread(interval, &Fixed(0.0)), interval);
+        assert_eq!(spread(interval, &Fixed(1.0)), 900 * MS);
+        let random = Seeded::new(3);
         for _ in 0..1_000 {
-            let d = spread(interval, &mut random);
+            let d = spread(interval, &random);
             assert!(d >= 900 * MS && d <= interval, "{d:?}");
         }
     }

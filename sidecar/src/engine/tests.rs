@@ -1,3 +1,6 @@
+//! Tests of the refresh engine over a local store and a tmpfs directory, with a
+//! seeded random source.
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -70,7 +73,7 @@ impl Fixture {
                 ..EngineOptions::default()
             },
         )
-        .with_random(Seeded(7))
+        .with_random(Seeded::new(7))
     }
     fn read(&self, file: &str) -> Option<String> {
         std::fs::read_to_string(self.out.path().join(file)).ok()
@@ -257,7 +260,7 @@ async fn push_pins_a_pending_version_and_acknowledges_it() {
         "answered before the file was written"
     );
     // A plain push (no version) after a rollback returns to CURRENT.
-    f.store.retire("db", 2).unwrap();
+    f.store.retire_number("db", 2).unwrap();
     let reply = push(
         &tx,
         vec![PushSecret {
@@ -421,7 +424,7 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
     f.store.put("db", b"v2", WriteAs::Pending).unwrap();
     assert!(push(&tx, vec![pin("db", "2")]).await.ok);
     assert_eq!(f.read("db").as_deref(), Some("v2"));
-    f.store.retire("db", 2).unwrap();
+    f.store.retire_number("db", 2).unwrap();
     until("retired pin ends", || f.read("db").as_deref() == Some("v1")).await;
 
     // Replaced by a newer PENDING version: the pin does not follow it.
@@ -437,7 +440,7 @@ async fn a_pin_ends_when_its_version_stops_being_pending() {
     // Promoted: the pin ends, and later versions are followed.
     f.store.put("db", b"v5", WriteAs::Pending).unwrap();
     assert!(push(&tx, vec![pin("db", "5")]).await.ok);
-    f.store.promote("db", 5).unwrap();
+    f.store.promote_number("db", 5).unwrap();
     f.store.put("db", b"v6", WriteAs::Current).unwrap();
     until("promoted pin ends", || {
         f.read("db").as_deref() == Some("v6")
@@ -625,7 +628,7 @@ async fn a_watching_store_delivers_changes_without_waiting_for_the_poll() {
         f.shared.clone(),
         EngineOptions::default(),
     )
-    .with_random(Seeded(11));
+    .with_random(Seeded::new(11));
     let (task, _cfg, _push, stop) = start(engine, c);
     until("first write", || f.read("db").as_deref() == Some("v1")).await;
     f.store.put("db", b"v2", WriteAs::Current).unwrap();

@@ -1,3 +1,6 @@
+//! Tests of the sidecar's HTTP endpoints and the push rate limit, in paused
+//! time.
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;

@@ -1,3 +1,6 @@
+//! Tests of reload actions: signals to real child processes, HTTP calls and
+//! exec.
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

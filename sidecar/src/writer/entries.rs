@@ -173,7 +173,7 @@ impl AtomicWriter {
             Ok(t) if t.to_bytes() == format!("{DATA}/{name}").as_bytes() => {
                 self.unlink_if_present(name)
             }
-            Ok(_) | Err(Errno::NOENT) | Err(Errno::INVAL) => Ok(()),
+            Ok(_) | Err(Errno::NOENT | Errno::INVAL) => Ok(()),
             Err(e) => Err(self.io("inspect a file link")(e)),
         }
     }
@@ -190,9 +190,8 @@ impl AtomicWriter {
         if !is_data_dir_name(name) {
             return Ok(());
         }
-        let files = match self.list_dir(name) {
-            Ok(f) => f,
-            Err(_) => return Ok(()),
+        let Ok(files) = self.list_dir(name) else {
+            return Ok(());
         };
         let fd = self.open_subdir(name)?;
         for f in files {

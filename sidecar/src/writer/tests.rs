@@ -1,3 +1,6 @@
+//! Tests of the atomic writer: the kubelet layout, modes, swaps and clean-up,
+//! on tmpfs.
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

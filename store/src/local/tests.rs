@@ -1,9 +1,22 @@
+//! Tests of the local store: round trips, stage labels, retention, tampering,
+//! replay, concurrency and the file format.
+
 use std::sync::Arc;
 
 use rotor_envelope::{ExposeSecret, KeyFileKek};
-use rotor_fixtures::seeded::Lcg;
 
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use ring::{digest, hmac};
+use rotor_envelope::Kek;
+use rotor_envelope::wire::Writer;
+
+use super::format::{FORMAT, MAGIC};
+use super::state::{Sealed, State};
 use super::*;
+use crate::{Error, Result, Selector, Stage, Stages, WriteAs};
 
 const CANARY: &[u8] = b"canary-5d1e77-never-in-plain-sight";
 
@@ -33,7 +46,7 @@ fn round_trip_and_history() {
     assert_eq!(value(&s, "db", Selector::Current), CANARY);
     assert_eq!(value(&s, "db", Selector::Version(1.into())), b"one");
     assert_eq!(value(&s, "db", Selector::Stage(Stage::Previous)), b"one");
-    assert_eq!(s.current_version("db").unwrap(), 2);
+    assert_eq!(s.current_number("db").unwrap(), 2);
     let h = s.history("db").unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(h[1].size, CANARY.len());
@@ -52,7 +65,7 @@ fn stage_labels_follow_aws_semantics() {
     let p = s.put("db", b"v3", WriteAs::Pending).unwrap();
     assert_eq!(p.stages.to_string(), "PENDING");
     // Pending does not change what consumers read.
-    assert_eq!(s.current_version("db").unwrap(), 2);
+    assert_eq!(s.current_number("db").unwrap(), 2);
     assert_eq!(value(&s, "db", Selector::Stage(Stage::Pending)), b"v3");
     // A newer pending takes the label.
     s.put("db", b"v4", WriteAs::Pending).unwrap();
@@ -65,7 +78,7 @@ fn stage_labels_follow_aws_semantics() {
     assert_eq!(stages, ["PREVIOUS", "CURRENT", "-", "PENDING"]);
     // Promote: pending -> current, current -> previous, old previous loses it.
     s.put("db", b"v5", WriteAs::Current).unwrap();
-    s.promote("db", 4).unwrap();
+    s.promote_number("db", 4).unwrap();
     let stages: Vec<String> = s
         .history("db")
         .unwrap()
@@ -74,12 +87,12 @@ fn stage_labels_follow_aws_semantics() {
         .collect();
     assert_eq!(stages, ["-", "-", "-", "CURRENT", "PREVIOUS"]);
     // Promoting the current version again is a no-op.
-    s.promote("db", 4).unwrap();
-    assert_eq!(s.current_version("db").unwrap(), 4);
+    s.promote_number("db", 4).unwrap();
+    assert_eq!(s.current_number("db").unwrap(), 4);
     // Retire: not the current one; others vanish for good.
-    let err = s.retire("db", 4).unwrap_err().to_string();
+    let err = s.retire_number("db", 4).unwrap_err().to_string();
     assert!(err.contains("is CURRENT and cannot be retired"), "{err}");
-    s.retire("db", 5).unwrap();
+    s.retire_number("db", 5).unwrap();
     let err = s
         .get("db", Selector::Version(5.into()))
         .err()
@@ -280,11 +293,11 @@ fn writes_through_one_handle_are_seen_by_another() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (store(&dir, 1), store(&dir, 1));
     a.put("db", b"1", WriteAs::Current).unwrap();
-    assert_eq!(b.current_version("db").unwrap(), 1);
+    assert_eq!(b.current_number("db").unwrap(), 1);
     a.put("db", b"2", WriteAs::Current).unwrap();
-    assert_eq!(b.current_version("db").unwrap(), 2);
+    assert_eq!(b.current_number("db").unwrap(), 2);
     b.put("db", b"3", WriteAs::Current).unwrap();
-    assert_eq!(a.current_version("db").unwrap(), 3);
+    assert_eq!(a.current_number("db").unwrap(), 3);
 }
 
 #[test]
@@ -310,7 +323,7 @@ fn threads_writing_at_once_lose_nothing() {
     let s = LocalStore::new(path, kek(1));
     for t in 0..4 {
         // Every write got its own number; retention keeps the newest 10.
-        assert_eq!(s.current_version(&format!("t{t}")).unwrap(), 25);
+        assert_eq!(s.current_number(&format!("t{t}")).unwrap(), 25);
         assert_eq!(s.history(&format!("t{t}")).unwrap().len(), 10);
     }
 }
@@ -375,7 +388,7 @@ fn an_older_copy_put_back_is_refused_by_a_running_handle() {
     );
     // Nothing is served from it, and nothing is written over it.
     assert!(matches!(
-        reader.current_version("db"),
+        reader.current_number("db"),
         Err(Error::Replayed { .. })
     ));
     assert!(matches!(reader.list(), Err(Error::Replayed { .. })));
@@ -408,7 +421,7 @@ fn writes_on_top_of_an_older_copy_are_accepted_once_they_pass_the_seen_generatio
     s.put("db", b"3", WriteAs::Current).unwrap();
     put_back(s.path(), &old);
     assert!(matches!(
-        s.current_version("db"),
+        s.current_number("db"),
         Err(Error::Replayed {
             seen: 3,
             found: 1,
@@ -420,7 +433,7 @@ fn writes_on_top_of_an_older_copy_are_accepted_once_they_pass_the_seen_generatio
     let other = store(&dir, 1);
     other.put("db", b"2'", WriteAs::Current).unwrap();
     assert!(matches!(
-        s.current_version("db"),
+        s.current_number("db"),
         Err(Error::Replayed { found: 2, .. })
     ));
     other.put("db", b"3'", WriteAs::Current).unwrap();
@@ -464,7 +477,7 @@ fn concurrent_readers_never_take_a_racing_write_for_a_replay() {
                 scope.spawn(move || {
                     let mut last = 0;
                     while !done.load(std::sync::atomic::Ordering::Acquire) {
-                        let v = reader.current_version("db").unwrap();
+                        let v = reader.current_number("db").unwrap();
                         assert!(v >= last, "went back from {last} to {v}");
                         last = v;
                         reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -483,7 +496,7 @@ fn concurrent_readers_never_take_a_racing_write_for_a_replay() {
         }
     });
     assert!(reads.load(std::sync::atomic::Ordering::Relaxed) > 200);
-    assert_eq!(reader.current_version("db").unwrap(), 201);
+    assert_eq!(reader.current_number("db").unwrap(), 201);
 }
 
 fn labelled(s: &LocalStore, name: &str) -> Vec<(u64, Stages)> {
@@ -524,7 +537,7 @@ fn retention_never_drops_a_labelled_version() {
     // every step each labelled version reads by number and by stage, the
     // labels the step set are where it set them, numbers only grow, and the
     // secret holds more than 3 versions only when all of them are labelled.
-    let mut rng = Lcg(7);
+    let rng = crate::random::Seeded::new(7);
     s.set_max_versions(Some("db"), 3).unwrap();
     let mut last_number = 4;
     for step in 0..400 {
@@ -535,10 +548,12 @@ fn retention_never_drops_a_labelled_version() {
                 let m = s.put("db", b"c", WriteAs::Current).unwrap();
                 assert!(m.version > last_number);
                 last_number = m.version;
-                assert_eq!(s.current_version("db").unwrap(), m.version);
+                assert_eq!(s.current_number("db").unwrap(), m.version);
                 let old = before.iter().find(|(_, st)| st.contains(Stage::Current));
                 if let Some((old, _)) = old {
-                    let previous = s.describe("db", Selector::Stage(Stage::Previous)).unwrap();
+                    let previous = s
+                        .version_meta("db", Selector::Stage(Stage::Previous))
+                        .unwrap();
                     assert_eq!(previous.version, *old, "step {step}");
                 }
             }
@@ -546,22 +561,26 @@ fn retention_never_drops_a_labelled_version() {
                 let m = s.put("db", b"p", WriteAs::Pending).unwrap();
                 assert!(m.version > last_number);
                 last_number = m.version;
-                let pending = s.describe("db", Selector::Stage(Stage::Pending)).unwrap();
+                let pending = s
+                    .version_meta("db", Selector::Stage(Stage::Pending))
+                    .unwrap();
                 assert_eq!(pending.version, m.version);
             }
             2 => {
                 let pick = &history[rng.below(history.len() as u64) as usize];
-                let old = s.current_version("db").unwrap();
-                s.promote("db", pick.version).unwrap();
-                assert_eq!(s.current_version("db").unwrap(), pick.version);
+                let old = s.current_number("db").unwrap();
+                s.promote_number("db", pick.version).unwrap();
+                assert_eq!(s.current_number("db").unwrap(), pick.version);
                 if old != pick.version {
-                    let previous = s.describe("db", Selector::Stage(Stage::Previous)).unwrap();
+                    let previous = s
+                        .version_meta("db", Selector::Stage(Stage::Previous))
+                        .unwrap();
                     assert_eq!(previous.version, old, "step {step}");
                 }
             }
             _ => {
                 if let Some(pick) = history.iter().find(|m| !m.stages.contains(Stage::Current)) {
-                    s.retire("db", pick.version).unwrap();
+                    s.retire_number("db", pick.version).unwrap();
                 }
             }
         }
@@ -571,7 +590,9 @@ fn retention_never_drops_a_labelled_version() {
             s.get("db", Selector::Version((*n).into())).unwrap();
             for stage in stages.iter() {
                 assert_eq!(
-                    s.describe("db", Selector::Stage(stage)).unwrap().version,
+                    s.version_meta("db", Selector::Stage(stage))
+                        .unwrap()
+                        .version,
                     *n
                 );
             }
@@ -618,7 +639,7 @@ fn a_version_removed_by_retention_is_not_found_and_says_so() {
     );
     // Promote and retire say the same.
     assert!(matches!(
-        s.promote("db", 1),
+        s.promote_number("db", 1),
         Err(Error::VersionRemoved { version: 1, .. })
     ));
     // A version never written is another error.
@@ -723,7 +744,7 @@ fn a_generation_is_decoded_once_and_shared() {
     assert!(Arc::ptr_eq(&first, &b.fresh().unwrap()));
     a.put("db", b"2", WriteAs::Current).unwrap();
     assert!(b.fresh().is_none());
-    assert_eq!(b.current_version("db").unwrap(), 2);
+    assert_eq!(b.current_number("db").unwrap(), 2);
 }
 
 /// A record changed in place after the file was verified, with its times
@@ -822,11 +843,11 @@ fn promote_retire_and_rewrap_do_not_create_a_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir, 1);
     let missing = |r: Result<()>| assert!(matches!(r, Err(Error::Missing { .. })));
-    missing(s.promote("db", 1).map(drop));
-    missing(s.retire("db", 1));
+    missing(s.promote_number("db", 1).map(drop));
+    missing(s.retire_number("db", 1));
     missing(s.rewrap(&*kek(2)).map(drop));
     // Nothing was written, not even the lock file.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     s.put("db", b"v1", WriteAs::Current).unwrap();
-    assert_eq!(s.promote("db", 1).unwrap().version, 1);
+    assert_eq!(s.promote_number("db", 1).unwrap().version, 1);
 }

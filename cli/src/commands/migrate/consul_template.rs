@@ -324,7 +324,7 @@ fn action(
             for piece in expression(&words, scope.last())? {
                 match piece {
                     Piece::Text(t) => push_text(pieces, &t),
-                    field => pieces.push(field),
+                    field @ Piece::Field(_) => pieces.push(field),
                 }
             }
             Ok(())

@@ -1,3 +1,6 @@
+//! Tests of the rotation state machine: every phase over fake consumers, stores
+//! and targets, with a seeded random source.
+
 use std::sync::{Arc, Mutex};
 
 use rotor_crds::api::{
@@ -8,6 +11,23 @@ use rotor_store::LocalStore;
 
 use super::*;
 use crate::rotation::validate::Mode;
+
+/// [`super::step`] with a seeded random source, as every test here runs it.
+async fn step(
+    policy: &Policy,
+    current: &SecretRotationPolicyStatus,
+    now: SystemTime,
+    rotate_now: bool,
+    store: &dyn Store,
+    consumers: &dyn Consumers,
+    caller: Option<&dyn CallerToken>,
+) -> Result<Step> {
+    let rng = Seeded::new(0);
+    super::step(
+        policy, current, now, rotate_now, store, consumers, caller, &rng,
+    )
+    .await
+}
 
 /// Consumers that acknowledge what they are asked for, except those listed
 /// as stuck, and record every call.
@@ -169,7 +189,7 @@ async fn every_transition_of_a_successful_rotation() {
     assert_eq!(phase(&s.status), Phase::Propagating);
     assert_eq!(s.status.pending_version.as_deref(), Some("2"));
     assert_eq!(
-        store.current_version("app/db").unwrap(),
+        store.current_number("app/db").unwrap(),
         1,
         "staged, not promoted"
     );
@@ -195,7 +215,7 @@ async fn every_transition_of_a_successful_rotation() {
         ),
         (Some("2"), Some("1"))
     );
-    assert_eq!(store.current_version("app/db").unwrap(), 2);
+    assert_eq!(store.current_number("app/db").unwrap(), 2);
     assert_eq!(s.finished.unwrap().0, Outcome::Success);
     assert_eq!(
         s.requeue,
@@ -310,7 +330,7 @@ async fn a_restart_after_every_step_resumes_without_repeating_work() {
         assert_eq!(phase(&again), phase(&status));
     }
     // Exactly one new version, and the old one retired after the grace period.
-    assert_eq!(store.current_version("app/db").unwrap(), 2, "{seen:?}");
+    assert_eq!(store.current_number("app/db").unwrap(), 2, "{seen:?}");
     let versions: Vec<u64> = store
         .history("app/db")
         .unwrap()
@@ -391,7 +411,7 @@ async fn an_ack_timeout_promotes_with_degraded_or_rolls_back() {
             .unwrap()
             .status;
         assert_eq!(
-            store.current_version("app/db").unwrap().to_string(),
+            store.current_number("app/db").unwrap().to_string(),
             expect,
             "{policy:?}"
         );
@@ -583,7 +603,7 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-use super::super::generate::Seeded;
+use rotor_store::random::Seeded;
 
 #[test]
 fn phase_strings_round_trip() {
@@ -808,7 +828,7 @@ async fn generating_stages_a_new_value_or_creates_the_first_one() {
             version: "2".into()
         }]
     );
-    assert_eq!(store.current_version("app/db").unwrap(), 1, "staged only");
+    assert_eq!(store.current_number("app/db").unwrap(), 1, "staged only");
     assert!(s.finished.is_none());
 
     // A store that has no such secret (and so refuses a PENDING write):
@@ -972,7 +992,7 @@ async fn promoting_makes_the_pending_version_current() {
     let i = r.at(now, &store);
     let s = promoting(&i, status.clone()).await.unwrap();
     assert_eq!(phase(&s.status), Phase::Retiring);
-    assert_eq!(store.current_version("app/db").unwrap(), 2);
+    assert_eq!(store.current_number("app/db").unwrap(), 2);
     assert_eq!(
         (
             s.status.current_version.as_deref(),
