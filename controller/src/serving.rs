@@ -10,10 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
+use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus, rfc3339};
 use tokio::sync::Notify;
-
-use crate::rotation::machine::rfc3339;
 
 impl Inner {
     /// `pod` is connected: no longer among the gone.

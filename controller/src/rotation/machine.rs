@@ -442,9 +442,7 @@ impl Inputs<'_> {
     }
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use rotor_crds::api::rfc3339;
 
 fn parse_time(s: &Option<String>) -> Option<SystemTime> {
     s.as_ref().and_then(|s| humantime::parse_rfc3339(s).ok())

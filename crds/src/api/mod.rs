@@ -38,6 +38,12 @@ pub fn crds_yaml() -> String {
     )
 }
 
+/// A time as the status fields hold it (`lastTransitionTime`,
+/// `reportedAt`, `lastRotation`, ...): RFC 3339 in UTC, whole seconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 // `R` is the reason: typed for a kind whose reasons are a closed set
 // (`PolicyReason`), a string otherwise.
 /// A Kubernetes-style condition.

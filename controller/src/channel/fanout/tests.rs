@@ -1,3 +1,6 @@
+//! Tests of the fan-out: wave planning, the bound on the last pod, and
+//! subscriptions that follow the hub's streams.
+
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
