@@ -13,7 +13,8 @@ use kube::ResourceExt;
 use rotor_crds::api::{RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::machine::{Phase, step};
+use crate::rotation::driver::{Record, Rotation, Settle, settle};
+use crate::rotation::machine::RotationEvent;
 use crate::rotation::metrics::RotationMetrics;
 use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::{Mode, Policy};
@@ -135,6 +136,33 @@ fn read_state(path: &Path) -> State {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
+}
+
+/// Standalone's [`Record`]: the status in the policy's state file (the
+/// rotate-now token handled beside it), the events in the log.
+struct StateFile<'a> {
+    path: &'a Path,
+    policy: &'a str,
+}
+
+#[async_trait::async_trait]
+impl Record for StateFile<'_> {
+    async fn save(&self, status: &SecretRotationPolicyStatus) -> Result<()> {
+        let mut status = status.clone();
+        let rotate_now_handled = status.rotate_now_handled.take();
+        write_state(
+            self.path,
+            &State {
+                status,
+                rotate_now_handled,
+            },
+        )
+    }
+
+    async fn announce(&self, e: &RotationEvent) {
+        let (reason, message) = (e.reason(), e.message());
+        tracing::info!(policy = %self.policy, %reason, %message, "rotation event");
+    }
 }
 
 fn write_state(path: &Path, state: &State) -> Result<()> {
@@ -283,7 +311,7 @@ async fn rotate(
                 })
             });
             let path = state_path(state_dir, policy);
-            let mut state = read_state(&path);
+            let state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
             let rotate_now = token.is_some() && token != state.rotate_now_handled;
             let consumers = channel::consumers(
@@ -295,16 +323,17 @@ async fn rotate(
             );
             let result = match store {
                 Ok(store) => {
-                    step(
-                        valid,
-                        &state.status,
-                        SystemTime::now(),
+                    Rotation {
+                        policy: valid,
+                        current: &state.status,
+                        now: SystemTime::now(),
                         rotate_now,
-                        &*store,
-                        &consumers,
-                        https_target_token.map(|t| t as &dyn CallerToken),
-                        &rotor_store::random::SystemRandom,
-                    )
+                        store: &*store,
+                        consumers: &consumers,
+                        caller: https_target_token.map(|t| t as &dyn CallerToken),
+                        rng: &rotor_store::random::SystemRandom,
+                    }
+                    .step()
                     .await
                 }
                 Err(e) => Err(e),
@@ -312,30 +341,23 @@ async fn rotate(
             match result {
                 Ok(s) => {
                     retries.remove(&policy.name_any());
-                    if let Some((outcome, duration)) = &s.finished {
-                        metrics.finished(outcome.as_str(), duration.as_secs_f64());
-                    }
-                    for e in &s.events {
-                        let (reason, message) = (e.reason(), e.message());
-                        tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
-                    }
-                    if rotate_now && s.status.phase != Some(Phase::Idle) {
-                        state.rotate_now_handled = token;
-                    }
-                    let before = std::mem::replace(&mut state.status, s.status);
-                    crate::serving::fill(
-                        &mut state.status,
-                        &before.consumers,
-                        &consumers.pods,
-                        &valid.secret_name,
-                        hub.served(),
-                    );
-                    write_state(&path, &state)?;
-                    metrics.next_rotation(&policy.name_any(), &state.status);
-                    if let Some(counts) = &state.status.serving {
-                        metrics.serving(&policy.name_any(), counts);
-                    }
-                    wake = wake.min(s.requeue);
+                    let key = policy.name_any();
+                    let after = Settle {
+                        key: &key,
+                        before: &state.status,
+                        token,
+                        handled: state.rotate_now_handled.clone(),
+                        generation: policy.metadata.generation,
+                        pods: &consumers.pods,
+                        secret: &valid.secret_name,
+                        served: hub.served(),
+                        metrics,
+                    };
+                    let record = StateFile {
+                        path: &path,
+                        policy: &key,
+                    };
+                    wake = wake.min(settle(s, after, &record).await?);
                 }
                 Err(e) => {
                     metrics.reconcile_failed(crate::rotation::metrics::Reconciler::Standalone, &e);

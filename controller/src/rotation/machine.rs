@@ -1,6 +1,6 @@
 //! The rotation state machine: its phases ([`Phase`]), the events it emits
 //! ([`RotationEvent`]) and one function per phase. Its whole state is the
-//! policy's status, and each [`step`] moves at most one phase and returns
+//! policy's status, and each step ([`step_with`]) moves at most one phase and returns
 //! the status to persist before the next step, so a restart after any step
 //! resumes where it left off, and no step is done twice:
 //!
@@ -42,10 +42,8 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::generate::generate;
-use super::target::https::{CallerToken, Https, Receiver, RotationCall, RotationStep};
-use super::target::{
-    Credential, DbSecret, Strategy, Target, TargetFailure, TargetSpec, admin_credential,
-};
+use super::target::https::{Receiver, RotationCall, RotationStep};
+use super::target::{Credential, DbSecret, Strategy, Target, TargetFailure, admin_credential};
 use super::validate::Policy;
 use crate::{Error, Result};
 use rotor_store::random::Random;
@@ -562,35 +560,8 @@ fn pending(status: &SecretRotationPolicyStatus, phase: Phase) -> Result<String> 
 }
 
 /// Advances the rotation of one policy by at most one phase, drawing
-/// generated values and schedule jitter from `rng`.
-// Eight inputs until the one driver of the machine (standalone and the
-// reconciler) passes an `Inputs`; each is a distinct dependency.
-#[allow(clippy::too_many_arguments)]
-pub async fn step(
-    policy: &Policy,
-    current: &SecretRotationPolicyStatus,
-    now: SystemTime,
-    rotate_now: bool,
-    store: &dyn Store,
-    consumers: &dyn Consumers,
-    caller: Option<&dyn CallerToken>,
-    rng: &dyn Random,
-) -> Result<Step> {
-    let postgres = policy.postgres().map(TargetSpec::connect).transpose()?;
-    let https = policy.https().map(|h| Https::new(h, caller)).transpose()?;
-    let inputs = Inputs {
-        policy,
-        now,
-        store,
-        consumers,
-        rng,
-        target: postgres.as_ref().map(|p| p as &dyn Target),
-        receiver: https.as_ref().map(|h| h as &dyn Receiver),
-    };
-    step_with(&inputs, current, rotate_now).await
-}
-
-/// [`step`] with every input given.
+/// generated values and schedule jitter from `i.rng`; the driver
+/// ([`super::driver::Rotation::step`]) gives every input.
 pub async fn step_with(
     i: &Inputs<'_>,
     current: &SecretRotationPolicyStatus,

@@ -1,6 +1,7 @@
 //! Scheduled rotation: generators, schedules and the state machine.
 
 pub mod consumers;
+pub mod driver;
 pub mod generate;
 pub mod lease;
 pub mod machine;

@@ -10,6 +10,7 @@ use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::LocalStore;
 
 use super::*;
+use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::Mode;
 
 /// [`super::step`] with a seeded random source, as every test here runs it.
@@ -23,9 +24,17 @@ async fn step(
     caller: Option<&dyn CallerToken>,
 ) -> Result<Step> {
     let rng = Seeded::new(0);
-    super::step(
-        policy, current, now, rotate_now, store, consumers, caller, &rng,
-    )
+    crate::rotation::driver::Rotation {
+        policy,
+        current,
+        now,
+        rotate_now,
+        store,
+        consumers,
+        caller,
+        rng: &rng,
+    }
+    .step()
     .await
 }
 
