@@ -539,8 +539,7 @@ async fn run(command: Command) -> crate::Result<()> {
                 client.clone(),
                 consumers.clone(),
             ));
-            let rotators =
-                crate::cluster::identity::Rotators::new(client.clone(), rotator_service_account);
+            let rotators = crate::identity::Rotators::new(client.clone(), rotator_service_account);
             // One set of stores (and limiters) for rotation and detection.
             let cluster_stores = Arc::new(
                 crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
@@ -569,7 +568,7 @@ async fn run(command: Command) -> crate::Result<()> {
                 consumers,
                 hub: channel.hub.clone(),
                 ack_deadline: std::time::Duration::from_secs(5),
-                rotators: Some(rotators),
+                rotators: Some(Arc::new(rotators)),
                 leader,
                 metrics: metrics.clone(),
             });

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
 use tokio::sync::Notify;
 
-use crate::rotation::machine::rfc3339;
+use rotor_crds::api::rfc3339;
 
 impl Inner {
     /// `pod` is connected: no longer among the gone.

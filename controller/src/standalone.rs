@@ -18,12 +18,12 @@ use crate::rotation::machine::RotationEvent;
 use crate::rotation::metrics::RotationMetrics;
 use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::{Mode, Policy};
+use rotor_store::backoff::Retry;
 
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
 pub mod channel;
-pub(crate) mod retry;
 pub mod stores;
 
 use stores::{StandaloneStores, StoreSpec};
@@ -270,7 +270,8 @@ async fn rotate(
         https_target_token,
     } = outside;
     // Policies whose last step failed, and when each is tried again.
-    let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
+    // Each with its failures in a row and when it is due.
+    let mut retries: BTreeMap<String, (Retry, tokio::time::Instant)> = BTreeMap::new();
     // The problem last logged: an invalid edit is logged once, and the
     // last good policies keep running (a rotation in flight finishes or
     // rolls back under them).
@@ -295,8 +296,8 @@ async fn rotate(
         }
         let mut wake = Duration::from_secs(1);
         for (policy, valid) in &loaded.policies {
-            if let Some(r) = retries.get(&policy.name_any()) {
-                let left = r.remaining(tokio::time::Instant::now());
+            if let Some((_, at)) = retries.get(&policy.name_any()) {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
                 if !left.is_zero() {
                     wake = wake.min(left);
                     continue;
@@ -361,10 +362,11 @@ async fn rotate(
                 }
                 Err(e) => {
                     metrics.reconcile_failed(crate::rotation::metrics::Reconciler::Standalone, &e);
-                    let retry_in = retries
+                    let (retry, at) = retries
                         .entry(policy.name_any())
-                        .or_insert_with(retry::Retry::new)
-                        .failed(tokio::time::Instant::now());
+                        .or_insert_with(|| (Retry::default(), tokio::time::Instant::now()));
+                    let retry_in = retry.failed_exactly(crate::rotation::retry::SCHEDULE);
+                    *at = tokio::time::Instant::now() + retry_in;
                     tracing::warn!(policy = %policy.name_any(), error = %e, ?retry_in, "rotation step failed; retrying");
                     wake = wake.min(retry_in);
                 }

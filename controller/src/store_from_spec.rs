@@ -12,7 +12,7 @@ use rotor_store::{
     WebIdentity,
 };
 
-use crate::cluster::identity::Rotator;
+use crate::identity::Rotator;
 use crate::{Error, Result};
 
 /// The in-pod service-account token, for Vault Kubernetes auth in
@@ -150,7 +150,7 @@ mod tests {
     use rotor_fixtures::api_server::{Exchange, Recorded, Reply, Scenario, pair};
 
     use super::*;
-    use crate::cluster::identity::Rotators;
+    use crate::identity::Rotators;
 
     const TOKEN_PATH: &str = "/api/v1/namespaces/team-a/serviceaccounts/rotor-rotator/token";
 

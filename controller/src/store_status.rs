@@ -125,8 +125,7 @@ fn status_for(
         } else {
             problems.join("; ")
         },
-        last_transition_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-            .to_string(),
+        last_transition_time: rotor_crds::api::rfc3339(std::time::SystemTime::now()),
         observed_generation: generation,
     }
     .set_in(&mut conditions);

@@ -20,7 +20,7 @@
 //! With a [`Target`], Generating writes the pending value first (AWS's
 //! createSecret), Setting changes the target (setSecret) and Testing logs
 //! in with the new value (testSecret), each up to [`TARGET_ATTEMPTS`]
-//! times with the standalone retry schedule between attempts; consumers
+//! times with the [`super::retry`] schedule between attempts; consumers
 //! see the value only in Propagating. RollingBack then puts the target
 //! back: singleUser gets CURRENT's password again, alternatingUsers' idle
 //! role gets a random password nobody holds, an HTTPS receiver gets
@@ -154,7 +154,7 @@ pub enum Blocked {
     /// AccessDenied): the store's own policy does not allow this rotation.
     StoreDenied,
     /// The policy's namespace has no rotator ServiceAccount
-    /// (`cluster::identity`), so rotation has no identity to act with.
+    /// (`identity`), so rotation has no identity to act with.
     RotatorMissing,
 }
 
@@ -440,9 +440,7 @@ impl Inputs<'_> {
     }
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
+pub use rotor_crds::api::rfc3339;
 
 fn parse_time(s: &Option<String>) -> Option<SystemTime> {
     s.as_ref().and_then(|s| humantime::parse_rfc3339(s).ok())
@@ -754,7 +752,7 @@ async fn admin(i: &Inputs<'_>) -> Result<Result<Credential, TargetFailure>> {
 /// the next attempt is not due.
 fn backing_off(i: &Inputs<'_>, status: &SecretRotationPolicyStatus) -> Option<Duration> {
     let attempts = status.target_attempts?;
-    let due = since(status, i.now) + crate::standalone::retry::Retry::wait_after(attempts);
+    let due = since(status, i.now) + super::retry::wait_after(attempts);
     due.duration_since(i.now).ok().filter(|d| !d.is_zero())
 }
 
@@ -784,7 +782,7 @@ fn target_failed(
     } else {
         status.target_attempts = Some(attempt);
         enter(&mut status, phase, now);
-        Step::new(status, crate::standalone::retry::Retry::wait_after(attempt))
+        Step::new(status, super::retry::wait_after(attempt))
     };
     step.event(RotationEvent::TargetFailed {
         phase,
@@ -1189,7 +1187,7 @@ async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Res
             };
             if attempt < TARGET_ATTEMPTS {
                 status.target_attempts = Some(attempt);
-                let wait = crate::standalone::retry::Retry::wait_after(attempt);
+                let wait = super::retry::wait_after(attempt);
                 return Ok(Step::new(status, wait).event(event));
             }
             status.target_attempts = None;

@@ -7,6 +7,7 @@ pub mod lease;
 pub mod machine;
 pub mod metrics;
 pub mod reconciler;
+pub mod retry;
 pub mod schedule;
 pub mod target;
 pub mod validate;

@@ -21,7 +21,7 @@ use super::consumers::ConsumerIndex;
 use super::driver::{Record, Rotation, Settle, settle};
 use super::machine::{Blocked, RotationEvent, Severity, blocked, ready_blocked, unblocked};
 use super::metrics::RotationMetrics;
-use super::target::https::CallerToken;
+use super::target::https::Callers;
 use super::validate::{Mode, Policy};
 
 use crate::channel::{Hub, StreamConsumers};
@@ -115,7 +115,7 @@ pub struct RotationContext {
     /// How long each consumer has to acknowledge one request.
     pub ack_deadline: Duration,
     /// Whose tokens https targets receive: the namespace's rotator.
-    pub rotators: Option<crate::cluster::identity::Rotators>,
+    pub rotators: Option<Arc<dyn Callers>>,
     pub leader: Arc<AtomicBool>,
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
@@ -159,7 +159,7 @@ pub async fn reconcile(
             let mut current = status.clone();
             unblocked(&mut current, now);
             let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
-            let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
+            let caller = rotator.as_deref();
             let rotation = Rotation {
                 policy: &valid,
                 current: &current,

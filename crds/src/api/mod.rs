@@ -22,6 +22,12 @@ pub const RENAMED_KINDS: [(&str, &str); 2] = [
 ];
 
 /// Every CRD as one multi-document YAML file, in a stable order.
+/// How a status writes a time (`phaseSince`, `reportedAt`,
+/// `lastTransitionTime`): RFC 3339, whole seconds, UTC.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 pub fn crds_yaml() -> String {
     let crds = [
         RotorStore::crd(),

@@ -1,3 +1,5 @@
+//! Tests of the change detector's fan-out to the sidecars.
+
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;

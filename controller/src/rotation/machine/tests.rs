@@ -1590,10 +1590,7 @@ async fn a_failed_finish_retries_then_retires_degraded_with_the_role_unchanged()
         let s = db_step(&policy, &status, later, &store, &db).await;
         assert_eq!(phase(&s.status), Phase::Retiring, "attempt {attempt}");
         assert_eq!(s.status.target_attempts, Some(attempt));
-        assert_eq!(
-            s.requeue,
-            crate::standalone::retry::Retry::wait_after(attempt)
-        );
+        assert_eq!(s.requeue, crate::rotation::retry::wait_after(attempt));
         assert_eq!(s.events.len(), 1);
         assert_eq!(s.events[0].reason(), "TargetUnreachable");
         status = s.status;
