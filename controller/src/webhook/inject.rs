@@ -90,10 +90,10 @@ pub struct SidecarResources {
 impl Default for SidecarResources {
     fn default() -> Self {
         Self {
-            cpu_request: "5m".to_owned(),
-            memory_request: "16Mi".to_owned(),
-            cpu_limit: "100m".to_owned(),
-            memory_limit: "32Mi".to_owned(),
+            cpu_request: defaults::SIDECAR_CPU_REQUEST.to_owned(),
+            memory_request: defaults::SIDECAR_MEMORY_REQUEST.to_owned(),
+            cpu_limit: defaults::SIDECAR_CPU_LIMIT.to_owned(),
+            memory_limit: defaults::SIDECAR_MEMORY_LIMIT.to_owned(),
         }
     }
 }
@@ -104,7 +104,7 @@ impl Default for InjectConfig {
             image: defaults::SIDECAR_IMAGE.to_owned(),
             mount_path: defaults::MOUNT_PATH.to_owned(),
             native_sidecar: true,
-            size_limit: "1Mi".to_owned(),
+            size_limit: defaults::SIZE_LIMIT.to_owned(),
             admin_port: defaults::ADMIN_PORT,
             channel: None,
             pull_policy: "Always".to_owned(),
