@@ -792,77 +792,78 @@ fn target_failed(
     })
 }
 
-/// Setting: logs in to the target as the admin and sets the pending
-/// password on the pending value's role.
-async fn setting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
-    let now = i.now;
+/// One Setting or Testing attempt (`phase`): `Ok` with the status and the
+/// role when it worked, else the step to return: without a target the
+/// rotation goes on to Propagating, while the last failed attempt's
+/// backoff runs it waits, and a failure is counted ([`target_failed`]).
+async fn attempt(
+    i: &Inputs<'_>,
+    mut status: SecretRotationPolicyStatus,
+    phase: Phase,
+) -> Result<std::result::Result<(SecretRotationPolicyStatus, String), Step>> {
     if i.target.is_none() && i.receiver.is_none() {
-        enter(&mut status, Phase::Propagating, now);
-        return Ok(Step::new(status, Duration::ZERO));
+        enter(&mut status, Phase::Propagating, i.now);
+        return Ok(Err(Step::new(status, Duration::ZERO)));
     }
     if let Some(wait) = backing_off(i, &status) {
-        return Ok(Step::new(status, wait));
+        return Ok(Err(Step::new(status, wait)));
     }
+    let setting = phase == Phase::Setting;
     let (result, role) = match (i.receiver, i.target) {
         (Some(receiver), _) => {
-            let call = pending_call(i, &status, RotationStep::Set).await?;
+            let step = if setting {
+                RotationStep::Set
+            } else {
+                RotationStep::Test
+            };
+            let call = pending_call(i, &status, step).await?;
             (receiver.call(&call).await, receiver.url().to_owned())
         }
-        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
+        (None, None) => return Ok(Err(Step::new(status, Duration::ZERO))),
         (None, Some(target)) => {
-            let new = pending_value(i, &status, Phase::Setting)
-                .await?
-                .credential();
-            let result = match admin(i).await? {
-                Ok(admin) => target.set(&admin, &new).await,
-                Err(f) => Err(f),
+            let new = pending_value(i, &status, phase).await?.credential();
+            let result = if setting {
+                match admin(i).await? {
+                    Ok(admin) => target.set(&admin, &new).await,
+                    Err(f) => Err(f),
+                }
+            } else {
+                target.test(&new).await
             };
             (result, new.username.clone())
         }
     };
-    match result {
-        Ok(()) => {
-            status.target_attempts = None;
-            status.target_set_at = Some(rfc3339(now));
-            enter(&mut status, Phase::Testing, now);
-            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetSet { role }))
-        }
-        Err(f) => Ok(target_failed(i, status, Phase::Setting, f)),
-    }
+    Ok(match result {
+        Ok(()) => Ok((status, role)),
+        Err(f) => Err(target_failed(i, status, phase, f)),
+    })
+}
+
+/// Setting: logs in to the target as the admin and sets the pending
+/// password on the pending value's role.
+async fn setting(i: &Inputs<'_>, status: SecretRotationPolicyStatus) -> Result<Step> {
+    let now = i.now;
+    let (mut status, role) = match attempt(i, status, Phase::Setting).await? {
+        Ok(worked) => worked,
+        Err(step) => return Ok(step),
+    };
+    status.target_attempts = None;
+    status.target_set_at = Some(rfc3339(now));
+    enter(&mut status, Phase::Testing, now);
+    Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetSet { role }))
 }
 
 /// Testing: logs in to the target with the pending value.
-async fn testing(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+async fn testing(i: &Inputs<'_>, status: SecretRotationPolicyStatus) -> Result<Step> {
     let now = i.now;
-    if i.target.is_none() && i.receiver.is_none() {
-        enter(&mut status, Phase::Propagating, now);
-        return Ok(Step::new(status, Duration::ZERO));
-    }
-    if let Some(wait) = backing_off(i, &status) {
-        return Ok(Step::new(status, wait));
-    }
-    let (result, role) = match (i.receiver, i.target) {
-        (Some(receiver), _) => {
-            let call = pending_call(i, &status, RotationStep::Test).await?;
-            (receiver.call(&call).await, receiver.url().to_owned())
-        }
-        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
-        (None, Some(target)) => {
-            let new = pending_value(i, &status, Phase::Testing)
-                .await?
-                .credential();
-            (target.test(&new).await, new.username.clone())
-        }
+    let (mut status, role) = match attempt(i, status, Phase::Testing).await? {
+        Ok(worked) => worked,
+        Err(step) => return Ok(step),
     };
-    match result {
-        Ok(()) => {
-            status.target_attempts = None;
-            status.consumers.clear();
-            enter(&mut status, Phase::Propagating, now);
-            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetTested { role }))
-        }
-        Err(f) => Ok(target_failed(i, status, Phase::Testing, f)),
-    }
+    status.target_attempts = None;
+    status.consumers.clear();
+    enter(&mut status, Phase::Propagating, now);
+    Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetTested { role }))
 }
 
 /// RollingBack's half on the target, when Setting changed it: singleUser's
