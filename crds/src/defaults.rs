@@ -1,7 +1,9 @@
-//! The defaults the webhook and the sidecar must agree on, declared once:
-//! the sidecar image the webhook injects, where the files appear, where the
-//! sidecar reads the pod's annotations, and the sidecar's two ports. The
-//! controller's flags and the sidecar's flags both default to these.
+//! Every default more than one part must agree on, declared once: the
+//! sidecar image the webhook injects, where the files appear, the
+//! sidecar's ports, resources and volume size, the channel's port and
+//! files, the service-account token path, Vault's mounts and audiences.
+//! The controller's flags, the sidecar's flags and the CRDs' serde
+//! defaults refer to these.
 
 /// The sidecar image the webhook injects (`--sidecar-image`).
 pub const SIDECAR_IMAGE: &str = "ghcr.io/rotor-dev/rotor-sidecar:0.1.0";
@@ -35,6 +37,21 @@ pub const PUSH_PORT: u16 = 9465;
 /// The controller's channel port, which the sidecars dial
 /// (`rotor-controller run|standalone --channel-addr`).
 pub const CHANNEL_PORT: u16 = 9466;
+
+// One literal for the directory and the two files in it (`concat!` takes
+// literals only).
+macro_rules! channel_dir {
+    () => {
+        "/var/run/rotor/channel"
+    };
+}
+
+/// Where the injected sidecar finds the channel's projected token.
+pub const CHANNEL_DIR: &str = channel_dir!();
+/// The token the sidecar presents on the channel (`--channel-token`).
+pub const CHANNEL_TOKEN_FILE: &str = concat!(channel_dir!(), "/token");
+/// The controller's CA bundle (`--controller-ca`).
+pub const CHANNEL_CA_FILE: &str = concat!(channel_dir!(), "/ca.crt");
 
 /// The audience of the service-account tokens presented to Vault's
 /// Kubernetes auth when a store names none.

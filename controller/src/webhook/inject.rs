@@ -46,7 +46,7 @@ const CREDS_PATH: &str = "/var/run/secrets/rotor";
 /// The projected token the sidecar presents on the channel.
 pub const CHANNEL_TOKEN_VOLUME: &str = "rotor-channel-token";
 /// Where the sidecar mounts [`CHANNEL_TOKEN_VOLUME`].
-pub const CHANNEL_TOKEN_PATH: &str = "/var/run/rotor/channel";
+pub const CHANNEL_TOKEN_PATH: &str = defaults::CHANNEL_DIR;
 /// The channel token's lifetime: the API server's minimum, so a token
 /// that leaves the pod is of use for minutes at most (the kubelet renews
 /// it at 80 %).
