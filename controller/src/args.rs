@@ -458,7 +458,7 @@ async fn run(command: Command) -> crate::Result<()> {
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default()
                     .with_admission(&admission)
-                    .with_channel(&channel_metrics)
+                    .with(&channel_metrics)
                     .with_reconcilers(&crate::rotation::metrics::Reconciler::CLUSTER),
             );
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -613,7 +613,7 @@ async fn run(command: Command) -> crate::Result<()> {
             let channel_metrics = crate::channel::ChannelMetrics::default();
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default()
-                    .with_channel(&channel_metrics)
+                    .with(&channel_metrics)
                     .with_reconcilers(&[crate::rotation::metrics::Reconciler::Standalone]),
             );
             if let Some(addr) = metrics_addr {

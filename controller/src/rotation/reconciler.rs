@@ -19,16 +19,27 @@ use rotor_store::Store;
 
 use super::consumers::ConsumerIndex;
 use super::driver::{Record, Rotation, Settle, settle};
+use super::machine::Consumers;
 use super::machine::{Blocked, RotationEvent, Severity, blocked, ready_blocked, unblocked};
 use super::metrics::RotationMetrics;
 use super::target::https::Callers;
 use super::validate::{Mode, Policy};
+use crate::serving::Served;
 
-use crate::channel::{Hub, StreamConsumers};
 use crate::store_index::Refusal;
 use crate::{Error, Result};
 use rotor_crds::annotations::ROTATE_NOW;
 use rotor_crds::names::FIELD_MANAGER;
+
+/// The sidecars' streams as the reconciler asks them (the channel's hub
+/// implements it): rotation owns the trait, the channel sits above.
+pub trait Streams: Send + Sync {
+    /// The consumers `pods` (`namespace/pod`), each with `deadline` to
+    /// acknowledge one request.
+    fn consumers(&self, pods: Vec<String>, deadline: Duration) -> Box<dyn Consumers + '_>;
+    /// What each pod last said it serves.
+    fn served(&self) -> &Served;
+}
 
 /// Builds the store a policy names (from its RotorStore or
 /// ClusterRotorStore), resolved on every call against the store and the
@@ -111,7 +122,7 @@ pub struct RotationContext {
     pub stores: Arc<dyn StoreFactory>,
     pub consumers: Arc<RwLock<ConsumerIndex>>,
     /// The sidecars' streams, through which consumers are asked.
-    pub hub: Arc<Hub>,
+    pub hub: Arc<dyn Streams>,
     /// How long each consumer has to acknowledge one request.
     pub ack_deadline: Duration,
     /// Whose tokens https targets receive: the namespace's rotator.
@@ -151,11 +162,7 @@ pub async fn reconcile(
         );
     let stepped = match assess(checked, store)? {
         Assessed::Ready(valid, store) => {
-            let consumers = StreamConsumers {
-                hub: &ctx.hub,
-                pods: pods.clone(),
-                deadline: ctx.ack_deadline,
-            };
+            let consumers = ctx.hub.consumers(pods.clone(), ctx.ack_deadline);
             let mut current = status.clone();
             unblocked(&mut current, now);
             let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
@@ -166,7 +173,7 @@ pub async fn reconcile(
                 now,
                 rotate_now,
                 store: &*store,
-                consumers: &consumers,
+                consumers: &*consumers,
                 caller,
                 rng: &rotor_store::random::SystemRandom,
             };
