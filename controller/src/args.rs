@@ -82,7 +82,11 @@ enum Command {
         /// The address sidecars' streams come in on (TLS with the serving
         /// certificate, HTTP/2). `[::]` takes IPv4 and IPv6 connections;
         /// on a node without IPv6 use `0.0.0.0:9466`.
-        #[arg(long, env = "ROTOR_CHANNEL_ADDR", default_value = "[::]:9466")]
+        #[arg(
+            long,
+            env = "ROTOR_CHANNEL_ADDR",
+            default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, rotor_crds::defaults::CHANNEL_PORT))
+        )]
         channel_addr: SocketAddr,
         /// This replica's name in the leader Lease (the pod name).
         #[arg(long, env = "ROTOR_IDENTITY", default_value = "rotor-controller")]
@@ -181,7 +185,11 @@ struct StandaloneChannelArgs {
     /// required): loopback by default; another address needs its name in
     /// the certificate (it is added for a specific IP, --channel-name for
     /// DNS names).
-    #[arg(long, env = "ROTOR_CHANNEL_ADDR", default_value = "127.0.0.1:9466")]
+    #[arg(
+        long,
+        env = "ROTOR_CHANNEL_ADDR",
+        default_value_t = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, rotor_crds::defaults::CHANNEL_PORT))
+    )]
     channel_addr: SocketAddr,
     /// Where the channel's CA (`ca.crt`, what sidecars pass as
     /// --controller-ca), serving certificate and key are kept, made at the
@@ -245,7 +253,7 @@ struct ServeArgs {
     #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
     /// The tmpfs size limit of the secrets volume.
-    #[arg(long, env = "ROTOR_SIZE_LIMIT", default_value = "1Mi", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIZE_LIMIT", default_value = rotor_crds::defaults::SIZE_LIMIT, value_parser = quantity)]
     size_limit: String,
     /// The injected sidecar's imagePullPolicy.
     #[arg(
@@ -256,16 +264,16 @@ struct ServeArgs {
     )]
     sidecar_pull_policy: String,
     /// The injected sidecar's CPU request.
-    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = "5m", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = rotor_crds::defaults::SIDECAR_CPU_REQUEST, value_parser = quantity)]
     sidecar_cpu_request: String,
     /// The injected sidecar's memory request.
-    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = "16Mi", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = rotor_crds::defaults::SIDECAR_MEMORY_REQUEST, value_parser = quantity)]
     sidecar_memory_request: String,
     /// The injected sidecar's CPU limit.
-    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = "100m", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = rotor_crds::defaults::SIDECAR_CPU_LIMIT, value_parser = quantity)]
     sidecar_cpu_limit: String,
     /// The injected sidecar's memory limit.
-    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = "32Mi", value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = rotor_crds::defaults::SIDECAR_MEMORY_LIMIT, value_parser = quantity)]
     sidecar_memory_limit: String,
     /// The refresh interval of pods that set no rotor.dev/refresh: the
     /// webhook adds that annotation (100ms to 24h). Default: the
@@ -450,7 +458,7 @@ async fn run(command: Command) -> crate::Result<()> {
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default()
                     .with_admission(&admission)
-                    .with_channel(&channel_metrics)
+                    .with(&channel_metrics)
                     .with_reconcilers(&crate::rotation::metrics::Reconciler::CLUSTER),
             );
             let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -539,8 +547,7 @@ async fn run(command: Command) -> crate::Result<()> {
                 client.clone(),
                 consumers.clone(),
             ));
-            let rotators =
-                crate::cluster::identity::Rotators::new(client.clone(), rotator_service_account);
+            let rotators = crate::identity::Rotators::new(client.clone(), rotator_service_account);
             // One set of stores (and limiters) for rotation and detection.
             let cluster_stores = Arc::new(
                 crate::cluster::stores::ClusterStores::new(stores.clone(), rotators.clone())
@@ -569,7 +576,7 @@ async fn run(command: Command) -> crate::Result<()> {
                 consumers,
                 hub: channel.hub.clone(),
                 ack_deadline: std::time::Duration::from_secs(5),
-                rotators: Some(rotators),
+                rotators: Some(Arc::new(rotators)),
                 leader,
                 metrics: metrics.clone(),
             });
@@ -606,7 +613,7 @@ async fn run(command: Command) -> crate::Result<()> {
             let channel_metrics = crate::channel::ChannelMetrics::default();
             let metrics = Arc::new(
                 crate::rotation::metrics::RotationMetrics::default()
-                    .with_channel(&channel_metrics)
+                    .with(&channel_metrics)
                     .with_reconcilers(&[crate::rotation::metrics::Reconciler::Standalone]),
             );
             if let Some(addr) = metrics_addr {

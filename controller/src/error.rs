@@ -106,7 +106,7 @@ pub enum Error {
     UnsupportedStore { store: String, reason: String },
 
     /// The policy's namespace has no rotator ServiceAccount, the identity
-    /// rotation acts as there (`cluster::identity`).
+    /// rotation acts as there (`identity`).
     #[error(
         "namespace {namespace:?} has no ServiceAccount {service_account:?}, the identity rotation \
          acts as in a namespace: create it (kubectl -n {namespace} create serviceaccount \

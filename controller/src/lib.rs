@@ -32,6 +32,7 @@ pub mod channel;
 pub mod cluster;
 pub mod detect;
 mod error;
+pub mod identity;
 pub mod index;
 pub mod manifests;
 pub mod pod_injection;

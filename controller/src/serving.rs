@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus, rfc3339};
+use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
 use tokio::sync::Notify;
+
+use rotor_crds::api::rfc3339;
 
 impl Inner {
     /// `pod` is connected: no longer among the gone.

@@ -13,16 +13,17 @@ use kube::ResourceExt;
 use rotor_crds::api::{RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::rotation::machine::{Phase, step};
+use crate::rotation::driver::{Record, Rotation, Settle, settle};
+use crate::rotation::machine::RotationEvent;
 use crate::rotation::metrics::RotationMetrics;
 use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::{Mode, Policy};
+use rotor_store::backoff::Retry;
 
 use crate::store_from_spec::Reach;
 use crate::{Error, Result};
 
 pub mod channel;
-pub(crate) mod retry;
 pub mod stores;
 
 use stores::{StandaloneStores, StoreSpec};
@@ -137,6 +138,33 @@ fn read_state(path: &Path) -> State {
         .unwrap_or_default()
 }
 
+/// Standalone's [`Record`]: the status in the policy's state file (the
+/// rotate-now token handled beside it), the events in the log.
+struct StateFile<'a> {
+    path: &'a Path,
+    policy: &'a str,
+}
+
+#[async_trait::async_trait]
+impl Record for StateFile<'_> {
+    async fn save(&self, status: &SecretRotationPolicyStatus) -> Result<()> {
+        let mut status = status.clone();
+        let rotate_now_handled = status.rotate_now_handled.take();
+        write_state(
+            self.path,
+            &State {
+                status,
+                rotate_now_handled,
+            },
+        )
+    }
+
+    async fn announce(&self, e: &RotationEvent) {
+        let (reason, message) = (e.reason(), e.message());
+        tracing::info!(policy = %self.policy, %reason, %message, "rotation event");
+    }
+}
+
 fn write_state(path: &Path, state: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let io = |source| Error::File {
@@ -242,7 +270,8 @@ async fn rotate(
         https_target_token,
     } = outside;
     // Policies whose last step failed, and when each is tried again.
-    let mut retries: BTreeMap<String, retry::Retry> = BTreeMap::new();
+    // Each with its failures in a row and when it is due.
+    let mut retries: BTreeMap<String, (Retry, tokio::time::Instant)> = BTreeMap::new();
     // The problem last logged: an invalid edit is logged once, and the
     // last good policies keep running (a rotation in flight finishes or
     // rolls back under them).
@@ -267,8 +296,8 @@ async fn rotate(
         }
         let mut wake = Duration::from_secs(1);
         for (policy, valid) in &loaded.policies {
-            if let Some(r) = retries.get(&policy.name_any()) {
-                let left = r.remaining(tokio::time::Instant::now());
+            if let Some((_, at)) = retries.get(&policy.name_any()) {
+                let left = at.saturating_duration_since(tokio::time::Instant::now());
                 if !left.is_zero() {
                     wake = wake.min(left);
                     continue;
@@ -283,7 +312,7 @@ async fn rotate(
                 })
             });
             let path = state_path(state_dir, policy);
-            let mut state = read_state(&path);
+            let state = read_state(&path);
             let token = policy.annotations().get(ROTATE_NOW).cloned();
             let rotate_now = token.is_some() && token != state.rotate_now_handled;
             let consumers = channel::consumers(
@@ -295,16 +324,17 @@ async fn rotate(
             );
             let result = match store {
                 Ok(store) => {
-                    step(
-                        valid,
-                        &state.status,
-                        SystemTime::now(),
+                    Rotation {
+                        policy: valid,
+                        current: &state.status,
+                        now: SystemTime::now(),
                         rotate_now,
-                        &*store,
-                        &consumers,
-                        https_target_token.map(|t| t as &dyn CallerToken),
-                        &rotor_store::random::SystemRandom,
-                    )
+                        store: &*store,
+                        consumers: &consumers,
+                        caller: https_target_token.map(|t| t as &dyn CallerToken),
+                        rng: &rotor_store::random::SystemRandom,
+                    }
+                    .step()
                     .await
                 }
                 Err(e) => Err(e),
@@ -312,37 +342,31 @@ async fn rotate(
             match result {
                 Ok(s) => {
                     retries.remove(&policy.name_any());
-                    if let Some((outcome, duration)) = &s.finished {
-                        metrics.finished(outcome.as_str(), duration.as_secs_f64());
-                    }
-                    for e in &s.events {
-                        let (reason, message) = (e.reason(), e.message());
-                        tracing::info!(policy = %policy.name_any(), %reason, %message, "rotation event");
-                    }
-                    if rotate_now && s.status.phase != Some(Phase::Idle) {
-                        state.rotate_now_handled = token;
-                    }
-                    let before = std::mem::replace(&mut state.status, s.status);
-                    crate::serving::fill(
-                        &mut state.status,
-                        &before.consumers,
-                        &consumers.pods,
-                        &valid.secret_name,
-                        hub.served(),
-                    );
-                    write_state(&path, &state)?;
-                    metrics.next_rotation(&policy.name_any(), &state.status);
-                    if let Some(counts) = &state.status.serving {
-                        metrics.serving(&policy.name_any(), counts);
-                    }
-                    wake = wake.min(s.requeue);
+                    let key = policy.name_any();
+                    let after = Settle {
+                        key: &key,
+                        before: &state.status,
+                        token,
+                        handled: state.rotate_now_handled.clone(),
+                        generation: policy.metadata.generation,
+                        pods: &consumers.pods,
+                        secret: &valid.secret_name,
+                        served: hub.served(),
+                        metrics,
+                    };
+                    let record = StateFile {
+                        path: &path,
+                        policy: &key,
+                    };
+                    wake = wake.min(settle(s, after, &record).await?);
                 }
                 Err(e) => {
                     metrics.reconcile_failed(crate::rotation::metrics::Reconciler::Standalone, &e);
-                    let retry_in = retries
+                    let (retry, at) = retries
                         .entry(policy.name_any())
-                        .or_insert_with(retry::Retry::new)
-                        .failed(tokio::time::Instant::now());
+                        .or_insert_with(|| (Retry::default(), tokio::time::Instant::now()));
+                    let retry_in = retry.failed_exactly(crate::rotation::retry::SCHEDULE);
+                    *at = tokio::time::Instant::now() + retry_in;
                     tracing::warn!(policy = %policy.name_any(), error = %e, ?retry_in, "rotation step failed; retrying");
                     wake = wake.min(retry_in);
                 }

@@ -12,12 +12,8 @@ use rotor_store::{
     WebIdentity,
 };
 
-use crate::cluster::identity::Rotator;
+use crate::identity::Rotator;
 use crate::{Error, Result};
-
-/// The in-pod service-account token, for Vault Kubernetes auth in
-/// standalone mode run inside a pod.
-const POD_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
 /// What the controller can reach, and as whom.
 #[derive(Clone, Debug)]
@@ -116,7 +112,7 @@ async fn vault_auth(
             .map(|k| VaultAuth::Kubernetes {
                 mount: k.mount_path.clone(),
                 role: k.role.clone(),
-                jwt: Arc::new(TokenFile::new(POD_TOKEN)),
+                jwt: Arc::new(TokenFile::new(rotor_crds::defaults::SERVICE_ACCOUNT_TOKEN)),
             })
             .ok_or_else(|| {
                 unsupported(
@@ -150,7 +146,7 @@ mod tests {
     use rotor_fixtures::api_server::{Exchange, Recorded, Reply, Scenario, pair};
 
     use super::*;
-    use crate::cluster::identity::Rotators;
+    use crate::identity::Rotators;
 
     const TOKEN_PATH: &str = "/api/v1/namespaces/team-a/serviceaccounts/rotor-rotator/token";
 

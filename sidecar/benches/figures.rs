@@ -78,7 +78,6 @@ fn swap_10_files() -> (String, String, String) {
     let mut writer = AtomicWriter::open(
         dir.path(),
         WriterOptions {
-            grace: Duration::from_secs(2),
             default_mode: 0o400,
             ..WriterOptions::default()
         },

@@ -91,12 +91,17 @@ pub struct Args {
     /// The files' mode when the pod sets no rotor.dev/file-mode: octal,
     /// no execute bits, no write for group or others. The webhook sets
     /// 0440 (or 0444) when it cannot run the sidecar as the app's user.
-    #[arg(long, env = "ROTOR_DEFAULT_FILE_MODE", default_value = "0400", value_parser = parse_file_mode)]
-    default_file_mode: u32,
+    #[arg(
+        long,
+        env = "ROTOR_DEFAULT_FILE_MODE",
+        default_value_t = FileMode(rotor_crds::annotations::DEFAULT_FILE_MODE),
+        value_parser = parse_file_mode
+    )]
+    default_file_mode: FileMode,
 
     /// How long a superseded data directory stays for readers mid-lookup.
-    #[arg(long, env = "ROTOR_KEEP_OLD", default_value = "2s", value_parser = humantime::parse_duration)]
-    keep_old: Duration,
+    #[arg(long, env = "ROTOR_KEEP_OLD", default_value_t = crate::writer::KEEP_OLD.into())]
+    keep_old: humantime::Duration,
 
     #[command(flatten)]
     channel: crate::channel::ChannelArgs,
@@ -137,7 +142,7 @@ impl Args {
     }
 
     pub fn default_file_mode(&self) -> u32 {
-        self.default_file_mode
+        self.default_file_mode.0
     }
 }
 
@@ -219,8 +224,8 @@ impl Args {
             WriterOptions {
                 allow_disk,
                 owner: contract.file_owner,
-                grace: keep_old,
-                default_mode: default_file_mode,
+                grace: keep_old.into(),
+                default_mode: default_file_mode.0,
             },
         )?;
         let shared = Arc::new(Shared::with_metrics(crate::metrics::Metrics::new(
@@ -240,7 +245,7 @@ impl Args {
             Reloader::new(ReloadPolicy::default()),
             shared.clone(),
             EngineOptions {
-                default_file_mode,
+                default_file_mode: default_file_mode.0,
                 ..EngineOptions::default()
             },
         );
@@ -378,10 +383,22 @@ pub fn parse_socket_addr(value: &str) -> std::result::Result<SocketAddr, String>
     Ok(SocketAddr::from((ip, port)))
 }
 
-fn parse_file_mode(value: &str) -> std::result::Result<u32, String> {
-    rotor_crds::annotations::parse_mode(value).map_err(|problem| {
-        format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")
-    })
+/// A file mode as the command line writes it: octal, four digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileMode(u32);
+
+impl std::fmt::Display for FileMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+fn parse_file_mode(value: &str) -> std::result::Result<FileMode, String> {
+    rotor_crds::annotations::parse_mode(value)
+        .map(FileMode)
+        .map_err(|problem| {
+            format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")
+        })
 }
 
 /// The push port is not authenticated: it listens on loopback only.

@@ -50,7 +50,7 @@ pub struct StoreArgs {
     pub vault_addr: Option<String>,
 
     /// The KV v2 mount.
-    #[arg(long, env = "ROTOR_VAULT_MOUNT", default_value = "secret")]
+    #[arg(long, env = "ROTOR_VAULT_MOUNT", default_value = rotor_crds::defaults::VAULT_KV_MOUNT)]
     pub vault_mount: String,
 
     /// How to log in to Vault.
@@ -77,7 +77,7 @@ pub struct StoreArgs {
     #[arg(
         long,
         env = "ROTOR_VAULT_JWT_FILE",
-        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+        default_value = rotor_crds::defaults::SERVICE_ACCOUNT_TOKEN
     )]
     pub vault_jwt_file: PathBuf,
 
@@ -175,7 +175,7 @@ impl StoreArgs {
                 mount: self
                     .vault_auth_mount
                     .clone()
-                    .unwrap_or_else(|| "kubernetes".to_owned()),
+                    .unwrap_or_else(|| rotor_crds::defaults::VAULT_KUBERNETES_MOUNT.to_owned()),
                 role: self.vault_role.clone().ok_or(crate::Error::MissingFlag {
                     flag: "--vault-role (ROTOR_VAULT_ROLE)",
                     when: "with --vault-auth kubernetes",
@@ -186,7 +186,7 @@ impl StoreArgs {
                 mount: self
                     .vault_auth_mount
                     .clone()
-                    .unwrap_or_else(|| "approle".to_owned()),
+                    .unwrap_or_else(|| rotor_crds::defaults::VAULT_APPROLE_MOUNT.to_owned()),
                 role_id: self
                     .vault_role_id
                     .clone()

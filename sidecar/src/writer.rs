@@ -94,12 +94,16 @@ pub struct WriterOptions {
     pub default_mode: u32,
 }
 
+/// How long a superseded data directory stays for readers mid-lookup
+/// unless `--keep-old` says otherwise.
+pub const KEEP_OLD: Duration = Duration::from_secs(2);
+
 impl Default for WriterOptions {
     fn default() -> Self {
         Self {
             allow_disk: false,
             owner: None,
-            grace: Duration::ZERO,
+            grace: KEEP_OLD,
             default_mode: rotor_crds::annotations::DEFAULT_FILE_MODE,
         }
     }

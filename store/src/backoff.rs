@@ -28,17 +28,24 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(base: Duration, cap: Duration) -> Self {
+    pub const fn new(base: Duration, cap: Duration) -> Self {
         Self { base, cap }
+    }
+
+    /// The delay after `failures` failures in a row without jitter, the top
+    /// of [`Backoff::delay`]'s range: `min(base · 2^failures, cap)`. For
+    /// waits a status must be able to tell again (the controller's rotation
+    /// retries), which a random draw could not.
+    pub fn ceiling(&self, failures: u32) -> Duration {
+        self.base
+            .saturating_mul(1u32 << failures.min(16))
+            .min(self.cap)
     }
 
     /// The delay before the next check after `failures` failures in a row
     /// (1 for the first): in `[d/2, d]`, `d = min(base · 2^failures, cap)`.
     pub fn delay(&self, failures: u32, random: &dyn Random) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1u32 << failures.min(16))
-            .min(self.cap);
+        let exp = self.ceiling(failures);
         exp / 2 + (exp / 2).mul_f64(random.fraction().clamp(0.0, 1.0))
     }
 }
@@ -59,6 +66,13 @@ impl Retry {
     /// A check succeeded: the next failure starts from `base` again.
     pub fn reset(&mut self) {
         self.failures = 0;
+    }
+
+    /// Counts a failure; returns the wait before the next attempt without
+    /// jitter ([`Backoff::ceiling`]).
+    pub fn failed_exactly(&mut self, backoff: Backoff) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        backoff.ceiling(self.failures)
     }
 
     pub fn failures(&self) -> u32 {

@@ -13,7 +13,7 @@
 //! - a receiver answering 500 rolls back and is sent `setSecret` with
 //!   CURRENT's value; a slow one rolls back with `TargetTimedOut`;
 //! - in a cluster, the controller's rotator identity
-//!   (`cluster::identity::Rotator`) sends a token the receiver accepts.
+//!   (`identity::Rotator`) sends a token the receiver accepts.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -376,8 +376,8 @@ async fn in_a_cluster_the_rotator_identity_calls_with_the_urls_audience() {
     let plane = ControlPlane::shared();
     let ns = tenant(plane).await;
     let receiver = TestReceiver::start(plane, &ns, Answer::Ok).await;
-    let rotator = rotor_controller::cluster::identity::Rotators::new(plane.client().await, ROTATOR)
-        .in_namespace(&ns);
+    let rotator =
+        rotor_controller::identity::Rotators::new(plane.client().await, ROTATOR).in_namespace(&ns);
     let spec = HttpsSpec {
         url: receiver.url.clone(),
         ca_bundle: Some(receiver.ca_pem.clone()),
@@ -394,9 +394,8 @@ async fn in_a_cluster_the_rotator_identity_calls_with_the_urls_audience() {
     assert_eq!(receiver.steps(), [RotationStep::Test]);
     // Another namespace's rotator is refused.
     let other = tenant(plane).await;
-    let stranger =
-        rotor_controller::cluster::identity::Rotators::new(plane.client().await, ROTATOR)
-            .in_namespace(&other);
+    let stranger = rotor_controller::identity::Rotators::new(plane.client().await, ROTATOR)
+        .in_namespace(&other);
     let https = Https::new(&spec, Some(&stranger)).unwrap();
     assert_eq!(
         https.call(&call).await,

@@ -69,10 +69,7 @@ pub struct DemoArgs {
 
 impl DemoArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(self.run_async())
+        super::block_on(self.run_async())
     }
 
     /// Runs the demo, then stops every child process and removes every

@@ -26,41 +26,45 @@ pub struct DemoAppArgs {
 
 impl DemoAppArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(async move {
-                let Self { file, pid_file, remove_if_orphaned } = self;
-                let pid = std::process::id();
-                let mut hup = signal(SignalKind::hangup())?;
-                let mut term = signal(SignalKind::terminate())?;
-                std::fs::write(&pid_file, format!("{pid}\n")).context("cannot write the pid file")?;
-                say(&format!("app[{pid}]: started; secret fingerprint {}", fingerprint(&file)?))?;
-                loop {
-                    tokio::select! {
-                        _ = hup.recv() => {
-                            // Let a burst of signals settle.
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                            let line = format!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?);
-                            match say(&line) {
-                                // The demo stopped reading: it is stopping.
-                                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-                                other => other?,
-                            }
-                        }
-                        _ = term.recv() => {
-                            if orphaned() {
-                                for dir in &remove_if_orphaned {
-                                    let _ = std::fs::remove_dir_all(dir);
-                                }
-                            }
-                            // The demo may have stopped reading already.
-                            let _ = say(&format!("app[{pid}]: stopping"));
-                            return Ok(());
+        super::block_on(async move {
+            let Self {
+                file,
+                pid_file,
+                remove_if_orphaned,
+            } = self;
+            let pid = std::process::id();
+            let mut hup = signal(SignalKind::hangup())?;
+            let mut term = signal(SignalKind::terminate())?;
+            std::fs::write(&pid_file, format!("{pid}\n")).context("cannot write the pid file")?;
+            say(&format!(
+                "app[{pid}]: started; secret fingerprint {}",
+                fingerprint(&file)?
+            ))?;
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => {
+                        // Let a burst of signals settle.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        let line = format!("app[{pid}]: SIGHUP: reloaded the secret without a restart; fingerprint {}", fingerprint(&file)?);
+                        match say(&line) {
+                            // The demo stopped reading: it is stopping.
+                            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                            other => other?,
                         }
                     }
+                    _ = term.recv() => {
+                        if orphaned() {
+                            for dir in &remove_if_orphaned {
+                                let _ = std::fs::remove_dir_all(dir);
+                            }
+                        }
+                        // The demo may have stopped reading already.
+                        let _ = say(&format!("app[{pid}]: stopping"));
+                        return Ok(());
+                    }
                 }
-            })
+            }
+        })
     }
 }
 

@@ -43,7 +43,7 @@ struct VaultInjectorArgs {
     store: String,
     /// The store's KV v2 mount: Vault paths on it become Rotor secret names
     /// (`secret/data/db-creds` is `db-creds`); other paths are not translated.
-    #[arg(long, value_name = "MOUNT", default_value = "secret")]
+    #[arg(long, value_name = "MOUNT", default_value = rotor_crds::defaults::VAULT_KV_MOUNT)]
     mount: String,
 }
 

@@ -137,10 +137,7 @@ pub fn table_rows(rows: &[Row], all_namespaces: bool, now: SystemTime) -> Vec<Ve
 
 impl StatusArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(self.run_async())
+        super::block_on(self.run_async())
     }
 
     async fn run_async(self) -> anyhow::Result<()> {

@@ -358,6 +358,20 @@ impl Hub {
     }
 }
 
+impl crate::rotation::reconciler::Streams for Hub {
+    fn consumers(&self, pods: Vec<String>, deadline: Duration) -> Box<dyn Consumers + '_> {
+        Box::new(StreamConsumers {
+            hub: self,
+            pods,
+            deadline,
+        })
+    }
+
+    fn served(&self) -> &Served {
+        Hub::served(self)
+    }
+}
+
 /// Rotation's consumers over the streams: each pod of `pods` is asked
 /// through its stream, and one without a stream has not acknowledged.
 pub struct StreamConsumers<'a> {

@@ -28,6 +28,12 @@ pub struct ChannelMetrics {
     pending: Gauge,
 }
 
+impl crate::rotation::metrics::Exposed for ChannelMetrics {
+    fn register(&self, registry: &mut Registry) {
+        ChannelMetrics::register(self, registry);
+    }
+}
+
 impl ChannelMetrics {
     /// Registers the metrics in `registry` (under its prefix), every
     /// reason's counters at 0 so that an `increase()` alert sees the first.

@@ -13,7 +13,6 @@
 //! The RotorStore status reconcilers run from `store_status::run`.
 
 pub mod certificate;
-pub mod identity;
 pub mod metrics_server;
 pub mod owner;
 pub mod rotation;

@@ -22,14 +22,14 @@ use rotor_store::Store;
 
 use crate::Result;
 use crate::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};
-use crate::cluster::identity::Rotators;
 use crate::detect::{DetectStores, StoreRef};
+use crate::identity::Rotators;
 use crate::rotation::reconciler::StoreFactory;
 use crate::store_from_spec::Reach;
 use crate::store_index::{Resolved, Revision, SharedStoreIndex, StoreKind};
 
 /// Builds rotation stores from the store index, logging in as the policy's
-/// namespace's rotator (`cluster::identity`).
+/// namespace's rotator (`identity`).
 pub struct ClusterStores {
     index: SharedStoreIndex,
     /// Whom rotation acts as: the rotator of the policy's namespace.

@@ -1,6 +1,6 @@
 //! The rotation state machine: its phases ([`Phase`]), the events it emits
 //! ([`RotationEvent`]) and one function per phase. Its whole state is the
-//! policy's status, and each [`step`] moves at most one phase and returns
+//! policy's status, and each step ([`step_with`]) moves at most one phase and returns
 //! the status to persist before the next step, so a restart after any step
 //! resumes where it left off, and no step is done twice:
 //!
@@ -20,7 +20,7 @@
 //! With a [`Target`], Generating writes the pending value first (AWS's
 //! createSecret), Setting changes the target (setSecret) and Testing logs
 //! in with the new value (testSecret), each up to [`TARGET_ATTEMPTS`]
-//! times with the standalone retry schedule between attempts; consumers
+//! times with the [`super::retry`] schedule between attempts; consumers
 //! see the value only in Propagating. RollingBack then puts the target
 //! back: singleUser gets CURRENT's password again, alternatingUsers' idle
 //! role gets a random password nobody holds, an HTTPS receiver gets
@@ -42,10 +42,8 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use super::generate::generate;
-use super::target::https::{CallerToken, Https, Receiver, RotationCall, RotationStep};
-use super::target::{
-    Credential, DbSecret, Strategy, Target, TargetFailure, TargetSpec, admin_credential,
-};
+use super::target::https::{Receiver, RotationCall, RotationStep};
+use super::target::{Credential, DbSecret, Strategy, Target, TargetFailure, admin_credential};
 use super::validate::Policy;
 use crate::{Error, Result};
 use rotor_store::random::Random;
@@ -156,7 +154,7 @@ pub enum Blocked {
     /// AccessDenied): the store's own policy does not allow this rotation.
     StoreDenied,
     /// The policy's namespace has no rotator ServiceAccount
-    /// (`cluster::identity`), so rotation has no identity to act with.
+    /// (`identity`), so rotation has no identity to act with.
     RotatorMissing,
 }
 
@@ -560,35 +558,8 @@ fn pending(status: &SecretRotationPolicyStatus, phase: Phase) -> Result<String> 
 }
 
 /// Advances the rotation of one policy by at most one phase, drawing
-/// generated values and schedule jitter from `rng`.
-// Eight inputs until the one driver of the machine (standalone and the
-// reconciler) passes an `Inputs`; each is a distinct dependency.
-#[allow(clippy::too_many_arguments)]
-pub async fn step(
-    policy: &Policy,
-    current: &SecretRotationPolicyStatus,
-    now: SystemTime,
-    rotate_now: bool,
-    store: &dyn Store,
-    consumers: &dyn Consumers,
-    caller: Option<&dyn CallerToken>,
-    rng: &dyn Random,
-) -> Result<Step> {
-    let postgres = policy.postgres().map(TargetSpec::connect).transpose()?;
-    let https = policy.https().map(|h| Https::new(h, caller)).transpose()?;
-    let inputs = Inputs {
-        policy,
-        now,
-        store,
-        consumers,
-        rng,
-        target: postgres.as_ref().map(|p| p as &dyn Target),
-        receiver: https.as_ref().map(|h| h as &dyn Receiver),
-    };
-    step_with(&inputs, current, rotate_now).await
-}
-
-/// [`step`] with every input given.
+/// generated values and schedule jitter from `i.rng`; the driver
+/// ([`super::driver::Rotation::step`]) gives every input.
 pub async fn step_with(
     i: &Inputs<'_>,
     current: &SecretRotationPolicyStatus,
@@ -781,7 +752,7 @@ async fn admin(i: &Inputs<'_>) -> Result<Result<Credential, TargetFailure>> {
 /// the next attempt is not due.
 fn backing_off(i: &Inputs<'_>, status: &SecretRotationPolicyStatus) -> Option<Duration> {
     let attempts = status.target_attempts?;
-    let due = since(status, i.now) + crate::standalone::retry::Retry::wait_after(attempts);
+    let due = since(status, i.now) + super::retry::wait_after(attempts);
     due.duration_since(i.now).ok().filter(|d| !d.is_zero())
 }
 
@@ -811,7 +782,7 @@ fn target_failed(
     } else {
         status.target_attempts = Some(attempt);
         enter(&mut status, phase, now);
-        Step::new(status, crate::standalone::retry::Retry::wait_after(attempt))
+        Step::new(status, super::retry::wait_after(attempt))
     };
     step.event(RotationEvent::TargetFailed {
         phase,
@@ -821,77 +792,78 @@ fn target_failed(
     })
 }
 
-/// Setting: logs in to the target as the admin and sets the pending
-/// password on the pending value's role.
-async fn setting(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
-    let now = i.now;
+/// One Setting or Testing attempt (`phase`): `Ok` with the status and the
+/// role when it worked, else the step to return: without a target the
+/// rotation goes on to Propagating, while the last failed attempt's
+/// backoff runs it waits, and a failure is counted ([`target_failed`]).
+async fn attempt(
+    i: &Inputs<'_>,
+    mut status: SecretRotationPolicyStatus,
+    phase: Phase,
+) -> Result<std::result::Result<(SecretRotationPolicyStatus, String), Step>> {
     if i.target.is_none() && i.receiver.is_none() {
-        enter(&mut status, Phase::Propagating, now);
-        return Ok(Step::new(status, Duration::ZERO));
+        enter(&mut status, Phase::Propagating, i.now);
+        return Ok(Err(Step::new(status, Duration::ZERO)));
     }
     if let Some(wait) = backing_off(i, &status) {
-        return Ok(Step::new(status, wait));
+        return Ok(Err(Step::new(status, wait)));
     }
+    let setting = phase == Phase::Setting;
     let (result, role) = match (i.receiver, i.target) {
         (Some(receiver), _) => {
-            let call = pending_call(i, &status, RotationStep::Set).await?;
+            let step = if setting {
+                RotationStep::Set
+            } else {
+                RotationStep::Test
+            };
+            let call = pending_call(i, &status, step).await?;
             (receiver.call(&call).await, receiver.url().to_owned())
         }
-        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
+        (None, None) => return Ok(Err(Step::new(status, Duration::ZERO))),
         (None, Some(target)) => {
-            let new = pending_value(i, &status, Phase::Setting)
-                .await?
-                .credential();
-            let result = match admin(i).await? {
-                Ok(admin) => target.set(&admin, &new).await,
-                Err(f) => Err(f),
+            let new = pending_value(i, &status, phase).await?.credential();
+            let result = if setting {
+                match admin(i).await? {
+                    Ok(admin) => target.set(&admin, &new).await,
+                    Err(f) => Err(f),
+                }
+            } else {
+                target.test(&new).await
             };
             (result, new.username.clone())
         }
     };
-    match result {
-        Ok(()) => {
-            status.target_attempts = None;
-            status.target_set_at = Some(rfc3339(now));
-            enter(&mut status, Phase::Testing, now);
-            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetSet { role }))
-        }
-        Err(f) => Ok(target_failed(i, status, Phase::Setting, f)),
-    }
+    Ok(match result {
+        Ok(()) => Ok((status, role)),
+        Err(f) => Err(target_failed(i, status, phase, f)),
+    })
+}
+
+/// Setting: logs in to the target as the admin and sets the pending
+/// password on the pending value's role.
+async fn setting(i: &Inputs<'_>, status: SecretRotationPolicyStatus) -> Result<Step> {
+    let now = i.now;
+    let (mut status, role) = match attempt(i, status, Phase::Setting).await? {
+        Ok(worked) => worked,
+        Err(step) => return Ok(step),
+    };
+    status.target_attempts = None;
+    status.target_set_at = Some(rfc3339(now));
+    enter(&mut status, Phase::Testing, now);
+    Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetSet { role }))
 }
 
 /// Testing: logs in to the target with the pending value.
-async fn testing(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Result<Step> {
+async fn testing(i: &Inputs<'_>, status: SecretRotationPolicyStatus) -> Result<Step> {
     let now = i.now;
-    if i.target.is_none() && i.receiver.is_none() {
-        enter(&mut status, Phase::Propagating, now);
-        return Ok(Step::new(status, Duration::ZERO));
-    }
-    if let Some(wait) = backing_off(i, &status) {
-        return Ok(Step::new(status, wait));
-    }
-    let (result, role) = match (i.receiver, i.target) {
-        (Some(receiver), _) => {
-            let call = pending_call(i, &status, RotationStep::Test).await?;
-            (receiver.call(&call).await, receiver.url().to_owned())
-        }
-        (None, None) => return Ok(Step::new(status, Duration::ZERO)),
-        (None, Some(target)) => {
-            let new = pending_value(i, &status, Phase::Testing)
-                .await?
-                .credential();
-            (target.test(&new).await, new.username.clone())
-        }
+    let (mut status, role) = match attempt(i, status, Phase::Testing).await? {
+        Ok(worked) => worked,
+        Err(step) => return Ok(step),
     };
-    match result {
-        Ok(()) => {
-            status.target_attempts = None;
-            status.consumers.clear();
-            enter(&mut status, Phase::Propagating, now);
-            Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetTested { role }))
-        }
-        Err(f) => Ok(target_failed(i, status, Phase::Testing, f)),
-    }
+    status.target_attempts = None;
+    status.consumers.clear();
+    enter(&mut status, Phase::Propagating, now);
+    Ok(Step::new(status, Duration::ZERO).event(RotationEvent::TargetTested { role }))
 }
 
 /// RollingBack's half on the target, when Setting changed it: singleUser's
@@ -1216,7 +1188,7 @@ async fn retiring(i: &Inputs<'_>, mut status: SecretRotationPolicyStatus) -> Res
             };
             if attempt < TARGET_ATTEMPTS {
                 status.target_attempts = Some(attempt);
-                let wait = crate::standalone::retry::Retry::wait_after(attempt);
+                let wait = super::retry::wait_after(attempt);
                 return Ok(Step::new(status, wait).event(event));
             }
             status.target_attempts = None;

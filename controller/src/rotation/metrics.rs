@@ -153,6 +153,12 @@ fn failure_labels(controller: Reconciler, kind: &str) -> Labels {
     ]
 }
 
+/// Metrics of a part above rotation served in the same exposition (the
+/// channel's): rotation owns the trait, the part implements it.
+pub trait Exposed {
+    fn register(&self, registry: &mut Registry);
+}
+
 impl RotationMetrics {
     pub fn finished(&self, result: &str, seconds: f64) {
         self.rotations
@@ -247,9 +253,9 @@ impl RotationMetrics {
         self
     }
 
-    /// Adds the channel's metrics (`rotor_channel_*`).
-    pub fn with_channel(mut self, channel: &crate::channel::ChannelMetrics) -> Self {
-        channel.register(self.registry.sub_registry_with_prefix("rotor"));
+    /// Adds another part's metrics (the channel's `rotor_channel_*`).
+    pub fn with(mut self, part: &dyn Exposed) -> Self {
+        part.register(self.registry.sub_registry_with_prefix("rotor"));
         self
     }
 

@@ -14,23 +14,32 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use rotor_crds::api::SecretRotationPolicy;
+use rotor_crds::api::{SecretRotationPolicy, SecretRotationPolicyStatus};
 use rotor_store::Store;
 
 use super::consumers::ConsumerIndex;
-use super::machine::{
-    Blocked, Phase, RotationEvent, Severity, blocked, ready_blocked, step, unblocked,
-};
+use super::driver::{Record, Rotation, Settle, settle};
+use super::machine::Consumers;
+use super::machine::{Blocked, RotationEvent, Severity, blocked, ready_blocked, unblocked};
 use super::metrics::RotationMetrics;
-use super::target::https::CallerToken;
+use super::target::https::Callers;
 use super::validate::{Mode, Policy};
+use crate::serving::Served;
 
-use crate::channel::{Hub, StreamConsumers};
-use crate::serving;
 use crate::store_index::Refusal;
 use crate::{Error, Result};
 use rotor_crds::annotations::ROTATE_NOW;
 use rotor_crds::names::FIELD_MANAGER;
+
+/// The sidecars' streams as the reconciler asks them (the channel's hub
+/// implements it): rotation owns the trait, the channel sits above.
+pub trait Streams: Send + Sync {
+    /// The consumers `pods` (`namespace/pod`), each with `deadline` to
+    /// acknowledge one request.
+    fn consumers(&self, pods: Vec<String>, deadline: Duration) -> Box<dyn Consumers + '_>;
+    /// What each pod last said it serves.
+    fn served(&self) -> &Served;
+}
 
 /// Builds the store a policy names (from its RotorStore or
 /// ClusterRotorStore), resolved on every call against the store and the
@@ -113,11 +122,11 @@ pub struct RotationContext {
     pub stores: Arc<dyn StoreFactory>,
     pub consumers: Arc<RwLock<ConsumerIndex>>,
     /// The sidecars' streams, through which consumers are asked.
-    pub hub: Arc<Hub>,
+    pub hub: Arc<dyn Streams>,
     /// How long each consumer has to acknowledge one request.
     pub ack_deadline: Duration,
     /// Whose tokens https targets receive: the namespace's rotator.
-    pub rotators: Option<crate::cluster::identity::Rotators>,
+    pub rotators: Option<Arc<dyn Callers>>,
     pub leader: Arc<AtomicBool>,
     pub metrics: Arc<RotationMetrics>,
     pub recorder: Recorder,
@@ -141,7 +150,6 @@ pub async fn reconcile(
     let status = policy.status.clone().unwrap_or_default();
     let token = policy.annotations().get(ROTATE_NOW).cloned();
     let rotate_now = token.is_some() && token != status.rotate_now_handled;
-    let before = status.phase;
     let now = SystemTime::now();
     let pods = ctx
         .consumers
@@ -154,27 +162,22 @@ pub async fn reconcile(
         );
     let stepped = match assess(checked, store)? {
         Assessed::Ready(valid, store) => {
-            let consumers = StreamConsumers {
-                hub: &ctx.hub,
-                pods: pods.clone(),
-                deadline: ctx.ack_deadline,
-            };
+            let consumers = ctx.hub.consumers(pods.clone(), ctx.ack_deadline);
             let mut current = status.clone();
             unblocked(&mut current, now);
             let rotator = ctx.rotators.as_ref().map(|r| r.in_namespace(&namespace));
-            let caller = rotator.as_ref().map(|r| r as &dyn CallerToken);
-            match step(
-                &valid,
-                &current,
+            let caller = rotator.as_deref();
+            let rotation = Rotation {
+                policy: &valid,
+                current: &current,
                 now,
                 rotate_now,
-                &*store,
-                &consumers,
+                store: &*store,
+                consumers: &*consumers,
                 caller,
-                &rotor_store::random::SystemRandom,
-            )
-            .await
-            {
+                rng: &rotor_store::random::SystemRandom,
+            };
+            match rotation.step().await {
                 Ok(s) => Ok(s),
                 // The store refused the controller: as much the policy's
                 // problem as a path `paths` forbids.
@@ -193,78 +196,60 @@ pub async fn reconcile(
             // A new reason is announced once: decide that on the status as
             // saved, not on a cached copy an earlier step already changed.
             let current = if ready_blocked(&status) == Some(reason) {
-                status
+                status.clone()
             } else {
                 api.get(&name).await?.status.unwrap_or_default()
             };
             blocked(&current, reason, problems, now)
         }
     };
-    let mut status = s.status;
-    status.observed_generation = policy.metadata.generation;
-    serving::fill(
-        &mut status,
-        policy
-            .status
-            .as_ref()
-            .map(|s| s.consumers.as_slice())
-            .unwrap_or_default(),
-        &pods,
-        &policy.spec.secret_name,
-        ctx.hub.served(),
-    );
-    // A rotate-now request is handled once a rotation has started.
-    status.rotate_now_handled = if rotate_now && status.phase != Some(Phase::Idle) {
-        token
-    } else {
-        policy
-            .status
-            .as_ref()
-            .and_then(|s| s.rotate_now_handled.clone())
+    let key = format!("{namespace}/{name}");
+    let after = Settle {
+        key: &key,
+        before: &status,
+        token,
+        handled: status.rotate_now_handled.clone(),
+        generation: policy.metadata.generation,
+        pods: &pods,
+        secret: &policy.spec.secret_name,
+        served: ctx.hub.served(),
+        metrics: &ctx.metrics,
     };
-    api.patch_status(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(serde_json::json!({
-            "apiVersion": "rotor.dev/v1alpha1",
-            "kind": "SecretRotationPolicy",
-            "status": status,
-        })),
-    )
-    .await?;
-    if let Some((outcome, duration)) = s.finished {
-        ctx.metrics
-            .finished(outcome.as_str(), duration.as_secs_f64());
+    let record = ApiRecord {
+        api: &api,
+        recorder: &ctx.recorder,
+        policy: &policy,
+    };
+    let requeue = settle(s, after, &record).await?;
+    Ok(Action::requeue(requeue.max(Duration::from_millis(100))))
+}
+
+/// The cluster's [`Record`]: the status by server-side apply, the events
+/// as Kubernetes Events on the policy.
+struct ApiRecord<'a> {
+    api: &'a Api<SecretRotationPolicy>,
+    recorder: &'a Recorder,
+    policy: &'a SecretRotationPolicy,
+}
+
+#[async_trait]
+impl Record for ApiRecord<'_> {
+    async fn save(&self, status: &SecretRotationPolicyStatus) -> Result<()> {
+        self.api
+            .patch_status(
+                &self.policy.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(serde_json::json!({
+                    "apiVersion": "rotor.dev/v1alpha1",
+                    "kind": "SecretRotationPolicy",
+                    "status": status,
+                })),
+            )
+            .await?;
+        Ok(())
     }
-    let pending = status
-        .consumers
-        .iter()
-        .filter(|c| {
-            status.pending_version.is_some() && c.acknowledged_version != status.pending_version
-        })
-        .count();
-    ctx.metrics.pending(&format!("{namespace}/{name}"), pending);
-    if let Some(counts) = &status.serving {
-        ctx.metrics.serving(&format!("{namespace}/{name}"), counts);
-    }
-    ctx.metrics
-        .next_rotation(&format!("{namespace}/{name}"), &status);
-    let propagating = Some(Phase::Propagating);
-    if before == propagating && status.phase != propagating {
-        let since = status
-            .phase_since
-            .as_ref()
-            .and_then(|t| humantime::parse_rfc3339(t).ok())
-            .and_then(|t| t.elapsed().ok());
-        if let Some(since) = since {
-            ctx.metrics.acknowledged(since.as_secs_f64());
-        }
-    }
-    let reference = policy.object_ref(&());
-    for e in s.events {
-        if let RotationEvent::SingleUserWindow { millis, .. } = e {
-            ctx.metrics.single_user_window(millis as f64 / 1000.0);
-        }
+
+    async fn announce(&self, e: &RotationEvent) {
         let event = Event {
             type_: match e.severity() {
                 Severity::Normal => EventType::Normal,
@@ -275,11 +260,18 @@ pub async fn reconcile(
             action: "Rotate".to_owned(),
             secondary: None,
         };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(%namespace, %name, error = %e, "cannot publish an event");
+        if let Err(error) = self
+            .recorder
+            .publish(&event, &self.policy.object_ref(&()))
+            .await
+        {
+            let (namespace, name) = (
+                self.policy.namespace().unwrap_or_default(),
+                self.policy.name_any(),
+            );
+            tracing::warn!(%namespace, %name, %error, "cannot publish an event");
         }
     }
-    Ok(Action::requeue(s.requeue.max(Duration::from_millis(100))))
 }
 
 pub fn error_policy(

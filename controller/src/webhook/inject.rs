@@ -46,7 +46,7 @@ const CREDS_PATH: &str = "/var/run/secrets/rotor";
 /// The projected token the sidecar presents on the channel.
 pub const CHANNEL_TOKEN_VOLUME: &str = "rotor-channel-token";
 /// Where the sidecar mounts [`CHANNEL_TOKEN_VOLUME`].
-pub const CHANNEL_TOKEN_PATH: &str = "/var/run/rotor/channel";
+pub const CHANNEL_TOKEN_PATH: &str = defaults::CHANNEL_DIR;
 /// The channel token's lifetime: the API server's minimum, so a token
 /// that leaves the pod is of use for minutes at most (the kubelet renews
 /// it at 80 %).
@@ -90,10 +90,10 @@ pub struct SidecarResources {
 impl Default for SidecarResources {
     fn default() -> Self {
         Self {
-            cpu_request: "5m".to_owned(),
-            memory_request: "16Mi".to_owned(),
-            cpu_limit: "100m".to_owned(),
-            memory_limit: "32Mi".to_owned(),
+            cpu_request: defaults::SIDECAR_CPU_REQUEST.to_owned(),
+            memory_request: defaults::SIDECAR_MEMORY_REQUEST.to_owned(),
+            cpu_limit: defaults::SIDECAR_CPU_LIMIT.to_owned(),
+            memory_limit: defaults::SIDECAR_MEMORY_LIMIT.to_owned(),
         }
     }
 }
@@ -104,7 +104,7 @@ impl Default for InjectConfig {
             image: defaults::SIDECAR_IMAGE.to_owned(),
             mount_path: defaults::MOUNT_PATH.to_owned(),
             native_sidecar: true,
-            size_limit: "1Mi".to_owned(),
+            size_limit: defaults::SIZE_LIMIT.to_owned(),
             admin_port: defaults::ADMIN_PORT,
             channel: None,
             pull_policy: "Always".to_owned(),

@@ -199,7 +199,7 @@ pub struct VaultProvider {
 }
 
 fn default_mount() -> String {
-    "secret".to_owned()
+    crate::defaults::VAULT_KV_MOUNT.to_owned()
 }
 
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
@@ -240,7 +240,7 @@ impl VaultKubernetesAuth {
 }
 
 fn default_kubernetes_mount() -> String {
-    "kubernetes".to_owned()
+    crate::defaults::VAULT_KUBERNETES_MOUNT.to_owned()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -253,7 +253,7 @@ pub struct VaultAppRoleAuth {
 }
 
 fn default_approle_mount() -> String {
-    "approle".to_owned()
+    crate::defaults::VAULT_APPROLE_MOUNT.to_owned()
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

@@ -1,5 +1,4 @@
-//! Tests of the fan-out: wave planning, the bound on the last pod, and
-//! subscriptions that follow the hub's streams.
+//! Tests of the change detector's fan-out to the sidecars.
 
 use std::collections::BTreeSet;
 

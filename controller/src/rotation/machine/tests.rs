@@ -10,6 +10,7 @@ use rotor_envelope::{ExposeSecret, KeyFileKek};
 use rotor_store::LocalStore;
 
 use super::*;
+use crate::rotation::target::https::CallerToken;
 use crate::rotation::validate::Mode;
 
 /// [`super::step`] with a seeded random source, as every test here runs it.
@@ -23,9 +24,17 @@ async fn step(
     caller: Option<&dyn CallerToken>,
 ) -> Result<Step> {
     let rng = Seeded::new(0);
-    super::step(
-        policy, current, now, rotate_now, store, consumers, caller, &rng,
-    )
+    crate::rotation::driver::Rotation {
+        policy,
+        current,
+        now,
+        rotate_now,
+        store,
+        consumers,
+        caller,
+        rng: &rng,
+    }
+    .step()
     .await
 }
 
@@ -1581,10 +1590,7 @@ async fn a_failed_finish_retries_then_retires_degraded_with_the_role_unchanged()
         let s = db_step(&policy, &status, later, &store, &db).await;
         assert_eq!(phase(&s.status), Phase::Retiring, "attempt {attempt}");
         assert_eq!(s.status.target_attempts, Some(attempt));
-        assert_eq!(
-            s.requeue,
-            crate::standalone::retry::Retry::wait_after(attempt)
-        );
+        assert_eq!(s.requeue, crate::rotation::retry::wait_after(attempt));
         assert_eq!(s.events.len(), 1);
         assert_eq!(s.events[0].reason(), "TargetUnreachable");
         status = s.status;

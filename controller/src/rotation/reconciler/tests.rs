@@ -10,6 +10,8 @@ use rotor_fixtures::api_server::{self, Recorded, Scenario};
 use rotor_store::{LocalStore, WriteAs};
 
 use super::*;
+use crate::channel::Hub;
+use crate::rotation::machine::Phase;
 
 struct LocalFactory(LocalStore);
 

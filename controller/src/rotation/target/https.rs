@@ -117,6 +117,13 @@ pub trait CallerToken: Send + Sync {
     async fn token(&self, audience: &str) -> Result<SecretString, TargetFailure>;
 }
 
+/// Who the controller is in each namespace: in a cluster, the namespace's
+/// rotator ([`crate::identity::Rotators`]). Rotation owns the trait, its
+/// implementation lives above it.
+pub trait Callers: Send + Sync {
+    fn in_namespace(&self, namespace: &str) -> Box<dyn CallerToken>;
+}
+
 /// Standalone mode: the token in a file (a projected ServiceAccount token
 /// whose audience is the receiver's URL, which the kubelet refreshes), re-read
 /// for every call; the audience is the file's business.

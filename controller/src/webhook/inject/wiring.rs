@@ -195,7 +195,7 @@ pub(super) fn channel_wiring(
     let ca = channel.ca.canonical()?;
     let flags = ChannelFlags {
         controller_addr: channel.controller_addr.clone(),
-        token_file: format!("{CHANNEL_TOKEN_PATH}/token"),
+        token_file: rotor_crds::defaults::CHANNEL_TOKEN_FILE.to_owned(),
     };
     let env = vec![
         plain_env(CONTROLLER_CA_ENV, &ca),

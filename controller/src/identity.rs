@@ -220,6 +220,15 @@ impl crate::rotation::target::https::CallerToken for Rotator {
     }
 }
 
+impl crate::rotation::target::https::Callers for Rotators {
+    fn in_namespace(
+        &self,
+        namespace: &str,
+    ) -> Box<dyn crate::rotation::target::https::CallerToken> {
+        Box::new(Rotators::in_namespace(self, namespace))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::Method;
