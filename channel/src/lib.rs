@@ -9,7 +9,7 @@
 //! frame longer than the receiver's limit is refused from its header,
 //! before its body is buffered.
 //!
-//! - [`message`]: what each side says.
+//! - [`message`]: what each side says (`rotor_contract::channel`).
 //! - [`codec`]: frames in and out, with a hard size limit.
 //! - [`transport`]: frames over an HTTP/2 body, every read and write under
 //!   a deadline and every peer under a message rate.
@@ -19,23 +19,12 @@
 
 pub mod codec;
 mod error;
-pub mod message;
 pub mod transport;
 
 pub use codec::{Decoder, encode};
 pub use error::{Error, Result};
-pub use message::*;
-
-/// The request path of the stream.
-pub const PATH: &str = "/rotor.dev/channel/v1/stream";
-
-/// The largest frame either side accepts by default: a hello names at most
-/// a pod's annotations' worth of secrets (the API server caps annotations
-/// at 256 KiB in total).
-pub const MAX_FRAME: usize = 256 * 1024;
-
-/// The audience of the projected ServiceAccount token a sidecar presents.
-pub const AUDIENCE: &str = "rotor.dev/channel";
-
-/// The controller's default stream port.
-pub const PORT: u16 = 9466;
+/// The messages, the stream's path and its limits live in the contract
+/// crate (`rotor_contract::channel`), which both sides compile; this crate
+/// carries them.
+pub use rotor_contract::channel as message;
+pub use rotor_contract::channel::*;

@@ -120,7 +120,7 @@ impl Args {
 }
 
 fn write_crds(out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let yaml = rotor_crds::api::crds_yaml();
+    let yaml = rotor_contract::api::crds_yaml();
     match out {
         None => print!("{yaml}"),
         Some(dir) => {

@@ -7,7 +7,7 @@
 
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
-use rotor_crds::api::{
+use rotor_contract::api::{
     ConsumerStatus, Generator, PasswordGenerator, Schedule, SecretRotationPolicy,
     SecretRotationPolicySpec, SecretRotationPolicyStatus, StoreRef, Strategy,
 };
@@ -49,7 +49,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
     p.metadata.uid = Some(format!("00000000-0000-0000-0000-{i:012}"));
     p.metadata.resource_version = Some(i.to_string());
     p.status = Some(SecretRotationPolicyStatus {
-        phase: Some(rotor_crds::api::Phase::Idle),
+        phase: Some(rotor_contract::api::Phase::Idle),
         current_version: Some("12".into()),
         previous_version: Some("11".into()),
         last_rotation: Some("2026-11-01T02:13:00Z".into()),
@@ -59,7 +59,7 @@ fn policy(i: usize) -> SecretRotationPolicy {
                 name: format!("ns-{}/app-{i}-{c}", i % 500),
                 acknowledged_version: Some("12".into()),
                 acknowledged_at: Some("2026-11-01T02:13:01Z".into()),
-                state: rotor_crds::api::ConsumerState::Acknowledged,
+                state: rotor_contract::api::ConsumerState::Acknowledged,
                 serving_version: Some("12".into()),
                 serving_digest: Some(format!("sha256:{:064x}", i * 3 + c)),
                 reported_at: Some("2026-11-01T02:13:01Z".into()),

@@ -85,7 +85,7 @@ enum Command {
         #[arg(
             long,
             env = "ROTOR_CHANNEL_ADDR",
-            default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, rotor_crds::defaults::CHANNEL_PORT))
+            default_value_t = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, rotor_contract::defaults::CHANNEL_PORT))
         )]
         channel_addr: SocketAddr,
         /// This replica's name in the leader Lease (the pod name).
@@ -123,7 +123,7 @@ enum Command {
         #[arg(
             long,
             env = "ROTOR_ROTATOR_SERVICE_ACCOUNT",
-            default_value = rotor_crds::defaults::ROTATOR_SERVICE_ACCOUNT
+            default_value = rotor_contract::defaults::ROTATOR_SERVICE_ACCOUNT
         )]
         rotator_service_account: String,
     },
@@ -188,7 +188,7 @@ struct StandaloneChannelArgs {
     #[arg(
         long,
         env = "ROTOR_CHANNEL_ADDR",
-        default_value_t = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, rotor_crds::defaults::CHANNEL_PORT))
+        default_value_t = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, rotor_contract::defaults::CHANNEL_PORT))
     )]
     channel_addr: SocketAddr,
     /// Where the channel's CA (`ca.crt`, what sidecars pass as
@@ -242,18 +242,18 @@ struct ServeArgs {
     #[arg(
         long,
         env = "ROTOR_SIDECAR_IMAGE",
-        default_value = rotor_crds::defaults::SIDECAR_IMAGE
+        default_value = rotor_contract::defaults::SIDECAR_IMAGE
     )]
     sidecar_image: String,
     /// Where app containers see the files.
-    #[arg(long, env = "ROTOR_MOUNT_PATH", default_value = rotor_crds::defaults::MOUNT_PATH)]
+    #[arg(long, env = "ROTOR_MOUNT_PATH", default_value = rotor_contract::defaults::MOUNT_PATH)]
     mount_path: String,
     /// Inject an init container plus a sidecar container instead of a
     /// native sidecar (clusters before Kubernetes 1.29).
     #[arg(long, env = "ROTOR_CLASSIC_SIDECAR")]
     classic_sidecar: bool,
     /// The tmpfs size limit of the secrets volume.
-    #[arg(long, env = "ROTOR_SIZE_LIMIT", default_value = rotor_crds::defaults::SIZE_LIMIT, value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIZE_LIMIT", default_value = rotor_contract::defaults::SIZE_LIMIT, value_parser = quantity)]
     size_limit: String,
     /// The injected sidecar's imagePullPolicy.
     #[arg(
@@ -264,16 +264,16 @@ struct ServeArgs {
     )]
     sidecar_pull_policy: String,
     /// The injected sidecar's CPU request.
-    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = rotor_crds::defaults::SIDECAR_CPU_REQUEST, value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_REQUEST", default_value = rotor_contract::defaults::SIDECAR_CPU_REQUEST, value_parser = quantity)]
     sidecar_cpu_request: String,
     /// The injected sidecar's memory request.
-    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = rotor_crds::defaults::SIDECAR_MEMORY_REQUEST, value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_REQUEST", default_value = rotor_contract::defaults::SIDECAR_MEMORY_REQUEST, value_parser = quantity)]
     sidecar_memory_request: String,
     /// The injected sidecar's CPU limit.
-    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = rotor_crds::defaults::SIDECAR_CPU_LIMIT, value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_CPU_LIMIT", default_value = rotor_contract::defaults::SIDECAR_CPU_LIMIT, value_parser = quantity)]
     sidecar_cpu_limit: String,
     /// The injected sidecar's memory limit.
-    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = rotor_crds::defaults::SIDECAR_MEMORY_LIMIT, value_parser = quantity)]
+    #[arg(long, env = "ROTOR_SIDECAR_MEMORY_LIMIT", default_value = rotor_contract::defaults::SIDECAR_MEMORY_LIMIT, value_parser = quantity)]
     sidecar_memory_limit: String,
     /// The refresh interval of pods that set no rotor.dev/refresh: the
     /// webhook adds that annotation (100ms to 24h). Default: the
@@ -284,7 +284,7 @@ struct ServeArgs {
 
 /// A refresh interval the annotation contract accepts.
 fn refresh(text: &str) -> Result<String, String> {
-    use rotor_crds::annotations::{MAX_REFRESH, MIN_REFRESH};
+    use rotor_contract::annotations::{MAX_REFRESH, MIN_REFRESH};
     match humantime::parse_duration(text) {
         Ok(d) if (MIN_REFRESH..=MAX_REFRESH).contains(&d) => Ok(text.to_owned()),
         _ => Err(format!(

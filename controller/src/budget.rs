@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use rotor_crds::api::{ProviderKind, StoreBudget};
+use rotor_contract::api::{ProviderKind, StoreBudget};
 use rotor_store::backoff::{Backoff, Random, Retry};
 use rotor_store::{Fetched, Selector, Store, VersionId, WriteAs};
 use tokio::time::Instant;

@@ -92,7 +92,7 @@ pub enum Error {
     Provider {
         store: String,
         #[source]
-        source: rotor_crds::api::NotOneProvider,
+        source: rotor_contract::api::NotOneProvider,
     },
 
     /// A store's `spec.budget` that cannot be used; the problem names the

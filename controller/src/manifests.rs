@@ -128,7 +128,7 @@ impl Document {
         let rotor = self.value["apiVersion"]
             .as_str()
             .is_some_and(|v| v.starts_with("rotor.dev/"));
-        let renamed = rotor_crds::api::RENAMED_KINDS
+        let renamed = rotor_contract::api::RENAMED_KINDS
             .iter()
             .find(|(old, _)| rotor && *old == self.kind);
         let problem = match renamed {
@@ -369,7 +369,7 @@ pub fn documents(dir: &Path, flag: &str) -> Result<Vec<Document>> {
 
 #[cfg(test)]
 mod tests {
-    use rotor_crds::api::SecretRotationPolicy;
+    use rotor_contract::api::SecretRotationPolicy;
 
     use super::*;
 

@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rotor_crds::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
+use rotor_contract::api::{ConsumerStatus, Phase, SecretRotationPolicyStatus};
 use tokio::sync::Notify;
 
-use rotor_crds::api::rfc3339;
+use rotor_contract::api::rfc3339;
 
 impl Inner {
     /// `pod` is connected: no longer among the gone.
@@ -209,7 +209,7 @@ pub fn fill(
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
-    use rotor_crds::api::{ServingCounts, VersionClass};
+    use rotor_contract::api::{ServingCounts, VersionClass};
 
     use super::*;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
-use rotor_crds::api::{RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
+use rotor_contract::api::{RotorStore, SecretRotationPolicy, SecretRotationPolicyStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::rotation::driver::{Record, Rotation, Settle, settle};
@@ -29,7 +29,7 @@ pub mod stores;
 use stores::{StandaloneStores, StoreSpec};
 
 /// The rotate-now annotation: a new value triggers one rotation.
-pub use rotor_crds::annotations::ROTATE_NOW;
+pub use rotor_contract::annotations::ROTATE_NOW;
 
 /// One policy's state file in the state directory (what `rotor demo`
 /// reads to tell the story).
@@ -90,7 +90,7 @@ fn load(dir: &Path) -> Result<Loaded> {
                     doc.parse_strict::<RotorStore>()
                         .map(|s| (s.name_any(), s.spec.provider, s.spec.budget))
                 } else {
-                    doc.parse_strict::<rotor_crds::api::ClusterRotorStore>()
+                    doc.parse_strict::<rotor_contract::api::ClusterRotorStore>()
                         .map(|s| (s.name_any(), s.spec.provider, s.spec.budget))
                 };
                 match parsed {

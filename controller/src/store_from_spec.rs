@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rotor_crds::api::{Provider, ProviderKind, VaultProvider};
+use rotor_contract::api::{Provider, ProviderKind, VaultProvider};
 use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{
     AwsConfig, AwsStore, LocalStore, Store, TokenFile, VaultAuth, VaultConfig, VaultStore,
@@ -65,7 +65,7 @@ pub async fn build(name: &str, provider: &Provider, reach: &Reach) -> Result<Arc
                         store: name.to_owned(),
                         subject: rotator.subject(),
                     })?;
-                    let tokens = rotator.tokens(rotor_crds::defaults::STS_AUDIENCE);
+                    let tokens = rotator.tokens(rotor_contract::defaults::STS_AUDIENCE);
                     tokens.token_now().await?;
                     Some(WebIdentity {
                         role_arn,
@@ -112,7 +112,9 @@ async fn vault_auth(
             .map(|k| VaultAuth::Kubernetes {
                 mount: k.mount_path.clone(),
                 role: k.role.clone(),
-                jwt: Arc::new(TokenFile::new(rotor_crds::defaults::SERVICE_ACCOUNT_TOKEN)),
+                jwt: Arc::new(TokenFile::new(
+                    rotor_contract::defaults::SERVICE_ACCOUNT_TOKEN,
+                )),
             })
             .ok_or_else(|| {
                 unsupported(
@@ -140,7 +142,7 @@ async fn vault_auth(
 mod tests {
     use http::Method;
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestStatus};
-    use rotor_crds::api::{
+    use rotor_contract::api::{
         AwsProvider, KubernetesProvider, LocalProvider, VaultAuthSpec, VaultKubernetesAuth,
     };
     use rotor_fixtures::api_server::{Exchange, Recorded, Reply, Scenario, pair};

@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use rotor_crds::api::{
+use rotor_contract::api::{
     ClusterRotorStore, ClusterRotorStoreSpec, Labels, Provider, ProviderKind, RotorStore,
     RotorStoreSpec,
 };
@@ -63,7 +63,7 @@ pub struct Resolved {
     /// The store's owner lets pods run `exec:` reload actions.
     pub allow_exec_reload: bool,
     /// The store's `spec.budget` (see `crate::budget`).
-    pub budget: Option<rotor_crds::api::StoreBudget>,
+    pub budget: Option<rotor_contract::api::StoreBudget>,
 }
 
 /// Which object of a store's kind and name a [`Resolved`] store came from:

@@ -11,7 +11,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
-use rotor_crds::api::{
+use rotor_contract::api::{
     ClusterRotorStore, Condition, Provider, ProviderKind, RotorStore, RotorStoreStatus,
 };
 
@@ -19,7 +19,7 @@ use crate::rotation::metrics::RotationMetrics;
 use crate::store_index::{SecretAuth, StoreKind};
 use crate::{Error, Result};
 
-pub use rotor_crds::names::FIELD_MANAGER;
+pub use rotor_contract::names::FIELD_MANAGER;
 
 pub struct Context {
     pub client: Client,
@@ -125,7 +125,7 @@ fn status_for(
         } else {
             problems.join("; ")
         },
-        last_transition_time: rotor_crds::api::rfc3339(std::time::SystemTime::now()),
+        last_transition_time: rotor_contract::api::rfc3339(std::time::SystemTime::now()),
         observed_generation: generation,
     }
     .set_in(&mut conditions);

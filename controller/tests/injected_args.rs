@@ -5,13 +5,13 @@
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSecurityContext, PodSpec};
 use kube::api::ObjectMeta;
+use rotor_contract::api::Provider;
+use rotor_contract::defaults;
 use rotor_controller::store_index::{self, Resolved};
 use rotor_controller::webhook::InjectConfig;
 use rotor_controller::webhook::inject::{
     CaSource, ChannelInjection, INIT, SIDECAR, canonical_pem, inject,
 };
-use rotor_crds::api::Provider;
-use rotor_crds::defaults;
 use rotor_sidecar::store_args::{StoreKind, VaultAuthMethod};
 
 /// A CA bundle as the controller holds it (one per test run).
@@ -82,9 +82,10 @@ fn injected(
 ) -> Vec<(Container, rotor_sidecar::Args)> {
     let pod = pod(run_as_user);
     let annotations = pod.metadata.annotations.clone().unwrap();
-    let contract =
-        rotor_crds::annotations::parse(annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .unwrap();
+    let contract = rotor_contract::annotations::parse(
+        annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .unwrap();
     let store = Resolved {
         kind: store_index::StoreKind::Namespaced,
         name: "s".into(),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rotor_crds::annotations::MAX_ANNOTATIONS;
+use rotor_contract::annotations::MAX_ANNOTATIONS;
 use rotor_envelope::KeyFileKek;
 use rotor_fixtures::net::{free_port, retry_on_addr_in_use};
 use rotor_fixtures::procfs::rss_kib;

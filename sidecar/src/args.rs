@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use rotor_crds::defaults;
+use rotor_contract::defaults;
 use rotor_telemetry::LogArgs;
 use tokio::sync::mpsc;
 
@@ -94,7 +94,7 @@ pub struct Args {
     #[arg(
         long,
         env = "ROTOR_DEFAULT_FILE_MODE",
-        default_value_t = FileMode(rotor_crds::annotations::DEFAULT_FILE_MODE),
+        default_value_t = FileMode(rotor_contract::annotations::DEFAULT_FILE_MODE),
         value_parser = parse_file_mode
     )]
     default_file_mode: FileMode,
@@ -394,7 +394,7 @@ impl std::fmt::Display for FileMode {
 }
 
 fn parse_file_mode(value: &str) -> std::result::Result<FileMode, String> {
-    rotor_crds::annotations::parse_mode(value)
+    rotor_contract::annotations::parse_mode(value)
         .map(FileMode)
         .map_err(|problem| {
             format!("{value:?} {problem}; expected an octal mode such as 0400, 0440 or 0444")

@@ -41,7 +41,7 @@ pub struct ChannelArgs {
     #[arg(
         long,
         env = "ROTOR_CONTROLLER_CA",
-        default_value = rotor_crds::defaults::CHANNEL_CA_FILE
+        default_value = rotor_contract::defaults::CHANNEL_CA_FILE
     )]
     pub controller_ca: PathBuf,
 
@@ -56,7 +56,7 @@ pub struct ChannelArgs {
     #[arg(
         long,
         env = "ROTOR_CHANNEL_TOKEN",
-        default_value = rotor_crds::defaults::CHANNEL_TOKEN_FILE
+        default_value = rotor_contract::defaults::CHANNEL_TOKEN_FILE
     )]
     pub channel_token: PathBuf,
 

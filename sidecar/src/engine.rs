@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rotor_crds::annotations::{OnMissing, PodSecrets};
+use rotor_contract::annotations::{OnMissing, PodSecrets};
 use rotor_envelope::{ExposeSecret, Plaintext};
 use rotor_store::{Fetched, Selector, Stage, Store, VersionId};
 use tokio::sync::{mpsc, watch};
@@ -56,7 +56,7 @@ impl Default for EngineOptions {
             pin_ttl: Duration::from_secs(3600),
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(300),
-            default_file_mode: rotor_crds::annotations::DEFAULT_FILE_MODE,
+            default_file_mode: rotor_contract::annotations::DEFAULT_FILE_MODE,
         }
     }
 }

@@ -14,7 +14,7 @@ pub enum Error {
     Annotations { path: PathBuf, problem: String },
 
     #[error(transparent)]
-    Contract(#[from] rotor_crds::annotations::AnnotationErrors),
+    Contract(#[from] rotor_contract::annotations::AnnotationErrors),
 
     #[error(transparent)]
     Store(#[from] rotor_store::Error),

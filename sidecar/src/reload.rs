@@ -11,7 +11,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use rotor_crds::annotations::{ProcessTarget, ReloadAction, Signal};
+use rotor_contract::annotations::{ProcessTarget, ReloadAction, Signal};
 
 /// The whole environment of an `exec:` action. The sidecar's own
 /// environment can hold store credentials (AWS keys, Vault settings), so a

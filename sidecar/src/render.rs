@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rotor_crds::annotations::{FileSource, PodSecrets};
+use rotor_contract::annotations::{FileSource, PodSecrets};
 use rotor_envelope::ExposeSecret;
 use zeroize::Zeroizing;
 
@@ -176,7 +176,7 @@ fn zeroize_map(map: BTreeMap<&str, String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rotor_crds::annotations::{DEFAULT_FILE_MODE, parse};
+    use rotor_contract::annotations::{DEFAULT_FILE_MODE, parse};
 
     const CANARY: &str = "canary-3e9b-render";
 

@@ -50,7 +50,7 @@ pub struct StoreArgs {
     pub vault_addr: Option<String>,
 
     /// The KV v2 mount.
-    #[arg(long, env = "ROTOR_VAULT_MOUNT", default_value = rotor_crds::defaults::VAULT_KV_MOUNT)]
+    #[arg(long, env = "ROTOR_VAULT_MOUNT", default_value = rotor_contract::defaults::VAULT_KV_MOUNT)]
     pub vault_mount: String,
 
     /// How to log in to Vault.
@@ -77,7 +77,7 @@ pub struct StoreArgs {
     #[arg(
         long,
         env = "ROTOR_VAULT_JWT_FILE",
-        default_value = rotor_crds::defaults::SERVICE_ACCOUNT_TOKEN
+        default_value = rotor_contract::defaults::SERVICE_ACCOUNT_TOKEN
     )]
     pub vault_jwt_file: PathBuf,
 
@@ -169,39 +169,38 @@ impl StoreArgs {
             flag: "--vault-addr (ROTOR_VAULT_ADDR)",
             when: "with --store-kind vault",
         })?;
-        let auth = match self.vault_auth {
-            VaultAuthMethod::Token => VaultAuth::TokenFile(self.vault_token_file.clone()),
-            VaultAuthMethod::Kubernetes => VaultAuth::Kubernetes {
-                mount: self
-                    .vault_auth_mount
-                    .clone()
-                    .unwrap_or_else(|| rotor_crds::defaults::VAULT_KUBERNETES_MOUNT.to_owned()),
-                role: self.vault_role.clone().ok_or(crate::Error::MissingFlag {
-                    flag: "--vault-role (ROTOR_VAULT_ROLE)",
-                    when: "with --vault-auth kubernetes",
-                })?,
-                jwt: std::sync::Arc::new(rotor_store::TokenFile::new(&self.vault_jwt_file)),
-            },
-            VaultAuthMethod::Approle => VaultAuth::AppRole {
-                mount: self
-                    .vault_auth_mount
-                    .clone()
-                    .unwrap_or_else(|| rotor_crds::defaults::VAULT_APPROLE_MOUNT.to_owned()),
-                role_id: self
-                    .vault_role_id
-                    .clone()
-                    .ok_or(crate::Error::MissingFlag {
-                        flag: "--vault-role-id",
-                        when: "with --vault-auth approle",
+        let auth =
+            match self.vault_auth {
+                VaultAuthMethod::Token => VaultAuth::TokenFile(self.vault_token_file.clone()),
+                VaultAuthMethod::Kubernetes => VaultAuth::Kubernetes {
+                    mount: self.vault_auth_mount.clone().unwrap_or_else(|| {
+                        rotor_contract::defaults::VAULT_KUBERNETES_MOUNT.to_owned()
+                    }),
+                    role: self.vault_role.clone().ok_or(crate::Error::MissingFlag {
+                        flag: "--vault-role (ROTOR_VAULT_ROLE)",
+                        when: "with --vault-auth kubernetes",
                     })?,
-                secret_id_path: self.vault_secret_id_file.clone().ok_or(
-                    crate::Error::MissingFlag {
-                        flag: "--vault-secret-id-file",
-                        when: "with --vault-auth approle",
-                    },
-                )?,
-            },
-        };
+                    jwt: std::sync::Arc::new(rotor_store::TokenFile::new(&self.vault_jwt_file)),
+                },
+                VaultAuthMethod::Approle => VaultAuth::AppRole {
+                    mount: self.vault_auth_mount.clone().unwrap_or_else(|| {
+                        rotor_contract::defaults::VAULT_APPROLE_MOUNT.to_owned()
+                    }),
+                    role_id: self
+                        .vault_role_id
+                        .clone()
+                        .ok_or(crate::Error::MissingFlag {
+                            flag: "--vault-role-id",
+                            when: "with --vault-auth approle",
+                        })?,
+                    secret_id_path: self.vault_secret_id_file.clone().ok_or(
+                        crate::Error::MissingFlag {
+                            flag: "--vault-secret-id-file",
+                            when: "with --vault-auth approle",
+                        },
+                    )?,
+                },
+            };
         let mut config = VaultConfig::new(addr, auth);
         config.mount = self.vault_mount.clone();
         config.ca_cert = self.vault_ca_cert.clone();

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rotor_crds::annotations::PodSecrets;
+use rotor_contract::annotations::PodSecrets;
 use rotor_watch::{DirWatch, WatchMask};
 use tokio::sync::watch;
 
@@ -84,7 +84,7 @@ fn parse(path: &Path, text: &str) -> Result<PodSecrets> {
             "holds {total} bytes of annotations; Kubernetes allows at most {MAX_ANNOTATIONS_BYTES}"
         )));
     }
-    Ok(rotor_crds::annotations::parse(
+    Ok(rotor_contract::annotations::parse(
         map.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     )?)
 }

@@ -104,7 +104,7 @@ impl Default for WriterOptions {
             allow_disk: false,
             owner: None,
             grace: KEEP_OLD,
-            default_mode: rotor_crds::annotations::DEFAULT_FILE_MODE,
+            default_mode: rotor_contract::annotations::DEFAULT_FILE_MODE,
         }
     }
 }
@@ -227,7 +227,8 @@ impl AtomicWriter {
     /// which files changed and whether `..data` was swapped.
     pub fn write(&mut self, files: &[FileSpec]) -> Result<Report> {
         for f in files {
-            rotor_crds::names::validate_file_name(&f.name).map_err(|e| self.fail(e.to_string()))?;
+            rotor_contract::names::validate_file_name(&f.name)
+                .map_err(|e| self.fail(e.to_string()))?;
         }
         let old = self.served_dir()?;
         let wanted = inventory_of(files);

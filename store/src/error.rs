@@ -76,7 +76,7 @@ pub enum Error {
     },
 
     #[error(transparent)]
-    InvalidName(#[from] rotor_crds::names::InvalidName),
+    InvalidName(#[from] rotor_contract::names::InvalidName),
 
     #[error("secret {name:?} version {version} in store {store}: {problem}")]
     Conflict {

@@ -35,7 +35,7 @@ pub use local::{DEFAULT_MAX_VERSIONS, LocalStore, StoreInfo};
 pub use model::{
     SecretSummary, SecretValue, Selector, Stage, Stages, VersionId, VersionMeta, WriteAs,
 };
-pub use rotor_crds::names::validate_secret_name;
+pub use rotor_contract::names::validate_secret_name;
 pub use token_source::{SourceError, TokenFile, TokenSource};
 pub use transit::TransitKek;
 pub use vault::{RetireMode, VaultAuth, VaultConfig, VaultStore};

@@ -25,7 +25,7 @@ const CHANGES: usize = 30;
 
 /// As many secrets as one pod may name: the annotation cap, less the
 /// `rotor.dev/refresh` annotation.
-const MANY: usize = rotor_crds::annotations::MAX_ANNOTATIONS - 1;
+const MANY: usize = rotor_contract::annotations::MAX_ANNOTATIONS - 1;
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

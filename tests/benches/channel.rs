@@ -25,6 +25,8 @@ use rotor_channel::{Ack, Downstream, ReloadResult, Upstream};
 use rotor_e2e::channel_peer::{Stream, frame, hello, tls};
 use rotor_e2e::standalone::metric_in;
 use rotor_e2e::{free_port, http, wait_until};
+use rotor_store::backoff::{Backoff, Retry};
+use rotor_store::random::Seeded;
 
 /// The controller next to the bench's profile directory, or in
 /// `ROTOR_BENCH_BIN_DIR` (a release build, when the bench itself runs as a
@@ -134,8 +136,11 @@ fn load(
         let connected = load.connected.clone();
         let (first_pin, last_ack) = (load.first_pin.clone(), load.last_ack.clone());
         rt.spawn(async move {
-            let mut failures = 0u32;
-            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
+            // The sidecar's reconnect backoff (full jitter over 0.5 s
+            // doubling, capped at 30 s), each consumer with its own seed.
+            let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+            let random = Seeded::new(0x9e37_79b9_7f4a_7c15u64 ^ i as u64);
+            let mut retry = Retry::default();
             loop {
                 if let Ok(mut s) = Stream::hello(
                     addr,
@@ -146,7 +151,7 @@ fn load(
                 .await
                     && let Some(Downstream::Welcome(_)) = s.next_not_ping().await
                 {
-                    failures = 0;
+                    retry.reset();
                     connected.fetch_add(1, Ordering::SeqCst);
                     while let Some(message) = s.next().await {
                         let (request, secret, version) = match message {
@@ -176,13 +181,7 @@ fn load(
                     }
                     connected.fetch_sub(1, Ordering::SeqCst);
                 }
-                // Full jitter over 0.5 s doubling, capped at 30 s.
-                failures += 1;
-                let cap = (500u64 << failures.min(6)).min(30_000);
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                tokio::time::sleep(Duration::from_millis(seed % cap)).await;
+                tokio::time::sleep(retry.failed(backoff, &random)).await;
             }
         });
     }

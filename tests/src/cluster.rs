@@ -1020,7 +1020,7 @@ pub async fn vault_store_namespace(
         &format!("secret/data/{secret}"),
         r#"{"data":{"value":"initial-password"}}"#,
     );
-    let store: rotor_crds::api::RotorStore = serde_json::from_value(serde_json::json!({
+    let store: rotor_contract::api::RotorStore = serde_json::from_value(serde_json::json!({
         "apiVersion": "rotor.dev/v1alpha1",
         "kind": "RotorStore",
         "metadata": { "name": "vault" },
@@ -1031,7 +1031,7 @@ pub async fn vault_store_namespace(
         } } },
     }))
     .unwrap();
-    Api::<rotor_crds::api::RotorStore>::namespaced(plane.client().await, &ns)
+    Api::<rotor_contract::api::RotorStore>::namespaced(plane.client().await, &ns)
         .create(&PostParams::default(), &store)
         .await
         .unwrap();

@@ -152,7 +152,7 @@ impl RunningPod {
         env.extend(container_env);
         env.push((
             "ROTOR_PUSH_ADDR".into(),
-            format!("{ip}:{}", rotor_crds::defaults::PUSH_PORT),
+            format!("{ip}:{}", rotor_contract::defaults::PUSH_PORT),
         ));
         running.args = args;
         running.env = env;

@@ -4,7 +4,7 @@
 //! `Document::test()` fixtures, each test setting only what it is about.
 
 use kube::api::{Api, PostParams};
-use rotor_crds::api::SecretRotationPolicy;
+use rotor_contract::api::SecretRotationPolicy;
 
 /// A staged password policy; [`PolicyFixture::new`] holds the defaults.
 #[derive(Debug, Clone)]

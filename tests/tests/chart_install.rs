@@ -17,7 +17,7 @@ use std::path::Path;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, PostParams};
-use rotor_crds::api::RotorStore;
+use rotor_contract::api::RotorStore;
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually};
 use rotor_e2e::tools;
 

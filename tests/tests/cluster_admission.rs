@@ -16,7 +16,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use rotor_crds::api::RotorStore;
+use rotor_contract::api::RotorStore;
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually, installed, point_webhook_at};
 
 /// A pod as a Deployment would make it.

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use rotor_crds::api::RotorStore;
+use rotor_contract::api::RotorStore;
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually, installed, point_webhook_at};
 
 const INJECT: &[(&str, &str)] = &[

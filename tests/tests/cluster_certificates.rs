@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, PostParams};
-use rotor_crds::api::RotorStore;
+use rotor_contract::api::RotorStore;
 use rotor_e2e::cluster::{Controller, app_pod, eventually, installed, point_webhook_at};
 
 /// The Secret's record of its certificates (the controller's annotation).

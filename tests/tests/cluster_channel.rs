@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use rotor_crds::api::{ConsumerState, Phase, SecretRotationPolicy};
+use rotor_contract::api::{ConsumerState, Phase, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     admit_pod, consumer_pod, events, eventually, installed, lone_leader, vault_store_namespace,
 };
@@ -61,7 +61,7 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
         .await
         .unwrap();
     let status = || async { policies.get("db").await.unwrap().status.unwrap_or_default() };
-    let state_of = |s: &rotor_crds::api::SecretRotationPolicyStatus, pod: &str| {
+    let state_of = |s: &rotor_contract::api::SecretRotationPolicyStatus, pod: &str| {
         s.consumers
             .iter()
             .find(|c| c.name == format!("{ns}/{pod}"))

@@ -12,7 +12,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use rotor_crds::api::{ClusterRotorStore, RotorStore};
+use rotor_contract::api::{ClusterRotorStore, RotorStore};
 use rotor_e2e::cluster::{ControlPlane, Controller, eventually, installed, point_webhook_at};
 
 /// A pod as a Deployment would make it; `annotations` may be empty.
@@ -64,7 +64,9 @@ fn refusal(result: Result<Pod, kube::Error>) -> String {
     }
 }
 
-fn ready_condition(status: Option<&rotor_crds::api::RotorStoreStatus>) -> Option<(String, String)> {
+fn ready_condition(
+    status: Option<&rotor_contract::api::RotorStoreStatus>,
+) -> Option<(String, String)> {
     let c = status?.conditions.iter().find(|c| c.type_ == "Ready")?;
     Some((c.status.clone(), c.message.clone()))
 }

@@ -19,7 +19,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
-use rotor_crds::api::{Phase, RotorStore, SecretRotationPolicy};
+use rotor_contract::api::{Phase, RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     ControlPlane, Controller, ROTATOR, eventually, installed, jwt_claims, vault_kubernetes_role,
 };

@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use rotor_crds::api::{
+use rotor_contract::api::{
     ClusterRotorStore, Phase, PolicyCondition as Condition, RotorStore, SecretRotationPolicy,
     SecretRotationPolicyStatus,
 };

@@ -8,7 +8,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::{Phase, RotorStore, SecretRotationPolicy};
+use rotor_contract::api::{Phase, RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     Controller, ROTATOR, consumer_pod, event_reasons, eventually, installed, kv_metadata,
     point_webhook_at, vault_kubernetes_auth,

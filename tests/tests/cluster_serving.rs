@@ -8,7 +8,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::{Phase, SecretRotationPolicy, SecretRotationPolicyStatus, ServingCounts};
+use rotor_contract::api::{Phase, SecretRotationPolicy, SecretRotationPolicyStatus, ServingCounts};
 use rotor_e2e::cluster::{
     ControlPlane, admit_pod, consumer_pod, eventually, installed, lone_leader,
     vault_store_namespace,

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use rotor_crds::api::RotorStore;
+use rotor_contract::api::RotorStore;
 use rotor_e2e::cluster::{
     ControlPlane, Controller, app_pod, eventually, installed, point_webhook_at,
     vault_kubernetes_auth,

@@ -134,7 +134,7 @@ fn the_subresource_policy_uses_rotors_names_and_denies() {
     ] {
         assert!(text.contains(needle), "{needle} missing:\n{text}");
     }
-    assert!(rotor_crds::annotations::PREFIX == "rotor.dev/");
+    assert!(rotor_contract::annotations::PREFIX == "rotor.dev/");
     let binding = rendered
         .iter()
         .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
@@ -216,10 +216,11 @@ fn rbac_matches_the_golden_file() {
 #[test]
 fn examples_parse_as_rotor_types() {
     let read = |f: &str| std::fs::read_to_string(root().join("deploy/examples").join(f)).unwrap();
-    let _: rotor_crds::api::RotorStore = serde_yaml_ng::from_str(&read("rotorstore.yaml")).unwrap();
-    let _: rotor_crds::api::ClusterRotorStore =
+    let _: rotor_contract::api::RotorStore =
+        serde_yaml_ng::from_str(&read("rotorstore.yaml")).unwrap();
+    let _: rotor_contract::api::ClusterRotorStore =
         serde_yaml_ng::from_str(&read("clusterrotorstore.yaml")).unwrap();
-    let p: rotor_crds::api::SecretRotationPolicy =
+    let p: rotor_contract::api::SecretRotationPolicy =
         serde_yaml_ng::from_str(&read("rotationpolicy.yaml")).unwrap();
     assert_eq!(p.spec.secret_name, "shop/db-password");
 }

@@ -41,7 +41,7 @@ fn check_rotor_contracts(yaml: &str) -> usize {
         let pairs = annotations
             .iter()
             .map(|(k, v)| (k.as_str().unwrap(), v.as_str().unwrap()));
-        let contract = rotor_crds::annotations::parse(pairs)
+        let contract = rotor_contract::annotations::parse(pairs)
             .unwrap_or_else(|e| panic!("{:?}: {e}", value["metadata"]["name"]));
         if contract.inject {
             injected += 1;

@@ -560,7 +560,7 @@ fn yaml_documents(readme: &str) -> Vec<(usize, String)> {
 
 #[test]
 fn the_readme_yaml_is_what_the_api_takes() {
-    use rotor_crds::api::{ClusterRotorStore, RotorStore, SecretRotationPolicy};
+    use rotor_contract::api::{ClusterRotorStore, RotorStore, SecretRotationPolicy};
     let readme = readme();
     let mut problems = Vec::new();
     let mut kinds = BTreeMap::<String, usize>::new();

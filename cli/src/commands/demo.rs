@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ring::rand::SecureRandom;
+use rotor_contract::api::Phase;
 use rotor_controller::standalone::State;
-use rotor_crds::api::Phase;
 use rotor_envelope::{Kek, KeyFileKek};
 use rotor_store::{LocalStore, WriteAs};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

@@ -43,7 +43,7 @@ struct VaultInjectorArgs {
     store: String,
     /// The store's KV v2 mount: Vault paths on it become Rotor secret names
     /// (`secret/data/db-creds` is `db-creds`); other paths are not translated.
-    #[arg(long, value_name = "MOUNT", default_value = rotor_crds::defaults::VAULT_KV_MOUNT)]
+    #[arg(long, value_name = "MOUNT", default_value = rotor_contract::defaults::VAULT_KV_MOUNT)]
     mount: String,
 }
 
@@ -69,9 +69,10 @@ impl VaultInjectorArgs {
             store,
             mount,
         } = self;
-        if let Err(e) =
-            rotor_crds::annotations::parse([(rotor_crds::annotations::STORE, store.as_str())])
-        {
+        if let Err(e) = rotor_contract::annotations::parse([(
+            rotor_contract::annotations::STORE,
+            store.as_str(),
+        )]) {
             anyhow::bail!("--store: {e}");
         }
         let mount = mount.trim_matches('/').to_owned();

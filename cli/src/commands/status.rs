@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
-use rotor_crds::api::{ConsumerState, SecretRotationPolicy};
+use rotor_contract::api::{ConsumerState, SecretRotationPolicy};
 use serde::Serialize;
 
 use crate::table;
@@ -198,7 +198,7 @@ impl StatusArgs {
 
 #[cfg(test)]
 mod tests {
-    use rotor_crds::api::{
+    use rotor_contract::api::{
         ConsumerStatus, Generator, Schedule, SecretRotationPolicySpec, SecretRotationPolicyStatus,
         StoreRef,
     };

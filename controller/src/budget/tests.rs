@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use rotor_crds::api::{AwsProvider, KubernetesProvider};
+use rotor_contract::api::{AwsProvider, KubernetesProvider};
 use rotor_store::backoff::Fixed;
 
 use super::*;
@@ -180,7 +180,7 @@ async fn throttling_answers_slow_the_calls_and_are_counted() {
 /// requests (metadata, then data): half as many fetches as requests.
 #[test]
 fn fetches_a_second_are_the_read_budget_over_a_fetchs_requests() {
-    let vault: rotor_crds::api::VaultProvider = serde_json::from_value(serde_json::json!({
+    let vault: rotor_contract::api::VaultProvider = serde_json::from_value(serde_json::json!({
         "server": "http://127.0.0.1:8200",
         "auth": {"tokenSecretRef": {"name": "t", "key": "token"}}
     }))

@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rotor_channel::{ErrorKind, Hello, Problem};
-use rotor_crds::annotations::{self, PodSecrets};
+use rotor_contract::annotations::{self, PodSecrets};
 use secrecy::{ExposeSecret, SecretString};
 
-use rotor_crds::api::ProviderKind;
+use rotor_contract::api::ProviderKind;
 
 use crate::detect::{DetectStores, StoreRef};
 use crate::store_index::{SharedStoreIndex, StoreKind};

@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
-use rotor_crds::api::SecretRotationPolicy;
+use rotor_contract::api::SecretRotationPolicy;
 
 use super::watch::IndexChanges;
 use crate::serving::Concerned;
@@ -103,7 +103,7 @@ pub fn serving_changed(
 
 #[cfg(test)]
 mod tests {
-    use rotor_crds::api::{Generator, Schedule, SecretRotationPolicySpec, StoreRef};
+    use rotor_contract::api::{Generator, Schedule, SecretRotationPolicySpec, StoreRef};
 
     use super::*;
 

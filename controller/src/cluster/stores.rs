@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kube::ResourceExt;
-use rotor_crds::api::{Provider, SecretRotationPolicy};
+use rotor_contract::api::{Provider, SecretRotationPolicy};
 use rotor_store::Store;
 
 use crate::Result;

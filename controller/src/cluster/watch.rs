@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::watcher;
-use rotor_crds::api::{ClusterRotorStore, RotorStore};
+use rotor_contract::api::{ClusterRotorStore, RotorStore};
 
 use crate::rotation::consumers::ConsumerIndex;
 use crate::store_index::{SharedStoreIndex, Touched};

@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
 use kube::api::ObjectMeta;
-use rotor_crds::annotations;
-use rotor_crds::api::{LocalProvider, Provider};
+use rotor_contract::annotations;
+use rotor_contract::api::{LocalProvider, Provider};
 
 use super::*;
 use crate::store_index::{Resolved, StoreKind};

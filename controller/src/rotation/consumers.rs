@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use rotor_crds::annotations;
+use rotor_contract::annotations;
 
 use crate::index::IndexResource;
 use crate::pod_injection::injected;

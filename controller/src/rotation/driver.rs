@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use rotor_crds::api::SecretRotationPolicyStatus;
+use rotor_contract::api::SecretRotationPolicyStatus;
 use rotor_store::Store;
 use rotor_store::random::Random;
 

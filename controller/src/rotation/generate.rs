@@ -7,7 +7,7 @@
 use base64::Engine as _;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
-use rotor_crds::api::{Encoding, Generator, KeyAlgorithm, PasswordGenerator};
+use rotor_contract::api::{Encoding, Generator, KeyAlgorithm, PasswordGenerator};
 use rotor_store::random::Random;
 use zeroize::Zeroizing;
 
@@ -164,7 +164,7 @@ fn key_pair(rng: &SystemRandom, algorithm: KeyAlgorithm) -> Result<Zeroizing<Vec
 #[cfg(test)]
 mod tests {
     use ring::signature::{ECDSA_P256_SHA256_ASN1, ED25519, UnparsedPublicKey};
-    use rotor_crds::api::{KeyPairGenerator, RandomBytesGenerator};
+    use rotor_contract::api::{KeyPairGenerator, RandomBytesGenerator};
 
     use rotor_store::random::Seeded;
 

@@ -33,7 +33,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use rotor_crds::api::{
+use rotor_contract::api::{
     ConsumerState, ConsumerStatus, OnTimeout, PolicyCondition, PolicyReason,
     SecretRotationPolicyStatus,
 };
@@ -49,10 +49,10 @@ use crate::{Error, Result};
 use rotor_store::random::Random;
 
 /// Where a rotation is: `status.phase`, typed in the API
-/// (`rotor_crds::api::Phase`); a missing phase is [`Phase::Idle`]. A phase
+/// (`rotor_contract::api::Phase`); a missing phase is [`Phase::Idle`]. A phase
 /// string no variant has is refused when the status is read (and by the
 /// CRD's schema when it is written).
-pub use rotor_crds::api::Phase;
+pub use rotor_contract::api::Phase;
 
 /// Whether an event is routine or needs a look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,7 +440,7 @@ impl Inputs<'_> {
     }
 }
 
-pub use rotor_crds::api::rfc3339;
+pub use rotor_contract::api::rfc3339;
 
 fn parse_time(s: &Option<String>) -> Option<SystemTime> {
     s.as_ref().and_then(|s| humantime::parse_rfc3339(s).ok())

@@ -190,8 +190,8 @@ impl RotationMetrics {
 
     /// How many of the policy's consumers serve each class of version
     /// (`status.serving`); every class is set, 0 included.
-    pub fn serving(&self, policy: &str, counts: &rotor_crds::api::ServingCounts) {
-        for class in rotor_crds::api::VersionClass::ALL {
+    pub fn serving(&self, policy: &str, counts: &rotor_contract::api::ServingCounts) {
+        for class in rotor_contract::api::VersionClass::ALL {
             let labels = vec![
                 ("policy".to_owned(), policy.to_owned()),
                 ("version_class".to_owned(), class.label().to_owned()),
@@ -207,7 +207,7 @@ impl RotationMetrics {
     pub fn next_rotation(
         &self,
         policy: &str,
-        status: &rotor_crds::api::SecretRotationPolicyStatus,
+        status: &rotor_contract::api::SecretRotationPolicyStatus,
     ) {
         let labels = vec![("policy".to_owned(), policy.to_owned())];
         let unix = status
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn the_next_rotation_is_exported_per_policy_while_the_status_has_one() {
         let m = RotationMetrics::default();
-        let mut status = rotor_crds::api::SecretRotationPolicyStatus {
+        let mut status = rotor_contract::api::SecretRotationPolicyStatus {
             next_rotation: Some("2030-01-01T00:00:00Z".into()),
             ..Default::default()
         };

@@ -14,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
-use rotor_crds::api::{SecretRotationPolicy, SecretRotationPolicyStatus};
+use rotor_contract::api::{SecretRotationPolicy, SecretRotationPolicyStatus};
 use rotor_store::Store;
 
 use super::consumers::ConsumerIndex;
@@ -28,8 +28,8 @@ use crate::serving::Served;
 
 use crate::store_index::Refusal;
 use crate::{Error, Result};
-use rotor_crds::annotations::ROTATE_NOW;
-use rotor_crds::names::FIELD_MANAGER;
+use rotor_contract::annotations::ROTATE_NOW;
+use rotor_contract::names::FIELD_MANAGER;
 
 /// The sidecars' streams as the reconciler asks them (the channel's hub
 /// implements it): rotation owns the trait, the channel sits above.

@@ -11,14 +11,14 @@ fn invalid(problem: String) -> Error {
     Error::InvalidPolicy(vec![problem])
 }
 
-/// A policy duration (`rotor_crds::durations`, the grammar the CRD's CEL
+/// A policy duration (`rotor_contract::durations`, the grammar the CRD's CEL
 /// checks), or an error naming `field`.
 pub fn parse_duration(field: &str, value: &str) -> Result<Duration> {
     let shown = crate::webhook::review::clip(value, 80);
-    rotor_crds::durations::parse(value).map_err(|e| {
+    rotor_contract::durations::parse(value).map_err(|e| {
         invalid(format!(
             "{field}: {shown:?} is not a duration ({e}); expected {}",
-            rotor_crds::durations::EXPECTED
+            rotor_contract::durations::EXPECTED
         ))
     })
 }
@@ -216,7 +216,7 @@ fn standard_fields(expr: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use rotor_crds::api::Schedule;
+    use rotor_contract::api::Schedule;
 
     use super::super::validate::Mode;
     use super::*;
@@ -272,7 +272,7 @@ mod tests {
     fn windows_move_the_time_to_the_next_opening() {
         let s = Schedule {
             interval: Some("1h".into()),
-            window: Some(rotor_crds::api::Window {
+            window: Some(rotor_contract::api::Window {
                 start: "02:00".into(),
                 end: "04:00".into(),
             }),

@@ -17,7 +17,7 @@ pub mod tls;
 use std::fmt;
 
 use async_trait::async_trait;
-use rotor_crds::api::{
+use rotor_contract::api::{
     PolicyReason, PostgresStrategy, PostgresTarget, PostgresTlsMode, Target as TargetCrd,
 };
 use secrecy::{ExposeSecret, SecretString};

@@ -1,7 +1,7 @@
 //! A SecretRotationPolicy's spec checked in full and parsed once into a
 //! [`Policy`] before anything acts on it: the rules the CRD's CEL enforces
 //! in a cluster (durations, their limits and order from
-//! `rotor_crds::durations`, the cron expression's shape), plus what CEL
+//! `rotor_contract::durations`, the cron expression's shape), plus what CEL
 //! cannot check (cron ranges, steps and names, and whether it ever
 //! matches). Standalone mode refuses a policy with any
 //! problem before it generates or stages a value; the state machine only
@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use rotor_crds::api::{
+use rotor_contract::api::{
     Generator, MAX_CRON_LEN, OnTimeout, Schedule, SecretRotationPolicySpec, Target,
 };
-use rotor_crds::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL, MIN_INTERVAL_STANDALONE};
+use rotor_contract::durations::{self, MIN_ACK_TIMEOUT, MIN_INTERVAL, MIN_INTERVAL_STANDALONE};
 
 use super::schedule::{CRON_EXPECTED, Cron, Every, RotationSchedule, parse_duration};
 use super::target::PolicyTarget;
@@ -362,7 +362,7 @@ strategy: {staged: {ackTimeout: 5m, gracePeriod: 1h}}
                 "secretName: app/../db",
                 "spec.secretName \"app/../db\": expected 1-255 characters",
             ),
-            // The limits the CRD's CEL enforces, from rotor_crds::durations.
+            // The limits the CRD's CEL enforces, from rotor_contract::durations.
             (
                 "interval: 24h",
                 "interval: 0s",

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rotor_crds::api::SecretRotationPolicyStatus;
+use rotor_contract::api::SecretRotationPolicyStatus;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;

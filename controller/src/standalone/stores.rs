@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use rotor_crds::api::{Provider, ProviderKind, StoreBudget};
+use rotor_contract::api::{Provider, ProviderKind, StoreBudget};
 use rotor_store::Store;
 
 use crate::budget::{Budget, BudgetedStore, Limit, Limiter, StoreMetrics};

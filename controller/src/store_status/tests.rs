@@ -2,7 +2,7 @@
 //! scripted scenario checks each request and answers it.
 
 use http::Method;
-use rotor_crds::api::{
+use rotor_contract::api::{
     LocalProvider, RotorStoreSpec, VaultAuthSpec, VaultKubernetesAuth, VaultProvider,
 };
 use rotor_fixtures::api_server::{self, ApiServerVerifier, Exchange, Recorded, Reply, Scenario};
@@ -151,7 +151,7 @@ async fn api_errors_requeue_through_the_error_policy() {
 
 #[tokio::test]
 async fn a_cluster_store_without_namespaces_or_paths_says_so() {
-    use rotor_crds::api::ClusterRotorStoreSpec;
+    use rotor_contract::api::ClusterRotorStoreSpec;
     let (ctx, server) = context();
     let store = ClusterRotorStore::new(
         "shared",
@@ -190,7 +190,7 @@ async fn cluster_store_status(
     provider: Provider,
     status: Option<RotorStoreStatus>,
 ) -> serde_json::Value {
-    use rotor_crds::api::{ClusterRotorStoreSpec, PathRule};
+    use rotor_contract::api::{ClusterRotorStoreSpec, PathRule};
     let (ctx, server) = context();
     let mut store = ClusterRotorStore::new(
         "shared",
@@ -222,7 +222,7 @@ async fn cluster_store_status(
 
 #[tokio::test]
 async fn a_cluster_store_with_secret_based_auth_is_not_ready_and_says_what_to_use() {
-    use rotor_crds::api::SecretKeyRef;
+    use rotor_contract::api::SecretKeyRef;
     let mut provider = vault("https://vault:8200");
     let auth = &mut provider.vault.as_mut().unwrap().auth;
     auth.kubernetes = None;

@@ -24,8 +24,8 @@ use k8s_openapi::api::core::v1::{
     Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar,
     ObjectFieldSelector, Pod, Volume,
 };
-use rotor_crds::annotations::{self, PodSecrets};
-use rotor_crds::defaults;
+use rotor_contract::annotations::{self, PodSecrets};
+use rotor_contract::defaults;
 use rotor_sidecar::flags::SidecarFlags;
 
 use crate::pod_injection::{ANNOTATIONS_FILE, annotations_path};

@@ -241,7 +241,7 @@ impl<'de> Deserialize<'de> for RotorKeys {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RotorKeys, A::Error> {
                 let mut any = false;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    any |= key.starts_with(rotor_crds::annotations::PREFIX);
+                    any |= key.starts_with(rotor_contract::annotations::PREFIX);
                     map.next_value::<IgnoredAny>()?;
                 }
                 Ok(RotorKeys(any))

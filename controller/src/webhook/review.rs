@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use rotor_crds::{annotations, vault_injector};
+use rotor_contract::{annotations, vault_injector};
 
 use super::inject::{InjectConfig, Injected, inject};
 use super::limits::{MAX_ANSWER_BYTES, Shape, Unreadable, count_values};

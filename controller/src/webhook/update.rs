@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;
-use rotor_crds::annotations;
+use rotor_contract::annotations;
 
 use crate::pod_injection::injected;
 

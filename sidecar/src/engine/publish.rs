@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use rotor_crds::annotations::{FileSource, PodSecrets, template_references};
+use rotor_contract::annotations::{FileSource, PodSecrets, template_references};
 use rotor_envelope::{ExposeSecret, Plaintext};
 use tokio::time::Instant;
 

@@ -47,7 +47,7 @@ fn fixture() -> Fixture {
 }
 
 fn contract(pairs: &[(&str, &str)]) -> PodSecrets {
-    rotor_crds::annotations::parse(pairs.iter().copied()).unwrap()
+    rotor_contract::annotations::parse(pairs.iter().copied()).unwrap()
 }
 
 impl Fixture {

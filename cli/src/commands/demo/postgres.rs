@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rotor_contract::api::Phase;
 use rotor_controller::standalone::State;
-use rotor_crds::api::Phase;
 use rotor_store::{LocalStore, WriteAs};
 use tokio::signal::unix::{SignalKind, signal};
 use zeroize::Zeroizing;

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 
-use rotor_crds::names::validate_secret_name;
+use rotor_contract::names::validate_secret_name;
 
 /// One field of a KV v2 secret.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

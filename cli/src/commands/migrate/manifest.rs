@@ -99,7 +99,7 @@ fn translate(annotations: &mut Mapping, at: &str, options: &Options, report: &mu
         let Some(key) = key.as_str() else { continue };
         match value.as_str() {
             Some(v) => pairs.push((key.to_owned(), v.to_owned())),
-            None if key.starts_with(rotor_crds::vault_injector::PREFIX) => {
+            None if key.starts_with(rotor_contract::vault_injector::PREFIX) => {
                 report.kept += 1;
                 report.lines.push(format!(
                     "{at}: not translated: {key}: the value is not a string (Kubernetes takes only strings: quote it)"

@@ -8,10 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rotor_crds::annotations::{self as rotor, parse_mode};
-use rotor_crds::defaults::MOUNT_PATH;
-use rotor_crds::names::validate_file_name;
-use rotor_crds::vault_injector::{self as vault, PREFIX};
+use rotor_contract::annotations::{self as rotor, parse_mode};
+use rotor_contract::defaults::MOUNT_PATH;
+use rotor_contract::names::validate_file_name;
+use rotor_contract::vault_injector::{self as vault, PREFIX};
 
 use super::consul_template::{self, Field, Piece};
 

@@ -48,7 +48,7 @@ fn facts(uid: &str) -> PodFacts {
 }
 
 fn stores() -> SharedStoreIndex {
-    let store: rotor_crds::api::RotorStore = serde_yaml_ng::from_str(
+    let store: rotor_contract::api::RotorStore = serde_yaml_ng::from_str(
         "apiVersion: rotor.dev/v1alpha1\nkind: RotorStore\nmetadata: {name: vault, namespace: shop}\nspec:\n  provider:\n    local: {path: /x, keyPath: /k}\n",
     )
     .unwrap();

@@ -3,7 +3,7 @@
 //! whatever the cache holds.
 
 use k8s_openapi::api::core::v1::Namespace;
-use rotor_crds::api::{
+use rotor_contract::api::{
     ClusterRotorStore, Generator, RotorStore, Schedule, SecretKeyRef, SecretRotationPolicySpec,
     StoreRef,
 };
@@ -226,7 +226,7 @@ async fn kinds_rotation_cannot_reach_are_unsupported() {
 #[tokio::test]
 async fn the_limiter_is_the_store_objects_and_follows_its_revision() {
     let stores = stores();
-    let resolved = |budget: Option<rotor_crds::api::StoreBudget>| Resolved {
+    let resolved = |budget: Option<rotor_contract::api::StoreBudget>| Resolved {
         kind: StoreKind::Cluster,
         name: "shared".into(),
         provider: shared(1, "u1").spec.provider,
@@ -240,7 +240,7 @@ async fn the_limiter_is_the_store_objects_and_follows_its_revision() {
     let first = stores.limiter(&resolved(None), &revision(1)).unwrap();
     let again = stores.limiter(&resolved(None), &revision(1)).unwrap();
     assert!(Arc::ptr_eq(&first, &again));
-    let budget = rotor_crds::api::StoreBudget {
+    let budget = rotor_contract::api::StoreBudget {
         requests_per_second: 5,
         burst: None,
     };
@@ -248,7 +248,7 @@ async fn the_limiter_is_the_store_objects_and_follows_its_revision() {
         .limiter(&resolved(Some(budget.clone())), &revision(2))
         .unwrap();
     assert!(!Arc::ptr_eq(&first, &next));
-    let zero = rotor_crds::api::StoreBudget {
+    let zero = rotor_contract::api::StoreBudget {
         requests_per_second: 0,
         ..budget
     };

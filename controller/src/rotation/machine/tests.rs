@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use rotor_crds::api::{
+use rotor_contract::api::{
     Generator, PasswordGenerator, Schedule, SecretRotationPolicySpec, Staged, StoreRef, Strategy,
 };
 use rotor_envelope::{ExposeSecret, KeyFileKek};
@@ -144,7 +144,7 @@ fn phase(s: &SecretRotationPolicyStatus) -> Phase {
 fn cond<'a>(
     s: &'a SecretRotationPolicyStatus,
     t: &str,
-) -> Option<&'a rotor_crds::api::PolicyCondition> {
+) -> Option<&'a rotor_contract::api::PolicyCondition> {
     s.conditions.iter().find(|c| c.type_ == t)
 }
 
@@ -666,7 +666,7 @@ fn an_unknown_phase_is_refused_when_the_status_is_read() {
         );
     }
     let crd = serde_json::to_value(
-        <rotor_crds::api::SecretRotationPolicy as kube::CustomResourceExt>::crd(),
+        <rotor_contract::api::SecretRotationPolicy as kube::CustomResourceExt>::crd(),
     )
     .unwrap();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
@@ -1019,7 +1019,7 @@ async fn promoting_makes_the_pending_version_current() {
         &mut status,
         "Degraded",
         true,
-        rotor_crds::api::PolicyReason::AckTimeout,
+        rotor_contract::api::PolicyReason::AckTimeout,
         "x",
         now,
     );
@@ -1217,10 +1217,10 @@ impl Target for FakeDb {
     }
 }
 
-fn pg_spec(strategy: rotor_crds::api::PostgresStrategy) -> Policy {
+fn pg_spec(strategy: rotor_contract::api::PostgresStrategy) -> Policy {
     let mut s = spec(OnTimeout::Rollback);
-    s.target = Some(rotor_crds::api::Target {
-        postgresql: Some(rotor_crds::api::PostgresTarget {
+    s.target = Some(rotor_contract::api::Target {
+        postgresql: Some(rotor_contract::api::PostgresTarget {
             host: "127.0.0.1".into(),
             port: 5432,
             dbname: "shop".into(),
@@ -1234,8 +1234,8 @@ fn pg_spec(strategy: rotor_crds::api::PostgresStrategy) -> Policy {
 }
 
 fn alternating() -> Policy {
-    pg_spec(rotor_crds::api::PostgresStrategy {
-        alternating_users: Some(rotor_crds::api::AlternatingUsers {
+    pg_spec(rotor_contract::api::PostgresStrategy {
+        alternating_users: Some(rotor_contract::api::AlternatingUsers {
             roles: vec!["app_a".into(), "app_b".into()],
         }),
         single_user: None,
@@ -1243,9 +1243,9 @@ fn alternating() -> Policy {
 }
 
 fn single() -> Policy {
-    pg_spec(rotor_crds::api::PostgresStrategy {
+    pg_spec(rotor_contract::api::PostgresStrategy {
         alternating_users: None,
-        single_user: Some(rotor_crds::api::SingleUser { role: "app".into() }),
+        single_user: Some(rotor_contract::api::SingleUser { role: "app".into() }),
     })
 }
 
@@ -1647,9 +1647,9 @@ impl Receiver for FakeReceiver {
 
 fn https_policy() -> Policy {
     let mut s = spec(OnTimeout::Rollback);
-    s.target = Some(rotor_crds::api::Target {
+    s.target = Some(rotor_contract::api::Target {
         postgresql: None,
-        https: Some(rotor_crds::api::HttpsTarget {
+        https: Some(rotor_contract::api::HttpsTarget {
             url: "https://rotate.example/hook".into(),
             ca_bundle: None,
             timeout: None,

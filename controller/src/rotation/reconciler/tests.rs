@@ -2,7 +2,7 @@
 //! which records and answers every request.
 
 use kube::runtime::events::Reporter;
-use rotor_crds::api::{
+use rotor_contract::api::{
     Generator, RandomBytesGenerator, Schedule, SecretRotationPolicySpec, StoreRef, Strategy,
 };
 use rotor_envelope::KeyFileKek;
@@ -146,7 +146,7 @@ async fn rotate_now_is_recorded_in_the_status_not_the_policy() {
     let mut p = policy();
     // Rotated, and the next rotation scheduled far ahead whatever the wall
     // clock says: only rotate-now starts one.
-    p.status = Some(rotor_crds::api::SecretRotationPolicyStatus {
+    p.status = Some(rotor_contract::api::SecretRotationPolicyStatus {
         phase: Some(Phase::Idle),
         current_version: Some("1".into()),
         last_rotation: Some("2026-11-24T10:00:00Z".into()),

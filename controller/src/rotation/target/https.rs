@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::Uri;
-use rotor_crds::api::HttpsTarget;
+use rotor_contract::api::HttpsTarget;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;

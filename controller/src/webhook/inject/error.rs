@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use rotor_crds::api::NotOneProvider;
+use rotor_contract::api::NotOneProvider;
 
 use super::SECRETS_VOLUME;
 

@@ -1,7 +1,7 @@
 //! Who the sidecar runs as, which decides who may read the files, and
 //! what the user is told about it.
 
-use rotor_crds::annotations::PodSecrets;
+use rotor_contract::annotations::PodSecrets;
 
 use super::SIDECAR;
 use super::error::InjectError;

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{
     ObjectFieldSelector, PersistentVolumeClaimVolumeSource, ProjectedVolumeSource,
     SecretVolumeSource, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
-use rotor_crds::api::ProviderKind;
+use rotor_contract::api::ProviderKind;
 use rotor_sidecar::flags::{ChannelFlags, StoreFlags, VaultAuthFlags};
 
 use super::error::InjectError;
@@ -195,7 +195,7 @@ pub(super) fn channel_wiring(
     let ca = channel.ca.canonical()?;
     let flags = ChannelFlags {
         controller_addr: channel.controller_addr.clone(),
-        token_file: rotor_crds::defaults::CHANNEL_TOKEN_FILE.to_owned(),
+        token_file: rotor_contract::defaults::CHANNEL_TOKEN_FILE.to_owned(),
     };
     let env = vec![
         plain_env(CONTROLLER_CA_ENV, &ca),

@@ -11,6 +11,20 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+/// The request path of the stream.
+pub const PATH: &str = "/rotor.dev/channel/v1/stream";
+
+/// The largest frame either side accepts by default: a hello names at most
+/// a pod's annotations' worth of secrets (the API server caps annotations
+/// at 256 KiB in total).
+pub const MAX_FRAME: usize = 256 * 1024;
+
+/// The audience of the projected ServiceAccount token a sidecar presents.
+pub const AUDIENCE: &str = "rotor.dev/channel";
+
+/// The controller's default stream port.
+pub const PORT: u16 = crate::defaults::CHANNEL_PORT;
+
 /// Which controller request an [`Ack`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

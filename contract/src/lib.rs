@@ -1,5 +1,6 @@
-//! The annotation contract and the Kubernetes API types shared by Rotor's
-//! sidecar and controller.
+//! Rotor's contract, compiled by every part: the annotation contract, the
+//! Kubernetes API types, the channel's messages and the defaults, each
+//! declared once.
 //!
 //! - [`annotations`]: what a pod may say in its `rotor.dev/*` annotations,
 //!   parsed and validated by one parser that the sidecar and the webhook
@@ -9,6 +10,8 @@
 //!   `SecretRotationPolicy`.
 //! - [`durations`]: a rotation policy's durations and their limits, parsed
 //!   for the controller and checked by the CRD's CEL from one table.
+//! - [`channel`]: the messages of the controller–sidecar channel, its
+//!   path, audience and frame limit (`rotor-channel` carries them).
 //! - [`defaults`]: the image, paths and ports the webhook and the sidecar
 //!   share.
 //! - [`vault_injector`]: Vault Agent Injector's annotations, which the
@@ -16,6 +19,7 @@
 
 pub mod annotations;
 pub mod api;
+pub mod channel;
 pub mod defaults;
 pub mod durations;
 pub mod names;

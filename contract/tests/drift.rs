@@ -3,7 +3,7 @@
 #[test]
 fn deploy_crds_match_the_types() {
     let committed = include_str!("../../deploy/crds/crds.yaml");
-    let generated = rotor_crds::api::crds_yaml();
+    let generated = rotor_contract::api::crds_yaml();
     if committed != generated {
         let first = committed
             .lines()
@@ -11,7 +11,7 @@ fn deploy_crds_match_the_types() {
             .position(|(a, b)| a != b)
             .map_or(0, |i| i + 1);
         panic!(
-            "deploy/crds/crds.yaml drifted from crds/src/api (first difference at line {first}); \
+            "deploy/crds/crds.yaml drifted from contract/src/api (first difference at line {first}); \
              regenerate it with `cargo run -p rotor -- crds --out deploy/crds`"
         );
     }
@@ -19,7 +19,7 @@ fn deploy_crds_match_the_types() {
 
 #[test]
 fn every_crd_carries_validation_and_printer_columns() {
-    let yaml = rotor_crds::api::crds_yaml();
+    let yaml = rotor_contract::api::crds_yaml();
     for needle in [
         "set exactly one of vault, aws, kubernetes, local",
         "set exactly one of interval and cron",
@@ -40,7 +40,7 @@ fn every_crd_carries_validation_and_printer_columns() {
 #[test]
 fn every_crd_is_in_the_rotor_category_under_its_own_names() {
     use kube::CustomResourceExt as _;
-    use rotor_crds::api::{ClusterRotorStore, RotorStore, SecretRotationPolicy};
+    use rotor_contract::api::{ClusterRotorStore, RotorStore, SecretRotationPolicy};
     let crds = [
         RotorStore::crd(),
         ClusterRotorStore::crd(),
