@@ -12,7 +12,7 @@ use rotor_controller::webhook::InjectConfig;
 use rotor_controller::webhook::inject::{
     CaSource, ChannelInjection, INIT, SIDECAR, canonical_pem, inject,
 };
-use rotor_sidecar::store_args::{StoreKind, VaultAuthMethod};
+use rotor_sidecar::store_args::{Backend, VaultAuthMethod};
 
 /// A CA bundle as the controller holds it (one per test run).
 fn ca_pem() -> String {
@@ -225,7 +225,7 @@ fn each_providers_store_flags_parse_into_a_store_config() {
     )
     .remove(0);
     let store = args.store();
-    assert!(matches!(store.store_kind, StoreKind::Vault));
+    assert!(matches!(store.store_kind, Backend::Vault));
     assert!(matches!(store.vault_auth, VaultAuthMethod::Kubernetes));
     assert_eq!(store.vault_addr.as_deref(), Some("https://vault:8200"));
     assert_eq!(store.vault_mount, "kv");
@@ -268,14 +268,14 @@ fn each_providers_store_flags_parse_into_a_store_config() {
     )
     .remove(0);
     let store = args.store();
-    assert!(matches!(store.store_kind, StoreKind::Aws));
+    assert!(matches!(store.store_kind, Backend::Aws));
     assert_eq!(store.aws_region.as_deref(), Some("eu-west-1"));
     assert_eq!(store.aws_endpoint.as_deref(), Some("https://vpce.example"));
 
     // Kubernetes: the pod's own namespace.
     let (_, args) = injected(provider("kubernetes: {}"), &config, Some(1000)).remove(0);
     let store = args.store();
-    assert!(matches!(store.store_kind, StoreKind::Kubernetes));
+    assert!(matches!(store.store_kind, Backend::Kubernetes));
     assert_eq!(store.namespace.as_deref(), Some("shop"));
 
     // Local: the store and key files on the mounted volume.
@@ -288,7 +288,7 @@ fn each_providers_store_flags_parse_into_a_store_config() {
     )
     .remove(0);
     let store = args.store();
-    assert!(matches!(store.store_kind, StoreKind::Local));
+    assert!(matches!(store.store_kind, Backend::Local));
     let path = store.local_store.as_ref().unwrap();
     assert_eq!(path, std::path::Path::new("/var/lib/rotor/s.rotor"));
     assert_mounted(&container, path);

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use clap::{CommandFactory, ValueEnum};
 
 use crate::Args;
-use crate::store_args::{StoreKind, VaultAuthMethod};
+use crate::store_args::{Backend, VaultAuthMethod};
 
 /// The flags an injected sidecar runs with, in the order they are given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ impl SidecarFlags {
                 args.flag("local_store", path).flag("key", key);
             }
             StoreFlags::Vault { addr, mount, auth } => {
-                args.flag("store_kind", value(StoreKind::Vault))
+                args.flag("store_kind", value(Backend::Vault))
                     .flag("vault_addr", addr)
                     .flag("vault_mount", mount);
                 match auth {
@@ -133,14 +133,14 @@ impl SidecarFlags {
                 }
             }
             StoreFlags::Aws { region, endpoint } => {
-                args.flag("store_kind", value(StoreKind::Aws))
+                args.flag("store_kind", value(Backend::Aws))
                     .flag("aws_region", region);
                 if let Some(endpoint) = endpoint {
                     args.flag("aws_endpoint", endpoint);
                 }
             }
             StoreFlags::Kubernetes { namespace } => {
-                args.flag("store_kind", value(StoreKind::Kubernetes))
+                args.flag("store_kind", value(Backend::Kubernetes))
                     .flag("namespace", namespace);
             }
         }

@@ -9,8 +9,11 @@ use rotor_store::{
     AwsConfig, AwsStore, LocalStore, RetireMode, Store, VaultAuth, VaultConfig, VaultStore,
 };
 
+/// Which store backend the sidecar reads (`--store-kind`). Not the
+/// controller's `store_index::StoreKind`, which says whether a store is a
+/// RotorStore or a ClusterRotorStore.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StoreKind {
+pub enum Backend {
     /// The embedded envelope-encrypted store file.
     Local,
     /// HashiCorp Vault or OpenBao, KV v2.
@@ -34,8 +37,8 @@ pub enum VaultAuthMethod {
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Which kind of store to read.
-    #[arg(long, env = "ROTOR_STORE_KIND", value_enum, default_value_t = StoreKind::Local)]
-    pub store_kind: StoreKind,
+    #[arg(long, env = "ROTOR_STORE_KIND", value_enum, default_value_t = Backend::Local)]
+    pub store_kind: Backend,
 
     /// The local store file (--store-kind local).
     #[arg(long = "local-store", env = "ROTOR_LOCAL_STORE", value_name = "PATH")]
@@ -122,7 +125,7 @@ impl StoreArgs {
     /// Builds the store the flags describe.
     pub async fn build(&self) -> crate::Result<Arc<dyn Store>> {
         Ok(match self.store_kind {
-            StoreKind::Local => {
+            Backend::Local => {
                 let path = self.local_store.clone().ok_or(crate::Error::MissingFlag {
                     flag: "--local-store (ROTOR_LOCAL_STORE)",
                     when: "with --store-kind local",
@@ -134,8 +137,8 @@ impl StoreArgs {
                 let kek: Arc<dyn Kek> = Arc::new(KeyFileKek::load(key)?);
                 Arc::new(LocalStore::new(path, kek))
             }
-            StoreKind::Vault => Arc::new(VaultStore::new(self.vault_config()?)?),
-            StoreKind::Kubernetes => {
+            Backend::Vault => Arc::new(VaultStore::new(self.vault_config()?)?),
+            Backend::Kubernetes => {
                 let namespace = match &self.namespace {
                     Some(ns) => ns.clone(),
                     None => std::fs::read_to_string(
@@ -152,7 +155,7 @@ impl StoreArgs {
                     .map_err(crate::Error::KubeConfig)?;
                 Arc::new(rotor_store::KubeStore::new(client, &namespace))
             }
-            StoreKind::Aws => Arc::new(
+            Backend::Aws => Arc::new(
                 AwsStore::new(AwsConfig {
                     region: self.aws_region.clone(),
                     endpoint: self.aws_endpoint.clone(),
