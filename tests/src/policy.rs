@@ -88,3 +88,18 @@ impl PolicyFixture {
             .unwrap_or_else(|e| panic!("create SecretRotationPolicy {ns}/{}: {e}", self.name));
     }
 }
+
+/// Asks for one rotation of policy `name` now: sets its
+/// `rotor.dev/rotate-now` annotation to `token` (a new token each time).
+pub async fn rotate_now(policies: &Api<SecretRotationPolicy>, name: &str, token: &str) {
+    policies
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": { "annotations": { rotor_contract::annotations::ROTATE_NOW: token } }
+            })),
+        )
+        .await
+        .unwrap();
+}

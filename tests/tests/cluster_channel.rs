@@ -6,7 +6,7 @@
 //! as NotConnected until the policy's ack timeout rolls back.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use rotor_contract::api::{ConsumerState, Phase, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     admit_pod, consumer_pod, events, eventually, installed, lone_leader, vault_store_namespace,
@@ -126,16 +126,7 @@ async fn rotation_goes_over_the_streams_and_an_unconnected_pod_is_shown() {
     pods.delete("silent", &DeleteParams::default())
         .await
         .unwrap();
-    policies
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": { "annotations": { "rotor.dev/rotate-now": "again" } }
-            })),
-        )
-        .await
-        .unwrap();
+    rotor_e2e::policy::rotate_now(&policies, "db", "again").await;
     let done = eventually(90, || async {
         let s = status().await;
         s.phase == Some(Phase::Idle)

@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use rotor_contract::api::{Phase, RotorStore, SecretRotationPolicy};
 use rotor_e2e::cluster::{
     Controller, ROTATOR, consumer_pod, event_reasons, eventually, installed, kv_metadata,
@@ -182,16 +182,7 @@ async fn a_rotation_survives_the_leaders_death_and_completes_once() {
 
     // rotate-now, with the controller's RBAC (it cannot write policies):
     // handled once, recorded in the status.
-    policies
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": { "annotations": { "rotor.dev/rotate-now": "again" } }
-            })),
-        )
-        .await
-        .unwrap();
+    rotor_e2e::policy::rotate_now(&policies, "db", "again").await;
     let again = eventually(30, || async {
         status().await.rotate_now_handled.as_deref() == Some("again")
     })

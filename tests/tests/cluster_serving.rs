@@ -7,7 +7,7 @@
 //! stopped sidecar is back and the version promoted, all serve CURRENT.
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use rotor_contract::api::{Phase, SecretRotationPolicy, SecretRotationPolicyStatus, ServingCounts};
 use rotor_e2e::cluster::{
     ControlPlane, admit_pod, consumer_pod, eventually, installed, lone_leader,
@@ -147,16 +147,7 @@ async fn rotor_status_shows_one_pod_on_pending_during_a_rotation() {
     // c2's sidecar stops; the next rotation pins c1 to the new version,
     // and c2 still serves (as it last said) the current one.
     running[1].kill();
-    policies
-        .patch(
-            "db",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({
-                "metadata": { "annotations": { "rotor.dev/rotate-now": "second" } }
-            })),
-        )
-        .await
-        .unwrap();
+    rotor_e2e::policy::rotate_now(&policies, "db", "second").await;
     let midway = eventually(60, || async {
         let s = status().await;
         s.phase == Some(Phase::Propagating)
